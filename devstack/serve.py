@@ -1,0 +1,65 @@
+"""Run an ASGI app on a loopback port in a background thread (tests, benchmarks, `devstack up`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+
+class PortInUseError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use; stop what is using it or pick another "
+                f"port with --port"
+            ) from exc
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    port: int
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") -> ServerHandle:
+    """Start `app` with uvicorn on `host:port` (a free port when None) and wait until it listens."""
+    port = port or free_port()
+    check_port_free(port, host)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"server on port {port} failed to start")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start within 15 s")
+        time.sleep(0.01)
+    return ServerHandle(url=f"http://{host}:{port}", port=port, server=server, thread=thread)

@@ -1,0 +1,160 @@
+"""The one retry policy and HTTP transport shared by every API client.
+
+`ApiTransport.send` sends a request, maps a failed response to a typed error with the client's
+`map_error`, and retries only what may succeed later: throttling honours `Retry-After`, transient
+failures back off exponentially with full jitter, all bounded by attempts and total time. A write
+that is not idempotent is never re-sent after the request may have reached the server.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from shared.connectors.errors import (
+    AmbiguousWriteError,
+    ApiError,
+    RetriableApiError,
+    ThrottledError,
+    TransientError,
+)
+
+ErrorMapper = Callable[[httpx.Response], ApiError]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    max_total_seconds: float = 120.0
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter exponential backoff for the `attempt`-th retry (1-based)."""
+        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return rng.uniform(cap / 2, cap)
+
+    def delay(self, attempt: int, error: RetriableApiError, rng: random.Random) -> float:
+        if error.retry_after is not None:
+            return max(0.0, error.retry_after)
+        return self.backoff(attempt, rng)
+
+
+@dataclass
+class RequestStats:
+    """What a client sent: the number production pays for. Keys are `"METHOD kind"`."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    throttled: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.retries = 0
+        self.throttled = 0
+
+
+class ApiTransport:
+    """An `httpx.Client` with error mapping, retry and request counting for one service."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        service: str,
+        map_error: ErrorMapper,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.map_error = map_error
+        self.policy = policy or RetryPolicy()
+        self.stats = RequestStats()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        kind: str = "",
+        idempotent: bool | None = None,
+        **kwargs: object,
+    ) -> httpx.Response:
+        """Send with retry; return a 2xx/3xx response or raise a typed `ApiError`.
+
+        `idempotent` defaults by method (POST and PATCH are not); pass True for a create with a
+        client-chosen id or a conditional write, which are safe to repeat.
+        """
+        method = method.upper()
+        safe_to_resend = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.requests[f"{method} {kind}".strip()] += 1
+            try:
+                response = self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Never reached the server: always safe to send again.
+                error: ApiError = TransientError(f"cannot connect: {exc!r}", **self._ctx(method, url))
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if safe_to_resend:
+                    error = TransientError(f"no response: {exc!r}", **self._ctx(method, url))
+                else:
+                    raise AmbiguousWriteError(
+                        f"no response to a non-idempotent {method}: re-read before writing again ({exc!r})",
+                        **self._ctx(method, url),
+                    ) from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                error = self.map_error(response)
+                error.service, error.method, error.url = self.service, method, url
+
+            if not isinstance(error, RetriableApiError):
+                raise error
+            if isinstance(error, ThrottledError):
+                self.stats.throttled += 1
+            elif not safe_to_resend and not _certainly_not_processed(error):
+                raise error
+            wait = self.policy.delay(attempt, error, self._rng)
+            out_of_time = self._clock() - started + wait > self.policy.max_total_seconds
+            if attempt >= self.policy.max_attempts or out_of_time:
+                raise error
+            self.stats.retries += 1
+            self._sleep(wait)
+
+    def _ctx(self, method: str, url: str) -> dict[str, object]:
+        return {"service": self.service, "method": method, "url": url}
+
+
+def _certainly_not_processed(error: RetriableApiError) -> bool:
+    # Throttled requests are refused before any work is done; a plain 5xx may have committed.
+    return isinstance(error, ThrottledError)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds (both services send an integer); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
