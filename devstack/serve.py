@@ -49,7 +49,12 @@ def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") 
     port = port or free_port()
     check_port_free(port, host)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False,
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)

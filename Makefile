@@ -1,0 +1,36 @@
+# Two commands matter: `make run` (the whole local stack with demo data) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test lint bench clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Azurite + Dataverse and BC sandboxes + the dev host, with demo data, syncing live. Ctrl-C stops all.
+run: setup
+	$(PY) -m devstack up
+
+## The whole test suite (starts and stops its own Azurite and sandboxes).
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis

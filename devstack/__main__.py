@@ -1,0 +1,168 @@
+"""`python -m devstack up | host | dataverse | bc | azurite` — the offline development stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from devstack.serve import PortInUseError
+from devstack.stack import DEFAULT_PORTS, StackPorts, load_local_settings, start_dev_host, start_stack
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    print(title)
+    width = max(len(name) for name, _ in rows)
+    for name, where in rows:
+        print(f"  {name.ljust(width)}  {where}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from devstack.host import BANNER
+
+    ports = StackPorts(
+        args.port, args.dataverse_port, args.bc_port, args.blob_port, args.queue_port, args.table_port
+    )
+    stack = start_stack(
+        ports, function_key=os.environ.get("FUNCTIONS_KEY"), master_key=os.environ.get("FUNCTIONS_MASTER_KEY")
+    )
+    try:
+        if not args.no_demo:
+            from devstack.demo import start_demo
+
+            for line in start_demo(stack):
+                print(line, flush=True)
+        print(BANNER)
+        _print_rows("bc-dataverse-sync local stack is up:", stack.describe())
+        _wait_for_ctrl_c()
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from devstack.host import BANNER
+
+    for key, value in load_local_settings().items():
+        os.environ.setdefault(key, value)
+    from shared.settings import SettingsError, get_settings
+
+    try:
+        get_settings()
+    except SettingsError as exc:
+        print(
+            f"error: {exc}\n"
+            "Set these in local.settings.json (see local.settings.example.json) or the environment.",
+            file=sys.stderr,
+        )
+        return 2
+    host, server = start_dev_host(
+        args.port,
+        function_key=os.environ.get("FUNCTIONS_KEY"),
+        master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
+    )
+    print(BANNER)
+    _print_rows("dev host:", [("function_app", f"{server.url}/api/")])
+    try:
+        _wait_for_ctrl_c()
+    finally:
+        host.stop()
+        server.stop()
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import importlib
+
+    from devstack.serve import serve_in_thread
+
+    module = importlib.import_module(f"devstack.{args.command}")
+    server = serve_in_thread(module.create_app(), args.port)
+    where = (
+        f"{server.url}/api/data/v9.2/"
+        if args.command == "dataverse"
+        else f"{server.url}/v2.0/contoso/production/api/v2.0"
+    )
+    _print_rows(
+        f"{args.command} sandbox:", [("base URL", where), ("control", f"{server.url}/_sandbox/stats")]
+    )
+    try:
+        _wait_for_ctrl_c()
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_azurite(args: argparse.Namespace) -> int:
+    from devstack.azurite import start_azurite
+
+    azurite = start_azurite(args.blob_port, args.queue_port, args.table_port)
+    _print_rows("Azurite:", [("AzureWebJobsStorage", azurite.connection_string)])
+    try:
+        _wait_for_ctrl_c()
+    finally:
+        azurite.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def storage_ports(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--blob-port", type=int, default=DEFAULT_PORTS["blob"])
+        p.add_argument("--queue-port", type=int, default=DEFAULT_PORTS["queue"])
+        p.add_argument("--table-port", type=int, default=DEFAULT_PORTS["table"])
+
+    up = sub.add_parser("up", help="Azurite + both sandboxes + the dev host, with demo data, syncing live")
+    up.add_argument("--port", type=int, default=DEFAULT_PORTS["host"], help="dev host port (default 7071)")
+    up.add_argument("--dataverse-port", type=int, default=DEFAULT_PORTS["dataverse"])
+    up.add_argument("--bc-port", type=int, default=DEFAULT_PORTS["bc"])
+    up.add_argument("--no-demo", action="store_true", help="start empty: no demo data, no set-up")
+    storage_ports(up)
+    up.set_defaults(run=cmd_up)
+
+    host = sub.add_parser("host", help="the dev host alone, configured by local.settings.json / environment")
+    host.add_argument("--port", type=int, default=DEFAULT_PORTS["host"])
+    host.set_defaults(run=cmd_host)
+
+    for name in ("dataverse", "bc"):
+        p = sub.add_parser(name, help=f"the {name} sandbox alone")
+        p.add_argument("--port", type=int, default=DEFAULT_PORTS[name])
+        p.set_defaults(run=cmd_sandbox)
+
+    az = sub.add_parser("azurite", help="Azurite alone (in memory, loopback)")
+    storage_ports(az)
+    az.set_defaults(run=cmd_azurite)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

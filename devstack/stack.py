@@ -1,0 +1,202 @@
+"""The embedded local stack: Azurite, both sandboxes and the dev host, wired together.
+
+`python -m devstack up` runs it in the foreground; end-to-end tests and benchmarks start the same
+`Stack` in-process. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devstack.azurite import Azurite, start_azurite
+from devstack.serve import ServerHandle, serve_in_thread
+
+REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("devstack")
+
+DEFAULT_PORTS = {"host": 7071, "dataverse": 7081, "bc": 7082, "blob": 10000, "queue": 10001, "table": 10002}
+# Defaults of the sandboxes (documented in docs/dataverse-sandbox.md and docs/bc-sandbox.md).
+BC_TENANT, BC_ENVIRONMENT = "contoso", "production"
+INTEGRATION_TOKEN = "integration-user"
+
+
+@dataclass
+class StackPorts:
+    host: int = DEFAULT_PORTS["host"]
+    dataverse: int = DEFAULT_PORTS["dataverse"]
+    bc: int = DEFAULT_PORTS["bc"]
+    blob: int = DEFAULT_PORTS["blob"]
+    queue: int = DEFAULT_PORTS["queue"]
+    table: int = DEFAULT_PORTS["table"]
+
+
+@dataclass
+class Stack:
+    """Handles of everything `start_stack` started; `stop()` stops all of it."""
+
+    azurite: Azurite | None = None
+    dataverse: ServerHandle | None = None
+    bc: ServerHandle | None = None
+    host_server: ServerHandle | None = None
+    host: Any = None  # devstack.host.DevHost
+    dataverse_app: Any = None
+    bc_app: Any = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+        for server in (self.host_server, self.bc, self.dataverse):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+        if self.azurite is not None:
+            self.azurite.stop()
+
+    def describe(self) -> list[tuple[str, str]]:
+        rows = []
+        if self.azurite:
+            rows.append(
+                (
+                    "Azurite (queues/tables)",
+                    f"queue :{self.azurite.queue_port}, table :{self.azurite.table_port}",
+                )
+            )
+        if self.dataverse:
+            rows.append(("Dataverse sandbox", f"{self.dataverse.url}/api/data/v9.2/"))
+        if self.bc:
+            rows.append(
+                ("Business Central sandbox", f"{self.bc.url}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0")
+            )
+        if self.host_server:
+            rows.append(("Dev host (function_app)", f"{self.host_server.url}/api/  (health: /api/health)"))
+        return rows
+
+
+def _sandbox_app(module: str) -> Any:
+    """`devstack.dataverse.create_app()` / `devstack.bc.create_app()`."""
+    return importlib.import_module(module).create_app()
+
+
+def stack_environment(stack: Stack, ports: StackPorts, bc_company_id: str) -> dict[str, str]:
+    """App settings for the service when it runs against the embedded stack."""
+    assert stack.azurite is not None
+    return {
+        "AzureWebJobsStorage": stack.azurite.connection_string,
+        "DATAVERSE_URL": f"http://127.0.0.1:{ports.dataverse}",
+        "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
+        "DATAVERSE_WEBHOOK_AUTH_TYPE": "webhook_key",
+        "DATAVERSE_WEBHOOK_SECRET": os.environ.get("DATAVERSE_WEBHOOK_SECRET") or secrets.token_urlsafe(24),
+        "BC_API_URL": f"http://127.0.0.1:{ports.bc}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0",
+        "BC_COMPANY_IDS": bc_company_id,
+        "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
+        "BC_WEBHOOK_CLIENT_STATE": os.environ.get("BC_WEBHOOK_CLIENT_STATE") or secrets.token_urlsafe(24),
+        "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{ports.host}",
+        "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
+    }
+
+
+def start_stack(
+    ports: StackPorts | None = None,
+    *,
+    with_host: bool = True,
+    host_json_overrides: dict[str, Any] | None = None,
+    function_key: str | None = None,
+    master_key: str | None = None,
+) -> Stack:
+    """Start Azurite, the two sandboxes and (optionally) the dev host; set the app settings in
+    `os.environ` so the function app talks to them. On failure, stop what already started."""
+    ports = ports or StackPorts()
+    stack = Stack()
+    try:
+        stack.azurite = start_azurite(ports.blob, ports.queue, ports.table)
+        stack.dataverse_app = _sandbox_app("devstack.dataverse")
+        stack.dataverse = serve_in_thread(stack.dataverse_app, ports.dataverse)
+        stack.bc_app = _sandbox_app("devstack.bc")
+        stack.bc = serve_in_thread(stack.bc_app, ports.bc)
+        company_id = default_bc_company_id(stack.bc_app)
+        stack.env = stack_environment(stack, ports, company_id)
+        os.environ.update(stack.env)
+        _reset_process_caches()
+        if with_host:
+            stack.host, stack.host_server = start_dev_host(
+                ports.host,
+                host_json_overrides=host_json_overrides,
+                function_key=function_key,
+                master_key=master_key,
+            )
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def default_bc_company_id(bc_app: Any) -> str:
+    from devstack.bc import DEFAULT_COMPANY_ID
+
+    return str(DEFAULT_COMPANY_ID)
+
+
+def _reset_process_caches() -> None:
+    """Settings and clients are cached per process; a new stack in the same process needs new ones."""
+    from shared.settings import get_settings
+    from shared.store.storage import get_storage
+
+    get_settings.cache_clear()
+    get_storage.cache_clear()
+    with contextlib.suppress(ImportError):
+        from shared import runtime
+
+        runtime.reset()
+
+
+def start_dev_host(
+    port: int,
+    *,
+    host_json_overrides: dict[str, Any] | None = None,
+    function_key: str | None = None,
+    master_key: str | None = None,
+) -> tuple[Any, ServerHandle]:
+    """Load `function_app.app` and serve it with the dev host on `port`."""
+    from devstack.host import DevHost, load_host_json
+
+    host_json = load_host_json(REPO / "host.json")
+    _deep_merge(host_json, host_json_overrides or {})
+    import function_app
+
+    host = DevHost(
+        function_app.app,
+        storage_connection_string=os.environ["AzureWebJobsStorage"],
+        host_json=host_json,
+        function_key=function_key,
+        master_key=master_key,
+    )
+    from shared.store.storage import get_storage
+
+    get_storage().ensure()
+    server = serve_in_thread(host.http_app, port)
+    host.start()
+    return host, server
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_local_settings(path: Path = REPO / "local.settings.json") -> dict[str, str]:
+    """`Values` of local.settings.json (what Core Tools would load), if the file exists."""
+    if not path.exists():
+        return {}
+    return {k: str(v) for k, v in json.loads(path.read_text()).get("Values", {}).items()}

@@ -1,0 +1,10 @@
+"""The Function App: create it and register the blueprints. Nothing else belongs here."""
+
+import azure.functions as func
+
+from sync_functions import health
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+for blueprint in (health.bp,):
+    app.register_functions(blueprint)

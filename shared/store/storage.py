@@ -1,0 +1,120 @@
+"""Azure Storage clients (queues and tables), built once per process, and idempotent provisioning.
+
+Works against Azurite (`UseDevelopmentStorage=true` or a full connection string) and against a real
+account with a managed identity (`AzureWebJobsStorage__accountName`, azure-identity credential).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from azure.core.exceptions import ResourceExistsError
+from azure.data.tables import TableClient, TableServiceClient
+from azure.storage.queue import (
+    QueueClient,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
+
+from shared.messages import ChunkMessage, ScanMessage, SyncMessage, to_json
+
+SYNC_QUEUE = "sync-requests"
+POISON_SUFFIX = "-poison"
+TABLES = ("Couplings", "SyncJournal", "Watermarks", "Subscriptions")
+
+# Azurite ships older API versions than the SDK sends; pinning a version both Azurite 3.35 and
+# Azure accept avoids depending on `--skipApiVersionCheck` (reference: functions-host-and-azurite §1.2).
+QUEUE_API_VERSION = "2025-11-05"
+
+
+@dataclass
+class Storage:
+    """The storage handles the service uses. One per process (see `get_storage`)."""
+
+    queues: QueueServiceClient
+    tables: TableServiceClient
+    sync_queue_name: str = SYNC_QUEUE
+
+    def queue(self, name: str | None = None) -> QueueClient:
+        """A queue client that base64-encodes on send and decodes on receive, like the host."""
+        return self.queues.get_queue_client(
+            name or self.sync_queue_name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    @property
+    def poison_queue_name(self) -> str:
+        return self.sync_queue_name + POISON_SUFFIX
+
+    def table(self, name: str) -> TableClient:
+        return self.tables.get_table_client(name)
+
+    def ensure(self) -> list[str]:
+        """Create the queues and tables that do not exist yet; return what was created."""
+        created: list[str] = []
+        for name in (self.sync_queue_name, self.poison_queue_name):
+            try:
+                self.queues.create_queue(name)
+                created.append(f"queue {name}")
+            except ResourceExistsError:
+                pass
+        existing = {t.name for t in self.tables.list_tables()}
+        for name in TABLES:
+            if name not in existing:
+                try:
+                    self.tables.create_table(name)
+                    created.append(f"table {name}")
+                except ResourceExistsError:
+                    pass
+        return created
+
+    def enqueue(
+        self,
+        messages: Iterable[SyncMessage | ChunkMessage | ScanMessage],
+        *,
+        delay_seconds: int = 0,
+        queue: str | None = None,
+    ) -> int:
+        client = self.queue(queue)
+        count = 0
+        for message in messages:
+            client.send_message(to_json(message), visibility_timeout=delay_seconds or None)
+            count += 1
+        return count
+
+
+def storage_from_connection_string(connection_string: str, sync_queue: str = SYNC_QUEUE) -> Storage:
+    return Storage(
+        queues=QueueServiceClient.from_connection_string(connection_string, api_version=QUEUE_API_VERSION),
+        tables=TableServiceClient.from_connection_string(connection_string),
+        sync_queue_name=sync_queue,
+    )
+
+
+def storage_from_account(account_name: str, sync_queue: str = SYNC_QUEUE) -> Storage:
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential()
+    return Storage(
+        queues=QueueServiceClient(f"https://{account_name}.queue.core.windows.net", credential=credential),
+        tables=TableServiceClient(
+            endpoint=f"https://{account_name}.table.core.windows.net", credential=credential
+        ),
+        sync_queue_name=sync_queue,
+    )
+
+
+@functools.cache
+def get_storage() -> Storage:
+    """The process-wide storage handles, from settings."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if settings.storage_connection_string:
+        return storage_from_connection_string(settings.storage_connection_string, settings.sync_queue)
+    assert settings.storage_account_name  # guaranteed by settings validation
+    return storage_from_account(settings.storage_account_name, settings.sync_queue)

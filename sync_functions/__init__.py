@@ -1,0 +1,1 @@
+"""Azure Functions blueprints: each parses its trigger, calls `shared`, and returns."""
