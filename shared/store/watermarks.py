@@ -1,0 +1,55 @@
+"""Per mapping and side: where the delta poll left off (BC modified time or Dataverse delta link)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, UpdateMode
+
+
+@dataclass
+class Watermark:
+    mapping: str
+    side: str
+    value: str
+    etag: str | None = None
+
+
+class WatermarkConflictError(Exception):
+    """Another instance moved the watermark first; its poll covers the same ground."""
+
+
+class WatermarkStore:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def get(self, mapping: str, side: str) -> Watermark | None:
+        try:
+            e = self.table.get_entity(mapping, side)
+        except ResourceNotFoundError:
+            return None
+        return Watermark(mapping, side, e.get("Value", ""), e.metadata["etag"])
+
+    def set(self, mark: Watermark) -> Watermark:
+        """Conditional on the ETag it was read with (None = must not exist yet)."""
+        entity = {"PartitionKey": mark.mapping, "RowKey": mark.side, "Value": mark.value}
+        try:
+            if mark.etag is None:
+                meta = self.table.create_entity(entity)
+            else:
+                meta = self.table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=mark.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise WatermarkConflictError(f"watermark {mark.mapping}/{mark.side} moved concurrently") from exc
+        return Watermark(mark.mapping, mark.side, mark.value, meta["etag"])
+
+    def clear(self, mapping: str, side: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self.table.delete_entity(mapping, side)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from shared.store.journal import Journal, JournalEntry, RunSummary
+from shared.store.storage import Storage
+from shared.store.watermarks import Watermark, WatermarkConflictError, WatermarkStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def journal(storage: Storage) -> Journal:
+    storage.ensure()
+    return Journal(storage.table("SyncJournal"))
+
+
+def test_history_of_a_record_newest_first_from_either_id(journal: Journal) -> None:
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    t0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
+    journal.record(JournalEntry(mapping, "inserted", bc_id="b1", dv_id="d1", at=t0, fields=["name"]))
+    journal.record(
+        JournalEntry(mapping, "failed", bc_id="b1", dv_id="d1", at=t0 + dt.timedelta(seconds=5), error="boom")
+    )
+    by_bc = journal.history(mapping, "bc", "b1")
+    by_dv = journal.history(mapping, "dataverse", "d1")
+    assert [e.outcome for e in by_bc] == ["failed", "inserted"]
+    assert [e.outcome for e in by_dv] == ["failed", "inserted"]
+    assert by_bc[1].fields == ["name"] and by_bc[0].error == "boom"
+
+
+def test_entries_by_time_range(journal: Journal) -> None:
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    base = dt.datetime(2030, 1, 1, 9, 59, 58, tzinfo=dt.UTC)
+    for i in range(5):  # crosses an hour boundary
+        journal.record(JournalEntry(mapping, "modified", bc_id=f"b{i}", at=base + dt.timedelta(seconds=i)))
+    got = list(
+        journal.between(base + dt.timedelta(seconds=1), base + dt.timedelta(seconds=3), mapping=mapping)
+    )
+    assert [e.bc_id for e in got] == ["b3", "b2", "b1"]
+
+
+def test_run_summary_progress(journal: Journal) -> None:
+    run = RunSummary(
+        "r1", "CUSTOMER-" + uuid.uuid4().hex[:4], "full_resync", started="2026-11-27T00:00:00Z", total=10
+    )
+    journal.save_run(run)
+    run.done, run.counts = 4, {"inserted": 4}
+    journal.save_run(run)
+    got = journal.get_run(run.mapping, "r1")
+    assert got is not None and got.done == 4 and got.counts == {"inserted": 4}
+
+
+def test_watermarks_are_conditional(storage: Storage) -> None:
+    storage.ensure()
+    marks = WatermarkStore(storage.table("Watermarks"))
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    first = marks.set(Watermark(mapping, "bc", "2026-01-01T00:00:00Z"))
+    stale = marks.get(mapping, "bc")
+    marks.set(Watermark(mapping, "bc", "2026-01-02T00:00:00Z", first.etag))
+    with pytest.raises(WatermarkConflictError):
+        marks.set(Watermark(mapping, "bc", "2026-01-03T00:00:00Z", stale.etag if stale else None))
+    assert marks.get(mapping, "bc").value == "2026-01-02T00:00:00Z"  # type: ignore[union-attr]
