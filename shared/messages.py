@@ -20,7 +20,7 @@ MESSAGE_VERSION = 1
 # Azure queue messages are at most 64 KiB; base64 grows text by 4/3, so keep JSON under 48 KiB.
 MAX_JSON_BYTES = 48 * 1024
 
-Side = Literal["bc", "dataverse"]
+Side = Literal["bc", "dv"]
 Change = Literal["created", "updated", "deleted", "unknown"]
 
 

@@ -21,9 +21,9 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.connectors.odata import and_, eq, ge, lt
 
-Side = Literal["bc", "dataverse"]
+Side = Literal["bc", "dv"]
 State = Literal["coupled", "pending_bc"]
-_PREFIX: dict[Side, str] = {"bc": "bc:", "dataverse": "dv:"}
+_PREFIX: dict[Side, str] = {"bc": "bc:", "dv": "dv:"}
 
 
 class CouplingConflictError(Exception):
@@ -60,7 +60,7 @@ class Coupling:
         if self.bc_id:
             keys.append(_PREFIX["bc"] + self.bc_id)
         if self.dv_id:
-            keys.append(_PREFIX["dataverse"] + self.dv_id)
+            keys.append(_PREFIX["dv"] + self.dv_id)
         return keys
 
     def id_on(self, side: Side) -> str | None:

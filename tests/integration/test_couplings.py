@@ -26,7 +26,7 @@ def mapping() -> str:
 def test_coupling_is_found_from_either_side(store: CouplingStore, mapping: str) -> None:
     store.create(Coupling(mapping, "bc-1", "dv-1", snapshot={"bc": {"name": "A"}, "dv": {"name": "A"}}))
     from_bc = store.get(mapping, "bc", "bc-1")
-    from_dv = store.get(mapping, "dataverse", "dv-1")
+    from_dv = store.get(mapping, "dv", "dv-1")
     assert from_bc is not None and from_dv is not None
     assert (from_bc.dv_id, from_dv.bc_id) == ("dv-1", "bc-1")
     assert from_dv.snapshot == {"bc": {"name": "A"}, "dv": {"name": "A"}}
@@ -43,21 +43,21 @@ def test_a_record_cannot_be_coupled_twice(store: CouplingStore, mapping: str) ->
 def test_concurrent_updates_cannot_both_win(store: CouplingStore, mapping: str) -> None:
     store.create(Coupling(mapping, "bc-1", "dv-1"))
     first = store.get(mapping, "bc", "bc-1")
-    second = store.get(mapping, "dataverse", "dv-1")
+    second = store.get(mapping, "dv", "dv-1")
     assert first and second
     first.last_result = "modified"
     store.save(first)
     second.last_result = "conflict"
     with pytest.raises(CouplingConflictError):
         store.save(second)
-    assert store.get(mapping, "dataverse", "dv-1").last_result == "modified"  # type: ignore[union-attr]
+    assert store.get(mapping, "dv", "dv-1").last_result == "modified"  # type: ignore[union-attr]
 
 
 def test_pending_bc_side_is_completed_atomically(store: CouplingStore, mapping: str) -> None:
     pending = store.create(
         Coupling(mapping, None, "dv-9", state="pending_bc", pending_since="2026-11-27T00:00:00Z")
     )
-    assert store.get(mapping, "dataverse", "dv-9").state == "pending_bc"  # type: ignore[union-attr]
+    assert store.get(mapping, "dv", "dv-9").state == "pending_bc"  # type: ignore[union-attr]
     pending.bc_id, pending.state = "bc-9", "coupled"
     store.save(pending)
     found = store.get(mapping, "bc", "bc-9")
@@ -69,7 +69,7 @@ def test_uncouple_removes_both_rows(store: CouplingStore, mapping: str) -> None:
     coupling = store.get(mapping, "bc", "bc-1")
     assert coupling
     store.delete(coupling)
-    assert store.get(mapping, "bc", "bc-1") is None and store.get(mapping, "dataverse", "dv-1") is None
+    assert store.get(mapping, "bc", "bc-1") is None and store.get(mapping, "dv", "dv-1") is None
 
 
 def test_list_and_bulk_create(store: CouplingStore, mapping: str) -> None:
@@ -81,4 +81,4 @@ def test_list_and_bulk_create(store: CouplingStore, mapping: str) -> None:
     assert isinstance(dup[0], Coupling) and isinstance(dup[1], Exception)
     assert len(list(store.list(mapping))) == 121
     assert [c.bc_id for c in store.list(mapping, only="failed")] == ["bc-5"]
-    assert dict(store.all_ids(mapping, "dataverse"))["dv-7"] == "bc-7"
+    assert dict(store.all_ids(mapping, "dv"))["dv-7"] == "bc-7"

@@ -26,7 +26,7 @@ def test_history_of_a_record_newest_first_from_either_id(journal: Journal) -> No
         JournalEntry(mapping, "failed", bc_id="b1", dv_id="d1", at=t0 + dt.timedelta(seconds=5), error="boom")
     )
     by_bc = journal.history(mapping, "bc", "b1")
-    by_dv = journal.history(mapping, "dataverse", "d1")
+    by_dv = journal.history(mapping, "dv", "d1")
     assert [e.outcome for e in by_bc] == ["failed", "inserted"]
     assert [e.outcome for e in by_dv] == ["failed", "inserted"]
     assert by_bc[1].fields == ["name"] and by_bc[0].error == "boom"

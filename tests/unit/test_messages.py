@@ -24,7 +24,7 @@ def test_sync_message_round_trips_through_base64_json() -> None:
 
 
 def test_chunk_and_scan_messages_round_trip() -> None:
-    chunk = ChunkMessage(mapping="CUSTOMER", side="dataverse", ids=["a", "b"], run_id="r1")
+    chunk = ChunkMessage(mapping="CUSTOMER", side="dv", ids=["a", "b"], run_id="r1")
     scan = ScanMessage(mapping="CUSTOMER", side="bc", since=None)
     assert decode_message(encode_message(chunk)) == chunk
     assert decode_message(encode_message(scan)) == scan
