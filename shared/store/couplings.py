@@ -1,7 +1,9 @@
 """Couplings: which BC record is paired with which Dataverse record, and the merge base.
 
 One coupling is two rows in the `Couplings` table, PartitionKey = mapping name, RowKeys `bc:<id>`
-and `dv:<id>`. Both rows carry the whole coupling, so either side finds it with one point read;
+and `dv:<id>`, plus `key:<bc key>` when other mappings look this one up by a BC field other
+than the id (a salesperson's code, a currency's code). All rows carry the whole coupling, so
+either side (or key) finds it with one point read;
 both are written in one table transaction and every update is conditional on both rows' ETags, so
 two workers can never both win. A coupling whose BC record is being created has only its `dv:` row
 (state `pending_bc`) until the BC id is known.
@@ -24,6 +26,7 @@ from shared.connectors.odata import and_, eq, ge, lt
 Side = Literal["bc", "dv"]
 State = Literal["coupled", "pending_bc"]
 _PREFIX: dict[Side, str] = {"bc": "bc:", "dv": "dv:"}
+KEY_PREFIX = "key:"
 
 
 class CouplingConflictError(Exception):
@@ -61,6 +64,8 @@ class Coupling:
             keys.append(_PREFIX["bc"] + self.bc_id)
         if self.dv_id:
             keys.append(_PREFIX["dv"] + self.dv_id)
+        if self.bc_key and self.bc_id and self.bc_key != self.bc_id:
+            keys.append(KEY_PREFIX + self.bc_key)
         return keys
 
     def id_on(self, side: Side) -> str | None:
@@ -122,8 +127,15 @@ class CouplingStore:
     # ------------------------------------------------------------------------------------ read
     def get(self, mapping: str, side: Side, record_id: str) -> Coupling | None:
         """The coupling containing `record_id` on `side`, with the ETags of all its rows."""
+        return self._get_row(mapping, _PREFIX[side] + record_id)
+
+    def get_by_key(self, mapping: str, bc_key: str) -> Coupling | None:
+        """The coupling whose BC record has `bc_key` in the mapping's key field (e.g. a code)."""
+        return self._get_row(mapping, KEY_PREFIX + bc_key)
+
+    def _get_row(self, mapping: str, row_key: str) -> Coupling | None:
         try:
-            entity = self.table.get_entity(mapping, _PREFIX[side] + record_id)
+            entity = self.table.get_entity(mapping, row_key)
         except ResourceNotFoundError:
             return None
         coupling = _from_entity(entity)
@@ -154,7 +166,7 @@ class CouplingStore:
         count = 0
         for entity in self.table.query_entities(and_(*clauses)):
             key: str = entity["RowKey"]
-            if key.startswith("dv:") and entity.get("BcId"):
+            if key.startswith(KEY_PREFIX) or (key.startswith("dv:") and entity.get("BcId")):
                 continue  # the bc: row represents this pair
             coupling = _from_entity(entity)
             coupling.row_etags[key] = entity.metadata["etag"]

@@ -82,3 +82,18 @@ def test_list_and_bulk_create(store: CouplingStore, mapping: str) -> None:
     assert len(list(store.list(mapping))) == 121
     assert [c.bc_id for c in store.list(mapping, only="failed")] == ["bc-5"]
     assert dict(store.all_ids(mapping, "dv"))["dv-7"] == "bc-7"
+
+
+def test_coupling_is_found_by_its_bc_key_and_the_key_row_follows_changes(
+    store: CouplingStore, mapping: str
+) -> None:
+    store.create(Coupling(mapping, "bc-1", "dv-1", bc_key="JR"))
+    found = store.get_by_key(mapping, "JR")
+    assert found is not None and found.dv_id == "dv-1"
+    found.bc_key = "JRX"
+    store.save(found)
+    assert store.get_by_key(mapping, "JR") is None
+    assert store.get_by_key(mapping, "JRX").dv_id == "dv-1"  # type: ignore[union-attr]
+    assert len(list(store.list(mapping))) == 1
+    store.delete(store.get(mapping, "dv", "dv-1"))  # type: ignore[arg-type]
+    assert store.get_by_key(mapping, "JRX") is None
