@@ -1,0 +1,204 @@
+"""Webhook intake: authenticate, parse, drop echoes, and turn each change into a queue message.
+
+Both handlers answer quickly and never call an API: the processor reads the records later. They
+return the HTTP answer and the messages to enqueue; the caller enqueues, and answers 503 if that
+fails, so nothing accepted is lost.
+
+Status codes are chosen for each sender. Dataverse records any non-2xx as a failed system job and
+retries only 502/503/504. BC *deletes the subscription* on any non-success other than
+408/429/5xx, so a 4xx goes only to a call that is really not ours (bad clientState, not a
+notification); a transient failure on our side is always 503.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_webhook_auth
+from shared.feeds.bc_webhook import parse_bc_notifications
+from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
+from shared.mapping.schema import MappingSet
+from shared.messages import ScanMessage, SyncMessage
+
+# Dataverse cuts payloads above 256 KB (and says so in a header); anything far larger is not Dataverse.
+MAX_DATAVERSE_BODY = 512 * 1024
+MAX_BC_BODY = 1024 * 1024
+# BC's validationToken is an opaque string; echo only something that looks like one.
+_TOKEN = re.compile(r"^[\w\-.~:+/=]{1,1024}$")
+
+QueueItem = SyncMessage | ScanMessage
+
+
+@dataclass(frozen=True)
+class WebhookAnswer:
+    status: int
+    body: str
+    content_type: str = "application/json"
+    messages: list[QueueItem] = field(default_factory=list)
+
+    @classmethod
+    def json(
+        cls, status: int, payload: Mapping[str, object], messages: list[QueueItem] | None = None
+    ) -> WebhookAnswer:
+        return cls(status, json.dumps(payload), "application/json", messages or [])
+
+
+@dataclass(frozen=True)
+class DataverseIntakeConfig:
+    auth_type: DataverseAuthType
+    secret: str
+    secret_name: str
+    integration_user_id: str | None
+
+    def expected(self) -> str | dict[str, str]:
+        if self.auth_type == "webhook_key":
+            return self.secret
+        return {self.secret_name: self.secret}
+
+
+def handle_dataverse_webhook(
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    body: bytes,
+    *,
+    config: DataverseIntakeConfig,
+    mappings: MappingSet,
+) -> WebhookAnswer:
+    if len(body) > MAX_DATAVERSE_BODY:
+        return WebhookAnswer.json(
+            413, {"error": f"body larger than {MAX_DATAVERSE_BODY} bytes is not a Dataverse webhook"}
+        )
+    try:
+        check_dataverse_webhook_auth(config.auth_type, config.expected(), headers, query)
+    except WebhookAuthError as exc:
+        return WebhookAnswer.json(401, {"error": f"webhook authentication failed: {exc}"})
+    try:
+        change = parse_dataverse_webhook(body, headers)
+    except WebhookPayloadError as exc:
+        return WebhookAnswer.json(400, {"error": f"not a RemoteExecutionContext: {exc}"})
+
+    if not change.is_data_change:
+        return WebhookAnswer.json(202, {"ignored": f"message {change.message} is not synchronized"})
+    targets = [
+        m.name for m in mappings.entities() if m.dataverse.table == change.entity and m.writes_to("bc")
+    ]
+    if not targets:
+        return WebhookAnswer.json(
+            202, {"ignored": f"table {change.entity} is not mapped towards Business Central"}
+        )
+    if config.integration_user_id and change.initiating_user_id == config.integration_user_id.lower():
+        return WebhookAnswer.json(202, {"ignored": "echo: the change was made by the integration user"})
+    kind = {"Create": "created", "Update": "updated", "Delete": "deleted"}[change.message]
+    # Dataverse's CorrelationId follows the change through our logs and journal.
+    correlation = {"correlation_id": change.correlation_id} if change.correlation_id else {}
+    messages: list[QueueItem] = [
+        SyncMessage(
+            mapping=name,
+            side="dv",
+            id=change.record_id,
+            change=kind,
+            reason="dataverse webhook",
+            **correlation,
+        )  # type: ignore[arg-type]
+        for name in targets
+    ]
+    return WebhookAnswer.json(202, {"accepted": len(messages), "mappings": targets}, messages)
+
+
+@dataclass(frozen=True)
+class BcIntakeConfig:
+    client_state: str
+    company_ids: Collection[str]
+
+
+def handle_bc_webhook(
+    query: Mapping[str, str],
+    body: bytes,
+    *,
+    config: BcIntakeConfig,
+    mappings: MappingSet,
+    last_synced_modified: Callable[[str, str], str | None],
+) -> WebhookAnswer:
+    """`last_synced_modified(mapping, bc_id)` is the coupling's BC modified time after our last
+    write (None when uncoupled); a notification carrying exactly that time is our own echo."""
+    token = query.get("validationToken")
+    if token is not None:
+        if not _TOKEN.match(token):
+            return WebhookAnswer.json(400, {"error": "validationToken has unexpected characters"})
+        return WebhookAnswer(200, token, "text/plain")
+    if len(body) > MAX_BC_BODY:
+        return WebhookAnswer.json(
+            413, {"error": f"body larger than {MAX_BC_BODY} bytes is not a BC notification"}
+        )
+
+    by_entity_set: dict[str, list[str]] = {}
+    for m in mappings.entities():
+        if m.writes_to("dv"):
+            by_entity_set.setdefault(m.bc.entity_set, []).append(m.name)
+    try:
+        batch = parse_bc_notifications(
+            body,
+            client_state=config.client_state,
+            company_ids=config.company_ids,
+            entity_sets=list(by_entity_set),
+        )
+    except WebhookAuthError as exc:
+        return WebhookAnswer.json(401, {"error": f"webhook authentication failed: {exc}"})
+    except WebhookPayloadError as exc:
+        return WebhookAnswer.json(400, {"error": f"not a BC notification: {exc}"})
+
+    messages: list[QueueItem] = []
+    echoes = 0
+    for note in batch.accepted:
+        for name in by_entity_set[note.entity_set]:
+            if note.change_type == "collection":
+                messages.append(
+                    ScanMessage(
+                        mapping=name,
+                        side="bc",
+                        since=note.collection_modified_after,
+                        reason="bc collection",
+                    )
+                )
+                continue
+            assert note.record_id is not None
+            modified = _iso_ms(note.last_modified)
+            if note.change_type != "deleted" and _same_instant(
+                last_synced_modified(name, note.record_id), note.last_modified
+            ):
+                echoes += 1
+                continue
+            messages.append(
+                SyncMessage(
+                    mapping=name,
+                    side="bc",
+                    id=note.record_id,
+                    change=note.change_type,
+                    modified=modified,
+                    reason="bc webhook",
+                )
+            )
+    payload: dict[str, object] = {"accepted": len(messages), "echoes": echoes}
+    if batch.rejected:
+        # Entries that do not point at a configured company/entity set are answered 2xx on purpose:
+        # a 4xx would make BC delete the subscription for the good entries too.
+        payload["rejected"] = [{"index": r.index, "reason": r.reason} for r in batch.rejected]
+    return WebhookAnswer.json(202, payload, messages)
+
+
+def _iso_ms(moment: dt.datetime) -> str:
+    """BC's own format: UTC with milliseconds, e.g. 2026-11-27T12:00:00.123Z."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _same_instant(recorded: str | None, notified: dt.datetime) -> bool:
+    if not recorded:
+        return False
+    try:
+        return dt.datetime.fromisoformat(recorded.replace("Z", "+00:00")) == notified
+    except ValueError:
+        return False

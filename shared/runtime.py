@@ -1,0 +1,113 @@
+"""Process-wide wiring: settings -> storage, stores, API clients and mappings, built once.
+
+Functions call `get_runtime()`; tests and the dev stack call `reset()` after changing settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from shared.settings import Settings, get_settings
+from shared.store.couplings import CouplingStore
+from shared.store.journal import Journal
+from shared.store.storage import Storage, get_storage
+from shared.store.watermarks import WatermarkStore
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+    from shared.connectors.business_central import BusinessCentralClient
+    from shared.connectors.dataverse import DataverseClient
+    from shared.mapping.schema import MappingSet
+
+BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    storage: Storage
+
+    @cached_property
+    def couplings(self) -> CouplingStore:
+        return CouplingStore(self.storage.table("Couplings"))
+
+    @cached_property
+    def journal(self) -> Journal:
+        return Journal(self.storage.table("SyncJournal"))
+
+    @cached_property
+    def watermarks(self) -> WatermarkStore:
+        return WatermarkStore(self.storage.table("Watermarks"))
+
+    @cached_property
+    def mappings(self) -> MappingSet:
+        from shared.mapping.loader import load_mapping_set
+
+        return load_mapping_set(self.settings.mappings_file)
+
+    @property
+    def company_id(self) -> str:
+        """The BC company synchronized with this Dataverse environment (the first configured)."""
+        return self.settings.bc_company_ids[0]
+
+    @cached_property
+    def _azure_credential(self) -> TokenCredential:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    @cached_property
+    def dataverse(self) -> DataverseClient:
+        from shared.connectors.credentials import StaticTokenCredential
+        from shared.connectors.dataverse import DataverseClient
+
+        s = self.settings
+        credential = (
+            StaticTokenCredential(s.dataverse_static_token)
+            if s.dataverse_static_token
+            else self._azure_credential
+        )
+        return DataverseClient(s.dataverse_api_url, credential, scope=f"{s.dataverse_url}/.default")
+
+    @cached_property
+    def bc(self) -> BusinessCentralClient:
+        from shared.connectors.business_central import BusinessCentralClient
+        from shared.connectors.credentials import StaticTokenCredential
+
+        s = self.settings
+        credential = StaticTokenCredential(s.bc_static_token) if s.bc_static_token else self._azure_credential
+        return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE)
+
+    @cached_property
+    def integration_user_id(self) -> str:
+        """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
+        configured = self.settings.dataverse_integration_user_id
+        return (configured or self.dataverse.whoami().user_id).lower()
+
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _build() -> Runtime:
+    return Runtime(get_settings(), get_storage())
+
+
+def get_runtime() -> Runtime:
+    with _lock:
+        return _build()
+
+
+def reset() -> None:
+    """Forget cached settings, storage, clients and mappings (after the environment changed)."""
+    from shared.store.storage import get_storage as storage_cache
+
+    with _lock:
+        _build.cache_clear()
+        get_settings.cache_clear()
+        storage_cache.cache_clear()

@@ -1,0 +1,28 @@
+"""HTTP webhooks from Dataverse and Business Central. They keep their own secrets (anonymous auth
+level; never a bearer token), answer fast, and only enqueue."""
+
+import logging
+
+import azure.functions as func
+
+from shared.feeds.webhooks import receive_bc_webhook, receive_dataverse_webhook
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+def _respond(status: int, body: str, content_type: str) -> func.HttpResponse:
+    return func.HttpResponse(body, status_code=status, mimetype=content_type)
+
+
+@bp.route(route="webhooks/dataverse", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    answer = receive_dataverse_webhook(dict(req.headers), dict(req.params), req.get_body())
+    return _respond(answer.status, answer.body, answer.content_type)
+
+
+# BC's handshake method is not documented (reference §4.2): accept POST and GET.
+@bp.route(route="webhooks/bc", methods=["POST", "GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def bc_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    answer = receive_bc_webhook(dict(req.params), req.get_body())
+    return _respond(answer.status, answer.body, answer.content_type)
