@@ -1,0 +1,202 @@
+"""The webhook intake handlers: status codes, echoes, and that nothing is enqueued unless the call
+was authentic and well-formed (pure: no servers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.feeds.intake import (
+    BcIntakeConfig,
+    DataverseIntakeConfig,
+    handle_bc_webhook,
+    handle_dataverse_webhook,
+)
+from shared.mapping.loader import load_mapping_set
+from shared.messages import ScanMessage, SyncMessage
+from tests.support import webhook_samples as samples
+
+MAPPINGS = load_mapping_set("mappings/default.yaml")
+SECRET = "s3cret-webhook-key-0123456789"
+INTEGRATION_USER = "11111111-1111-1111-1111-111111111111"
+DV_CONFIG = DataverseIntakeConfig("webhook_key", SECRET, "x-bcsync-key", INTEGRATION_USER)
+COMPANY = "b18aed47-c385-49d2-b954-dbdf8ad71780"
+BC_CONFIG = BcIntakeConfig("someClientState", [COMPANY])
+
+
+def dv_call(body: bytes, query: dict[str, str] | None = None, headers: dict[str, str] | None = None):
+    return handle_dataverse_webhook(
+        headers if headers is not None else samples.DATAVERSE_SAMPLE_HEADERS,
+        query if query is not None else {"code": SECRET},
+        body,
+        config=DV_CONFIG,
+        mappings=MAPPINGS,
+    )
+
+
+def bc_call(
+    body: bytes, query: dict[str, str] | None = None, synced: dict[tuple[str, str], str] | None = None
+):
+    return handle_bc_webhook(
+        query or {},
+        body,
+        config=BC_CONFIG,
+        mappings=MAPPINGS,
+        last_synced_modified=lambda m, i: (synced or {}).get((m, i)),
+    )
+
+
+def test_documented_dataverse_update_becomes_one_message_for_the_contact_mapping() -> None:
+    answer = dv_call(samples.DATAVERSE_UPDATE_SAMPLE.encode())
+    assert answer.status == 202
+    assert len(answer.messages) == 1
+    message = answer.messages[0]
+    assert isinstance(message, SyncMessage)
+    assert (message.mapping, message.side, message.id, message.change) == (
+        "CONTACT", "dv", "6d81597f-0f9f-e711-8122-000d3aa2331c", "updated",
+    )  # fmt: skip
+    assert message.correlation_id == "b374239d-4233-41a9-8b17-a86cb4f737b5"
+
+
+def test_account_change_goes_to_every_mapping_of_the_table() -> None:
+    answer = dv_call(json.dumps(samples.dataverse_create()).encode(), headers={})
+    assert answer.status == 202
+    assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "VENDOR"]
+
+
+@pytest.mark.parametrize("query", [{}, {"code": "wrong"}, {"code": SECRET[:-1]}])
+def test_bad_or_missing_key_is_401_and_enqueues_nothing(query: dict[str, str]) -> None:
+    answer = dv_call(samples.DATAVERSE_UPDATE_SAMPLE.encode(), query=query)
+    assert answer.status == 401 and answer.messages == []
+    assert SECRET not in answer.body
+
+
+def test_bearer_token_is_not_accepted_instead_of_the_secret() -> None:
+    answer = dv_call(
+        samples.DATAVERSE_UPDATE_SAMPLE.encode(), query={}, headers={"Authorization": f"Bearer {SECRET}"}
+    )
+    assert answer.status == 401
+
+
+def test_http_header_scheme() -> None:
+    config = DataverseIntakeConfig("http_header", SECRET, "x-bcsync-key", None)
+    body = samples.DATAVERSE_UPDATE_SAMPLE.encode()
+    ok = handle_dataverse_webhook({"X-BcSync-Key": SECRET}, {}, body, config=config, mappings=MAPPINGS)
+    bad = handle_dataverse_webhook(
+        {"x-bcsync-key": "nope"}, {"code": SECRET}, body, config=config, mappings=MAPPINGS
+    )
+    assert (ok.status, bad.status) == (202, 401)
+
+
+def test_malformed_body_is_400() -> None:
+    answer = dv_call(b'{"MessageName": "Update"}')
+    assert answer.status == 400 and answer.messages == []
+    assert "PrimaryEntityName" in answer.body
+
+
+def test_oversized_body_is_413() -> None:
+    answer = dv_call(b" " * (600 * 1024))
+    assert answer.status == 413 and answer.messages == []
+
+
+def test_echo_from_the_integration_user_is_dropped_and_said_so() -> None:
+    context = samples.dataverse_update()
+    context["InitiatingUserId"] = INTEGRATION_USER
+    answer = dv_call(json.dumps(context).encode())
+    assert answer.status == 202 and answer.messages == []
+    assert "echo" in json.loads(answer.body)["ignored"]
+
+
+def test_unmapped_table_is_accepted_but_ignored() -> None:
+    context = samples.dataverse_update()
+    context["PrimaryEntityName"] = "lead"
+    answer = dv_call(json.dumps(context).encode(), headers={})
+    assert answer.status == 202 and answer.messages == []
+    assert "lead" in json.loads(answer.body)["ignored"]
+
+
+def test_size_exceeded_body_still_yields_the_record() -> None:
+    headers = {**samples.DATAVERSE_SAMPLE_HEADERS, "x-ms-dynamics-msg-size-exceeded": "true"}
+    answer = dv_call(samples.dataverse_size_exceeded_body(), headers=headers)
+    assert answer.status == 202
+    assert [m.id for m in answer.messages] == ["6d81597f-0f9f-e711-8122-000d3aa2331c"]  # type: ignore[union-attr]
+
+
+def test_bc_handshake_echoes_the_token_as_text() -> None:
+    answer = bc_call(b"", query={"validationToken": "abc-123_XYZ"})
+    assert (answer.status, answer.body, answer.content_type) == (200, "abc-123_XYZ", "text/plain")
+
+
+def test_bc_documented_sample() -> None:
+    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode())
+    assert answer.status == 202
+    records = [m for m in answer.messages if isinstance(m, SyncMessage)]
+    # items -> ITEM-PRODUCT (updated), customers -> CUSTOMER (deleted); salesInvoices is not mapped
+    # and its company is not configured: rejected in the body, still 2xx so BC keeps the subscription.
+    assert sorted((m.mapping, m.change) for m in records) == [
+        ("CUSTOMER", "deleted"),
+        ("ITEM-PRODUCT", "updated"),
+    ]
+    assert len(json.loads(answer.body)["rejected"]) == 1
+
+
+def test_bc_echo_is_dropped_when_the_time_matches_the_coupling() -> None:
+    synced = {("ITEM-PRODUCT", "26814998-936a-401c-81c1-0e848a64971d"): "2018-10-26T12:54:20.467Z"}
+    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode(), synced=synced)
+    assert [m.mapping for m in answer.messages] == ["CUSTOMER"]
+    assert json.loads(answer.body)["echoes"] == 1
+
+
+def test_bc_collection_becomes_a_scan_from_the_notified_time() -> None:
+    since = "lastModifiedDateTime%20gt%202018-10-15T11:00:00Z"
+    body = json.dumps({"value": [{
+        "subscriptionId": "s", "clientState": "someClientState", "expirationDateTime": "2018-10-20T10:55:01Z",
+        "resource": f"/api/v2.0/companies({COMPANY})/customers?$filter={since}",
+        "changeType": "collection", "lastModifiedDateTime": "2018-10-26T12:54:30.503Z",
+    }]}).encode()  # fmt: skip
+    answer = bc_call(body)
+    scans = [m for m in answer.messages if isinstance(m, ScanMessage)]
+    assert [s.mapping for s in scans] == ["CUSTOMER"]
+    assert scans[0].since is not None and scans[0].since.isoformat().startswith("2018-10-15T11:00:00")
+
+
+def test_bc_wrong_client_state_is_401() -> None:
+    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.replace("someClientState", "other").encode())
+    assert answer.status == 401 and answer.messages == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    body=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)),
+    headers=st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=4),
+    query=st.dictionaries(
+        st.sampled_from(["code", "x", "validationToken"]), st.text(max_size=40), max_size=2
+    ),
+)
+def test_fuzz_any_call_is_answered_2xx_or_4xx_and_enqueues_only_when_authentic(body, headers, query) -> None:
+    dv = handle_dataverse_webhook(headers, query, body, config=DV_CONFIG, mappings=MAPPINGS)
+    assert 200 <= dv.status < 500
+    if query.get("code") != SECRET:
+        assert dv.messages == []
+    bc = handle_bc_webhook(
+        query, body, config=BC_CONFIG, mappings=MAPPINGS, last_synced_modified=lambda m, i: None
+    )
+    assert 200 <= bc.status < 500
+    if "someClientState" not in body.decode(errors="replace"):
+        assert bc.messages == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_samples_never_crash(data: st.DataObject) -> None:
+    context = samples.dataverse_update()
+    key = data.draw(st.sampled_from(sorted(context)))
+    context[key] = data.draw(
+        st.one_of(st.none(), st.integers(), st.text(max_size=50), st.lists(st.integers(), max_size=3))
+    )
+    answer = dv_call(json.dumps(context).encode())
+    assert answer.status in (202, 400)
+    assert (answer.status == 202) or answer.messages == []
