@@ -1,0 +1,440 @@
+"""The mapping file's schema: pydantic models validated at load time, exported as JSON Schema.
+
+One `MappingSet` per file. It holds settings and table mappings of two kinds:
+- `entity`: records that sync (BC entity set <-> Dataverse table), with field mappings;
+- `option_set`: a BC code table (payment terms, shipment methods) mapped to a Dataverse choice column by
+  a value map. Nothing syncs for it; entity fields refer to it through `lookup`.
+
+Cross-references (lookups, dependencies, ownership) are checked in `MappingSet`, so a file that loads is
+consistent. The person-ownership owner field is generated here from a mapping's `owner` section, so the
+rest of the code sees it as an ordinary field mapping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+Side = Literal["bc", "dv"]
+Direction = Literal["bidirectional", "to_dataverse", "to_bc"]
+ConflictPolicy = Literal["none", "bc_wins", "dataverse_wins", "newest_wins"]
+DeletionPolicy = Literal["none", "remove_coupling", "restore", "propagate"]
+FieldType = Literal["text", "number", "boolean", "guid", "date", "datetime", "person_name"]
+Scalar = str | int | float | bool | None
+
+OWNER_FIELD_KEY = "owner"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: refuse them so a misspelt option cannot be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FilterClause(_Strict):
+    """One condition of a side's scope filter; all clauses of a side must hold (AND)."""
+
+    field: str = Field(description="Field (BC) or column (Dataverse; lookups as `_x_value`).")
+    op: Literal["eq", "ne", "gt", "ge", "lt", "le"] = "eq"
+    value: Scalar = Field(description="Literal to compare with; null means empty.")
+
+
+class FieldMapping(_Strict):
+    """One mapped field: a BC field and a Dataverse column, or a constant written to one side."""
+
+    key: str = Field(
+        "",
+        description="Name of this field mapping in snapshots, logs and errors. "
+        "Defaults to the BC field name (or the Dataverse column for a constant to Dataverse).",
+    )
+    bc: str | None = Field(None, description="BC API v2.0 field name.")
+    dv: str | None = Field(
+        None, description="Dataverse column logical name; for lookups the column (`ownerid`), not `_x_value`."
+    )
+    direction: Direction = "bidirectional"
+    type: FieldType = Field(
+        "text",
+        description="How values are normalised and compared. `person_name`: a full name; written to "
+        "Dataverse as firstname/lastname, read from `dv` (e.g. fullname).",
+    )
+    constant: Scalar = Field(
+        None,
+        description="Write this value to the target side (the side `direction` points to); "
+        "give only that side's field. Set the key explicitly (even to null) to use it.",
+    )
+    value_map: dict[str, str | int | bool] | None = Field(
+        None, description="BC value -> Dataverse value. Unmapped values fail the record, naming the value."
+    )
+    lookup: str | None = Field(
+        None,
+        description="Name of the mapping whose couplings (entity) or value map (option_set) translate "
+        "this field: BC holds that mapping's `bc.key`, Dataverse the coupled record's id or option value.",
+    )
+    dv_navigation: str | None = Field(
+        None,
+        description="Navigation property for `@odata.bind` when it differs from `dv` "
+        "(customer lookups: `parentcustomerid_account`).",
+    )
+    clear_on_failed_lookup: bool = Field(
+        False, description="Write an empty value instead of failing when the lookup target is not coupled."
+    )
+    not_null: bool = Field(False, description="Never write an empty value to the target (e.g. ownerid).")
+    conflict: ConflictPolicy | None = Field(
+        None, description="Overrides the table mapping's conflict policy."
+    )
+    match_priority: int | None = Field(
+        None,
+        ge=1,
+        description="Use for match-based coupling; fields with the same priority must all match; "
+        "lower priorities are tried first.",
+    )
+    case_sensitive_match: bool = False
+    trim: bool = Field(True, description="Strip leading/trailing whitespace from text before writing.")
+    bc_max_length: int | None = Field(None, ge=1, description="Clamp text written to BC to this length.")
+    dv_max_length: int | None = Field(
+        None, ge=1, description="Clamp text written to Dataverse to this length."
+    )
+    decimals: int | None = Field(None, ge=0, description="Round numbers to this many decimals.")
+    minimum: float | None = Field(None, description="Raise numbers below this to it (inventory: 0).")
+    create_only: bool = Field(
+        False, description="Only part of create bodies (e.g. a required default); never merged or updated."
+    )
+    failed_lookup_message: str | None = Field(
+        None, description="Error text when the lookup is not coupled; `{value}` is replaced by the value."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FieldMapping:
+        if self.bc is None and self.dv is None:
+            raise ValueError("a field mapping needs `bc`, `dv` or both")
+        if self.has_constant:
+            target = self.target_of_constant
+            source_field = self.dv if target == "bc" else self.bc
+            if source_field is not None or (self.bc if target == "bc" else self.dv) is None:
+                raise ValueError(
+                    "a constant is written to one side: give only that side's field and a one-way direction "
+                    "(`to_dataverse` with `dv`, or `to_bc` with `bc`)"
+                )
+        elif self.bc is None or self.dv is None:
+            raise ValueError("a field mapping without `constant` needs both `bc` and `dv`")
+        if self.clear_on_failed_lookup and self.not_null:
+            raise ValueError("`clear_on_failed_lookup` and `not_null` contradict each other; pick one")
+        if self.clear_on_failed_lookup and self.lookup is None:
+            raise ValueError("`clear_on_failed_lookup` only applies to a field with a `lookup`")
+        if self.lookup is not None and self.value_map is not None:
+            raise ValueError(
+                "give `lookup` or `value_map`, not both (an option_set mapping holds a value map)"
+            )
+        if self.value_map is not None:
+            _check_injective(self.value_map, "value_map")
+        if (
+            self.type == "person_name"
+            and self.direction != "to_bc"
+            and self.dv in (None, "firstname", "lastname")
+        ):
+            raise ValueError(
+                "`person_name` reads the full name from `dv` (e.g. fullname) and writes firstname/lastname"
+            )
+        if not self.key:
+            object.__setattr__(self, "key", self.bc or self.dv)
+        return self
+
+    @property
+    def has_constant(self) -> bool:
+        return "constant" in self.model_fields_set
+
+    @property
+    def target_of_constant(self) -> Side:
+        if self.direction == "bidirectional":
+            raise ValueError("a constant needs a one-way direction (`to_dataverse` or `to_bc`)")
+        return "dv" if self.direction == "to_dataverse" else "bc"
+
+    def writes_to(self, side: Side) -> bool:
+        """Whether values may flow into `side` through this field."""
+        return self.direction == "bidirectional" or self.direction == (
+            "to_dataverse" if side == "dv" else "to_bc"
+        )
+
+
+class BcSide(_Strict):
+    entity_set: str = Field(description="BC API v2.0 entity set, e.g. `customers`.")
+    key: str = Field(
+        "id",
+        description="Field other mappings' lookups refer to this mapping by "
+        "(`code` for salespeople/currencies, `number` for customers, `id` for GUID references).",
+    )
+    filter: list[FilterClause] = Field(default_factory=list, description="Records in scope (AND).")
+    modified_field: str = "lastModifiedDateTime"
+
+
+class DataverseSide(_Strict):
+    table: str = Field(description="Logical name, e.g. `account`.")
+    entity_set: str = Field(description="Web API entity set, e.g. `accounts`.")
+    primary_key: str = Field("", description="Defaults to `<table>id`.")
+    filter: list[FilterClause] = Field(default_factory=list, description="Records in scope (AND).")
+    modified_field: str = "modifiedon"
+
+    @model_validator(mode="after")
+    def _default_pk(self) -> DataverseSide:
+        if not self.primary_key:
+            object.__setattr__(self, "primary_key", f"{self.table}id")
+        return self
+
+
+class OwnerSection(_Strict):
+    """Who owns the Dataverse records this mapping creates (see settings.ownership)."""
+
+    salesperson_field: str | None = Field(
+        None,
+        description="Person model: the BC field holding the salesperson code; its coupled systemuser "
+        "becomes `ownerid`. Without it, records are owned by the integration user.",
+    )
+
+
+class EntityMapping(_Strict):
+    """Records that sync between a BC entity set and a Dataverse table."""
+
+    name: str
+    kind: Literal["entity"] = "entity"
+    bc: BcSide
+    dataverse: DataverseSide
+    direction: Direction = "bidirectional"
+    only_coupled: bool = Field(
+        False, description="Uncoupled records are only matched, never created on the other side."
+    )
+    conflict: ConflictPolicy = "none"
+    deletion: DeletionPolicy = "none"
+    depends_on: list[str] = Field(
+        default_factory=list, description="Mappings to sync first (lookup targets are added automatically)."
+    )
+    owner: OwnerSection | None = Field(None, description="Set Dataverse ownership on this mapping's records.")
+    only_for_ownership: Literal["person", "team"] | None = Field(
+        None, description="Active only under this ownership model (SALESPEOPLE: person)."
+    )
+    bc_blank_means_local_currency: bool = Field(
+        False,
+        description="Currencies: a blank BC code in a lookup means settings.bc_local_currency_code.",
+    )
+    fields: list[FieldMapping]
+
+    @model_validator(mode="after")
+    def _check(self) -> EntityMapping:
+        keys = [f.key for f in self.fields]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"field keys must be unique; repeated: {duplicates} (set `key` on one of them)")
+        for f in self.fields:
+            if self.direction != "bidirectional" and f.direction != self.direction:
+                raise ValueError(
+                    f"field {f.key!r} has direction {f.direction} but the mapping is {self.direction}"
+                )
+        return self
+
+    def field(self, key: str) -> FieldMapping:
+        for f in self.fields:
+            if f.key == key:
+                return f
+        raise KeyError(f"mapping {self.name} has no field {key!r}")
+
+    def writes_to(self, side: Side) -> bool:
+        return self.direction == "bidirectional" or self.direction == (
+            "to_dataverse" if side == "dv" else "to_bc"
+        )
+
+
+class OptionSetBcSide(_Strict):
+    entity_set: str = Field(description="BC code table, e.g. `paymentTerms`.")
+    key: str = Field("id", description="Field that referring BC fields hold (`paymentTermsId` holds `id`).")
+    code_field: str = Field("code", description="Field whose values are the keys of `value_map`.")
+
+
+class OptionSetMapping(_Strict):
+    """A BC code table mapped to a Dataverse choice column's values."""
+
+    name: str
+    kind: Literal["option_set"]
+    bc: OptionSetBcSide
+    dataverse_column: str = Field(description="The choice column, for documentation and error messages.")
+    value_map: dict[str, int] = Field(description="BC code -> Dataverse option value.")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptionSetMapping:
+        _check_injective(self.value_map, "value_map")
+        return self
+
+    @property
+    def needs_reference(self) -> bool:
+        """Referring fields hold something other than the code, so BC's code table must be read."""
+        return self.bc.key != self.bc.code_field
+
+
+def _kind(value: Any) -> str:
+    # `kind` may be left out for the common case, an entity mapping.
+    if isinstance(value, dict):
+        return str(value.get("kind", "entity"))
+    return str(getattr(value, "kind", "entity"))
+
+
+TableMapping = Annotated[
+    Annotated[EntityMapping, Tag("entity")] | Annotated[OptionSetMapping, Tag("option_set")],
+    Discriminator(_kind),
+]
+
+
+class Ownership(_Strict):
+    model: Literal["person", "team"] = "person"
+    team_id: str | None = Field(None, description="Team model: the owning team's id (teamid).")
+    salespeople_mapping: str = Field("SALESPEOPLE", description="Person model: the systemuser mapping.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Ownership:
+        if self.model == "team":
+            if self.team_id is None:
+                raise ValueError("ownership model `team` needs `team_id` (the owning team's GUID)")
+            try:
+                uuid.UUID(self.team_id)
+            except ValueError:
+                raise ValueError(f"ownership.team_id {self.team_id!r} is not a GUID") from None
+        return self
+
+
+class MappingSettings(_Strict):
+    bc_local_currency_code: str | None = Field(
+        None, description="BC's local currency (a blank `currencyCode` means it), e.g. USD."
+    )
+    ownership: Ownership = Field(default_factory=lambda: Ownership.model_validate({}))
+
+
+class MappingSet(_Strict):
+    """A whole mapping file."""
+
+    version: Literal[1] = 1
+    settings: MappingSettings = Field(default_factory=lambda: MappingSettings.model_validate({}))
+    mappings: list[TableMapping]
+
+    @model_validator(mode="after")
+    def _check_and_expand(self) -> MappingSet:
+        names = [m.name for m in self.mappings]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"mapping names must be unique; repeated: {duplicates}")
+        model = self.settings.ownership.model
+        active = {m.name: m for m in self.mappings if not _inactive(m, model)}
+        for m in self.mappings:
+            if not isinstance(m, EntityMapping):
+                continue
+            for dep in m.depends_on:
+                if dep not in names:
+                    raise ValueError(f"mapping {m.name}: depends_on names unknown mapping {dep!r}")
+            for f in m.fields:
+                if f.lookup is not None and f.lookup not in names:
+                    raise ValueError(
+                        f"mapping {m.name}, field {f.key!r}: lookup names unknown mapping {f.lookup!r}"
+                    )
+                if f.lookup is not None and m.name in active and f.lookup not in active:
+                    raise ValueError(
+                        f"mapping {m.name}, field {f.key!r}: lookup {f.lookup!r} is not active "
+                        f"under ownership model {model}"
+                    )
+        salespeople = self.settings.ownership.salespeople_mapping
+        owned = [m.name for m in self.entities() if m.owner is not None and m.owner.salesperson_field]
+        if model == "person" and owned and salespeople not in active:
+            raise ValueError(
+                f"ownership model person needs the {salespeople!r} mapping (systemuser -> salespeople) "
+                "for the "
+                f"owner of {owned}; add it or switch to ownership model team"
+            )
+        expanded = [_with_owner_field(m, self.settings) for m in self.mappings]
+        object.__setattr__(self, "mappings", expanded)
+        self.sync_order()  # raises on a dependency cycle
+        return self
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def get(self, name: str) -> EntityMapping | OptionSetMapping:
+        for m in self.mappings:
+            if m.name == name:
+                return m
+        raise KeyError(f"no mapping named {name!r}; known: {[m.name for m in self.mappings]}")
+
+    def entity(self, name: str) -> EntityMapping:
+        m = self.get(name)
+        if not isinstance(m, EntityMapping):
+            raise KeyError(f"mapping {name!r} is an option set, not an entity mapping")
+        return m
+
+    def entities(self) -> list[EntityMapping]:
+        """Entity mappings active under the configured ownership model: the ones that sync."""
+        model = self.settings.ownership.model
+        return [m for m in self.mappings if isinstance(m, EntityMapping) and not _inactive(m, model)]
+
+    def dependencies(self, name: str) -> list[str]:
+        """Mappings `name` needs first: `depends_on` plus every lookup target, active ones only."""
+        m = self.entity(name)
+        active = {e.name for e in self.entities()} | {
+            o.name for o in self.mappings if isinstance(o, OptionSetMapping)
+        }
+        deps = list(m.depends_on) + [f.lookup for f in m.fields if f.lookup is not None]
+        return [d for d in dict.fromkeys(deps) if d in active and d != name]
+
+    def sync_order(self) -> list[str]:
+        """Active entity mappings, dependencies first (stable: file order among equals)."""
+        entities = [m.name for m in self.entities()]
+        order: list[str] = []
+        visiting: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name in visiting:
+                cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+                raise ValueError(f"mapping dependencies form a cycle: {cycle}")
+            visiting.append(name)
+            for dep in self.dependencies(name):
+                if dep in entities:
+                    visit(dep)
+            visiting.pop()
+            order.append(name)
+
+        for name in entities:
+            visit(name)
+        return order
+
+
+def _inactive(m: EntityMapping | OptionSetMapping, model: str) -> bool:
+    return isinstance(m, EntityMapping) and m.only_for_ownership not in (None, model)
+
+
+def _with_owner_field(m: EntityMapping | OptionSetMapping, settings: MappingSettings) -> Any:
+    """Person model: add `salesperson_field -> ownerid` through the salespeople mapping's couplings."""
+    if not isinstance(m, EntityMapping) or m.owner is None or m.owner.salesperson_field is None:
+        return m
+    if settings.ownership.model != "person" or any(f.key == OWNER_FIELD_KEY for f in m.fields):
+        return m
+    owner = FieldMapping.model_validate(
+        {
+            "key": OWNER_FIELD_KEY,
+            "bc": m.owner.salesperson_field,
+            "dv": "ownerid",
+            "direction": "to_dataverse",
+            "lookup": settings.ownership.salespeople_mapping,
+            "not_null": True,
+            "failed_lookup_message": (
+                "salesperson {value} is not coupled to a Dataverse user; "
+                "couple salespeople or switch to team ownership"
+            ),
+        }
+    )
+    return m.model_copy(update={"fields": [*m.fields, owner]})
+
+
+def _check_injective(value_map: dict[str, Any], what: str) -> None:
+    # Values flow back (Dataverse -> BC) through the inverse map, which must be unambiguous.
+    seen: dict[Any, str] = {}
+    for code, value in value_map.items():
+        if value in seen:
+            raise ValueError(
+                f"{what}: {seen[value]!r} and {code!r} both map to {value!r}; the map must be one-to-one"
+            )
+        seen[value] = code

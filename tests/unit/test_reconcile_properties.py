@@ -1,0 +1,168 @@
+"""Properties of reconcile on the default CUSTOMER mapping, over random edits on either side.
+
+- Idempotent: applying a plan's writes and reconciling again with the plan's snapshot gives no writes.
+- The expected snapshot is what the records read back as after the writes.
+- A change on one side reaches the other side whenever the field's direction allows it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.mapping import StaticLookups, load_mapping_set
+from shared.mapping.schema import EntityMapping, FieldMapping
+from shared.mapping.values import read, same, translate
+from shared.reconcile import Outcome, Write, reconcile, take_snapshot
+
+MS = load_mapping_set()
+CUSTOMER = MS.entity("CUSTOMER")
+
+USD, EUR = "a0000000-0000-0000-0000-0000000000d1", "a0000000-0000-0000-0000-0000000000e1"
+JO_USER, PS_USER = "b0000000-0000-0000-0000-0000000000a1", "b0000000-0000-0000-0000-0000000000a2"
+T30, T1M = "c0000000-0000-0000-0000-000000000001", "c0000000-0000-0000-0000-000000000003"
+FOB = "d0000000-0000-0000-0000-000000000001"
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+LOOKUPS = (
+    StaticLookups()
+    .couple("CURRENCY", "USD", USD)
+    .couple("CURRENCY", "EUR", EUR)
+    .couple("SALESPEOPLE", "JO", JO_USER)
+    .couple("SALESPEOPLE", "PS", PS_USER)
+    .add_reference("PAYMENT TERMS", [{"id": T30, "code": "30 DAYS"}, {"id": T1M, "code": "1M(8D)"}])
+    .add_reference("SHIPMENT METHOD", [{"id": FOB, "code": "FOB"}])
+)
+
+BC = {
+    "id": "11111111-1111-1111-1111-111111111111", "number": "C0001", "displayName": "Adatum",
+    "addressLine1": "1 Main St", "addressLine2": "", "postalCode": "30301", "city": "Atlanta",
+    "country": "US", "state": "GA", "email": "ann@adatum.example", "website": "", "phoneNumber": "",
+    "currencyCode": "", "paymentTermsId": T30, "shipmentMethodId": ZERO, "creditLimit": 1000,
+    "salespersonCode": "JO", "blocked": " ",
+    "lastModifiedDateTime": "2024-05-01T10:00:00Z",
+}  # fmt: skip
+DV = {
+    "accountid": "22222222-2222-2222-2222-222222222222", "accountnumber": "C0001", "name": "Adatum",
+    "address1_line1": "1 Main St", "address1_line2": None, "address1_postalcode": "30301",
+    "address1_city": "Atlanta", "address1_country": "US", "address1_stateorprovince": "GA",
+    "emailaddress1": "ann@adatum.example", "websiteurl": None, "telephone1": None,
+    "_transactioncurrencyid_value": USD, "paymenttermscode": 1, "address1_freighttermscode": None,
+    "creditlimit": 1000.0, "customertypecode": 3, "statecode": 0, "_ownerid_value": JO_USER,
+    "modifiedon": "2024-05-01T10:00:00Z",
+}  # fmt: skip
+BASE = take_snapshot(MS, CUSTOMER, BC, DV)
+
+TEXT_BC = st.sampled_from(["", "Alpha", "Beta", "  Gamma ", "x" * 40])
+TEXT_DV = st.sampled_from([None, "Alpha", "Beta", "Delta", "y" * 300])
+BC_VALUES: dict[str, Any] = {
+    "number": st.sampled_from(["C0001", "C0002"]),
+    "currencyCode": st.sampled_from(["", "EUR"]),
+    "paymentTermsId": st.sampled_from([T30, T1M, ZERO]),
+    "shipmentMethodId": st.sampled_from([ZERO, FOB]),
+    "creditLimit": st.sampled_from([0, 1000, 2500.5, 3.14159]),
+    "salespersonCode": st.sampled_from(["JO", "PS"]),
+}
+DV_VALUES: dict[str, Any] = {
+    "accountnumber": st.sampled_from(["C0001", "C0009", None]),
+    "_transactioncurrencyid_value": st.sampled_from([USD, EUR]),
+    "paymenttermscode": st.sampled_from([1, 2, None]),
+    "address1_freighttermscode": st.sampled_from([1, None]),
+    "creditlimit": st.sampled_from([0, 1000.0, 7]),
+    "_ownerid_value": st.sampled_from([JO_USER, PS_USER]),
+}
+TEXT_FIELDS = [f for f in CUSTOMER.fields if f.bc is not None and f.dv is not None and f.bc not in BC_VALUES]
+
+
+def edits(side: str) -> st.SearchStrategy[dict[str, Any]]:
+    choices: dict[str, Any] = {}
+    for f in TEXT_FIELDS:
+        choices[f.bc if side == "bc" else f.dv] = TEXT_BC if side == "bc" else TEXT_DV  # type: ignore[index]
+    choices.update(BC_VALUES if side == "bc" else DV_VALUES)
+    return st.fixed_dictionaries({}, optional=choices)
+
+
+POLICIES = st.sampled_from(["none", "bc_wins", "dataverse_wins", "newest_wins"])
+STAMPS = st.sampled_from(["2024-05-02T00:00:00Z", "2024-05-03T00:00:00Z"])
+
+
+def apply(mapping: EntityMapping, side: str, record: dict[str, Any], write: Write | None) -> dict[str, Any]:
+    """What the service stores after `write`: a minimal server for BC fields and Dataverse binds."""
+    result = dict(record)
+    if write is None:
+        return result
+    if side == "bc":
+        result.update(write.body)
+        return result
+    for name, value in write.body.items():
+        if name.endswith("@odata.bind"):
+            nav = name.removesuffix("@odata.bind")
+            f = next(f for f in mapping.fields if f.dv is not None and (f.dv_navigation or f.dv) == nav)
+            result[f"_{f.dv}_value"] = None if value is None else value[value.index("(") + 1 : -1]
+        else:
+            result[name] = value
+    return result
+
+
+def converged(f: FieldMapping, bc: dict[str, Any], dv: dict[str, Any], target: str) -> bool:
+    source = "bc" if target == "dv" else "dv"
+    value = translate(MS, CUSTOMER, f, target, read(MS, f, source, bc if source == "bc" else dv), LOOKUPS)  # type: ignore[arg-type]
+    return same(MS, f, target, value, read(MS, f, target, dv if target == "dv" else bc))  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(bc_edit=edits("bc"), dv_edit=edits("dv"), policy=POLICIES, bc_stamp=STAMPS, dv_stamp=STAMPS)
+def test_reconcile_is_idempotent(
+    bc_edit: dict[str, Any], dv_edit: dict[str, Any], policy: str, bc_stamp: str, dv_stamp: str
+) -> None:
+    mapping = CUSTOMER.model_copy(update={"conflict": policy})
+    bc = {**BC, **bc_edit, "lastModifiedDateTime": bc_stamp}
+    dv = {**DV, **dv_edit, "modifiedon": dv_stamp}
+    plan = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=LOOKUPS)
+    assert plan.outcome in (Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.CONFLICT)
+    bc2, dv2 = apply(mapping, "bc", bc, plan.bc_write), apply(mapping, "dv", dv, plan.dv_write)
+    assert plan.snapshot is not None
+    if plan.outcome is not Outcome.CONFLICT:
+        assert take_snapshot(MS, mapping, bc2, dv2) == plan.snapshot
+        for f in mapping.fields:
+            if f.has_constant or f.create_only or (f.key == "owner" and not bc2["salespersonCode"]):
+                continue
+            assert converged(f, bc2, dv2, "dv") or converged(f, bc2, dv2, "bc"), f.key
+    again = reconcile(MS, mapping, snapshot=plan.snapshot, bc=bc2, dv=dv2, lookups=LOOKUPS)
+    assert again.writes == ()
+    assert again.outcome is (Outcome.CONFLICT if plan.conflicts else Outcome.UNCHANGED)
+    assert [c.key for c in again.conflicts] == [c.key for c in plan.conflicts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(bc_edit=edits("bc"))
+def test_a_bc_change_reaches_dataverse_where_the_direction_allows(bc_edit: dict[str, Any]) -> None:
+    bc = {**BC, **bc_edit}
+    plan = reconcile(MS, CUSTOMER, snapshot=BASE, bc=bc, dv=DV, lookups=LOOKUPS)
+    assert plan.bc_write is None
+    dv2 = apply(CUSTOMER, "dv", DV, plan.dv_write)
+    for f in CUSTOMER.fields:
+        if f.bc in bc_edit and f.writes_to("dv"):
+            assert converged(f, bc, dv2, "dv"), f.key
+
+
+@settings(max_examples=200, deadline=None)
+@given(dv_edit=edits("dv"))
+def test_a_dataverse_change_reaches_bc_where_the_direction_allows(dv_edit: dict[str, Any]) -> None:
+    dv = {**DV, **dv_edit}
+    plan = reconcile(MS, CUSTOMER, snapshot=BASE, bc=BC, dv=dv, lookups=LOOKUPS)
+    bc2 = apply(CUSTOMER, "bc", BC, plan.bc_write)
+    for f in CUSTOMER.fields:
+        if f.dv is None or f.has_constant:
+            continue
+        name = f"_{f.dv}_value" if f"_{f.dv}_value" in dv_edit else f.dv
+        if name not in dv_edit:
+            continue
+        if f.writes_to("bc"):
+            assert converged(f, bc2, dv, "bc"), f.key
+        else:
+            # One-way to Dataverse: BC is untouched and Dataverse gets the BC value back.
+            assert plan.bc_write is None or f.bc not in plan.bc_write.body
+            assert converged(f, bc2, apply(CUSTOMER, "dv", dv, plan.dv_write), "dv"), f.key
