@@ -2,9 +2,9 @@
 
 import azure.functions as func
 
-from sync_functions import health
+from sync_functions import health, processor, webhooks
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (health.bp,):
+for blueprint in (health.bp, webhooks.bp, processor.bp):
     app.register_functions(blueprint)

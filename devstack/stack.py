@@ -101,6 +101,7 @@ def stack_environment(stack: Stack, ports: StackPorts, bc_company_id: str) -> di
         "BC_WEBHOOK_CLIENT_STATE": os.environ.get("BC_WEBHOOK_CLIENT_STATE") or secrets.token_urlsafe(24),
         "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{ports.host}",
         "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
+        "SYNC_QUEUE_NAME": "sync-requests",
     }
 
 

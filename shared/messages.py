@@ -40,6 +40,8 @@ class _Message(BaseModel):
     reason: str = Field(default="", max_length=200)
     observed: dt.datetime = Field(default_factory=_now)
     correlation_id: str = Field(default_factory=_correlation_id, max_length=100)
+    # How often this work was put back for later (transient errors, waiting for a dependency).
+    attempt: int = Field(default=0, ge=0, le=1000)
 
 
 class SyncMessage(_Message):

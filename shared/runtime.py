@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from shared.connectors.business_central import BusinessCentralClient
     from shared.connectors.dataverse import DataverseClient
+    from shared.engine import Engine
     from shared.mapping.schema import MappingSet
 
 BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -82,6 +83,20 @@ class Runtime:
         s = self.settings
         credential = StaticTokenCredential(s.bc_static_token) if s.bc_static_token else self._azure_credential
         return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE)
+
+    @cached_property
+    def engine(self) -> Engine:
+        from shared.engine import Engine, Enqueue
+
+        return Engine(
+            mappings=self.mappings,
+            bc=self.bc,
+            dv=self.dataverse,
+            company_id=self.company_id,
+            couplings=self.couplings,
+            journal=self.journal,
+            enqueue=Enqueue(lambda messages, delay: self.storage.enqueue(messages, delay_seconds=delay)),
+        )
 
     @cached_property
     def integration_user_id(self) -> str:
