@@ -1,0 +1,318 @@
+"""The BC API v2.0 resource handlers, independent of the HTTP server so `$batch` can run them too.
+
+`BcApi.handle(request)` serves companies, entity sets, single records and the navigation
+properties we support (`salesOrders(id)/salesOrderLines`, `customers(id)/customerFinancialDetail`),
+and `BcApi.batch(request)` the JSON `$batch`. Subscriptions need network I/O (the handshake) and are
+served by the app directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from devstack.bc.config import BcSandboxConfig
+from devstack.bc.entities import ENTITY_SETS, EntitySet
+from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
+from devstack.bc.queries import page_size_from_prefer, parse_options, run_query, to_wire
+from devstack.bc.store import BcStore, normalize_guid
+
+SEGMENT_RE = re.compile(r"^([A-Za-z$]+)(?:\(([^()]*)\))?$")
+JSON_TYPE = "application/json; odata.metadata=minimal"
+
+
+@dataclass
+class ApiRequest:
+    method: str
+    path: str  # after `/api/v2.0/`, e.g. `companies(<id>)/customers`
+    params: dict[str, str]
+    headers: Mapping[str, str]  # lower-case names
+    body: Any
+    user: str
+    service_root: str  # absolute, ends with `/api/v2.0`
+    url: str  # the full request URL (for `@odata.nextLink`)
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Rollback(Exception):
+    pass
+
+
+def error_response(error: BcError) -> ApiResponse:
+    return ApiResponse(error.status, error.body(), {"content-type": "application/json", **error.headers})
+
+
+def parse_path(path: str) -> list[tuple[str, str | None]]:
+    segments: list[tuple[str, str | None]] = []
+    for raw in path.strip("/").split("/"):
+        match = SEGMENT_RE.match(raw)
+        if match is None:
+            raise resource_not_found(raw)
+        key = match.group(2)
+        segments.append((match.group(1), key.strip("'") if key is not None else None))
+    return segments
+
+
+class BcApi:
+    def __init__(self, store: BcStore, config: BcSandboxConfig) -> None:
+        self.store = store
+        self.config = config
+
+    def handle(self, request: ApiRequest) -> ApiResponse:
+        try:
+            return self._route(request)
+        except BcError as error:
+            return error_response(error)
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def _route(self, request: ApiRequest) -> ApiResponse:
+        if request.method != "GET" and request.headers.get("data-access-intent", "").lower() == "readonly":
+            raise bad_request(
+                "The Data-Access-Intent header value ReadOnly can only be used with GET requests."
+            )
+        segments = parse_path(request.path)
+        name, key = segments[0]
+        if name != "companies":
+            raise resource_not_found(name)
+        if len(segments) == 1:
+            self._only(request, "GET")
+            return self._companies(request, key)
+        if key is None:
+            raise bad_request("A company id is required: companies(<id>)/<entity set>.")
+        company_id = self.store.company(key).id
+        set_name, record_key = segments[1]
+        entity = ENTITY_SETS.get(set_name)
+        if entity is None:
+            raise resource_not_found(set_name)
+        if len(segments) == 2:
+            if record_key is None:
+                return self._collection(request, company_id, entity)
+            return self._item(request, company_id, entity, normalize_guid(record_key))
+        if len(segments) == 3 and record_key is not None:
+            return self._navigation(request, company_id, entity, normalize_guid(record_key), segments[2])
+        raise resource_not_found(request.path)
+
+    @staticmethod
+    def _only(request: ApiRequest, *methods: str) -> None:
+        if request.method not in methods:
+            raise BcError(
+                405,
+                "BadRequest_MethodNotAllowed",
+                f"The {request.method} method is not allowed on this resource.",
+            )
+
+    def _companies(self, request: ApiRequest, key: str | None) -> ApiResponse:
+        context = f"{request.service_root}/$metadata#companies"
+        if key is None:
+            with self.store.lock:
+                value = [c.to_json() for c in self.store.companies.values()]
+            return ApiResponse(200, {"@odata.context": context, "value": value})
+        return ApiResponse(200, {"@odata.context": context + "/$entity", **self.store.company(key).to_json()})
+
+    def _navigation(
+        self,
+        request: ApiRequest,
+        company_id: str,
+        entity: EntitySet,
+        record_id: str,
+        segment: tuple[str, str | None],
+    ) -> ApiResponse:
+        name, key = segment
+        parent = self.store.get(company_id, entity.name, record_id)
+        if entity.name == "customers" and name == "customerFinancialDetail" and key is None:
+            self._only(request, "GET")
+            return ApiResponse(200, self.store.financial_details(company_id)[parent["id"]])
+        if entity.name != "salesOrders" or name != "salesOrderLines":
+            raise resource_not_found(name)
+        lines = ENTITY_SETS["salesOrderLines"]
+        if key is None:
+            return self._collection(request, company_id, lines, parent_id=parent["id"])
+        line = self.store.get(company_id, lines.name, normalize_guid(key))
+        if line["documentId"] != parent["id"]:
+            raise record_not_found(lines.caption, key)
+        return self._item(request, company_id, lines, line["id"])
+
+    # --- collections and items --------------------------------------------------------------------
+
+    def _collection(
+        self, request: ApiRequest, company_id: str, entity: EntitySet, parent_id: str | None = None
+    ) -> ApiResponse:
+        self._only(request, "GET", "POST")
+        context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
+        if request.method == "POST":
+            record = self.store.create(
+                company_id, entity.name, _body(request), request.user, parent_id=parent_id
+            )
+            created = {"@odata.context": context + "/$entity", **to_wire(entity, record)}
+            location = f"{request.service_root}/companies({company_id})/{entity.name}({record['id']})"
+            return ApiResponse(201, created, {"etag": record["_etag"], "location": location})
+        options = parse_options(entity, request.params)
+        prefer = request.headers.get("prefer")
+        page_size = page_size_from_prefer(prefer, self.config.max_page_size)
+        rows = self.store.rows(company_id, entity.name)
+        if parent_id is not None:
+            rows = [r for r in rows if r["documentId"] == parent_id]
+        page, token = run_query(entity, rows, options, page_size)
+        value = [to_wire(entity, row, options.select) for row in page]
+        self._expand(company_id, entity, options.expand, page, value)
+        body: dict[str, Any] = {"@odata.context": context, "value": value}
+        if token is not None:
+            body["@odata.nextLink"] = _next_link(request.url, token)
+        headers = {}
+        if prefer and "maxpagesize" in prefer.lower():
+            headers["preference-applied"] = f"odata.maxpagesize={page_size}"
+        return ApiResponse(200, body, headers)
+
+    def _item(self, request: ApiRequest, company_id: str, entity: EntitySet, record_id: str) -> ApiResponse:
+        self._only(request, "GET", "PATCH", "DELETE")
+        context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}/$entity"
+        if request.method == "DELETE":
+            self.store.delete(
+                company_id, entity.name, record_id, request.user, if_match=request.headers.get("if-match")
+            )
+            return ApiResponse(204)
+        if request.method == "PATCH":
+            record = self.store.update(
+                company_id,
+                entity.name,
+                record_id,
+                _body(request),
+                request.user,
+                if_match=request.headers.get("if-match"),
+            )
+            return ApiResponse(
+                200, {"@odata.context": context, **to_wire(entity, record)}, {"etag": record["_etag"]}
+            )
+        options = parse_options(
+            entity, {k: v for k, v in request.params.items() if k in ("$select", "$expand")}
+        )
+        record = self.store.get(company_id, entity.name, record_id)
+        wire = to_wire(entity, record, options.select)
+        self._expand(company_id, entity, options.expand, [record], [wire])
+        return ApiResponse(200, {"@odata.context": context, **wire}, {"etag": record["_etag"]})
+
+    def _expand(
+        self,
+        company_id: str,
+        entity: EntitySet,
+        expand: list[str],
+        records: list[Mapping[str, Any]],
+        wires: list[dict[str, Any]],
+    ) -> None:
+        if "customerFinancialDetail" in expand:
+            details = self.store.financial_details(company_id)
+            for record, wire in zip(records, wires, strict=True):
+                wire["customerFinancialDetail"] = details[record["id"]]
+        if "salesOrderLines" in expand:
+            lines = ENTITY_SETS["salesOrderLines"]
+            for record, wire in zip(records, wires, strict=True):
+                wire["salesOrderLines"] = [
+                    to_wire(lines, line) for line in self.store.lines_of(company_id, record["id"])
+                ]
+
+    # --- $batch -----------------------------------------------------------------------------------
+
+    def batch(self, request: ApiRequest) -> ApiResponse:
+        """JSON `$batch` (reference §3): at most `max_batch_operations`; `Isolation: snapshot` makes it
+        one transaction: on the first failure everything is rolled back, the failed operation keeps its
+        error and every other one answers 424 (unverified: BC's exact per-operation answer)."""
+        try:
+            operations = self._batch_operations(request)
+        except BcError as error:
+            return error_response(error)
+        atomic = request.headers.get("isolation", "").strip().lower() == "snapshot"
+        responses: list[dict[str, Any]] = []
+        if not atomic:
+            for op_id, sub in operations:
+                responses.append(_batch_entry(op_id, self.handle(sub)))
+            return ApiResponse(200, {"responses": responses})
+        failed: str | None = None
+        try:
+            with self.store.transaction():
+                for op_id, sub in operations:
+                    result = self.handle(sub)
+                    responses.append(_batch_entry(op_id, result))
+                    if result.status >= 400:
+                        failed = op_id
+                        raise _Rollback
+        except _Rollback:
+            rolled_back = BcError(
+                424,
+                "Request_TransactionRolledBack",  # (unverified)
+                f"The batch was rolled back because operation '{failed}' failed; nothing was changed.",
+            )
+            failed_entry = responses[-1]
+            responses = [
+                failed_entry if op_id == failed else _batch_entry(op_id, error_response(rolled_back))
+                for op_id, _ in operations
+            ]
+        return ApiResponse(200, {"responses": responses})
+
+    def _batch_operations(self, request: ApiRequest) -> list[tuple[str, ApiRequest]]:
+        body = request.body
+        items = body.get("requests") if isinstance(body, Mapping) else None
+        if not isinstance(items, list):
+            raise bad_request(
+                'A JSON batch body is {"requests": [{"id", "method", "url", "headers", "body"}]}.'
+            )
+        if len(items) > self.config.max_batch_operations:
+            raise bad_request(
+                f"The batch has {len(items)} operations; at most {self.config.max_batch_operations} are "
+                "allowed. Split it into several batches."
+            )
+        operations: list[tuple[str, ApiRequest]] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
+                raise bad_request(f"Batch operation {index} needs at least 'method' and 'url'.")
+            op_id = str(item.get("id", index + 1))
+            method = str(item.get("method", "GET")).upper()
+            parts = urlsplit(item["url"])
+            path = parts.path.split("/api/v2.0/", 1)[-1].lstrip("/")
+            if path.startswith(("$batch", "subscriptions")):
+                raise bad_request(
+                    f"Batch operation '{op_id}': {path.split('(')[0]} cannot be used inside $batch."
+                )
+            headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
+            url = f"{request.service_root}/{path}" + (f"?{parts.query}" if parts.query else "")
+            params = dict(parse_qsl(parts.query, keep_blank_values=True))
+            sub = ApiRequest(
+                method, path, params, headers, item.get("body"), request.user, request.service_root, url
+            )
+            operations.append((op_id, sub))
+        return operations
+
+
+def _batch_entry(op_id: str, response: ApiResponse) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": op_id, "status": response.status, "headers": dict(response.headers)}
+    if response.body is not None:
+        entry["headers"].setdefault("content-type", JSON_TYPE)
+        entry["body"] = response.body
+    return entry
+
+
+def _body(request: ApiRequest) -> Any:
+    if request.body is None:
+        raise bad_request("The request body is empty; send the record's fields as a JSON object.")
+    return request.body
+
+
+def _next_link(url: str, token: str) -> str:
+    parts = urlsplit(url)
+    params = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k not in ("$skiptoken", "$top", "$skip")
+    ]
+    params.append(("$skiptoken", token))
+    query = urlencode(params, quote_via=quote, safe="$',()")
+    return urlunsplit(parts._replace(query=query))

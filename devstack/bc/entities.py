@@ -1,0 +1,421 @@
+"""The BC API v2.0 entity sets the sandbox serves: fields in documented order, types and rules.
+
+Field lists follow `reference/business-central-api.md` §1.1 (and the v2.0 resource pages for the
+fields the reference abbreviates with "…"). Every record also has `id` and `lastModifiedDateTime`.
+Rules a sync must respect are data here, enforced by `store.py`: read-only fields, Code fields
+(upper-cased and length-limited like BC's `Code[n]`), option values, references to other records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+EMPTY_DATE = "0001-01-01"
+
+# Field kinds: the JSON type a value must have; "guid" and "date" are strings with a format.
+STR, NUM, BOOL, GUID, DATE, DATETIME = "str", "num", "bool", "guid", "date", "datetime"
+
+CUSTOMER_BLOCKED = (" ", "Ship", "Invoice", "All")
+VENDOR_BLOCKED = (" ", "Payment", "All")
+
+# Webhook-supported v2.0 resources, reference §4.7 (contacts and salespeoplePurchasers are not).
+WEBHOOK_SUPPORTED = frozenset(
+    {
+        "accounts", "companyInformation", "countriesRegions", "currencies", "customerPaymentJournals",
+        "customers", "dimensions", "employees", "generalLedgerEntries", "itemCategories", "items",
+        "journals", "paymentMethods", "paymentTerms", "purchaseInvoices", "salesCreditMemos",
+        "salesInvoices", "salesOrders", "salesQuotes", "shipmentMethods", "unitsOfMeasure", "vendors",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str = STR
+    default: Any = ""
+    max_length: int | None = None
+    code: bool = False  # BC Code type: stored upper-case
+    read_only: bool = False
+    options: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class EntitySet:
+    name: str
+    caption: str  # BC's table caption, used in error messages ("The Customer does not exist.")
+    fields: tuple[Field, ...]
+    key: str | None = None  # "number" (number series) or "code" (required, unique)
+    number_prefix: str = ""
+    parent: str | None = None  # document lines: the header entity set
+    expands: tuple[str, ...] = ()
+    by_name: dict[str, Field] = field(init=False, repr=False, compare=False)
+    _template: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+        object.__setattr__(self, "_template", {f.name: f.default for f in self.fields})
+
+    @property
+    def webhook_supported(self) -> bool:
+        return self.name in WEBHOOK_SUPPORTED
+
+    def template(self) -> dict[str, Any]:
+        """A record with every field at its default, in documented order."""
+        return dict(self._template)
+
+
+def _id() -> Field:
+    return Field("id", GUID, ZERO_GUID, read_only=True)
+
+
+def _modified() -> Field:
+    return Field("lastModifiedDateTime", DATETIME, "0001-01-01T00:00:00Z", read_only=True)
+
+
+def _text(name: str, length: int = 100, **kw: Any) -> Field:
+    return Field(name, STR, "", max_length=length, **kw)
+
+
+def _code(name: str, length: int = 20, **kw: Any) -> Field:
+    return Field(name, STR, "", max_length=length, code=True, **kw)
+
+
+def _num(name: str, **kw: Any) -> Field:
+    return Field(name, NUM, 0, **kw)
+
+
+def _guid(name: str, **kw: Any) -> Field:
+    return Field(name, GUID, ZERO_GUID, **kw)
+
+
+def _bool(name: str, **kw: Any) -> Field:
+    return Field(name, BOOL, False, **kw)
+
+
+def _date(name: str, **kw: Any) -> Field:
+    return Field(name, DATE, EMPTY_DATE, **kw)
+
+
+def _address(prefix: str = "") -> tuple[Field, ...]:
+    def n(name: str) -> str:
+        return prefix + name[0].upper() + name[1:] if prefix else name
+
+    return (
+        _text(n("addressLine1")),
+        _text(n("addressLine2"), 50),
+        _text(n("city"), 30),
+        _text(n("state"), 30),
+        _code(n("country"), 10),
+        _code(n("postalCode"), 20),
+    )
+
+
+CUSTOMERS = EntitySet(
+    "customers",
+    "Customer",
+    (
+        _id(),
+        _code("number"),
+        _text("displayName"),
+        Field("type", STR, "Company", options=("Company", "Person")),
+        *_address(),
+        _text("phoneNumber", 30),
+        _text("email", 80),
+        _text("website", 80),
+        _code("salespersonCode"),
+        _num("balanceDue", read_only=True),
+        _num("creditLimit"),
+        _bool("taxLiable"),
+        _guid("taxAreaId"),
+        _text("taxAreaDisplayName", read_only=True),
+        _text("taxRegistrationNumber", 20),
+        _guid("currencyId"),
+        _code("currencyCode", 10),
+        _guid("paymentTermsId"),
+        _guid("shipmentMethodId"),
+        _guid("paymentMethodId"),
+        Field("blocked", STR, " ", options=CUSTOMER_BLOCKED),
+        _modified(),
+    ),
+    key="number",
+    number_prefix="C",
+    expands=("customerFinancialDetail",),
+)
+
+VENDORS = EntitySet(
+    "vendors",
+    "Vendor",
+    (
+        _id(),
+        _code("number"),
+        _text("displayName"),
+        *_address(),
+        _text("phoneNumber", 30),
+        _text("email", 80),
+        _text("website", 80),
+        _text("taxRegistrationNumber", 20),
+        _guid("currencyId"),
+        _code("currencyCode", 10),
+        _code("irs1099Code", 10),
+        _guid("paymentTermsId"),
+        _guid("paymentMethodId"),
+        _bool("taxLiable"),
+        Field("blocked", STR, " ", options=VENDOR_BLOCKED),
+        _num("balance", read_only=True),
+        _modified(),
+    ),
+    key="number",
+    number_prefix="V",
+)
+
+CONTACTS = EntitySet(
+    "contacts",
+    "Contact",
+    (
+        _id(),
+        _code("number"),
+        Field("type", STR, "Company", options=("Company", "Person")),
+        _text("displayName"),
+        _code("companyNumber"),
+        _text("companyName", read_only=True),
+        _text("contactBusinessRelation", 30, read_only=True),
+        *_address(),
+        _text("phoneNumber", 30),
+        _text("mobilePhoneNumber", 30),
+        _text("email", 80),
+        _text("website", 80),
+        _text("searchName", read_only=True),
+        _bool("privacyBlocked"),
+        _text("taxRegistrationNumber", 20),
+        _modified(),
+    ),
+    key="number",
+    number_prefix="CT",
+)
+
+ITEMS = EntitySet(
+    "items",
+    "Item",
+    (
+        _id(),
+        _code("number"),
+        _text("displayName"),
+        _text("displayName2", 50),
+        Field("type", STR, "Inventory", options=("Inventory", "Service", "Non-Inventory")),
+        _guid("itemCategoryId"),
+        _code("itemCategoryCode"),
+        _bool("blocked"),
+        _text("gtin", 14),
+        _num("inventory", read_only=True),
+        _num("unitPrice"),
+        _bool("priceIncludesTax"),
+        _num("unitCost"),
+        _code("taxGroupCode"),
+        _guid("baseUnitOfMeasureId"),
+        _code("baseUnitOfMeasureCode", 10),
+        _modified(),
+    ),
+    key="number",
+    number_prefix="I",
+)
+
+CURRENCIES = EntitySet(
+    "currencies",
+    "Currency",
+    (
+        _id(),
+        _code("code", 10),
+        _text("displayName", 30),
+        _text("symbol", 10),
+        _num("amountDecimalPlaces"),
+        _num("amountRoundingPrecision"),
+        _modified(),
+    ),
+    key="code",
+)
+
+UNITS_OF_MEASURE = EntitySet(
+    "unitsOfMeasure",
+    "Unit of Measure",
+    (
+        _id(),
+        _code("code", 10),
+        _text("displayName", 50),
+        _code("internationalStandardCode", 10),
+        _text("symbol", 10),
+        _modified(),
+    ),
+    key="code",
+)
+
+PAYMENT_TERMS = EntitySet(
+    "paymentTerms",
+    "Payment Terms",
+    (
+        _id(),
+        _code("code", 10),
+        _text("displayName", 100),
+        _text("dueDateCalculation", 32),
+        _text("discountDateCalculation", 32),
+        _num("discountPercent"),
+        _bool("calculateDiscountOnCreditMemos"),
+        _modified(),
+    ),
+    key="code",
+)
+
+SHIPMENT_METHODS = EntitySet(
+    "shipmentMethods",
+    "Shipment Method",
+    (_id(), _code("code", 10), _text("displayName", 100), _modified()),
+    key="code",
+)
+
+SALESPEOPLE_PURCHASERS = EntitySet(
+    "salespeoplePurchasers",
+    "Salesperson/Purchaser",
+    (
+        _id(),
+        _code("code"),
+        _text("displayName", 50),
+        _text("email", 80),
+        _text("email2", 80),
+        _text("phoneNo", 30),
+        _text("jobTitle", 30),
+        _num("commisionPercent"),
+        _bool("privacyBlocked"),
+        _bool("blocked"),
+        _modified(),
+    ),
+    key="code",
+)
+
+
+def _document_header(*extra: Field, date_field: str) -> tuple[Field, ...]:
+    return (
+        _id(),
+        _code("number"),
+        _text("externalDocumentNumber", 35),
+        _date(date_field),
+        _date("postingDate"),
+        _guid("customerId"),
+        _code("customerNumber"),
+        _text("customerName", read_only=True),
+        _text("billToName", read_only=True),
+        _guid("billToCustomerId"),
+        _code("billToCustomerNumber"),
+        *_address("sellTo"),
+        _guid("currencyId"),
+        _code("currencyCode", 10),
+        _guid("paymentTermsId"),
+        _guid("shipmentMethodId"),
+        _code("salesperson"),
+        _bool("pricesIncludeTax"),
+        _num("discountAmount"),
+        _num("totalAmountExcludingTax", read_only=True),
+        _num("totalTaxAmount", read_only=True),
+        _num("totalAmountIncludingTax", read_only=True),
+        *extra,
+        _text("phoneNumber", 30),
+        _text("email", 80),
+        _modified(),
+    )
+
+
+SALES_QUOTES = EntitySet(
+    "salesQuotes",
+    "Sales Quote",
+    _document_header(
+        Field("status", STR, "Draft", options=("Draft", "Sent", "Accepted", "Expired"), read_only=True),
+        _date("validUntilDate"),
+        date_field="documentDate",
+    ),
+    key="number",
+    number_prefix="S-QUO",
+)
+
+SALES_ORDERS = EntitySet(
+    "salesOrders",
+    "Sales Order",
+    _document_header(
+        _bool("fullyShipped", read_only=True),
+        _date("requestedDeliveryDate"),
+        Field("status", STR, "Draft", options=("Draft", "In Review", "Open"), read_only=True),
+        date_field="orderDate",
+    ),
+    key="number",
+    number_prefix="S-ORD",
+    expands=("salesOrderLines",),
+)
+
+SALES_ORDER_LINES = EntitySet(
+    "salesOrderLines",
+    "Sales Line",
+    (
+        _id(),
+        _guid("documentId"),
+        _num("sequence"),
+        _guid("itemId"),
+        _guid("accountId"),
+        Field("lineType", STR, "Item", options=("Comment", "Account", "Item", "Resource", "Charge")),
+        _code("lineObjectNumber"),
+        _text("description"),
+        _code("unitOfMeasureCode", 10),
+        _num("quantity"),
+        _num("unitPrice"),
+        _num("discountAmount"),
+        _num("discountPercent"),
+        _num("amountExcludingTax", read_only=True),
+        _num("totalTaxAmount", read_only=True),
+        _num("amountIncludingTax", read_only=True),
+        _date("shipmentDate"),
+        _num("shippedQuantity", read_only=True),
+        _modified(),
+    ),
+    parent="salesOrders",
+)
+
+SALES_INVOICES = EntitySet(
+    "salesInvoices",
+    "Sales Invoice",
+    _document_header(
+        _date("dueDate"),
+        _guid("orderId", read_only=True),
+        _code("orderNumber", read_only=True),
+        _num("remainingAmount", read_only=True),
+        Field(
+            "status",
+            STR,
+            "Draft",
+            options=(" ", "Draft", "In Review", "Open", "Paid", "Canceled", "Corrective"),
+            read_only=True,
+        ),
+        date_field="invoiceDate",
+    ),
+    key="number",
+    number_prefix="S-INV",
+)
+
+ENTITY_SETS: dict[str, EntitySet] = {
+    e.name: e
+    for e in (
+        CUSTOMERS,
+        VENDORS,
+        CONTACTS,
+        ITEMS,
+        CURRENCIES,
+        UNITS_OF_MEASURE,
+        PAYMENT_TERMS,
+        SHIPMENT_METHODS,
+        SALESPEOPLE_PURCHASERS,
+        SALES_QUOTES,
+        SALES_ORDERS,
+        SALES_ORDER_LINES,
+        SALES_INVOICES,
+    )
+}
+
+DOCUMENT_SETS = frozenset({"salesQuotes", "salesOrders", "salesInvoices"})

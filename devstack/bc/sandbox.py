@@ -1,0 +1,169 @@
+"""`BcSandbox`: one environment's state and the Python helpers tests and benchmarks use directly.
+
+Reach it as `app.state.sandbox`. Everything here is thread-safe, so a test can seed and change
+data while the server runs in another thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from devstack.bc.clock import SandboxClock
+from devstack.bc.config import BcSandboxConfig
+from devstack.bc.seed_data import DEFAULT_COMPANY_ID, SECOND_COMPANY_ID, seed_company, seed_customers
+from devstack.bc.store import BcStore
+from devstack.bc.webhooks import WebhookHub
+from devstack.sandbox_common.counters import RequestCounters
+from devstack.sandbox_common.faults import FaultInjector
+from devstack.sandbox_common.limits import ConcurrencyGate, SlidingWindowLimiter
+
+COMPANIES = {DEFAULT_COMPANY_ID: "CRONUS USA, Inc.", SECOND_COMPANY_ID: "CRONUS Canada, Inc."}
+_USER_NAMESPACE = uuid.UUID("5d1c9a0e-2b3c-4d5e-8f6a-7b8c9d0e1f2a")
+
+
+def user_id(name: str) -> str:
+    """The stable user GUID of a sandbox user (as in a subscription's `userId`)."""
+    return str(uuid.uuid5(_USER_NAMESPACE, name))
+
+
+class BcSandbox:
+    def __init__(self, config: BcSandboxConfig | None = None) -> None:
+        self.config = config or BcSandboxConfig()
+        self.clock = SandboxClock()
+        self.counters = RequestCounters()
+        self.faults = FaultInjector()
+        self.limiter = SlidingWindowLimiter(self.config.requests_per_window, self.config.window_seconds)
+        self.gate = ConcurrencyGate(
+            self.config.max_concurrent, self.config.max_queue, self.config.queue_timeout_seconds
+        )
+        self.store = BcStore(self.clock)
+        self.webhooks = WebhookHub(self.store, self.clock, self.config, self.counters)
+        self._seed_companies()
+
+    @property
+    def company_id(self) -> str:
+        return DEFAULT_COMPANY_ID
+
+    def _seed_companies(self) -> None:
+        for company_id, name in COMPANIES.items():
+            seed_company(self.store, company_id, name, with_samples=self.config.sample_data)
+
+    def reset(self) -> None:
+        """Back to the state at start: data, subscriptions, deliveries, counters, faults, limits' windows."""
+        with self.store.lock:
+            self.store.companies.clear()
+            self.store.change_log.clear()
+            self._seed_companies()
+        self.webhooks.reset()
+        self.counters.reset()
+        self.faults.clear()
+        self.limiter.reset()
+
+    # --- data -------------------------------------------------------------------------------------
+
+    def seed_customers(
+        self, count: int, *, company_id: str | None = None, seed: int = 0, start: int = 1
+    ) -> list[str]:
+        """Insert `count` generated customers (no notifications). 100,000 take a few seconds."""
+        return seed_customers(self.store, company_id or self.company_id, count, seed=seed, start=start)
+
+    def seed(
+        self, entity_set: str, records: Iterable[Mapping[str, Any]], *, company_id: str | None = None
+    ) -> list[str]:
+        """Insert records through the business rules, without notifications. Returns their ids."""
+        return self.store.seed(company_id or self.company_id, entity_set, records)
+
+    def change(
+        self,
+        entity_set: str,
+        record_id: str,
+        changes: Mapping[str, Any],
+        *,
+        user: str = "SALES",
+        company_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A change made in BC by `user` (notified like any other). Returns the stored record."""
+        company = company_id or self.company_id
+        current = self.store.get(company, entity_set, record_id)
+        return self.store.update(company, entity_set, record_id, changes, user, if_match=current["_etag"])
+
+    def get(self, entity_set: str, record_id: str, *, company_id: str | None = None) -> dict[str, Any]:
+        """The stored record, hidden keys included (`_by`: who changed it last)."""
+        return self.store.get(company_id or self.company_id, entity_set, record_id)
+
+    # --- time and limits --------------------------------------------------------------------------
+
+    def advance_clock(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def set_limits(self, **limits: float) -> dict[str, float]:
+        """Change service-protection limits at runtime; keys as in `limits()`."""
+        unknown = set(limits) - set(self.limits())
+        if unknown:
+            raise ValueError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(self.limits())}")
+        for name, value in limits.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"limit '{name}' must be a non-negative number")
+        if "requests_per_window" in limits:
+            self.limiter.max_requests = int(limits["requests_per_window"])
+        if "window_seconds" in limits:
+            self.limiter.window_seconds = float(limits["window_seconds"])
+        if "max_concurrent" in limits:
+            self.gate.max_concurrent = int(limits["max_concurrent"])
+        if "max_queue" in limits:
+            self.gate.max_queue = int(limits["max_queue"])
+        if "queue_timeout_seconds" in limits:
+            self.gate.queue_timeout = float(limits["queue_timeout_seconds"])
+        if "max_page_size" in limits:
+            self.config.max_page_size = int(limits["max_page_size"])
+        self.limiter.reset()
+        return self.limits()
+
+    def limits(self) -> dict[str, float]:
+        return {
+            "requests_per_window": self.limiter.max_requests,
+            "window_seconds": self.limiter.window_seconds,
+            "max_concurrent": self.gate.max_concurrent,
+            "max_queue": self.gate.max_queue,
+            "queue_timeout_seconds": self.gate.queue_timeout,
+            "max_page_size": self.config.max_page_size,
+        }
+
+    WEBHOOK_SETTINGS = (
+        "coalesce_seconds",
+        "collection_threshold",
+        "handshake_timeout_seconds",
+        "delivery_timeout_seconds",
+        "retry_delays_seconds",
+        "subscription_lifetime_seconds",
+    )
+
+    def set_webhook_config(self, **settings: Any) -> dict[str, Any]:
+        unknown = set(settings) - set(self.WEBHOOK_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"unknown webhook setting(s) {sorted(unknown)}; known: {list(self.WEBHOOK_SETTINGS)}"
+            )
+        for name, value in settings.items():
+            if name == "retry_delays_seconds":
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, int | float) and v >= 0 for v in value
+                ):
+                    raise ValueError("'retry_delays_seconds' must be a list of non-negative numbers")
+                value = tuple(float(v) for v in value)
+            elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"'{name}' must be a non-negative number")
+            setattr(self.config, name, value)
+        return self.webhook_config()
+
+    def webhook_config(self) -> dict[str, Any]:
+        return {name: getattr(self.config, name) for name in self.WEBHOOK_SETTINGS}
+
+    def flush_webhooks(self, timeout: float = 30.0) -> int:
+        """Deliver pending notifications now and wait for every delivery (retries included)."""
+        return self.webhooks.flush_threadsafe(timeout)
+
+    def user_for_token(self, token: str) -> str | None:
+        return self.config.users.get(token)

@@ -1,0 +1,779 @@
+"""The sandbox's data: companies, their records, business rules, ETags and the change feed.
+
+Records are plain dicts in wire form (documented fields in order) plus hidden keys starting with
+`_` (`_etag`, `_ms` = lastModifiedDateTime in epoch ms, `_by` = the user who changed it last).
+A stored record is never mutated: a write stores a new dict, so readers can hold rows without
+the lock, and a transaction rolls back by putting the old dicts back.
+
+Every write runs in a transaction (`$batch` with `Isolation: snapshot` wraps several in one);
+committed changes go to the change log and to listeners (the webhook hub) after the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from devstack.bc.clock import SandboxClock, iso_ms
+from devstack.bc.entities import (
+    BOOL,
+    DATE,
+    DOCUMENT_SETS,
+    ENTITY_SETS,
+    GUID,
+    NUM,
+    STR,
+    ZERO_GUID,
+    EntitySet,
+    Field,
+)
+from devstack.bc.errors import BcError, bad_request, entity_changed, missing_if_match, record_not_found
+
+CHANGE_LOG_SIZE = 100_000
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_EDM_TYPES = {STR: "Edm.String", NUM: "Edm.Decimal", BOOL: "Edm.Boolean", GUID: "Edm.Guid", DATE: "Edm.Date"}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change, as the change log and the webhook hub see it."""
+
+    seq: int
+    company_id: str
+    entity_set: str
+    record_id: str
+    change_type: str  # created | updated | deleted
+    last_modified: str
+    last_modified_ms: int
+    user: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "companyId": self.company_id,
+            "entitySet": self.entity_set,
+            "id": self.record_id,
+            "changeType": self.change_type,
+            "lastModifiedDateTime": self.last_modified,
+            "user": self.user,
+        }
+
+
+ChangeListener = Callable[[Change], None]
+
+
+@dataclass
+class Company:
+    id: str
+    name: str
+    display_name: str
+    local_currency: str
+    created_at: str
+    tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)  # entity set -> number/code -> id
+    next_number: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "systemVersion": "25.0.23364.24709",
+            "timestamp": 0,
+            "name": self.name,
+            "displayName": self.display_name,
+            "businessProfileId": "",
+            "systemCreatedAt": self.created_at,
+            "systemCreatedBy": ZERO_GUID,
+            "systemModifiedAt": self.created_at,
+            "systemModifiedBy": ZERO_GUID,
+        }
+
+
+def make_etag(record_id: str, row_version: int) -> str:
+    """An opaque weak ETag shaped like BC's: base64 of `'44;<base64 hash>1;00;'`."""
+    digest = base64.b64encode(hashlib.sha256(f"{record_id}:{row_version}".encode()).digest()).decode()
+    inner = f"'{len(digest)};{digest}1;00;'"
+    return 'W/"' + base64.b64encode(inner.encode()).decode() + '"'
+
+
+def _etag_matches(if_match: str, current: str) -> bool:
+    if if_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == current.removeprefix("W/") for tag in if_match.split(","))
+
+
+def normalize_guid(text: str, what: str = "id") -> str:
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        raise bad_request(f"'{text}' is not a valid value for {what}: a GUID is expected.") from None
+
+
+class BcStore:
+    """All companies of one environment. Thread-safe (one re-entrant lock)."""
+
+    def __init__(self, clock: SandboxClock) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.companies: dict[str, Company] = {}
+        self.listeners: list[ChangeListener] = []
+        self.change_log: deque[Change] = deque(maxlen=CHANGE_LOG_SIZE)
+        self._row_version = 0
+        self._seq = 0
+        self._undo: list[Callable[[], None]] | None = None
+        self._pending: list[Change] = []
+        self._emit_changes = True
+
+    # --- companies --------------------------------------------------------------------------------
+
+    def add_company(self, company_id: str, name: str, local_currency: str = "USD") -> Company:
+        with self.lock:
+            company = Company(
+                id=normalize_guid(company_id),
+                name=name,
+                display_name=name,
+                local_currency=local_currency,
+                created_at=iso_ms(self.clock.now_ms()),
+            )
+            for entity in ENTITY_SETS.values():
+                company.tables[entity.name] = {}
+                company.keys[entity.name] = {}
+                company.next_number[entity.name] = 10
+            self.companies[company.id] = company
+            return company
+
+    def company(self, company_id: str) -> Company:
+        key = normalize_guid(company_id, "the company id")
+        company = self.companies.get(key)
+        if company is None:
+            raise BcError(
+                404,
+                "BadRequest_NotFound",
+                f"The company with id '{company_id}' does not exist in this environment.",
+            )
+        return company
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def rows(self, company_id: str, entity_set: str) -> list[dict[str, Any]]:
+        """A consistent list of the current records (safe to use without the lock)."""
+        with self.lock:
+            return list(self.company(company_id).tables[entity_set].values())
+
+    def get(self, company_id: str, entity_set: str, record_id: str) -> dict[str, Any]:
+        entity = ENTITY_SETS[entity_set]
+        key = normalize_guid(record_id)
+        with self.lock:
+            record = self.company(company_id).tables[entity_set].get(key)
+        if record is None:
+            raise record_not_found(entity.caption, key)
+        return record
+
+    def find_by_key(self, company_id: str, entity_set: str, key: str) -> dict[str, Any] | None:
+        """The record with this number/code (case-insensitive, as BC's Code fields), or None."""
+        with self.lock:
+            company = self.company(company_id)
+            record_id = company.keys[entity_set].get(key.upper())
+            return company.tables[entity_set].get(record_id) if record_id else None
+
+    # --- transactions -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside commit together or not at all; joins an enclosing transaction."""
+        with self.lock:
+            if self._undo is not None:
+                yield
+                return
+            self._undo, self._pending = [], []
+            try:
+                yield
+            except BaseException:
+                for undo in reversed(self._undo):
+                    undo()
+                self._undo, self._pending = None, []
+                raise
+            committed, self._undo, self._pending = self._pending, None, []
+            self.change_log.extend(committed)
+        for change in committed:
+            for listener in list(self.listeners):
+                listener(change)
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Writes inside are not notified nor logged (seeding reference and bulk data)."""
+        with self.lock:
+            previous, self._emit_changes = self._emit_changes, False
+            try:
+                yield
+            finally:
+                self._emit_changes = previous
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    def create(
+        self,
+        company_id: str,
+        entity_set: str,
+        body: Mapping[str, Any],
+        user: str,
+        *,
+        parent_id: str | None = None,
+        record_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Insert a record; `record_id` fixes the id (seeding only: the API never lets a client)."""
+        entity = ENTITY_SETS[entity_set]
+        with self.transaction():
+            company = self.company(company_id)
+            record = entity.template()
+            record["id"] = normalize_guid(record_id) if record_id else str(uuid.uuid4())
+            if record["id"] in company.tables[entity_set]:
+                raise bad_request(
+                    f"A {entity.caption} with id '{record['id']}' already exists.",
+                    "Internal_EntityWithSameKeyExists",
+                )
+            if parent_id is not None:
+                record["documentId"] = normalize_guid(parent_id)
+            changed = self._apply_body(entity, record, body, creating=True)
+            if parent_id is not None:
+                changed.add("documentId")
+            self._apply_rules(company, entity, record, changed, creating=True)
+            self._assign_key(company, entity, record)
+            self._stamp(record, None, user)
+            self._put(company, entity_set, record)
+            self._emit(company, entity_set, record, "created", user)
+            self._after_write(company, entity, record, user)
+            return record
+
+    def update(
+        self,
+        company_id: str,
+        entity_set: str,
+        record_id: str,
+        body: Mapping[str, Any],
+        user: str,
+        *,
+        if_match: str | None,
+    ) -> dict[str, Any]:
+        entity = ENTITY_SETS[entity_set]
+        with self.transaction():
+            company = self.company(company_id)
+            current = self._checked_current(entity, company, record_id, if_match)
+            record = dict(current)
+            changed = self._apply_body(entity, record, body, creating=False)
+            self._apply_rules(company, entity, record, changed, creating=False)
+            if entity.key and entity.key in changed:
+                self._assign_key(company, entity, record, previous=current)
+            self._stamp(record, current["_ms"], user)
+            self._put(company, entity_set, record)
+            self._emit(company, entity_set, record, "updated", user)
+            self._after_write(company, entity, record, user)
+            return record
+
+    def delete(
+        self, company_id: str, entity_set: str, record_id: str, user: str, *, if_match: str | None
+    ) -> None:
+        entity = ENTITY_SETS[entity_set]
+        with self.transaction():
+            company = self.company(company_id)
+            current = self._checked_current(entity, company, record_id, if_match)
+            self._check_deletable(company, entity, current)
+            self._remove(company, entity_set, current)
+            deleted_ms = max(self.clock.now_ms(), current["_ms"] + 1)
+            self._emit(company, entity_set, {**current, "_ms": deleted_ms}, "deleted", user)
+            if entity.name == "salesOrders":
+                for line in self._lines_of(company, current["id"]):
+                    self._remove(company, "salesOrderLines", line)
+            self._after_write(company, entity, current, user)
+
+    def seed(
+        self, company_id: str, entity_set: str, records: Iterable[Mapping[str, Any]], user: str = "SEED"
+    ) -> list[str]:
+        """Insert records through the normal rules (validated), without notifications. Returns ids."""
+        ids: list[str] = []
+        with self.quiet(), self.transaction():
+            for body in records:
+                ids.append(self.create(company_id, entity_set, body, user)["id"])
+        return ids
+
+    def touch(self, company_id: str, entity_set: str, record_id: str, user: str) -> dict[str, Any]:
+        """Modify a record without changing a field (like saving it unchanged in the client)."""
+        current = self.get(company_id, entity_set, record_id)
+        return self.update(company_id, entity_set, record_id, {}, user, if_match=current["_etag"])
+
+    # --- write helpers ----------------------------------------------------------------------------
+
+    def _checked_current(
+        self, entity: EntitySet, company: Company, record_id: str, if_match: str | None
+    ) -> dict[str, Any]:
+        key = normalize_guid(record_id)
+        current = company.tables[entity.name].get(key)
+        if current is None:
+            raise record_not_found(entity.caption, key)
+        if not if_match:
+            raise missing_if_match()
+        if not _etag_matches(if_match, current["_etag"]):
+            raise entity_changed()
+        return current
+
+    def _apply_body(
+        self, entity: EntitySet, record: dict[str, Any], body: Mapping[str, Any], *, creating: bool
+    ) -> set[str]:
+        if not isinstance(body, Mapping):
+            raise bad_request("The request body must be a JSON object.")
+        changed: set[str] = set()
+        for name, value in body.items():
+            if name.startswith("@odata."):
+                continue  # annotations (a record read back and sent again) are ignored, as BC does
+            spec = entity.by_name.get(name)
+            if spec is None:
+                raise bad_request(
+                    f"The property '{name}' does not exist on type 'Microsoft.NAV.{_type_name(entity)}'. "
+                    "Make sure to only use property names that are defined by the type.",
+                    "BadRequest_PropertyNotFound",  # (unverified)
+                )
+            coerced = _coerce(entity, spec, value)
+            if spec.read_only:
+                if coerced == record.get(name):
+                    continue  # sending back an unchanged read-only value is harmless
+                raise bad_request(f"The property '{name}' is read-only and cannot be modified.")
+            record[name] = coerced
+            changed.add(name)
+        return changed
+
+    def _assign_key(
+        self,
+        company: Company,
+        entity: EntitySet,
+        record: dict[str, Any],
+        previous: Mapping[str, Any] | None = None,
+    ) -> None:
+        if entity.key is None:
+            return
+        keys = company.keys[entity.name]
+        value = record[entity.key]
+        if not value:
+            if entity.key == "code":
+                raise bad_request(
+                    f"The field 'code' of {entity.caption} must have a value.", "Application_DialogException"
+                )
+            value = self._next_number(company, entity)
+            record["number"] = value
+        owner = keys.get(value.upper())
+        if owner is not None and owner != record["id"]:
+            raise bad_request(
+                f"The record in table {entity.caption} already exists. Identification fields and values: "
+                f"{'No.' if entity.key == 'number' else 'Code'}='{value}'",
+                "Internal_EntityWithSameKeyExists",
+            )
+
+    def _next_number(self, company: Company, entity: EntitySet) -> str:
+        keys = company.keys[entity.name]
+        n = company.next_number[entity.name]
+        while f"{entity.number_prefix}{n:05d}" in keys:
+            n += 10
+        company.next_number[entity.name] = n + 10
+        self._record_undo(lambda: company.next_number.__setitem__(entity.name, n))
+        return f"{entity.number_prefix}{n:05d}"
+
+    def _stamp(self, record: dict[str, Any], previous_ms: int | None, user: str) -> None:
+        """New ETag and lastModifiedDateTime (ms, strictly increasing per record)."""
+        self._row_version += 1
+        ms = self.clock.now_ms()
+        if previous_ms is not None and ms <= previous_ms:
+            ms = previous_ms + 1
+        record["_ms"] = ms
+        record["lastModifiedDateTime"] = iso_ms(ms)
+        record["_etag"] = make_etag(record["id"], self._row_version)
+        record["_by"] = user
+
+    def _put(self, company: Company, entity_set: str, record: dict[str, Any]) -> None:
+        table, keys = company.tables[entity_set], company.keys[entity_set]
+        entity = ENTITY_SETS[entity_set]
+        old = table.get(record["id"])
+        table[record["id"]] = record
+        if entity.key:
+            if old is not None:
+                keys.pop(old[entity.key].upper(), None)
+            keys[record[entity.key].upper()] = record["id"]
+
+        def undo() -> None:
+            if entity.key:
+                keys.pop(record[entity.key].upper(), None)
+            if old is None:
+                table.pop(record["id"], None)
+            else:
+                table[record["id"]] = old
+                if entity.key:
+                    keys[old[entity.key].upper()] = old["id"]
+
+        self._record_undo(undo)
+
+    def _remove(self, company: Company, entity_set: str, record: dict[str, Any]) -> None:
+        table, keys = company.tables[entity_set], company.keys[entity_set]
+        entity = ENTITY_SETS[entity_set]
+        table.pop(record["id"], None)
+        if entity.key:
+            keys.pop(record[entity.key].upper(), None)
+
+        def undo() -> None:
+            table[record["id"]] = record
+            if entity.key:
+                keys[record[entity.key].upper()] = record["id"]
+
+        self._record_undo(undo)
+
+    def _record_undo(self, undo: Callable[[], None]) -> None:
+        if self._undo is not None:
+            self._undo.append(undo)
+
+    def _emit(
+        self, company: Company, entity_set: str, record: Mapping[str, Any], change_type: str, user: str
+    ) -> None:
+        if not self._emit_changes:
+            return
+        self._seq += 1
+        ms = record["_ms"]
+        self._pending.append(
+            Change(self._seq, company.id, entity_set, record["id"], change_type, iso_ms(ms), ms, user)
+        )
+
+    # --- business rules ---------------------------------------------------------------------------
+
+    def _apply_rules(
+        self,
+        company: Company,
+        entity: EntitySet,
+        record: dict[str, Any],
+        changed: set[str],
+        *,
+        creating: bool,
+    ) -> None:
+        if entity.name in ("customers", "vendors"):
+            self._check_currency(company, record, changed, creating)
+            self._check_ref_id(company, record, changed, "paymentTermsId", "paymentTerms", "Payment Term")
+            self._check_ref_id(
+                company, record, changed, "paymentMethodId", "paymentMethods", "Payment Method"
+            )
+        if entity.name == "customers":
+            self._check_ref_id(
+                company, record, changed, "shipmentMethodId", "shipmentMethods", "Shipment Method"
+            )
+            self._check_ref_code(company, record, changed, "salespersonCode", "salespeoplePurchasers", entity)
+        elif entity.name == "items":
+            self._check_unit_of_measure(company, record, changed)
+        elif entity.name in DOCUMENT_SETS:
+            self._apply_document_rules(company, entity, record, changed, creating)
+        elif entity.name == "salesOrderLines":
+            self._apply_line_rules(company, record, changed, creating)
+
+    def _check_ref_id(
+        self,
+        company: Company,
+        record: dict[str, Any],
+        changed: set[str],
+        name: str,
+        target: str,
+        caption: str,
+    ) -> dict[str, Any] | None:
+        value = record[name]
+        if name not in changed or value == ZERO_GUID:
+            return None
+        found = company.tables.get(target, {}).get(value)
+        if found is None:
+            raise bad_request(f'The "{name}" does not match to a {caption}.', "Application_DialogException")
+        return found
+
+    def _check_ref_code(
+        self,
+        company: Company,
+        record: dict[str, Any],
+        changed: set[str],
+        name: str,
+        target: str,
+        entity: EntitySet,
+    ) -> None:
+        value = record[name]
+        if name not in changed or not value or value in company.keys[target]:
+            return
+        raise bad_request(
+            f"The field {_caption_of(name)} of table {entity.caption} contains a value ({value}) that cannot "
+            f"be found in the related table ({ENTITY_SETS[target].caption}).",
+            "Application_DialogException",
+        )
+
+    def _check_currency(
+        self, company: Company, record: dict[str, Any], changed: set[str], creating: bool
+    ) -> None:
+        # Local currency: currencyId zero and currencyCode the company's LCY code (reference §1.1).
+        if "currencyCode" in changed:
+            code = record["currencyCode"]
+            if code in ("", company.local_currency):
+                currency_id = ZERO_GUID
+            else:
+                found = self.find_by_key(company.id, "currencies", code)
+                if found is None:
+                    raise bad_request(
+                        f"The field Currency Code of table Customer contains a value ({code}) that cannot be "
+                        "found in the related table (Currency).",
+                        "Application_DialogException",
+                    )
+                currency_id = found["id"]
+            if "currencyId" in changed and record["currencyId"] != currency_id:
+                raise bad_request(
+                    "The currency values do not match to a specific Currency.", "Application_DialogException"
+                )
+            record["currencyId"] = currency_id
+            record["currencyCode"] = code or company.local_currency
+        elif "currencyId" in changed:
+            found = self._check_ref_id(company, record, changed, "currencyId", "currencies", "Currency")
+            record["currencyCode"] = found["code"] if found else company.local_currency
+        elif creating:
+            record["currencyCode"] = company.local_currency
+
+    def _check_unit_of_measure(self, company: Company, record: dict[str, Any], changed: set[str]) -> None:
+        if "baseUnitOfMeasureCode" in changed and record["baseUnitOfMeasureCode"]:
+            found = self.find_by_key(company.id, "unitsOfMeasure", record["baseUnitOfMeasureCode"])
+            if found is None:
+                raise bad_request(
+                    f"The field Base Unit of Measure of table Item contains a value "
+                    f"({record['baseUnitOfMeasureCode']}) that cannot be found in the related table "
+                    "(Unit of Measure).",
+                    "Application_DialogException",
+                )
+            record["baseUnitOfMeasureId"] = found["id"]
+        elif "baseUnitOfMeasureId" in changed:
+            found = self._check_ref_id(
+                company, record, changed, "baseUnitOfMeasureId", "unitsOfMeasure", "Unit of Measure"
+            )
+            record["baseUnitOfMeasureCode"] = found["code"] if found else ""
+
+    def _apply_document_rules(
+        self, company: Company, entity: EntitySet, record: dict[str, Any], changed: set[str], creating: bool
+    ) -> None:
+        customer = self._document_customer(company, record, changed)
+        if customer is None and creating:
+            raise bad_request(
+                "You must specify a customer id or a customer number to create a sales document.",
+                "Application_DialogException",
+            )
+        if customer is not None:
+            if customer["blocked"] in ("Invoice", "All"):
+                raise bad_request(
+                    f"You cannot create this type of document when Customer {customer['number']} is blocked "
+                    f"with type {customer['blocked']}",
+                    "Application_DialogException",
+                )
+            self._copy_customer_defaults(company, customer, record, changed)
+        self._check_currency(company, record, changed, creating)
+        self._check_ref_id(company, record, changed, "paymentTermsId", "paymentTerms", "Payment Term")
+        self._check_ref_id(company, record, changed, "shipmentMethodId", "shipmentMethods", "Shipment Method")
+        self._check_ref_code(company, record, changed, "salesperson", "salespeoplePurchasers", entity)
+
+    def _document_customer(
+        self, company: Company, record: dict[str, Any], changed: set[str]
+    ) -> dict[str, Any] | None:
+        if "customerId" in changed and record["customerId"] != ZERO_GUID:
+            customer = company.tables["customers"].get(record["customerId"])
+            if customer is None:
+                raise bad_request(
+                    'The "customerId" does not match to a Customer.', "Application_DialogException"
+                )
+            if "customerNumber" in changed and record["customerNumber"] != customer["number"]:
+                raise bad_request(
+                    "The customer values do not match to a specific Customer.", "Application_DialogException"
+                )
+            return customer
+        if "customerNumber" in changed and record["customerNumber"]:
+            customer = self.find_by_key(company.id, "customers", record["customerNumber"])
+            if customer is None:
+                raise bad_request(
+                    f"The Customer does not exist. Identification fields and values: "
+                    f"No.='{record['customerNumber']}'",
+                    "Internal_RecordNotFound",
+                )
+            return customer
+        return None
+
+    @staticmethod
+    def _copy_customer_defaults(
+        company: Company, customer: Mapping[str, Any], record: dict[str, Any], changed: set[str]
+    ) -> None:
+        # As BC does when the sell-to customer is validated: the document takes the customer's data.
+        record["customerId"], record["customerNumber"] = customer["id"], customer["number"]
+        record["customerName"] = record["billToName"] = customer["displayName"]
+        record["billToCustomerId"], record["billToCustomerNumber"] = customer["id"], customer["number"]
+        for source, target in (
+            ("addressLine1", "sellToAddressLine1"),
+            ("addressLine2", "sellToAddressLine2"),
+            ("city", "sellToCity"),
+            ("state", "sellToState"),
+            ("country", "sellToCountry"),
+            ("postalCode", "sellToPostalCode"),
+            ("currencyCode", "currencyCode"),
+            ("paymentTermsId", "paymentTermsId"),
+            ("shipmentMethodId", "shipmentMethodId"),
+            ("salespersonCode", "salesperson"),
+            ("phoneNumber", "phoneNumber"),
+            ("email", "email"),
+        ):
+            if target not in changed:
+                record[target] = customer[source]
+        if "currencyCode" not in changed and "currencyId" not in changed:
+            record["currencyId"] = customer["currencyId"]
+
+    def _apply_line_rules(
+        self, company: Company, record: dict[str, Any], changed: set[str], creating: bool
+    ) -> None:
+        header = company.tables["salesOrders"].get(record["documentId"])
+        if header is None:
+            raise bad_request(
+                'The "documentId" does not match to a Sales Order.', "Application_DialogException"
+            )
+        if creating and "sequence" not in changed:
+            lines = self._lines_of(company, header["id"])
+            record["sequence"] = max((line["sequence"] for line in lines), default=0) + 10000
+        if record["lineType"] == "Item":
+            item = self._line_item(company, record, changed)
+            if item is not None:
+                if item["blocked"]:
+                    raise bad_request(f"Item {item['number']} is blocked.", "Application_DialogException")
+                record["itemId"], record["lineObjectNumber"] = item["id"], item["number"]
+                if "description" not in changed:
+                    record["description"] = item["displayName"]
+                if "unitPrice" not in changed and creating:
+                    record["unitPrice"] = item["unitPrice"]
+                if "unitOfMeasureCode" not in changed and creating:
+                    record["unitOfMeasureCode"] = item["baseUnitOfMeasureCode"]
+        amount = round(record["quantity"] * record["unitPrice"] * (1 - record["discountPercent"] / 100), 2)
+        amount = round(amount - record["discountAmount"], 2)
+        record["amountExcludingTax"] = record["amountIncludingTax"] = amount
+        record["totalTaxAmount"] = 0
+
+    def _line_item(
+        self, company: Company, record: dict[str, Any], changed: set[str]
+    ) -> dict[str, Any] | None:
+        if "itemId" in changed and record["itemId"] != ZERO_GUID:
+            item = company.tables["items"].get(record["itemId"])
+            if item is None:
+                raise bad_request('The "itemId" does not match to an Item.', "Application_DialogException")
+            return item
+        if "lineObjectNumber" in changed and record["lineObjectNumber"]:
+            item = self.find_by_key(company.id, "items", record["lineObjectNumber"])
+            if item is None:
+                raise bad_request(
+                    "The Item does not exist. Identification fields and values: "
+                    f"No.='{record['lineObjectNumber']}'",
+                    "Internal_RecordNotFound",
+                )
+            return item
+        return None
+
+    def _lines_of(self, company: Company, document_id: str) -> list[dict[str, Any]]:
+        lines = [r for r in company.tables["salesOrderLines"].values() if r["documentId"] == document_id]
+        return sorted(lines, key=lambda r: r["sequence"])
+
+    def lines_of(self, company_id: str, document_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return self._lines_of(self.company(company_id), document_id)
+
+    def _after_write(self, company: Company, entity: EntitySet, record: Mapping[str, Any], user: str) -> None:
+        # A line change changes the header's totals and notifies the header (reference §4.5).
+        if entity.name != "salesOrderLines":
+            return
+        header = company.tables["salesOrders"].get(record["documentId"])
+        if header is None:
+            return
+        lines = self._lines_of(company, header["id"])
+        updated = dict(header)
+        updated["totalAmountExcludingTax"] = round(sum(line["amountExcludingTax"] for line in lines), 2)
+        updated["totalAmountIncludingTax"] = round(sum(line["amountIncludingTax"] for line in lines), 2)
+        updated["totalTaxAmount"] = 0
+        self._stamp(updated, header["_ms"], user)
+        self._put(company, "salesOrders", updated)
+        self._emit(company, "salesOrders", updated, "updated", user)
+
+    def _check_deletable(self, company: Company, entity: EntitySet, record: Mapping[str, Any]) -> None:
+        if entity.name != "customers":
+            return
+        for document_set in ("salesQuotes", "salesOrders"):
+            for document in company.tables[document_set].values():
+                if document["customerId"] == record["id"]:
+                    raise bad_request(
+                        f"You cannot delete Customer {record['number']} because there is at least one "
+                        f"outstanding {ENTITY_SETS[document_set].caption} for this customer.",
+                        "Application_DialogException",
+                    )
+
+    # --- derived data -----------------------------------------------------------------------------
+
+    def financial_details(self, company_id: str) -> dict[str, dict[str, Any]]:
+        """`customerFinancialDetail` for every customer, keyed by customer id (read-only, computed)."""
+        with self.lock:
+            company = self.company(company_id)
+            sales: dict[str, float] = {}
+            for invoice in company.tables["salesInvoices"].values():
+                customer_id = invoice["customerId"]
+                sales[customer_id] = sales.get(customer_id, 0) + invoice["totalAmountExcludingTax"]
+            customers = list(company.tables["customers"].values())
+        return {
+            c["id"]: {
+                "@odata.etag": c["_etag"],
+                "id": c["id"],
+                "number": c["number"],
+                "balance": c["balanceDue"],
+                "totalSalesExcludingTax": round(sales.get(c["id"], 0), 2),
+                "overdueAmount": 0,
+            }
+            for c in customers
+        }
+
+
+def _type_name(entity: EntitySet) -> str:
+    singular = {"salespeoplePurchasers": "salespersonPurchaser", "currencies": "currency"}
+    name = singular.get(entity.name, entity.name.removesuffix("s"))
+    return name
+
+
+def _caption_of(field_name: str) -> str:
+    return {"salespersonCode": "Salesperson Code", "salesperson": "Salesperson Code"}.get(
+        field_name, field_name
+    )
+
+
+def _coerce(entity: EntitySet, spec: Field, value: Any) -> Any:
+    """Check a JSON value against the field's kind; returns the stored form."""
+    ok = (
+        (spec.kind in (STR, GUID, DATE) and isinstance(value, str))
+        or (spec.kind == NUM and isinstance(value, int | float) and not isinstance(value, bool))
+        or (spec.kind == BOOL and isinstance(value, bool))
+    )
+    if not ok:
+        raise bad_request(
+            f"Cannot convert the literal '{value}' to the expected type "
+            f"'{_EDM_TYPES.get(spec.kind, 'Edm.String')}' of the property '{spec.name}'."
+        )
+    if spec.kind == GUID:
+        return normalize_guid(value, spec.name)
+    if spec.kind == DATE and not _DATE_RE.match(value):
+        raise bad_request(f"Cannot convert the literal '{value}' to the expected type 'Edm.Date'.")
+    if spec.options is not None and value not in spec.options:
+        allowed = ", ".join(f"'{o}'" for o in spec.options)
+        raise bad_request(
+            f"The value '{value}' of '{spec.name}' is not valid for {entity.caption}; use one of {allowed}.",
+            "Application_DialogException",
+        )
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise bad_request(
+            f"The length of the string is {len(value)}, but it must be less than or equal to "
+            f"{spec.max_length} characters. Value: {value}",
+            "Application_StringExceededLength",
+        )
+    return value.upper() if spec.code else value

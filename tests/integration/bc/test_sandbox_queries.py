@@ -1,0 +1,151 @@
+"""Conformance of queries, paging and `$batch` with reference §3."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.bc.conftest import Bc
+from tests.integration.bc.test_sandbox_records import assert_error
+
+pytestmark = pytest.mark.integration
+
+
+def values(bc: Bc, entity_set: str = "customers", **params: str) -> list[dict]:
+    response = bc.http.get(bc.entity_url(entity_set), params=params)
+    assert response.status_code == 200, response.text
+    return list(response.json()["value"])
+
+
+def test_select_filter_orderby_top_skip(bc: Bc) -> None:
+    bc.sandbox.seed("customers", [{"displayName": "O'Brien Ltd", "city": "Dublin", "creditLimit": 500},
+                                  {"displayName": "Zeta", "city": "Dublin", "creditLimit": 1500},
+                                  {"displayName": "Alpha", "city": "Cork", "creditLimit": 2500}])  # fmt: skip
+    rows = values(bc, **{"$select": "number,displayName", "$filter": "displayName eq 'O''Brien Ltd'"})
+    assert [r["displayName"] for r in rows] == ["O'Brien Ltd"]
+    assert set(rows[0]) == {"@odata.etag", "number", "displayName"}
+    dublin = values(bc, **{"$filter": "city eq 'Dublin' and creditLimit gt 1000"})
+    assert [r["displayName"] for r in dublin] == ["Zeta"]
+    either = values(bc, **{"$filter": "city eq 'Cork' or (city eq 'Dublin' and not (creditLimit ge 1000))"})
+    assert sorted(r["displayName"] for r in either) == ["Alpha", "O'Brien Ltd"]
+    ordered = values(
+        bc, **{"$orderby": "creditLimit desc", "$top": "2", "$skip": "1", "$filter": "creditLimit gt 0"}
+    )
+    assert [r["displayName"] for r in ordered] == ["Zeta", "O'Brien Ltd"]
+    one = values(bc)[0]
+    assert [r["id"] for r in values(bc, **{"$filter": f"id eq {one['id']}"})] == [one["id"]]
+
+
+def test_filter_on_last_modified_date_time(bc: Bc) -> None:
+    before = values(bc)
+    cutoff = max(r["lastModifiedDateTime"] for r in before)
+    changed = bc.sandbox.change("customers", before[0]["id"], {"city": "Later"})
+    rows = values(bc, **{"$filter": f"lastModifiedDateTime gt {cutoff}"})
+    assert [r["id"] for r in rows] == [changed["id"]]
+    assert values(bc, **{"$filter": "lastModifiedDateTime gt 2000-01-01T00:00:00Z"})
+
+
+def test_bad_query_options_get_400(bc: Bc) -> None:
+    for params in ({"$filter": "nosuchfield eq 1"}, {"$filter": "city eq"}, {"$select": "bogus"},
+                   {"$orderby": "city sideways"}, {"$top": "-1"}, {"$apply": "x"}):  # fmt: skip
+        response = bc.http.get(bc.entity_url("customers"), params=params)
+        assert response.status_code == 400, params
+        assert response.json()["error"]["code"].startswith("BadRequest")
+
+
+def test_server_driven_paging_with_next_link_and_maxpagesize(bc: Bc) -> None:
+    bc.sandbox.seed_customers(25)
+    url: str | None = bc.entity_url("customers") + "?$select=id,number&$orderby=displayName"
+    headers = {"Prefer": "odata.maxpagesize=10"}
+    seen: list[str] = []
+    pages = 0
+    while url:
+        response = bc.http.get(url, headers=headers)
+        assert response.status_code == 200
+        assert response.headers["preference-applied"] == "odata.maxpagesize=10"
+        body = response.json()
+        assert len(body["value"]) <= 10
+        seen += [r["id"] for r in body["value"]]
+        url = body.get("@odata.nextLink")
+        pages += 1
+    assert pages == 3 and len(seen) == len(set(seen)) == 27
+
+
+def test_paging_neither_skips_nor_repeats_a_record_modified_meanwhile(bc: Bc) -> None:
+    ids = bc.sandbox.seed_customers(30)
+    url = bc.entity_url("customers") + "?$orderby=lastModifiedDateTime,number"
+    first = bc.http.get(url, headers={"Prefer": "odata.maxpagesize=10"}).json()
+    bc.sandbox.change("customers", first["value"][0]["id"], {"city": "Moved"})  # re-sorts to the end
+    rest = bc.http.get(first["@odata.nextLink"], headers={"Prefer": "odata.maxpagesize=100"}).json()
+    seen = [r["id"] for r in first["value"] + rest["value"]]
+    assert set(ids) <= set(seen)
+    assert seen.count(first["value"][0]["id"]) == 2  # seen again after its change, nothing skipped
+
+
+def test_top_limits_the_total_across_pages(bc: Bc) -> None:
+    bc.sandbox.seed_customers(30)
+    first = bc.http.get(
+        bc.entity_url("customers") + "?$top=15", headers={"Prefer": "odata.maxpagesize=10"}
+    ).json()
+    second = bc.http.get(first["@odata.nextLink"], headers={"Prefer": "odata.maxpagesize=10"}).json()
+    assert len(first["value"]) == 10 and len(second["value"]) == 5 and "@odata.nextLink" not in second
+
+
+def test_page_size_above_20000_is_413(bc: Bc) -> None:
+    response = bc.http.get(bc.entity_url("customers"), headers={"Prefer": "odata.maxpagesize=20001"})
+    assert response.status_code == 413
+
+
+def _batch(bc: Bc, requests: list[dict], atomic: bool = False) -> list[dict]:
+    headers = {"Isolation": "snapshot"} if atomic else {}
+    response = bc.http.post(f"{bc.base}/$batch", json={"requests": requests}, headers=headers)
+    assert response.status_code == 200, response.text
+    return list(response.json()["responses"])
+
+
+def test_batch_runs_each_operation_and_answers_per_operation(bc: Bc) -> None:
+    rel = f"companies({bc.company})/customers"
+    existing = values(bc)[0]
+    responses = _batch(
+        bc,
+        [
+            {"id": "a", "method": "POST", "url": rel, "headers": {"Content-Type": "application/json"},
+             "body": {"displayName": "Batch One"}},
+            {"id": "b", "method": "PATCH", "url": f"{rel}({existing['id']})", "body": {"city": "Nowhere"}},
+            {"id": "c", "method": "GET", "url": f"{bc.base}/{rel}({existing['id']})"},
+        ],
+    )  # fmt: skip
+    assert [(r["id"], r["status"]) for r in responses] == [("a", 201), ("b", 400), ("c", 200)]
+    assert responses[0]["body"]["displayName"] == "Batch One"
+    assert responses[1]["body"]["error"]["code"] == "BadRequest_InvalidToken"
+    assert responses[2]["body"]["id"] == existing["id"]
+    assert any(r["displayName"] == "Batch One" for r in values(bc))  # the non-atomic batch kept op a
+
+
+def test_atomic_batch_rolls_everything_back_on_a_failure(bc: Bc) -> None:
+    rel = f"companies({bc.company})/customers"
+    existing = values(bc)[0]
+    before = {r["id"]: r["@odata.etag"] for r in values(bc)}
+    responses = _batch(
+        bc,
+        [
+            {"id": "1", "method": "POST", "url": rel, "body": {"displayName": "Rolled back"}},
+            {"id": "2", "method": "PATCH", "url": f"{rel}({existing['id']})", "headers": {"If-Match": "*"},
+             "body": {"city": "Changed"}},
+            {"id": "3", "method": "PATCH", "url": f"{rel}({existing['id']})",
+             "headers": {"If-Match": existing["@odata.etag"]}, "body": {"city": "Stale"}},
+        ],
+        atomic=True,
+    )  # fmt: skip
+    statuses = {r["id"]: r["status"] for r in responses}
+    assert statuses["3"] == 409 and statuses["1"] == statuses["2"] == 424
+    assert {r["id"]: r["@odata.etag"] for r in values(bc)} == before
+    ok = _batch(bc, [{"id": "1", "method": "POST", "url": rel, "body": {"displayName": "Kept"}}], atomic=True)
+    assert ok[0]["status"] == 201 and any(r["displayName"] == "Kept" for r in values(bc))
+
+
+def test_batch_over_100_operations_is_refused(bc: Bc) -> None:
+    rel = f"companies({bc.company})/customers"
+    requests = [{"id": str(n), "method": "GET", "url": rel} for n in range(101)]
+    response = bc.http.post(f"{bc.base}/$batch", json={"requests": requests})
+    assert "at most 100" in assert_error(response, 400, "BadRequest")
+    assert len(_batch(bc, requests[:100])) == 100
