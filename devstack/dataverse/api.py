@@ -1,0 +1,556 @@
+"""The Dataverse Web API v9.2 over the in-memory store: one request in, one response out.
+
+Plain data in and out (no ASGI) so `$batch` can run its parts through the same code as top-level
+requests. Behaviour follows reference §2 (CRUD, upsert, ETags), §3 (paging, change tracking) and
+§5 (CreateMultiple / UpdateMultiple / UpsertMultiple).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, unquote
+
+from devstack.dataverse import errors
+from devstack.dataverse.errors import DataverseError
+from devstack.dataverse.schema import Kind, Table
+from devstack.dataverse.store import LOOKUP_TYPE, Caller, Store, UpsertMode, etag, parse_key
+from devstack.sandbox_common.odata_query import (
+    Predicate,
+    QueryError,
+    UnknownPropertyError,
+    compile_filter,
+    parse_orderby,
+    parse_select,
+)
+
+API_PREFIX = "/api/data/v9.2/"
+ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+_PATH_RE = re.compile(r"^(?P<set>[A-Za-z_$][A-Za-z0-9_]*)(?:\((?P<key>.*)\))?(?:/(?P<rest>.+))?$")
+_COOKIE_RE = re.compile(r'(\w+)="([^"]*)"')
+TRACKED_FORBIDDEN = ("$filter", "$orderby", "$expand", "$top")
+
+
+@dataclass
+class ApiRequest:
+    method: str
+    path: str  # after /api/data/v9.2/, percent-decoded
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    caller: Caller
+    base_url: str  # ends with /api/data/v9.2/
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @staticmethod
+    def json(status: int, payload: Any, headers: dict[str, str] | None = None) -> ApiResponse:
+        merged = {"Content-Type": "application/json; odata.metadata=minimal", "OData-Version": "4.0"}
+        merged.update(headers or {})
+        return ApiResponse(status, merged, dump_json(payload))
+
+    @staticmethod
+    def error(exc: DataverseError) -> ApiResponse:
+        return ApiResponse.json(exc.status, exc.body(), exc.headers)
+
+
+def dump_json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def parse_prefer(header: str | None) -> dict[str, str]:
+    """`Prefer: odata.maxpagesize=10, return=representation` as {name: value}."""
+    result: dict[str, str] = {}
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name:
+            result[name.strip().lower()] = value.strip().strip('"')
+    return result
+
+
+class WebApi:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_page_size: int,
+        token_expiry: Callable[[], dt.timedelta],
+        whoami: Callable[[Caller], dict[str, Any]],
+    ) -> None:
+        self.store = store
+        self.max_page_size = max_page_size
+        self._token_expiry = token_expiry
+        self._whoami = whoami
+
+    def handle(self, request: ApiRequest) -> ApiResponse:
+        try:
+            return self._dispatch(request)
+        except DataverseError as exc:
+            return ApiResponse.error(exc)
+        except UnknownPropertyError as exc:
+            return ApiResponse.error(errors.bad_request(str(exc)))
+        except QueryError as exc:
+            return ApiResponse.error(errors.bad_request(str(exc)))
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def _dispatch(self, request: ApiRequest) -> ApiResponse:
+        path = request.path.strip("/")
+        if path in ("WhoAmI", "WhoAmI()"):
+            if request.method != "GET":
+                raise _method_not_allowed(request.method, path)
+            return ApiResponse.json(200, self._whoami(request.caller))
+        match = _PATH_RE.match(path)
+        if not match:
+            raise DataverseError(404, f"Resource not found for the segment '{path}'.", "0x80060888")
+        entity_set, key_text, rest = match.group("set"), match.group("key"), match.group("rest")
+        data = self.store.table(entity_set)
+        table = data.table
+        method = request.method
+        if rest is not None:
+            if key_text is None and rest == "$count" and method == "GET":
+                return self._count(request, table)
+            action = rest.removeprefix("Microsoft.Dynamics.CRM.")
+            if key_text is None and action in ACTIONS and method == "POST":
+                return self._bulk(request, table, action)
+            raise DataverseError(
+                404,
+                f"Resource not found for the segment '{rest}' (the sandbox supports $count and "
+                f"{', '.join(ACTIONS)} here).",
+                "0x80060888",
+            )
+        if key_text is None:
+            if method == "GET":
+                return self._query(request, table)
+            if method == "POST":
+                return self._create(request, table)
+            raise _method_not_allowed(method, entity_set)
+        key = parse_key(unquote(key_text), table)
+        if method == "GET":
+            return self._retrieve(request, table, key)
+        if method == "PATCH":
+            return self._upsert(request, table, key)
+        if method == "DELETE":
+            return self._delete(request, table, key)
+        raise _method_not_allowed(method, f"{entity_set}({key_text})")
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def _retrieve(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
+        _reject_expand(request)
+        select = _select(request, table)
+        record_id = self.store.resolve_key(table.entity_set, key)
+        row = self.store.get(table.entity_set, record_id) if record_id else None
+        if row is None:
+            raise errors.not_found(table.logical_name, str(key.get(table.primary_key) or _key_text(key)))
+        annotations = _wants_annotations(request)
+        if_none_match = request.headers.get("if-none-match")
+        if if_none_match and if_none_match != "null" and if_none_match == etag(row) and not annotations:
+            return ApiResponse(304, {"ETag": etag(row), "OData-Version": "4.0"})
+        body = {"@odata.context": _context(request, table, select, "/$entity")}
+        body.update(self.project(table, row, select, annotations))
+        return ApiResponse.json(200, body)
+
+    def _query(self, request: ApiRequest, table: Table) -> ApiResponse:
+        _reject_expand(request)
+        query = request.query
+        prefer = parse_prefer(request.headers.get("prefer"))
+        cookie = _parse_skiptoken(query.get("$skiptoken"))
+        tracking = (
+            "odata.track-changes" in prefer or "$deltatoken" in query or cookie.get("istracking") == "True"
+        )
+        if tracking:
+            return self._delta(request, table, prefer, cookie)
+        select = _select(request, table)
+        predicate = _filter(query.get("$filter"), table)
+        orderby = _orderby(query.get("$orderby"), table)
+        annotations = _wants_annotations(request)
+        applied: list[str] = []
+        if "$top" in query:
+            # $top wins over paging: at most that many rows and no nextLink.
+            top = _positive_int(query["$top"], "$top")
+            rows, _ = self.store.page(table.entity_set, predicate, orderby, top)
+            more = False
+        else:
+            size = self._page_size(prefer, applied)
+            after_id = cookie.get("last")
+            page_number = int(cookie.get("pagenumber", "1"))
+            rows, more = self.store.page(
+                table.entity_set, predicate, orderby, size, after_id=after_id, offset=(page_number - 1) * size
+            )
+        body: dict[str, Any] = {"@odata.context": _context(request, table, select, "")}
+        if query.get("$count", "").lower() == "true":
+            body["@odata.count"] = min(self.store.count(table.entity_set, predicate), 5000)
+        body["value"] = [self.project(table, r, select, annotations) for r in rows]
+        if more:
+            next_cookie = {
+                "pagenumber": str(int(cookie.get("pagenumber", "1")) + 1),
+                "last": rows[-1][table.primary_key],
+                "istracking": "False",
+            }
+            body["@odata.nextLink"] = _next_link(request, table, next_cookie)
+        headers = {"Preference-Applied": ",".join(applied)} if applied else {}
+        return ApiResponse.json(200, body, headers)
+
+    def _delta(
+        self, request: ApiRequest, table: Table, prefer: dict[str, str], cookie: dict[str, str]
+    ) -> ApiResponse:
+        if not table.change_tracking:
+            raise errors.bad_request(
+                f"Change tracking is not enabled for the entity '{table.logical_name}'; "
+                "enable 'Track changes' "
+                "on the table (the sandbox tracks the data tables, not the registration tables).",
+                code="0x80044353",
+            )
+        for option in TRACKED_FORBIDDEN:
+            if option in request.query:
+                raise errors.bad_request(
+                    f'The "{option}" query parameter isn\'t supported when Change Tracking is enabled.'
+                )
+        select = _select(request, table)
+        annotations = _wants_annotations(request)
+        applied = ["odata.track-changes"]
+        size = self._page_size(prefer, applied)
+        page_number = int(cookie.get("pagenumber", "1"))
+        base = f"{request.base_url}$metadata#{table.entity_set}{_select_suffix(select)}"
+        if "$deltatoken" in request.query or "deltafrom" in cookie:
+            since = (
+                int(cookie["deltafrom"])
+                if "deltafrom" in cookie
+                else self._token_version(request.query["$deltatoken"])
+            )
+            until = int(cookie.get("deltato") or self.store.current_version())
+            upserted, deleted = self.store.changes(table.entity_set, since, until)
+            offset = (page_number - 1) * size
+            # New and updated rows first, then deletes (§3.2); only this page's rows are rendered.
+            page: list[dict[str, Any]] = [
+                self.project(table, r, select, annotations) for r in upserted[offset : offset + size]
+            ]
+            deleted_context = f"{request.base_url}$metadata#{table.entity_set}/$deletedEntity"
+            first_deleted = max(0, offset - len(upserted))
+            page += [
+                {"@odata.context": deleted_context, "id": i, "reason": "deleted"}
+                for i in deleted[first_deleted : first_deleted + size - len(page)]
+            ]
+            body: dict[str, Any] = {"@odata.context": base + "/$delta", "value": page}
+            if len(upserted) + len(deleted) > offset + size:
+                next_cookie = {
+                    "pagenumber": str(page_number + 1),
+                    "istracking": "True",
+                    "deltafrom": str(since),
+                    "deltato": str(until),
+                }
+                body["@odata.nextLink"] = _next_link(request, table, next_cookie, drop=("$deltatoken",))
+            else:
+                body["@odata.deltaLink"] = self._delta_link(request, table, until)
+            return ApiResponse.json(200, body, {"Preference-Applied": ",".join(applied)})
+        # Initial load: every row now, paged by primary key; the deltaLink marks where it started.
+        start_version = int(cookie.get("deltaversion") or self.store.current_version())
+        rows, more = self.store.page(table.entity_set, None, [], size, after_id=cookie.get("last"))
+        body = {"@odata.context": base, "value": [self.project(table, r, select, annotations) for r in rows]}
+        if more:
+            next_cookie = {
+                "pagenumber": str(page_number + 1),
+                "last": rows[-1][table.primary_key],
+                "istracking": "True",
+                "deltaversion": str(start_version),
+            }
+            body["@odata.nextLink"] = _next_link(request, table, next_cookie)
+        else:
+            body["@odata.deltaLink"] = self._delta_link(request, table, start_version)
+        return ApiResponse.json(200, body, {"Preference-Applied": ",".join(applied)})
+
+    def _delta_link(self, request: ApiRequest, table: Table, version: int) -> str:
+        stamp = self.store.clock().astimezone(dt.UTC).strftime("%m/%d/%Y %H:%M:%S")
+        token = quote(f"{version}!{stamp}", safe="")
+        select = request.query.get("$select")
+        query = f"$select={quote(select, safe=',')}&" if select else ""
+        return f"{request.base_url}{table.entity_set}?{query}$deltatoken={token}"
+
+    def _token_version(self, token: str) -> int:
+        version_text, _, stamp = unquote(token).partition("!")
+        try:
+            version = int(version_text)
+            issued = dt.datetime.strptime(stamp, "%m/%d/%Y %H:%M:%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise errors.bad_request(
+                f"The $deltatoken '{token}' is not valid: use the @odata.deltaLink exactly as returned."
+            ) from None
+        if self.store.clock() - issued > self._token_expiry():
+            raise errors.expired_token()
+        return version
+
+    def _count(self, request: ApiRequest, table: Table) -> ApiResponse:
+        predicate = _filter(request.query.get("$filter"), table)
+        count = self.store.count(table.entity_set, predicate)
+        return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode())
+
+    def _page_size(self, prefer: Mapping[str, str], applied: list[str]) -> int:
+        if "odata.maxpagesize" not in prefer:
+            return self.max_page_size
+        size = min(_positive_int(prefer["odata.maxpagesize"], "odata.maxpagesize"), self.max_page_size)
+        applied.append(f"odata.maxpagesize={size}")
+        return size
+
+    def project(
+        self, table: Table, row: Mapping[str, Any], select: list[str] | None, annotations: bool = False
+    ) -> dict[str, Any]:
+        """A row as the Web API returns it: `@odata.etag`, the selected columns, always the key."""
+        out: dict[str, Any] = {"@odata.etag": etag(row)}
+        columns = select if select is not None else list(table.columns)
+        for name in columns:
+            value = row.get(name)
+            out[name] = value
+            if annotations and value is not None:
+                self._annotate(table, name, value, row, out)
+        out[table.primary_key] = row[table.primary_key]
+        return out
+
+    def _annotate(
+        self, table: Table, name: str, value: Any, row: Mapping[str, Any], out: dict[str, Any]
+    ) -> None:
+        column = table.columns[name]
+        if column.kind is Kind.LOOKUP:
+            logical = row.get(name + LOOKUP_TYPE) or column.targets[0]
+            out[f"{name}@Microsoft.Dynamics.CRM.lookuplogicalname"] = logical
+            target_table = next(
+                (t.table for t in self.store.tables.values() if t.table.logical_name == logical), None
+            )
+            if target_table is not None:
+                target = self.store.get(target_table.entity_set, value)
+                if target is not None:
+                    out[f"{name}@OData.Community.Display.V1.FormattedValue"] = target.get(
+                        target_table.primary_name
+                    )
+        elif column.kind is Kind.CHOICE and column.choices and value in column.choices:
+            out[f"{name}@OData.Community.Display.V1.FormattedValue"] = column.choices[value]
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    def _create(self, request: ApiRequest, table: Table) -> ApiResponse:
+        body = _json_body(request)
+        row = self.store.create(table.entity_set, body, request.caller)
+        return self._written(request, table, row, 201)
+
+    def _upsert(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
+        body = _json_body(request)
+        if_match = request.headers.get("if-match")
+        if_none_match = request.headers.get("if-none-match")
+        mode: UpsertMode = "upsert"
+        if if_none_match == "*":
+            mode = "create_only"
+        elif if_match == "*":
+            mode = "update_only"
+        row, created = self.store.upsert(
+            table.entity_set,
+            key,
+            body,
+            request.caller,
+            mode=mode,
+            if_match=if_match if if_match not in (None, "*") else None,
+        )
+        return self._written(request, table, row, 201 if created else 200, key=key)
+
+    def _written(
+        self,
+        request: ApiRequest,
+        table: Table,
+        row: Mapping[str, Any],
+        status: int,
+        *,
+        key: Mapping[str, Any] | None = None,
+    ) -> ApiResponse:
+        prefer = parse_prefer(request.headers.get("prefer"))
+        if prefer.get("return") == "representation":
+            select = _select(request, table)
+            body = {"@odata.context": _context(request, table, select, "/$entity")}
+            body.update(self.project(table, row, select, _wants_annotations(request)))
+            headers = {"Preference-Applied": "return=representation", "ETag": etag(row)}
+            return ApiResponse.json(status, body, headers)
+        locator = _key_text(key) if key and table.primary_key not in key else row[table.primary_key]
+        entity_id = f"{request.base_url}{table.entity_set}({locator})"
+        return ApiResponse(204, {"OData-EntityId": entity_id, "OData-Version": "4.0"})
+
+    def _delete(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
+        record_id = self.store.resolve_key(table.entity_set, key)
+        if record_id is None:
+            raise errors.not_found(table.logical_name, str(key.get(table.primary_key) or _key_text(key)))
+        self.store.delete(
+            table.entity_set, record_id, request.caller, if_match=request.headers.get("if-match")
+        )
+        return ApiResponse(204, {"OData-Version": "4.0"})
+
+    def _bulk(self, request: ApiRequest, table: Table, action: str) -> ApiResponse:
+        body = _json_body(request)
+        targets = body.get("Targets")
+        if not isinstance(targets, list) or not targets:
+            raise errors.bad_request(
+                f"{action} needs a non-empty 'Targets' array of {table.logical_name} records."
+            )
+        for index, target in enumerate(targets):
+            if not isinstance(target, dict) or target.get("@odata.type") != table.type_name:
+                raise errors.bad_request(
+                    f'Targets[{index}] must carry "@odata.type": "{table.type_name}" (every item needs it).'
+                )
+        ids: list[str] = []
+        with self.store.transaction():  # standard tables: all or nothing
+            for target in targets:
+                if action == "CreateMultiple":
+                    ids.append(self.store.create(table.entity_set, target, request.caller)[table.primary_key])
+                    continue
+                key = self._target_key(table, target)
+                if action == "UpdateMultiple":
+                    if key is None:
+                        raise errors.bad_request(
+                            f"UpdateMultiple targets need '{table.primary_key}' or '@odata.id'."
+                        )
+                    record_id = self.store.resolve_key(table.entity_set, key)
+                    if record_id is None:
+                        raise errors.not_found(
+                            table.logical_name, str(key.get(table.primary_key) or _key_text(key))
+                        )
+                    self.store.update(table.entity_set, record_id, target, request.caller)
+                elif key is None:
+                    self.store.create(table.entity_set, target, request.caller)
+                else:
+                    self.store.upsert(table.entity_set, key, target, request.caller)
+        if action == "CreateMultiple":
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse"
+            return ApiResponse.json(200, {"@odata.context": context, "Ids": ids})
+        return ApiResponse(204, {"OData-Version": "4.0"})
+
+    def _target_key(self, table: Table, target: Mapping[str, Any]) -> dict[str, Any] | None:
+        odata_id = target.get("@odata.id")
+        if odata_id:
+            match = _PATH_RE.match(str(odata_id).rsplit("/", 1)[-1])
+            if not match or match.group("set") != table.entity_set or not match.group("key"):
+                raise errors.bad_request(
+                    f"'@odata.id' must look like '{table.entity_set}(<key>)', got '{odata_id}'."
+                )
+            return parse_key(match.group("key"), table)
+        if target.get(table.primary_key):
+            return {table.primary_key: target[table.primary_key]}
+        return None
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _method_not_allowed(method: str, path: str) -> DataverseError:
+    return DataverseError(405, f"The HTTP method '{method}' is not allowed on '{path}'.", "0x80060888")
+
+
+def _reject_expand(request: ApiRequest) -> None:
+    if "$expand" in request.query:
+        raise errors.bad_request(
+            "The sandbox does not implement $expand: read the related table with its own query."
+        )
+
+
+def _wants_annotations(request: ApiRequest) -> bool:
+    prefer = parse_prefer(request.headers.get("prefer"))
+    return "odata.include-annotations" in prefer
+
+
+def _select(request: ApiRequest, table: Table) -> list[str] | None:
+    try:
+        return parse_select(request.query.get("$select"), table.columns)
+    except UnknownPropertyError as exc:
+        raise errors.unknown_property(table.logical_name, exc.name) from None
+
+
+def _orderby(text: str | None, table: Table) -> list[tuple[str, bool]]:
+    try:
+        return parse_orderby(text, table.columns)
+    except UnknownPropertyError as exc:
+        raise errors.unknown_property(table.logical_name, exc.name) from None
+
+
+def _filter(text: str | None, table: Table) -> Predicate | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return compile_filter(text, fields=table.columns)
+    except UnknownPropertyError as exc:
+        raise errors.unknown_property(table.logical_name, exc.name) from None
+
+
+def _json_body(request: ApiRequest) -> dict[str, Any]:
+    if not request.body:
+        raise errors.bad_request("The request body is empty: send a JSON object.")
+    try:
+        body = json.loads(request.body)
+    except json.JSONDecodeError as exc:
+        raise errors.bad_request(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise errors.bad_request("The request body must be a JSON object.")
+    return body
+
+
+def _positive_int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.bad_request(f"{what} must be a positive integer, got '{text}'.") from None
+    if value <= 0:
+        raise errors.bad_request(f"{what} must be a positive integer, got '{text}'.")
+    return value
+
+
+def _select_suffix(select: list[str] | None) -> str:
+    return f"({','.join(select)})" if select else ""
+
+
+def _context(request: ApiRequest, table: Table, select: list[str] | None, suffix: str) -> str:
+    return f"{request.base_url}$metadata#{table.entity_set}{_select_suffix(select)}{suffix}"
+
+
+def _key_text(key: Mapping[str, Any]) -> str:
+    parts = []
+    for name, value in key.items():
+        rendered = "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(value)
+        parts.append(f"{name}={rendered}")
+    return ",".join(parts)
+
+
+def _parse_skiptoken(token: str | None) -> dict[str, str]:
+    """The sandbox's paging cookie: `<cookie pagenumber="2" last="{id}" istracking="False" ... />`."""
+    if not token:
+        return {}
+    fields = dict(_COOKIE_RE.findall(unquote(token)))
+    if "pagenumber" not in fields or not fields["pagenumber"].isdigit():
+        raise errors.bad_request("The $skiptoken is not valid: use the @odata.nextLink exactly as returned.")
+    if "last" in fields:
+        fields["last"] = fields["last"].strip("{}").lower()
+    return fields
+
+
+def _next_link(
+    request: ApiRequest, table: Table, cookie: Mapping[str, str], drop: tuple[str, ...] = ()
+) -> str:
+    """The nextLink: the same query options plus a `$skiptoken` paging cookie."""
+    attrs = " ".join(f'{k}="{{{v}}}"' if k == "last" else f'{k}="{v}"' for k, v in cookie.items())
+    token = quote(f"<cookie {attrs} />", safe="")
+    options = [
+        f"{name}={quote(value, safe=',')}"
+        for name, value in request.query.items()
+        if name not in ("$skiptoken", *drop)
+    ]
+    options.append(f"$skiptoken={token}")
+    return f"{request.base_url}{table.entity_set}?{'&'.join(options)}"

@@ -1,0 +1,93 @@
+"""Dataverse's error answers: `{"error": {"code": "0x...", "message": "..."}}` with the real status.
+
+Messages and codes follow the reference (§2.3-2.6, §3.2, §6) and what live services return; where the
+reference is silent the message says what to do instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DataverseError(Exception):
+    """An error answer; `status`, `code` and `message` go on the wire as Dataverse sends them."""
+
+    def __init__(
+        self, status: int, message: str, code: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers or {}
+        super().__init__(f"{status} {code} {message}")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """The body shape for an injected fault (used by `FaultMiddleware`)."""
+    return {"error": {"code": "", "message": message}}
+
+
+def not_found(logical_name: str, record_id: str) -> DataverseError:
+    return DataverseError(404, f"{logical_name} With Id = {record_id} Does Not Exist", "0x80040217")
+
+
+def unknown_property(logical_name: str, name: str) -> DataverseError:
+    return DataverseError(
+        400,
+        f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{logical_name}'.",
+        "0x80060888",
+    )
+
+
+def bad_request(message: str, code: str = "0x80060888") -> DataverseError:
+    return DataverseError(400, message, code)
+
+
+def validation(message: str) -> DataverseError:
+    return DataverseError(400, f"A validation error occurred.  {message}", "0x80044331")
+
+
+def version_mismatch() -> DataverseError:
+    return DataverseError(
+        412,
+        "The version of the existing record doesn't match the RowVersion property provided.",
+        "0x80060882",
+    )
+
+
+def key_exists() -> DataverseError:
+    return DataverseError(412, "A record with matching key values already exists.", "0x80060892")
+
+
+def duplicate_key(logical_name: str, columns: tuple[str, ...]) -> DataverseError:
+    names = ", ".join(columns)
+    return DataverseError(
+        412,
+        f"A record that has the attribute values {names} already exists. The entity key on {logical_name} "
+        "requires that this set of attributes contains unique values. Select unique values and try again.",
+        "0x80060892",
+    )
+
+
+def duplicate_id(logical_name: str, record_id: str) -> DataverseError:
+    # DuplicateRecord: a create reused an existing primary key.
+    return DataverseError(
+        412,
+        f"Cannot insert duplicate key: a {logical_name} with id {record_id} already exists.",
+        "0x80040237",
+    )
+
+
+def expired_token() -> DataverseError:
+    return DataverseError(
+        400,
+        "Version stamp associated with the client has expired. Please perform a full sync.",
+        "0x80044352",
+    )
+
+
+def unauthorized(message: str) -> DataverseError:
+    return DataverseError(401, message, "0x80072560")

@@ -1,0 +1,708 @@
+"""The tables the Dataverse sandbox knows: columns, types, lookups, option sets, alternate keys.
+
+Column names, option values and entity set names are the real ones (reference §7-8 and the generated
+entity reference). A lookup column `x` is read as `_x_value` and written through a navigation
+property with `x@odata.bind` (customer lookups: `x_account@odata.bind` / `x_contact@odata.bind`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Kind(StrEnum):
+    STRING = "Edm.String"
+    INT = "Edm.Int32"
+    BIGINT = "Edm.Int64"
+    DECIMAL = "Edm.Decimal"
+    MONEY = "Money"
+    BOOL = "Edm.Boolean"
+    DATETIME = "Edm.DateTimeOffset"
+    DATE = "Edm.Date"
+    GUID = "Edm.Guid"
+    CHOICE = "Picklist"
+    LOOKUP = "Lookup"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    max_length: int | None = None
+    choices: dict[int, str] | None = None
+    targets: tuple[str, ...] = ()  # lookup target logical names
+    read_only: bool = False
+    # Customer-type lookups (`parentcustomerid`) bind through `<name>_<target>`; simple lookups and
+    # owner bind through `<name>`.
+    per_target_navigation: bool = False
+
+    @property
+    def wire_name(self) -> str:
+        return f"_{self.name}_value" if self.kind is Kind.LOOKUP else self.name
+
+
+@dataclass(frozen=True)
+class Table:
+    logical_name: str
+    entity_set: str
+    primary_key: str
+    primary_name: str
+    columns: dict[str, Column]  # by wire name
+    alternate_keys: tuple[tuple[str, ...], ...] = ()
+    change_tracking: bool = True
+    # state -> default status (set when a write changes statecode without statuscode)
+    default_status: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def type_name(self) -> str:
+        return f"Microsoft.Dynamics.CRM.{self.logical_name}"
+
+    def navigation(self) -> dict[str, tuple[Column, str | None]]:
+        """Navigation property -> (lookup column, target logical name or None for any target)."""
+        result: dict[str, tuple[Column, str | None]] = {}
+        for column in self.columns.values():
+            if column.kind is not Kind.LOOKUP or column.read_only:
+                continue
+            if column.per_target_navigation:
+                for target in column.targets:
+                    result[f"{column.name}_{target}"] = (column, target)
+            else:
+                result[column.name] = (column, None)
+        return result
+
+    def lookup_by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns.values() if c.kind is Kind.LOOKUP}
+
+
+# --- column helpers -------------------------------------------------------------------------------
+
+
+def text(name: str, max_length: int = 100, *, read_only: bool = False) -> Column:
+    return Column(name, Kind.STRING, max_length=max_length, read_only=read_only)
+
+
+def memo(name: str) -> Column:
+    return Column(name, Kind.STRING, max_length=2000)
+
+
+def money(name: str) -> Column:
+    return Column(name, Kind.MONEY)
+
+
+def decimal(name: str) -> Column:
+    return Column(name, Kind.DECIMAL)
+
+
+def integer(name: str) -> Column:
+    return Column(name, Kind.INT)
+
+
+def boolean(name: str) -> Column:
+    return Column(name, Kind.BOOL)
+
+
+def datetime(name: str, *, read_only: bool = False) -> Column:
+    return Column(name, Kind.DATETIME, read_only=read_only)
+
+
+def date(name: str) -> Column:
+    return Column(name, Kind.DATE)
+
+
+def guid(name: str, *, read_only: bool = False) -> Column:
+    return Column(name, Kind.GUID, read_only=read_only)
+
+
+def choice(name: str, choices: dict[int, str]) -> Column:
+    return Column(name, Kind.CHOICE, choices=choices)
+
+
+def lookup(name: str, *targets: str, per_target: bool = False, read_only: bool = False) -> Column:
+    return Column(name, Kind.LOOKUP, targets=targets, per_target_navigation=per_target, read_only=read_only)
+
+
+def address(prefix: str) -> list[Column]:
+    return [
+        text(f"{prefix}_line1", 250),
+        text(f"{prefix}_line2", 250),
+        text(f"{prefix}_line3", 250),
+        text(f"{prefix}_city", 80),
+        text(f"{prefix}_stateorprovince", 50),
+        text(f"{prefix}_postalcode", 20),
+        text(f"{prefix}_country", 80),
+        text(f"{prefix}_telephone1", 50),
+    ]
+
+
+# --- option sets ----------------------------------------------------------------------------------
+
+PAYMENT_TERMS = {1: "Net 30", 2: "2% 10, Net 30", 3: "Net 45", 4: "Net 60"}
+FREIGHT_TERMS = {1: "FOB", 2: "No Charge"}
+SHIPPING_METHODS = {
+    1: "Airborne",
+    2: "DHL",
+    3: "FedEx",
+    4: "UPS",
+    5: "Postal Mail",
+    6: "Full Load",
+    7: "Will Call",
+}
+CUSTOMER_TYPES = {
+    1: "Competitor",
+    2: "Consultant",
+    3: "Customer",
+    4: "Investor",
+    5: "Partner",
+    6: "Influencer",
+    7: "Press",
+    8: "Prospect",
+    9: "Reseller",
+    10: "Supplier",
+    11: "Vendor",
+    12: "Other",
+}
+ACTIVE_INACTIVE = {0: "Active", 1: "Inactive"}
+ACTIVE_INACTIVE_STATUS = {1: "Active", 2: "Inactive"}
+PRODUCT_TYPES = {1: "Sales Inventory", 2: "Miscellaneous Charges", 3: "Services", 4: "Flat Fees"}
+PRODUCT_STATES = {0: "Active", 1: "Retired", 2: "Draft", 3: "Under Revision"}
+PRODUCT_STATUSES = {1: "Active", 2: "Retired", 0: "Draft", 3: "Under Revision"}
+SALESORDER_STATES = {0: "Active", 1: "Submitted", 2: "Canceled", 3: "Fulfilled", 4: "Invoiced"}
+SALESORDER_STATUSES = {
+    1: "New",
+    2: "Pending",
+    3: "In Progress",
+    4: "No Money",
+    100001: "Complete",
+    100002: "Partial",
+    100003: "Invoiced",
+}
+INVOICE_STATES = {0: "Active", 1: "Closed", 2: "Paid", 3: "Canceled"}
+OPPORTUNITY_STATES = {0: "Open", 1: "Won", 2: "Lost"}
+SERVICEENDPOINT_CONTRACTS = {
+    1: "OneWay",
+    2: "Queue",
+    3: "Rest",
+    4: "TwoWay",
+    5: "Topic",
+    6: "Queue (Persistent)",
+    7: "Event Hub",
+    8: "Webhook",
+    9: "Event Grid",
+    10: "Managed Data Lake",
+}
+SERVICEENDPOINT_AUTHTYPES = {
+    1: "ACS",
+    2: "SAS Key",
+    3: "SAS Token",
+    4: "Webhook Key",
+    5: "Http Header",
+    6: "Http Query String",
+    7: "Connection String",
+    8: "Access Key",
+}
+STEP_STAGES = {10: "Pre-validation", 20: "Pre-operation", 30: "Main Operation", 40: "Post-operation"}
+STEP_MODES = {0: "Synchronous", 1: "Asynchronous"}
+ASYNC_STATES = {0: "Ready", 1: "Suspended", 2: "Locked", 3: "Completed"}
+ASYNC_STATUSES = {
+    0: "Waiting For Resources",
+    10: "Waiting",
+    20: "In Progress",
+    21: "Pausing",
+    22: "Canceling",
+    30: "Succeeded",
+    31: "Failed",
+    32: "Canceled",
+}
+
+
+# Columns every user-owned table carries (system columns are read-only).
+def _system(
+    *, owned: bool = True, state: dict[int, str] | None = None, status: dict[int, str] | None = None
+) -> list[Column]:
+    columns = [
+        datetime("createdon", read_only=True),
+        datetime("modifiedon", read_only=True),
+        Column("versionnumber", Kind.BIGINT, read_only=True),
+        lookup("createdby", "systemuser", read_only=True),
+        lookup("modifiedby", "systemuser", read_only=True),
+        lookup("modifiedonbehalfby", "systemuser", read_only=True),
+        lookup("owningbusinessunit", "businessunit", read_only=True),
+    ]
+    if owned:
+        columns.append(lookup("ownerid", "systemuser"))
+    if state is not None:
+        columns.append(choice("statecode", state))
+        columns.append(choice("statuscode", status or {}))
+    return columns
+
+
+def _table(
+    logical_name: str,
+    entity_set: str,
+    primary_name: str,
+    columns: list[Column],
+    *,
+    keys: tuple[tuple[str, ...], ...] = (),
+    owned: bool = True,
+    state: dict[int, str] | None = None,
+    status: dict[int, str] | None = None,
+    default_status: dict[int, int] | None = None,
+    change_tracking: bool = True,
+) -> Table:
+    primary_key = f"{logical_name}id"
+    all_columns = [guid(primary_key), *columns, *_system(owned=owned, state=state, status=status)]
+    return Table(
+        logical_name=logical_name,
+        entity_set=entity_set,
+        primary_key=primary_key,
+        primary_name=primary_name,
+        columns={c.wire_name: c for c in all_columns},
+        alternate_keys=keys,
+        change_tracking=change_tracking,
+        default_status=default_status or {},
+    )
+
+
+_ACTIVE: dict[str, Any] = {
+    "state": ACTIVE_INACTIVE,
+    "status": ACTIVE_INACTIVE_STATUS,
+    "default_status": {0: 1, 1: 2},
+}
+
+
+def build_tables() -> dict[str, Table]:
+    """All sandbox tables by entity set name."""
+    tables = [
+        _table(
+            "account",
+            "accounts",
+            "name",
+            [
+                text("name", 160),
+                text("accountnumber", 20),
+                text("emailaddress1", 100),
+                text("emailaddress2", 100),
+                text("telephone1", 50),
+                text("telephone2", 50),
+                text("fax", 50),
+                text("websiteurl", 200),
+                *address("address1"),
+                text("address1_primarycontactname", 100),
+                choice("address1_freighttermscode", FREIGHT_TERMS),
+                choice("address1_shippingmethodcode", SHIPPING_METHODS),
+                choice("customertypecode", CUSTOMER_TYPES),
+                choice("paymenttermscode", PAYMENT_TERMS),
+                choice("accountcategorycode", {1: "Preferred Customer", 2: "Standard"}),
+                money("creditlimit"),
+                boolean("creditonhold"),
+                money("revenue"),
+                memo("description"),
+                integer("numberofemployees"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+                lookup("primarycontactid", "contact"),
+                lookup("parentaccountid", "account"),
+            ],
+            keys=(("accountnumber",),),
+            **_ACTIVE,
+        ),
+        _table(
+            "contact",
+            "contacts",
+            "fullname",
+            [
+                text("firstname", 50),
+                text("middlename", 50),
+                text("lastname", 50),
+                text("fullname", 160, read_only=True),
+                text("emailaddress1", 100),
+                text("telephone1", 50),
+                text("mobilephone", 50),
+                text("pager", 50),
+                text("fax", 50),
+                text("websiteurl", 200),
+                text("jobtitle", 100),
+                *address("address1"),
+                choice("paymenttermscode", PAYMENT_TERMS),
+                memo("description"),
+                lookup("parentcustomerid", "account", "contact", per_target=True),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            **_ACTIVE,
+        ),
+        _table(
+            "product",
+            "products",
+            "name",
+            [
+                text("productnumber", 100),
+                text("name", 100),
+                money("price"),
+                money("standardcost"),
+                money("currentcost"),
+                decimal("stockvolume"),
+                decimal("stockweight"),
+                decimal("quantityonhand"),
+                text("vendorpartnumber", 100),
+                text("vendorid", 100),
+                text("vendorname", 100),
+                integer("quantitydecimal"),
+                memo("description"),
+                choice("producttypecode", PRODUCT_TYPES),
+                lookup("defaultuomscheduleid", "uomschedule"),
+                lookup("defaultuomid", "uom"),
+                lookup("pricelevelid", "pricelevel"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            keys=(("productnumber",),),
+            owned=False,
+            state=PRODUCT_STATES,
+            status=PRODUCT_STATUSES,
+            default_status={0: 1, 1: 2, 2: 0, 3: 3},
+        ),
+        _table(
+            "systemuser",
+            "systemusers",
+            "fullname",
+            [
+                text("fullname", 200, read_only=True),
+                text("firstname", 64),
+                text("lastname", 64),
+                text("internalemailaddress", 100),
+                text("domainname", 1024),
+                guid("azureactivedirectoryobjectid"),
+                guid("applicationid"),
+                boolean("isdisabled"),
+                boolean("islicensed"),
+                boolean("isintegrationuser"),
+                choice(
+                    "accessmode",
+                    {
+                        0: "Read-Write",
+                        1: "Administrative",
+                        2: "Read",
+                        3: "Support User",
+                        4: "Non-interactive",
+                        5: "Delegated Admin",
+                    },
+                ),
+                text("mobilephone", 64),
+                text("title", 128),
+                lookup("businessunitid", "businessunit"),
+            ],
+            owned=False,
+        ),
+        _table("businessunit", "businessunits", "name", [text("name", 160)], owned=False),
+        _table(
+            "transactioncurrency",
+            "transactioncurrencies",
+            "currencyname",
+            [
+                text("currencyname", 100),
+                text("isocurrencycode", 5),
+                text("currencysymbol", 10),
+                decimal("exchangerate"),
+                integer("currencyprecision"),
+            ],
+            keys=(("isocurrencycode",),),
+            owned=False,
+            **_ACTIVE,
+        ),
+        _table(
+            "uomschedule",
+            "uomschedules",
+            "name",
+            [
+                text("name", 200),
+                text("baseuomname", 100),
+                memo("description"),
+            ],
+            owned=False,
+            **_ACTIVE,
+        ),
+        _table(
+            "uom",
+            "uoms",
+            "name",
+            [
+                text("name", 100),
+                decimal("quantity"),
+                boolean("isschedulebaseuom"),
+                lookup("uomscheduleid", "uomschedule"),
+                lookup("baseuom", "uom"),
+            ],
+            owned=False,
+        ),
+        _table(
+            "pricelevel",
+            "pricelevels",
+            "name",
+            [
+                text("name", 100),
+                memo("description"),
+                date("begindate"),
+                date("enddate"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            owned=False,
+            **_ACTIVE,
+        ),
+        _table(
+            "productpricelevel",
+            "productpricelevels",
+            "productnumber",
+            [
+                text("productnumber", 100, read_only=True),
+                money("amount"),
+                choice("pricingmethodcode", {1: "Currency Amount", 2: "Percent of List"}),
+                lookup("pricelevelid", "pricelevel"),
+                lookup("productid", "product"),
+                lookup("uomid", "uom"),
+                lookup("uomscheduleid", "uomschedule"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            owned=False,
+        ),
+        _table(
+            "salesorder",
+            "salesorders",
+            "name",
+            [
+                text("name", 300),
+                text("ordernumber", 100),
+                text("businesscentralordernumber", 100),
+                money("totalamount"),
+                money("totalamountlessfreight"),
+                money("discountamount"),
+                decimal("discountpercentage"),
+                choice("paymenttermscode", PAYMENT_TERMS),
+                choice("shippingmethodcode", SHIPPING_METHODS),
+                choice("freighttermscode", FREIGHT_TERMS),
+                date("requestdeliveryby"),
+                date("datefulfilled"),
+                memo("description"),
+                *address("shipto"),
+                text("shipto_name", 200),
+                *address("billto"),
+                text("billto_name", 200),
+                lookup("customerid", "account", "contact", per_target=True),
+                lookup("pricelevelid", "pricelevel"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+                lookup("opportunityid", "opportunity"),
+            ],
+            state=SALESORDER_STATES,
+            status=SALESORDER_STATUSES,
+            default_status={0: 1, 1: 3, 2: 4, 3: 100001, 4: 100003},
+        ),
+        _table(
+            "salesorderdetail",
+            "salesorderdetails",
+            "productdescription",
+            [
+                text("productdescription", 500),
+                decimal("quantity"),
+                decimal("quantityshipped"),
+                money("priceperunit"),
+                money("baseamount"),
+                money("extendedamount"),
+                money("manualdiscountamount"),
+                boolean("ispriceoverridden"),
+                integer("businesscentrallinenumber"),
+                date("requestdeliveryby"),
+                choice(
+                    "producttypecode",
+                    {
+                        1: "Product",
+                        2: "Bundle",
+                        3: "Required Bundle Product",
+                        4: "Optional Bundle Product",
+                        5: "Project-based Service",
+                    },
+                ),
+                lookup("salesorderid", "salesorder"),
+                lookup("productid", "product"),
+                lookup("uomid", "uom"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            owned=False,
+        ),
+        _table(
+            "invoice",
+            "invoices",
+            "name",
+            [
+                text("name", 300),
+                text("invoicenumber", 100),
+                money("totalamount"),
+                money("totalamountlessfreight"),
+                money("discountamount"),
+                date("duedate"),
+                date("datedelivered"),
+                choice("paymenttermscode", PAYMENT_TERMS),
+                choice("shippingmethodcode", SHIPPING_METHODS),
+                memo("description"),
+                *address("shipto"),
+                text("shipto_name", 200),
+                *address("billto"),
+                text("billto_name", 200),
+                lookup("customerid", "account", "contact", per_target=True),
+                lookup("salesorderid", "salesorder"),
+                lookup("pricelevelid", "pricelevel"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            state=INVOICE_STATES,
+            status={
+                1: "New",
+                2: "Partially Shipped",
+                4: "Billed",
+                5: "Booked",
+                6: "Installed",
+                100001: "Complete",
+                100002: "Partial",
+                100003: "Canceled",
+            },
+            default_status={0: 1, 1: 100001, 2: 100001, 3: 100003},
+        ),
+        _table(
+            "opportunity",
+            "opportunities",
+            "name",
+            [
+                text("name", 300),
+                money("estimatedvalue"),
+                date("estimatedclosedate"),
+                memo("description"),
+                lookup("customerid", "account", "contact", per_target=True),
+                lookup("parentaccountid", "account"),
+                lookup("parentcontactid", "contact"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            state=OPPORTUNITY_STATES,
+            status={1: "In Progress", 2: "On Hold", 3: "Won", 4: "Canceled", 5: "Out-Sold"},
+            default_status={0: 1, 1: 3, 2: 4},
+        ),
+        _table(
+            "bcs_customerstatistic",
+            "bcs_customerstatistics",
+            "bcs_name",
+            [
+                text("bcs_name", 100),
+                text("bcs_customerno", 20),
+                lookup("bcs_accountid", "account"),
+                money("bcs_balance"),
+                money("bcs_outstandingorders"),
+                money("bcs_shippednotinvoiced"),
+                money("bcs_outstandinginvoices"),
+                money("bcs_totalsales"),
+                money("bcs_overdueamount"),
+                money("bcs_creditlimit"),
+                date("bcs_asofdate"),
+                lookup("transactioncurrencyid", "transactioncurrency"),
+            ],
+            keys=(("bcs_customerno",),),
+            **_ACTIVE,
+        ),
+        # Plug-in registration tables: not change-tracked.
+        _table(
+            "serviceendpoint",
+            "serviceendpoints",
+            "name",
+            [
+                text("name", 256),
+                text("url", 2000),
+                text("authvalue", 2048),
+                choice("contract", SERVICEENDPOINT_CONTRACTS),
+                choice("authtype", SERVICEENDPOINT_AUTHTYPES),
+                choice("messageformat", {1: "BinaryXML", 2: "Json", 3: "TextXML"}),
+                choice("userclaim", {1: "None", 2: "UserId", 3: "UserInfo"}),
+                text("namespaceaddress", 255),
+                memo("description"),
+            ],
+            owned=False,
+            change_tracking=False,
+        ),
+        _table("sdkmessage", "sdkmessages", "name", [text("name", 256)], owned=False, change_tracking=False),
+        _table(
+            "sdkmessagefilter",
+            "sdkmessagefilters",
+            "name",
+            [
+                text("name", 256),
+                text("primaryobjecttypecode", 100),
+                text("secondaryobjecttypecode", 100),
+                lookup("sdkmessageid", "sdkmessage"),
+            ],
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "sdkmessageprocessingstep",
+            "sdkmessageprocessingsteps",
+            "name",
+            [
+                text("name", 256),
+                memo("description"),
+                choice("stage", STEP_STAGES),
+                choice("mode", STEP_MODES),
+                integer("rank"),
+                choice(
+                    "supporteddeployment",
+                    {0: "Server Only", 1: "Microsoft Dynamics 365 Client for Outlook Only", 2: "Both"},
+                ),
+                text("filteringattributes", 100000),
+                boolean("asyncautodelete"),
+                lookup("sdkmessageid", "sdkmessage"),
+                lookup("sdkmessagefilterid", "sdkmessagefilter"),
+                lookup("eventhandler", "serviceendpoint", per_target=True),
+                lookup("impersonatinguserid", "systemuser"),
+            ],
+            owned=False,
+            change_tracking=False,
+            state={0: "Enabled", 1: "Disabled"},
+            status={1: "Enabled", 2: "Disabled"},
+            default_status={0: 1, 1: 2},
+        ),
+        _table(
+            "sdkmessageprocessingstepimage",
+            "sdkmessageprocessingstepimages",
+            "name",
+            [
+                text("name", 256),
+                text("entityalias", 256),
+                text("attributes", 100000),
+                text("messagepropertyname", 256),
+                choice("imagetype", {0: "PreImage", 1: "PostImage", 2: "Both"}),
+                lookup("sdkmessageprocessingstepid", "sdkmessageprocessingstep"),
+            ],
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "asyncoperation",
+            "asyncoperations",
+            "name",
+            [
+                text("name", 500),
+                integer("operationtype"),
+                text("message", 100000),
+                text("friendlymessage", 100000),
+                integer("errorcode"),
+                text("primaryentitytype", 100),
+                datetime("completedon"),
+                guid("correlationid"),
+                lookup("owningextensionid", "sdkmessageprocessingstep"),
+                lookup("regardingobjectid", "account", "contact", "product"),
+            ],
+            owned=False,
+            change_tracking=False,
+            state=ASYNC_STATES,
+            status=ASYNC_STATUSES,
+            default_status={0: 0, 1: 10, 2: 20, 3: 30},
+        ),
+    ]
+    return {t.entity_set: t for t in tables}
+
+
+TABLES = build_tables()
+TABLES_BY_LOGICAL_NAME = {t.logical_name: t for t in TABLES.values()}

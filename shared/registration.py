@@ -1,0 +1,171 @@
+"""What the service registers in the two systems so that they notify it, kept up to date.
+
+- Dataverse: one webhook service endpoint (our `/api/webhooks/dataverse` with the configured
+  secret) and asynchronous post-operation Create/Update/Delete steps for every mapped table that
+  flows towards BC, filtered on the columns the mappings read.
+- BC: one subscription per configured company and mapped entity set that BC sends webhooks for
+  (contacts and salespeople have none: the delta poll covers them), renewed before it expires
+  (3 days) and re-created when BC deleted it. State is mirrored in the `Subscriptions` table.
+
+Every function is idempotent: running it twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.data.tables import TableClient, UpdateMode
+
+from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
+from shared.connectors.errors import ApiError
+from shared.mapping.schema import EntityMapping, MappingSet
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_NAME = "bc-dataverse-sync"
+RENEW_WITHIN = dt.timedelta(hours=36)
+AUTH_TYPE_CODES = {"webhook_key": 4, "http_header": 5, "http_query_string": 6}
+DATAVERSE_MESSAGES = ("Create", "Update", "Delete")
+
+
+@dataclass
+class RegistrationReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+    def merge(self, other: RegistrationReport) -> RegistrationReport:
+        for name in ("created", "updated", "unchanged", "failed"):
+            getattr(self, name).extend(getattr(other, name))
+        return self
+
+
+def dataverse_webhook_url(settings: Settings) -> str:
+    return f"{settings.public_url}/api/webhooks/dataverse"
+
+
+def bc_webhook_url(settings: Settings) -> str:
+    return f"{settings.public_url}/api/webhooks/bc"
+
+
+def filtering_attributes(mapping: EntityMapping) -> list[str]:
+    """Columns whose change must notify us: what flows to BC, plus what decides scope."""
+    columns = {f.dv for f in mapping.fields if f.dv and f.writes_to("bc") and not f.has_constant}
+    columns |= {c.field.removeprefix("_").removesuffix("_value") for c in mapping.dataverse.filter}
+    return sorted(columns)
+
+
+def ensure_dataverse_webhooks(dv: Any, settings: Settings, mappings: MappingSet) -> RegistrationReport:
+    """The service endpoint and its steps; steps already in place are left alone."""
+    report = RegistrationReport()
+    auth_type = AUTH_TYPE_CODES[settings.dataverse_webhook_auth_type]
+    secret: str | dict[str, str] = settings.dataverse_webhook_secret
+    if settings.dataverse_webhook_auth_type != "webhook_key":
+        secret = {settings.dataverse_webhook_secret_name: settings.dataverse_webhook_secret}
+    existed = any(e.get("name") == ENDPOINT_NAME for e in dv.list_webhook_endpoints())
+    endpoint_id = dv.ensure_webhook_endpoint(
+        ENDPOINT_NAME, dataverse_webhook_url(settings), auth_type, secret
+    )
+    (report.updated if existed else report.created).append(f"Dataverse webhook endpoint {ENDPOINT_NAME}")
+    before = {(s.get("name") or "", s.get("filteringattributes") or "") for s in dv.list_steps(endpoint_id)}
+    tables: dict[str, set[str]] = {}
+    for mapping in mappings.entities():
+        if mapping.writes_to("bc"):
+            tables.setdefault(mapping.dataverse.table, set()).update(filtering_attributes(mapping))
+    for table, attributes in sorted(tables.items()):
+        for message in DATAVERSE_MESSAGES:
+            wanted = sorted(attributes) if message == "Update" else None
+            dv.ensure_step(endpoint_id, message, table, wanted)
+            label = f"Dataverse step {message} of {table}"
+            name = f"bc-dataverse-sync: {message} of {table}"
+            if (name, ",".join(wanted or [])) in before:
+                report.unchanged.append(label)
+            elif any(n == name for n, _ in before):
+                report.updated.append(label)
+            else:
+                report.created.append(label)
+    return report
+
+
+def bc_subscription_targets(settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
+    """(company id, entity set) pairs that should have a BC subscription."""
+    entity_sets = sorted(
+        {m.bc.entity_set for m in mappings.entities() if m.writes_to("dv")} & WEBHOOK_SUPPORTED_ENTITY_SETS
+    )
+    return [(company, entity_set) for company in settings.bc_company_ids for entity_set in entity_sets]
+
+
+def resource_path(company_id: str, entity_set: str) -> str:
+    return f"/api/v2.0/companies({company_id})/{entity_set}"
+
+
+def ensure_bc_subscriptions(
+    bc: Any,
+    settings: Settings,
+    mappings: MappingSet,
+    table: TableClient | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> RegistrationReport:
+    """Create missing subscriptions, renew those expiring within 36 hours, record them all."""
+    report = RegistrationReport()
+    now = now or dt.datetime.now(dt.UTC)
+    url = bc_webhook_url(settings)
+    existing: dict[str, dict[str, Any]] = {}
+    for sub in bc.list_subscriptions():
+        if sub.get("notificationUrl") == url:
+            existing[_normal_resource(str(sub.get("resource", "")))] = sub
+    for company, entity_set in bc_subscription_targets(settings, mappings):
+        resource = resource_path(company, entity_set)
+        label = f"BC subscription {entity_set} ({company})"
+        sub = existing.get(_normal_resource(resource))
+        try:
+            if sub is None:
+                sub = bc.create_subscription(url, resource, settings.bc_webhook_client_state)
+                report.created.append(label)
+            elif _expires(sub) - now < RENEW_WITHIN:
+                sub = bc.renew_subscription(
+                    sub["subscriptionId"],
+                    sub.get("@odata.etag", "*"),
+                    client_state=settings.bc_webhook_client_state,
+                )
+                report.updated.append(label + " renewed")
+            else:
+                report.unchanged.append(label)
+        except ApiError as exc:
+            report.failed.append(f"{label}: {exc}")
+            log.warning("%s failed: %s", label, exc)
+            continue
+        if table is not None:
+            table.upsert_entity(
+                {
+                    "PartitionKey": "bc",
+                    "RowKey": str(sub["subscriptionId"]),
+                    "Company": company,
+                    "EntitySet": entity_set,
+                    "Resource": resource,
+                    "Expires": str(sub.get("expirationDateTime", "")),
+                    "CheckedAt": now.isoformat(),
+                },
+                mode=UpdateMode.REPLACE,
+            )
+    return report
+
+
+def _normal_resource(resource: str) -> str:
+    # BC is inconsistent about the leading slash (reference §4.4); compare without it.
+    return resource.lstrip("/").lower()
+
+
+def _expires(sub: dict[str, Any]) -> dt.datetime:
+    text = str(sub.get("expirationDateTime") or "1970-01-01T00:00:00Z")
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
