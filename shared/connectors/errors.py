@@ -43,9 +43,19 @@ class ApiError(Exception):
 class RetriableApiError(ApiError):
     """Sending the same request later may succeed. `retry_after` is the server's hint in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int = 0,
+        code: str = "",
+        service: str = "",
+        method: str = "",
+        url: str = "",
+    ) -> None:
         self.retry_after = retry_after
-        super().__init__(message, **kw)  # type: ignore[arg-type]
+        super().__init__(message, status=status, code=code, service=service, method=method, url=url)
 
 
 class ThrottledError(RetriableApiError):

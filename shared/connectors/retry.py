@@ -109,18 +109,26 @@ class ApiTransport:
         while True:
             attempt += 1
             self.stats.requests[f"{method} {kind}".strip()] += 1
+            reached_server = True
             try:
                 response = self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Never reached the server: always safe to send again.
-                error: ApiError = TransientError(f"cannot connect: {exc!r}", **self._ctx(method, url))
+                reached_server = False
+                error: ApiError = TransientError(
+                    f"cannot connect: {exc!r}", service=self.service, method=method, url=url
+                )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if safe_to_resend:
-                    error = TransientError(f"no response: {exc!r}", **self._ctx(method, url))
+                    error = TransientError(
+                        f"no response: {exc!r}", service=self.service, method=method, url=url
+                    )
                 else:
                     raise AmbiguousWriteError(
                         f"no response to a non-idempotent {method}: re-read before writing again ({exc!r})",
-                        **self._ctx(method, url),
+                        service=self.service,
+                        method=method,
+                        url=url,
                     ) from exc
             else:
                 if response.status_code < 400:
@@ -132,7 +140,7 @@ class ApiTransport:
                 raise error
             if isinstance(error, ThrottledError):
                 self.stats.throttled += 1
-            elif not safe_to_resend and not _certainly_not_processed(error):
+            elif reached_server and not safe_to_resend and not _certainly_not_processed(error):
                 raise error
             wait = self.policy.delay(attempt, error, self._rng)
             out_of_time = self._clock() - started + wait > self.policy.max_total_seconds
@@ -140,9 +148,6 @@ class ApiTransport:
                 raise error
             self.stats.retries += 1
             self._sleep(wait)
-
-    def _ctx(self, method: str, url: str) -> dict[str, object]:
-        return {"service": self.service, "method": method, "url": url}
 
 
 def _certainly_not_processed(error: RetriableApiError) -> bool:
