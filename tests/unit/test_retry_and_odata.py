@@ -54,6 +54,7 @@ def transport(
         map_error=map_error,
         policy=policy or RetryPolicy(),
         sleep=sleeps.append,
+        clock=lambda: sum(sleeps),  # time passes only while the transport waits
         rng=random.Random(1),
     )
     return t, sleeps, seen
