@@ -99,6 +99,7 @@ class Engine:
         self.clock = clock
         self._references: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._local_currency: dict[str, str | None] = {}
+        self._key_index: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------------------- dispatch
     def handle(self, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
@@ -455,10 +456,8 @@ class Engine:
     def _resolve_lookup(self, lookups: StaticLookups, mapping_name: str, side: Side, value: str) -> None:
         target = self.ms.entity(mapping_name)
         if side == "bc":
-            if target.bc.key == "id":
-                coupling = self.couplings.get(mapping_name, "bc", value)
-            else:
-                coupling = self.couplings.get_by_key(mapping_name, value)
+            bc_id = value if target.bc.key == "id" else self._bc_id_for_key(target, value)
+            coupling = self.couplings.get(mapping_name, "bc", bc_id) if bc_id else None
             if coupling is not None and coupling.dv_id:
                 lookups.couple(mapping_name, value, coupling.dv_id)
             elif target.bc_blank_means_local_currency and value == self.ms.settings.bc_local_currency_code:
@@ -469,6 +468,21 @@ class Engine:
         coupling = self.couplings.get(mapping_name, "dv", value)
         if coupling is not None and coupling.bc_id:
             lookups.couple(mapping_name, coupling.bc_key or coupling.bc_id, value)
+
+    def _bc_id_for_key(self, mapping: EntityMapping, key: str) -> str | None:
+        """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
+        index of the entity set is read in pages and cached: codes and numbers rarely change, and
+        one read serves every later lookup. A miss refreshes it at most once a minute."""
+        cached = self._key_index.get(mapping.name)
+        now = time.monotonic()
+        stale = cached is None or now - cached[0] > REFERENCE_TTL_SECONDS
+        missing = cached is not None and key not in cached[1] and now - cached[0] > 60
+        if stale or missing:
+            rows = self.bc.query(self.company_id, mapping.bc.entity_set, select=["id", mapping.bc.key])
+            cached = (now, {str(r[mapping.bc.key]): str(r["id"]) for r in rows if r.get(mapping.bc.key)})
+            self._key_index[mapping.name] = cached
+        assert cached is not None
+        return cached[1].get(key)
 
     def _local_currency_id(self, mapping: EntityMapping, code: str) -> str | None:
         """BC's local currency is not in its currencies list, so it is never coupled: find the

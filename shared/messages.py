@@ -65,12 +65,14 @@ class ChunkMessage(_Message):
 
 
 class ScanMessage(_Message):
-    """Look for changes on one side since `since` and enqueue what changed (BC `collection`)."""
+    """Converge everything changed on one side since `since` in bulk (BC `collection`), or the
+    whole mapping when `since` is None (full resync)."""
 
     kind: Literal["scan"] = "scan"
     side: Side
-    since: dt.datetime | None = None
+    since: dt.datetime | None = None  # None: a full resync of the mapping
     run_id: str | None = Field(default=None, max_length=100)
+    dry_run: bool = False
 
 
 QueueMessage = Annotated[SyncMessage | ChunkMessage | ScanMessage, Field(discriminator="kind")]

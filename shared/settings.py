@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")
     auth_audience: str | None = Field(default=None, validation_alias="AUTH_AUDIENCE")
     auth_jwks_url: str | None = Field(default=None, validation_alias="AUTH_JWKS_URL")
+    # `roles` claim values (Entra app role values) of the integration solution's three roles.
+    role_administrator: str = Field(
+        default="Integration.Administrator", validation_alias="ROLE_ADMINISTRATOR"
+    )
+    role_user: str = Field(default="Integration.User", validation_alias="ROLE_USER")
+    role_availability: str = Field(default="ProductAvailability.User", validation_alias="ROLE_AVAILABILITY")
 
     @field_validator("bc_company_ids", mode="before")
     @classmethod

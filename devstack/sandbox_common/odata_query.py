@@ -258,9 +258,19 @@ class _Parser:
         operand = self.property_operand(prop)
         wanted = [_Operand.const(v) for v in candidates]
         tests = [_compare("eq", operand, w, self.case_insensitive) for w in wanted]
+        # Text values (ids, codes) are looked up in a set: a read-back of 1,000 ids by `In` must not
+        # cost 1,000 comparisons per row.
+        fold = str.casefold if self.case_insensitive else str
+        keys = {fold(v) for v in candidates if isinstance(v, str)}
 
         def test(row: Row) -> bool:
-            hit = any(t(row) for t in tests)
+            value = operand.get(row)
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            if isinstance(value, str) and not _looks_numeric(value):
+                hit = fold(value) in keys
+            else:
+                hit = any(t(row) for t in tests)
             return not hit if negate else hit
 
         return test
@@ -343,6 +353,14 @@ def _normalise(value: Any, other: Any, case_insensitive: bool) -> Any:
     if isinstance(value, str):
         return value.casefold() if case_insensitive else value
     return value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
 
 
 _ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {

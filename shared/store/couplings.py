@@ -1,12 +1,17 @@
 """Couplings: which BC record is paired with which Dataverse record, and the merge base.
 
-One coupling is two rows in the `Couplings` table, PartitionKey = mapping name, RowKeys `bc:<id>`
-and `dv:<id>`, plus `key:<bc key>` when other mappings look this one up by a BC field other
-than the id (a salesperson's code, a currency's code). All rows carry the whole coupling, so
-either side (or key) finds it with one point read;
-both are written in one table transaction and every update is conditional on both rows' ETags, so
-two workers can never both win. A coupling whose BC record is being created has only its `dv:` row
-(state `pending_bc`) until the BC id is known.
+One coupling is one row in the `Couplings` table, PartitionKey = mapping name, RowKey
+`dv:<dataverse id>`, holding both ids, the snapshot, modified times, ETags, result and error.
+Every update is conditional on the row's ETag, so two workers can never both win.
+
+Finding a pair from the BC side needs no second row in the common case: a Dataverse record the
+service created has the deterministic id `dataverse_id_for(mapping, bc_id)`, so the row key is
+computed from the BC id. Only pairs whose Dataverse id is not derived from the BC id (coupled by
+matching, or created in BC from Dataverse) also get a pointer row `bc:<bc id>` -> DvId, written
+and deleted in the same transaction as the coupling.
+
+Why (DESIGN.md first had two full rows per pair): a full resync of 100,000 pairs is bound by Table
+Storage writes; one row per pair halves them, and updates need no transaction.
 """
 
 from __future__ import annotations
@@ -14,19 +19,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.connectors.odata import and_, eq, ge, lt
+from shared.mapping.values import dataverse_id_for
 
 Side = Literal["bc", "dv"]
 State = Literal["coupled", "pending_bc"]
 _PREFIX: dict[Side, str] = {"bc": "bc:", "dv": "dv:"}
-KEY_PREFIX = "key:"
+MAX_TRANSACTION_ROWS = 100  # Azure's limit; Azurite breaks (rather than refuses) above it
 
 
 class CouplingConflictError(Exception):
@@ -55,31 +61,27 @@ class Coupling:
     attempts: int = 0
     pending_since: str | None = None
     updated: str = ""
-    # Table ETags of the rows as read; empty for a coupling not stored yet.
-    row_etags: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def row_keys(self) -> list[str]:
-        keys = []
-        if self.bc_id:
-            keys.append(_PREFIX["bc"] + self.bc_id)
-        if self.dv_id:
-            keys.append(_PREFIX["dv"] + self.dv_id)
-        if self.bc_key and self.bc_id and self.bc_key != self.bc_id:
-            keys.append(KEY_PREFIX + self.bc_key)
-        return keys
+    # Table ETag of the coupling row as read; None = not stored yet.
+    etag: str | None = None
+    stored_bc_id: str | None = None  # the BC id as stored (a pending create learns it later)
 
     def id_on(self, side: Side) -> str | None:
         return self.bc_id if side == "bc" else self.dv_id
+
+    def needs_pointer(self) -> bool:
+        return bool(self.bc_id and self.dv_id != dataverse_id_for(self.mapping, self.bc_id))
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _to_entity(c: Coupling, row_key: str) -> dict[str, Any]:
+def _full_row(c: Coupling) -> dict[str, Any]:
+    if not c.dv_id:
+        raise ValueError("a coupling is stored under its Dataverse id, which must be known")
     return {
         "PartitionKey": c.mapping,
-        "RowKey": row_key,
+        "RowKey": _PREFIX["dv"] + c.dv_id,
         "BcId": c.bc_id or "",
         "DvId": c.dv_id or "",
         "State": c.state,
@@ -98,13 +100,25 @@ def _to_entity(c: Coupling, row_key: str) -> dict[str, Any]:
     }
 
 
-def _from_entity(e: Any) -> Coupling:
+def _pointer_row(c: Coupling, bc_id: str | None = None) -> dict[str, Any]:
+    """`bc:<bc id>` -> DvId, for a pair whose Dataverse id is not derived from the BC id."""
+    key = bc_id or c.bc_id or ""
+    return {
+        "PartitionKey": c.mapping,
+        "RowKey": _PREFIX["bc"] + key,
+        "DvId": c.dv_id or "",
+        "State": "pointer",
+    }
+
+
+def _from_row(e: Any) -> Coupling:
     snapshot = e.get("Snapshot") or ""
+    state = e.get("State") or "coupled"
     return Coupling(
         mapping=e["PartitionKey"],
         bc_id=e.get("BcId") or None,
         dv_id=e.get("DvId") or None,
-        state=e.get("State") or "coupled",
+        state=state,
         snapshot=json.loads(snapshot) if snapshot else None,
         bc_modified=e.get("BcModified") or None,
         bc_etag=e.get("BcEtag") or None,
@@ -117,7 +131,27 @@ def _from_entity(e: Any) -> Coupling:
         attempts=int(e.get("Attempts", 0)),
         pending_since=e.get("PendingSince") or None,
         updated=e.get("Updated", ""),
+        etag=e.metadata["etag"],
+        stored_bc_id=e.get("BcId") or None,
     )
+
+
+def _is_conflict(exc: TableTransactionError) -> bool:
+    return "EntityAlreadyExists" in str(exc.error_code or exc)
+
+
+def _transaction_groups(couplings: list[Coupling]) -> list[list[Coupling]]:
+    """Consecutive couplings of one mapping whose rows (with pointers) fit in one transaction."""
+    groups: list[list[Coupling]] = []
+    rows = 0
+    for c in couplings:
+        needed = 2 if c.needs_pointer() else 1
+        if not groups or rows + needed > MAX_TRANSACTION_ROWS or groups[-1][0].mapping != c.mapping:
+            groups.append([])
+            rows = 0
+        groups[-1].append(c)
+        rows += needed
+    return groups
 
 
 class CouplingStore:
@@ -126,29 +160,22 @@ class CouplingStore:
 
     # ------------------------------------------------------------------------------------ read
     def get(self, mapping: str, side: Side, record_id: str) -> Coupling | None:
-        """The coupling containing `record_id` on `side`, with the ETags of all its rows."""
-        return self._get_row(mapping, _PREFIX[side] + record_id)
+        """The coupling containing `record_id` on `side`: one point read (two for a BC id whose
+        Dataverse counterpart was not created by the service)."""
+        if side == "dv":
+            row = self._row(mapping, _PREFIX["dv"] + record_id)
+            return _from_row(row) if row is not None and row.get("State") != "pointer" else None
+        row = self._row(mapping, _PREFIX["dv"] + dataverse_id_for(mapping, record_id))
+        if row is None or row.get("BcId") != record_id:
+            pointer = self._row(mapping, _PREFIX["bc"] + record_id)
+            row = self._row(mapping, _PREFIX["dv"] + pointer["DvId"]) if pointer is not None else None
+        return _from_row(row) if row is not None and row.get("BcId") == record_id else None
 
-    def get_by_key(self, mapping: str, bc_key: str) -> Coupling | None:
-        """The coupling whose BC record has `bc_key` in the mapping's key field (e.g. a code)."""
-        return self._get_row(mapping, KEY_PREFIX + bc_key)
-
-    def _get_row(self, mapping: str, row_key: str) -> Coupling | None:
+    def _row(self, mapping: str, row_key: str) -> Any | None:
         try:
-            entity = self.table.get_entity(mapping, row_key)
+            return self.table.get_entity(mapping, row_key)
         except ResourceNotFoundError:
             return None
-        coupling = _from_entity(entity)
-        coupling.row_etags[entity["RowKey"]] = entity.metadata["etag"]
-        for key in coupling.row_keys():
-            if key in coupling.row_etags:
-                continue
-            try:
-                other = self.table.get_entity(mapping, key)
-            except ResourceNotFoundError:
-                continue  # half-written pair cannot happen (transactions); tolerate a manual edit
-            coupling.row_etags[key] = other.metadata["etag"]
-        return coupling
 
     def list(
         self,
@@ -157,7 +184,7 @@ class CouplingStore:
         only: Literal["all", "failed", "skipped"] = "all",
         limit: int | None = None,
     ) -> Iterator[Coupling]:
-        """Each coupling once (from its `bc:` row, or its `dv:` row while the BC side is pending)."""
+        """Each coupling once (pointer rows are skipped)."""
         clauses = [eq("PartitionKey", mapping)]
         if only == "failed":
             clauses.append(eq("LastResult", "failed"))
@@ -165,152 +192,136 @@ class CouplingStore:
             clauses.append(eq("Skipped", True))
         count = 0
         for entity in self.table.query_entities(and_(*clauses)):
-            key: str = entity["RowKey"]
-            if key.startswith(KEY_PREFIX) or (key.startswith("dv:") and entity.get("BcId")):
-                continue  # the bc: row represents this pair
-            coupling = _from_entity(entity)
-            coupling.row_etags[key] = entity.metadata["etag"]
-            yield coupling
+            if entity.get("State") == "pointer":
+                continue
+            yield _from_row(entity)
             count += 1
             if limit is not None and count >= limit:
                 return
 
     def all_ids(self, mapping: str, side: Side) -> Iterator[tuple[str, str | None]]:
-        """(id on `side`, id on the other side) for every coupled record, reading only keys."""
-        prefix = _PREFIX[side]
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        query = and_(eq("PartitionKey", mapping), ge("RowKey", prefix), lt("RowKey", upper))
+        """(id on `side`, id on the other side or None while pending), reading only ids."""
+        query = and_(eq("PartitionKey", mapping), ge("RowKey", "dv:"), lt("RowKey", "dv;"))
         for entity in self.table.query_entities(query, select=["RowKey", "BcId", "DvId"]):
-            other = entity.get("DvId") if side == "bc" else entity.get("BcId")
-            yield entity["RowKey"][len(prefix) :], other or None
+            dv_id, bc_id = entity["RowKey"][3:], entity.get("BcId") or None
+            if side == "dv":
+                yield dv_id, bc_id
+            elif bc_id:
+                yield bc_id, dv_id
 
     # ----------------------------------------------------------------------------------- write
     def create(self, coupling: Coupling) -> Coupling:
-        """Store a new coupling; fails with `AlreadyCoupledError` if either record is coupled."""
-        stamped = replace(coupling, updated=_now(), row_etags={})
-        ops = [("create", _to_entity(stamped, key)) for key in stamped.row_keys()]
+        """Store a new coupling; `AlreadyCoupledError` if either record is coupled already."""
+        stamped = replace(coupling, updated=_now())
+        ops: list[tuple[Any, ...]] = [("create", _full_row(stamped))]
+        if stamped.needs_pointer():
+            ops.append(("create", _pointer_row(stamped)))
         try:
             results = self.table.submit_transaction(ops)
         except TableTransactionError as exc:
-            if "EntityAlreadyExists" in str(exc.error_code or exc):
+            if _is_conflict(exc):
                 raise AlreadyCoupledError(
                     f"{coupling.mapping}: BC {coupling.bc_id} or Dataverse {coupling.dv_id} is already "
                     "coupled; uncouple it first"
                 ) from None
             raise
-        for key, result in zip(stamped.row_keys(), results, strict=True):
-            stamped.row_etags[key] = result["etag"]
+        stamped.etag, stamped.stored_bc_id = results[0]["etag"], stamped.bc_id
         return stamped
 
     def save(self, coupling: Coupling) -> Coupling:
-        """Update a stored coupling, conditional on the ETags it was read with.
-
-        Rows for ids that were not stored yet (a pending BC create that now has its id) are
-        created in the same transaction.
-        """
-        stamped = replace(coupling, updated=_now(), row_etags=dict(coupling.row_etags))
-        ops: list[tuple[Any, ...]] = []
-        keys = stamped.row_keys()
-        for key in keys:
-            entity = _to_entity(stamped, key)
-            etag = coupling.row_etags.get(key)
-            if etag:
-                ops.append(
-                    ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
-                                        "match_condition": MatchConditions.IfNotModified})
-                )  # fmt: skip
-            else:
-                ops.append(("create", entity))
-        # Rows of ids the coupling no longer has (an id was replaced) are removed atomically.
-        for key, etag in coupling.row_etags.items():
-            if key not in keys:
-                ops.append(("delete", {"PartitionKey": coupling.mapping, "RowKey": key},
-                            {"etag": etag, "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
+        """Update a stored coupling, conditional on the ETag it was read with."""
+        if coupling.etag is None:
+            raise ValueError("save() needs a coupling read from the store; use create() for a new one")
+        stamped = replace(coupling, updated=_now())
+        condition = {"etag": coupling.etag, "match_condition": MatchConditions.IfNotModified}
+        ops: list[tuple[Any, ...]] = [
+            ("update", _full_row(stamped), {"mode": UpdateMode.REPLACE, **condition})
+        ]
+        if stamped.bc_id != coupling.stored_bc_id:
+            # The BC id was learnt (pending create) or replaced: keep the pointer rows in step.
+            if (
+                coupling.stored_bc_id
+                and dataverse_id_for(coupling.mapping, coupling.stored_bc_id) != coupling.dv_id
+            ):
+                ops.append(("delete", _pointer_row(stamped, coupling.stored_bc_id)))
+            if stamped.needs_pointer():
+                ops.append(("create", _pointer_row(stamped)))
         try:
             results = self.table.submit_transaction(ops)
         except TableTransactionError as exc:
+            if _is_conflict(exc):
+                raise AlreadyCoupledError(
+                    f"{coupling.mapping}: BC {stamped.bc_id} is already coupled"
+                ) from None
             raise CouplingConflictError(
-                f"coupling {coupling.mapping} bc={coupling.bc_id} dv={coupling.dv_id} changed concurrently "
-                f"({exc.error_code})"
+                f"coupling {coupling.mapping} bc={coupling.bc_id} dv={coupling.dv_id} changed meanwhile"
             ) from None
-        stamped.row_etags = {}
-        for op, result in zip(ops, results, strict=True):
-            if op[0] != "delete":
-                stamped.row_etags[op[1]["RowKey"]] = result["etag"]
+        stamped.etag, stamped.stored_bc_id = results[0]["etag"], stamped.bc_id
         return stamped
 
     def delete(self, coupling: Coupling) -> None:
-        """Remove the coupling (both rows), conditional on the ETags it was read with."""
-        ops = [
-            ("delete", {"PartitionKey": coupling.mapping, "RowKey": key},
-             {"etag": etag, "match_condition": MatchConditions.IfNotModified})
-            for key, etag in coupling.row_etags.items()
-        ]  # fmt: skip
-        if not ops:
-            return
+        """Remove the coupling (both rows), conditional on the ETag it was read with."""
+        condition = {"etag": coupling.etag, "match_condition": MatchConditions.IfNotModified}
+        ops: list[tuple[Any, ...]] = [("delete", _full_row(coupling), condition)]
+        stored = replace(coupling, bc_id=coupling.stored_bc_id)
+        if stored.needs_pointer():
+            ops.append(("delete", _pointer_row(stored)))
         try:
             self.table.submit_transaction(ops)
         except TableTransactionError as exc:
             raise CouplingConflictError(f"coupling changed concurrently ({exc.error_code})") from None
 
+    # ------------------------------------------------------------------------------------ bulk
     def create_many(self, couplings: list[Coupling]) -> list[Coupling | Exception]:
-        """Bulk create for full resync: transactions of up to 100 rows (50 pairs) per partition.
-
-        A transaction that fails because one pair already exists is retried pair by pair, so one
-        bad pair never fails its neighbours.
-        """
+        """Bulk create (full resync): 50 pairs per transaction; a transaction that fails because one
+        pair exists already is retried pair by pair, so one bad pair never fails its neighbours."""
         results: list[Coupling | Exception] = []
-        for start in range(0, len(couplings), 50):
-            chunk = [replace(c, updated=_now(), row_etags={}) for c in couplings[start : start + 50]]
-            by_partition: dict[str, list[Coupling]] = {}
-            for c in chunk:
-                by_partition.setdefault(c.mapping, []).append(c)
-            for group in by_partition.values():
-                ops = [("create", _to_entity(c, key)) for c in group for key in c.row_keys()]
-                try:
-                    answers = iter(self.table.submit_transaction(ops))
-                except TableTransactionError:
-                    for c in group:
-                        try:
-                            results.append(self.create(c))
-                        except (AlreadyCoupledError, TableTransactionError, ResourceExistsError) as exc:
-                            results.append(exc)
-                    continue
-                for c in group:
-                    for key in c.row_keys():
-                        c.row_etags[key] = next(answers)["etag"]
-                    results.append(c)
+        for group in _transaction_groups(couplings):
+            stamped = [replace(c, updated=_now()) for c in group]
+            ops = [("create", _full_row(c)) for c in stamped]
+            ops += [("create", _pointer_row(c)) for c in stamped if c.needs_pointer()]
+            try:
+                answers = self.table.submit_transaction(ops)
+            except TableTransactionError:
+                results.extend(self._one_by_one(self.create, stamped))
+                continue
+            for c, answer in zip(stamped, answers, strict=False):
+                c.etag, c.stored_bc_id = answer["etag"], c.bc_id
+                results.append(c)
         return results
 
     def update_many(self, couplings: list[Coupling]) -> list[Coupling | Exception]:
-        """Bulk conditional update (full resync); falls back to one by one on a conflict."""
+        """Bulk conditional update of coupled pairs: 100 per transaction, pair by pair on a conflict."""
         results: list[Coupling | Exception] = []
-        for start in range(0, len(couplings), 50):
-            group = couplings[start : start + 50]
+        for start in range(0, len(couplings), MAX_TRANSACTION_ROWS):
+            group = [replace(c, updated=_now()) for c in couplings[start : start + MAX_TRANSACTION_ROWS]]
+            plain = len({c.mapping for c in group}) == 1 and all(
+                c.etag and c.bc_id == c.stored_bc_id for c in group
+            )
+            if not plain:
+                results.extend(self._one_by_one(self.save, group))
+                continue
+            ops = [
+                ("update", _full_row(c), {"mode": UpdateMode.REPLACE, "etag": c.etag,
+                                          "match_condition": MatchConditions.IfNotModified})
+                for c in group
+            ]  # fmt: skip
             try:
-                results.extend(self._save_group(group))
-            except (CouplingConflictError, ResourceModifiedError):
-                for c in group:
-                    try:
-                        results.append(self.save(c))
-                    except CouplingConflictError as exc:
-                        results.append(exc)
+                answers = self.table.submit_transaction(ops)
+            except TableTransactionError:
+                results.extend(self._one_by_one(self.save, group))
+                continue
+            for c, answer in zip(group, answers, strict=True):
+                c.etag = answer["etag"]
+                results.append(c)
         return results
 
-    def _save_group(self, group: list[Coupling]) -> list[Coupling]:
-        if len({c.mapping for c in group}) != 1 or any(set(c.row_keys()) != set(c.row_etags) for c in group):
-            return [self.save(c) for c in group]
-        stamped = [replace(c, updated=_now(), row_etags=dict(c.row_etags)) for c in group]
-        ops = [
-            ("update", _to_entity(c, key), {"mode": UpdateMode.REPLACE, "etag": c.row_etags[key],
-                                            "match_condition": MatchConditions.IfNotModified})
-            for c in stamped for key in c.row_keys()
-        ]  # fmt: skip
-        try:
-            answers = iter(self.table.submit_transaction(ops))
-        except TableTransactionError as exc:
-            raise CouplingConflictError(str(exc.error_code)) from None
-        for c in stamped:
-            for key in c.row_keys():
-                c.row_etags[key] = next(answers)["etag"]
-        return stamped
+    @staticmethod
+    def _one_by_one(action: Any, group: list[Coupling]) -> list[Coupling | Exception]:
+        out: list[Coupling | Exception] = []
+        for c in group:
+            try:
+                out.append(action(c))
+            except (AlreadyCoupledError, CouplingConflictError, TableTransactionError) as exc:
+                out.append(exc)
+        return out

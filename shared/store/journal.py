@@ -1,11 +1,17 @@
 """The sync journal: what happened to each record, and to each run, queryable by record and time.
 
 Rows in `SyncJournal`:
-- per record: PartitionKey `rec|<mapping>|<bc|dv>|<id>` (one row under each id the pair has);
+- per record: PartitionKey `rec|<mapping>`, RowKey `<bc|dv>|<id>|...` (one row under each id the
+  pair has), so a record's history is one range query and bulk runs write in transactions;
 - by time: PartitionKey `t|<yyyymmddhh>` (UTC hour), so "what happened between A and B" reads only
   the hours it needs;
-- per run: PartitionKey `run|<mapping>`, RowKey the run id, updated while the run goes (progress).
-RowKeys under `rec|` and `t|` start with an inverted timestamp, so the newest entries come first.
+- per run: PartitionKey `run|<mapping>`, RowKey the run id, updated while the run goes (progress);
+- bulk results: routine outcomes of a bulk run (inserted, modified, coupled) are written compactly,
+  one row per few hundred records (`Results`: JSON list of [outcome, bc id, dv id, fields]) in the
+  `t|` partition, so a 100,000-record run costs hundreds of rows, not hundreds of thousands.
+  Failures, conflicts and skips always get their own per-record rows.
+Below the record prefix and in `t|` partitions, RowKeys carry an inverted timestamp, so the newest
+entries come first.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.connectors.odata import and_, eq, ge, le
+from shared.connectors.odata import and_, eq, ge, le, lt
 
 _MAX_TICKS = 10**19
+_MAX_PROPERTY_CHARS = 30_000
 
 
 def _utcnow() -> dt.datetime:
@@ -92,39 +99,54 @@ class Journal:
         self.table = table
 
     def record(self, entry: JournalEntry) -> None:
-        row = entry.to_row()
-        suffix = uuid.uuid4().hex[:8]
-        rk = f"{_inverted(entry.at)}-{suffix}"
-        for side, record_id in (("bc", entry.bc_id), ("dv", entry.dv_id)):
-            if record_id:
-                self.table.create_entity(
-                    {**row, "PartitionKey": f"rec|{entry.mapping}|{side}|{record_id}", "RowKey": rk}
-                )
-        self.table.create_entity({**row, "PartitionKey": f"t|{entry.at:%Y%m%d%H}", "RowKey": rk})
+        self.record_many([entry])
 
     def record_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Bulk: time rows in transactions of 100 per hour partition; record rows one by one."""
-        by_hour: dict[str, list[dict[str, Any]]] = {}
+        """Rows grouped by partition and written in transactions of up to 100."""
+        by_partition: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
-            row = entry.to_row()
-            rk = f"{_inverted(entry.at)}-{uuid.uuid4().hex[:8]}"
-            by_hour.setdefault(f"t|{entry.at:%Y%m%d%H}", []).append(
-                {**row, "PartitionKey": f"t|{entry.at:%Y%m%d%H}", "RowKey": rk}
-            )
-            for side, record_id in (("bc", entry.bc_id), ("dv", entry.dv_id)):
-                if record_id:
-                    self.table.upsert_entity(
-                        {**row, "PartitionKey": f"rec|{entry.mapping}|{side}|{record_id}", "RowKey": rk}
-                    )
-        for rows in by_hour.values():
+            for row in _rows(entry):
+                by_partition.setdefault(row["PartitionKey"], []).append(row)
+        for rows in by_partition.values():
             for start in range(0, len(rows), 100):
-                self.table.submit_transaction([("upsert", r) for r in rows[start : start + 100]])
+                chunk = rows[start : start + 100]
+                if len(chunk) == 1:
+                    self.table.upsert_entity(chunk[0])
+                else:
+                    self.table.submit_transaction([("upsert", r) for r in chunk])
+
+    def record_compact(self, mapping: str, entries: list[JournalEntry], run_id: str = "") -> None:
+        """Routine bulk outcomes, compactly: one row per ~100-300 records, in transactions."""
+        if not entries:
+            return
+        at = entries[0].at
+        groups: list[list[list[str]]] = [[]]
+        size = 0
+        for e in entries:
+            item = [e.outcome, e.bc_id or "", e.dv_id or "", ",".join(e.fields)]
+            length = sum(len(x) for x in item) + 12
+            if size + length > _MAX_PROPERTY_CHARS:  # a string property holds at most 32K characters
+                groups.append([])
+                size = 0
+            groups[-1].append(item)
+            size += length
+        rows = [
+            {
+                "PartitionKey": f"t|{at:%Y%m%d%H}", "RowKey": f"{_inverted(at)}-{uuid.uuid4().hex[:8]}",
+                "mapping": mapping, "outcome": "bulk", "reason": f"{len(group)} records", "run_id": run_id,
+                "at": at.isoformat(), "Results": json.dumps(group, separators=(",", ":")),
+            }
+            for group in groups
+        ]  # fmt: skip
+        for start in range(0, len(rows), 100):
+            self.table.submit_transaction([("upsert", r) for r in rows[start : start + 100]])
 
     def history(self, mapping: str, side: str, record_id: str, limit: int = 50) -> list[JournalEntry]:
         """Newest first."""
-        pk = f"rec|{mapping}|{'bc' if side == 'bc' else 'dv'}|{record_id}"
+        prefix = f"{'bc' if side == 'bc' else 'dv'}|{record_id}|"
+        query = and_(eq("PartitionKey", f"rec|{mapping}"), ge("RowKey", prefix), lt("RowKey", prefix + "~"))
         entries = []
-        for row in self.table.query_entities(eq("PartitionKey", pk), results_per_page=limit):
+        for row in self.table.query_entities(query, results_per_page=limit):
             entries.append(JournalEntry.from_row(row))
             if len(entries) >= limit:
                 break
@@ -165,6 +187,18 @@ class Journal:
         rows = list(self.table.query_entities(eq("PartitionKey", f"run|{mapping}")))
         runs = sorted((_run_from_row(r) for r in rows), key=lambda r: r.started, reverse=True)
         return runs[:limit]
+
+
+def _rows(entry: JournalEntry) -> list[dict[str, Any]]:
+    row = entry.to_row()
+    stamp = f"{_inverted(entry.at)}-{uuid.uuid4().hex[:8]}"
+    rows = [
+        {**row, "PartitionKey": f"rec|{entry.mapping}", "RowKey": f"{side}|{record_id}|{stamp}"}
+        for side, record_id in (("bc", entry.bc_id), ("dv", entry.dv_id))
+        if record_id
+    ]
+    rows.append({**row, "PartitionKey": f"t|{entry.at:%Y%m%d%H}", "RowKey": stamp})
+    return rows
 
 
 def _run_from_row(row: Any) -> RunSummary:

@@ -30,7 +30,7 @@ def test_coupling_is_found_from_either_side(store: CouplingStore, mapping: str) 
     assert from_bc is not None and from_dv is not None
     assert (from_bc.dv_id, from_dv.bc_id) == ("dv-1", "bc-1")
     assert from_dv.snapshot == {"bc": {"name": "A"}, "dv": {"name": "A"}}
-    assert set(from_bc.row_etags) == {"bc:bc-1", "dv:dv-1"}
+    assert from_bc.etag and from_bc.etag == from_dv.etag  # one row holds the coupling
 
 
 def test_a_record_cannot_be_coupled_twice(store: CouplingStore, mapping: str) -> None:
@@ -84,16 +84,23 @@ def test_list_and_bulk_create(store: CouplingStore, mapping: str) -> None:
     assert dict(store.all_ids(mapping, "dv"))["dv-7"] == "bc-7"
 
 
-def test_coupling_is_found_by_its_bc_key_and_the_key_row_follows_changes(
-    store: CouplingStore, mapping: str
-) -> None:
-    store.create(Coupling(mapping, "bc-1", "dv-1", bc_key="JR"))
-    found = store.get_by_key(mapping, "JR")
-    assert found is not None and found.dv_id == "dv-1"
-    found.bc_key = "JRX"
-    store.save(found)
-    assert store.get_by_key(mapping, "JR") is None
-    assert store.get_by_key(mapping, "JRX").dv_id == "dv-1"  # type: ignore[union-attr]
-    assert len(list(store.list(mapping))) == 1
-    store.delete(store.get(mapping, "dv", "dv-1"))  # type: ignore[arg-type]
-    assert store.get_by_key(mapping, "JRX") is None
+def test_update_touches_one_row_and_pointer_follows_uncouple(store: CouplingStore, mapping: str) -> None:
+    store.create(Coupling(mapping, "bc-1", "dv-1"))
+    c = store.get(mapping, "dv", "dv-1")
+    assert c is not None
+    c.snapshot = {"bc": {"x": 1}, "dv": {"x": 1}}
+    saved = store.save(c)
+    assert store.get(mapping, "dv", "dv-1").snapshot == {"bc": {"x": 1}, "dv": {"x": 1}}  # type: ignore[union-attr]
+    store.delete(saved)
+    assert list(store.table.query_entities(f"PartitionKey eq '{mapping}'")) == []
+
+
+def test_pair_created_by_the_service_is_one_row_found_from_both_sides(store: CouplingStore, mapping: str) -> None:
+    from shared.mapping.values import dataverse_id_for
+
+    dv_id = dataverse_id_for(mapping, "bc-42")
+    store.create(Coupling(mapping, "bc-42", dv_id))
+    rows = list(store.table.query_entities(f"PartitionKey eq '{mapping}'"))
+    assert [r["RowKey"] for r in rows] == [f"dv:{dv_id}"]
+    assert store.get(mapping, "bc", "bc-42").dv_id == dv_id  # type: ignore[union-attr]
+    assert store.get(mapping, "bc", "bc-43") is None

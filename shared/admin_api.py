@@ -1,0 +1,384 @@
+"""The admin and data HTTP API: request -> (status, JSON), with the caller's Entra ID token checked.
+
+Pure of `azure.functions`: the blueprints in `sync_functions/admin.py` and `products.py` turn the
+trigger into an `ApiRequest` and the `ApiResponse` back. Every action is one call into
+`shared.operations` (or availability/statistics), so the CLI and this API do the same thing.
+
+Paths (under `/api/`) and the app role each needs:
+
+- Integration User (read-only): GET `manage/status`, `manage/errors`, `manage/history`,
+  `manage/runs`, `manage/runs/{run_id}`.
+- Integration Administrator: everything under `manage/` (POST `couple`, `uncouple`,
+  `match-coupling`, `sync`, `full-resync`, `retry`, `poison/replay`, `statistics/push`; GET `poison`).
+- Product Availability User: GET `products/{number}/availability`,
+  `products/by-id/{product id}/availability`.
+
+The admin routes live under `manage/`, not `admin/`: the Functions host reserves routes that start
+with `admin` ("The specified route conflicts with one or more built in routes",
+Azure/azure-functions-host#1781), even behind the `api` prefix.
+
+Without `AUTH_ISSUER`, `AUTH_AUDIENCE` and `AUTH_JWKS_URL` every call is answered 503 naming what to
+set: the API is never open by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import operations as ops
+from shared.auth import (
+    Forbidden,
+    HttpJwksSource,
+    JwksUnavailable,
+    Principal,
+    Role,
+    RoleNames,
+    TokenValidator,
+    Unauthorized,
+    authorize,
+)
+from shared.availability import ItemNotFound, availability_service
+from shared.connectors.errors import ApiError, RetriableApiError
+from shared.settings import Settings, SettingsError, get_settings
+from shared.statistics import push_statistics
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str  # below /api/, e.g. "manage/status"
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class ApiResponse:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"), default=str)
+
+
+class BadRequest(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------- bodies
+class Body:
+    """A JSON object body, read field by field; unknown fields are refused (typos are not ignored)."""
+
+    def __init__(self, raw: bytes, allowed: set[str]) -> None:
+        if len(raw) > MAX_BODY_BYTES:
+            raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the body must be a JSON object")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise BadRequest(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        self.data = data
+
+    def text(self, name: str, *, required: bool = True) -> str | None:
+        value = self.data.get(name)
+        if value is None or value == "":
+            if required:
+                raise BadRequest(f"`{name}` is required")
+            return None
+        if not isinstance(value, str) or len(value) > 200:
+            raise BadRequest(f"`{name}` must be a string of at most 200 characters")
+        return value
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise BadRequest(f"`{name}` must be true or false")
+        return value
+
+
+def _query_flag(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise BadRequest(f"query parameter `{name}` must be true or false")
+    return value in ("true", "1")
+
+
+def _query_text(query: Mapping[str, str], name: str, *, required: bool = True) -> str | None:
+    value = query.get(name) or None
+    if value is None and required:
+        raise BadRequest(f"query parameter `{name}` is required")
+    return value
+
+
+def _record(source: Callable[..., str | None]) -> tuple[Any, str]:
+    return ops.record_ref(source("bc_id", required=False), source("dv_id", required=False))
+
+
+# -------------------------------------------------------------------------------------- handlers
+Handler = Callable[[Any, dict[str, str], ApiRequest], tuple[int, Any]]
+
+
+def _status(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    return 200, ops.status(rt)
+
+
+def _errors(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    mapping = _query_text(req.query, "mapping", required=False)
+    return 200, {"errors": ops.list_errors(rt, mapping, skipped_only=_query_flag(req.query, "skipped"))}
+
+
+def _history(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    mapping = _query_text(req.query, "mapping") or ""
+    side, record_id = _record(lambda n, required: _query_text(req.query, n, required=required))
+    return 200, {"entries": ops.history(rt, mapping, side, record_id)}
+
+
+def _runs(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    return 200, {"runs": ops.list_runs(rt, _query_text(req.query, "mapping") or "")}
+
+
+def _run(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    return 200, ops.get_run(rt, _query_text(req.query, "mapping") or "", params["run_id"])
+
+
+def _couple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "sync_from"})
+    result = ops.couple(
+        rt, body.text("mapping") or "", body.text("bc_id") or "", body.text("dv_id") or "",
+        sync_from=body.text("sync_from", required=False) or "bc",
+    )  # fmt: skip
+    return 200, result
+
+
+def _uncouple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "bc_id", "dv_id"})
+    side, record_id = _record(body.text)
+    return 200, ops.uncouple(rt, body.text("mapping") or "", side, record_id)
+
+
+def _match(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "dry_run"})
+    return 200, ops.match_couple(rt, body.text("mapping") or "", dry_run=body.flag("dry_run"))
+
+
+def _sync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "prefer"})
+    side, record_id = _record(body.text)
+    return 200, ops.sync_now(
+        rt, body.text("mapping") or "", side, record_id, prefer=body.text("prefer", required=False)
+    )
+
+
+def _full_resync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "dry_run"})
+    run = ops.start_full_resync(rt, body.text("mapping") or "", dry_run=body.flag("dry_run"))
+    progress = f"/api/manage/runs/{run.run_id}?mapping={run.mapping}"
+    return 202, {"run": ops.to_json(run), "progress_url": progress}
+
+
+def _retry(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "all"})
+    mapping = body.text("mapping") or ""
+    if body.flag("all"):
+        if body.text("bc_id", required=False) or body.text("dv_id", required=False):
+            raise BadRequest("give `all: true` or one record id, not both")
+        return 202, ops.retry_all(rt, mapping)
+    side, record_id = _record(body.text)
+    return 200, ops.retry(rt, mapping, side, record_id)
+
+
+def _poison(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    return 200, {"messages": ops.list_poison(rt)}
+
+
+def _replay(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    body = Body(req.body, {"dry_run"})
+    return 200, ops.replay_poison(rt, dry_run=body.flag("dry_run"))
+
+
+def _statistics(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    Body(req.body, set())
+    return 200, push_statistics(rt)
+
+
+def _availability(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+    service = availability_service(rt)
+    if "product_id" in params:
+        return 200, service.by_product_id(params["product_id"])
+    return 200, service.by_number(params["number"])
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    role: Role
+    handler: Handler
+
+
+def _route(method: str, path: str, role: Role, handler: Handler) -> Route:
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
+    return Route(method, re.compile(f"^{regex}$"), role, handler)
+
+
+_USER, _ADMIN, _AVAILABILITY = (
+    Role.INTEGRATION_USER,
+    Role.INTEGRATION_ADMINISTRATOR,
+    Role.PRODUCT_AVAILABILITY_USER,
+)
+_GUID = "[0-9a-fA-F-]{36}"
+ROUTES: tuple[Route, ...] = (
+    _route("GET", "manage/status", _USER, _status),
+    _route("GET", "manage/errors", _USER, _errors),
+    _route("GET", "manage/history", _USER, _history),
+    _route("GET", "manage/runs", _USER, _runs),
+    _route("GET", "manage/runs/{run_id}", _USER, _run),
+    _route("POST", "manage/couple", _ADMIN, _couple),
+    _route("POST", "manage/uncouple", _ADMIN, _uncouple),
+    _route("POST", "manage/match-coupling", _ADMIN, _match),
+    _route("POST", "manage/sync", _ADMIN, _sync),
+    _route("POST", "manage/full-resync", _ADMIN, _full_resync),
+    _route("POST", "manage/retry", _ADMIN, _retry),
+    _route("GET", "manage/poison", _ADMIN, _poison),
+    _route("POST", "manage/poison/replay", _ADMIN, _replay),
+    _route("POST", "manage/statistics/push", _ADMIN, _statistics),
+    Route(
+        "GET",
+        re.compile(f"^products/by-id/(?P<product_id>{_GUID})/availability$"),
+        _AVAILABILITY,
+        _availability,
+    ),
+    _route("GET", "products/{number}/availability", _AVAILABILITY, _availability),
+)
+
+
+# ------------------------------------------------------------------------------------------ auth
+class AuthNotConfigured(Exception):
+    pass
+
+
+@dataclass
+class Authenticator:
+    validator: TokenValidator
+    roles: RoleNames
+
+    def check(self, authorization: str | None, role: Role) -> Principal:
+        principal = self.validator.validate(authorization)
+        authorize(principal, role, self.roles)
+        return principal
+
+
+_authenticators: dict[tuple[str, str, str], TokenValidator] = {}
+_auth_lock = threading.Lock()
+
+
+def authenticator_from_settings(settings: Settings) -> Authenticator:
+    """The validator for the configured issuer, audience and JWKS URL (the JWKS cache lives as long as
+    the process); `AuthNotConfigured` names the missing settings."""
+    missing = [
+        name
+        for name, value in (
+            ("AUTH_ISSUER", settings.auth_issuer),
+            ("AUTH_AUDIENCE", settings.auth_audience),
+            ("AUTH_JWKS_URL", settings.auth_jwks_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise AuthNotConfigured(
+            f"the admin and data API is closed until {', '.join(missing)} is set (Entra ID token "
+            "validation: issuer https://login.microsoftonline.com/<tenant>/v2.0, the app registration's "
+            "audience, JWKS https://login.microsoftonline.com/<tenant>/discovery/v2.0/keys)"
+        )
+    key = (str(settings.auth_issuer), str(settings.auth_audience), str(settings.auth_jwks_url))
+    with _auth_lock:
+        validator = _authenticators.get(key)
+        if validator is None:
+            validator = TokenValidator(HttpJwksSource(key[2]), issuer=key[0], audience=key[1])
+            _authenticators[key] = validator
+    roles = RoleNames(settings.role_administrator, settings.role_user, settings.role_availability)
+    return Authenticator(validator, roles)
+
+
+# --------------------------------------------------------------------------------------- dispatch
+def handle(
+    request: ApiRequest,
+    *,
+    runtime: Callable[[], Any] | None = None,
+    settings: Callable[[], Settings] = get_settings,
+) -> ApiResponse:
+    """Route, authenticate, authorize, run the action; never raises."""
+    path = request.path.strip("/")
+    matches = [(r, m) for r in ROUTES if (m := r.pattern.match(path))]
+    if not matches:
+        return _error(404, f"no such endpoint: /api/{path}")
+    chosen = next(((r, m) for r, m in matches if r.method == request.method.upper()), None)
+    if chosen is None:
+        allowed = ", ".join(sorted({r.method for r, _ in matches}))
+        return _error(405, f"use {allowed} for /api/{path}", {"Allow": allowed})
+    route, match = chosen
+    try:
+        authenticator = authenticator_from_settings(settings())
+        principal = authenticator.check(_header(request.headers, "authorization"), route.role)
+    except SettingsError as exc:
+        return _error(503, f"the service is not configured: {exc.problems}")
+    except AuthNotConfigured as exc:
+        return _error(503, str(exc))
+    except Unauthorized as exc:
+        return _error(401, exc.reason, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    except Forbidden as exc:
+        return _error(403, exc.reason)
+    except JwksUnavailable as exc:
+        return _error(503, str(exc), {"Retry-After": "30"})
+    log.info("%s %s by %s", request.method, path, principal.name)
+    try:
+        rt = (runtime or _default_runtime)()
+        status, payload = route.handler(rt, match.groupdict(), request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except ops.OperationError as exc:
+        return _error(exc.status, exc.message)
+    except ItemNotFound as exc:
+        return _error(404, str(exc))
+    except RetriableApiError as exc:
+        retry = str(int(exc.retry_after)) if exc.retry_after else "30"
+        return _error(
+            503,
+            f"{exc.service or 'a remote service'} is unavailable right now: {exc}",
+            {"Retry-After": retry},
+        )
+    except ApiError as exc:
+        return _error(502, f"{exc.service or 'a remote service'} refused the request: {exc}")
+    except Exception:
+        log.exception("%s %s failed", request.method, path)
+        return _error(500, "the operation failed unexpectedly; see the service log")
+    return ApiResponse(status, ops.to_json(payload))
+
+
+def _default_runtime() -> Any:
+    from shared.runtime import get_runtime
+
+    return get_runtime()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(status, {"error": message}, headers or {})

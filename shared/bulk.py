@@ -1,0 +1,519 @@
+"""Bulk synchronization: full resync, BC `collection` scans, match-based coupling.
+
+The same pure `reconcile` decides every pair; only the I/O differs from the one-record path. Both
+sides are read in pages (BC 20,000, Dataverse 5,000 per request), pairs are formed from the
+couplings and by matching in memory, and writes go out in bulk: Dataverse `UpsertMultiple` (the
+deterministic ids make it idempotent) and `$batch` PATCHes with `If-Match`, BC JSON `$batch`.
+Couplings are written in table transactions. What does not fit the bulk path (creates in BC,
+deletions, conflicts, records that left the scope) goes through `Engine.sync_record` one by one,
+so the rules live in one place.
+
+Request budget for an initial sync of N customers into an empty Dataverse: N/20,000 BC pages + 1
+Dataverse page + N/1,000 UpsertMultiple + N/1,000 `$batch` read-backs (exact snapshots).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.connectors.business_central import BatchOperation
+from shared.connectors.dataverse import BatchRequest
+from shared.connectors.odata import dataverse_in
+from shared.engine import Engine, SyncResult
+from shared.mapping.lookups import StaticLookups
+from shared.mapping.queries import lookup_keys, primary_key, scope_filter, select_fields
+from shared.mapping.schema import EntityMapping, Side
+from shared.mapping.values import LookupMissing, TranslationError, read, translate
+from shared.messages import ChunkMessage, ScanMessage, SyncMessage
+from shared.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
+from shared.store.couplings import Coupling
+from shared.store.journal import JournalEntry, RunSummary
+from shared.store.storage import Storage
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1000
+READBACK = 500  # ids per Dataverse read-back query (URL inside `$batch` stays well under 64 KB)
+BC_BATCH = 100
+
+
+@dataclass
+class Pair:
+    coupling: Coupling | None
+    bc: dict[str, Any] | None
+    dv: dict[str, Any] | None
+    candidates: list[Candidate] = field(default_factory=list)
+    single: bool = False  # decide through the one-record path (re-reads by id)
+
+
+@dataclass
+class MatchReport:
+    would_couple: list[tuple[str, str]] = field(default_factory=list)
+    ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)
+    no_match: list[str] = field(default_factory=list)
+    already_coupled: int = 0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------- entry points
+def request_full_resync(storage: Storage, mapping_name: str, *, dry_run: bool = False) -> str:
+    """Queue a full resync (the processor runs it); follow it with `Journal.get_run`."""
+    run_id = uuid.uuid4().hex
+    storage.enqueue([ScanMessage(mapping=mapping_name, side="bc", since=None, run_id=run_id, dry_run=dry_run,
+                                 reason="full resync requested")])  # fmt: skip
+    return run_id
+
+
+def scan(engine: Engine, message: ScanMessage) -> None:
+    if message.since is None:
+        run_full_resync(engine, message.mapping, dry_run=message.dry_run, run_id=message.run_id)
+    else:
+        scan_bc_changes(engine, message.mapping, message.since, message.correlation_id)
+
+
+def sync_chunk(engine: Engine, message: ChunkMessage) -> None:
+    """A chunk that could not be finished in bulk: converge each record on its own."""
+    for record_id in message.ids:
+        retry = SyncMessage(
+            mapping=message.mapping, side=message.side, id=record_id, reason="chunk retry",
+            correlation_id=message.correlation_id,
+        )  # fmt: skip
+        engine.sync_record(retry)
+
+
+def run_full_resync(
+    engine: Engine, mapping_name: str, *, dry_run: bool = False, run_id: str | None = None
+) -> RunSummary:
+    m = engine.ms.entity(mapping_name)
+    run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=_now(), dry_run=dry_run)
+    engine.journal.save_run(run)
+    requests_before = engine._request_count()
+    started = time.monotonic()
+    try:
+        bc_records = {str(r["id"]): r for r in _read_all(engine, m, "bc")}
+        dv_records = {str(r[m.dataverse.primary_key]): r for r in _read_all(engine, m, "dv")}
+        couplings = [c for c in engine.couplings.list(m.name)]
+        pairs = pair_up(engine, m, couplings, bc_records, dv_records)
+        run.total = len(pairs)
+        engine.journal.save_run(run)
+        counts: Counter[str] = Counter()
+        for chunk in _chunks(pairs, CHUNK):
+            counts.update(process_pairs(engine, m, chunk, dry_run=dry_run))
+            run.done += len(chunk)
+            run.counts = dict(counts)
+            run.api_requests = engine._request_count() - requests_before
+            engine.journal.save_run(run)  # progress, readable while the run goes
+        run.status = "succeeded"
+    except Exception as exc:
+        run.status, run.message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        run.finished = _now()
+        run.api_requests = engine._request_count() - requests_before
+        run.message = run.message or f"{run.done} pairs in {time.monotonic() - started:.1f} s"
+        engine.journal.save_run(run)
+    return run
+
+
+def scan_bc_changes(
+    engine: Engine, mapping_name: str, since: dt.datetime, correlation_id: str
+) -> Counter[str]:
+    """A BC `collection` notification: everything changed since `since`, with bulk reads and writes
+    for coupled records and the one-record path for the rest."""
+    m = engine.ms.entity(mapping_name)
+    select = select_fields(engine.ms, m, "bc")
+    changed = list(engine.bc.modified_since(engine.company_id, m.bc.entity_set, since, select=select))
+    pairs: list[Pair] = []
+    coupled_dv: dict[str, Pair] = {}
+    for record in changed:
+        coupling = engine.couplings.get(m.name, "bc", str(record["id"]))
+        pair = Pair(coupling, record, None, single=coupling is None or coupling.state != "coupled")
+        pairs.append(pair)
+        if not pair.single and coupling is not None and coupling.dv_id:
+            coupled_dv[coupling.dv_id] = pair
+    for dv in _read_dv_by_ids(engine, m, list(coupled_dv)):
+        coupled_dv.pop(str(dv[m.dataverse.primary_key])).dv = dv
+    for pair in coupled_dv.values():  # counterpart gone or out of scope: decide one by one
+        pair.single = True
+    counts: Counter[str] = Counter()
+    for chunk in _chunks(pairs, CHUNK):
+        counts.update(process_pairs(engine, m, chunk, dry_run=False, correlation_id=correlation_id))
+    return counts
+
+
+def match_coupling(engine: Engine, mapping_name: str, *, dry_run: bool) -> MatchReport:
+    """Couple uncoupled records whose match fields identify exactly one uncoupled counterpart."""
+    m = engine.ms.entity(mapping_name)
+    bc_records = {str(r["id"]): r for r in _read_all(engine, m, "bc")}
+    dv_records = {str(r[m.dataverse.primary_key]): r for r in _read_all(engine, m, "dv")}
+    report = MatchReport()
+    couplings = list(engine.couplings.list(m.name))
+    for c in couplings:
+        if c.bc_id in bc_records:
+            report.already_coupled += 1
+        bc_records.pop(c.bc_id or "", None)
+        dv_records.pop(c.dv_id or "", None)
+    lookups = _chunk_lookups(engine, m, [Pair(None, r, None) for r in bc_records.values()])
+    index = _MatchIndex(engine, m, dv_records, lookups)
+    to_couple: list[Pair] = []
+    for bc_id, record in bc_records.items():
+        found = index.candidates(record)
+        if len(found) == 1:
+            dv_id = str(found[0][m.dataverse.primary_key])
+            index.take(dv_id)
+            report.would_couple.append((bc_id, dv_id))
+            to_couple.append(Pair(None, record, None, candidates=[Candidate(found[0])]))
+        elif found:
+            report.ambiguous.append((bc_id, [str(d[m.dataverse.primary_key]) for d in found]))
+        else:
+            report.no_match.append(bc_id)
+    if not dry_run:
+        # reconcile couples each pair and, as the built-in's "synch. after coupling", aligns values.
+        for chunk in _chunks(to_couple, CHUNK):
+            process_pairs(engine, m, chunk, dry_run=False)
+    return report
+
+
+# ------------------------------------------------------------------------------------ pairing
+def pair_up(
+    engine: Engine,
+    m: EntityMapping,
+    couplings: list[Coupling],
+    bc_records: dict[str, dict[str, Any]],
+    dv_records: dict[str, dict[str, Any]],
+) -> list[Pair]:
+    pairs: list[Pair] = []
+    for c in couplings:
+        bc = bc_records.pop(c.bc_id, None) if c.bc_id else None
+        dv = dv_records.pop(c.dv_id, None) if c.dv_id else None
+        # A side missing from the scoped read may be deleted *or* just out of scope: the one-record
+        # path reads it by id and tells the two apart.
+        single = c.state != "coupled" or bc is None or dv is None
+        pairs.append(Pair(c, bc, dv, single=single))
+    if bc_records:
+        lookups = _chunk_lookups(engine, m, [Pair(None, r, None) for r in bc_records.values()])
+        index = _MatchIndex(engine, m, dv_records, lookups)
+        for record in bc_records.values():
+            found = index.candidates(record)
+            if len(found) == 1:
+                index.take(str(found[0][m.dataverse.primary_key]))
+            pairs.append(Pair(None, record, None, candidates=[Candidate(d) for d in found]))
+        for dv_id in index.taken:
+            dv_records.pop(dv_id, None)
+    pairs.extend(Pair(None, None, record) for record in dv_records.values())
+    return pairs
+
+
+class _MatchIndex:
+    """Uncoupled Dataverse records indexed by each match priority's values (case-insensitive)."""
+
+    def __init__(
+        self, engine: Engine, m: EntityMapping, dv_records: dict[str, dict[str, Any]], lookups: StaticLookups
+    ):
+        self.engine, self.m, self.lookups = engine, m, lookups
+        self.taken: set[str] = set()
+        fields = [f for f in m.fields if f.match_priority is not None and not f.has_constant]
+        self.groups = [
+            [f for f in fields if f.match_priority == p] for p in sorted({f.match_priority for f in fields})
+        ]
+        self.index: list[dict[tuple[Any, ...], list[dict[str, Any]]]] = []
+        for group in self.groups:
+            by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+            for record in dv_records.values():
+                key = tuple(_match_value(f, read(engine.ms, f, "dv", record)) for f in group)
+                if all(v is not None for v in key):
+                    by_key.setdefault(key, []).append(record)
+            self.index.append(by_key)
+
+    def candidates(self, bc_record: dict[str, Any]) -> list[dict[str, Any]]:
+        pk = self.m.dataverse.primary_key
+        for group, by_key in zip(self.groups, self.index, strict=True):
+            try:
+                key = tuple(
+                    _match_value(
+                        f,
+                        translate(
+                            self.engine.ms,
+                            self.m,
+                            f,
+                            "dv",
+                            read(self.engine.ms, f, "bc", bc_record),
+                            self.lookups,
+                        ),
+                    )
+                    for f in group
+                )
+            except (LookupMissing, TranslationError):
+                continue
+            if any(v is None for v in key):
+                continue
+            found = [r for r in by_key.get(key, []) if str(r[pk]) not in self.taken]
+            if found:
+                return found
+        return []
+
+    def take(self, dv_id: str) -> None:
+        self.taken.add(dv_id)
+
+
+def _match_value(f: Any, value: Any) -> Any:
+    if value in (None, ""):
+        return None
+    if isinstance(value, str) and not f.case_sensitive_match:
+        return value.strip().casefold()
+    return value
+
+
+# ---------------------------------------------------------------------------------- processing
+def process_pairs(
+    engine: Engine, m: EntityMapping, pairs: list[Pair], *, dry_run: bool, correlation_id: str = ""
+) -> Counter[str]:
+    """Decide every pair with `reconcile`, then write what was decided in bulk."""
+    counts: Counter[str] = Counter()
+    lookups = _chunk_lookups(engine, m, pairs)
+    planned: list[tuple[Pair, Plan]] = []
+    singles: list[Pair] = []
+    for pair in pairs:
+        if pair.single:
+            singles.append(pair)
+            continue
+        plan = reconcile(
+            engine.ms, m, snapshot=pair.coupling.snapshot if pair.coupling else None,
+            bc=pair.bc, dv=pair.dv, lookups=lookups, candidates=pair.candidates,
+        )  # fmt: skip
+        if _bulk_friendly(plan):
+            planned.append((pair, plan))
+        else:
+            singles.append(pair)
+    if dry_run:
+        counts.update(str(p.outcome) for _, p in planned)
+        counts.update("single" for _ in singles)
+        return counts
+
+    results = _execute(engine, m, planned)
+    entries = []
+    for (pair, plan), (outcome, error) in zip(planned, results, strict=True):
+        counts[outcome] += 1
+        if outcome != Outcome.UNCHANGED:
+            entries.append(JournalEntry(
+                m.name, outcome, bc_id=_pid(m, "bc", pair.bc),
+                dv_id=_pid(m, "dv", pair.dv) or _written_dv_id(plan),
+                fields=sorted({k for w in plan.writes for k in w.fields}), error=error, reason=plan.reason,
+                correlation_id=correlation_id,
+            ))  # fmt: skip
+    routine = {Outcome.INSERTED, Outcome.MODIFIED, Outcome.COUPLED}
+    engine.journal.record_compact(m.name, [e for e in entries if e.outcome in routine])
+    engine.journal.record_many([e for e in entries if e.outcome not in routine])
+    for pair in singles:
+        side: Side = "bc" if pair.bc is not None or (pair.coupling and pair.coupling.bc_id) else "dv"
+        record_id = _pid(m, side, pair.bc if side == "bc" else pair.dv) or (
+            pair.coupling.id_on(side) if pair.coupling else None
+        )
+        if not record_id:
+            continue
+        try:
+            result: SyncResult = engine.sync_record(
+                SyncMessage(
+                    mapping=m.name,
+                    side=side,
+                    id=record_id,
+                    reason="bulk: one by one",
+                    correlation_id=correlation_id or str(uuid.uuid4()),
+                )
+            )
+            counts[str(result.outcome)] += 1
+        except Exception as exc:  # one record must not fail its neighbours
+            log.warning("%s %s:%s failed in bulk: %s", m.name, side, record_id, exc)
+            counts["failed"] += 1
+            engine.enqueue(
+                [ChunkMessage(mapping=m.name, side=side, ids=[record_id], reason="retry after bulk failure")],
+                30,
+            )
+    return counts
+
+
+def _bulk_friendly(plan: Plan) -> bool:
+    """Plans the bulk path executes itself; everything else takes the one-record path."""
+    if plan.outcome not in (Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED):
+        return False
+    if plan.uncouple or any(w.kind == "delete" for w in plan.writes):
+        return False
+    return not (plan.bc_write is not None and plan.bc_write.kind == "create")
+
+
+def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]]) -> list[tuple[str, str]]:
+    """Send the bulk writes, then store couplings from the records as read back."""
+    results: list[tuple[str, str]] = [(str(plan.outcome), "") for _, plan in planned]
+    after_bc: dict[int, dict[str, Any] | None] = {}
+    after_dv: dict[int, dict[str, Any] | None] = {}
+    pk = m.dataverse.primary_key
+    dv_select = ",".join(select_fields(engine.ms, m, "dv"))
+
+    # Dataverse creates: UpsertMultiple with the deterministic ids, then one read-back per 500.
+    creates = [
+        (i, plan.dv_write)
+        for i, (_, plan) in enumerate(planned)
+        if plan.dv_write and plan.dv_write.kind == "create"
+    ]
+    if creates:
+        bodies = [{**w.body, pk: w.record_id} for _, w in creates if w is not None]
+        outcome = engine.dv.upsert_multiple(m.dataverse.entity_set, bodies)
+        failed = {r.id for r in outcome if not r.ok}
+        errors = {r.id: str(r.error) for r in outcome if not r.ok}
+        created_ids = [str(w.record_id) for _, w in creates if w is not None and w.record_id not in failed]
+        fresh = {str(r[pk]): r for r in _read_dv_by_ids(engine, m, created_ids)}
+        for i, w in creates:
+            assert w is not None
+            if w.record_id in failed or w.record_id not in fresh:
+                results[i] = ("failed", errors.get(w.record_id, "created record could not be read back"))
+            after_dv[i] = fresh.get(str(w.record_id))
+
+    # Dataverse updates: one `$batch` of conditional PATCHes (continue on error).
+    updates = [
+        (i, pair, plan.dv_write)
+        for i, (pair, plan) in enumerate(planned)
+        if plan.dv_write and plan.dv_write.kind == "update"
+    ]
+    if updates:
+        requests = [
+            BatchRequest("PATCH", f"{m.dataverse.entity_set}({pair.dv[pk]})?$select={dv_select}", w.body,
+                         {"If-Match": pair.dv["@odata.etag"], "Prefer": "return=representation"})
+            for _, pair, w in updates if pair.dv is not None and w is not None
+        ]  # fmt: skip
+        for (i, _, _), response in zip(
+            updates, engine.dv.batch(requests, continue_on_error=True), strict=True
+        ):
+            if response.ok:
+                after_dv[i] = dict(response.body)
+            else:
+                results[i] = ("failed", str(response.error()))
+
+    # BC updates: JSON `$batch` of conditional PATCHes, 100 per request.
+    bc_updates = [
+        (i, pair, plan.bc_write)
+        for i, (pair, plan) in enumerate(planned)
+        if plan.bc_write and plan.bc_write.kind == "update"
+    ]
+    for start in range(0, len(bc_updates), BC_BATCH):
+        part = bc_updates[start : start + BC_BATCH]
+        ops = [BatchOperation("PATCH", m.bc.entity_set, str(pair.bc["id"]), w.body, pair.bc["@odata.etag"])
+               for _, pair, w in part if pair.bc is not None and w is not None]  # fmt: skip
+        for (i, _, _), answer in zip(part, engine.bc.batch(engine.company_id, ops), strict=True):
+            if answer.ok:
+                after_bc[i] = answer.body
+            else:
+                results[i] = ("failed", str(answer.error))
+
+    new: list[Coupling] = []
+    changed: list[Coupling] = []
+    for i, (pair, plan) in enumerate(planned):
+        outcome, error = results[i]
+        bc = after_bc.get(i, pair.bc)
+        dv = after_dv.get(i, pair.dv)
+        if plan.couple_with is not None and dv is None and plan.couple_with[0] == "dv":
+            dv = next(
+                (c.record for c in pair.candidates if str(c.record.get(pk)) == plan.couple_with[1]), None
+            )
+        if outcome == "failed":
+            if pair.coupling is not None:
+                c = engine._count_failure(pair.coupling, error)
+                c.last_result = "failed"
+                changed.append(c)
+            continue
+        if plan.outcome == Outcome.UNCHANGED and pair.coupling is not None:
+            continue  # nothing to store: the snapshot already says this
+        if bc is None or dv is None:
+            continue
+        c = pair.coupling or Coupling(m.name, str(bc["id"]), str(dv[pk]))
+        c.snapshot = take_snapshot(engine.ms, m, bc, dv)
+        c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
+        c.dv_modified, c.dv_etag = dv.get(m.dataverse.modified_field), dv.get("@odata.etag")
+        c.bc_key = _bc_key(m, bc)
+        c.last_result, c.last_error, c.attempts, c.skipped = outcome, "", 0, False
+        (changed if pair.coupling is not None else new).append(c)
+    for stored in engine.couplings.create_many(new) if new else []:
+        if isinstance(stored, Exception):
+            log.warning("%s: coupling not stored: %s", m.name, stored)
+    for stored in engine.couplings.update_many(changed) if changed else []:
+        if isinstance(stored, Exception):
+            log.info("%s: coupling changed concurrently; the next sync settles it (%s)", m.name, stored)
+    return results
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _read_all(engine: Engine, m: EntityMapping, side: Side) -> Iterator[dict[str, Any]]:
+    select = select_fields(engine.ms, m, side)
+    if side == "bc":
+        return engine.bc.query(
+            engine.company_id, m.bc.entity_set, select=select, filter=scope_filter(m, "bc")
+        )
+    return engine.dv.query(m.dataverse.entity_set, select=select, filter=scope_filter(m, "dv"))
+
+
+def _read_dv_by_ids(engine: Engine, m: EntityMapping, ids: list[str]) -> list[dict[str, Any]]:
+    """Records by id with one `$batch` of `In` queries (the URL would be too long outside it)."""
+    if not ids:
+        return []
+    select = ",".join(select_fields(engine.ms, m, "dv"))
+    pk = m.dataverse.primary_key
+    requests = [
+        BatchRequest(
+            "GET",
+            f"{m.dataverse.entity_set}?$select={select}&$filter={dataverse_in(pk, ids[i : i + READBACK])}",
+            headers={"Prefer": "odata.maxpagesize=5000"},
+        )
+        for i in range(0, len(ids), READBACK)
+    ]
+    records: list[dict[str, Any]] = []
+    for response in engine.dv.batch(requests, continue_on_error=True):
+        if not response.ok:
+            raise response.error() or RuntimeError("read-back failed")
+        records.extend(response.body.get("value", []))
+    return records
+
+
+def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> StaticLookups:
+    """One `Lookups` for many records: each distinct key resolved once."""
+    lookups = engine._lookups(m, None, None)  # BC code tables (cached)
+    seen: set[tuple[str, str, str]] = set()
+    for pair in pairs:
+        for side, record in (("bc", pair.bc), ("dv", pair.dv)):
+            if record is None:
+                continue
+            for key in lookup_keys(engine.ms, m, side, record):  # type: ignore[arg-type]
+                ident = (key.mapping, key.side, key.value)
+                if ident not in seen:
+                    seen.add(ident)
+                    engine._resolve_lookup(lookups, key.mapping, key.side, key.value)
+    return lookups
+
+
+def _bc_key(m: EntityMapping, bc: dict[str, Any]) -> str | None:
+    key = bc.get(m.bc.key)
+    return str(key) if key not in (None, "") else None
+
+
+def _pid(m: EntityMapping, side: Side, record: dict[str, Any] | None) -> str | None:
+    if record is None:
+        return None
+    value = record.get(primary_key(m, side))
+    return str(value) if value else None
+
+
+def _written_dv_id(plan: Plan) -> str | None:
+    return plan.dv_write.record_id if plan.dv_write is not None else None
+
+
+def _chunks(items: list[Pair], size: int) -> Iterator[list[Pair]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

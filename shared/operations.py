@@ -1,0 +1,570 @@
+"""The operator's actions, one function each. The CLI (`bcsync`) and the admin HTTP API both call
+these and only render the result, so every action has one implementation.
+
+Results are plain dataclasses (or lists of them); `to_json` turns any of them into JSON-ready data.
+Bad input raises `OperationError` with a message that says what to do (the API answers 400/404).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared import bulk
+from shared.connectors.odata import eq
+from shared.engine import RequeueError
+from shared.mapping.queries import select_fields
+from shared.mapping.schema import EntityMapping, Side
+from shared.messages import MessageDecodeError, SyncMessage, parse_json
+from shared.reconcile import Snapshot, take_snapshot
+from shared.runtime import Runtime
+from shared.store.couplings import AlreadyCoupledError, Coupling
+from shared.store.journal import JournalEntry, RunSummary
+
+SIDES: tuple[Side, Side] = ("bc", "dv")
+# How far back `list_errors` looks in the journal for failures of records that have no coupling.
+RECENT_FAILURE_HOURS = 24
+# Azure queues return at most 32 messages per peek/receive.
+QUEUE_PAGE = 32
+
+
+class OperationError(Exception):
+    """The request cannot be carried out as asked; `status` is the HTTP answer (400 or 404)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, enums and datetimes as JSON-ready values (recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def entity_mapping(rt: Runtime, name: str) -> EntityMapping:
+    """The active entity mapping called `name` (404 naming the known ones otherwise)."""
+    known = [m.name for m in rt.mappings.entities()]
+    if name not in known:
+        raise OperationError(f"no entity mapping named {name!r}; known: {', '.join(known)}", 404)
+    return rt.mappings.entity(name)
+
+
+def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
+    """Exactly one of the two ids, as (side, id)."""
+    if bool(bc_id) == bool(dv_id):
+        raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
+    return ("bc", str(bc_id)) if bc_id else ("dv", str(dv_id))
+
+
+def _side(value: str | None, what: str) -> Side | None:
+    if value in (None, ""):
+        return None
+    if value not in SIDES:
+        raise OperationError(f"{what} must be 'bc' or 'dv', not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ status
+@dataclass
+class MappingStatus:
+    mapping: str
+    coupled: int
+    failed: int
+    skipped: int
+    last_run: RunSummary | None
+    oldest_unsynced_change: str | None  # earliest `updated` of a failed or skipped coupling
+    watermarks: dict[str, str]  # side -> where the delta poll has read up to
+    subscription_expires: str | None  # BC webhook subscription of this mapping's entity set
+    poison_messages: int  # of the poison messages peeked (at most 32), those for this mapping
+
+
+@dataclass
+class ServiceStatus:
+    mappings: list[MappingStatus]
+    queue_depth: int
+    poison_queue_depth: int
+
+
+def status(rt: Runtime) -> ServiceStatus:
+    """Per mapping: couplings, failures, the last run, how far behind it is; queue depths."""
+    poison_by_mapping = Counter(
+        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if m is not None
+    )
+    expiries = _subscription_expiries(rt)
+    result = []
+    for m in rt.mappings.entities():
+        coupled = sum(1 for _ in rt.couplings.all_ids(m.name, "bc"))
+        coupled += sum(1 for _, other in rt.couplings.all_ids(m.name, "dv") if other is None)  # pending
+        failed = list(rt.couplings.list(m.name, only="failed"))
+        skipped = list(rt.couplings.list(m.name, only="skipped"))
+        unsynced = sorted(c.updated for c in failed + skipped if c.updated)
+        runs = rt.journal.runs(m.name, limit=1)
+        marks = {side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None}
+        result.append(
+            MappingStatus(
+                mapping=m.name,
+                coupled=coupled,
+                failed=len(failed),
+                skipped=len(skipped),
+                last_run=runs[0] if runs else None,
+                oldest_unsynced_change=unsynced[0] if unsynced else None,
+                watermarks=marks,
+                subscription_expires=expiries.get(m.bc.entity_set),
+                poison_messages=poison_by_mapping.get(m.name, 0),
+            )
+        )
+    return ServiceStatus(
+        mappings=result,
+        queue_depth=_queue_depth(rt, rt.storage.sync_queue_name),
+        poison_queue_depth=_queue_depth(rt, rt.storage.poison_queue_name),
+    )
+
+
+def _queue_depth(rt: Runtime, name: str) -> int:
+    try:
+        return int(rt.storage.queue(name).get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+
+
+def _subscription_expiries(rt: Runtime) -> dict[str, str]:
+    """Entity set -> the earliest expiry of its BC subscriptions, as recorded by registration."""
+    expiries: dict[str, str] = {}
+    try:
+        for row in rt.storage.table("Subscriptions").query_entities(eq("PartitionKey", "bc")):
+            entity_set, expires = str(row.get("EntitySet", "")), str(row.get("Expires", ""))
+            if entity_set and expires and (entity_set not in expiries or expires < expiries[entity_set]):
+                expiries[entity_set] = expires
+    except ResourceNotFoundError:
+        pass
+    return expiries
+
+
+# ---------------------------------------------------------------------------------- couple, uncouple
+@dataclass
+class CoupleResult:
+    mapping: str
+    bc_id: str
+    dv_id: str
+    synced_from: Side
+    outcome: str
+    reason: str
+    error: str = ""
+
+
+def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
+    """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
+    values win, as the built-in's "synchronize after coupling")."""
+    m = entity_mapping(rt, mapping_name)
+    source = _side(sync_from, "sync_from") or "bc"
+    bc, dv = _read_pair(rt, m, bc_id, dv_id)
+    for side, record_id in (("bc", bc_id), ("dv", dv_id)):
+        existing = rt.couplings.get(m.name, side, record_id)  # type: ignore[arg-type]
+        if existing is not None:
+            raise OperationError(
+                f"{'BC' if side == 'bc' else 'Dataverse'} record {record_id} is already coupled "
+                f"(BC {existing.bc_id} / Dataverse {existing.dv_id}); uncouple it first"
+            )
+    key = bc.get(m.bc.key)
+    coupling = Coupling(
+        m.name,
+        str(bc["id"]),
+        str(dv[m.dataverse.primary_key]),
+        snapshot=_base_preferring(rt, m, source, bc, dv),
+        bc_key=str(key) if key not in (None, "") else None,
+        last_result="coupled",
+    )
+    try:
+        rt.couplings.create(coupling)
+    except AlreadyCoupledError as exc:
+        raise OperationError(str(exc)) from None
+    rt.journal.record(
+        JournalEntry(m.name, "coupled", bc_id=coupling.bc_id, dv_id=coupling.dv_id, reason="coupled by admin")
+    )
+    result = _sync(rt, m, source, coupling.id_on(source) or "", "sync after manual coupling")
+    return CoupleResult(
+        m.name, str(coupling.bc_id), str(coupling.dv_id), source, str(result.outcome), result.reason,
+        result.error,
+    )  # fmt: skip
+
+
+def _read_pair(
+    rt: Runtime, m: EntityMapping, bc_id: str, dv_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    bc = rt.bc.get(rt.company_id, m.bc.entity_set, bc_id, select=select_fields(rt.mappings, m, "bc"))
+    if bc is None:
+        raise OperationError(f"BC {m.bc.entity_set} record {bc_id} does not exist", 404)
+    dv = rt.dataverse.get(m.dataverse.entity_set, dv_id, select=select_fields(rt.mappings, m, "dv"))
+    if dv is None:
+        raise OperationError(f"Dataverse {m.dataverse.entity_set} record {dv_id} does not exist", 404)
+    return dict(bc), dict(dv)
+
+
+def _base_preferring(
+    rt: Runtime, m: EntityMapping, prefer: Side, bc: dict[str, Any], dv: dict[str, Any]
+) -> Snapshot:
+    """A merge base under which `prefer`'s values win: the other side's current values are the base (so
+    nothing there counts as changed) and `prefer` has none (so each of its non-empty values is news,
+    reconcile's rule for a field missing from the base). Used for "sync after coupling" and for a
+    one-off sync in a chosen direction."""
+    current = take_snapshot(rt.mappings, m, bc, dv)
+    current[prefer] = {}
+    return current
+
+
+def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
+    """Remove the coupling of a record (both records stay as they are)."""
+    m = entity_mapping(rt, mapping_name)
+    coupling = rt.couplings.get(m.name, side, record_id)
+    if coupling is None:
+        raise OperationError(f"{m.name}: {side} record {record_id} is not coupled", 404)
+    rt.couplings.delete(coupling)
+    rt.journal.record(
+        JournalEntry(
+            m.name, "uncoupled", bc_id=coupling.bc_id, dv_id=coupling.dv_id, reason="uncoupled by admin"
+        )
+    )
+    return {"mapping": m.name, "bc_id": coupling.bc_id, "dv_id": coupling.dv_id, "outcome": "uncoupled"}
+
+
+@dataclass
+class MatchResult:
+    mapping: str
+    dry_run: bool
+    coupled: list[tuple[str, str]]  # (bc id, dv id): coupled, or would be on a dry run
+    ambiguous: list[tuple[str, list[str]]]
+    no_match: list[str]
+    already_coupled: int
+
+
+def match_couple(rt: Runtime, mapping_name: str, *, dry_run: bool) -> MatchResult:
+    """Match-based coupling: couple uncoupled records with exactly one uncoupled match."""
+    m = entity_mapping(rt, mapping_name)
+    report = bulk.match_coupling(rt.engine, m.name, dry_run=dry_run)
+    return MatchResult(
+        m.name, dry_run, report.would_couple, report.ambiguous, report.no_match, report.already_coupled
+    )
+
+
+# ------------------------------------------------------------------------------------- sync one now
+@dataclass
+class SyncNowResult:
+    mapping: str
+    side: Side
+    id: str
+    prefer: Side | None
+    outcome: str
+    reason: str
+    bc_id: str | None
+    dv_id: str | None
+    fields: list[str]
+    error: str = ""
+
+
+def sync_now(
+    rt: Runtime, mapping_name: str, side: Side, record_id: str, *, prefer: str | None = None
+) -> SyncNowResult:
+    """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
+    `prefer`'s values overwrite the other side's, also where both sides changed."""
+    m = entity_mapping(rt, mapping_name)
+    winner = _side(prefer, "prefer")
+    start_side: Side = side
+    start_id = record_id
+    if winner is not None:
+        coupling = rt.couplings.get(m.name, side, record_id)
+        if coupling is None or coupling.bc_id is None or coupling.dv_id is None:
+            raise OperationError(f"{m.name}: {side} record {record_id} is not coupled; `prefer` needs a pair")
+        bc, dv = _read_pair(rt, m, coupling.bc_id, coupling.dv_id)
+        coupling.snapshot = _base_preferring(rt, m, winner, bc, dv)
+        coupling.skipped = False
+        rt.couplings.save(coupling)
+        start_side, start_id = winner, str(coupling.id_on(winner))
+    result = _sync(rt, m, start_side, start_id, "synchronize now (admin)")
+    return SyncNowResult(
+        m.name, side, record_id, winner, str(result.outcome), result.reason, result.bc_id, result.dv_id,
+        list(result.fields), result.error,
+    )  # fmt: skip
+
+
+def _sync(rt: Runtime, m: EntityMapping, side: Side, record_id: str, reason: str) -> Any:
+    message = SyncMessage(mapping=m.name, side=side, id=record_id, reason=reason)
+    try:
+        return rt.engine.sync_record(message, force=True)
+    except RequeueError as exc:
+        # Throttled or unreachable right now: the queue takes it from here.
+        rt.storage.enqueue([exc.message], delay_seconds=max(1, int(exc.delay)))
+        return _Deferred(f"not synchronized now ({exc}); queued to retry in {int(exc.delay)} s")
+
+
+@dataclass
+class _Deferred:
+    reason: str
+    outcome: str = "queued"
+    bc_id: str | None = None
+    dv_id: str | None = None
+    fields: tuple[str, ...] = ()
+    error: str = ""
+
+
+# --------------------------------------------------------------------------------- full resync
+def start_full_resync(rt: Runtime, mapping_name: str, *, dry_run: bool) -> RunSummary:
+    """Queue a full resync (the service runs it); follow it with `get_run`."""
+    m = entity_mapping(rt, mapping_name)
+    run_id = bulk.request_full_resync(rt.storage, m.name, dry_run=dry_run)
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    run = RunSummary(run_id, m.name, "full_resync", started=now, status="queued", dry_run=dry_run)
+    rt.journal.save_run(run)  # visible at once; the processor overwrites it when it starts
+    return run
+
+
+def run_full_resync_here(
+    rt: Runtime, mapping_name: str, *, dry_run: bool, run_id: str | None = None
+) -> RunSummary:
+    """Run a full resync in this process (the CLI), journaling progress as it goes."""
+    m = entity_mapping(rt, mapping_name)
+    return bulk.run_full_resync(rt.engine, m.name, dry_run=dry_run, run_id=run_id or uuid.uuid4().hex)
+
+
+def get_run(rt: Runtime, mapping_name: str, run_id: str) -> RunSummary:
+    m = entity_mapping(rt, mapping_name)
+    run = rt.journal.get_run(m.name, run_id)
+    if run is None:
+        raise OperationError(f"{m.name} has no run {run_id!r}", 404)
+    return run
+
+
+def list_runs(rt: Runtime, mapping_name: str, limit: int = 20) -> list[RunSummary]:
+    return rt.journal.runs(entity_mapping(rt, mapping_name).name, limit=limit)
+
+
+# ------------------------------------------------------------------------------- errors and retry
+@dataclass
+class ErrorItem:
+    mapping: str
+    bc_id: str | None
+    dv_id: str | None
+    state: str  # failed, skipped, conflict
+    message: str
+    attempts: int
+    updated: str
+    coupled: bool
+
+
+def list_errors(
+    rt: Runtime, mapping_name: str | None = None, *, skipped_only: bool = False
+) -> list[ErrorItem]:
+    """Failed and skipped records with their messages: coupled ones from their coupling, uncoupled
+    ones (a failed create, an uncoupled owner) from the last day of the journal."""
+    mappings = [entity_mapping(rt, mapping_name)] if mapping_name else rt.mappings.entities()
+    items: list[ErrorItem] = []
+    for m in mappings:
+        seen: set[str] = set()
+        kinds: tuple[str, ...] = ("skipped",) if skipped_only else ("failed", "skipped")
+        for kind in kinds:
+            for c in rt.couplings.list(m.name, only=kind):  # type: ignore[arg-type]
+                key = f"{c.bc_id}|{c.dv_id}"
+                if key in seen:
+                    continue
+                seen.add(key)
+                state = "skipped" if c.skipped else c.last_result
+                items.append(
+                    ErrorItem(m.name, c.bc_id, c.dv_id, state, c.last_error, c.attempts, c.updated, True)
+                )
+        if not skipped_only:
+            items.extend(_uncoupled_failures(rt, m, seen))
+    return items
+
+
+def _uncoupled_failures(rt: Runtime, m: EntityMapping, seen: set[str]) -> list[ErrorItem]:
+    end = dt.datetime.now(dt.UTC)
+    latest: dict[str, JournalEntry] = {}
+    for entry in rt.journal.between(end - dt.timedelta(hours=RECENT_FAILURE_HOURS), end, m.name):
+        key = f"{entry.bc_id}|{entry.dv_id}"
+        latest.setdefault(key, entry)  # newest first: the first one seen is the record's latest outcome
+    items = []
+    for key, entry in latest.items():
+        if entry.outcome != "failed" or key in seen:
+            continue
+        side, record_id = ("bc", entry.bc_id) if entry.bc_id else ("dv", entry.dv_id)
+        if record_id and rt.couplings.get(m.name, side, record_id) is not None:  # type: ignore[arg-type]
+            continue  # coupled since: its coupling speaks for it
+        items.append(
+            ErrorItem(m.name, entry.bc_id, entry.dv_id, "failed", entry.error or entry.reason, 1,
+                      entry.at.isoformat(), False)
+        )  # fmt: skip
+    return items
+
+
+@dataclass
+class RetryResult:
+    mapping: str
+    retried: list[SyncNowResult] = field(default_factory=list)  # retried now (one record)
+    queued: int = 0  # queued for the service (all)
+
+
+def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
+    """Retry one failed or skipped record now (clears its skipped flag)."""
+    m = entity_mapping(rt, mapping_name)
+    coupling = rt.couplings.get(m.name, side, record_id)
+    if coupling is not None and coupling.skipped:
+        coupling.skipped, coupling.attempts = False, 0
+        rt.couplings.save(coupling)
+    result = _sync(rt, m, side, record_id, "retry (admin)")
+    return RetryResult(
+        m.name,
+        retried=[
+            SyncNowResult(m.name, side, record_id, None, str(result.outcome), result.reason, result.bc_id,
+                          result.dv_id, list(result.fields), result.error)
+        ],
+    )  # fmt: skip
+
+
+def retry_all(rt: Runtime, mapping_name: str) -> RetryResult:
+    """Queue every failed or skipped record of a mapping for another attempt."""
+    m = entity_mapping(rt, mapping_name)
+    messages: list[SyncMessage] = []
+    for item in list_errors(rt, m.name):
+        side, record_id = ("bc", item.bc_id) if item.bc_id else ("dv", item.dv_id)
+        if not record_id:
+            continue
+        if item.coupled:
+            coupling = rt.couplings.get(m.name, side, record_id)  # type: ignore[arg-type]
+            if coupling is not None and coupling.skipped:
+                coupling.skipped, coupling.attempts = False, 0
+                rt.couplings.save(coupling)
+        messages.append(SyncMessage(mapping=m.name, side=side, id=record_id, reason="retry all (admin)"))  # type: ignore[arg-type]
+    return RetryResult(m.name, queued=rt.storage.enqueue(messages))
+
+
+# ------------------------------------------------------------------------------------ poison queue
+@dataclass
+class PoisonMessage:
+    message_id: str
+    inserted: str | None
+    dequeue_count: int
+    valid: bool
+    summary: str  # mapping/side/id, or why it is not a valid message
+
+
+@dataclass
+class ReplayResult:
+    dry_run: bool
+    replayed: list[PoisonMessage]
+    kept: list[PoisonMessage]  # not valid sync messages: inspect and delete by hand
+
+
+def _peek_messages(rt: Runtime, queue_name: str) -> list[tuple[Any, Any]]:
+    """(parsed message or None, raw queue message) for up to 32 messages, without dequeuing."""
+    try:
+        peeked = rt.storage.queue(queue_name).peek_messages(max_messages=QUEUE_PAGE)
+    except ResourceNotFoundError:
+        return []
+    return [(_parsed(raw.content), raw) for raw in peeked]
+
+
+def _parsed(content: Any) -> Any:
+    try:
+        return parse_json(content if isinstance(content, str | bytes) else str(content))
+    except (MessageDecodeError, ValueError):
+        return None
+
+
+def _describe(parsed: Any, raw: Any) -> PoisonMessage:
+    if parsed is None:
+        text = str(raw.content)[:200]
+        summary = f"not a sync message: {text!r}"
+    else:
+        target = getattr(parsed, "id", None) or f"{len(getattr(parsed, 'ids', []) or [])} ids"
+        summary = f"{parsed.kind} {parsed.mapping} {getattr(parsed, 'side', '')}:{target} ({parsed.reason})"
+    inserted = raw.inserted_on.isoformat() if getattr(raw, "inserted_on", None) else None
+    return PoisonMessage(str(raw.id), inserted, int(raw.dequeue_count or 0), parsed is not None, summary)
+
+
+def list_poison(rt: Runtime) -> list[PoisonMessage]:
+    """The first 32 poison messages, unchanged."""
+    return [_describe(parsed, raw) for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name)]
+
+
+def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayResult:
+    """Move valid poison messages back to the sync queue (attempts reset); leave the others."""
+    if dry_run:
+        described = list_poison(rt)
+        return ReplayResult(True, [d for d in described if d.valid], [d for d in described if not d.valid])
+    poison = rt.storage.queue(rt.storage.poison_queue_name)
+    replayed: list[PoisonMessage] = []
+    kept: list[PoisonMessage] = []
+    seen: set[str] = set()
+    while len(replayed) + len(kept) < limit:
+        # Invalid messages are received too (hidden for a minute) so the loop moves past them.
+        batch = list(poison.receive_messages(max_messages=QUEUE_PAGE, visibility_timeout=60))
+        fresh = [raw for raw in batch if raw.id not in seen]
+        if not fresh:
+            break
+        for raw in fresh:
+            seen.add(raw.id)
+            parsed = _parsed(raw.content)
+            described = _describe(parsed, raw)
+            if parsed is None:
+                kept.append(described)
+                continue
+            rt.storage.enqueue([parsed.model_copy(update={"attempt": 0, "reason": "replayed from poison"})])
+            poison.delete_message(raw)
+            replayed.append(described)
+    return ReplayResult(False, replayed, kept)
+
+
+# ----------------------------------------------------------------------------------------- history
+def history(
+    rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
+) -> list[JournalEntry]:
+    """The journal entries of one record, newest first."""
+    m = entity_mapping(rt, mapping_name)
+    return rt.journal.history(m.name, side, record_id, limit=limit)
+
+
+# ------------------------------------------------------------------------------------ progress
+def follow_run(
+    rt: Runtime,
+    mapping_name: str,
+    run_id: str,
+    on_progress: Callable[[RunSummary], None],
+    *,
+    poll_seconds: float = 0.5,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> RunSummary:
+    """Poll a run's journal row until it finishes, reporting each state (CLI progress bars)."""
+    import time
+
+    pause = sleep or time.sleep
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = rt.journal.get_run(entity_mapping(rt, mapping_name).name, run_id)
+        if run is not None:
+            on_progress(run)
+            if run.status not in ("queued", "running"):
+                return run
+        if deadline is not None and time.monotonic() > deadline:
+            raise OperationError(
+                f"run {run_id} has not finished after {timeout:.0f} s; follow it with `bcsync run`"
+            )
+        pause(poll_seconds)

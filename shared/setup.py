@@ -1,0 +1,608 @@
+"""Assisted set-up (`bcsync setup`): check, register, provision, couple salespeople, report.
+
+1. The mapping file loads (line-numbered problems otherwise).
+2. Storage: the queues and tables exist (created when missing).
+3. Both connections work *as the integration user*, with a message that says precisely what is wrong:
+   unreachable URL, bad credentials, a disabled user, a missing security role / permission on a mapped
+   table, an unknown BC company.
+4. With an administrator credential (used for this step only), what the service needs is registered:
+   the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.registration`, which is
+   idempotent). Without one, the report says what is missing.
+5. Person ownership: BC salespeople are coupled to Dataverse users by e-mail; the ones that cannot be
+   coupled are listed with the reason (records they own fail to sync until they are).
+
+Running it again changes nothing and says so. The report lists what exists, what was created or
+updated, and what an administrator still has to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from shared import bulk
+from shared.connectors.business_central import BusinessCentralClient
+from shared.connectors.dataverse import DataverseClient
+from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
+from shared.mapping.loader import MappingFileError, load_mapping_set
+from shared.mapping.queries import select_fields
+from shared.mapping.schema import EntityMapping, MappingSet
+from shared.reconcile import Candidate
+from shared.registration import (
+    AUTH_TYPE_CODES,
+    ENDPOINT_NAME,
+    RegistrationReport,
+    bc_subscription_targets,
+    dataverse_webhook_url,
+    ensure_bc_subscriptions,
+    ensure_dataverse_webhooks,
+)
+from shared.runtime import BC_SCOPE, Runtime
+from shared.settings import Settings
+from shared.store.storage import TABLES
+
+log = logging.getLogger(__name__)
+
+# Connection checks fail fast: one attempt, a short timeout, no retries of an unreachable host.
+CHECK_TIMEOUT_SECONDS = 10.0
+# Dataverse answers a missing privilege with this code (-2147220960) and "Principal user (Id=…,
+# type=8) is missing prv… privilege" (learn.microsoft.com troubleshoot/power-platform/dataverse/
+# user-permissions/client-errors; BC docs "troubleshoot synchronization errors").
+MISSING_PRIVILEGE_CODE = "0x80040220"
+DISABLED_USER_CODE = "0x80040225"
+ENDPOINT_FINGERPRINT_ROW = ("dataverse", "endpoint-fingerprint")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class SalespersonCoupling:
+    code: str
+    email: str
+    status: str  # coupled (now), already_coupled, not_coupled
+    user_id: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class SetupReport:
+    checks: list[Check] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    salespeople: list[SalespersonCoupling] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks) and not self.failed
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+
+@dataclass
+class AdminCredentials:
+    """An administrator's credential for each system, used only to register webhooks/subscriptions."""
+
+    dataverse: TokenCredential | None = None
+    bc: TokenCredential | None = None
+
+
+def run_setup(
+    rt: Runtime,
+    admin: AdminCredentials | None = None,
+    *,
+    couple_salespeople: bool = True,
+    on_step: Callable[[str], None] = lambda step: None,
+) -> SetupReport:
+    report = SetupReport()
+    on_step("mapping file")
+    mappings = _check_mappings(rt.settings, report)
+    if mappings is None:
+        return _finish(rt.settings, report)
+    on_step("storage")
+    _provision_storage(rt, report)
+    on_step("Dataverse connection")
+    dv_ok = _check_dataverse(rt, mappings, report)
+    on_step("Business Central connection")
+    bc_ok = _check_bc(rt, mappings, report)
+    on_step("registration")
+    _register(rt, mappings, admin or AdminCredentials(), report, dv_ok=dv_ok, bc_ok=bc_ok)
+    if couple_salespeople and dv_ok and bc_ok:
+        on_step("salespeople")
+        _couple_salespeople(rt, mappings, report)
+    return _finish(rt.settings, report)
+
+
+# ------------------------------------------------------------------------------------- mappings
+def _check_mappings(settings: Settings, report: SetupReport) -> MappingSet | None:
+    try:
+        mappings = load_mapping_set(settings.mappings_file)
+    except (MappingFileError, OSError) as exc:
+        report.checks.append(
+            Check("mapping file", False, str(exc), f"fix {settings.mappings_file} (see docs/mappings.md)")
+        )
+        return None
+    names = ", ".join(m.name for m in mappings.entities())
+    report.checks.append(Check("mapping file", True, f"{settings.mappings_file}: {names}"))
+    return mappings
+
+
+# -------------------------------------------------------------------------------------- storage
+def _provision_storage(rt: Runtime, report: SetupReport) -> None:
+    storage = rt.storage
+    wanted = [f"queue {storage.sync_queue_name}", f"queue {storage.poison_queue_name}"]
+    wanted += [f"table {t}" for t in TABLES]
+    try:
+        created = storage.ensure()
+    except AzureError as exc:
+        report.checks.append(
+            Check(
+                "storage",
+                False,
+                _first_line(exc),
+                "check AzureWebJobsStorage (or the managed identity's access)",
+            )
+        )
+        return
+    report.created.extend(created)
+    report.existing.extend(w for w in wanted if w not in created)
+    report.checks.append(Check("storage", True, f"{len(wanted)} queues and tables in place"))
+
+
+# ---------------------------------------------------------------------------------- connections
+def _check_client_policy() -> Any:
+    from shared.connectors.retry import RetryPolicy
+
+    return RetryPolicy(max_attempts=1, max_total_seconds=CHECK_TIMEOUT_SECONDS)
+
+
+def _integration_credential(rt: Runtime, static_token: str | None) -> TokenCredential:
+    from shared.connectors.credentials import StaticTokenCredential
+
+    if static_token:
+        return StaticTokenCredential(static_token)
+    return rt._azure_credential  # the runtime's own credential (managed identity or client secret)
+
+
+def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
+    s = rt.settings
+    dv = DataverseClient(
+        s.dataverse_api_url,
+        _integration_credential(rt, s.dataverse_static_token),
+        scope=f"{s.dataverse_url}/.default",
+        policy=_check_client_policy(),
+        timeout=CHECK_TIMEOUT_SECONDS,
+    )
+    try:
+        try:
+            who = dv.whoami()
+        except (ApiError, AzureError) as exc:
+            detail, fix = explain_failure(exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL")
+            report.checks.append(Check("Dataverse connection", False, detail, fix))
+            return False
+        report.checks.append(
+            Check("Dataverse connection", True, f"{s.dataverse_url} as systemuser {who.user_id}")
+        )
+        configured = (s.dataverse_integration_user_id or "").lower()
+        if configured and configured != who.user_id.lower():
+            report.checks.append(
+                Check(
+                    "Dataverse integration user",
+                    False,
+                    f"DATAVERSE_INTEGRATION_USER_ID is {configured}, but the credentials sign in as "
+                    f"{who.user_id}; echoes of our own writes would not be recognized",
+                    f"set DATAVERSE_INTEGRATION_USER_ID={who.user_id} (or leave it empty)",
+                )
+            )
+        ok = True
+        for entity_set, label in _dataverse_tables(mappings):
+            ok &= _probe(
+                report, f"Dataverse read {label}",
+                lambda es=entity_set: next(iter(dv.query_pages(es, page_size=1)), None),
+                "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
+            )  # fmt: skip
+        return ok
+    finally:
+        dv.close()
+
+
+def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:
+    tables = {m.dataverse.entity_set: m.dataverse.table for m in mappings.entities()}
+    tables["bcs_customerstatistics"] = "bcs_customerstatistic (customer statistics)"
+    return sorted(tables.items())
+
+
+def _check_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
+    s = rt.settings
+    bc = BusinessCentralClient(
+        s.bc_api_url,
+        _integration_credential(rt, s.bc_static_token),
+        scope=BC_SCOPE,
+        policy=_check_client_policy(),
+        timeout=CHECK_TIMEOUT_SECONDS,
+    )
+    try:
+        try:
+            companies = bc.companies()
+        except (ApiError, AzureError) as exc:
+            detail, fix = explain_failure(exc, "Business Central", s.bc_api_url, "BC_API_URL")
+            report.checks.append(Check("Business Central connection", False, detail, fix))
+            return False
+        known = {
+            str(c.get("id", "")).lower(): str(c.get("name") or c.get("displayName") or "") for c in companies
+        }
+        report.checks.append(
+            Check("Business Central connection", True, f"{s.bc_api_url}: {len(known)} companies")
+        )
+        ok = True
+        for company_id in s.bc_company_ids:
+            if company_id.lower() not in known:
+                listing = ", ".join(f"{name} ({cid})" for cid, name in known.items()) or "none"
+                report.checks.append(
+                    Check(
+                        f"BC company {company_id}",
+                        False,
+                        f"company {company_id} was not found in this environment; it has: {listing}",
+                        "set BC_COMPANY_IDS to one of these ids (or check BC_API_URL's environment)",
+                    )
+                )
+                ok = False
+                continue
+            report.checks.append(Check(f"BC company {company_id}", True, known[company_id.lower()]))
+            for entity_set in sorted({m.bc.entity_set for m in mappings.entities()}):
+                ok &= _probe(
+                    report, f"BC read {entity_set}",
+                    lambda es=entity_set, c=company_id: next(iter(bc.query_pages(c, es, page_size=1)), None),
+                    "Business Central", s.bc_api_url, "BC_API_URL", what=f"read {entity_set}",
+                )  # fmt: skip
+        return ok
+    finally:
+        bc.close()
+
+
+def _probe(
+    report: SetupReport,
+    name: str,
+    call: Callable[[], Any],
+    service: str,
+    url: str,
+    url_setting: str,
+    *,
+    what: str,
+) -> bool:
+    try:
+        call()
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(exc, service, url, url_setting, what=what)
+        report.checks.append(Check(name, False, detail, fix))
+        return False
+    return True
+
+
+def explain_failure(
+    exc: Exception, service: str, url: str, url_setting: str, *, what: str = "sign in"
+) -> tuple[str, str]:
+    """(what is wrong, what to do) for a failed call as the integration user."""
+    credentials = "AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET (or the managed identity)"
+    if isinstance(exc, ClientAuthenticationError):
+        return (
+            f"could not get a token for {service}: {_first_line(exc)}",
+            f"check {credentials}: a wrong or expired client secret is the usual cause",
+        )
+    if isinstance(exc, TransientError) and not exc.status:
+        return (f"cannot reach {url}: {exc.message}", f"check {url_setting} and that the service is up")
+    if isinstance(exc, AuthenticationError) and exc.status == 401:
+        who = (
+            "an application user for the app registration exists in the environment"
+            if service == "Dataverse"
+            else "the app is on BC's Microsoft Entra Applications page and granted API.ReadWrite.All"
+        )
+        return (
+            f"{service} rejected the integration user's credentials (401): {exc.message}",
+            f"check {credentials} (a wrong secret is refused here) and that {who}",
+        )
+    if isinstance(exc, AuthenticationError) and exc.status == 403:
+        if exc.code == DISABLED_USER_CODE or "disabled" in exc.message.lower():
+            return (
+                f"the integration user is disabled in {service}: {exc.message}",
+                "enable the application user",
+            )
+        if service == "Dataverse":
+            kind = (
+                "lacks a privilege"
+                if exc.code == MISSING_PRIVILEGE_CODE or "privilege" in exc.message.lower()
+                else "was refused (403)"
+            )
+            return (
+                f"the integration user {kind} to {what}: {exc.message}",
+                "assign the application user a security role that can read and write the mapped tables "
+                "(the integration user is lacking a role)",
+            )
+        return (
+            f"the integration user is missing permission to {what} (403): {exc.message}",
+            "assign the Entra application a BC permission set covering the mapped tables "
+            "(e.g. D365 BUS FULL ACCESS) on the Microsoft Entra Applications page",
+        )
+    if isinstance(exc, NotFoundError):
+        return (
+            f"{url} answered 404 to {what}: {exc.message}",
+            f"check {url_setting}: it is not the API root",
+        )
+    return (
+        f"{service} failed to {what}: {_first_line(exc)}",
+        f"check {url_setting} and the service's health",
+    )
+
+
+# --------------------------------------------------------------------------------- registration
+def _register(
+    rt: Runtime,
+    mappings: MappingSet,
+    admin: AdminCredentials,
+    report: SetupReport,
+    *,
+    dv_ok: bool,
+    bc_ok: bool,
+) -> None:
+    s = rt.settings
+    if admin.dataverse is not None and dv_ok:
+        dv_admin = DataverseClient(s.dataverse_api_url, admin.dataverse, scope=f"{s.dataverse_url}/.default")
+        try:
+            before = _endpoint_fingerprint(rt)
+            outcome = ensure_dataverse_webhooks(dv_admin, s, mappings)
+            _unchanged_endpoint(outcome, before == _wanted_fingerprint(s))
+            _remember_endpoint_fingerprint(rt, _wanted_fingerprint(s))
+            _merge(report, outcome)
+        except (ApiError, AzureError) as exc:
+            report.failed.append(f"Dataverse webhook registration: {_first_line(exc)}")
+        finally:
+            dv_admin.close()
+    elif dv_ok:
+        _inspect_dataverse(rt, report)
+    if admin.bc is not None and bc_ok:
+        bc_admin = BusinessCentralClient(s.bc_api_url, admin.bc, scope=BC_SCOPE)
+        try:
+            _merge(report, ensure_bc_subscriptions(bc_admin, s, mappings, rt.storage.table("Subscriptions")))
+        except (ApiError, AzureError) as exc:
+            report.failed.append(f"BC subscriptions: {_first_line(exc)}")
+        finally:
+            bc_admin.close()
+    elif bc_ok:
+        _inspect_bc(rt, mappings, report)
+
+
+def _merge(report: SetupReport, outcome: RegistrationReport) -> None:
+    report.created.extend(outcome.created)
+    report.updated.extend(outcome.updated)
+    report.existing.extend(outcome.unchanged)
+    report.failed.extend(outcome.failed)
+
+
+def _wanted_fingerprint(s: Settings) -> str:
+    # The endpoint's secret cannot be read back from Dataverse, so registration re-sends it; this
+    # fingerprint tells "re-sent the same values" from "changed the URL, auth type or secret".
+    text = "|".join((dataverse_webhook_url(s), str(AUTH_TYPE_CODES[s.dataverse_webhook_auth_type]),
+                     s.dataverse_webhook_secret_name, s.dataverse_webhook_secret))  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _endpoint_fingerprint(rt: Runtime) -> str | None:
+    try:
+        row = rt.storage.table("Subscriptions").get_entity(*ENDPOINT_FINGERPRINT_ROW)
+    except ResourceNotFoundError:
+        return None
+    return str(row.get("Fingerprint") or "") or None
+
+
+def _remember_endpoint_fingerprint(rt: Runtime, fingerprint: str) -> None:
+    partition, row = ENDPOINT_FINGERPRINT_ROW
+    rt.storage.table("Subscriptions").upsert_entity(
+        {"PartitionKey": partition, "RowKey": row, "Fingerprint": fingerprint}, mode=UpdateMode.REPLACE
+    )
+
+
+def _unchanged_endpoint(outcome: RegistrationReport, same_values: bool) -> None:
+    label = f"Dataverse webhook endpoint {ENDPOINT_NAME}"
+    if same_values and label in outcome.updated:
+        outcome.updated.remove(label)
+        outcome.unchanged.insert(0, label)
+
+
+def _inspect_dataverse(rt: Runtime, report: SetupReport) -> None:
+    """Without an administrator credential: say what is registered, as far as we can see."""
+    try:
+        endpoints = [e for e in rt.dataverse.list_webhook_endpoints() if e.get("name") == ENDPOINT_NAME]
+        steps = rt.dataverse.list_steps(str(endpoints[0]["serviceendpointid"])) if endpoints else []
+    except (ApiError, AzureError) as exc:
+        report.todo.append(
+            "could not inspect the Dataverse webhook registration as the integration user "
+            f"({_first_line(exc)}); run `bcsync setup` with an administrator credential to register it"
+        )
+        return
+    if endpoints:
+        report.existing.append(f"Dataverse webhook endpoint {ENDPOINT_NAME} with {len(steps)} steps")
+    else:
+        report.todo.append(
+            "register the Dataverse webhook endpoint and its steps: run `bcsync setup "
+            "--admin-dataverse-token ...` (sandbox) or `--admin-device-code` with a Dataverse administrator"
+        )
+
+
+def _inspect_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
+    try:
+        subscriptions = rt.bc.list_subscriptions()
+    except (ApiError, AzureError) as exc:
+        report.todo.append(f"could not list BC subscriptions ({_first_line(exc)})")
+        return
+    have = {str(sub.get("resource", "")).lstrip("/").lower() for sub in subscriptions}
+    missing = [
+        f"{entity_set} ({company})"
+        for company, entity_set in bc_subscription_targets(rt.settings, mappings)
+        if f"api/v2.0/companies({company})/{entity_set}".lower() not in have
+    ]
+    if missing:
+        report.todo.append(
+            f"create the BC webhook subscriptions for {', '.join(missing)}: run `bcsync setup "
+            "--admin-bc-token ...` (sandbox) or `--admin-device-code` with a BC administrator"
+        )
+    else:
+        report.existing.append(f"BC subscriptions ({len(subscriptions)})")
+
+
+# ---------------------------------------------------------------------------------- salespeople
+def _couple_salespeople(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
+    ownership = mappings.settings.ownership
+    if ownership.model != "person":
+        report.existing.append("team ownership: salespeople need no coupling")
+        return
+    m = mappings.entity(ownership.salespeople_mapping)
+    try:
+        salespeople = list(
+            rt.bc.query(rt.company_id, m.bc.entity_set, select=select_fields(mappings, m, "bc"))
+        )
+        user_fields = [
+            *select_fields(mappings, m, "dv"),
+            "isdisabled",
+            "islicensed",
+            "isintegrationuser",
+            "applicationid",
+        ]
+        users = list(rt.dataverse.query(m.dataverse.entity_set, select=list(dict.fromkeys(user_fields))))
+    except (ApiError, AzureError) as exc:
+        report.failed.append(f"salespeople coupling: {_first_line(exc)}")
+        return
+    coupled_users = {dv for _, dv in rt.couplings.all_ids(m.name, "bc") if dv}
+    by_email: dict[str, list[dict[str, Any]]] = {}
+    for user in users:
+        email = str(user.get("internalemailaddress") or "").strip().casefold()
+        if email:
+            by_email.setdefault(email, []).append(user)
+    to_couple: list[tuple[SalespersonCoupling, bulk.Pair]] = []
+    for sp in salespeople:
+        result = _decide_salesperson(rt, m, sp, by_email, coupled_users)
+        if result.status == "coupled" and result.user_id:
+            user = next(u for u in users if str(u["systemuserid"]).lower() == result.user_id)
+            coupled_users.add(result.user_id)
+            to_couple.append((result, bulk.Pair(None, dict(sp), None, candidates=[Candidate(dict(user))])))
+        report.salespeople.append(result)
+    if to_couple:
+        # The bulk path's coupling of a matched pair (reconcile aligns the values, "sync after coupling").
+        bulk.process_pairs(rt.engine, m, [pair for _, pair in to_couple], dry_run=False)
+        for result, pair in to_couple:
+            assert pair.bc is not None
+            if rt.couplings.get(m.name, "bc", str(pair.bc["id"])) is None:
+                result.status, result.reason = (
+                    "not_coupled",
+                    "coupling failed; see `bcsync errors SALESPEOPLE`",
+                )
+            else:
+                report.created.append(f"coupling salesperson {result.code} -> {result.email}")
+
+
+def _decide_salesperson(
+    rt: Runtime,
+    m: EntityMapping,
+    sp: dict[str, Any],
+    by_email: dict[str, list[dict[str, Any]]],
+    coupled_users: set[str],
+) -> SalespersonCoupling:
+    code, email = str(sp.get("code") or ""), str(sp.get("email") or "").strip()
+    existing = rt.couplings.get(m.name, "bc", str(sp["id"]))
+    if existing is not None:
+        return SalespersonCoupling(code, email, "already_coupled", existing.dv_id)
+    if not email:
+        return SalespersonCoupling(code, email, "not_coupled", reason="has no e-mail in BC")
+    candidates = by_email.get(email.casefold(), [])
+    if not candidates:
+        return SalespersonCoupling(
+            code, email, "not_coupled", reason=f"no Dataverse user has the e-mail {email}"
+        )
+    eligible = [u for u in candidates if _user_problem(u) is None]
+    if not eligible:
+        return SalespersonCoupling(
+            code, email, "not_coupled", reason=f"the Dataverse user {_user_problem(candidates[0])}"
+        )
+    if len(eligible) > 1:
+        ids = ", ".join(str(u["systemuserid"]) for u in eligible)
+        return SalespersonCoupling(
+            code, email, "not_coupled", reason=f"{len(eligible)} Dataverse users have this e-mail: {ids}"
+        )
+    user_id = str(eligible[0]["systemuserid"]).lower()
+    if user_id in coupled_users:
+        return SalespersonCoupling(
+            code,
+            email,
+            "not_coupled",
+            user_id,
+            "that Dataverse user is already coupled to another salesperson",
+        )
+    return SalespersonCoupling(code, email, "coupled", user_id)
+
+
+def _user_problem(user: dict[str, Any]) -> str | None:
+    name = user.get("fullname") or user.get("systemuserid")
+    if user.get("isdisabled"):
+        return f"{name} is disabled"
+    if user.get("applicationid") or user.get("isintegrationuser"):
+        return f"{name} is an application or integration user"
+    if not user.get("islicensed"):
+        return f"{name} is not licensed"
+    return None
+
+
+# -------------------------------------------------------------------------------------- report
+def _finish(settings: Settings, report: SetupReport) -> SetupReport:
+    for check in report.checks:
+        if not check.ok and check.fix:
+            report.todo.append(f"{check.name}: {check.fix}")
+    uncoupled = [sp for sp in report.salespeople if sp.status == "not_coupled"]
+    if uncoupled:
+        codes = ", ".join(sp.code for sp in uncoupled)
+        report.todo.append(
+            f"couple salespeople {codes}: records they own fail to sync until they are. Give each a "
+            "licensed, enabled Dataverse user with the same e-mail and run setup again, or couple by hand "
+            "with "
+            "`bcsync couple SALESPEOPLE --bc <salesperson id> --dv <systemuserid>`"
+        )
+    missing_auth = [
+        name
+        for name, value in (
+            ("AUTH_ISSUER", settings.auth_issuer),
+            ("AUTH_AUDIENCE", settings.auth_audience),
+            ("AUTH_JWKS_URL", settings.auth_jwks_url),
+        )
+        if not value
+    ]
+    if missing_auth:
+        report.todo.append(
+            f"set {', '.join(missing_auth)} to open the admin and product availability API "
+            "(it answers 503 until then)"
+        )
+    else:
+        report.todo.append(
+            f"assign the app roles {settings.role_administrator}, {settings.role_user} and "
+            f"{settings.role_availability} to operators and salespeople in Entra ID"
+        )
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
