@@ -81,9 +81,9 @@ class Stack:
         return rows
 
 
-def _sandbox_app(module: str) -> Any:
-    """`devstack.dataverse.create_app()` / `devstack.bc.create_app()`."""
-    return importlib.import_module(module).create_app()
+def _sandbox_app(module: str, config: Any = None) -> Any:
+    """`devstack.dataverse.create_app(config)` / `devstack.bc.create_app(config)`."""
+    return importlib.import_module(module).create_app(config)
 
 
 def stack_environment(stack: Stack, ports: StackPorts, bc_company_id: str) -> dict[str, str]:
@@ -102,6 +102,11 @@ def stack_environment(stack: Stack, ports: StackPorts, bc_company_id: str) -> di
         "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{ports.host}",
         "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
         "SYNC_QUEUE_NAME": "sync-requests",
+        # Timer schedules are binding expressions: the host needs them as app settings.
+        "DELTA_POLL_SCHEDULE": os.environ.get("DELTA_POLL_SCHEDULE", "0 */2 * * * *"),
+        "FULL_RESYNC_SCHEDULE": os.environ.get("FULL_RESYNC_SCHEDULE", "0 0 2 * * *"),
+        "SUBSCRIPTION_UPKEEP_SCHEDULE": os.environ.get("SUBSCRIPTION_UPKEEP_SCHEDULE", "0 0 */12 * * *"),
+        "STATISTICS_SCHEDULE": os.environ.get("STATISTICS_SCHEDULE", "0 */30 * * * *"),
     }
 
 
@@ -112,19 +117,23 @@ def start_stack(
     host_json_overrides: dict[str, Any] | None = None,
     function_key: str | None = None,
     master_key: str | None = None,
+    bc_config: Any = None,
+    dataverse_config: Any = None,
+    environment: dict[str, str] | None = None,
 ) -> Stack:
     """Start Azurite, the two sandboxes and (optionally) the dev host; set the app settings in
-    `os.environ` so the function app talks to them. On failure, stop what already started."""
+    `os.environ` (plus `environment` overrides) so the function app talks to them. On failure,
+    stop what already started."""
     ports = ports or StackPorts()
     stack = Stack()
     try:
         stack.azurite = start_azurite(ports.blob, ports.queue, ports.table)
-        stack.dataverse_app = _sandbox_app("devstack.dataverse")
+        stack.dataverse_app = _sandbox_app("devstack.dataverse", dataverse_config)
         stack.dataverse = serve_in_thread(stack.dataverse_app, ports.dataverse)
-        stack.bc_app = _sandbox_app("devstack.bc")
+        stack.bc_app = _sandbox_app("devstack.bc", bc_config)
         stack.bc = serve_in_thread(stack.bc_app, ports.bc)
         company_id = default_bc_company_id(stack.bc_app)
-        stack.env = stack_environment(stack, ports, company_id)
+        stack.env = {**stack_environment(stack, ports, company_id), **(environment or {})}
         os.environ.update(stack.env)
         _reset_process_caches()
         if with_host:

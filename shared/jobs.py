@@ -1,0 +1,36 @@
+"""What the timers do, with their logging; each returns a report for tests and the admin API."""
+
+from __future__ import annotations
+
+import logging
+
+from shared.bulk import request_full_resync
+from shared.feeds.poll import PollReport, delta_poll
+from shared.registration import RegistrationReport, ensure_bc_subscriptions, ensure_dataverse_webhooks
+from shared.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_delta_poll(past_due: bool = False) -> PollReport:
+    report = delta_poll(get_runtime())
+    log.info("delta poll%s: %s", " (past due)" if past_due else "", report)
+    return report
+
+
+def run_nightly_resync(past_due: bool = False) -> list[str]:
+    rt = get_runtime()
+    runs = [request_full_resync(rt.storage, name) for name in rt.mappings.sync_order()]
+    log.info("full resync%s queued for %d mappings", " (past due)" if past_due else "", len(runs))
+    return runs
+
+
+def run_subscription_upkeep(past_due: bool = False) -> RegistrationReport:
+    rt = get_runtime()
+    report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions"))
+    try:
+        report.merge(ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings))
+    except Exception as exc:  # the integration user may lack the privilege; setup registers it then
+        report.failed.append(f"Dataverse webhook check: {exc}")
+    log.info("subscription upkeep%s: %s", " (past due)" if past_due else "", report)
+    return report
