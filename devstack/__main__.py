@@ -37,8 +37,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     ports = StackPorts(
         args.port, args.dataverse_port, args.bc_port, args.blob_port, args.queue_port, args.table_port
     )
+    from devstack.bc.config import BcSandboxConfig
+
     stack = start_stack(
-        ports, function_key=os.environ.get("FUNCTIONS_KEY"), master_key=os.environ.get("FUNCTIONS_MASTER_KEY")
+        ports,
+        # Real BC waits 30 s before notifying; the demo waits 2 s so a change is seen at once.
+        bc_config=BcSandboxConfig(coalesce_seconds=2.0),
+        function_key=os.environ.get("FUNCTIONS_KEY"),
+        master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
     )
     try:
         if not args.no_demo:
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("shared.feeds").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
