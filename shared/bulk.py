@@ -358,6 +358,8 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
     after_dv: dict[int, dict[str, Any] | None] = {}
     pk = m.dataverse.primary_key
     dv_select = ",".join(select_fields(engine.ms, m, "dv"))
+    for pair, plan in planned:
+        _adopt_match(m, pair, plan)
 
     # Dataverse creates: UpsertMultiple with the deterministic ids, then one read-back per 500.
     creates = [
@@ -420,10 +422,6 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
         outcome, error = results[i]
         bc = after_bc.get(i, pair.bc)
         dv = after_dv.get(i, pair.dv)
-        if plan.couple_with is not None and dv is None and plan.couple_with[0] == "dv":
-            dv = next(
-                (c.record for c in pair.candidates if str(c.record.get(pk)) == plan.couple_with[1]), None
-            )
         if outcome == "failed":
             if pair.coupling is not None:
                 c = engine._count_failure(pair.coupling, error)
@@ -448,6 +446,20 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
         if isinstance(stored, Exception):
             log.info("%s: coupling changed concurrently; the next sync settles it (%s)", m.name, stored)
     return results
+
+
+def _adopt_match(m: EntityMapping, pair: Pair, plan: Plan) -> None:
+    """A matched counterpart comes from the candidates: make it the pair's record on its side."""
+    if plan.couple_with is None:
+        return
+    side, record_id = plan.couple_with
+    for candidate in pair.candidates:
+        if _pid(m, side, dict(candidate.record)) == record_id:
+            if side == "dv":
+                pair.dv = dict(candidate.record)
+            else:
+                pair.bc = dict(candidate.record)
+            return
 
 
 # ------------------------------------------------------------------------------------ helpers
