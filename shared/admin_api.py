@@ -321,8 +321,10 @@ def handle(
     *,
     runtime: Callable[[], Any] | None = None,
     settings: Callable[[], Settings] = get_settings,
+    authenticator: Authenticator | None = None,
 ) -> ApiResponse:
-    """Route, authenticate, authorize, run the action; never raises."""
+    """Route, authenticate, authorize, run the action; never raises. `runtime` and `authenticator`
+    default to the process's (from settings)."""
     path = request.path.strip("/")
     matches = [(r, m) for r in ROUTES if (m := r.pattern.match(path))]
     if not matches:
@@ -333,8 +335,8 @@ def handle(
         return _error(405, f"use {allowed} for /api/{path}", {"Allow": allowed})
     route, match = chosen
     try:
-        authenticator = authenticator_from_settings(settings())
-        principal = authenticator.check(_header(request.headers, "authorization"), route.role)
+        auth = authenticator or authenticator_from_settings(settings())
+        principal = auth.check(_header(request.headers, "authorization"), route.role)
     except SettingsError as exc:
         return _error(503, f"the service is not configured: {exc.problems}")
     except AuthNotConfigured as exc:

@@ -68,7 +68,7 @@ class AvailabilityService:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        rows = next(
+        rows: list[dict[str, Any]] = next(
             iter(
                 self.bc.query_pages(
                     self.company_id, "items", select=ITEM_FIELDS, filter=eq("number", key), page_size=1

@@ -118,7 +118,9 @@ def status(rt: Runtime) -> ServiceStatus:
         skipped = list(rt.couplings.list(m.name, only="skipped"))
         unsynced = sorted(c.updated for c in failed + skipped if c.updated)
         runs = rt.journal.runs(m.name, limit=1)
-        marks = {side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None}
+        marks: dict[str, str] = {
+            side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None
+        }
         result.append(
             MappingStatus(
                 mapping=m.name,
@@ -254,14 +256,21 @@ class MatchResult:
     ambiguous: list[tuple[str, list[str]]]
     no_match: list[str]
     already_coupled: int
+    # Matched but not coupled yet: waiting for a lookup target (queued) or failed (see `errors`).
+    not_coupled: list[tuple[str, str]] = field(default_factory=list)
 
 
 def match_couple(rt: Runtime, mapping_name: str, *, dry_run: bool) -> MatchResult:
     """Match-based coupling: couple uncoupled records with exactly one uncoupled match."""
     m = entity_mapping(rt, mapping_name)
     report = bulk.match_coupling(rt.engine, m.name, dry_run=dry_run)
+    coupled, pending = report.would_couple, []
+    if not dry_run:
+        done = [pair for pair in coupled if rt.couplings.get(m.name, "dv", pair[1]) is not None]
+        pending = [pair for pair in coupled if pair not in done]
+        coupled = done
     return MatchResult(
-        m.name, dry_run, report.would_couple, report.ambiguous, report.no_match, report.already_coupled
+        m.name, dry_run, coupled, report.ambiguous, report.no_match, report.already_coupled, pending
     )
 
 
@@ -507,8 +516,8 @@ def list_poison(rt: Runtime) -> list[PoisonMessage]:
 def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayResult:
     """Move valid poison messages back to the sync queue (attempts reset); leave the others."""
     if dry_run:
-        described = list_poison(rt)
-        return ReplayResult(True, [d for d in described if d.valid], [d for d in described if not d.valid])
+        peeked = list_poison(rt)
+        return ReplayResult(True, [d for d in peeked if d.valid], [d for d in peeked if not d.valid])
     poison = rt.storage.queue(rt.storage.poison_queue_name)
     replayed: list[PoisonMessage] = []
     kept: list[PoisonMessage] = []

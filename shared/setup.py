@@ -17,9 +17,10 @@ updated, and what an administrator still has to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +216,7 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
         for entity_set, label in _dataverse_tables(mappings):
             ok &= _probe(
                 report, f"Dataverse read {label}",
-                lambda es=entity_set: next(iter(dv.query_pages(es, page_size=1)), None),
+                functools.partial(_first_page, dv.query_pages(entity_set, page_size=1)),
                 "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
             )  # fmt: skip
         return ok
@@ -269,12 +270,17 @@ def _check_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
             for entity_set in sorted({m.bc.entity_set for m in mappings.entities()}):
                 ok &= _probe(
                     report, f"BC read {entity_set}",
-                    lambda es=entity_set, c=company_id: next(iter(bc.query_pages(c, es, page_size=1)), None),
+                    functools.partial(_first_page, bc.query_pages(company_id, entity_set, page_size=1)),
                     "Business Central", s.bc_api_url, "BC_API_URL", what=f"read {entity_set}",
                 )  # fmt: skip
         return ok
     finally:
         bc.close()
+
+
+def _first_page(pages: Iterator[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    # Generators are lazy: the request is sent here, inside the probe.
+    return next(pages, None)
 
 
 def _probe(

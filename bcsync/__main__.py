@@ -1,0 +1,3 @@
+from bcsync.cli import main
+
+main()

@@ -1,0 +1,536 @@
+"""`bcsync`: set-up and operations from a terminal. Every command calls one function of
+`shared.setup` / `shared.operations` (the admin HTTP API calls the same ones) and renders the result
+with rich, or as JSON with `--json`.
+
+Settings are the service's app settings, read from the environment; `--settings FILE` (default
+`local.settings.json` when present) fills in those not set, as Core Tools does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from shared import operations as ops
+from shared.connectors.errors import ApiError
+from shared.settings import SettingsError
+from shared.store.journal import RunSummary
+
+app = typer.Typer(
+    name="bcsync",
+    help="Set up and operate the Business Central <-> Dataverse sync service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+BcOption = Annotated[str | None, typer.Option("--bc", help="the record's BC id")]
+DvOption = Annotated[str | None, typer.Option("--dv", help="the record's Dataverse id")]
+MappingArg = Annotated[str, typer.Argument(help="mapping name, e.g. CUSTOMER")]
+
+
+class _State:
+    json = False
+
+
+state = _State()
+
+
+@app.callback()
+def _options(
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    settings_file: Annotated[
+        Path | None, typer.Option("--settings", help="local.settings.json whose Values fill unset settings")
+    ] = None,
+) -> None:
+    state.json = as_json
+    _load_settings_file(settings_file or Path("local.settings.json"), explicit=settings_file is not None)
+
+
+def _load_settings_file(path: Path, *, explicit: bool) -> None:
+    if not path.exists():
+        if explicit:
+            _fail(f"settings file {path} does not exist")
+        return
+    values = json.loads(path.read_text()).get("Values", {})
+    for name, value in values.items():
+        if name not in os.environ and value not in (None, ""):
+            os.environ[name] = str(value)
+    from shared import runtime
+
+    runtime.reset()
+
+
+def _runtime() -> Any:
+    from shared.runtime import get_runtime
+
+    try:
+        return get_runtime()
+    except SettingsError as exc:
+        _fail(str(exc), code=2)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _run(action: Any) -> Any:
+    """Run an operation; turn its expected failures into a message and an exit code."""
+    try:
+        return action()
+    except ops.OperationError as exc:
+        _fail(exc.message, code=1 if exc.status == 400 else 4)
+    except ApiError as exc:
+        _fail(f"{exc.service or 'a remote service'} failed: {exc}", code=3)
+
+
+def _emit(result: Any, render: Any = None) -> None:
+    if state.json or render is None:
+        console.print_json(json.dumps(ops.to_json(result), default=str))
+    else:
+        render(result)
+
+
+# ------------------------------------------------------------------------------------------- setup
+@app.command()
+def setup(
+    admin_dataverse_token: Annotated[
+        str | None, typer.Option(help="sandbox only: bearer token of a Dataverse administrator")
+    ] = None,
+    admin_bc_token: Annotated[
+        str | None, typer.Option(help="sandbox only: bearer token of a BC administrator")
+    ] = None,
+    admin_device_code: Annotated[
+        bool, typer.Option(help="sign in as an administrator with a device code (real services)")
+    ] = False,
+    salespeople: Annotated[
+        bool, typer.Option(help="couple BC salespeople to Dataverse users by e-mail")
+    ] = True,
+) -> None:
+    """Check both connections, register webhooks (with an administrator credential), create the
+    storage, couple salespeople by e-mail; then report what exists, what changed and what is left."""
+    from shared.setup import run_setup
+
+    rt = _runtime()
+    admin = _admin_credentials(rt, admin_dataverse_token, admin_bc_token, admin_device_code)
+    with console.status("setting up") as status:
+        report = run_setup(
+            rt, admin, couple_salespeople=salespeople, on_step=lambda s: status.update(f"checking {s}")
+        )
+    _emit(report, _render_setup)
+    if not state.json:
+        console.print("[green]nothing changed[/green]" if not report.changed else "")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _admin_credentials(rt: Any, dv_token: str | None, bc_token: str | None, device_code: bool) -> Any:
+    from shared.connectors.credentials import StaticTokenCredential
+    from shared.settings import is_loopback_url
+    from shared.setup import AdminCredentials
+
+    if device_code:
+        from azure.identity import DeviceCodeCredential
+
+        credential = DeviceCodeCredential(tenant_id=rt.settings.azure_tenant_id or None)
+        return AdminCredentials(dataverse=credential, bc=credential)
+    for name, token, url in (
+        ("--admin-dataverse-token", dv_token, rt.settings.dataverse_url),
+        ("--admin-bc-token", bc_token, rt.settings.bc_api_url),
+    ):
+        if token and not is_loopback_url(url):
+            _fail(f"{name} is for the local sandboxes only; use --admin-device-code for {url}")
+    return AdminCredentials(
+        dataverse=StaticTokenCredential(dv_token) if dv_token else None,
+        bc=StaticTokenCredential(bc_token) if bc_token else None,
+    )
+
+
+def _render_setup(report: Any) -> None:
+    checks = Table("check", "", "detail", title="Checks", title_justify="left")
+    for c in report.checks:
+        checks.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAILED[/red]", c.detail)
+    console.print(checks)
+    for title, items, style in (
+        ("Exists", report.existing, "dim"),
+        ("Created", report.created, "green"),
+        ("Updated", report.updated, "yellow"),
+        ("Failed", report.failed, "red"),
+    ):
+        if items:
+            console.print(f"[bold]{title}[/bold]")
+            for item in items:
+                console.print(f"  [{style}]{item}[/{style}]")
+    if report.salespeople:
+        people = Table("salesperson", "e-mail", "status", "Dataverse user / reason", title="Salespeople")
+        for sp in report.salespeople:
+            colour = "red" if sp.status == "not_coupled" else "green"
+            people.add_row(
+                sp.code, sp.email, f"[{colour}]{sp.status}[/{colour}]", sp.reason or sp.user_id or ""
+            )
+        console.print(people)
+    if report.todo:
+        console.print("[bold]Still to do[/bold]")
+        for item in report.todo:
+            console.print(f"  - {item}")
+
+
+# ------------------------------------------------------------------------------------------ status
+@app.command()
+def status() -> None:
+    """Per mapping: coupled, failed, skipped, last run, how far behind; queue depths."""
+    rt = _runtime()
+    _emit(_run(lambda: ops.status(rt)), _render_status)
+
+
+def _render_status(s: Any) -> None:
+    table = Table(
+        "mapping",
+        "coupled",
+        "failed",
+        "skipped",
+        "last run",
+        "oldest unsynced",
+        "subscription expires",
+        "poison",
+    )
+    for m in s.mappings:
+        run = m.last_run
+        last = f"{run.kind} {run.status} {run.finished or run.started}" if run else "-"
+        table.add_row(
+            m.mapping, str(m.coupled), _red(m.failed), _red(m.skipped), last, m.oldest_unsynced_change or "-",
+            m.subscription_expires or "-", _red(m.poison_messages),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"queue: {s.queue_depth} waiting, poison: {s.poison_queue_depth}")
+
+
+def _red(n: int) -> str:
+    return f"[red]{n}[/red]" if n else "0"
+
+
+# -------------------------------------------------------------------------------- couple, uncouple
+@app.command()
+def couple(
+    mapping: MappingArg,
+    bc: Annotated[str, typer.Option("--bc", help="the BC record id")],
+    dv: Annotated[str, typer.Option("--dv", help="the Dataverse record id")],
+    sync_from: Annotated[str, typer.Option(help="whose values win in the first sync: bc or dv")] = "bc",
+) -> None:
+    """Couple two records by hand and synchronize them."""
+    rt = _runtime()
+    result = _run(lambda: ops.couple(rt, mapping, bc, dv, sync_from=sync_from))
+    _emit(
+        result,
+        lambda r: console.print(f"coupled BC {r.bc_id} with Dataverse {r.dv_id}: {r.outcome} ({r.reason})"),
+    )
+
+
+@app.command()
+def uncouple(mapping: MappingArg, bc: BcOption = None, dv: DvOption = None) -> None:
+    """Remove a record's coupling (the records stay)."""
+    rt = _runtime()
+    side, record_id = _run(lambda: ops.record_ref(bc, dv))
+    result = _run(lambda: ops.uncouple(rt, mapping, side, record_id))
+    _emit(result, lambda r: console.print(f"uncoupled BC {r['bc_id']} from Dataverse {r['dv_id']}"))
+
+
+@app.command()
+def match(
+    mapping: MappingArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only report what would be coupled")] = False,
+) -> None:
+    """Match-based coupling: couple uncoupled records with exactly one uncoupled match."""
+    rt = _runtime()
+    with console.status(f"matching {mapping}"):
+        result = _run(lambda: ops.match_couple(rt, mapping, dry_run=dry_run))
+    _emit(result, _render_match)
+
+
+def _render_match(r: Any) -> None:
+    verb = "would couple" if r.dry_run else "coupled"
+    console.print(
+        f"{r.mapping}: {verb} {len(r.coupled)}, ambiguous {len(r.ambiguous)}, no match {len(r.no_match)}, "
+        f"already coupled {r.already_coupled}"
+    )
+    if r.not_coupled:
+        console.print(
+            f"  [yellow]{len(r.not_coupled)} matched but not coupled yet[/yellow] "
+            "(waiting for a lookup target, or failed: see `bcsync errors`)"
+        )
+    for bc_id, candidates in r.ambiguous[:20]:
+        console.print(f"  [yellow]ambiguous[/yellow] BC {bc_id}: {', '.join(candidates)}")
+
+
+# -------------------------------------------------------------------------------------- sync one
+@app.command()
+def sync(
+    mapping: MappingArg,
+    bc: BcOption = None,
+    dv: DvOption = None,
+    prefer: Annotated[str | None, typer.Option(help="direction when both sides changed: bc or dv")] = None,
+) -> None:
+    """Synchronize one record now."""
+    rt = _runtime()
+    side, record_id = _run(lambda: ops.record_ref(bc, dv))
+    result = _run(lambda: ops.sync_now(rt, mapping, side, record_id, prefer=prefer))
+    _emit(result, _render_sync)
+
+
+def _render_sync(r: Any) -> None:
+    colour = "red" if r.outcome in ("failed", "skipped", "conflict") else "green"
+    console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}: {r.reason}")
+    if r.error:
+        console.print(f"  [red]{r.error}[/red]")
+
+
+# ----------------------------------------------------------------------------------- full resync
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} records/s" if speed else "", style="cyan")
+
+
+def _progress() -> Progress:
+    # On stderr, so `--json` output on stdout stays parseable.
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn())
+    return Progress(*columns, TimeElapsedColumn(), console=errors, transient=False)
+
+
+@app.command()
+def resync(
+    mapping: MappingArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide everything, write nothing")] = False,
+    queue: Annotated[
+        bool, typer.Option("--queue", help="let the service run it; follow its progress")
+    ] = False,
+) -> None:
+    """Full resync of a mapping, with a progress bar."""
+    rt = _runtime()
+    if queue:
+        run = _run(lambda: ops.start_full_resync(rt, mapping, dry_run=dry_run))
+        final = _follow(rt, mapping, run.run_id)
+    else:
+        run_id = uuid.uuid4().hex
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["run"] = ops.run_full_resync_here(rt, mapping, dry_run=dry_run, run_id=run_id)
+            except Exception as exc:  # shown after the bar stops
+                outcome["error"] = exc
+
+        _run(lambda: ops.entity_mapping(rt, mapping))
+        worker = threading.Thread(target=work, name="bcsync-resync", daemon=True)
+        worker.start()
+        final = _follow(rt, mapping, run_id, alive=worker.is_alive)
+        worker.join()
+        if "error" in outcome:
+            _fail(f"the resync failed: {outcome['error']}")
+        final = outcome.get("run", final)
+    _emit(final, _render_run)
+
+
+def _follow(rt: Any, mapping: str, run_id: str, alive: Any = None) -> RunSummary | None:
+    last: RunSummary | None = None
+    with _progress() as progress:
+        task = progress.add_task(f"{mapping} resync", total=None)
+        while True:
+            run = rt.journal.get_run(mapping, run_id)
+            if run is not None:
+                last = run
+                progress.update(task, total=run.total or None, completed=run.done)
+                if run.status not in ("queued", "running"):
+                    return run
+            if alive is not None and not alive():
+                return last
+            time.sleep(0.2)
+
+
+@app.command("run")
+def show_run(mapping: MappingArg, run_id: Annotated[str, typer.Argument(help="the run id")]) -> None:
+    """Follow a (full resync) run until it finishes."""
+    rt = _runtime()
+    _run(lambda: ops.get_run(rt, mapping, run_id))
+    _emit(_follow(rt, mapping, run_id), _render_run)
+
+
+def _render_run(run: RunSummary | None) -> None:
+    if run is None:
+        console.print("the run has not started yet")
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "nothing to do"
+    dry = " (dry run: nothing written)" if run.dry_run else ""
+    console.print(f"{run.mapping} {run.kind} {run.status}{dry}: {run.done}/{run.total}; {counts}")
+    console.print(f"  {run.api_requests} API requests; {run.message}")
+
+
+# ------------------------------------------------------------------------------ errors and retry
+@app.command("errors")
+def list_errors(
+    mapping: Annotated[str | None, typer.Argument(help="only this mapping")] = None,
+    skipped: Annotated[bool, typer.Option("--skipped", help="only skipped records")] = False,
+) -> None:
+    """Failed and skipped records with their messages."""
+    rt = _runtime()
+    _emit(_run(lambda: ops.list_errors(rt, mapping, skipped_only=skipped)), _render_errors)
+
+
+def _render_errors(items: list[Any]) -> None:
+    if not items:
+        console.print("[green]no failed or skipped records[/green]")
+        return
+    table = Table("mapping", "BC id", "Dataverse id", "state", "message", "attempts", "when")
+    for e in items:
+        table.add_row(
+            e.mapping, e.bc_id or "-", e.dv_id or "-", e.state, e.message, str(e.attempts), e.updated
+        )
+    console.print(table)
+
+
+@app.command()
+def retry(
+    mapping: MappingArg,
+    bc: BcOption = None,
+    dv: DvOption = None,
+    all_records: Annotated[bool, typer.Option("--all", help="queue every failed or skipped record")] = False,
+) -> None:
+    """Retry one failed record now, or queue all failed ones."""
+    rt = _runtime()
+    if all_records:
+        if bc or dv:
+            _fail("give --all or one record, not both")
+        result = _run(lambda: ops.retry_all(rt, mapping))
+        _emit(
+            result, lambda r: console.print(f"{r.queued} records of {r.mapping} queued for another attempt")
+        )
+        return
+    side, record_id = _run(lambda: ops.record_ref(bc, dv))
+    result = _run(lambda: ops.retry(rt, mapping, side, record_id))
+
+    def render(r: Any) -> None:
+        for item in r.retried:
+            _render_sync(item)
+
+    _emit(result, render)
+
+
+@app.command()
+def poison(
+    replay: Annotated[
+        bool, typer.Option("--replay", help="move valid messages back to the sync queue")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="with --replay: only list what would move")
+    ] = False,
+) -> None:
+    """List the poison queue, or replay it."""
+    rt = _runtime()
+    if not replay:
+        _emit(_run(lambda: ops.list_poison(rt)), _render_poison)
+        return
+    result = _run(lambda: ops.replay_poison(rt, dry_run=dry_run))
+
+    def render(r: Any) -> None:
+        verb = "would replay" if r.dry_run else "replayed"
+        console.print(f"{verb} {len(r.replayed)} message(s); kept {len(r.kept)} that are not sync messages")
+        _render_poison(r.kept)
+
+    _emit(result, render)
+
+
+def _render_poison(items: list[Any]) -> None:
+    if not items:
+        return
+    table = Table("message id", "inserted", "dequeued", "message")
+    for p in items:
+        table.add_row(p.message_id, p.inserted or "-", str(p.dequeue_count), p.summary)
+    console.print(table)
+
+
+@app.command()
+def history(
+    mapping: MappingArg,
+    bc: BcOption = None,
+    dv: DvOption = None,
+    limit: Annotated[int, typer.Option(help="at most this many entries")] = 50,
+) -> None:
+    """The journal of one record, newest first."""
+    rt = _runtime()
+    side, record_id = _run(lambda: ops.record_ref(bc, dv))
+    entries = _run(lambda: ops.history(rt, mapping, side, record_id, limit=limit))
+
+    def render(items: list[Any]) -> None:
+        table = Table("when", "outcome", "fields", "reason / error", "requests")
+        for e in items:
+            when = e.at.isoformat(timespec="seconds")
+            table.add_row(when, e.outcome, ",".join(e.fields), e.error or e.reason, str(e.api_requests))
+        console.print(table)
+
+    _emit(entries, render)
+
+
+# ------------------------------------------------------------------------------- sales features
+@app.command()
+def statistics() -> None:
+    """Push customer statistics now (only customers whose figures changed)."""
+    from shared.statistics import push_statistics
+
+    rt = _runtime()
+    with console.status("pushing customer statistics"):
+        report = _run(lambda: push_statistics(rt))
+    _emit(
+        report,
+        lambda r: console.print(
+            f"{r.customers} coupled customers: {r.changed} changed, {r.written} written, "
+            f"{r.unchanged} unchanged, {len(r.failed)} failed "
+            f"({r.bc_requests} BC + {r.dataverse_requests} Dataverse requests)"
+        ),
+    )
+
+
+@app.command()
+def availability(number: Annotated[str, typer.Argument(help="BC item number")]) -> None:
+    """BC inventory of an item, as salespeople see it."""
+    from shared.availability import ItemNotFound, availability_service
+
+    rt = _runtime()
+    try:
+        answer = _run(lambda: availability_service(rt).by_number(number))
+    except ItemNotFound as exc:
+        _fail(str(exc), code=4)
+    _emit(
+        answer,
+        lambda a: console.print(
+            f"{a.item_number} {a.description}: {a.inventory:g} {a.unit_of_measure} (as of {a.as_of})"
+        ),
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

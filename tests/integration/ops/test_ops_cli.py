@@ -1,0 +1,144 @@
+"""Every admin action through `bcsync`, against the sandboxes (the same operations as the HTTP API)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from bcsync.cli import app
+from shared.messages import SyncMessage, to_json
+from tests.integration.ops.conftest import OpsStack, bc_customer, seed_account
+
+pytestmark = pytest.mark.integration
+
+
+def bcsync(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={**os.environ, "COLUMNS": "200"})
+
+
+def bcsync_json(*args: str) -> Any:
+    result = bcsync("--json", *args)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_couple_sync_history_uncouple(salespeople_coupled: OpsStack) -> None:
+    ops = salespeople_coupled
+    bc_id = bc_customer(ops, "Adatum Corporation")["id"]
+    dv_id = seed_account(ops, "Adatum (CRM)")
+
+    coupled = bcsync("couple", "CUSTOMER", "--bc", bc_id, "--dv", dv_id)
+    assert coupled.exit_code == 0, coupled.output
+    assert "modified" in coupled.output and ops.dv.get("accounts", dv_id)["name"] == "Adatum Corporation"
+
+    ops.dv.store.update(
+        "accounts", dv_id, {"telephone1": "+1 404 555 0100"}, ops.dv.caller(ops.dv.users["sales-user"])
+    )
+    synced = bcsync_json("sync", "CUSTOMER", "--dv", dv_id)
+    assert synced["outcome"] == "modified" and synced["fields"] == ["phoneNumber"]
+    assert ops.bc.get("customers", bc_id)["phoneNumber"] == "+1 404 555 0100"
+
+    entries = bcsync_json("history", "CUSTOMER", "--bc", bc_id)
+    assert [e["outcome"] for e in entries][:2] == ["modified", "modified"]
+    table = bcsync("history", "CUSTOMER", "--dv", dv_id)
+    assert "phoneNumber" in table.output
+
+    uncoupled = bcsync("uncouple", "CUSTOMER", "--dv", dv_id)
+    assert uncoupled.exit_code == 0 and ops.rt.couplings.get("CUSTOMER", "dv", dv_id) is None
+
+
+def test_match_dry_run_then_for_real(salespeople_coupled: OpsStack) -> None:
+    ops = salespeople_coupled
+    dv_id = seed_account(ops, "adatum corporation")  # matches by name, case-insensitively
+    dry = bcsync("match", "CUSTOMER", "--dry-run")
+    assert dry.exit_code == 0 and "would couple 1" in dry.output
+    assert ops.rt.couplings.get("CUSTOMER", "dv", dv_id) is None
+
+    real = bcsync_json("match", "CUSTOMER")
+    assert real["coupled"] == [[bc_customer(ops, "Adatum Corporation")["id"], dv_id]]
+    assert ops.rt.couplings.get("CUSTOMER", "dv", dv_id) is not None
+    assert ops.dv.get("accounts", dv_id)["name"] == "Adatum Corporation"  # aligned after coupling
+
+
+def test_resync_shows_progress_and_the_run_can_be_followed(adatum_coupled: tuple) -> None:
+    ops, bc_id, dv_id = adatum_coupled
+    ops.bc.change("customers", bc_id, {"city": "Savannah"})
+
+    dry = bcsync("resync", "CUSTOMER", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "CUSTOMER resync" in dry.output and "dry run: nothing written" in dry.output
+    assert ops.dv.get("accounts", dv_id).get("address1_city") != "Savannah"
+
+    real = bcsync("--json", "resync", "CUSTOMER")
+    assert real.exit_code == 0, real.output
+    assert "CUSTOMER resync" in real.stderr and "2/2" in real.stderr  # the progress bar
+    run = json.loads(real.stdout)
+    assert run["status"] == "succeeded" and run["counts"].get("modified") == 1
+    assert ops.dv.get("accounts", dv_id)["address1_city"] == "Savannah"
+
+    followed = bcsync_json("run", "CUSTOMER", run["run_id"])
+    assert followed["run_id"] == run["run_id"] and followed["status"] == "succeeded"
+
+
+def test_errors_retry_and_retry_all(adatum_coupled: tuple) -> None:
+    ops, bc_id, _ = adatum_coupled
+    company = ops.rt.company_id
+    ops.bc.change(
+        "customers", bc_id, {"paymentTermsId": ops.bc.store.find_by_key(company, "paymentTerms", "COD")["id"]}
+    )
+    assert bcsync_json("sync", "CUSTOMER", "--bc", bc_id)["outcome"] == "failed"
+
+    listed = bcsync("errors", "CUSTOMER")
+    assert listed.exit_code == 0 and "COD" in listed.output
+
+    queued = bcsync_json("retry", "CUSTOMER", "--all")
+    assert queued["queued"] == 1
+
+    ops.bc.change(
+        "customers",
+        bc_id,
+        {"paymentTermsId": ops.bc.store.find_by_key(company, "paymentTerms", "30 DAYS")["id"]},
+    )
+    retried = bcsync_json("retry", "CUSTOMER", "--bc", bc_id)
+    assert retried["retried"][0]["outcome"] in ("modified", "unchanged")
+    assert bcsync_json("errors") == []
+
+
+def test_poison_list_and_replay(ops: OpsStack) -> None:
+    storage = ops.rt.storage
+    poison = storage.queue(storage.poison_queue_name)
+    poison.send_message(to_json(SyncMessage(mapping="CUSTOMER", side="dv", id="x", reason="test")))
+
+    assert len(bcsync_json("poison")) == 1
+    assert "would replay 1" in bcsync("poison", "--replay", "--dry-run").output
+    assert len(poison.peek_messages()) == 1
+    assert "replayed 1" in bcsync("poison", "--replay").output
+    assert poison.peek_messages() == []
+
+
+def test_status_statistics_and_availability(adatum_coupled: tuple) -> None:
+    status = bcsync("status")
+    assert status.exit_code == 0 and "CUSTOMER" in status.output and "SALESPEOPLE" in status.output
+
+    pushed = bcsync_json("statistics")
+    assert pushed["written"] == 1
+    again = bcsync("statistics")
+    assert "0 written" in again.output
+
+    available = bcsync_json("availability", "I00010")
+    assert available["item_number"] == "I00010"
+    missing = bcsync("availability", "NOPE-1")
+    assert missing.exit_code == 4 and "no item NOPE-1" in missing.output
+
+
+def test_bad_input_exits_non_zero_with_the_reason(ops: OpsStack) -> None:
+    unknown = bcsync("sync", "NOPE", "--bc", "x")
+    assert unknown.exit_code == 4 and "known: " in unknown.output
+    both = bcsync("uncouple", "CUSTOMER", "--bc", "a", "--dv", "b")
+    assert both.exit_code == 1 and "exactly one" in both.output

@@ -1,0 +1,98 @@
+"""The admin API's routing, auth and error mapping (pure: fake runtime, static JWKS)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared import admin_api
+from shared.admin_api import ApiRequest, Authenticator, handle
+from shared.auth import RoleNames, StaticJwksSource, TokenValidator
+from shared.connectors.errors import ThrottledError, ValidationError
+from shared.operations import OperationError
+from tests.support.jwt_keys import NOW, TEST_AUDIENCE, TEST_ISSUER, claims, jwks_document, key_pair, sign
+
+PAIR = key_pair("unit-admin-api")
+AUTH = Authenticator(
+    TokenValidator(
+        StaticJwksSource(jwks_document(PAIR)), issuer=TEST_ISSUER, audience=TEST_AUDIENCE, clock=lambda: NOW
+    ),
+    RoleNames(),
+)
+
+
+def call(
+    method: str, path: str, role: str | None = "Integration.Administrator", body: Any = None, **kw: Any
+) -> Any:
+    headers = {"Authorization": f"Bearer {sign(PAIR, claims(roles=[role] if role else []))}"}
+    raw = json.dumps(body).encode() if body is not None else b""
+    return handle(
+        ApiRequest(method, path, kw.get("query", {}), headers, raw), runtime=lambda: "rt", authenticator=AUTH
+    )
+
+
+def test_unknown_paths_and_methods() -> None:
+    assert call("GET", "manage/nope").status == 404
+    wrong = call("GET", "manage/couple")
+    assert (wrong.status, wrong.headers["Allow"]) == (405, "POST")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "role", "status"),
+    [
+        ("GET", "manage/status", "Integration.User", 200),
+        ("GET", "manage/status", "ProductAvailability.User", 403),
+        ("POST", "manage/retry", "Integration.User", 403),
+        ("GET", "products/I1/availability", "ProductAvailability.User", 200),
+        ("GET", "products/I1/availability", "Integration.Administrator", 200),
+        ("GET", "products/I1/availability", "Integration.User", 403),
+        ("GET", "manage/status", None, 403),
+    ],
+)
+def test_roles(
+    monkeypatch: pytest.MonkeyPatch, method: str, path: str, role: str | None, status: int
+) -> None:
+    monkeypatch.setattr(admin_api.ops, "status", lambda rt: {"ok": True})
+    monkeypatch.setattr(admin_api.ops, "retry_all", lambda rt, m: {"queued": 0})
+    monkeypatch.setattr(
+        admin_api, "availability_service", lambda rt: type("S", (), {"by_number": lambda self, n: {"n": n}})()
+    )
+    assert call(method, path, role, body={"mapping": "CUSTOMER", "all": True}).status == status
+
+
+def test_bodies_are_checked_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[Any] = []
+    monkeypatch.setattr(admin_api.ops, "match_couple", lambda *a, **k: ran.append(a))
+    assert (
+        "dry_run"
+        in call("POST", "manage/match-coupling", body={"mapping": "C", "dry_run": "yes"}).body["error"]
+    )
+    assert call("POST", "manage/match-coupling", body=["not", "an", "object"]).status == 400
+    assert (
+        "unknown field" in call("POST", "manage/match-coupling", body={"mapping": "C", "x": 1}).body["error"]
+    )
+    assert ran == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (OperationError("no such mapping", 404), 404),
+        (ValidationError("bad value", status=400, service="business_central"), 502),
+        (ThrottledError("slow down", retry_after=7, status=429, service="dataverse"), 503),
+        (RuntimeError("boom"), 500),
+    ],
+)
+def test_failures_map_to_status_codes(monkeypatch: pytest.MonkeyPatch, error: Exception, status: int) -> None:
+    def fail(rt: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(admin_api.ops, "status", fail)
+    answer = call("GET", "manage/status")
+    assert answer.status == status
+    if status == 503:
+        assert answer.headers["Retry-After"] == "7"
+    if status == 500:
+        assert "boom" not in answer.body["error"]  # internals stay in the log
