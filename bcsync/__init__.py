@@ -1,1 +1,1 @@
-"""`bcsync`: the operator's command line (set-up and operations); see docs/operations.md."""
+"""`bcsync`: the operator's command line (set-up and operations); see "Operating the service" in README.md."""
