@@ -92,15 +92,17 @@ def test_update_touches_one_row_and_pointer_follows_uncouple(store: CouplingStor
     saved = store.save(c)
     assert store.get(mapping, "dv", "dv-1").snapshot == {"bc": {"x": 1}, "dv": {"x": 1}}  # type: ignore[union-attr]
     store.delete(saved)
-    assert list(store.table.query_entities(f"PartitionKey eq '{mapping}'")) == []
+    assert list(store.table.query_entities(f"Mapping eq '{mapping}'")) == []
 
 
-def test_pair_created_by_the_service_is_one_row_found_from_both_sides(store: CouplingStore, mapping: str) -> None:
+def test_pair_created_by_the_service_is_one_row_found_from_both_sides(
+    store: CouplingStore, mapping: str
+) -> None:
     from shared.mapping.values import dataverse_id_for
 
     dv_id = dataverse_id_for(mapping, "bc-42")
     store.create(Coupling(mapping, "bc-42", dv_id))
-    rows = list(store.table.query_entities(f"PartitionKey eq '{mapping}'"))
+    rows = list(store.table.query_entities(f"Mapping eq '{mapping}'"))
     assert [r["RowKey"] for r in rows] == [f"dv:{dv_id}"]
     assert store.get(mapping, "bc", "bc-42").dv_id == dv_id  # type: ignore[union-attr]
     assert store.get(mapping, "bc", "bc-43") is None
