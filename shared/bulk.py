@@ -94,25 +94,29 @@ def sync_chunk(engine: Engine, message: ChunkMessage) -> None:
 def run_full_resync(
     engine: Engine, mapping_name: str, *, dry_run: bool = False, run_id: str | None = None
 ) -> RunSummary:
+    """Converge the whole mapping. BC is streamed page by page (20,000 records), so memory grows
+    with the Dataverse side and the couplings, not with the BC table."""
     m = engine.ms.entity(mapping_name)
     run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=_now(), dry_run=dry_run)
     engine.journal.save_run(run)
     requests_before = engine._request_count()
     started = time.monotonic()
-    try:
-        bc_records = {str(r["id"]): r for r in _read_all(engine, m, "bc")}
-        dv_records = {str(r[m.dataverse.primary_key]): r for r in _read_all(engine, m, "dv")}
-        couplings = [c for c in engine.couplings.list(m.name)]
-        pairs = pair_up(engine, m, couplings, bc_records, dv_records)
-        run.total = len(pairs)
-        engine.journal.save_run(run)
-        counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+
+    def process(pairs: list[Pair]) -> None:
+        run.total += len(pairs)
         for chunk in _chunks(pairs, CHUNK):
             counts.update(process_pairs(engine, m, chunk, dry_run=dry_run))
             run.done += len(chunk)
             run.counts = dict(counts)
             run.api_requests = engine._request_count() - requests_before
             engine.journal.save_run(run)  # progress, readable while the run goes
+
+    try:
+        pairing = _Pairing(engine, m)
+        for page in _pages(engine, m, "bc"):
+            process(pairing.bc_page(page))
+        process(pairing.rest())
         run.status = "succeeded"
     except Exception as exc:
         run.status, run.message = "failed", f"{type(exc).__name__}: {exc}"
@@ -185,33 +189,54 @@ def match_coupling(engine: Engine, mapping_name: str, *, dry_run: bool) -> Match
 
 
 # ------------------------------------------------------------------------------------ pairing
-def pair_up(
-    engine: Engine,
-    m: EntityMapping,
-    couplings: list[Coupling],
-    bc_records: dict[str, dict[str, Any]],
-    dv_records: dict[str, dict[str, Any]],
-) -> list[Pair]:
-    pairs: list[Pair] = []
-    for c in couplings:
-        bc = bc_records.pop(c.bc_id, None) if c.bc_id else None
-        dv = dv_records.pop(c.dv_id, None) if c.dv_id else None
-        # A side missing from the scoped read may be deleted *or* just out of scope: the one-record
-        # path reads it by id and tells the two apart.
-        single = c.state != "coupled" or bc is None or dv is None
-        pairs.append(Pair(c, bc, dv, single=single))
-    if bc_records:
-        lookups = _chunk_lookups(engine, m, [Pair(None, r, None) for r in bc_records.values()])
-        index = _MatchIndex(engine, m, dv_records, lookups)
-        for record in bc_records.values():
-            found = index.candidates(record)
-            if len(found) == 1:
-                index.take(str(found[0][m.dataverse.primary_key]))
-            pairs.append(Pair(None, record, None, candidates=[Candidate(d) for d in found]))
-        for dv_id in index.taken:
-            dv_records.pop(dv_id, None)
-    pairs.extend(Pair(None, None, record) for record in dv_records.values())
-    return pairs
+class _Pairing:
+    """Forms record pairs for a full resync: couplings first, then matches, then the rest."""
+
+    def __init__(self, engine: Engine, m: EntityMapping) -> None:
+        self.engine, self.m = engine, m
+        pk = m.dataverse.primary_key
+        self.dv_records = {str(r[pk]): r for r in _read_all(engine, m, "dv")}
+        self.by_bc: dict[str, Coupling] = {}
+        self.unreached: list[Coupling] = []  # pending creates, or no BC id
+        for c in engine.couplings.list(m.name):
+            if c.bc_id and c.state == "coupled":
+                self.by_bc[c.bc_id] = c
+            else:
+                self.unreached.append(c)
+        coupled_dv = {c.dv_id for c in self.by_bc.values()} | {c.dv_id for c in self.unreached}
+        uncoupled_dv = {k: v for k, v in self.dv_records.items() if k not in coupled_dv}
+        lookups = engine._lookups(m, None, None)
+        self.index = _MatchIndex(engine, m, uncoupled_dv, lookups)
+
+    def bc_page(self, page: list[dict[str, Any]]) -> list[Pair]:
+        pairs: list[Pair] = []
+        uncoupled: list[dict[str, Any]] = []
+        for record in page:
+            c = self.by_bc.pop(str(record["id"]), None)
+            if c is None:
+                uncoupled.append(record)
+                continue
+            dv = self.dv_records.pop(c.dv_id, None) if c.dv_id else None
+            # A side missing from the scoped read may be deleted *or* just out of scope: the
+            # one-record path reads it by id and tells the two apart.
+            pairs.append(Pair(c, record, dv, single=dv is None))
+        if uncoupled:
+            self.index.lookups = _chunk_lookups(self.engine, self.m, [Pair(None, r, None) for r in uncoupled])
+            for record in uncoupled:
+                found = self.index.candidates(record)
+                if len(found) == 1:
+                    dv_id = str(found[0][self.m.dataverse.primary_key])
+                    self.index.take(dv_id)
+                    self.dv_records.pop(dv_id, None)
+                pairs.append(Pair(None, record, None, candidates=[Candidate(d) for d in found]))
+        return pairs
+
+    def rest(self) -> list[Pair]:
+        """Couplings whose BC record was not in the scoped read, and uncoupled Dataverse records."""
+        pairs = [Pair(c, None, self.dv_records.pop(c.dv_id, None) if c.dv_id else None, single=True)
+                 for c in [*self.by_bc.values(), *self.unreached]]  # fmt: skip
+        pairs.extend(Pair(None, None, record) for record in self.dv_records.values())
+        return pairs
 
 
 class _MatchIndex:
@@ -464,12 +489,17 @@ def _adopt_match(m: EntityMapping, pair: Pair, plan: Plan) -> None:
 
 # ------------------------------------------------------------------------------------ helpers
 def _read_all(engine: Engine, m: EntityMapping, side: Side) -> Iterator[dict[str, Any]]:
+    for page in _pages(engine, m, side):
+        yield from page
+
+
+def _pages(engine: Engine, m: EntityMapping, side: Side) -> Iterator[list[dict[str, Any]]]:
     select = select_fields(engine.ms, m, side)
     if side == "bc":
-        return engine.bc.query(
+        return engine.bc.query_pages(
             engine.company_id, m.bc.entity_set, select=select, filter=scope_filter(m, "bc")
         )
-    return engine.dv.query(m.dataverse.entity_set, select=select, filter=scope_filter(m, "dv"))
+    return engine.dv.query_pages(m.dataverse.entity_set, select=select, filter=scope_filter(m, "dv"))
 
 
 def _read_dv_by_ids(engine: Engine, m: EntityMapping, ids: list[str]) -> list[dict[str, Any]]:
