@@ -290,15 +290,7 @@ _auth_lock = threading.Lock()
 def authenticator_from_settings(settings: Settings) -> Authenticator:
     """The validator for the configured issuer, audience and JWKS URL (the JWKS cache lives as long as
     the process); `AuthNotConfigured` names the missing settings."""
-    missing = [
-        name
-        for name, value in (
-            ("AUTH_ISSUER", settings.auth_issuer),
-            ("AUTH_AUDIENCE", settings.auth_audience),
-            ("AUTH_JWKS_URL", settings.auth_jwks_url),
-        )
-        if not value
-    ]
+    missing = settings.missing_auth_settings()
     if missing:
         raise AuthNotConfigured(
             f"the admin and data API is closed until {', '.join(missing)} is set (Entra ID token "

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: for the local sandboxes only; remove it to use azure-identity")
         return self
 
+    def missing_auth_settings(self) -> list[str]:
+        """The caller-token settings not set: the admin/data API stays closed until they are."""
+        wanted = (("AUTH_ISSUER", self.auth_issuer), ("AUTH_AUDIENCE", self.auth_audience),
+                  ("AUTH_JWKS_URL", self.auth_jwks_url))  # fmt: skip
+        return [name for name, value in wanted if not value]
+
     @property
     def dataverse_api_url(self) -> str:
         return f"{self.dataverse_url}/api/data/v9.2/"

@@ -587,15 +587,7 @@ def _finish(settings: Settings, report: SetupReport) -> SetupReport:
             "with "
             "`bcsync couple SALESPEOPLE --bc <salesperson id> --dv <systemuserid>`"
         )
-    missing_auth = [
-        name
-        for name, value in (
-            ("AUTH_ISSUER", settings.auth_issuer),
-            ("AUTH_AUDIENCE", settings.auth_audience),
-            ("AUTH_JWKS_URL", settings.auth_jwks_url),
-        )
-        if not value
-    ]
+    missing_auth = settings.missing_auth_settings()
     if missing_auth:
         report.todo.append(
             f"set {', '.join(missing_auth)} to open the admin and product availability API "

@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
-from xml.sax.saxutils import escape
 
 import httpx
 from azure.core.credentials import TokenCredential
 
+from shared.auth import build_authvalue
 from shared.connectors import odata
 from shared.connectors.credentials import BearerTokenAuth
 from shared.connectors.errors import (
@@ -650,7 +650,7 @@ class DataverseClient:
         code = AUTH_TYPES.get(auth_type, auth_type) if isinstance(auth_type, str) else auth_type
         if code not in AUTH_TYPES.values():
             raise ValueError(f"auth_type must be one of {AUTH_TYPES} (name or number), got {auth_type!r}")
-        value = auth_value if isinstance(auth_value, str) else auth_settings_xml(auth_value)
+        value = auth_value if isinstance(auth_value, str) else build_authvalue(auth_value)
         record = {
             "name": name,
             "url": url,
@@ -840,16 +840,6 @@ def key_segment(entity_set: str, key: Mapping[str, Scalar]) -> str:
     if not key:
         raise ValueError("an alternate key needs at least one column")
     return ",".join(f"{name}={quote(odata.literal(value), safe=chr(39))}" for name, value in key.items())
-
-
-def auth_settings_xml(values: Mapping[str, str]) -> str:
-    """`{name: value}` as the `<settings><setting name="" value="" /></settings>` authvalue."""
-    settings = "".join(f'<setting name="{_xml_attr(k)}" value="{_xml_attr(v)}" />' for k, v in values.items())
-    return f"<settings>{settings}</settings>"
-
-
-def _xml_attr(text: str) -> str:
-    return escape(text, {'"': "&quot;"})
 
 
 def build_batch_body(

@@ -7,7 +7,6 @@ import pytest
 
 from shared.connectors.dataverse import (
     BatchRequest,
-    auth_settings_xml,
     build_batch_body,
     key_segment,
     map_error,
@@ -71,13 +70,6 @@ def test_key_segment() -> None:
     )
     assert key_segment("accounts", {"accountnumber": "O'Brien & Co"}) == "accountnumber='O''Brien%20%26%20Co'"
     assert key_segment("contacts", {"firstname": "Joe", "age": 3}) == "firstname='Joe',age=3"
-
-
-def test_auth_settings_xml_escapes_values() -> None:
-    assert (
-        auth_settings_xml({"x-key": 'a"b<'})
-        == '<settings><setting name="x-key" value="a&quot;b&lt;" /></settings>'
-    )
 
 
 def test_batch_body_holds_each_request() -> None:
