@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting: everything started is already stopped
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""`python -m devstack up` (what `make run` runs): the stack answers health 200, and Ctrl-C stops
+every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.serve import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                text = (proc / "stat").read_text()
+            except OSError:
+                continue
+            # `pid (comm) state ppid ...`; comm may contain spaces and parentheses.
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                found |= {int(proc.name)} | _children(int(proc.name))
+    return found
+
+
+def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
+    ports = [str(free_port()) for _ in range(6)]
+    args = ["--port", ports[0], "--dataverse-port", ports[1], "--bc-port", ports[2],
+            "--blob-port", ports[3], "--queue-port", ports[4], "--table-port", ports[5]]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "up", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("Press Ctrl-C" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)[-2000:]
+            time.sleep(0.2)
+        answer = None
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{ports[0]}/api/health", timeout=2)
+                if answer.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert answer is not None and answer.status_code == 200, "health did not answer 200"
+        assert answer.json()["storage"] == "reachable"
+        started = _children(proc.pid)
+        assert started, "up should have started Azurite as a child process"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert proc.returncode == 0, output[-2000:]
+    assert "NOT the Azure Functions runtime" in output
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in started), "a child process outlived Ctrl-C"
+
+
+def test_a_taken_port_gives_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "devstack", "dataverse", "--port", str(port)],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"port {port}" in result.stderr and "already in use" in result.stderr
