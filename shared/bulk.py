@@ -161,7 +161,7 @@ def match_coupling(engine: Engine, mapping_name: str, *, dry_run: bool) -> Match
     bc_records = {str(r["id"]): r for r in _read_all(engine, m, "bc")}
     dv_records = {str(r[m.dataverse.primary_key]): r for r in _read_all(engine, m, "dv")}
     report = MatchReport()
-    couplings = list(engine.couplings.list(m.name))
+    couplings = list(engine.couplings.each(m.name))
     for c in couplings:
         if c.bc_id in bc_records:
             report.already_coupled += 1
@@ -198,7 +198,7 @@ class _Pairing:
         self.dv_records = {str(r[pk]): r for r in _read_all(engine, m, "dv")}
         self.by_bc: dict[str, Coupling] = {}
         self.unreached: list[Coupling] = []  # pending creates, or no BC id
-        for c in engine.couplings.list(m.name):
+        for c in engine.couplings.each(m.name):
             if c.bc_id and c.state == "coupled":
                 self.by_bc[c.bc_id] = c
             else:
@@ -247,10 +247,11 @@ class _MatchIndex:
     ):
         self.engine, self.m, self.lookups = engine, m, lookups
         self.taken: set[str] = set()
-        fields = [f for f in m.fields if f.match_priority is not None and not f.has_constant]
-        self.groups = [
-            [f for f in fields if f.match_priority == p] for p in sorted({f.match_priority for f in fields})
-        ]
+        by_priority: dict[int, list[Any]] = {}
+        for f in m.fields:
+            if f.match_priority is not None and not f.has_constant:
+                by_priority.setdefault(f.match_priority, []).append(f)
+        self.groups = [by_priority[p] for p in sorted(by_priority)]
         self.index: list[dict[tuple[Any, ...], list[dict[str, Any]]]] = []
         for group in self.groups:
             by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}

@@ -35,7 +35,7 @@ def _correlation_id() -> str:
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = MESSAGE_VERSION
+    version: Literal[1] = 1  # MESSAGE_VERSION
     mapping: str = Field(min_length=1, max_length=100)
     reason: str = Field(default="", max_length=200)
     observed: dt.datetime = Field(default_factory=_now)

@@ -114,8 +114,8 @@ def status(rt: Runtime) -> ServiceStatus:
     for m in rt.mappings.entities():
         coupled = sum(1 for _ in rt.couplings.all_ids(m.name, "bc"))
         coupled += sum(1 for _, other in rt.couplings.all_ids(m.name, "dv") if other is None)  # pending
-        failed = list(rt.couplings.list(m.name, only="failed"))
-        skipped = list(rt.couplings.list(m.name, only="skipped"))
+        failed = list(rt.couplings.each(m.name, only="failed"))
+        skipped = list(rt.couplings.each(m.name, only="skipped"))
         unsynced = sorted(c.updated for c in failed + skipped if c.updated)
         runs = rt.journal.runs(m.name, limit=1)
         marks: dict[str, str] = {
@@ -389,7 +389,7 @@ def list_errors(
         seen: set[str] = set()
         kinds: tuple[str, ...] = ("skipped",) if skipped_only else ("failed", "skipped")
         for kind in kinds:
-            for c in rt.couplings.list(m.name, only=kind):  # type: ignore[arg-type]
+            for c in rt.couplings.each(m.name, only=kind):  # type: ignore[arg-type]
                 key = f"{c.bc_id}|{c.dv_id}"
                 if key in seen:
                     continue

@@ -9,7 +9,7 @@ import functools
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import Settings, get_settings
 from shared.store.couplings import CouplingStore
@@ -95,8 +95,11 @@ class Runtime:
             company_id=self.company_id,
             couplings=self.couplings,
             journal=self.journal,
-            enqueue=Enqueue(lambda messages, delay: self.storage.enqueue(messages, delay_seconds=delay)),
+            enqueue=Enqueue(self._enqueue),
         )
+
+    def _enqueue(self, messages: list[Any], delay: int) -> None:
+        self.storage.enqueue(messages, delay_seconds=delay)
 
     @cached_property
     def integration_user_id(self) -> str:

@@ -197,7 +197,7 @@ class StatisticsPusher:
 
     def _coupled_customers(self) -> dict[str, str]:
         """BC customer id -> Dataverse account id, skipped couplings left out (as the built-in)."""
-        skipped = {c.bc_id for c in self.couplings.list(self.mapping.name, only="skipped")}
+        skipped = {c.bc_id for c in self.couplings.each(self.mapping.name, only="skipped")}
         return {
             bc_id: dv_id
             for bc_id, dv_id in self.couplings.all_ids(self.mapping.name, "bc")

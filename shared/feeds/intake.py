@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_web
 from shared.feeds.bc_webhook import parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
 from shared.mapping.schema import MappingSet
-from shared.messages import ScanMessage, SyncMessage
+from shared.messages import Change, ScanMessage, SyncMessage
 
 # Dataverse cuts payloads above 256 KB (and says so in a header); anything far larger is not Dataverse.
 MAX_DATAVERSE_BODY = 512 * 1024
@@ -92,9 +93,10 @@ def handle_dataverse_webhook(
         )
     if config.integration_user_id and change.initiating_user_id == config.integration_user_id.lower():
         return WebhookAnswer.json(202, {"ignored": "echo: the change was made by the integration user"})
-    kind = {"Create": "created", "Update": "updated", "Delete": "deleted"}[change.message]
+    kinds: dict[str, Change] = {"Create": "created", "Update": "updated", "Delete": "deleted"}
+    kind = kinds[change.message]
     # Dataverse's CorrelationId follows the change through our logs and journal.
-    correlation = {"correlation_id": change.correlation_id} if change.correlation_id else {}
+    correlation = change.correlation_id or str(uuid.uuid4())
     messages: list[QueueItem] = [
         SyncMessage(
             mapping=name,
@@ -102,8 +104,8 @@ def handle_dataverse_webhook(
             id=change.record_id,
             change=kind,
             reason="dataverse webhook",
-            **correlation,
-        )  # type: ignore[arg-type]
+            correlation_id=correlation,
+        )
         for name in targets
     ]
     return WebhookAnswer.json(202, {"accepted": len(messages), "mappings": targets}, messages)

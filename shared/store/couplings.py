@@ -135,7 +135,7 @@ def _from_row(e: Any) -> Coupling:
         mapping=e["Mapping"],
         bc_id=e.get("BcId") or None,
         dv_id=e.get("DvId") or None,
-        state=state,
+        state="pending_bc" if state == "pending_bc" else "coupled",
         snapshot=json.loads(snapshot) if snapshot else None,
         bc_modified=e.get("BcModified") or None,
         bc_etag=e.get("BcEtag") or None,
@@ -196,7 +196,7 @@ class CouplingStore:
         )  # fmt: skip
         return iter(self.table.query_entities(query, select=select))
 
-    def list(
+    def each(
         self,
         mapping: str,
         *,

@@ -79,8 +79,8 @@ def test_list_and_bulk_create(store: CouplingStore, mapping: str) -> None:
     assert all(isinstance(r, Coupling) for r in results)
     dup = store.create_many([Coupling(mapping, "bc-new", "dv-new"), Coupling(mapping, "bc-3", "dv-x")])
     assert isinstance(dup[0], Coupling) and isinstance(dup[1], Exception)
-    assert len(list(store.list(mapping))) == 121
-    assert [c.bc_id for c in store.list(mapping, only="failed")] == ["bc-5"]
+    assert len(list(store.each(mapping))) == 121
+    assert [c.bc_id for c in store.each(mapping, only="failed")] == ["bc-5"]
     assert dict(store.all_ids(mapping, "dv"))["dv-7"] == "bc-7"
 
 
