@@ -28,6 +28,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared sync_functions function_app.py
 
 bench: setup
 	$(PY) -m bench
