@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.ncrontab import Schedule, parse_schedule
-from shared.store.storage import QUEUE_API_VERSION, pooled_transport
+from shared.store.storage import QUEUE_API_VERSION
 
 log = logging.getLogger("devhost")
 
@@ -159,7 +159,7 @@ class DevHost:
         self.invocations: deque[Invocation] = deque(maxlen=10_000)
         self._now = now
         self._queues = QueueServiceClient.from_connection_string(
-            storage_connection_string, api_version=QUEUE_API_VERSION, transport=pooled_transport()
+            storage_connection_string, api_version=QUEUE_API_VERSION
         )
         self._stop = threading.Event()
         self._wake: dict[str, threading.Event] = {}

@@ -22,10 +22,12 @@ from shared.connectors.errors import ConcurrencyError, RetriableApiError
 from shared.connectors.odata import eq
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
+    in_scope,
     lookup_keys,
     lookup_needs,
     match_queries,
     primary_key,
+    scope_filter,
     select_fields,
 )
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
@@ -155,6 +157,10 @@ class Engine:
         if coupling is not None and coupling.state == "pending_bc":
             return self._finish_pending_bc_create(mapping, coupling, message)
 
+        if coupling is None:
+            sibling = self._coupled_elsewhere(mapping, side, message.id)
+            if sibling is not None:
+                return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
         source = self._read(mapping, side, message.id)
         if coupling is None:
             return self._sync_uncoupled(mapping, side, message, source)
@@ -189,9 +195,26 @@ class Engine:
             return SyncResult(
                 Outcome.SKIPPED, f"{side} record {message.id} does not exist and is not coupled"
             )
+        if not in_scope(mapping, side, source):
+            # Before any match query: a customer's account is also announced to VENDOR.
+            return SyncResult(
+                Outcome.SKIPPED, f"{side} record is out of scope ({scope_filter(mapping, side)})"
+            )
         bc, dv = (source, None) if side == "bc" else (None, source)
         lookups = self._lookups(mapping, bc, dv)
-        candidates = self._candidates(mapping, side, source, lookups)
+        found = self._candidates(mapping, side, source, lookups)
+        for record, coupling in found:
+            if side == "bc" and coupling is not None and self._is_planned_record(mapping, coupling, source):
+                # The BC record our own create made, announced before the create's answer was
+                # processed (or after it was lost): complete that coupling, never create again.
+                bc_id, dv_id = str(source["id"]), str(coupling.dv_id)
+                snapshot = take_snapshot(self.ms, mapping, source, record)
+                self._store_coupling(
+                    mapping, coupling, bc_id, dv_id, source, record, snapshot, Outcome.INSERTED, ""
+                )
+                why = "adopted the BC record created for this Dataverse record"
+                return SyncResult(Outcome.INSERTED, why, bc_id, dv_id)
+        candidates = [Candidate(record, already_coupled=coupling is not None) for record, coupling in found]
         plan = reconcile(
             self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
         )
@@ -199,20 +222,33 @@ class Engine:
 
     def _candidates(
         self, mapping: EntityMapping, side: Side, record: dict[str, Any], lookups: StaticLookups
-    ) -> list[Candidate]:
+    ) -> list[tuple[dict[str, Any], Coupling | None]]:
+        """Possible counterparts on the other side, each with its coupling (if any)."""
         target = other(side)
         select = select_fields(self.ms, mapping, target)
+        pk = primary_key(mapping, target)
         for _priority, filter_ in match_queries(self.ms, mapping, record, side, lookups):
             rows = self._query(mapping, target, filter_, select, top=5)
             if rows:
-                pk = primary_key(mapping, target)
-                return [
-                    Candidate(
-                        r, already_coupled=self.couplings.get(mapping.name, target, str(r[pk])) is not None
-                    )
-                    for r in rows
-                ]
+                return [(r, self.couplings.get(mapping.name, target, str(r[pk]))) for r in rows]
         return []
+
+    def _coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_id: str) -> str | None:
+        """A mapping sharing this table (CUSTOMER and VENDOR both map accounts) that has coupled
+        the record: then it is not this mapping's, and no API request is needed to say so."""
+        for sibling in self.ms.entities():
+            same_table = (
+                sibling.dataverse.table == mapping.dataverse.table
+                if side == "dv"
+                else sibling.bc.entity_set == mapping.bc.entity_set
+            )
+            if (
+                sibling.name != mapping.name
+                and same_table
+                and self.couplings.get(sibling.name, side, record_id)
+            ):
+                return sibling.name
+        return None
 
     # ---------------------------------------------------------------------------------- apply
     def _apply(
@@ -362,15 +398,21 @@ class Engine:
         if not pending.pending_since or not pending.snapshot:
             return None
         since = dt.datetime.fromisoformat(pending.pending_since.replace("Z", "+00:00"))
-        planned = pending.snapshot.get("bc", {})
         select = select_fields(self.ms, mapping, "bc")
         for record in self.bc.modified_since(self.company_id, mapping.bc.entity_set, since, select=select):
             if self.couplings.get(mapping.name, "bc", str(record["id"])) is not None:
                 continue
-            values = take_snapshot(self.ms, mapping, record, None)["bc"]
-            if all(values.get(k) == v for k, v in planned.items() if v is not None):
+            if self._is_planned_record(mapping, pending, record):
                 return dict(record)
         return None
+
+    def _is_planned_record(self, mapping: EntityMapping, pending: Coupling, record: dict[str, Any]) -> bool:
+        """Whether `record` is the BC record a pending create planned (same mapped values)."""
+        if pending.state != "pending_bc" or not pending.snapshot:
+            return False
+        planned = pending.snapshot.get("bc", {})
+        values = take_snapshot(self.ms, mapping, record, None)["bc"]
+        return bool(planned) and all(values.get(k) == v for k, v in planned.items() if v is not None)
 
     # ---------------------------------------------------------------------------------- writes
     def _write_bc(
@@ -600,7 +642,8 @@ class Engine:
             log.exception("could not write the journal entry for %s", entry)
 
     def _request_count(self) -> int:
-        return int(self.bc.stats.total + self.dv.stats.total)
+        """API requests sent by this thread (per-record costs stay exact with parallel workers)."""
+        return int(self.bc.stats.in_this_thread + self.dv.stats.in_this_thread)
 
 
 def _id(mapping: EntityMapping, side: Side, record: dict[str, Any] | None) -> str | None:

@@ -124,6 +124,7 @@ def ensure_bc_subscriptions(
     for sub in bc.list_subscriptions():
         if sub.get("notificationUrl") == url:
             existing[_normal_resource(str(sub.get("resource", "")))] = sub
+    live: set[str] = set()
     for company, entity_set in bc_subscription_targets(settings, mappings):
         resource = resource_path(company, entity_set)
         label = f"BC subscription {entity_set} ({company})"
@@ -145,6 +146,7 @@ def ensure_bc_subscriptions(
             report.failed.append(f"{label}: {exc}")
             log.warning("%s failed: %s", label, exc)
             continue
+        live.add(str(sub["subscriptionId"]))
         if table is not None:
             table.upsert_entity(
                 {
@@ -158,6 +160,12 @@ def ensure_bc_subscriptions(
                 },
                 mode=UpdateMode.REPLACE,
             )
+    if table is not None:
+        # Subscriptions BC deleted (refused deliveries) or let expire are gone: forget them, so
+        # status never shows the expiry of a subscription that does not exist.
+        for row in table.query_entities("PartitionKey eq 'bc'", select=["RowKey"]):
+            if row["RowKey"] not in live:
+                table.delete_entity("bc", row["RowKey"])
     return report
 
 

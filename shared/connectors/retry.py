@@ -9,6 +9,7 @@ that is not idempotent is never re-sent after the request may have reached the s
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,15 +50,30 @@ class RetryPolicy:
 
 @dataclass
 class RequestStats:
-    """What a client sent: the number production pays for. Keys are `"METHOD kind"`."""
+    """What a client sent: the number production pays for. Keys are `"METHOD kind"`.
+
+    `in_this_thread` counts only the calling thread's requests, so a worker can say what one record
+    cost while others share the client.
+    """
 
     requests: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     throttled: int = 0
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, key: str) -> None:
+        with self._lock:
+            self.requests[key] += 1
+        self._local.count = getattr(self._local, "count", 0) + 1
 
     @property
     def total(self) -> int:
         return sum(self.requests.values())
+
+    @property
+    def in_this_thread(self) -> int:
+        return int(getattr(self._local, "count", 0))
 
     def reset(self) -> None:
         self.requests.clear()
@@ -108,7 +124,7 @@ class ApiTransport:
         attempt = 0
         while True:
             attempt += 1
-            self.stats.requests[f"{method} {kind}".strip()] += 1
+            self.stats.record(f"{method} {kind}".strip())
             reached_server = True
             try:
                 response = self.client.request(method, url, **kwargs)  # type: ignore[arg-type]

@@ -10,10 +10,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import requests
-import requests.adapters
 from azure.core.exceptions import ResourceExistsError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.queue import (
     QueueClient,
@@ -90,22 +87,10 @@ class Storage:
         return count
 
 
-def pooled_transport(connections: int = 64) -> RequestsTransport:
-    """An HTTP transport whose connection pool fits the processor's parallelism (the default of 10
-    makes concurrent workers open and discard connections)."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
-
-
 def storage_from_connection_string(connection_string: str, sync_queue: str = SYNC_QUEUE) -> Storage:
     return Storage(
-        queues=QueueServiceClient.from_connection_string(
-            connection_string, api_version=QUEUE_API_VERSION, transport=pooled_transport()
-        ),
-        tables=TableServiceClient.from_connection_string(connection_string, transport=pooled_transport()),
+        queues=QueueServiceClient.from_connection_string(connection_string, api_version=QUEUE_API_VERSION),
+        tables=TableServiceClient.from_connection_string(connection_string),
         sync_queue_name=sync_queue,
     )
 
@@ -115,15 +100,9 @@ def storage_from_account(account_name: str, sync_queue: str = SYNC_QUEUE) -> Sto
 
     credential = DefaultAzureCredential()
     return Storage(
-        queues=QueueServiceClient(
-            f"https://{account_name}.queue.core.windows.net",
-            credential=credential,
-            transport=pooled_transport(),
-        ),
+        queues=QueueServiceClient(f"https://{account_name}.queue.core.windows.net", credential=credential),
         tables=TableServiceClient(
-            endpoint=f"https://{account_name}.table.core.windows.net",
-            credential=credential,
-            transport=pooled_transport(),
+            endpoint=f"https://{account_name}.table.core.windows.net", credential=credential
         ),
         sync_queue_name=sync_queue,
     )
