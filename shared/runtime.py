@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from shared.connectors.retry import RequestBudget
 from shared.settings import Settings, get_settings
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
@@ -73,7 +74,9 @@ class Runtime:
             if s.dataverse_static_token
             else self._azure_credential
         )
-        return DataverseClient(s.dataverse_api_url, credential, scope=f"{s.dataverse_url}/.default")
+        return DataverseClient(
+            s.dataverse_api_url, credential, scope=f"{s.dataverse_url}/.default", budget=_budget()
+        )
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
@@ -82,7 +85,7 @@ class Runtime:
 
         s = self.settings
         credential = StaticTokenCredential(s.bc_static_token) if s.bc_static_token else self._azure_credential
-        return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE)
+        return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE, budget=_budget())
 
     @cached_property
     def engine(self) -> Engine:
@@ -106,6 +109,12 @@ class Runtime:
         """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
         configured = self.settings.dataverse_integration_user_id
         return (configured or self.dataverse.whoami().user_id).lower()
+
+
+def _budget() -> RequestBudget:
+    # Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
+    # operator's own calls made with the same identity.
+    return RequestBudget(max_requests=5_800, window_seconds=300)
 
 
 _lock = threading.Lock()

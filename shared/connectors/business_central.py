@@ -34,7 +34,7 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.retry import ApiTransport, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
 
 SERVICE = "business_central"
 DEFAULT_SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -124,6 +124,7 @@ class BusinessCentralClient:
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._origin = _origin(self.base_url)
@@ -131,7 +132,7 @@ class BusinessCentralClient:
         self._http = http or httpx.Client(timeout=timeout)
         self._auth = BearerTokenAuth(credential, scope)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=policy, sleep=sleep
+            self._http, service=SERVICE, map_error=map_error, policy=policy, sleep=sleep, budget=budget
         )
 
     @property

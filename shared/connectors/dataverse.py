@@ -40,7 +40,7 @@ from shared.connectors.errors import (
     ValidationError,
 )
 from shared.connectors.odata import Scalar
-from shared.connectors.retry import ApiTransport, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
 
 SERVICE = "dataverse"
 API_PATH = "/api/data/v9.2/"
@@ -242,6 +242,7 @@ class DataverseClient:
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        budget: RequestBudget | None = None,
         bulk_chunk_size: int = BULK_CHUNK_SIZE,
     ) -> None:
         if not base_url.endswith("/"):
@@ -257,7 +258,7 @@ class DataverseClient:
         self._auth = BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
         self._http = http or httpx.Client(timeout=timeout)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=self.policy, sleep=sleep
+            self._http, service=SERVICE, map_error=map_error, policy=self.policy, sleep=sleep, budget=budget
         )
 
     @property

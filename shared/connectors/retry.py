@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -81,6 +81,42 @@ class RequestStats:
         self.throttled = 0
 
 
+class RequestBudget:
+    """Client-side sliding window under the service's per-user limit (both BC and Dataverse allow
+    6,000 requests per 5 minutes): when the window is full, `acquire` waits for the oldest request
+    to leave it instead of sending a request the server would answer with 429. Per process, so
+    several instances should share the limit through smaller budgets."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        window_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.max_requests = max_requests
+        self.window_seconds = window_seconds
+        self.waited_seconds = 0.0
+        self._sent: deque[float] = deque()
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and now - self._sent[0] >= self.window_seconds:
+                    self._sent.popleft()
+                if len(self._sent) < self.max_requests:
+                    self._sent.append(now)
+                    return
+                wait = self.window_seconds - (now - self._sent[0])
+            self.waited_seconds += wait
+            self._sleep(wait)
+
+
 class ApiTransport:
     """An `httpx.Client` with error mapping, retry and request counting for one service."""
 
@@ -94,8 +130,10 @@ class ApiTransport:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.client = client
+        self.budget = budget
         self.service = service
         self.map_error = map_error
         self.policy = policy or RetryPolicy()
@@ -124,6 +162,8 @@ class ApiTransport:
         attempt = 0
         while True:
             attempt += 1
+            if self.budget is not None:
+                self.budget.acquire()
             self.stats.record(f"{method} {kind}".strip())
             reached_server = True
             try:

@@ -166,3 +166,39 @@ def test_field_names_cannot_inject_syntax(field: str) -> None:
 def test_guid_validation() -> None:
     with pytest.raises(ValueError):
         odata.guid("1) or (1 eq 1")
+
+
+def test_request_budget_waits_instead_of_exceeding_the_window() -> None:
+    from shared.connectors.retry import RequestBudget
+
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    budget = RequestBudget(3, 10.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        budget.acquire()
+    assert waits == []
+    now[0] = 4.0
+    budget.acquire()  # the 4th request within 10 s waits until the first one leaves the window
+    assert waits == [6.0] and now[0] == 10.0
+    assert budget.waited_seconds == 6.0
+
+
+def test_transport_consults_the_budget_before_every_request() -> None:
+    from shared.connectors.retry import RequestBudget
+
+    t, _, seen = transport([200, 200, 200])
+    calls: list[int] = []
+
+    class CountingBudget(RequestBudget):
+        def acquire(self) -> None:
+            calls.append(1)
+
+    t.budget = CountingBudget(10, 1.0)
+    for _ in range(3):
+        t.send("GET", "/x")
+    assert len(calls) == len(seen) == 3
