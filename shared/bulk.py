@@ -36,6 +36,7 @@ from shared.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.store.storage import Storage
+from shared.timestamps import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ class MatchReport:
     ambiguous: list[tuple[str, list[str]]] = field(default_factory=list)
     no_match: list[str] = field(default_factory=list)
     already_coupled: int = 0
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------------- entry points
@@ -97,7 +94,7 @@ def run_full_resync(
     """Converge the whole mapping. BC is streamed page by page (20,000 records), so memory grows
     with the Dataverse side and the couplings, not with the BC table."""
     m = engine.ms.entity(mapping_name)
-    run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=_now(), dry_run=dry_run)
+    run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
     engine.journal.save_run(run)
     requests_before = engine._request_count()
     started = time.monotonic()
@@ -122,7 +119,7 @@ def run_full_resync(
         run.status, run.message = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        run.finished = _now()
+        run.finished = now_iso()
         run.api_requests = engine._request_count() - requests_before
         run.message = run.message or f"{run.done} pairs in {time.monotonic() - started:.1f} s"
         engine.journal.save_run(run)

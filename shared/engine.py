@@ -36,6 +36,7 @@ from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.reconcile import Candidate, Outcome, Plan, Write, reconcile, take_snapshot
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
+from shared.timestamps import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class Engine:
         assert plan.bc_write is not None and dv is not None
         dv_id = _id(mapping, "dv", dv)
         assert dv_id is not None
-        now = _iso(self.clock())
+        now = iso_ms(self.clock())
         pending = coupling or Coupling(mapping.name, None, dv_id)
         pending.state, pending.pending_since, pending.snapshot = "pending_bc", now, plan.snapshot
         pending.last_result = "pending"
@@ -397,7 +398,7 @@ class Engine:
         """A BC record created since the pending row whose mapped values are the ones we planned."""
         if not pending.pending_since or not pending.snapshot:
             return None
-        since = dt.datetime.fromisoformat(pending.pending_since.replace("Z", "+00:00"))
+        since = parse_iso(pending.pending_since)
         select = select_fields(self.ms, mapping, "bc")
         for record in self.bc.modified_since(self.company_id, mapping.bc.entity_set, since, select=select):
             if self.couplings.get(mapping.name, "bc", str(record["id"])) is not None:
@@ -655,7 +656,3 @@ def _id(mapping: EntityMapping, side: Side, record: dict[str, Any] | None) -> st
 
 def _fields(plan: Plan) -> list[str]:
     return sorted({key for w in plan.writes for key in w.fields})
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -38,6 +38,7 @@ from shared.mapping.values import (
     side_type,
     translate,
 )
+from shared.timestamps import parse_iso
 
 Snapshot = dict[str, dict[str, Any]]  # {"bc": {field key: canonical value}, "dv": {...}}, JSON-serialisable
 FlowDirection = Literal["to_dataverse", "to_bc"]
@@ -335,7 +336,7 @@ class _Ctx:
         for s in SIDES:
             name = modified_field(self.mapping, s)
             try:
-                stamps[s] = dt.datetime.fromisoformat(str(records[s][name]).replace("Z", "+00:00"))
+                stamps[s] = parse_iso(str(records[s][name]))
             except (KeyError, ValueError):
                 m.errors.append(
                     f"newest_wins needs {SIDE_NAME[s]} {name} as an ISO timestamp; include it in $select"

@@ -23,6 +23,7 @@ from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
 from shared.connectors.errors import ApiError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.settings import Settings
+from shared.timestamps import parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -176,4 +177,4 @@ def _normal_resource(resource: str) -> str:
 
 def _expires(sub: dict[str, Any]) -> dt.datetime:
     text = str(sub.get("expirationDateTime") or "1970-01-01T00:00:00Z")
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_iso(text)

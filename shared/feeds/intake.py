@@ -24,6 +24,7 @@ from shared.feeds.bc_webhook import parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
 from shared.mapping.schema import MappingSet
 from shared.messages import Change, ScanMessage, SyncMessage
+from shared.timestamps import iso_ms, parse_iso
 
 # Dataverse cuts payloads above 256 KB (and says so in a header); anything far larger is not Dataverse.
 MAX_DATAVERSE_BODY = 512 * 1024
@@ -168,7 +169,7 @@ def handle_bc_webhook(
                 )
                 continue
             assert note.record_id is not None
-            modified = _iso_ms(note.last_modified)
+            modified = iso_ms(note.last_modified)
             if note.change_type != "deleted" and _same_instant(
                 last_synced_modified(name, note.record_id), note.last_modified
             ):
@@ -192,15 +193,10 @@ def handle_bc_webhook(
     return WebhookAnswer.json(202, payload, messages)
 
 
-def _iso_ms(moment: dt.datetime) -> str:
-    """BC's own format: UTC with milliseconds, e.g. 2026-11-27T12:00:00.123Z."""
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _same_instant(recorded: str | None, notified: dt.datetime) -> bool:
     if not recorded:
         return False
     try:
-        return dt.datetime.fromisoformat(recorded.replace("Z", "+00:00")) == notified
+        return parse_iso(recorded) == notified
     except ValueError:
         return False

@@ -21,6 +21,7 @@ from shared.mapping.schema import EntityMapping
 from shared.messages import ScanMessage, SyncMessage
 from shared.runtime import Runtime
 from shared.store.watermarks import Watermark, WatermarkConflictError
+from shared.timestamps import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,15 @@ def delta_poll(rt: Runtime, now: dt.datetime | None = None) -> PollReport:
 def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport) -> None:
     mark = rt.watermarks.get(m.name, "bc")
     if mark is None:
-        rt.watermarks.set(Watermark(m.name, "bc", _iso(now)))
+        rt.watermarks.set(Watermark(m.name, "bc", iso_ms(now)))
         report.baselines.append(f"{m.name}/bc")
         return
-    since = dt.datetime.fromisoformat(mark.value.replace("Z", "+00:00"))
+    since = parse_iso(mark.value)
     messages: list[SyncMessage] = []
     newest = since
     for record in rt.bc.modified_since(rt.company_id, m.bc.entity_set, since, overlap=OVERLAP, select=["id"]):
         modified = str(record["lastModifiedDateTime"])
-        newest = max(newest, dt.datetime.fromisoformat(modified.replace("Z", "+00:00")))
+        newest = max(newest, parse_iso(modified))
         coupling = rt.couplings.get(m.name, "bc", str(record["id"]))
         if coupling is not None and coupling.bc_modified == modified:
             report.echoes += 1
@@ -71,7 +72,7 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
                                     reason="delta poll"))  # fmt: skip
     # Never past the poll's own start: a record stamped later is read again next time (the overlap
     # and the echo check make a re-read harmless).
-    rt.watermarks.set(Watermark(m.name, "bc", _iso(min(newest, now)), mark.etag))
+    rt.watermarks.set(Watermark(m.name, "bc", iso_ms(min(newest, now)), mark.etag))
     rt.storage.enqueue(messages)
     report.enqueued[f"{m.name}/bc"] = len(messages)
 
@@ -111,7 +112,3 @@ def _integration_user(rt: Runtime) -> str | None:
     except Exception:
         log.warning("WhoAmI failed; Dataverse echoes are caught by the snapshot comparison instead")
         return None
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

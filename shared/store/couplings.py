@@ -22,7 +22,6 @@ Storage writes; one row per pair halves them, and updates need no transaction.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.connectors.odata import and_, eq, ge, lt
 from shared.mapping.values import dataverse_id_for
+from shared.timestamps import now_iso
 
 Side = Literal["bc", "dv"]
 State = Literal["coupled", "pending_bc"]
@@ -84,10 +84,6 @@ class Coupling:
 
 def partition(mapping: str, row_key: str) -> str:
     return f"{mapping}|{zlib.crc32(row_key.encode()) % BUCKETS:02d}"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _full_row(c: Coupling) -> dict[str, Any]:
@@ -221,7 +217,7 @@ class CouplingStore:
     # ----------------------------------------------------------------------------------- write
     def create(self, coupling: Coupling) -> Coupling:
         """Store a new coupling; `AlreadyCoupledError` if either record is coupled already."""
-        stamped = replace(coupling, updated=_now())
+        stamped = replace(coupling, updated=now_iso())
         if stamped.needs_pointer():
             self._claim_pointer(stamped)
         try:
@@ -239,7 +235,7 @@ class CouplingStore:
         """Update a stored coupling, conditional on the ETag it was read with."""
         if coupling.etag is None:
             raise ValueError("save() needs a coupling read from the store; use create() for a new one")
-        stamped = replace(coupling, updated=_now())
+        stamped = replace(coupling, updated=now_iso())
         bc_id_changed = stamped.bc_id != coupling.stored_bc_id
         if bc_id_changed and stamped.needs_pointer():
             self._claim_pointer(stamped)
@@ -315,7 +311,7 @@ class CouplingStore:
     def _create_group(self, group: list[Coupling]) -> list[Coupling | Exception]:
         if any(c.needs_pointer() for c in group):
             return self._one_by_one(self.create, group)
-        stamped = [replace(c, updated=_now()) for c in group]
+        stamped = [replace(c, updated=now_iso()) for c in group]
         try:
             answers = self.table.submit_transaction([("create", _full_row(c)) for c in stamped])
         except TableTransactionError:
@@ -331,7 +327,7 @@ class CouplingStore:
     def _update_group(self, group: list[Coupling]) -> list[Coupling | Exception]:
         if any(c.etag is None or c.bc_id != c.stored_bc_id for c in group):
             return self._one_by_one(self.save, group)
-        stamped = [replace(c, updated=_now()) for c in group]
+        stamped = [replace(c, updated=now_iso()) for c in group]
         ops = [
             ("update", _full_row(c), {"mode": UpdateMode.REPLACE, "etag": c.etag,
                                       "match_condition": MatchConditions.IfNotModified})
