@@ -26,9 +26,9 @@ from typing import Any
 from shared.connectors.business_central import BatchOperation
 from shared.connectors.dataverse import BatchRequest
 from shared.connectors.odata import dataverse_in
-from shared.engine import Engine, SyncResult
+from shared.engine import Engine, SyncResult, count_failure, settle
 from shared.mapping.lookups import StaticLookups
-from shared.mapping.queries import lookup_keys, primary_key, scope_filter, select_fields
+from shared.mapping.queries import lookup_keys, record_id, scope_filter, select_fields
 from shared.mapping.schema import EntityMapping, Side
 from shared.mapping.values import LookupMissing, TranslationError, read, translate
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
@@ -80,9 +80,9 @@ def scan(engine: Engine, message: ScanMessage) -> None:
 
 def sync_chunk(engine: Engine, message: ChunkMessage) -> None:
     """A chunk that could not be finished in bulk: converge each record on its own."""
-    for record_id in message.ids:
+    for one_id in message.ids:
         retry = SyncMessage(
-            mapping=message.mapping, side=message.side, id=record_id, reason="chunk retry",
+            mapping=message.mapping, side=message.side, id=one_id, reason="chunk retry",
             correlation_id=message.correlation_id,
         )  # fmt: skip
         engine.sync_record(retry)
@@ -96,7 +96,7 @@ def run_full_resync(
     m = engine.ms.entity(mapping_name)
     run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
     engine.journal.save_run(run)
-    requests_before = engine._request_count()
+    requests_before = engine.requests_in_this_thread()
     started = time.monotonic()
     counts: Counter[str] = Counter()
 
@@ -106,7 +106,7 @@ def run_full_resync(
             counts.update(process_pairs(engine, m, chunk, dry_run=dry_run))
             run.done += len(chunk)
             run.counts = dict(counts)
-            run.api_requests = engine._request_count() - requests_before
+            run.api_requests = engine.requests_in_this_thread() - requests_before
             engine.journal.save_run(run)  # progress, readable while the run goes
 
     try:
@@ -120,7 +120,7 @@ def run_full_resync(
         raise
     finally:
         run.finished = now_iso()
-        run.api_requests = engine._request_count() - requests_before
+        run.api_requests = engine.requests_in_this_thread() - requests_before
         run.message = run.message or f"{run.done} pairs in {time.monotonic() - started:.1f} s"
         engine.journal.save_run(run)
     return run
@@ -202,7 +202,7 @@ class _Pairing:
                 self.unreached.append(c)
         coupled_dv = {c.dv_id for c in self.by_bc.values()} | {c.dv_id for c in self.unreached}
         uncoupled_dv = {k: v for k, v in self.dv_records.items() if k not in coupled_dv}
-        lookups = engine._lookups(m, None, None)
+        lookups = engine.lookups_for(m, None, None)
         self.index = _MatchIndex(engine, m, uncoupled_dv, lookups)
 
     def bc_page(self, page: list[dict[str, Any]]) -> list[Pair]:
@@ -329,8 +329,8 @@ def process_pairs(
         counts[outcome] += 1
         if outcome != Outcome.UNCHANGED:
             entries.append(JournalEntry(
-                m.name, outcome, bc_id=_pid(m, "bc", pair.bc),
-                dv_id=_pid(m, "dv", pair.dv) or _written_dv_id(plan),
+                m.name, outcome, bc_id=record_id(m, "bc", pair.bc),
+                dv_id=record_id(m, "dv", pair.dv) or _written_dv_id(plan),
                 fields=sorted({k for w in plan.writes for k in w.fields}), error=error, reason=plan.reason,
                 correlation_id=correlation_id,
             ))  # fmt: skip
@@ -339,27 +339,27 @@ def process_pairs(
     engine.journal.record_many([e for e in entries if e.outcome not in routine])
     for pair in singles:
         side: Side = "bc" if pair.bc is not None or (pair.coupling and pair.coupling.bc_id) else "dv"
-        record_id = _pid(m, side, pair.bc if side == "bc" else pair.dv) or (
+        pair_id = record_id(m, side, pair.bc if side == "bc" else pair.dv) or (
             pair.coupling.id_on(side) if pair.coupling else None
         )
-        if not record_id:
+        if not pair_id:
             continue
         try:
             result: SyncResult = engine.sync_record(
                 SyncMessage(
                     mapping=m.name,
                     side=side,
-                    id=record_id,
+                    id=pair_id,
                     reason="bulk: one by one",
                     correlation_id=correlation_id or str(uuid.uuid4()),
                 )
             )
             counts[str(result.outcome)] += 1
         except Exception as exc:  # one record must not fail its neighbours
-            log.warning("%s %s:%s failed in bulk: %s", m.name, side, record_id, exc)
+            log.warning("%s %s:%s failed in bulk: %s", m.name, side, pair_id, exc)
             counts["failed"] += 1
             engine.enqueue(
-                [ChunkMessage(mapping=m.name, side=side, ids=[record_id], reason="retry after bulk failure")],
+                [ChunkMessage(mapping=m.name, side=side, ids=[pair_id], reason="retry after bulk failure")],
                 30,
             )
     return counts
@@ -447,7 +447,7 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
         dv = after_dv.get(i, pair.dv)
         if outcome == "failed":
             if pair.coupling is not None:
-                c = engine._count_failure(pair.coupling, error)
+                c = count_failure(pair.coupling, error)
                 c.last_result = "failed"
                 changed.append(c)
             continue
@@ -455,12 +455,8 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
             continue  # nothing to store: the snapshot already says this
         if bc is None or dv is None:
             continue
-        c = pair.coupling or Coupling(m.name, str(bc["id"]), str(dv[pk]))
-        c.snapshot = take_snapshot(engine.ms, m, bc, dv)
-        c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
-        c.dv_modified, c.dv_etag = dv.get(m.dataverse.modified_field), dv.get("@odata.etag")
-        c.bc_key = _bc_key(m, bc)
-        c.last_result, c.last_error, c.attempts, c.skipped = outcome, "", 0, False
+        snapshot = take_snapshot(engine.ms, m, bc, dv)
+        c = settle(m, pair.coupling, str(bc["id"]), str(dv[pk]), bc, dv, snapshot, outcome)
         (changed if pair.coupling is not None else new).append(c)
     for stored in engine.couplings.create_many(new) if new else []:
         if isinstance(stored, Exception):
@@ -475,9 +471,9 @@ def _adopt_match(m: EntityMapping, pair: Pair, plan: Plan) -> None:
     """A matched counterpart comes from the candidates: make it the pair's record on its side."""
     if plan.couple_with is None:
         return
-    side, record_id = plan.couple_with
+    side, matched_id = plan.couple_with
     for candidate in pair.candidates:
-        if _pid(m, side, dict(candidate.record)) == record_id:
+        if record_id(m, side, dict(candidate.record)) == matched_id:
             if side == "dv":
                 pair.dv = dict(candidate.record)
             else:
@@ -524,7 +520,7 @@ def _read_dv_by_ids(engine: Engine, m: EntityMapping, ids: list[str]) -> list[di
 
 def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> StaticLookups:
     """One `Lookups` for many records: each distinct key resolved once."""
-    lookups = engine._lookups(m, None, None)  # BC code tables (cached)
+    lookups = engine.lookups_for(m, None, None)  # BC code tables (cached)
     seen: set[tuple[str, str, str]] = set()
     for pair in pairs:
         for side, record in (("bc", pair.bc), ("dv", pair.dv)):
@@ -534,20 +530,8 @@ def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> S
                 ident = (key.mapping, key.side, key.value)
                 if ident not in seen:
                     seen.add(ident)
-                    engine._resolve_lookup(lookups, key.mapping, key.side, key.value)
+                    engine.resolve_lookup(lookups, key.mapping, key.side, key.value)
     return lookups
-
-
-def _bc_key(m: EntityMapping, bc: dict[str, Any]) -> str | None:
-    key = bc.get(m.bc.key)
-    return str(key) if key not in (None, "") else None
-
-
-def _pid(m: EntityMapping, side: Side, record: dict[str, Any] | None) -> str | None:
-    if record is None:
-        return None
-    value = record.get(primary_key(m, side))
-    return str(value) if value else None
 
 
 def _written_dv_id(plan: Plan) -> str | None:

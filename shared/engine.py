@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from shared.mapping.queries import (
     lookup_needs,
     match_queries,
     primary_key,
+    record_id,
     scope_filter,
     select_fields,
 )
@@ -121,7 +122,7 @@ class Engine:
         """Converge the pair containing `message.id`; journal the outcome. Raises `RequeueError`
         for transient trouble (the caller re-enqueues with the delay)."""
         mapping = self.ms.entity(message.mapping)
-        requests_before = self._request_count()
+        requests_before = self.requests_in_this_thread()
         try:
             result = self._sync_with_race_retries(mapping, message, force)
         except RetriableApiError as exc:
@@ -130,7 +131,7 @@ class Engine:
                 raise  # let the host retry and finally poison the message, body intact
             delay = exc.retry_after if exc.retry_after is not None else min(300, 2**attempt)
             raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, str(exc)) from exc
-        result_requests = self._request_count() - requests_before
+        result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result
 
@@ -162,7 +163,7 @@ class Engine:
             sibling = self._coupled_elsewhere(mapping, side, message.id)
             if sibling is not None:
                 return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
-        source = self._read(mapping, side, message.id)
+        source = self.read(mapping, side, message.id)
         if coupling is None:
             return self._sync_uncoupled(mapping, side, message, source)
 
@@ -172,9 +173,9 @@ class Engine:
 
         other_side = other(side)
         other_id = coupling.id_on(other_side)
-        counterpart = self._read(mapping, other_side, other_id) if other_id else None
+        counterpart = self.read(mapping, other_side, other_id) if other_id else None
         bc, dv = (source, counterpart) if side == "bc" else (counterpart, source)
-        lookups = self._lookups(mapping, bc, dv)
+        lookups = self.lookups_for(mapping, bc, dv)
         plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
         return self._apply(mapping, plan, coupling, message, bc, dv)
 
@@ -202,7 +203,7 @@ class Engine:
                 Outcome.SKIPPED, f"{side} record is out of scope ({scope_filter(mapping, side)})"
             )
         bc, dv = (source, None) if side == "bc" else (None, source)
-        lookups = self._lookups(mapping, bc, dv)
+        lookups = self.lookups_for(mapping, bc, dv)
         found = self._candidates(mapping, side, source, lookups)
         for record, coupling in found:
             if side == "bc" and coupling is not None and self._is_planned_record(mapping, coupling, source):
@@ -219,7 +220,7 @@ class Engine:
         plan = reconcile(
             self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
         )
-        return self._apply(mapping, plan, None, message, bc, dv)
+        return self._apply(mapping, plan, None, message, bc, dv, matched=[r for r, _ in found])
 
     def _candidates(
         self, mapping: EntityMapping, side: Side, record: dict[str, Any], lookups: StaticLookups
@@ -260,9 +261,11 @@ class Engine:
         message: SyncMessage,
         bc: dict[str, Any] | None,
         dv: dict[str, Any] | None,
+        matched: Sequence[dict[str, Any]] = (),
     ) -> SyncResult:
-        bc_id = coupling.bc_id if coupling else _id(mapping, "bc", bc)
-        dv_id = coupling.dv_id if coupling else _id(mapping, "dv", dv)
+        """`matched`: the candidates the plan may couple with (already read: no second read)."""
+        bc_id = coupling.bc_id if coupling else record_id(mapping, "bc", bc)
+        dv_id = coupling.dv_id if coupling else record_id(mapping, "dv", dv)
         if plan.outcome == Outcome.DEFERRED:
             return self._defer(mapping, plan, coupling, message, bc_id, dv_id)
         if plan.outcome == Outcome.FAILED:
@@ -274,8 +277,8 @@ class Engine:
             return self._create_in_bc(mapping, plan, coupling, message, dv)
         bc_after = self._write_bc(mapping, plan.bc_write, bc)
         dv_after = self._write_dv(mapping, plan.dv_write, dv)
-        bc_id = bc_id or _id(mapping, "bc", bc_after)
-        dv_id = dv_id or _id(mapping, "dv", dv_after)
+        bc_id = bc_id or record_id(mapping, "bc", bc_after)
+        dv_id = dv_id or record_id(mapping, "dv", dv_after)
 
         if plan.uncouple and coupling is not None:
             self.couplings.delete(coupling)
@@ -288,12 +291,13 @@ class Engine:
 
         if plan.couple_with is not None:
             couple_side, couple_id = plan.couple_with
+            known = next((r for r in matched if record_id(mapping, couple_side, r) == couple_id), None)
             if couple_side == "bc":
                 bc_id = couple_id
-                bc_after = bc_after or self._read(mapping, "bc", couple_id)
+                bc_after = bc_after or known or self.read(mapping, "bc", couple_id)
             else:
                 dv_id = couple_id
-                dv_after = dv_after or self._read(mapping, "dv", couple_id)
+                dv_after = dv_after or known or self.read(mapping, "dv", couple_id)
         if bc_id is None or dv_id is None:
             return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, fields=_fields(plan))
         snapshot = (
@@ -319,22 +323,8 @@ class Engine:
         outcome: Outcome,
         error: str,
     ) -> Coupling:
-        fresh = coupling is None
-        c = coupling or Coupling(mapping.name, bc_id, dv_id)
-        c.bc_id, c.dv_id, c.state, c.snapshot = bc_id, dv_id, "coupled", snapshot
-        if bc is not None:
-            c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
-            key = bc.get(mapping.bc.key)
-            c.bc_key = str(key) if key not in (None, "") else None
-        if dv is not None:
-            c.dv_modified, c.dv_etag = dv.get(mapping.dataverse.modified_field), dv.get("@odata.etag")
-        if outcome == Outcome.CONFLICT:
-            c = self._count_failure(c, error)
-            c.last_result = "conflict"
-        else:
-            c.last_result, c.last_error, c.attempts, c.skipped = str(outcome), "", 0, False
-        c.pending_since = None
-        return self.couplings.create(c) if fresh else self.couplings.save(c)
+        c = settle(mapping, coupling, bc_id, dv_id, bc, dv, snapshot, outcome, error)
+        return self.couplings.create(c) if coupling is None else self.couplings.save(c)
 
     # ------------------------------------------------------------------------------ BC creates
     def _create_in_bc(
@@ -349,7 +339,7 @@ class Engine:
         Dataverse row first; if the create's answer is lost, the retry finds the pending row and adopts
         the record the integration user created (matched by the planned values) instead of creating again."""
         assert plan.bc_write is not None and dv is not None
-        dv_id = _id(mapping, "dv", dv)
+        dv_id = record_id(mapping, "dv", dv)
         assert dv_id is not None
         now = iso_ms(self.clock())
         pending = coupling or Coupling(mapping.name, None, dv_id)
@@ -367,7 +357,7 @@ class Engine:
     ) -> SyncResult:
         """A previous attempt wrote the pending row and may or may not have created the BC record."""
         assert pending.dv_id is not None
-        dv = self._read(mapping, "dv", pending.dv_id)
+        dv = self.read(mapping, "dv", pending.dv_id)
         if dv is None:
             self.couplings.delete(pending)
             return SyncResult(
@@ -387,7 +377,7 @@ class Engine:
                 Outcome.INSERTED, "adopted the BC record created by an earlier attempt", bc_id, pending.dv_id
             )
         # Nothing was created: plan again from scratch (the pending row stays until the create lands).
-        lookups = self._lookups(mapping, None, dv)
+        lookups = self.lookups_for(mapping, None, dv)
         plan = reconcile(self.ms, mapping, snapshot=None, bc=None, dv=dv, lookups=lookups)
         if plan.bc_write is None or plan.bc_write.kind != "create":
             self.couplings.delete(pending)
@@ -456,7 +446,7 @@ class Engine:
         return None
 
     # ---------------------------------------------------------------------------------- reads
-    def _read(self, mapping: EntityMapping, side: Side, record_id: str | None) -> dict[str, Any] | None:
+    def read(self, mapping: EntityMapping, side: Side, record_id: str | None) -> dict[str, Any] | None:
         if not record_id:
             return None
         select = select_fields(self.ms, mapping, side)
@@ -480,7 +470,7 @@ class Engine:
         return list(next(iter(pages), []))
 
     # --------------------------------------------------------------------------------- lookups
-    def _lookups(
+    def lookups_for(
         self, mapping: EntityMapping, bc: dict[str, Any] | None, dv: dict[str, Any] | None
     ) -> StaticLookups:
         """Only the couplings these records refer to (point reads in Table Storage, no API request)
@@ -493,10 +483,10 @@ class Engine:
             if record is None:
                 continue
             for key in lookup_keys(self.ms, mapping, side, record):  # type: ignore[arg-type]
-                self._resolve_lookup(lookups, key.mapping, key.side, key.value)
+                self.resolve_lookup(lookups, key.mapping, key.side, key.value)
         return lookups
 
-    def _resolve_lookup(self, lookups: StaticLookups, mapping_name: str, side: Side, value: str) -> None:
+    def resolve_lookup(self, lookups: StaticLookups, mapping_name: str, side: Side, value: str) -> None:
         target = self.ms.entity(mapping_name)
         if side == "bc":
             bc_id = value if target.bc.key == "id" else self._bc_id_for_key(target, value)
@@ -601,7 +591,7 @@ class Engine:
             coupling = self.couplings.get(mapping.name, message.side, message.id)
         outcome: Outcome | str = Outcome.FAILED
         if coupling is not None:
-            coupling = self._count_failure(coupling, error)
+            coupling = count_failure(coupling, error)
             coupling.last_result = "failed"
             try:
                 self.couplings.save(coupling)
@@ -611,15 +601,6 @@ class Engine:
                 outcome = Outcome.SKIPPED
             bc_id, dv_id = coupling.bc_id, coupling.dv_id
         return SyncResult(outcome, error, bc_id, dv_id, error=error)
-
-    @staticmethod
-    def _count_failure(coupling: Coupling, error: str) -> Coupling:
-        repeated = coupling.last_result in ("failed", "conflict") and coupling.last_error == error
-        coupling.attempts += 1
-        coupling.last_error = error
-        if repeated:
-            coupling.skipped = True  # as the built-in connector: the same error twice in a row
-        return coupling
 
     # ----------------------------------------------------------------------------- journal
     def _journal(
@@ -642,16 +623,48 @@ class Engine:
         except Exception:
             log.exception("could not write the journal entry for %s", entry)
 
-    def _request_count(self) -> int:
+    def requests_in_this_thread(self) -> int:
         """API requests sent by this thread (per-record costs stay exact with parallel workers)."""
         return int(self.bc.stats.in_this_thread + self.dv.stats.in_this_thread)
 
 
-def _id(mapping: EntityMapping, side: Side, record: dict[str, Any] | None) -> str | None:
-    if record is None:
-        return None
-    value = record.get(primary_key(mapping, side))
-    return str(value) if value else None
+def settle(
+    mapping: EntityMapping,
+    coupling: Coupling | None,
+    bc_id: str,
+    dv_id: str,
+    bc: dict[str, Any] | None,
+    dv: dict[str, Any] | None,
+    snapshot: Any,
+    outcome: Outcome | str,
+    error: str = "",
+) -> Coupling:
+    """The coupling after a sync of the pair, from the records as read back (not stored yet)."""
+    c = coupling or Coupling(mapping.name, bc_id, dv_id)
+    c.bc_id, c.dv_id, c.state, c.snapshot, c.pending_since = bc_id, dv_id, "coupled", snapshot, None
+    if bc is not None:
+        c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
+        key = bc.get(mapping.bc.key)
+        c.bc_key = str(key) if key not in (None, "") else None
+    if dv is not None:
+        c.dv_modified, c.dv_etag = dv.get(mapping.dataverse.modified_field), dv.get("@odata.etag")
+    if outcome == Outcome.CONFLICT:
+        count_failure(c, error)
+        c.last_result = "conflict"
+    else:
+        c.last_result, c.last_error, c.attempts, c.skipped = str(outcome), "", 0, False
+    return c
+
+
+def count_failure(coupling: Coupling, error: str) -> Coupling:
+    """One more failure; the same error twice in a row marks the record skipped, as the built-in
+    connector does."""
+    repeated = coupling.last_result in ("failed", "conflict") and coupling.last_error == error
+    coupling.attempts += 1
+    coupling.last_error = error
+    if repeated:
+        coupling.skipped = True
+    return coupling
 
 
 def _fields(plan: Plan) -> list[str]:

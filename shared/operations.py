@@ -21,7 +21,6 @@ from azure.core.exceptions import ResourceNotFoundError
 from shared import bulk
 from shared.connectors.odata import eq
 from shared.engine import RequeueError
-from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
 from shared.reconcile import Snapshot, take_snapshot
@@ -212,13 +211,13 @@ def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from:
 def _read_pair(
     rt: Runtime, m: EntityMapping, bc_id: str, dv_id: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    bc = rt.bc.get(rt.company_id, m.bc.entity_set, bc_id, select=select_fields(rt.mappings, m, "bc"))
+    bc = rt.engine.read(m, "bc", bc_id)
     if bc is None:
         raise OperationError(f"BC {m.bc.entity_set} record {bc_id} does not exist", 404)
-    dv = rt.dataverse.get(m.dataverse.entity_set, dv_id, select=select_fields(rt.mappings, m, "dv"))
+    dv = rt.engine.read(m, "dv", dv_id)
     if dv is None:
         raise OperationError(f"Dataverse {m.dataverse.entity_set} record {dv_id} does not exist", 404)
-    return dict(bc), dict(dv)
+    return bc, dv
 
 
 def _base_preferring(

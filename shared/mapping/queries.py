@@ -81,6 +81,14 @@ def primary_key(mapping: EntityMapping, side: Side) -> str:
     return "id" if side == "bc" else mapping.dataverse.primary_key
 
 
+def record_id(mapping: EntityMapping, side: Side, record: Record | None) -> str | None:
+    """The record's id on `side` (BC `id`, or the Dataverse primary key), None without one."""
+    if record is None:
+        return None
+    value = record.get(primary_key(mapping, side))
+    return str(value) if value else None
+
+
 def modified_field(mapping: EntityMapping, side: Side) -> str:
     return mapping.bc.modified_field if side == "bc" else mapping.dataverse.modified_field
 
