@@ -2,7 +2,8 @@
 
 It gives Dataverse two users whose e-mails match BC salespeople (a third salesperson stays
 uncoupled on purpose, so its customers show the named error), seeds a few dozen BC customers,
-registers the webhooks in both sandboxes, couples salespeople by e-mail and runs the initial sync.
+runs the operator's set-up (checks, webhook registration in both sandboxes, salespeople coupled by
+e-mail) and the initial sync.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from devstack.stack import Stack
+from devstack.stack import INTEGRATION_TOKEN, Stack
 
 DEMO_USERS = (
     ("jim-olive", "a1b2c3d4-0000-4000-8000-00000000a001", "Jim Olive", "jim.olive@contoso.example"),
@@ -22,8 +23,9 @@ DEMO_CUSTOMERS = 40
 def start_demo(stack: Stack) -> Iterator[str]:
     from devstack.dataverse.config import SandboxUser
     from shared import bulk
-    from shared.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
+    from shared.connectors.credentials import StaticTokenCredential
     from shared.runtime import get_runtime
+    from shared.setup import AdminCredentials, run_setup
 
     dv_sandbox = stack.dataverse_app.state.sandbox
     for token, user_id, name, email in DEMO_USERS:
@@ -34,19 +36,15 @@ def start_demo(stack: Stack) -> Iterator[str]:
     bc_sandbox.seed_customers(DEMO_CUSTOMERS)
     yield f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers"
 
+    # The operator's set-up, as `bcsync setup` runs it: checks, registration, salespeople.
     rt = get_runtime()
-    rt.storage.ensure()
-    registered = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
-    registered.merge(
-        ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions"))
-    )
-    yield f"webhooks: {len(registered.created)} created, {len(registered.unchanged)} already there"
-
-    report = bulk.match_coupling(rt.engine, "SALESPEOPLE", dry_run=False)
-    yield (
-        f"salespeople coupled by e-mail: {len(report.would_couple)}; not coupled: {len(report.no_match)} "
-        "(customers owned by them fail with a message saying so)"
-    )
+    admin = StaticTokenCredential(INTEGRATION_TOKEN)  # the sandboxes let this user register webhooks
+    report = run_setup(rt, AdminCredentials(dataverse=admin, bc=admin))
+    coupled = [p.code for p in report.salespeople if p.status in ("coupled", "already_coupled")]
+    missing = [f"{p.code} ({p.reason})" for p in report.salespeople if p.status == "not_coupled"]
+    yield f"set-up: {len(report.created)} registrations created, {len(report.failed)} failed"
+    yield f"salespeople coupled by e-mail: {', '.join(coupled) or 'none'}"
+    yield f"salespeople not coupled (their customers fail, saying so): {', '.join(missing) or 'none'}"
     for name in rt.mappings.sync_order():
         if name == "SALESPEOPLE":
             continue

@@ -29,7 +29,11 @@ def run_subscription_upkeep(past_due: bool = False) -> RegistrationReport:
     rt = get_runtime()
     report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions"))
     try:
-        report.merge(ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings))
+        report.merge(
+            ensure_dataverse_webhooks(
+                rt.dataverse, rt.settings, rt.mappings, rt.storage.table("Subscriptions")
+            )
+        )
     except Exception as exc:  # the integration user may lack the privilege; setup registers it then
         report.failed.append(f"Dataverse webhook check: {exc}")
     log.info("subscription upkeep%s: %s", " (past due)" if past_due else "", report)

@@ -13,10 +13,12 @@ Every function is idempotent: running it twice changes nothing the second time.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
@@ -31,6 +33,7 @@ ENDPOINT_NAME = "bc-dataverse-sync"
 RENEW_WITHIN = dt.timedelta(hours=36)
 AUTH_TYPE_CODES = {"webhook_key": 4, "http_header": 5, "http_query_string": 6}
 DATAVERSE_MESSAGES = ("Create", "Update", "Delete")
+FINGERPRINT_ROW = ("dataverse", "endpoint-fingerprint")  # in `Subscriptions`
 
 
 @dataclass
@@ -65,36 +68,72 @@ def filtering_attributes(mapping: EntityMapping) -> list[str]:
     return sorted(columns)
 
 
-def ensure_dataverse_webhooks(dv: Any, settings: Settings, mappings: MappingSet) -> RegistrationReport:
-    """The service endpoint and its steps; steps already in place are left alone."""
+def ensure_dataverse_webhooks(
+    dv: Any, settings: Settings, mappings: MappingSet, table: TableClient | None = None
+) -> RegistrationReport:
+    """The service endpoint and its steps; what is already in place is left alone.
+
+    The endpoint's secret cannot be read back, so whether the endpoint still has our URL, auth type
+    and secret is known from a fingerprint kept in `table` (`Subscriptions`); without a change the
+    endpoint is not written again (the upkeep timer runs this every 12 hours)."""
     report = RegistrationReport()
     auth_type = AUTH_TYPE_CODES[settings.dataverse_webhook_auth_type]
     secret: str | dict[str, str] = settings.dataverse_webhook_secret
     if settings.dataverse_webhook_auth_type != "webhook_key":
         secret = {settings.dataverse_webhook_secret_name: settings.dataverse_webhook_secret}
-    existed = any(e.get("name") == ENDPOINT_NAME for e in dv.list_webhook_endpoints())
-    endpoint_id = dv.ensure_webhook_endpoint(
-        ENDPOINT_NAME, dataverse_webhook_url(settings), auth_type, secret
-    )
-    (report.updated if existed else report.created).append(f"Dataverse webhook endpoint {ENDPOINT_NAME}")
-    before = {(s.get("name") or "", s.get("filteringattributes") or "") for s in dv.list_steps(endpoint_id)}
+    label = f"Dataverse webhook endpoint {ENDPOINT_NAME}"
+    existing = next((e for e in dv.list_webhook_endpoints() if e.get("name") == ENDPOINT_NAME), None)
+    wanted = _endpoint_fingerprint(settings)
+    if existing is not None and table is not None and _stored_fingerprint(table) == wanted:
+        endpoint_id = str(existing["serviceendpointid"])
+        report.unchanged.append(label)
+    else:
+        endpoint_id = dv.ensure_webhook_endpoint(
+            ENDPOINT_NAME, dataverse_webhook_url(settings), auth_type, secret
+        )
+        (report.updated if existing is not None else report.created).append(label)
+        if table is not None:
+            table.upsert_entity(
+                {"PartitionKey": FINGERPRINT_ROW[0], "RowKey": FINGERPRINT_ROW[1], "Fingerprint": wanted},
+                mode=UpdateMode.REPLACE,
+            )
+    # Steps already in place (enabled, same filtering attributes) are not touched: each check
+    # through `ensure_step` would cost several requests on every upkeep run.
+    steps = dv.list_steps(endpoint_id)
+    in_place = {
+        (step.get("name") or "", step.get("filteringattributes") or "")
+        for step in steps
+        if step.get("statecode", 0) == 0
+    }
+    known_names = {step.get("name") or "" for step in steps}
     tables: dict[str, set[str]] = {}
     for mapping in mappings.entities():
         if mapping.writes_to("bc"):
             tables.setdefault(mapping.dataverse.table, set()).update(filtering_attributes(mapping))
-    for table, attributes in sorted(tables.items()):
+    for logical_name, attributes in sorted(tables.items()):
         for message in DATAVERSE_MESSAGES:
-            wanted = sorted(attributes) if message == "Update" else None
-            dv.ensure_step(endpoint_id, message, table, wanted)
-            label = f"Dataverse step {message} of {table}"
-            name = f"bc-dataverse-sync: {message} of {table}"
-            if (name, ",".join(wanted or [])) in before:
+            filtering = sorted(attributes) if message == "Update" else None
+            label = f"Dataverse step {message} of {logical_name}"
+            name = f"bc-dataverse-sync: {message} of {logical_name}"
+            if (name, ",".join(filtering or [])) in in_place:
                 report.unchanged.append(label)
-            elif any(n == name for n, _ in before):
-                report.updated.append(label)
-            else:
-                report.created.append(label)
+                continue
+            dv.ensure_step(endpoint_id, message, logical_name, filtering)
+            (report.updated if name in known_names else report.created).append(label)
     return report
+
+
+def _endpoint_fingerprint(settings: Settings) -> str:
+    text = "|".join((dataverse_webhook_url(settings), settings.dataverse_webhook_auth_type,
+                     settings.dataverse_webhook_secret_name, settings.dataverse_webhook_secret))  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stored_fingerprint(table: TableClient) -> str | None:
+    try:
+        return str(table.get_entity(*FINGERPRINT_ROW).get("Fingerprint") or "") or None
+    except ResourceNotFoundError:
+        return None
 
 
 def bc_subscription_targets(settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:

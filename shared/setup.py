@@ -18,15 +18,13 @@ updated, and what an administrator still has to do.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.core.exceptions import AzureError, ClientAuthenticationError
 
 from shared import bulk
 from shared.connectors.business_central import BusinessCentralClient
@@ -37,11 +35,9 @@ from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.reconcile import Candidate
 from shared.registration import (
-    AUTH_TYPE_CODES,
     ENDPOINT_NAME,
     RegistrationReport,
     bc_subscription_targets,
-    dataverse_webhook_url,
     ensure_bc_subscriptions,
     ensure_dataverse_webhooks,
 )
@@ -58,7 +54,6 @@ CHECK_TIMEOUT_SECONDS = 10.0
 # user-permissions/client-errors; BC docs "troubleshoot synchronization errors").
 MISSING_PRIVILEGE_CODE = "0x80040220"
 DISABLED_USER_CODE = "0x80040225"
-ENDPOINT_FINGERPRINT_ROW = ("dataverse", "endpoint-fingerprint")
 
 
 @dataclass
@@ -371,11 +366,9 @@ def _register(
     if admin.dataverse is not None and dv_ok:
         dv_admin = DataverseClient(s.dataverse_api_url, admin.dataverse, scope=f"{s.dataverse_url}/.default")
         try:
-            before = _endpoint_fingerprint(rt)
-            outcome = ensure_dataverse_webhooks(dv_admin, s, mappings)
-            _unchanged_endpoint(outcome, before == _wanted_fingerprint(s))
-            _remember_endpoint_fingerprint(rt, _wanted_fingerprint(s))
-            _merge(report, outcome)
+            _merge(
+                report, ensure_dataverse_webhooks(dv_admin, s, mappings, rt.storage.table("Subscriptions"))
+            )
         except (ApiError, AzureError) as exc:
             report.failed.append(f"Dataverse webhook registration: {_first_line(exc)}")
         finally:
@@ -399,36 +392,6 @@ def _merge(report: SetupReport, outcome: RegistrationReport) -> None:
     report.updated.extend(outcome.updated)
     report.existing.extend(outcome.unchanged)
     report.failed.extend(outcome.failed)
-
-
-def _wanted_fingerprint(s: Settings) -> str:
-    # The endpoint's secret cannot be read back from Dataverse, so registration re-sends it; this
-    # fingerprint tells "re-sent the same values" from "changed the URL, auth type or secret".
-    text = "|".join((dataverse_webhook_url(s), str(AUTH_TYPE_CODES[s.dataverse_webhook_auth_type]),
-                     s.dataverse_webhook_secret_name, s.dataverse_webhook_secret))  # fmt: skip
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _endpoint_fingerprint(rt: Runtime) -> str | None:
-    try:
-        row = rt.storage.table("Subscriptions").get_entity(*ENDPOINT_FINGERPRINT_ROW)
-    except ResourceNotFoundError:
-        return None
-    return str(row.get("Fingerprint") or "") or None
-
-
-def _remember_endpoint_fingerprint(rt: Runtime, fingerprint: str) -> None:
-    partition, row = ENDPOINT_FINGERPRINT_ROW
-    rt.storage.table("Subscriptions").upsert_entity(
-        {"PartitionKey": partition, "RowKey": row, "Fingerprint": fingerprint}, mode=UpdateMode.REPLACE
-    )
-
-
-def _unchanged_endpoint(outcome: RegistrationReport, same_values: bool) -> None:
-    label = f"Dataverse webhook endpoint {ENDPOINT_NAME}"
-    if same_values and label in outcome.updated:
-        outcome.updated.remove(label)
-        outcome.unchanged.insert(0, label)
 
 
 def _inspect_dataverse(rt: Runtime, report: SetupReport) -> None:
