@@ -69,15 +69,8 @@ class SyncResult:
     fields: list[str] = field(default_factory=list)
 
 
-class Enqueue:
-    """What the engine needs from the queue: send messages (optionally delayed)."""
-
-    def __init__(self, send: Callable[[list[Any], int], None]) -> None:
-        self._send = send
-
-    def __call__(self, messages: list[Any], delay: int = 0) -> None:
-        if messages:
-            self._send(messages, delay)
+# What the engine needs from the queue: send these messages, visible after `delay` seconds.
+Enqueue = Callable[[list[Any], int], None]
 
 
 class Engine:
@@ -552,7 +545,7 @@ class Engine:
         if message.attempt >= MAX_DEFERRALS:
             return self._fail(mapping, coupling, message, plan.error or plan.reason, bc_id, dv_id)
         for missing in plan.missing:
-            self.enqueue(self._dependency_messages(missing, message))
+            self.enqueue(self._dependency_messages(missing, message), 0)
         retry = message.model_copy(
             update={"attempt": message.attempt + 1, "reason": "waiting for a lookup target"}
         )

@@ -90,7 +90,7 @@ def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:
         rt.storage.enqueue([ScanMessage(mapping=m.name, side="dv", since=None, reason="delta token expired")])
         report.resyncs.append(m.name)
     else:
-        integration_user = _integration_user(rt)
+        integration_user = rt.known_integration_user_id()
         messages = []
         for record in batch.upserted:
             if integration_user and str(record.get("_modifiedby_value", "")).lower() == integration_user:
@@ -104,11 +104,3 @@ def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:
         rt.storage.enqueue(messages)
         report.enqueued[f"{m.name}/dv"] = len(messages)
     rt.watermarks.set(Watermark(m.name, "dv", batch.delta_link, mark.etag if mark else None))
-
-
-def _integration_user(rt: Runtime) -> str | None:
-    try:
-        return rt.integration_user_id
-    except Exception:
-        log.warning("WhoAmI failed; Dataverse echoes are caught by the snapshot comparison instead")
-        return None

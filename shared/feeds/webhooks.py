@@ -12,7 +12,7 @@ from shared.feeds.intake import (
     handle_bc_webhook,
     handle_dataverse_webhook,
 )
-from shared.runtime import Runtime, get_runtime
+from shared.runtime import get_runtime
 from shared.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def receive_dataverse_webhook(
             auth_type=rt.settings.dataverse_webhook_auth_type,
             secret=rt.settings.dataverse_webhook_secret,
             secret_name=rt.settings.dataverse_webhook_secret_name,
-            integration_user_id=rt.settings.dataverse_integration_user_id or _cached_integration_user(rt),
+            integration_user_id=rt.known_integration_user_id(),
         )
         answer = handle_dataverse_webhook(headers, query, body, config=config, mappings=rt.mappings)
         _enqueue(answer)
@@ -67,15 +67,3 @@ def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
 def _enqueue(answer: WebhookAnswer) -> None:
     if answer.messages:
         get_runtime().storage.enqueue(answer.messages)
-
-
-def _cached_integration_user(rt: Runtime) -> str | None:
-    # WhoAmI costs one API request, once per process; if Dataverse is unreachable, echoes are
-    # still caught later by the snapshot comparison, so do not fail the webhook for it.
-    try:
-        return rt.integration_user_id
-    except Exception:
-        log.warning(
-            "could not learn the integration user id (WhoAmI); echo filtering falls back to snapshots"
-        )
-        return None
