@@ -206,28 +206,13 @@ class DevHost:
         try:
             result = fn.get_user_function()(**kwargs, **outs)
             if inspect.isawaitable(result):
-                raise TypeError("async functions are served only on the HTTP path")
+                raise TypeError("the dev host runs synchronous functions only (the app has no async ones)")
         except Exception as exc:
             self._record(name, trigger_kind, started, "failed", exc)
             raise
         self._flush_outputs(fn, outs)
         self._record(name, trigger_kind, started, "succeeded")
         return result
-
-    async def _call_async(self, name: str, fn: Any, kwargs: dict[str, Any]) -> Any:
-        user_fn = fn.get_user_function()
-        if inspect.iscoroutinefunction(user_fn):
-            outs = {b.name: _Out() for b in fn.get_bindings() if b.type == "queue"}
-            started = time.perf_counter()
-            try:
-                result = await user_fn(**kwargs, **outs)
-            except Exception as exc:
-                self._record(name, "http", started, "failed", exc)
-                raise
-            await run_in_threadpool(self._flush_outputs, fn, outs)
-            self._record(name, "http", started, "succeeded")
-            return result
-        return await run_in_threadpool(self._call, name, fn, "http", kwargs)
 
     def _flush_outputs(self, fn: Any, outs: dict[str, _Out]) -> None:
         by_name = {b.name: b for b in fn.get_bindings()}
@@ -299,7 +284,7 @@ class DevHost:
                 body=body,
             )
             try:
-                result = await self._call_async(name, fn, {arg: http_request})
+                result = await run_in_threadpool(self._call, name, fn, "http", {arg: http_request})
             except Exception:
                 log.exception("function %s raised", name)
                 return JSONResponse({"error": "the function raised an exception; see the host log"}, 500)
