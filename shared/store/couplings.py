@@ -35,6 +35,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.connectors.odata import and_, eq, ge, lt
 from shared.mapping.values import dataverse_id_for
+from shared.store.storage import stored_if_same
 from shared.timestamps import now_iso
 
 Side = Literal["bc", "dv"]
@@ -220,9 +221,14 @@ class CouplingStore:
         stamped = replace(coupling, updated=now_iso())
         if stamped.needs_pointer():
             self._claim_pointer(stamped)
+        row = _full_row(stamped)
         try:
-            meta = self.table.create_entity(_full_row(stamped))
+            meta = self.table.create_entity(row)
         except ResourceExistsError:
+            landed = stored_if_same(self.table, row)
+            if landed is not None:  # a resent create met its own first attempt
+                stamped.etag, stamped.stored_bc_id = landed["etag"], stamped.bc_id
+                return stamped
             if stamped.needs_pointer():
                 self._release_pointer(stamped, stamped.bc_id)
             raise AlreadyCoupledError(
@@ -239,17 +245,21 @@ class CouplingStore:
         bc_id_changed = stamped.bc_id != coupling.stored_bc_id
         if bc_id_changed and stamped.needs_pointer():
             self._claim_pointer(stamped)
+        row = _full_row(stamped)
         try:
             meta = self.table.update_entity(
-                _full_row(stamped), mode=UpdateMode.REPLACE, etag=coupling.etag,
+                row, mode=UpdateMode.REPLACE, etag=coupling.etag,
                 match_condition=MatchConditions.IfNotModified,
             )  # fmt: skip
         except (ResourceModifiedError, ResourceNotFoundError):
-            if bc_id_changed and stamped.needs_pointer():
-                self._release_pointer(stamped, stamped.bc_id)
-            raise CouplingConflictError(
-                f"coupling {coupling.mapping} bc={coupling.bc_id} dv={coupling.dv_id} changed meanwhile"
-            ) from None
+            landed = stored_if_same(self.table, row)
+            if landed is None:
+                if bc_id_changed and stamped.needs_pointer():
+                    self._release_pointer(stamped, stamped.bc_id)
+                raise CouplingConflictError(
+                    f"coupling {coupling.mapping} bc={coupling.bc_id} dv={coupling.dv_id} changed meanwhile"
+                ) from None
+            meta = landed  # a resent update met its own first attempt
         if bc_id_changed and coupling.stored_bc_id:
             self._release_pointer(coupling, coupling.stored_bc_id)
         stamped.etag, stamped.stored_bc_id = meta["etag"], stamped.bc_id

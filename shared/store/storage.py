@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient
+from azure.data.tables._policies import TablesRetryPolicy
 from azure.storage.queue import (
     QueueClient,
     QueueServiceClient,
@@ -28,6 +30,52 @@ TABLES = ("Couplings", "SyncJournal", "Watermarks", "Subscriptions")
 # Azurite ships older API versions than the SDK sends; pinning a version both Azurite 3.35 and
 # Azure accept avoids depending on `--skipApiVersionCheck` (reference: functions-host-and-azurite §1.2).
 QUEUE_API_VERSION = "2025-11-05"
+
+
+class ResendAfterDisconnect(TablesRetryPolicy):
+    """The Tables SDK's retry policy, also resending POST/PATCH/MERGE whose connection failed.
+
+    The SDK resends only idempotent methods after a connection error, so a create, a merge or a
+    transaction on a kept-alive connection the server closed at that moment fails outright (seen on
+    Azurite, whose keep-alive is 5 s). Every write this service makes is either idempotent (upserts)
+    or conditional (create, If-Match), and the stores recognise their own landed write when a resent
+    conditional one conflicts (`stored_if_same`), so resending is safe here. Responses with a
+    status are retried exactly as the SDK does.
+    """
+
+    def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
+        if response is None:
+            return True
+        return bool(super()._is_method_retryable(settings, request, response))
+
+
+def resend_after_disconnect(service: TableServiceClient) -> TableServiceClient:
+    # The client builds its retry policy itself and offers no option for the method list; table
+    # clients made by `get_table_client` take the service's policy list, so swapping it there covers
+    # them all. tests/integration/test_storage_resend.py fails if an SDK update moves this.
+    policies: list[Any] = service._policies
+    for i, policy in enumerate(policies):
+        if isinstance(policy, TablesRetryPolicy):
+            policies[i] = ResendAfterDisconnect()
+    return service
+
+
+def stored_if_same(table: TableClient, entity: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored entity's metadata if the row holds `entity`'s properties, else None.
+
+    A conditional write that conflicts after a resend may have met its own first attempt, which
+    landed although its response was lost; that is success, not a concurrent writer. The `Updated`
+    stamp is left out of the comparison because a fallback (a transaction retried row by row)
+    stamps again; a row with the same content is the state the caller meant to write, whoever
+    wrote it, and the caller continues from its stored ETag.
+    """
+    try:
+        stored = table.get_entity(entity["PartitionKey"], entity["RowKey"])
+    except ResourceNotFoundError:
+        return None
+    if all(stored.get(k) == v for k, v in entity.items() if k != "Updated"):
+        return dict(stored.metadata)
+    return None
 
 
 @dataclass
@@ -90,7 +138,7 @@ class Storage:
 def storage_from_connection_string(connection_string: str, sync_queue: str = SYNC_QUEUE) -> Storage:
     return Storage(
         queues=QueueServiceClient.from_connection_string(connection_string, api_version=QUEUE_API_VERSION),
-        tables=TableServiceClient.from_connection_string(connection_string),
+        tables=resend_after_disconnect(TableServiceClient.from_connection_string(connection_string)),
         sync_queue_name=sync_queue,
     )
 
@@ -101,8 +149,8 @@ def storage_from_account(account_name: str, sync_queue: str = SYNC_QUEUE) -> Sto
     credential = DefaultAzureCredential()
     return Storage(
         queues=QueueServiceClient(f"https://{account_name}.queue.core.windows.net", credential=credential),
-        tables=TableServiceClient(
-            endpoint=f"https://{account_name}.table.core.windows.net", credential=credential
+        tables=resend_after_disconnect(
+            TableServiceClient(f"https://{account_name}.table.core.windows.net", credential=credential)
         ),
         sync_queue_name=sync_queue,
     )

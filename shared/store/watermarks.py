@@ -9,6 +9,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.store.storage import stored_if_same
+
 
 @dataclass
 class Watermark:
@@ -47,7 +49,12 @@ class WatermarkStore:
                     match_condition=MatchConditions.IfNotModified,
                 )
         except (ResourceExistsError, ResourceModifiedError) as exc:
-            raise WatermarkConflictError(f"watermark {mark.mapping}/{mark.side} moved concurrently") from exc
+            landed = stored_if_same(self.table, entity)  # a resent write may have met its own first try
+            if landed is None:
+                raise WatermarkConflictError(
+                    f"watermark {mark.mapping}/{mark.side} moved concurrently"
+                ) from exc
+            meta = landed
         return Watermark(mark.mapping, mark.side, mark.value, meta["etag"])
 
     def clear(self, mapping: str, side: str) -> None:
