@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.connectors.errors import ConcurrencyError, RetriableApiError
+from shared.connectors.errors import ConcurrencyError, NotFoundError, RetriableApiError
 from shared.connectors.odata import eq
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
@@ -34,7 +34,7 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
 from shared.mapping.values import MissingLookup, other
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
-from shared.reconcile import Candidate, Outcome, Plan, Write, reconcile, take_snapshot
+from shared.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.timestamps import iso_ms, parse_iso
@@ -132,9 +132,10 @@ class Engine:
         self, mapping: EntityMapping, message: SyncMessage, force: bool
     ) -> SyncResult:
         last: Exception | None = None
-        for _ in range(MAX_RACE_RETRIES):
+        for attempt in range(MAX_RACE_RETRIES):
             try:
-                return self._sync_once(mapping, message, force)
+                # After a lost race nothing stored about the counterpart can be trusted: read it.
+                return self._sync_once(mapping, message, force, presume=attempt == 0)
             except (ConcurrencyError, CouplingConflictError, AlreadyCoupledError) as exc:
                 # Someone else wrote the record or the coupling since we read it: decide again.
                 last = exc
@@ -143,7 +144,9 @@ class Engine:
             mapping, None, message, f"gave up after {MAX_RACE_RETRIES} concurrent changes: {last}"
         )
 
-    def _sync_once(self, mapping: EntityMapping, message: SyncMessage, force: bool) -> SyncResult:
+    def _sync_once(
+        self, mapping: EntityMapping, message: SyncMessage, force: bool, *, presume: bool = False
+    ) -> SyncResult:
         side: Side = message.side
         coupling = self.couplings.get(mapping.name, side, message.id)
         if coupling is not None and coupling.skipped and not force:
@@ -166,11 +169,33 @@ class Engine:
 
         other_side = other(side)
         other_id = coupling.id_on(other_side)
-        counterpart = self.read(mapping, other_side, other_id) if other_id else None
+        counterpart = self._presumed(mapping, coupling, other_side) if presume and not force else None
+        presumed = counterpart is not None
+        if counterpart is None:
+            counterpart = self.read(mapping, other_side, other_id) if other_id else None
         bc, dv = (source, counterpart) if side == "bc" else (counterpart, source)
         lookups = self.lookups_for(mapping, bc, dv)
         plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
-        return self._apply(mapping, plan, coupling, message, bc, dv)
+        try:
+            return self._apply(mapping, plan, coupling, message, bc, dv)
+        except NotFoundError:
+            if not presumed:
+                raise
+            # Deleted since the last sync: the caller reads and decides again, as after any lost race.
+            raise ConcurrencyError(f"{other_side} record {other_id} is gone since the last sync") from None
+
+    def _presumed(self, mapping: EntityMapping, coupling: Coupling, side: Side) -> dict[str, Any] | None:
+        """`side`'s record as the last settled sync left it, rebuilt from the coupling, so a change
+        on the other side costs one read and one conditional write instead of two reads and a write.
+        None when the coupling cannot stand in for a read (see `presumed_record`)."""
+        etag = coupling.bc_etag if side == "bc" else coupling.dv_etag
+        record_id_ = coupling.id_on(side)
+        if coupling.snapshot is None or coupling.last_result not in _SETTLED or not etag or not record_id_:
+            return None
+        return presumed_record(
+            self.ms, mapping, side, coupling.snapshot, record_id=record_id_, etag=etag,
+            modified=coupling.bc_modified if side == "bc" else coupling.dv_modified, key=coupling.bc_key,
+        )  # fmt: skip
 
     def _is_echo(
         self, mapping: EntityMapping, coupling: Coupling, side: Side, record: dict[str, Any]

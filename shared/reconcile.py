@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from shared.mapping.lookups import Lookups
-from shared.mapping.queries import in_scope, modified_field, primary_key, scope_filter
+from shared.mapping.queries import in_scope, modified_field, primary_key, scope_clauses, scope_filter
 from shared.mapping.schema import EntityMapping, FieldMapping, MappingSet, Side
 from shared.mapping.values import (
     SIDE_NAME,
@@ -31,6 +31,7 @@ from shared.mapping.values import (
     dataverse_id_for,
     dv_body,
     expected_after_write,
+    field_name,
     other,
     owner_team_bind,
     read,
@@ -119,6 +120,45 @@ def take_snapshot(ms: MappingSet, mapping: EntityMapping, bc: Record | None, dv:
             if record is not None and _has_side(f, side):
                 snapshot[side][f.key] = read(ms, f, side, record)
     return snapshot
+
+
+def presumed_record(
+    ms: MappingSet,
+    mapping: EntityMapping,
+    side: Side,
+    snapshot: Snapshot,
+    *,
+    record_id: str,
+    etag: str,
+    modified: str | None,
+    key: str | None = None,
+) -> dict[str, Any] | None:
+    """The `side` record as it was at the last sync, rebuilt from the snapshot; None when the
+    snapshot cannot stand in for it (a field mapped since, or a scope clause other than `eq`).
+
+    The engine writes it with its stored ETag instead of reading it first: if the record changed
+    since, the write is refused (412) and the engine reads it and decides again; if not, the
+    snapshot is exactly what a read would have returned for every mapped field.
+    """
+    values = snapshot.get(side, {})
+    record: dict[str, Any] = {}
+    for f in _merged_fields(mapping):
+        if not _has_side(f, side):
+            continue
+        if f.key not in values:
+            return None
+        record[field_name(ms, f, side)] = values[f.key]
+    for clause in scope_clauses(mapping, side):
+        # In scope at the last sync and unchanged since, so every clause held; only `eq` says how.
+        if clause.op != "eq":
+            return None
+        record.setdefault(clause.field, clause.value)
+    record[primary_key(mapping, side)] = record_id
+    record[modified_field(mapping, side)] = modified
+    record["@odata.etag"] = etag
+    if side == "bc" and key is not None:
+        record.setdefault(mapping.bc.key, key)
+    return record
 
 
 def reconcile(

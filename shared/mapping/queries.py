@@ -28,19 +28,19 @@ from shared.mapping.values import (
 _OPS = {"eq": odata.eq, "ne": odata.ne, "gt": odata.gt, "ge": odata.ge, "lt": odata.lt, "le": odata.le}
 
 
-def _clauses(mapping: EntityMapping, side: Side) -> list[FilterClause]:
+def scope_clauses(mapping: EntityMapping, side: Side) -> list[FilterClause]:
     return mapping.bc.filter if side == "bc" else mapping.dataverse.filter
 
 
 def scope_filter(mapping: EntityMapping, side: Side) -> str | None:
     """The side's scope as an OData `$filter` (None: everything is in scope)."""
-    parts = [_OPS[c.op](c.field, c.value) for c in _clauses(mapping, side)]
+    parts = [_OPS[c.op](c.field, c.value) for c in scope_clauses(mapping, side)]
     return odata.and_(*parts) if parts else None
 
 
 def in_scope(mapping: EntityMapping, side: Side, record: Record) -> bool:
     """Whether `record` satisfies the side's scope filter (the same clauses as `scope_filter`)."""
-    for clause in _clauses(mapping, side):
+    for clause in scope_clauses(mapping, side):
         if clause.field not in record:
             raise ValueError(
                 f"record lacks scope field {clause.field!r} of {mapping.name}; include it in $select"
@@ -98,7 +98,7 @@ def select_fields(ms: MappingSet, mapping: EntityMapping, side: Side) -> list[st
     names = [primary_key(mapping, side), modified_field(mapping, side)]
     if side == "bc":
         names.append(mapping.bc.key)
-    names += [c.field for c in _clauses(mapping, side)]
+    names += [c.field for c in scope_clauses(mapping, side)]
     for f in mapping.fields:
         if (f.bc if side == "bc" else f.dv) is not None:
             names.append(field_name(ms, f, side))

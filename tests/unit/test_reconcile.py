@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from shared.mapping import DEFAULT_MAPPING_FILE, StaticLookups, dataverse_id_for, load_mapping_set
-from shared.mapping.schema import EntityMapping, MappingSet
-from shared.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
+from shared.mapping.schema import EntityMapping, FilterClause, MappingSet
+from shared.reconcile import Candidate, Outcome, Plan, presumed_record, reconcile, take_snapshot
 
 MS = load_mapping_set()
 CUSTOMER = MS.entity("CUSTOMER")
@@ -705,3 +705,38 @@ def test_inventory_is_never_negative_in_dataverse() -> None:
 def test_uncoupled_pair_with_both_records_is_a_caller_error() -> None:
     with pytest.raises(ValueError, match="Candidate"):
         run(bc_customer(), dv_account(), snapshot=None)
+
+
+# ------------------------------------------------------------------ a record presumed from the snapshot
+def _presume(mapping: EntityMapping, side: str, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+    return presumed_record(
+        MS, mapping, side, snapshot, record_id=DV_ID if side == "dv" else BC_ID,  # type: ignore[arg-type]
+        etag='W/"7"', modified="2024-05-01T10:00:00Z", key="C0001",
+    )  # fmt: skip
+
+
+def test_a_presumed_record_holds_the_snapshot_the_scope_and_the_stored_etag() -> None:
+    presumed = _presume(CUSTOMER, "dv", BASE)
+    assert presumed is not None
+    assert take_snapshot(MS, CUSTOMER, None, presumed)["dv"] == BASE["dv"]
+    stored = (presumed["accountid"], presumed["@odata.etag"], presumed["modifiedon"])
+    assert stored == (DV_ID, 'W/"7"', "2024-05-01T10:00:00Z")
+    assert presumed["statecode"] == 0  # the scope clause, which held at the last sync
+
+
+def test_no_record_is_presumed_for_a_field_mapped_after_the_last_sync() -> None:
+    older = {"bc": BASE["bc"], "dv": {k: v for k, v in BASE["dv"].items() if k != "phoneNumber"}}
+    assert _presume(CUSTOMER, "dv", older) is None
+    assert _presume(CUSTOMER, "bc", older) is not None  # BC's side of the snapshot is complete
+
+
+def test_no_record_is_presumed_under_a_scope_clause_that_does_not_say_the_value() -> None:
+    ranged = CUSTOMER.model_copy(
+        update={
+            "bc": CUSTOMER.bc.model_copy(
+                update={"filter": [FilterClause(field="creditLimit", op="ge", value=0)]}
+            )
+        }
+    )
+    assert _presume(ranged, "bc", BASE) is None
+    assert _presume(ranged, "dv", BASE) is not None
