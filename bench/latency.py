@@ -99,11 +99,12 @@ def main() -> int:
         for n in range(total):
             time.sleep(max(0.0, began + n / args.rate - time.perf_counter()))
             bc_id = ids[n % len(ids)]
-            record = sales.get(f"{company}/customers({bc_id})", params={"$select": "id"}).json()
             when = dt.datetime.now(dt.UTC)
+            # `If-Match: *` (no read first) keeps the sender, one BC user, within that user's
+            # 6,000 requests per 5 minutes for runs longer than 150 s at 20 changes/s.
             sales.patch(
                 f"{company}/customers({bc_id})", json={"phoneNumber": f"+1 555 {n:07d}"},
-                headers={"If-Match": record["@odata.etag"]},
+                headers={"If-Match": "*"},
             ).raise_for_status()  # fmt: skip
             changed_at.setdefault(bc_id, []).append(when)
         lag = time.perf_counter() - began - args.seconds
