@@ -28,7 +28,7 @@ from shared.connectors.dataverse import BatchRequest
 from shared.connectors.odata import dataverse_in
 from shared.engine import Engine, SyncResult, count_failure, settle
 from shared.mapping.lookups import StaticLookups
-from shared.mapping.queries import lookup_keys, record_id, scope_filter, select_fields
+from shared.mapping.queries import LookupKey, lookup_keys, record_id, scope_filter, select_fields
 from shared.mapping.schema import EntityMapping, Side
 from shared.mapping.values import LookupMissing, TranslationError, read, translate
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
@@ -521,16 +521,15 @@ def _read_dv_by_ids(engine: Engine, m: EntityMapping, ids: list[str]) -> list[di
 def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> StaticLookups:
     """One `Lookups` for many records: each distinct key resolved once."""
     lookups = engine.lookups_for(m, None, None)  # BC code tables (cached)
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[LookupKey] = set()
     for pair in pairs:
         for side, record in (("bc", pair.bc), ("dv", pair.dv)):
             if record is None:
                 continue
             for key in lookup_keys(engine.ms, m, side, record):  # type: ignore[arg-type]
-                ident = (key.mapping, key.side, key.value)
-                if ident not in seen:
-                    seen.add(ident)
-                    engine.resolve_lookup(lookups, key.mapping, key.side, key.value)
+                if key not in seen:
+                    seen.add(key)
+                    engine.resolve_lookup(lookups, key)
     return lookups
 
 

@@ -12,6 +12,7 @@ the create.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.connectors.errors import ConcurrencyError, NotFoundError, RetriableApiError
-from shared.connectors.odata import eq
+from shared.connectors.odata import and_, eq
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
+    LookupKey,
     in_scope,
     lookup_keys,
     lookup_needs,
@@ -32,7 +34,7 @@ from shared.mapping.queries import (
     select_fields,
 )
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
-from shared.mapping.values import MissingLookup, other
+from shared.mapping.values import COMPANY_CONTACT_KEY, MissingLookup, other
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
@@ -97,6 +99,8 @@ class Engine:
         self._references: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._local_currency: dict[str, str | None] = {}
         self._key_index: dict[str, tuple[float, dict[str, str]]] = {}
+        # mapping -> (loaded at, company contact number <-> customer/vendor id, both directions)
+        self._contact_links: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------------------- dispatch
     def handle(self, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
@@ -501,24 +505,35 @@ class Engine:
             if record is None:
                 continue
             for key in lookup_keys(self.ms, mapping, side, record):  # type: ignore[arg-type]
-                self.resolve_lookup(lookups, key.mapping, key.side, key.value)
+                self.resolve_lookup(lookups, key)
         return lookups
 
-    def resolve_lookup(self, lookups: StaticLookups, mapping_name: str, side: Side, value: str) -> None:
-        target = self.ms.entity(mapping_name)
-        if side == "bc":
-            bc_id = value if target.bc.key == "id" else self._bc_id_for_key(target, value)
-            coupling = self.couplings.get(mapping_name, "bc", bc_id) if bc_id else None
+    def resolve_lookup(self, lookups: StaticLookups, key: LookupKey) -> None:
+        target = self.ms.entity(key.mapping)
+        if key.side == "bc":
+            if key.company_contact:
+                bc_id = self._related_to_company_contact(target, key.value)
+            else:
+                bc_id = key.value if target.bc.key == "id" else self._bc_id_for_key(target, key.value)
+            coupling = self.couplings.get(key.mapping, "bc", bc_id) if bc_id else None
             if coupling is not None and coupling.dv_id:
-                lookups.couple(mapping_name, value, coupling.dv_id)
-            elif target.bc_blank_means_local_currency and value == self.ms.settings.bc_local_currency_code:
-                local = self._local_currency_id(target, value)
+                lookups.couple(key.space, key.value, coupling.dv_id)
+            elif (
+                target.bc_blank_means_local_currency and key.value == self.ms.settings.bc_local_currency_code
+            ):
+                local = self._local_currency_id(target, key.value)
                 if local:
-                    lookups.couple(mapping_name, value, local)
+                    lookups.couple(key.space, key.value, local)
             return
-        coupling = self.couplings.get(mapping_name, "dv", value)
-        if coupling is not None and coupling.bc_id:
-            lookups.couple(mapping_name, coupling.bc_key or coupling.bc_id, value)
+        coupling = self.couplings.get(key.mapping, "dv", key.value)
+        if coupling is None or not coupling.bc_id:
+            return
+        if key.company_contact:
+            number = self._company_contact_of(target, coupling.bc_id)
+            if number:
+                lookups.couple(key.space, number, key.value)
+            return
+        lookups.couple(key.space, coupling.bc_key or coupling.bc_id, key.value)
 
     def _bc_id_for_key(self, mapping: EntityMapping, key: str) -> str | None:
         """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
@@ -534,6 +549,53 @@ class Engine:
             self._key_index[mapping.name] = cached
         assert cached is not None
         return cached[1].get(key)
+
+    # A person contact's `companyNumber` is its company contact's number. BC's API cannot list
+    # contact business relations (contactsInformation answers one related record at a time), so a
+    # relation is found per record and remembered: company contact number <-> customer or vendor id.
+    def _company_contact_of(self, mapping: EntityMapping, bc_id: str) -> str | None:
+        """The number of the company contact BC relates to customer (vendor) `bc_id`: 1 request."""
+        links = self._contact_links_of(mapping)
+        if bc_id not in links:
+            rows = self.bc.related_contacts(
+                self.company_id, mapping.bc.entity_set, bc_id, filter=eq("contactType", "Company")
+            )
+            number = next((str(r["contactNumber"]) for r in rows if r.get("contactNumber")), None)
+            if number is None:
+                return None
+            links[bc_id] = number
+            links[number] = bc_id
+        return links[bc_id]
+
+    def _related_to_company_contact(self, mapping: EntityMapping, number: str) -> str | None:
+        """The customer (vendor) id BC relates company contact `number` to. BC copies a customer's
+        name to its company contact, so the customers of that name are the candidates, each checked
+        through its relation: 3 requests for a company contact not seen before."""
+        links = self._contact_links_of(mapping)
+        if number not in links:
+            company = self.bc.query(
+                self.company_id, "contacts", select=["displayName"],
+                filter=and_(eq("number", number), eq("type", "Company")), page_size=1,
+            )  # fmt: skip
+            name = next((str(c["displayName"]) for c in company), None)
+            if not name:
+                return None
+            namesakes = self.bc.query(
+                self.company_id, mapping.bc.entity_set, select=["id"], filter=eq("displayName", name),
+                page_size=5,
+            )  # fmt: skip
+            for candidate in itertools.islice(namesakes, 5):
+                self._company_contact_of(mapping, str(candidate["id"]))
+            if number not in links:
+                return None
+        return links[number]
+
+    def _contact_links_of(self, mapping: EntityMapping) -> dict[str, str]:
+        loaded, links = self._contact_links.get(mapping.name, (0.0, {}))
+        if time.monotonic() - loaded > REFERENCE_TTL_SECONDS:
+            loaded, links = time.monotonic(), {}
+            self._contact_links[mapping.name] = (loaded, links)
+        return links
 
     def _local_currency_id(self, mapping: EntityMapping, code: str) -> str | None:
         """BC's local currency is not in its currencies list, so it is never coupled: find the
@@ -585,6 +647,9 @@ class Engine:
             side: Side = "dv"
         elif missing.key_field == "id":
             ids, side = [missing.value], "bc"
+        elif missing.key_field == COMPANY_CONTACT_KEY:
+            bc_id = self._related_to_company_contact(target, missing.value)
+            ids, side = [bc_id] if bc_id else [], "bc"
         else:
             rows = self._query(target, "bc", eq(missing.key_field, missing.value), ["id"], top=2)
             ids, side = [str(r["id"]) for r in rows], "bc"

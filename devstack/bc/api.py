@@ -1,27 +1,39 @@
 """The BC API v2.0 resource handlers, independent of the HTTP server so `$batch` can run them too.
 
 `BcApi.handle(request)` serves companies, entity sets, single records and the navigation
-properties we support (`salesOrders(id)/salesOrderLines`, `customers(id)/customerFinancialDetail`),
-and `BcApi.batch(request)` the JSON `$batch`. Subscriptions need network I/O (the handshake) and are
-served by the app directly.
+properties we support (`salesOrders(id)/salesOrderLines`, `customers(id)/customerFinancialDetail`,
+`customers(id)/contactsInformation`, `vendors(id)/contactsInformation`), the read-only computed set
+`contactsInformation`, and `BcApi.batch(request)` the JSON `$batch`. Subscriptions need network I/O
+(the handshake) and are served by the app directly.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from devstack.bc.config import BcSandboxConfig
-from devstack.bc.entities import ENTITY_SETS, EntitySet
+from devstack.bc.entities import BUSINESS_RELATIONS, CONTACTS_INFORMATION, ENTITY_SETS, EntitySet
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
-from devstack.bc.queries import page_size_from_prefer, parse_options, run_query, to_wire
+from devstack.bc.queries import (
+    QueryOptions,
+    page_size_from_prefer,
+    parse_options,
+    run_query,
+    to_wire,
+    to_wire_computed,
+)
 from devstack.bc.store import BcStore, normalize_guid
 
 SEGMENT_RE = re.compile(r"^([A-Za-z$]+)(?:\(([^()]*)\))?$")
 JSON_TYPE = "application/json; odata.metadata=minimal"
+
+
+# The filter BC's "APIV2 - Contacts Information" page needs to load rows: relatedId and relatedType.
+_RELATED_FILTER = re.compile(r"(?=.*\brelatedId\s+eq\s)(?=.*\brelatedType\s+eq\s)", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass
@@ -91,6 +103,10 @@ class BcApi:
             raise bad_request("A company id is required: companies(<id>)/<entity set>.")
         company_id = self.store.company(key).id
         set_name, record_key = segments[1]
+        if set_name == CONTACTS_INFORMATION.name:
+            if len(segments) != 2:
+                raise resource_not_found(segments[2][0])
+            return self._contacts_information(request, company_id, set_name, record_key)
         entity = ENTITY_SETS.get(set_name)
         if entity is None:
             raise resource_not_found(set_name)
@@ -132,6 +148,9 @@ class BcApi:
         if entity.name == "customers" and name == "customerFinancialDetail" and key is None:
             self._only(request, "GET")
             return ApiResponse(200, self.store.financial_details(company_id)[parent["id"]])
+        if entity.name in BUSINESS_RELATIONS and name == CONTACTS_INFORMATION.name:
+            path = f"{entity.name}({parent['id']})/{name}"
+            return self._contacts_information(request, company_id, path, key, (entity.name, parent["id"]))
         if entity.name != "salesOrders" or name != "salesOrderLines":
             raise resource_not_found(name)
         lines = ENTITY_SETS["salesOrderLines"]
@@ -156,22 +175,72 @@ class BcApi:
             created = {"@odata.context": context + "/$entity", **to_wire(entity, record)}
             location = f"{request.service_root}/companies({company_id})/{entity.name}({record['id']})"
             return ApiResponse(201, created, {"etag": record["_etag"], "location": location})
-        options = parse_options(entity, request.params)
-        prefer = request.headers.get("prefer")
-        page_size = page_size_from_prefer(prefer, self.config.max_page_size)
         rows = self.store.rows(company_id, entity.name)
         if parent_id is not None:
             rows = [r for r in rows if r["documentId"] == parent_id]
+
+        def write(options: QueryOptions, page: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+            value = [to_wire(entity, row, options.select) for row in page]
+            self._expand(company_id, entity, options.expand, page, value)
+            return value
+
+        return self._query(request, entity, rows, context, write)
+
+    def _query(
+        self,
+        request: ApiRequest,
+        entity: EntitySet,
+        rows: Sequence[Mapping[str, Any]],
+        context: str,
+        write: Callable[[QueryOptions, list[Mapping[str, Any]]], list[dict[str, Any]]],
+    ) -> ApiResponse:
+        """One page of a collection GET: query options, `Prefer: odata.maxpagesize`, nextLink."""
+        options = parse_options(entity, request.params)
+        prefer = request.headers.get("prefer")
+        page_size = page_size_from_prefer(prefer, self.config.max_page_size)
         page, token = run_query(entity, rows, options, page_size)
-        value = [to_wire(entity, row, options.select) for row in page]
-        self._expand(company_id, entity, options.expand, page, value)
-        body: dict[str, Any] = {"@odata.context": context, "value": value}
+        body: dict[str, Any] = {"@odata.context": context, "value": write(options, page)}
         if token is not None:
             body["@odata.nextLink"] = _next_link(request.url, token)
         headers = {}
         if prefer and "maxpagesize" in prefer.lower():
             headers["preference-applied"] = f"odata.maxpagesize={page_size}"
         return ApiResponse(200, body, headers)
+
+    def _contacts_information(
+        self,
+        request: ApiRequest,
+        company_id: str,
+        path: str,
+        key: str | None,
+        parent: tuple[str, str] | None = None,
+    ) -> ApiResponse:
+        """`contactsInformation` (read-only, computed): the company contacts with a business relation
+        and their persons; under `customers(id)`/`vendors(id)` only that record's. As in BC (page 30072
+        loads its rows from the filters), the company-level set answers only a `$filter` on both
+        `relatedId` and `relatedType`: one related record per request, never the whole relation table."""
+        self._only(request, "GET")
+        if parent is None and not _RELATED_FILTER.search(request.params.get("$filter", "")):
+            raise bad_request("id type not specified.", "Application_DialogException")
+        entity = CONTACTS_INFORMATION
+        context = f"{request.service_root}/$metadata#companies({company_id})/{path}"
+        rows = self.store.contacts_information(company_id, parent)
+        if key is None:
+            return self._query(
+                request,
+                entity,
+                rows,
+                context,
+                lambda options, page: [to_wire_computed(entity, row, options.select) for row in page],
+            )
+        contact_id = normalize_guid(key)
+        row = next((r for r in rows if r["id"] == contact_id), None)
+        if row is None:
+            raise record_not_found(entity.caption, contact_id)
+        options = parse_options(entity, {k: v for k, v in request.params.items() if k == "$select"})
+        return ApiResponse(
+            200, {"@odata.context": context + "/$entity", **to_wire_computed(entity, row, options.select)}
+        )
 
     def _item(self, request: ApiRequest, company_id: str, entity: EntitySet, record_id: str) -> ApiResponse:
         self._only(request, "GET", "PATCH", "DELETE")

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devstack.bc.api import JSON_TYPE, ApiRequest, ApiResponse, BcApi, error_response
 from devstack.bc.config import BcSandboxConfig
-from devstack.bc.entities import ENTITY_SETS
+from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
 from devstack.bc.errors import BcError, bad_request, code_for_status, error_body
 from devstack.bc.sandbox import BcSandbox, user_id
 from devstack.sandbox_common.control import bad_request as control_bad_request
@@ -219,7 +219,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
                 "defaultCompanyId": sandbox.company_id,
                 "companies": [c.to_json() for c in sandbox.store.companies.values()],
                 "users": {token: {"name": name, "id": user_id(name)} for token, name in config.users.items()},
-                "entitySets": sorted(ENTITY_SETS),
+                "entitySets": sorted([*ENTITY_SETS, *COMPUTED_SETS]),
                 "now": sandbox.clock.now().isoformat(),
             }
         )
@@ -243,6 +243,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
                     company_id=company_id,
                     seed=int(body.get("seed", 0)),
                     start=int(body.get("start", 1)),
+                    company_contacts=bool(body.get("company_contacts", False)),
                 )
             else:
                 raise ValueError(

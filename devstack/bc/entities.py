@@ -181,7 +181,9 @@ CONTACTS = EntitySet(
         _text("displayName"),
         _code("companyNumber"),
         _text("companyName", read_only=True),
-        _text("contactBusinessRelation", 30, read_only=True),
+        # BC's enum "Contact Business Relation": "None" without a relation (set on insert), else the
+        # company's link ("Customer", "Vendor"); a person shows its company's. See store.py.
+        Field("contactBusinessRelation", STR, "None", max_length=30, read_only=True),
         *_address(),
         _text("phoneNumber", 30),
         _text("mobilePhoneNumber", 30),
@@ -419,3 +421,41 @@ ENTITY_SETS: dict[str, EntitySet] = {
 }
 
 DOCUMENT_SETS = frozenset({"salesQuotes", "salesOrders", "salesInvoices"})
+
+# Contact business relations (BC table 5054 "Contact Business Relation"): a customer or vendor is
+# linked to its company contact, created with it (Marketing Setup "Bus. Rel. Code for Customers").
+# Entity set -> the relation's "Link to Table" value, as `contactBusinessRelation`/`relatedType` show it.
+BUSINESS_RELATIONS: dict[str, str] = {"customers": "Customer", "vendors": "Vendor"}
+NO_RELATION = " "  # relatedType / "Link to Table" without a relation
+NO_BUSINESS_RELATION = "None"  # contactBusinessRelation without a relation
+# Customer/vendor fields BC copies to the company contact on insert and on change (CustCont-Update,
+# VendCont-Update: TransferFields of the fields both tables share).
+COMPANY_CONTACT_FIELDS = (
+    "displayName", "addressLine1", "addressLine2", "city", "state", "country", "postalCode",
+    "phoneNumber", "email", "website", "taxRegistrationNumber",
+)  # fmt: skip
+
+# `contactsInformation` (page 30072 "APIV2 - Contacts Information", BC 18.0+): read-only rows computed
+# from the contacts and their business relations, no table of their own (so not in ENTITY_SETS). Rows
+# carry the hidden sort key `id` (= contactId, the page's OData key) and no `@odata.etag`.
+CONTACTS_INFORMATION = EntitySet(
+    "contactsInformation",
+    "Contact Information",
+    (
+        Field("contactId", GUID, ZERO_GUID, read_only=True),
+        Field("contactNumber", STR, "", max_length=20, code=True, read_only=True),
+        Field("contactName", STR, "", max_length=100, read_only=True),
+        Field("contactType", STR, "Company", options=("Company", "Person"), read_only=True),
+        Field("relatedId", GUID, ZERO_GUID, read_only=True),
+        Field(
+            "relatedType",
+            STR,
+            NO_RELATION,
+            options=(NO_RELATION, "Customer", "Vendor", "Bank Account", "Employee"),
+            read_only=True,
+        ),
+    ),
+)
+
+# Entity sets served but computed (GET only).
+COMPUTED_SETS: dict[str, EntitySet] = {CONTACTS_INFORMATION.name: CONTACTS_INFORMATION}

@@ -167,6 +167,13 @@ def to_wire(
     return out
 
 
+def to_wire_computed(
+    entity: EntitySet, row: Mapping[str, Any], select: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """A computed row (no table, no ETag, e.g. `contactsInformation`): the (selected) fields only."""
+    return {name: row[name] for name in (select if select is not None else entity.by_name)}
+
+
 def page_size_from_prefer(prefer: str | None, max_page_size: int) -> int:
     """`Prefer: odata.maxpagesize=N` lowers the page size; above the maximum BC answers 413."""
     if not prefer:

@@ -64,16 +64,46 @@ class BcSandbox:
     # --- data -------------------------------------------------------------------------------------
 
     def seed_customers(
-        self, count: int, *, company_id: str | None = None, seed: int = 0, start: int = 1
+        self,
+        count: int,
+        *,
+        company_id: str | None = None,
+        seed: int = 0,
+        start: int = 1,
+        company_contacts: bool = False,
     ) -> list[str]:
-        """Insert `count` generated customers (no notifications). 100,000 take a few seconds."""
-        return seed_customers(self.store, company_id or self.company_id, count, seed=seed, start=start)
+        """Insert `count` generated customers (no notifications). 100,000 take a few seconds.
+
+        For speed the generator leaves out the company contact BC creates with every customer;
+        `company_contacts=True` creates them (and their business relations) as `seed` does."""
+        return seed_customers(
+            self.store,
+            company_id or self.company_id,
+            count,
+            seed=seed,
+            start=start,
+            company_contacts=company_contacts,
+        )
 
     def seed(
         self, entity_set: str, records: Iterable[Mapping[str, Any]], *, company_id: str | None = None
     ) -> list[str]:
-        """Insert records through the business rules, without notifications. Returns their ids."""
+        """Insert records through the business rules, without notifications. Returns their ids.
+        Customers and vendors get their company contacts, as in BC."""
         return self.store.seed(company_id or self.company_id, entity_set, records)
+
+    def company_contact(self, customer_or_vendor_id: str, *, company_id: str | None = None) -> dict[str, Any]:
+        """The stored company contact (hidden keys included) related to a customer or vendor by
+        its business relation. KeyError if there is none (unknown id, generated without contacts,
+        relation deleted)."""
+        company = company_id or self.company_id
+        contact = self.store.company_contact(company, customer_or_vendor_id)
+        if contact is None:
+            raise KeyError(
+                f"no company contact is related to customer/vendor {customer_or_vendor_id} in company "
+                f"{company} (unknown id, seeded with company_contacts=False, or the relation was removed)"
+            )
+        return contact
 
     def change(
         self,

@@ -1,7 +1,9 @@
 """Data the sandbox starts with, and fast generators of bulk records for tests and benchmarks.
 
 Reference data gets ids derived from (company, entity set, code) so they are the same on every
-start; generated customers are deterministic for a given `seed`.
+start; generated customers are deterministic for a given `seed`. The sample customers get their
+company contacts (`CT00010`, `CT00020`) as any customer does; bulk-generated customers do not,
+unless asked (`company_contacts=True`), to keep 100,000-row seeding fast.
 """
 
 from __future__ import annotations
@@ -134,7 +136,20 @@ def generate_customers(count: int, *, seed: int = 0, start: int = 1) -> Iterator
 
 
 def seed_customers(
-    store: BcStore, company_id: str, count: int, *, seed: int = 0, start: int = 1
+    store: BcStore,
+    company_id: str,
+    count: int,
+    *,
+    seed: int = 0,
+    start: int = 1,
+    company_contacts: bool = False,
 ) -> list[str]:
-    """Insert `count` generated customers without notifications; returns their ids."""
-    return store.seed(company_id, "customers", generate_customers(count, seed=seed, start=start), SEED_USER)
+    """Insert `count` generated customers without notifications; returns their ids. By default
+    without their company contacts (speed); `company_contacts=True` creates them as BC would."""
+    return store.seed(
+        company_id,
+        "customers",
+        generate_customers(count, seed=seed, start=start),
+        SEED_USER,
+        company_contacts=company_contacts,
+    )

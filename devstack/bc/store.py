@@ -1,7 +1,9 @@
 """The sandbox's data: companies, their records, business rules, ETags and the change feed.
 
 Records are plain dicts in wire form (documented fields in order) plus hidden keys starting with
-`_` (`_etag`, `_ms` = lastModifiedDateTime in epoch ms, `_by` = the user who changed it last).
+`_` (`_etag`, `_ms` = lastModifiedDateTime in epoch ms, `_by` = the user who changed it last; a
+customer's or vendor's `_contactId` = its company contact; a company contact's business relation
+`_relatedType`/`_relatedId`). `to_wire` serializes documented fields only, so these never reach JSON.
 A stored record is never mutated: a write stores a new dict, so readers can hold rows without
 the lock, and a transaction rolls back by putting the old dicts back.
 
@@ -25,10 +27,14 @@ from typing import Any
 from devstack.bc.clock import SandboxClock, iso_ms
 from devstack.bc.entities import (
     BOOL,
+    BUSINESS_RELATIONS,
+    COMPANY_CONTACT_FIELDS,
     DATE,
     DOCUMENT_SETS,
     ENTITY_SETS,
     GUID,
+    NO_BUSINESS_RELATION,
+    NO_RELATION,
     NUM,
     STR,
     ZERO_GUID,
@@ -227,8 +233,12 @@ class BcStore:
         *,
         parent_id: str | None = None,
         record_id: str | None = None,
+        company_contact: bool = True,
     ) -> dict[str, Any]:
-        """Insert a record; `record_id` fixes the id (seeding only: the API never lets a client)."""
+        """Insert a record; `record_id` fixes the id (seeding only: the API never lets a client).
+
+        A customer or vendor gets its company contact, linked by a business relation, as BC does
+        with the default Marketing Setup; `company_contact=False` leaves it out (bulk seeding)."""
         entity = ENTITY_SETS[entity_set]
         with self.transaction():
             company = self.company(company_id)
@@ -246,9 +256,15 @@ class BcStore:
                 changed.add("documentId")
             self._apply_rules(company, entity, record, changed, creating=True)
             self._assign_key(company, entity, record)
+            self._after_key(entity, record)
+            relation = BUSINESS_RELATIONS.get(entity_set) if company_contact else None
+            if relation is not None:
+                record["_contactId"] = str(uuid.uuid4())
             self._stamp(record, None, user)
             self._put(company, entity_set, record)
             self._emit(company, entity_set, record, "created", user)
+            if relation is not None:
+                self._create_company_contact(company, record, relation, user)
             self._after_write(company, entity, record, user)
             return record
 
@@ -268,13 +284,14 @@ class BcStore:
             current = self._checked_current(entity, company, record_id, if_match)
             record = dict(current)
             changed = self._apply_body(entity, record, body, creating=False)
-            self._apply_rules(company, entity, record, changed, creating=False)
+            self._apply_rules(company, entity, record, changed, creating=False, previous=current)
             if entity.key and entity.key in changed:
                 self._assign_key(company, entity, record, previous=current)
+            self._after_key(entity, record)
             self._stamp(record, current["_ms"], user)
             self._put(company, entity_set, record)
             self._emit(company, entity_set, record, "updated", user)
-            self._after_write(company, entity, record, user)
+            self._after_write(company, entity, record, user, previous=current)
             return record
 
     def delete(
@@ -291,16 +308,25 @@ class BcStore:
             if entity.name == "salesOrders":
                 for line in self._lines_of(company, current["id"]):
                     self._remove(company, "salesOrderLines", line)
-            self._after_write(company, entity, current, user)
+            self._after_write(company, entity, current, user, previous=current, deleted=True)
 
     def seed(
-        self, company_id: str, entity_set: str, records: Iterable[Mapping[str, Any]], user: str = "SEED"
+        self,
+        company_id: str,
+        entity_set: str,
+        records: Iterable[Mapping[str, Any]],
+        user: str = "SEED",
+        *,
+        company_contacts: bool = True,
     ) -> list[str]:
-        """Insert records through the normal rules (validated), without notifications. Returns ids."""
+        """Insert records through the normal rules (validated), without notifications. Returns ids.
+        `company_contacts=False`: customers/vendors without their company contacts (bulk data)."""
         ids: list[str] = []
         with self.quiet(), self.transaction():
             for body in records:
-                ids.append(self.create(company_id, entity_set, body, user)["id"])
+                ids.append(
+                    self.create(company_id, entity_set, body, user, company_contact=company_contacts)["id"]
+                )
         return ids
 
     def touch(self, company_id: str, entity_set: str, record_id: str, user: str) -> dict[str, Any]:
@@ -455,6 +481,7 @@ class BcStore:
         changed: set[str],
         *,
         creating: bool,
+        previous: Mapping[str, Any] | None = None,
     ) -> None:
         if entity.name in ("customers", "vendors"):
             self._check_currency(company, record, changed, creating)
@@ -467,6 +494,8 @@ class BcStore:
                 company, record, changed, "shipmentMethodId", "shipmentMethods", "Shipment Method"
             )
             self._check_ref_code(company, record, changed, "salespersonCode", "salespeoplePurchasers", entity)
+        elif entity.name == "contacts":
+            self._apply_contact_rules(company, record, changed, previous)
         elif entity.name == "items":
             self._check_unit_of_measure(company, record, changed)
         elif entity.name in DOCUMENT_SETS:
@@ -503,11 +532,7 @@ class BcStore:
         value = record[name]
         if name not in changed or not value or value in company.keys[target]:
             return
-        raise bad_request(
-            f"The field {_caption_of(name)} of table {entity.caption} contains a value ({value}) that cannot "
-            f"be found in the related table ({ENTITY_SETS[target].caption}).",
-            "Application_DialogException",
-        )
+        raise _related_value_not_found(entity, name, value, target)
 
     def _check_currency(
         self, company: Company, record: dict[str, Any], changed: set[str], creating: bool
@@ -684,7 +709,23 @@ class BcStore:
         with self.lock:
             return self._lines_of(self.company(company_id), document_id)
 
-    def _after_write(self, company: Company, entity: EntitySet, record: Mapping[str, Any], user: str) -> None:
+    def _after_write(
+        self,
+        company: Company,
+        entity: EntitySet,
+        record: Mapping[str, Any],
+        user: str,
+        *,
+        previous: Mapping[str, Any] | None = None,
+        deleted: bool = False,
+    ) -> None:
+        """Writes a write causes in BC. `previous` is the record before an update or delete."""
+        if entity.name in BUSINESS_RELATIONS:
+            self._update_company_contact(company, record, user, previous=previous, deleted=deleted)
+            return
+        if entity.name == "contacts":
+            self._update_persons(company, record, user, previous=previous, deleted=deleted)
+            return
         # A line change changes the header's totals and notifies the header (reference §4.5).
         if entity.name != "salesOrderLines":
             return
@@ -711,6 +752,224 @@ class BcStore:
                         f"outstanding {ENTITY_SETS[document_set].caption} for this customer.",
                         "Application_DialogException",
                     )
+
+    # --- contacts and business relations ----------------------------------------------------------
+
+    def _apply_contact_rules(
+        self,
+        company: Company,
+        record: dict[str, Any],
+        changed: set[str],
+        previous: Mapping[str, Any] | None,
+    ) -> None:
+        """BC's Contact rules: a person's `companyNumber` is a company contact's number (table
+        relation Contact where Type = Company) and the person shows that company's name and business
+        relation; a company's `companyNumber` is its own number (`_after_key`); the type of a company
+        with a business relation or with persons cannot change (TypeChange)."""
+        if record["type"] == "Person":
+            if previous is not None and previous["type"] == "Company":
+                if previous.get("_relatedType", NO_RELATION) != NO_RELATION:
+                    raise bad_request(
+                        "No. of Business Relations must be equal to '0'  in Contact: "
+                        f"No.={previous['number']}. Current value is '1'.",
+                        "Application_DialogException",
+                    )
+                if self._persons_of(company, previous["number"]):
+                    raise bad_request(
+                        "Type cannot be changed because there are one or more related people linked to the "
+                        "contact.",
+                        "Application_DialogException",
+                    )
+                if "companyNumber" not in changed:
+                    record["companyNumber"] = ""  # its own number as a company
+            number = record["companyNumber"]
+            if not number:
+                record["companyName"], record["contactBusinessRelation"] = "", NO_BUSINESS_RELATION
+                return
+            found = self.find_by_key(company.id, "contacts", number)
+            if found is None or found["type"] != "Company" or found["id"] == record["id"]:
+                raise _related_value_not_found(ENTITY_SETS["contacts"], "companyNumber", number, "contacts")
+            record["companyName"] = found["displayName"]
+            record["contactBusinessRelation"] = found["contactBusinessRelation"]
+            return
+        number = record["companyNumber"]
+        own = {"", record["number"], previous["number"] if previous is not None else ""}
+        if "companyNumber" in changed and number not in own:
+            raise bad_request(
+                f"Type must be equal to 'Person'  in Contact: No.={record['number'] or number}. "
+                "Current value is 'Company'.",
+                "Application_DialogException",
+            )
+        relation = record.get("_relatedType", NO_RELATION)
+        record["contactBusinessRelation"] = NO_BUSINESS_RELATION if relation == NO_RELATION else relation
+
+    @staticmethod
+    def _after_key(entity: EntitySet, record: dict[str, Any]) -> None:
+        # BC's TypeChange: a company contact is its own company ("Company No." := "No.").
+        if entity.name == "contacts" and record["type"] == "Company":
+            record["companyNumber"], record["companyName"] = record["number"], record["displayName"]
+
+    def _create_company_contact(
+        self, company: Company, record: Mapping[str, Any], relation: str, user: str
+    ) -> None:
+        """The company contact of a new customer/vendor and its business relation (CustCont-Update
+        InsertNewContact): a "Company" contact from the contact number series with the copied fields."""
+        contacts = ENTITY_SETS["contacts"]
+        contact = contacts.template()
+        contact["id"] = record["_contactId"]
+        contact["type"] = "Company"
+        for name in COMPANY_CONTACT_FIELDS:
+            contact[name] = record[name]
+        contact["contactBusinessRelation"] = relation
+        contact["_relatedType"], contact["_relatedId"] = relation, record["id"]
+        self._assign_key(company, contacts, contact)
+        self._after_key(contacts, contact)
+        self._stamp(contact, None, user)
+        self._put(company, contacts.name, contact)
+        self._emit(company, contacts.name, contact, "created", user)
+
+    def _update_company_contact(
+        self,
+        company: Company,
+        record: Mapping[str, Any],
+        user: str,
+        *,
+        previous: Mapping[str, Any] | None,
+        deleted: bool,
+    ) -> None:
+        # CustCont-Update / VendCont-Update: a change of a copied field copies them all to the company
+        # contact; deleting the customer/vendor deletes the business relation (the contact stays).
+        if previous is None:
+            return
+        contact = self._company_contact_of(company, previous)
+        if contact is None:
+            return
+        if deleted:
+            self._derive(
+                company,
+                contact,
+                {
+                    "_relatedType": NO_RELATION,
+                    "_relatedId": ZERO_GUID,
+                    "contactBusinessRelation": NO_BUSINESS_RELATION,
+                },
+                user,
+            )
+        elif any(record[name] != previous[name] for name in COMPANY_CONTACT_FIELDS):
+            updates = {name: record[name] for name in COMPANY_CONTACT_FIELDS}
+            updates["companyName"] = record["displayName"]
+            self._derive(company, contact, updates, user)
+
+    def _update_persons(
+        self,
+        company: Company,
+        record: Mapping[str, Any],
+        user: str,
+        *,
+        previous: Mapping[str, Any] | None,
+        deleted: bool,
+    ) -> None:
+        # A company contact's persons follow it: deleting the company deletes them (Contact.OnDelete),
+        # a new name, number or business relation is shown on them (Contact.DoModify).
+        if previous is None or previous["type"] != "Company":
+            return
+        shown = ("number", "displayName", "contactBusinessRelation")
+        if not deleted and all(record[name] == previous[name] for name in shown):
+            return
+        persons = self._persons_of(company, previous["number"])
+        if deleted:
+            for person in persons:
+                self._remove(company, "contacts", person)
+                deleted_ms = max(self.clock.now_ms(), person["_ms"] + 1)
+                self._emit(company, "contacts", {**person, "_ms": deleted_ms}, "deleted", user)
+            return
+        updates = {
+            "companyNumber": record["number"],
+            "companyName": record["displayName"],
+            "contactBusinessRelation": record["contactBusinessRelation"],
+        }
+        for person in persons:
+            self._derive(company, person, updates, user)
+
+    def _derive(
+        self, company: Company, current: Mapping[str, Any], updates: Mapping[str, Any], user: str
+    ) -> None:
+        """Update a contact as a consequence of another write: stamped, logged and cascaded like any
+        write (contacts have no webhooks, so nothing is notified)."""
+        updated = {**current, **updates}
+        if updated == current:
+            return
+        self._stamp(updated, current["_ms"], user)
+        self._put(company, "contacts", updated)
+        self._emit(company, "contacts", updated, "updated", user)
+        self._after_write(company, ENTITY_SETS["contacts"], updated, user, previous=current)
+
+    @staticmethod
+    def _company_contact_of(company: Company, parent: Mapping[str, Any]) -> dict[str, Any] | None:
+        contact = company.tables["contacts"].get(parent.get("_contactId", ""))
+        if contact is None or contact.get("_relatedId") != parent["id"]:
+            return None
+        return contact
+
+    @staticmethod
+    def _persons_of(company: Company, number: str) -> list[dict[str, Any]]:
+        if not number:
+            return []
+        return [
+            c
+            for c in company.tables["contacts"].values()
+            if c["type"] == "Person" and c["companyNumber"] == number
+        ]
+
+    def company_contact(self, company_id: str, record_id: str) -> dict[str, Any] | None:
+        """The company contact related to a customer or vendor (by its id), or None."""
+        key = normalize_guid(record_id)
+        with self.lock:
+            company = self.company(company_id)
+            for entity_set in BUSINESS_RELATIONS:
+                parent = company.tables[entity_set].get(key)
+                if parent is not None:
+                    return self._company_contact_of(company, parent)
+        return None
+
+    def contacts_information(
+        self, company_id: str, parent: tuple[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """`contactsInformation` rows: for every company contact with a business relation (or only
+        the one of `parent` = (entity set, id)), the company and its persons, each with the relation.
+        Rows have the hidden sort key `id` (the contact id)."""
+        with self.lock:
+            company = self.company(company_id)
+            if parent is not None:
+                owner = company.tables[parent[0]].get(normalize_guid(parent[1]))
+                found = self._company_contact_of(company, owner) if owner is not None else None
+                companies = [found] if found is not None else []
+            else:
+                companies = [
+                    c
+                    for c in company.tables["contacts"].values()
+                    if c["type"] == "Company" and c.get("_relatedType", NO_RELATION) != NO_RELATION
+                ]
+            if not companies:
+                return []
+            by_company = {c["number"]: c for c in companies}
+            rows: list[dict[str, Any]] = []
+            for contact in company.tables["contacts"].values():
+                owner = by_company.get(contact["companyNumber"])
+                if owner is None or (contact["type"] == "Company" and contact is not owner):
+                    continue
+                rows.append(
+                    {
+                        "id": contact["id"],
+                        "contactId": contact["id"],
+                        "contactNumber": contact["number"],
+                        "contactName": contact["displayName"],
+                        "contactType": contact["type"],
+                        "relatedId": owner["_relatedId"],
+                        "relatedType": owner["_relatedType"],
+                    }
+                )
+        return rows
 
     # --- derived data -----------------------------------------------------------------------------
 
@@ -743,8 +1002,18 @@ def _type_name(entity: EntitySet) -> str:
 
 
 def _caption_of(field_name: str) -> str:
-    return {"salespersonCode": "Salesperson Code", "salesperson": "Salesperson Code"}.get(
-        field_name, field_name
+    return {
+        "salespersonCode": "Salesperson Code",
+        "salesperson": "Salesperson Code",
+        "companyNumber": "Company No.",
+    }.get(field_name, field_name)
+
+
+def _related_value_not_found(entity: EntitySet, name: str, value: str, target: str) -> BcError:
+    return bad_request(
+        f"The field {_caption_of(name)} of table {entity.caption} contains a value ({value}) that cannot "
+        f"be found in the related table ({ENTITY_SETS[target].caption}).",
+        "Application_DialogException",
     )
 
 

@@ -35,7 +35,7 @@ import httpx
 
 from devstack.bc.clock import SandboxClock, iso_ms, iso_seconds
 from devstack.bc.config import BcSandboxConfig
-from devstack.bc.entities import ENTITY_SETS
+from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
 from devstack.bc.errors import BcError, bad_request, entity_changed, missing_if_match
 from devstack.bc.store import BcStore, Change, make_etag
 from devstack.sandbox_common.counters import RequestCounters
@@ -232,11 +232,11 @@ class WebhookHub:
             )
         company = self.store.company(match.group(1))
         entity_set = match.group(2)
-        if entity_set not in ENTITY_SETS:
+        if entity_set not in ENTITY_SETS and entity_set not in COMPUTED_SETS:
             raise BcError(
                 404, "BadRequest_ResourceNotFound", f"Resource not found for the segment '{entity_set}'."
             )
-        if not ENTITY_SETS[entity_set].webhook_supported:
+        if entity_set in COMPUTED_SETS or not ENTITY_SETS[entity_set].webhook_supported:
             raise bad_request(
                 f"The entity set '{entity_set}' does not support webhook subscriptions; poll it with a "
                 "lastModifiedDateTime filter instead.",

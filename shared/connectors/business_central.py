@@ -174,6 +174,21 @@ class BusinessCentralClient:
             return None
         return dict(response.json())
 
+    def related_contacts(
+        self, company_id: str, entity_set: str, record_id: str, *, filter: str | None = None
+    ) -> list[dict[str, Any]]:
+        """`<entity_set>(<id>)/contactsInformation` (BC 18.0+): the company contact BC relates to a
+        customer or vendor, and its persons. The company-level `contactsInformation` set cannot list
+        relations: BC's page answers only with a `relatedId` and `relatedType` filter, one record at
+        a time (Microsoft docs, api-reference/v2.0/api/dynamics_contactinformation_get.md)."""
+        url = f"{self._url(company_id, entity_set, record_id)}/contactsInformation"
+        params = _query_params(select=["contactNumber", "contactType", "relatedId"], filter=filter)
+        try:
+            response = self._send("GET", url, kind="contactsInformation", params=params)
+        except NotFoundError:
+            return []
+        return [dict(row) for row in response.json().get("value", [])]
+
     def query_pages(
         self,
         company_id: str,

@@ -18,6 +18,7 @@ from shared.mapping.values import (
     Record,
     TranslationError,
     field_name,
+    lookup_space,
     lookup_target,
     other,
     read,
@@ -175,6 +176,11 @@ class LookupKey:
     mapping: str
     side: Side
     value: str
+    company_contact: bool = False  # BC value is the target's company contact number (bc_company_contact)
+
+    @property
+    def space(self) -> str:
+        return lookup_space(self.mapping, self.company_contact)
 
 
 def lookup_keys(ms: MappingSet, mapping: EntityMapping, side: Side, record: Record) -> list[LookupKey]:
@@ -190,5 +196,5 @@ def lookup_keys(ms: MappingSet, mapping: EntityMapping, side: Side, record: Reco
         if value is None and side == "bc" and target.bc_blank_means_local_currency:
             value = ms.settings.bc_local_currency_code
         if value is not None:
-            keys.append(LookupKey(target.name, side, str(value)))
+            keys.append(LookupKey(target.name, side, str(value), f.bc_company_contact))
     return list(dict.fromkeys(keys))

@@ -27,6 +27,10 @@ Scalar = str | int | float | bool | None
 OWNER_FIELD_KEY = "owner"
 
 
+# BC entity sets a company contact can be related to, with the `relatedType` contactsInformation gives them.
+COMPANY_CONTACT_RELATIONS = {"customers": "Customer", "vendors": "Vendor"}
+
+
 class _Strict(BaseModel):
     # Unknown keys are typos until proven otherwise: refuse them so a misspelt option cannot be ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -79,6 +83,13 @@ class FieldMapping(_Strict):
     clear_on_failed_lookup: bool = Field(
         False, description="Write an empty value instead of failing when the lookup target is not coupled."
     )
+    bc_company_contact: bool = Field(
+        False,
+        description="BC holds the number of the lookup target's company contact (a person contact's "
+        "`companyNumber`), not the target's key: BC links a company contact to its customer or vendor by "
+        "contact business relation, read from `contactsInformation`. Only for lookups of customers or "
+        "vendors.",
+    )
     not_null: bool = Field(False, description="Never write an empty value to the target (e.g. ownerid).")
     conflict: ConflictPolicy | None = Field(
         None, description="Overrides the table mapping's conflict policy."
@@ -120,6 +131,8 @@ class FieldMapping(_Strict):
             raise ValueError("a field mapping without `constant` needs both `bc` and `dv`")
         if self.clear_on_failed_lookup and self.not_null:
             raise ValueError("`clear_on_failed_lookup` and `not_null` contradict each other; pick one")
+        if self.bc_company_contact and (self.lookup is None or self.bc is None):
+            raise ValueError("`bc_company_contact` only applies to a field with a `lookup` and a `bc` field")
         if self.clear_on_failed_lookup and self.lookup is None:
             raise ValueError("`clear_on_failed_lookup` only applies to a field with a `lookup`")
         if self.lookup is not None and self.value_map is not None:
@@ -331,6 +344,14 @@ class MappingSet(_Strict):
                 if f.lookup is not None and f.lookup not in names:
                     raise ValueError(
                         f"mapping {m.name}, field {f.key!r}: lookup names unknown mapping {f.lookup!r}"
+                    )
+                target = next((t for t in self.mappings if t.name == f.lookup), None)
+                if f.bc_company_contact and not (
+                    isinstance(target, EntityMapping) and target.bc.entity_set in COMPANY_CONTACT_RELATIONS
+                ):
+                    raise ValueError(
+                        f"mapping {m.name}, field {f.key!r}: bc_company_contact needs a lookup of a "
+                        f"mapping of BC {' or '.join(COMPANY_CONTACT_RELATIONS)}, not {f.lookup!r}"
                     )
                 if f.lookup is not None and m.name in active and f.lookup not in active:
                     raise ValueError(

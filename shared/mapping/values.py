@@ -71,6 +71,16 @@ def dataverse_id_for(mapping: EntityMapping | str, bc_id: str) -> str:
 # -- field shapes ------------------------------------------------------------------------------------
 
 
+# `MissingLookup.key_field` of a lookup by company contact number (`FieldMapping.bc_company_contact`).
+COMPANY_CONTACT_KEY = "company contact number"
+
+
+def lookup_space(lookup: str, company_contact: bool) -> str:
+    """The name `Lookups` keeps a lookup's pairs under: a lookup by company contact number pairs
+    other BC values with the same Dataverse ids, so it has its own space."""
+    return f"{lookup} by {COMPANY_CONTACT_KEY}" if company_contact else lookup
+
+
 def lookup_target(ms: MappingSet, f: FieldMapping) -> EntityMapping | OptionSetMapping | None:
     return ms.get(f.lookup) if f.lookup is not None else None
 
@@ -244,6 +254,8 @@ def _through_couplings(
     lookups: Lookups,
 ) -> Any:
     local = ms.settings.bc_local_currency_code
+    space = lookup_space(lookup.name, f.bc_company_contact)
+    bc_key_field = COMPANY_CONTACT_KEY if f.bc_company_contact else lookup.bc.key
     if target == "dv":
         if value is None and lookup.bc_blank_means_local_currency:
             if local is None:
@@ -254,16 +266,16 @@ def _through_couplings(
             value = local
         if value is None:
             return None
-        found = lookups.dataverse_id(lookup.name, str(value))
+        found = lookups.dataverse_id(space, str(value))
         if found is None:
             missing = MissingLookup(
-                lookup.name, "bc", lookup.bc.key, str(value), f.key, lookup.writes_to("dv")
+                lookup.name, "bc", bc_key_field, str(value), f.key, lookup.writes_to("dv")
             )
             raise LookupMissing(missing, _missing_message(mapping, f, lookup, missing))
         return found.lower()
     if value is None:
         return None
-    found = lookups.bc_key(lookup.name, str(value))
+    found = lookups.bc_key(space, str(value))
     if found is None:
         missing = MissingLookup(
             lookup.name, "dv", lookup.dataverse.primary_key, str(value), f.key, lookup.writes_to("bc")
@@ -279,7 +291,7 @@ def _missing_message(mapping: EntityMapping, f: FieldMapping, lookup: EntityMapp
         return f.failed_lookup_message.replace("{value}", repr(m.value))
     if m.side == "bc":
         what = (
-            f"BC {lookup.bc.entity_set} {lookup.bc.key} {m.value!r} is not coupled to a Dataverse "
+            f"BC {lookup.bc.entity_set} {m.key_field} {m.value!r} is not coupled to a Dataverse "
             f"{lookup.dataverse.table}"
         )
     else:

@@ -110,14 +110,24 @@ def test_contact_waits_for_its_company_then_syncs(e2e: E2EStack) -> None:
     tag = _tag()
     number = f"E2EK{tag}"
     # Seeded: no notification, so the company is not coupled when its contact is synchronized.
-    (customer_id,) = e2e.bc.seed("customers", [{"number": number, "displayName": f"Parent {tag}"}])
+    # A namesake first: BC's API finds a company contact's customer only through the name it copies.
+    _, customer_id = e2e.bc.seed(
+        "customers",
+        [
+            {"number": f"{number}N", "displayName": f"Parent {tag}"},
+            {"number": number, "displayName": f"Parent {tag}"},
+        ],
+    )
+    # As in BC, the person belongs to the customer's company contact, which has its own number.
+    company_contact = e2e.bc.company_contact(customer_id)["number"]
+    assert company_contact != number
     (contact_id,) = e2e.bc.seed(
         "contacts",
         [
             {
                 "type": "Person",
                 "displayName": f"Dana {tag}",
-                "companyNumber": number,
+                "companyNumber": company_contact,
                 "email": f"dana{tag}@e2e.example",
             }
         ],
@@ -141,6 +151,21 @@ def test_contact_waits_for_its_company_then_syncs(e2e: E2EStack) -> None:
     assert (contact["emailaddress1"], contact["fullname"]) == (f"dana{tag}@e2e.example", f"Dana {tag}")
     outcomes = [e.outcome for e in reversed(e2e.rt.journal.history("CONTACT", "bc", contact_id))]
     assert outcomes[0] == "deferred" and outcomes[-1] == "inserted", outcomes
+
+
+def test_a_contact_entered_in_sales_joins_its_customer_s_company_contact_in_bc(e2e: E2EStack) -> None:
+    bc_id, dv_id = _new_coupled_customer(e2e)
+    tag = _tag()
+    person = e2e.dv_create(
+        "contacts",
+        {"firstname": "Lee", "lastname": f"Park {tag}", "emailaddress1": f"lee{tag}@e2e.example",
+         "parentcustomerid_account@odata.bind": f"/accounts({dv_id})"},
+    )  # fmt: skip
+    coupling = e2e.wait_coupled("CONTACT", "dv", person["contactid"], timeout=20)
+    contact = e2e.bc_get("contacts", str(coupling.bc_id))
+    assert contact is not None
+    assert (contact["type"], contact["displayName"]) == ("Person", f"Lee Park {tag}")
+    assert contact["companyNumber"] == e2e.bc.company_contact(bc_id)["number"]
 
 
 # ------------------------------------------------------------------ 3. uncoupled salesperson

@@ -82,6 +82,19 @@ def test_unknown_lookup_target_is_refused_with_the_mapping_named() -> None:
     assert "lookup names unknown mapping 'CURRENCIES'" in str(error)
 
 
+def test_a_company_contact_lookup_must_target_customers_or_vendors() -> None:
+    error = load_error(MINIMAL.replace("lookup: CURRENCY}", "lookup: CURRENCY, bc_company_contact: true}"))
+    assert "bc_company_contact needs a lookup of a mapping of BC customers or vendors, not 'CURRENCY'" in str(
+        error
+    )
+    plain = load_error(
+        MINIMAL.replace(
+            "{bc: displayName, dv: name}", "{bc: displayName, dv: name, bc_company_contact: true}"
+        )
+    )
+    assert "`bc_company_contact` only applies to a field with a `lookup`" in str(plain)
+
+
 def test_dependency_cycle_is_refused() -> None:
     text = MINIMAL.replace(
         "direction: to_dataverse\n    fields",

@@ -9,6 +9,7 @@ import yaml
 
 from shared.mapping import DEFAULT_MAPPING_FILE, StaticLookups, dataverse_id_for, load_mapping_set
 from shared.mapping.schema import EntityMapping, FilterClause, MappingSet
+from shared.mapping.values import COMPANY_CONTACT_KEY, lookup_space
 from shared.reconcile import Candidate, Outcome, Plan, presumed_record, reconcile, take_snapshot
 
 MS = load_mapping_set()
@@ -642,10 +643,10 @@ def test_contact_company_binds_the_parent_account_and_names_split() -> None:
     account = "99999999-9999-9999-9999-999999999999"
     bc = {
         "id": BC_ID,
-        "number": "CT1",
+        "number": "CT000002",
         "type": "Person",
         "displayName": "Ann Marie Smith",
-        "companyNumber": "C0001",
+        "companyNumber": "CT000001",  # the customer's company contact, not the customer number
         "email": "ann@adatum.example",
         "addressLine1": "",
         "addressLine2": "",
@@ -664,7 +665,7 @@ def test_contact_company_binds_the_parent_account_and_names_split() -> None:
         snapshot=None,
         bc=bc,
         dv=None,
-        lookups=StaticLookups().couple("CUSTOMER", "C0001", account),
+        lookups=StaticLookups().couple(lookup_space("CUSTOMER", company_contact=True), "CT000001", account),
     )
     assert plan.dv_write is not None
     body = plan.dv_write.body
@@ -672,9 +673,30 @@ def test_contact_company_binds_the_parent_account_and_names_split() -> None:
     assert (body["firstname"], body["lastname"]) == ("Ann Marie", "Smith")
     assert "type" not in body
     assert plan.snapshot is not None and plan.snapshot["dv"]["displayName"] == "Ann Marie Smith"
-    missing = reconcile(MS, contact, snapshot=None, bc=bc, dv=None, lookups=StaticLookups())
+    # The customer's own coupling (by customer number) is not the company contact's.
+    by_number = StaticLookups().couple("CUSTOMER", "CT000001", account)
+    missing = reconcile(MS, contact, snapshot=None, bc=bc, dv=None, lookups=by_number)
     assert missing.outcome is Outcome.DEFERRED
-    assert [(m.mapping, m.value) for m in missing.missing] == [("CUSTOMER", "C0001")]
+    assert [(m.mapping, m.key_field, m.value) for m in missing.missing] == [
+        ("CUSTOMER", COMPANY_CONTACT_KEY, "CT000001")
+    ]
+
+
+def test_a_dataverse_contact_gets_its_account_s_company_contact_number_in_bc() -> None:
+    contact = MS.entity("CONTACT")
+    account = "99999999-9999-9999-9999-999999999999"
+    dv = {
+        "contactid": DV_ID, "fullname": "Ann Smith", "firstname": "Ann", "lastname": "Smith",
+        "emailaddress1": "ann@adatum.example", "_parentcustomerid_value": account, "statecode": 0,
+        "address1_line1": None, "address1_line2": None, "address1_postalcode": None, "address1_city": None,
+        "address1_country": None, "address1_stateorprovince": None, "telephone1": None, "mobilephone": None,
+        "websiteurl": None, "modifiedon": "2024-01-01T00:00:00Z",
+    }  # fmt: skip
+    lookups = StaticLookups().couple(lookup_space("CUSTOMER", company_contact=True), "CT000001", account)
+    plan = reconcile(MS, contact, snapshot=None, bc=None, dv=dv, lookups=lookups)
+    assert plan.bc_write is not None and plan.bc_write.kind == "create", plan
+    assert plan.bc_write.body["companyNumber"] == "CT000001"
+    assert plan.bc_write.body["type"] == "Person"
 
 
 def test_inventory_is_never_negative_in_dataverse() -> None:
