@@ -8,6 +8,7 @@ service's. `python -m bench.initial_sync [--customers 100000]`
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import resource
 import subprocess
@@ -72,6 +73,15 @@ def main() -> int:
         for kind, count in sorted(requests.items()):
             print(f"    {kind}: {count}")
         print(f"  peak RSS of the service process: {_peak_rss_mb():.0f} MB (before: {rss_before:.0f} MB)")
+        if run.counts.get("failed"):
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+            failed = [
+                e
+                for e in rt.journal.between(since, dt.datetime.now(dt.UTC), "CUSTOMER")
+                if e.outcome == "failed"
+            ]
+            for entry in failed[:5]:
+                print(f"  failed: BC {entry.bc_id}: {entry.error or entry.reason}")
         started = time.perf_counter()
         rt.bc.stats.reset()
         rt.dataverse.stats.reset()
