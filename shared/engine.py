@@ -4,9 +4,10 @@ One `Engine.handle(message)` call converges one record pair (or hands bulk work 
 module). It is idempotent: a redelivered message re-reads both sides and finds nothing to do.
 
 Request budget for a change on a coupled record: read the changed side (1); if its mapped values
-equal the snapshot it is an echo and we stop (1 request, no write); otherwise read the other side
-(2) and write it (3). An uncoupled record costs a read, one match query per match priority, and
-the create.
+equal the snapshot it is an echo and we stop (1 request, no write); otherwise write the other side
+with the ETag stored at the last sync, its values presumed from the snapshot (2). If it changed
+since, that write is refused and both sides are read and merged (5 in all). An uncoupled record
+costs a read, one match query per match priority, and the create.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from shared.timestamps import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
 
-MAX_RACE_RETRIES = 4  # re-read and re-reconcile after a lost race (ETag) at most this often
+MAX_RACE_RETRIES = 5  # attempts: the first may presume the counterpart, then re-read after a lost race
 MAX_DEFERRALS = 6  # a record waiting for its lookup target is retried this often, then fails
 DEFER_DELAY_SECONDS = 5
 MAX_TRANSIENT_REQUEUES = 8
@@ -173,7 +174,10 @@ class Engine:
 
         other_side = other(side)
         other_id = coupling.id_on(other_side)
-        counterpart = self._presumed(mapping, coupling, other_side) if presume and not force else None
+        # A deletion is decided on both records as they are: nothing is written to the counterpart
+        # that could refuse a stale presumption.
+        presuming = presume and not force and source is not None
+        counterpart = self._presumed(mapping, coupling, other_side) if presuming else None
         presumed = counterpart is not None
         if counterpart is None:
             counterpart = self.read(mapping, other_side, other_id) if other_id else None
@@ -182,8 +186,8 @@ class Engine:
         plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
         try:
             return self._apply(mapping, plan, coupling, message, bc, dv)
-        except NotFoundError:
-            if not presumed:
+        except NotFoundError as exc:
+            if not presumed or not other_id or other_id not in (exc.url or ""):
                 raise
             # Deleted since the last sync: the caller reads and decides again, as after any lost race.
             raise ConcurrencyError(f"{other_side} record {other_id} is gone since the last sync") from None
@@ -569,8 +573,9 @@ class Engine:
 
     def _related_to_company_contact(self, mapping: EntityMapping, number: str) -> str | None:
         """The customer (vendor) id BC relates company contact `number` to. BC copies a customer's
-        name to its company contact, so the customers of that name are the candidates, each checked
-        through its relation: 3 requests for a company contact not seen before."""
+        name to its company contact, so the customers of that name are the candidates (up to 5),
+        each checked through its relation until one matches: 3 requests for a company contact not
+        seen before, 1 more per namesake checked first."""
         links = self._contact_links_of(mapping)
         if number not in links:
             company = self.bc.query(
@@ -585,7 +590,8 @@ class Engine:
                 page_size=5,
             )  # fmt: skip
             for candidate in itertools.islice(namesakes, 5):
-                self._company_contact_of(mapping, str(candidate["id"]))
+                if self._company_contact_of(mapping, str(candidate["id"])) == number:
+                    break
             if number not in links:
                 return None
         return links[number]

@@ -1,8 +1,9 @@
 """The pure core: given a mapping, the coupling snapshot and both records, decide what to write.
 
 No I/O, no clock, no randomness: the same inputs always give the same `Plan`. The engine reads the
-records and the lookups, calls `reconcile`, performs the plan's writes (conditionally, with the ETags it
-read), then stores `take_snapshot` of the records as read back after the writes.
+records (or presumes an unchanged counterpart, `presumed_record`) and the lookups, calls `reconcile`,
+performs the plan's writes conditionally on the records' ETags, then stores `take_snapshot` of the
+records as read back after the writes.
 
 Change detection is per side: a field changed on a side when that side's current value differs from the
 value the snapshot holds *for that side*. Translation (value maps, lookups, normalisation) is only used to

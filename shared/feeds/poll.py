@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
+from shared.mapping.queries import in_scope, scope_clauses
 from shared.mapping.schema import EntityMapping
 from shared.messages import ScanMessage, SyncMessage
 from shared.runtime import Runtime
@@ -32,6 +33,7 @@ OVERLAP = dt.timedelta(seconds=5)
 class PollReport:
     enqueued: dict[str, int] = field(default_factory=dict)
     echoes: int = 0
+    out_of_scope: int = 0  # uncoupled records the mapping does not take (e.g. BC's company contacts)
     baselines: list[str] = field(default_factory=list)
     resyncs: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -61,12 +63,18 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
     since = parse_iso(mark.value)
     messages: list[SyncMessage] = []
     newest = since
-    for record in rt.bc.modified_since(rt.company_id, m.bc.entity_set, since, overlap=OVERLAP, select=["id"]):
+    select = ["id", *(c.field for c in scope_clauses(m, "bc"))]
+    for record in rt.bc.modified_since(rt.company_id, m.bc.entity_set, since, overlap=OVERLAP, select=select):
         modified = str(record["lastModifiedDateTime"])
         newest = max(newest, parse_iso(modified))
         coupling = rt.couplings.get(m.name, "bc", str(record["id"]))
         if coupling is not None and coupling.bc_modified == modified:
             report.echoes += 1
+            continue
+        if coupling is None and not in_scope(m, "bc", record):
+            # A coupled record leaving the scope is news; an uncoupled one outside it is not (BC
+            # changes a customer's company contact with every customer change).
+            report.out_of_scope += 1
             continue
         messages.append(SyncMessage(mapping=m.name, side="bc", id=str(record["id"]), modified=modified,
                                     reason="delta poll"))  # fmt: skip

@@ -89,7 +89,7 @@ def side_type(ms: MappingSet, f: FieldMapping, side: Side) -> SideType:
     target = lookup_target(ms, f)
     if target is not None:
         if side == "bc":
-            return "guid" if target.bc.key == "id" else "text"
+            return "guid" if target.bc.key == "id" and not f.bc_company_contact else "text"
         return "guid" if isinstance(target, EntityMapping) else "raw"
     if f.value_map is not None and side == "dv":
         return "raw"

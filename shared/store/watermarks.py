@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
@@ -37,7 +38,14 @@ class WatermarkStore:
 
     def set(self, mark: Watermark) -> Watermark:
         """Conditional on the ETag it was read with (None = must not exist yet)."""
-        entity = {"PartitionKey": mark.mapping, "RowKey": mark.side, "Value": mark.value}
+        # WriteId: only our own write, landed although its response was lost, counts as ours on a
+        # conflict; another instance that moved the mark to the same value has won this round.
+        entity = {
+            "PartitionKey": mark.mapping,
+            "RowKey": mark.side,
+            "Value": mark.value,
+            "WriteId": uuid.uuid4().hex,
+        }
         try:
             if mark.etag is None:
                 meta = self.table.create_entity(entity)

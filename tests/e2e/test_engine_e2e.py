@@ -105,6 +105,19 @@ def test_customer_created_updated_and_deleted_in_bc_and_changed_in_dataverse(e2e
     assert history[0].outcome == "failed" and "deletion policy" in history[0].error
 
 
+def test_a_pair_deleted_on_both_sides_is_uncoupled_not_failed(e2e: E2EStack) -> None:
+    bc_id, dv_id = _new_coupled_customer(e2e)
+    # The account goes first, unannounced (a delete by the integration user is dropped as an echo);
+    # the customer's deletion must then find it gone, not presume it from the snapshot.
+    e2e.rt.dataverse.delete("accounts", dv_id)
+    e2e.bc_delete("customers", bc_id)
+    wait_for(lambda: e2e.coupling(CUSTOMER, "bc", bc_id) is None, "the coupling to be removed")
+    e2e.settle()
+    latest = e2e.rt.journal.history(CUSTOMER, "bc", bc_id)[0]
+    assert latest.outcome == "uncoupled", latest
+    assert e2e.bc_get("customers", bc_id) is None and e2e.dv_get("accounts", dv_id) is None
+
+
 # ------------------------------------------------------------------ 2. deferral on a lookup
 def test_contact_waits_for_its_company_then_syncs(e2e: E2EStack) -> None:
     tag = _tag()

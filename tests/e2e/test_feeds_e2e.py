@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared import bulk, operations
+from shared.feeds.poll import delta_poll
 from shared.registration import ensure_bc_subscriptions
 from tests.e2e.harness import E2EStack, diff, wait_for, writes
 
@@ -143,6 +144,27 @@ def test_a_lost_bc_notification_is_caught_by_the_delta_poll(e2e: E2EStack) -> No
         lambda: e2e.dv.get("accounts", dv_id)["telephone1"] == "555-0611",
         "a notified change after re-creation",
     )
+
+
+def test_the_delta_poll_skips_company_contacts_without_a_request(e2e: E2EStack) -> None:
+    bc_id, _ = _coupled_customer(e2e)
+    delta_poll(e2e.rt)  # baselines, or catch up with what the earlier tests changed
+    e2e.settle()
+    # BC copies a customer change to its company contact; contacts have no webhooks, so only the
+    # poll sees it, and a person added to that company.
+    e2e.bc_update("customers", bc_id, {"phoneNumber": "555-0620"})
+    company = e2e.bc.company_contact(bc_id)
+    e2e.bc_create(
+        "contacts", {"type": "Person", "displayName": "Kim Poll", "companyNumber": company["number"]}
+    )
+    e2e.settle()
+
+    report = delta_poll(e2e.rt)
+    # Only the person is enqueued (and read); the company contact is known out of scope from the
+    # poll's own query.
+    assert report.enqueued["CONTACT/bc"] == 1, report
+    assert report.out_of_scope >= 1, report
+    e2e.settle()
 
 
 # ------------------------------------------------------------ 11. subscription upkeep

@@ -17,7 +17,7 @@ from azure.data.tables import TableServiceClient
 from shared.mapping.values import dataverse_id_for
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingStore
 from shared.store.storage import Storage, resend_after_disconnect
-from shared.store.watermarks import Watermark, WatermarkStore
+from shared.store.watermarks import Watermark, WatermarkConflictError, WatermarkStore
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +141,17 @@ def test_a_watermark_whose_create_response_was_lost_is_set(
     assert stored is not None and stored.etag == mark.etag and transport.lost["POST"] == 1
     with pytest.raises(ResourceExistsError):  # a plain second create still conflicts
         tables.get_table_client("Watermarks").create_entity({"PartitionKey": mapping, "RowKey": "bc"})
+
+
+def test_another_instance_moving_the_watermark_to_the_same_value_still_wins_the_round(
+    storage: Storage, mapping: str
+) -> None:
+    storage.ensure()
+    marks = WatermarkStore(storage.table("Watermarks"))
+    marks.set(Watermark(mapping, "bc", "2026-11-27T10:00:00.000Z"))
+    mine, theirs = marks.get(mapping, "bc"), marks.get(mapping, "bc")
+    assert mine is not None and theirs is not None
+    marks.set(Watermark(mapping, "bc", "2026-11-27T10:05:00.000Z", theirs.etag))
+    # Same value, but not our write: this instance must skip the round, not enqueue it again.
+    with pytest.raises(WatermarkConflictError):
+        marks.set(Watermark(mapping, "bc", "2026-11-27T10:05:00.000Z", mine.etag))

@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from shared.mapping import (
+    DEFAULT_MAPPING_FILE,
     RecordShapeError,
     StaticLookups,
     TranslationError,
@@ -16,9 +17,18 @@ from shared.mapping import (
     lookup_keys,
     lookup_needs,
     match_queries,
+    parse_mapping_set,
     select_fields,
 )
-from shared.mapping.values import LookupMissing, dv_entries, read, same, split_person_name, translate
+from shared.mapping.values import (
+    LookupMissing,
+    dv_entries,
+    read,
+    same,
+    side_type,
+    split_person_name,
+    translate,
+)
 
 MS = load_mapping_set()
 CUSTOMER = MS.entity("CUSTOMER")
@@ -158,3 +168,14 @@ def test_lookup_needs_and_keys() -> None:
     ]
     keys = lookup_keys(MS, CUSTOMER, "dv", {"_transactioncurrencyid_value": EUR, "_ownerid_value": None})
     assert [(k.mapping, k.side, k.value) for k in keys] == [("CURRENCY", "dv", EUR)]
+
+
+def test_a_company_contact_number_stays_text_when_customers_are_keyed_by_id() -> None:
+    text = DEFAULT_MAPPING_FILE.read_text().replace(
+        "entity_set: customers\n      key: number", "entity_set: customers\n      key: id"
+    )
+    assert "key: id" in text
+    ms = parse_mapping_set(text, "by-id.yaml")
+    company = ms.entity("CONTACT").field("companyNumber")
+    assert side_type(ms, company, "bc") == "text"
+    assert read(ms, company, "bc", {"companyNumber": "CT000001"}) == "CT000001"  # not lower-cased as a GUID
