@@ -1,7 +1,8 @@
 """Demo data and set-up for `python -m devstack up`: after this, the stack syncs live.
 
 It gives Dataverse two users whose e-mails match BC salespeople (a third salesperson stays
-uncoupled on purpose, so its customers show the named error), seeds a few dozen BC customers,
+uncoupled on purpose, so its customers show the named error), seeds a few dozen BC customers and
+a few of their contacts,
 runs the operator's set-up (checks, webhook registration in both sandboxes, salespeople coupled by
 e-mail) and the initial sync.
 """
@@ -18,6 +19,8 @@ DEMO_USERS = (
     ("peter-saddow", "a1b2c3d4-0000-4000-8000-00000000a002", "Peter Saddow", "peter.saddow@contoso.example"),
 )
 DEMO_CUSTOMERS = 40
+# Person contacts of the first demo customers, each under its customer's company contact, as in BC.
+DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen")
 
 
 def start_demo(stack: Stack) -> Iterator[str]:
@@ -33,8 +36,17 @@ def start_demo(stack: Stack) -> Iterator[str]:
             SandboxUser(token=token, systemuserid=user_id, fullname=name, internalemailaddress=email)
         )
     bc_sandbox = stack.bc_app.state.sandbox
-    bc_sandbox.seed_customers(DEMO_CUSTOMERS)
-    yield f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers"
+    customers = bc_sandbox.seed_customers(DEMO_CUSTOMERS, company_contacts=True)
+    people = [
+        {"type": "Person", "displayName": name, "email": name.lower().replace(" ", ".") + "@customer.example",
+         "companyNumber": bc_sandbox.company_contact(customer)["number"]}
+        for name, customer in zip(DEMO_PEOPLE, customers, strict=False)
+    ]  # fmt: skip
+    bc_sandbox.seed("contacts", people)
+    yield (
+        f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
+        f"{len(DEMO_PEOPLE)} of their contacts"
+    )
 
     # The operator's set-up, as `bcsync setup` runs it: checks, registration, salespeople.
     rt = get_runtime()
