@@ -361,7 +361,7 @@ def _follow(rt: Any, mapping: str, run_id: str, alive: Any = None) -> RunSummary
             if run is not None:
                 last = run
                 progress.update(task, total=run.total or None, completed=run.done)
-                if run.status not in ("queued", "running"):
+                if not run.in_progress:
                     return run
             if alive is not None and not alive():
                 return last

@@ -116,7 +116,14 @@ def run_full_resync(
         process(pairing.rest())
         run.status = "succeeded"
     except Exception as exc:
-        run.status, run.message = "failed", f"{type(exc).__name__}: {exc}"
+        # Raised on, so the host delivers the request again; until the last delivery ends in the
+        # poison queue, this run is not over.
+        run.status = "interrupted"
+        run.message = (
+            f"{type(exc).__name__}: {exc}. The queue delivers this resync again (host.json "
+            "maxDequeueCount); if it ends in the poison queue, fix the cause and replay it "
+            "(`bcsync poison --replay`)"
+        )
         raise
     finally:
         run.finished = now_iso()

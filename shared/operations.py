@@ -569,7 +569,7 @@ def follow_run(
         run = rt.journal.get_run(entity_mapping(rt, mapping_name).name, run_id)
         if run is not None:
             on_progress(run)
-            if run.status not in ("queued", "running"):
+            if not run.in_progress:
                 return run
         if deadline is not None and time.monotonic() > deadline:
             raise OperationError(

@@ -85,13 +85,19 @@ class RunSummary:
     kind: str  # "full_resync", "delta_poll", "statistics", "match_coupling"
     started: str
     finished: str = ""
-    status: str = "running"  # running, succeeded, failed
+    # queued, running, succeeded, failed; `interrupted`: an attempt stopped on an error and the
+    # queue delivers the request again (a new attempt resumes cheaply: coupled pairs cost no writes)
+    status: str = "running"
     dry_run: bool = False
     total: int = 0
     done: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     api_requests: int = 0
     message: str = ""
+
+    @property
+    def in_progress(self) -> bool:
+        return self.status in ("queued", "running", "interrupted")
 
 
 class Journal:

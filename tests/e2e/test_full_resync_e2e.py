@@ -24,7 +24,7 @@ def _resync(e2e: E2EStack) -> tuple[RunSummary, float]:
 
     def finished() -> RunSummary | None:
         run = e2e.rt.journal.get_run(CUSTOMER, run_id)
-        return run if run is not None and run.status not in ("queued", "running") else None
+        return run if run is not None and not run.in_progress else None
 
     run = wait_for(finished, "the full resync to finish", timeout=120, interval=0.25)
     return run, time.monotonic() - started
@@ -58,3 +58,29 @@ def test_full_resync_of_20000_customers_couples_all_and_a_second_run_writes_noth
     assert second.status == "succeeded", second
     assert diff(writes(e2e.dv), dv_writes_before) == {}
     assert diff(writes(e2e.bc), bc_writes_before) == {}
+
+
+def test_an_interrupted_resync_says_so_and_the_queue_finishes_it(e2e: E2EStack) -> None:
+    ids = e2e.bc.seed_customers(300, start=COUNT + 1)
+    # Dataverse refuses the credentials once (a secret rotated under a running job): the attempt
+    # stops, and the queue's redelivery runs the resync again.
+    e2e.dv.injector.add(
+        {"action": "status", "status": 401, "method": "POST", "path_contains": "UpsertMultiple", "times": 1}
+    )
+    run_id = bulk.request_full_resync(e2e.rt.storage, CUSTOMER)
+    seen: list[RunSummary] = []
+
+    def finished() -> RunSummary | None:
+        run = e2e.rt.journal.get_run(CUSTOMER, run_id)
+        if run is not None:
+            seen.append(run)
+        return run if run is not None and not run.in_progress else None
+
+    run = wait_for(finished, "the interrupted resync to finish", timeout=180, interval=0.1)
+    assert not e2e.dv.injector.rules(), "the fault was never hit: the test proves nothing"
+    interrupted = next((r for r in seen if r.status == "interrupted"), None)
+    assert interrupted is not None, [r.status for r in seen]
+    assert "AuthenticationError" in interrupted.message and "poison" in interrupted.message
+    assert run.status == "succeeded", run
+    coupled = dict(e2e.rt.couplings.all_ids(CUSTOMER, "bc"))
+    assert all(i in coupled for i in ids)
