@@ -100,7 +100,8 @@ class Engine:
         self._references: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._local_currency: dict[str, str | None] = {}
         self._key_index: dict[str, tuple[float, dict[str, str]]] = {}
-        # mapping -> (loaded at, company contact number <-> customer/vendor id, both directions)
+        # mapping -> (loaded at, company contact number <-> customer/vendor id, both directions;
+        # "" where BC has none), forgotten after REFERENCE_TTL_SECONDS
         self._contact_links: dict[str, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------------------- dispatch
@@ -564,12 +565,11 @@ class Engine:
             rows = self.bc.related_contacts(
                 self.company_id, mapping.bc.entity_set, bc_id, filter=eq("contactType", "Company")
             )
-            number = next((str(r["contactNumber"]) for r in rows if r.get("contactNumber")), None)
-            if number is None:
-                return None
-            links[bc_id] = number
-            links[number] = bc_id
-        return links[bc_id]
+            number = next((str(r["contactNumber"]) for r in rows if r.get("contactNumber")), "")
+            links[bc_id] = number  # "" = none, remembered like a link (a deferred record asks again)
+            if number:
+                links[number] = bc_id
+        return links[bc_id] or None
 
     def _related_to_company_contact(self, mapping: EntityMapping, number: str) -> str | None:
         """The customer (vendor) id BC relates company contact `number` to. BC copies a customer's
@@ -584,6 +584,7 @@ class Engine:
             )  # fmt: skip
             name = next((str(c["displayName"]) for c in company), None)
             if not name:
+                links[number] = ""
                 return None
             namesakes = self.bc.query(
                 self.company_id, mapping.bc.entity_set, select=["id"], filter=eq("displayName", name),
@@ -592,9 +593,8 @@ class Engine:
             for candidate in itertools.islice(namesakes, 5):
                 if self._company_contact_of(mapping, str(candidate["id"])) == number:
                     break
-            if number not in links:
-                return None
-        return links[number]
+            links.setdefault(number, "")
+        return links[number] or None
 
     def _contact_links_of(self, mapping: EntityMapping) -> dict[str, str]:
         loaded, links = self._contact_links.get(mapping.name, (0.0, {}))
