@@ -1,7 +1,7 @@
 """The imperative shell around `reconcile`: read fresh, decide, write conditionally, couple, journal.
 
 One `Engine.handle(message)` call converges one record pair (or hands bulk work to the bulk
-module). It is idempotent: a redelivered message re-reads both sides and finds nothing to do.
+module). It is idempotent: a redelivered message re-reads the record and finds nothing to do.
 
 Request budget for a change on a coupled record: read the changed side (1); if its mapped values
 equal the snapshot it is an echo and we stop (1 request, no write); otherwise write the other side

@@ -1,8 +1,9 @@
 """Messages on the `sync-requests` queue: small, typed, versioned, base64 JSON on the wire.
 
 A message says *which* record (or records) to look at, never what the values are: the processor
-always reads both sides fresh. The Functions host decodes base64 by default (`messageEncoding`),
-so producers encode with `encode_message` and the trigger hands us text to `decode_message`.
+always reads the record fresh (and writes the other side only on the ETag of its last sync). The
+Functions host decodes base64 by default (`messageEncoding`), so producers encode with
+`encode_message` and the trigger hands us text to `decode_message`.
 """
 
 from __future__ import annotations
