@@ -6,8 +6,8 @@ module). It is idempotent: a redelivered message re-reads the record and finds n
 Request budget for a change on a coupled record: read the changed side (1); if its mapped values
 equal the snapshot it is an echo and we stop (1 request, no write); otherwise write the other side
 with the ETag stored at the last sync, its values presumed from the snapshot (2). If it changed
-since, that write is refused and both sides are read and merged (5 in all). An uncoupled record
-costs a read, one match query per match priority, and the create.
+since, that write is refused, and it is read and merged with the source already read (4 in all).
+An uncoupled record costs a read, one match query per match priority, and the create.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from shared.timestamps import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
 
-MAX_RACE_RETRIES = 5  # attempts: the first may presume the counterpart, then re-read after a lost race
+MAX_RACE_RETRIES = 4  # re-read and re-reconcile after a lost race (ETag) at most this often
 MAX_DEFERRALS = 6  # a record waiting for its lookup target is retried this often, then fails
 DEFER_DELAY_SECONDS = 5
 MAX_TRANSIENT_REQUEUES = 8
@@ -138,10 +138,9 @@ class Engine:
         self, mapping: EntityMapping, message: SyncMessage, force: bool
     ) -> SyncResult:
         last: Exception | None = None
-        for attempt in range(MAX_RACE_RETRIES):
+        for _ in range(MAX_RACE_RETRIES):
             try:
-                # After a lost race nothing stored about the counterpart can be trusted: read it.
-                return self._sync_once(mapping, message, force, presume=attempt == 0)
+                return self._sync_once(mapping, message, force)
             except (ConcurrencyError, CouplingConflictError, AlreadyCoupledError) as exc:
                 # Someone else wrote the record or the coupling since we read it: decide again.
                 last = exc
@@ -150,9 +149,7 @@ class Engine:
             mapping, None, message, f"gave up after {MAX_RACE_RETRIES} concurrent changes: {last}"
         )
 
-    def _sync_once(
-        self, mapping: EntityMapping, message: SyncMessage, force: bool, *, presume: bool = False
-    ) -> SyncResult:
+    def _sync_once(self, mapping: EntityMapping, message: SyncMessage, force: bool) -> SyncResult:
         side: Side = message.side
         coupling = self.couplings.get(mapping.name, side, message.id)
         if coupling is not None and coupling.skipped and not force:
@@ -177,21 +174,30 @@ class Engine:
         other_id = coupling.id_on(other_side)
         # A deletion is decided on both records as they are: nothing is written to the counterpart
         # that could refuse a stale presumption.
-        presuming = presume and not force and source is not None
-        counterpart = self._presumed(mapping, coupling, other_side) if presuming else None
-        presumed = counterpart is not None
-        if counterpart is None:
-            counterpart = self.read(mapping, other_side, other_id) if other_id else None
-        bc, dv = (source, counterpart) if side == "bc" else (counterpart, source)
+        presumed = self._presumed(mapping, coupling, other_side) if not force and source is not None else None
+        if presumed is not None:
+            try:
+                return self._merge(mapping, coupling, message, source, presumed)
+            except (ConcurrencyError, NotFoundError) as exc:
+                if not other_id or other_id not in (exc.url or ""):
+                    raise
+                # Refused (412) or gone (404): it changed since the last sync. Read it and decide
+                # again with the source just read (if that moved too, its own write is refused).
+        counterpart = self.read(mapping, other_side, other_id) if other_id else None
+        return self._merge(mapping, coupling, message, source, counterpart)
+
+    def _merge(
+        self,
+        mapping: EntityMapping,
+        coupling: Coupling,
+        message: SyncMessage,
+        source: dict[str, Any] | None,
+        counterpart: dict[str, Any] | None,
+    ) -> SyncResult:
+        bc, dv = (source, counterpart) if message.side == "bc" else (counterpart, source)
         lookups = self.lookups_for(mapping, bc, dv)
         plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
-        try:
-            return self._apply(mapping, plan, coupling, message, bc, dv)
-        except NotFoundError as exc:
-            if not presumed or not other_id or other_id not in (exc.url or ""):
-                raise
-            # Deleted since the last sync: the caller reads and decides again, as after any lost race.
-            raise ConcurrencyError(f"{other_side} record {other_id} is gone since the last sync") from None
+        return self._apply(mapping, plan, coupling, message, bc, dv)
 
     def _presumed(self, mapping: EntityMapping, coupling: Coupling, side: Side) -> dict[str, Any] | None:
         """`side`'s record as the last settled sync left it, rebuilt from the coupling, so a change
