@@ -97,12 +97,8 @@ class Engine:
         self.journal = journal
         self.enqueue = enqueue
         self.clock = clock
-        self._references: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._local_currency: dict[str, str | None] = {}
-        self._key_index: dict[str, tuple[float, dict[str, str]]] = {}
-        # mapping -> (loaded at, company contact number <-> customer/vendor id, both directions;
-        # "" where BC has none), forgotten after REFERENCE_TTL_SECONDS
-        self._contact_links: dict[str, tuple[float, dict[str, str]]] = {}
+        self._cache: dict[str, tuple[float, Any]] = {}  # see `_fresh`
 
     # ------------------------------------------------------------------------------- dispatch
     def handle(self, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
@@ -550,16 +546,15 @@ class Engine:
         """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
         index of the entity set is read in pages and cached: codes and numbers rarely change, and
         one read serves every later lookup. A miss refreshes it at most once a minute."""
-        cached = self._key_index.get(mapping.name)
-        now = time.monotonic()
-        stale = cached is None or now - cached[0] > REFERENCE_TTL_SECONDS
-        missing = cached is not None and key not in cached[1] and now - cached[0] > 60
-        if stale or missing:
+
+        def load() -> dict[str, str]:
             rows = self.bc.query(self.company_id, mapping.bc.entity_set, select=["id", mapping.bc.key])
-            cached = (now, {str(r[mapping.bc.key]): str(r["id"]) for r in rows if r.get(mapping.bc.key)})
-            self._key_index[mapping.name] = cached
-        assert cached is not None
-        return cached[1].get(key)
+            return {str(r[mapping.bc.key]): str(r["id"]) for r in rows if r.get(mapping.bc.key)}
+
+        index: dict[str, str] = self._fresh(f"keys:{mapping.name}", load)
+        if key not in index:
+            index = self._fresh(f"keys:{mapping.name}", load, max_age=60)
+        return index.get(key)
 
     # A person contact's `companyNumber` is its company contact's number. BC's API cannot list
     # contact business relations (contactsInformation answers one related record at a time), so a
@@ -603,10 +598,9 @@ class Engine:
         return links[number] or None
 
     def _contact_links_of(self, mapping: EntityMapping) -> dict[str, str]:
-        loaded, links = self._contact_links.get(mapping.name, (0.0, {}))
-        if time.monotonic() - loaded > REFERENCE_TTL_SECONDS:
-            loaded, links = time.monotonic(), {}
-            self._contact_links[mapping.name] = (loaded, links)
+        """Company contact number <-> customer/vendor id, both directions ("" where BC has none),
+        filled as they are found and forgotten after REFERENCE_TTL_SECONDS."""
+        links: dict[str, str] = self._fresh(f"contact links:{mapping.name}", dict)
         return links
 
     def _local_currency_id(self, mapping: EntityMapping, code: str) -> str | None:
@@ -620,16 +614,25 @@ class Engine:
         return self._local_currency[code]
 
     def _bc_reference(self, mapping_name: str, entity_set: str) -> list[dict[str, Any]]:
-        cached = self._references.get(mapping_name)
-        if cached is not None and time.monotonic() - cached[0] < REFERENCE_TTL_SECONDS:
-            return cached[1]
         option = self.ms.get(mapping_name)
         select = None
         if isinstance(option, OptionSetMapping):
             select = list(dict.fromkeys(["id", option.bc.key, option.bc.code_field]))
-        rows = [dict(r) for r in self.bc.query(self.company_id, entity_set, select=select)]
-        self._references[mapping_name] = (time.monotonic(), rows)
+        rows: list[dict[str, Any]] = self._fresh(
+            f"reference:{mapping_name}",
+            lambda: [dict(r) for r in self.bc.query(self.company_id, entity_set, select=select)],
+        )
         return rows
+
+    def _fresh(self, name: str, load: Callable[[], Any], max_age: float = REFERENCE_TTL_SECONDS) -> Any:
+        """The cached value `name`, loaded again with `load()` once older than `max_age` seconds:
+        BC code tables, key indexes and relations rarely change, and one read serves every later
+        lookup in this process."""
+        entry = self._cache.get(name)
+        if entry is None or time.monotonic() - entry[0] > max_age:
+            entry = (time.monotonic(), load())
+            self._cache[name] = entry
+        return entry[1]
 
     # ---------------------------------------------------------------------------- deferrals
     def _defer(
