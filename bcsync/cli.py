@@ -1,5 +1,5 @@
 """`bcsync`: set-up and operations from a terminal. Every command calls one function of
-`shared.setup` / `shared.operations` (the admin HTTP API calls the same ones) and renders the result
+`shared.ops.setup` / `shared.ops.operations` (the admin HTTP API calls the same ones) and renders the result
 with rich, or as JSON with `--json`.
 
 Settings are the service's app settings, read from the environment; `--settings FILE` (default
@@ -30,8 +30,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from shared import operations as ops
 from shared.connectors.errors import ApiError
+from shared.ops import operations as ops
 from shared.settings import SettingsError
 from shared.store.journal import RunSummary
 
@@ -130,7 +130,7 @@ def setup(
 ) -> None:
     """Check both connections, register webhooks (with an administrator credential), create the
     storage, couple salespeople by e-mail; then report what exists, what changed and what is left."""
-    from shared.setup import run_setup
+    from shared.ops.setup import run_setup
 
     rt = _runtime()
     admin = _admin_credentials(rt, admin_dataverse_token, admin_bc_token, admin_device_code)
@@ -147,8 +147,8 @@ def setup(
 
 def _admin_credentials(rt: Any, dv_token: str | None, bc_token: str | None, device_code: bool) -> Any:
     from shared.connectors.credentials import StaticTokenCredential
+    from shared.ops.setup import AdminCredentials
     from shared.settings import is_loopback_url
-    from shared.setup import AdminCredentials
 
     if device_code:
         from azure.identity import DeviceCodeCredential
@@ -495,7 +495,7 @@ def history(
 @app.command()
 def statistics() -> None:
     """Push customer statistics now (only customers whose figures changed)."""
-    from shared.statistics import push_statistics
+    from shared.sales.statistics import push_statistics
 
     rt = _runtime()
     with console.status("pushing customer statistics"):
@@ -513,7 +513,7 @@ def statistics() -> None:
 @app.command()
 def availability(number: Annotated[str, typer.Argument(help="BC item number")]) -> None:
     """BC inventory of an item, as salespeople see it."""
-    from shared.availability import ItemNotFound, availability_service
+    from shared.sales.availability import ItemNotFound, availability_service
 
     rt = _runtime()
     try:

@@ -46,8 +46,8 @@ def main() -> int:
             "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
             "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
         })  # fmt: skip
-        from shared import bulk
         from shared.runtime import get_runtime
+        from shared.sync import bulk
 
         rt = get_runtime()
         rt.storage.ensure()

@@ -71,9 +71,9 @@ def main() -> int:
             "DELTA_POLL_SCHEDULE": "0 0 0 1 1 *", "FULL_RESYNC_SCHEDULE": "0 0 0 1 1 *",
             "SUBSCRIPTION_UPKEEP_SCHEDULE": "0 0 0 1 1 *", "STATISTICS_SCHEDULE": "0 0 0 1 1 *",
         })  # fmt: skip
-        from shared import bulk
-        from shared.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
+        from shared.feeds.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
         from shared.runtime import get_runtime
+        from shared.sync import bulk
 
         host, server = start_dev_host(
             host_port, host_json_overrides={"extensions": {"queues": {"maxPollingInterval": "00:00:00.1"}}}

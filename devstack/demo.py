@@ -25,10 +25,10 @@ DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen
 
 def start_demo(stack: Stack) -> Iterator[str]:
     from devstack.dataverse.config import SandboxUser
-    from shared import bulk
     from shared.connectors.credentials import StaticTokenCredential
+    from shared.ops.setup import AdminCredentials, run_setup
     from shared.runtime import get_runtime
-    from shared.setup import AdminCredentials, run_setup
+    from shared.sync import bulk
 
     dv_sandbox = stack.dataverse_app.state.sandbox
     for token, user_id, name, email in DEMO_USERS:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     from shared.connectors.business_central import BusinessCentralClient
     from shared.connectors.dataverse import DataverseClient
-    from shared.engine import Engine
     from shared.mapping.schema import MappingSet
+    from shared.sync.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        from shared.engine import Engine
+        from shared.sync.engine import Engine
 
         return Engine(
             mappings=self.mappings,

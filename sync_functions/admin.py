@@ -1,5 +1,5 @@
 """The admin API (`/api/manage/...`): anonymous at the Functions level, because the service checks
-the caller's Entra ID token and app role itself (`shared.admin_api`). The dev host has no catch-all
+the caller's Entra ID token and app role itself (`shared.ops.admin_api`). The dev host has no catch-all
 routes, so one function per path depth."""
 
 import azure.functions as func

@@ -1,8 +1,8 @@
-"""One HTTP trigger -> `shared.admin_api.handle` adapter for the admin and salespeople endpoints."""
+"""One HTTP trigger -> `shared.ops.admin_api.handle` adapter for the admin and salespeople endpoints."""
 
 import azure.functions as func
 
-from shared.admin_api import ApiRequest, handle
+from shared.ops.admin_api import ApiRequest, handle
 
 
 def answer(req: func.HttpRequest, path: str) -> func.HttpResponse:

@@ -2,7 +2,7 @@ import json
 
 import azure.functions as func
 
-from shared.health import check_health
+from shared.ops.health import check_health
 
 bp = func.Blueprint()
 

@@ -1,6 +1,6 @@
 import azure.functions as func
 
-from shared.processor import process_message
+from shared.sync.processor import process_message
 
 bp = func.Blueprint()
 

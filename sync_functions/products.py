@@ -1,5 +1,5 @@
 """Product availability for salespeople (`/api/products/.../availability`): BC inventory, asked live.
-Anonymous at the Functions level; `shared.admin_api` checks the Entra ID token and app role."""
+Anonymous at the Functions level; `shared.ops.admin_api` checks the Entra ID token and app role."""
 
 import azure.functions as func
 

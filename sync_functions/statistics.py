@@ -6,7 +6,7 @@ import logging
 import azure.functions as func
 
 from shared.runtime import get_runtime
-from shared.statistics import push_statistics
+from shared.sales.statistics import push_statistics
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

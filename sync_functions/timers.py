@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared.jobs import run_delta_poll, run_nightly_resync, run_subscription_upkeep
+from shared.ops.jobs import run_delta_poll, run_nightly_resync, run_subscription_upkeep
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

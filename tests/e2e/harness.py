@@ -20,11 +20,11 @@ import httpx
 from devstack.bc.config import BcSandboxConfig
 from devstack.serve import free_port
 from devstack.stack import Stack, StackPorts, start_stack
-from shared.engine import Engine
+from shared.feeds.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
 from shared.messages import SyncMessage
-from shared.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
 from shared.runtime import Runtime, get_runtime
 from shared.store.couplings import Coupling
+from shared.sync.engine import Engine
 
 T = TypeVar("T")
 

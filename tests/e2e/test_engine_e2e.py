@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from devstack.dataverse.config import INTEGRATION_USER_ID, SandboxUser
-from shared import bulk, operations
 from shared.connectors.odata import eq
 from shared.mapping.queries import select_fields
 from shared.messages import SyncMessage
-from shared.reconcile import take_snapshot
+from shared.ops import operations
 from shared.store.couplings import Coupling
+from shared.sync import bulk
+from shared.sync.reconcile import take_snapshot
 from tests.e2e.harness import E2EStack, diff, wait_for, writes
 
 pytestmark = pytest.mark.e2e

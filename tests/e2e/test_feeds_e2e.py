@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from shared import bulk, operations
 from shared.feeds.poll import delta_poll
-from shared.registration import ensure_bc_subscriptions
+from shared.feeds.registration import ensure_bc_subscriptions
+from shared.ops import operations
+from shared.sync import bulk
 from tests.e2e.harness import E2EStack, diff, wait_for, writes
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from shared import bulk
 from shared.store.journal import RunSummary
+from shared.sync import bulk
 from tests.e2e.harness import E2EStack, diff, wait_for, writes
 
 pytestmark = pytest.mark.e2e

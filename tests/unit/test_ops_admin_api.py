@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from shared import admin_api
-from shared.admin_api import ApiRequest, Authenticator, handle
 from shared.auth import RoleNames, StaticJwksSource, TokenValidator
 from shared.connectors.errors import ThrottledError, ValidationError
-from shared.operations import OperationError
+from shared.ops import admin_api
+from shared.ops.admin_api import ApiRequest, Authenticator, handle
+from shared.ops.operations import OperationError
 from tests.support.jwt_keys import NOW, TEST_AUDIENCE, TEST_ISSUER, claims, jwks_document, key_pair, sign
 
 PAIR = key_pair("unit-admin-api")

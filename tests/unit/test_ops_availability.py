@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.availability import AvailabilityService, ItemNotFound
+from shared.sales.availability import AvailabilityService, ItemNotFound
 
 ITEM = {"id": "i1", "number": "I00010", "displayName": "Desk", "inventory": 7, "baseUnitOfMeasureCode": "PCS"}
 

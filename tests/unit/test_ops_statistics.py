@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from shared.statistics import CustomerFigures, compute_figures, statistics_row
+from shared.sales.statistics import CustomerFigures, compute_figures, statistics_row
 
 CUSTOMER = {
     "id": "c1",

@@ -10,7 +10,7 @@ import yaml
 from shared.mapping import DEFAULT_MAPPING_FILE, StaticLookups, dataverse_id_for, load_mapping_set
 from shared.mapping.schema import EntityMapping, FilterClause, MappingSet
 from shared.mapping.values import COMPANY_CONTACT_KEY, lookup_space
-from shared.reconcile import Candidate, Outcome, Plan, presumed_record, reconcile, take_snapshot
+from shared.sync.reconcile import Candidate, Outcome, Plan, presumed_record, reconcile, take_snapshot
 
 MS = load_mapping_set()
 CUSTOMER = MS.entity("CUSTOMER")

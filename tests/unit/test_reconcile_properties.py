@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from shared.mapping import StaticLookups, load_mapping_set
 from shared.mapping.schema import EntityMapping, FieldMapping
 from shared.mapping.values import read, same, translate
-from shared.reconcile import Outcome, Write, presumed_record, reconcile, take_snapshot
+from shared.sync.reconcile import Outcome, Write, presumed_record, reconcile, take_snapshot
 
 MS = load_mapping_set()
 CUSTOMER = MS.entity("CUSTOMER")

@@ -174,7 +174,7 @@ def seed_account(ops: OpsStack, name: str, account_id: str = ACCOUNT_ID, **colum
 @pytest.fixture
 def salespeople_coupled(ops: OpsStack) -> OpsStack:
     """Salespeople coupled by e-mail (as `bcsync setup` does), so customers can get their owner."""
-    from shared.setup import run_setup
+    from shared.ops.setup import run_setup
 
     report = run_setup(ops.rt, None)
     assert {sp.code for sp in report.salespeople if sp.status == "coupled"} == {"JO", "OF"}
@@ -184,7 +184,7 @@ def salespeople_coupled(ops: OpsStack) -> OpsStack:
 @pytest.fixture
 def adatum_coupled(salespeople_coupled: OpsStack) -> tuple[OpsStack, str, str]:
     """BC customer Adatum coupled with a Dataverse account by hand and synchronized from BC."""
-    from shared import operations
+    from shared.ops import operations
 
     ops = salespeople_coupled
     bc_id = bc_customer(ops, "Adatum Corporation")["id"]

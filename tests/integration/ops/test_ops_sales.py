@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from shared import operations
-from shared.statistics import push_statistics
+from shared.ops import operations
+from shared.sales.statistics import push_statistics
 from tests.integration.ops.conftest import OpsStack
 
 pytestmark = pytest.mark.integration

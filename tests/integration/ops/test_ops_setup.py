@@ -13,8 +13,8 @@ from devstack.bc import DEFAULT_COMPANY_ID
 from devstack.bc.seed_data import reference_id
 from shared import runtime
 from shared.connectors.credentials import StaticTokenCredential
-from shared.registration import ENDPOINT_NAME
-from shared.setup import AdminCredentials, run_setup
+from shared.feeds.registration import ENDPOINT_NAME
+from shared.ops.setup import AdminCredentials, run_setup
 from tests.integration.ops.conftest import ADMIN_TOKEN, SALES_USERS, OpsStack
 
 pytestmark = pytest.mark.integration

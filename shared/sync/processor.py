@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 
-from shared.engine import RequeueError
 from shared.messages import MessageDecodeError, parse_json
 from shared.runtime import get_runtime
+from shared.sync.engine import RequeueError
 
 log = logging.getLogger(__name__)
 

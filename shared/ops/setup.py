@@ -6,7 +6,7 @@
    unreachable URL, bad credentials, a disabled user, a missing security role / permission on a mapped
    table, an unknown BC company.
 4. With an administrator credential (used for this step only), what the service needs is registered:
-   the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.registration`, which is
+   the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.feeds.registration`, which is
    idempotent). Without one, the report says what is missing.
 5. Person ownership: BC salespeople are coupled to Dataverse users by e-mail; the ones that cannot be
    coupled are listed with the reason (records they own fail to sync until they are).
@@ -26,24 +26,24 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
-from shared import bulk
 from shared.connectors.business_central import BusinessCentralClient
 from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
-from shared.mapping.loader import MappingFileError, load_mapping_set
-from shared.mapping.queries import select_fields
-from shared.mapping.schema import EntityMapping, MappingSet
-from shared.reconcile import Candidate
-from shared.registration import (
+from shared.feeds.registration import (
     ENDPOINT_NAME,
     RegistrationReport,
     bc_subscription_targets,
     ensure_bc_subscriptions,
     ensure_dataverse_webhooks,
 )
+from shared.mapping.loader import MappingFileError, load_mapping_set
+from shared.mapping.queries import select_fields
+from shared.mapping.schema import EntityMapping, MappingSet
 from shared.runtime import BC_SCOPE, Runtime
 from shared.settings import Settings
 from shared.store.storage import TABLES
+from shared.sync import bulk
+from shared.sync.reconcile import Candidate
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import bulk
 from shared.connectors.odata import eq
-from shared.engine import RequeueError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
-from shared.reconcile import Snapshot, take_snapshot
 from shared.runtime import Runtime
 from shared.store.couplings import AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
+from shared.sync import bulk
+from shared.sync.engine import RequeueError
+from shared.sync.reconcile import Snapshot, take_snapshot
 
 SIDES: tuple[Side, Side] = ("bc", "dv")
 # How far back `list_errors` looks in the journal for failures of records that have no coupling.
@@ -345,11 +345,19 @@ def start_full_resync(rt: Runtime, mapping_name: str, *, dry_run: bool) -> RunSu
 
 
 def run_full_resync_here(
-    rt: Runtime, mapping_name: str, *, dry_run: bool, run_id: str | None = None
+    rt: Runtime,
+    mapping_name: str,
+    *,
+    dry_run: bool,
+    run_id: str | None = None,
+    on_progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
-    """Run a full resync in this process (the CLI), journaling progress as it goes."""
+    """Run a full resync in this process (the CLI), journaling progress as it goes and telling
+    `on_progress` after each chunk."""
     m = entity_mapping(rt, mapping_name)
-    return bulk.run_full_resync(rt.engine, m.name, dry_run=dry_run, run_id=run_id or uuid.uuid4().hex)
+    return bulk.run_full_resync(
+        rt.engine, m.name, dry_run=dry_run, run_id=run_id or uuid.uuid4().hex, on_progress=on_progress
+    )
 
 
 def get_run(rt: Runtime, mapping_name: str, run_id: str) -> RunSummary:

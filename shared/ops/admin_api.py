@@ -2,7 +2,7 @@
 
 Pure of `azure.functions`: the blueprints in `sync_functions/admin.py` and `products.py` turn the
 trigger into an `ApiRequest` and the `ApiResponse` back. Every action is one call into
-`shared.operations` (or availability/statistics), so the CLI and this API do the same thing.
+`shared.ops.operations` (or availability/statistics), so the CLI and this API do the same thing.
 
 Paths (under `/api/`) and the app role each needs:
 
@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import operations as ops
 from shared.auth import (
     Forbidden,
     HttpJwksSource,
@@ -43,10 +42,11 @@ from shared.auth import (
     Unauthorized,
     authorize,
 )
-from shared.availability import ItemNotFound, availability_service
 from shared.connectors.errors import ApiError, RetriableApiError
+from shared.ops import operations as ops
+from shared.sales.availability import ItemNotFound, availability_service
+from shared.sales.statistics import push_statistics
 from shared.settings import Settings, SettingsError, get_settings
-from shared.statistics import push_statistics
 
 log = logging.getLogger(__name__)
 

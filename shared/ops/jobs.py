@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from shared.bulk import request_full_resync
 from shared.feeds.poll import PollReport, delta_poll
-from shared.registration import RegistrationReport, ensure_bc_subscriptions, ensure_dataverse_webhooks
+from shared.feeds.registration import RegistrationReport, ensure_bc_subscriptions, ensure_dataverse_webhooks
 from shared.runtime import get_runtime
+from shared.sync.bulk import request_full_resync
 
 log = logging.getLogger(__name__)
 

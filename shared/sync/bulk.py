@@ -19,23 +19,23 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.connectors.business_central import BatchOperation
 from shared.connectors.dataverse import BatchRequest
 from shared.connectors.odata import dataverse_in
-from shared.engine import Engine, SyncResult, count_failure, settle
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import LookupKey, lookup_keys, record_id, scope_filter, select_fields
 from shared.mapping.schema import EntityMapping, Side
 from shared.mapping.values import LookupMissing, TranslationError, read, translate
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
-from shared.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.store.storage import Storage
+from shared.sync.engine import Engine, SyncResult, count_failure, settle
+from shared.sync.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
 from shared.timestamps import now_iso
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,16 @@ def sync_chunk(engine: Engine, message: ChunkMessage) -> None:
 
 
 def run_full_resync(
-    engine: Engine, mapping_name: str, *, dry_run: bool = False, run_id: str | None = None
+    engine: Engine,
+    mapping_name: str,
+    *,
+    dry_run: bool = False,
+    run_id: str | None = None,
+    on_progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
     """Converge the whole mapping. BC is streamed page by page (20,000 records), so memory grows
-    with the Dataverse side and the couplings, not with the BC table."""
+    with the Dataverse side and the couplings, not with the BC table. `on_progress` sees the run
+    after each chunk (a caller in this process needs no polling of the journal)."""
     m = engine.ms.entity(mapping_name)
     run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
     engine.journal.save_run(run)
@@ -108,6 +114,8 @@ def run_full_resync(
             run.counts = dict(counts)
             run.api_requests = engine.requests_in_this_thread() - requests_before
             engine.journal.save_run(run)  # progress, readable while the run goes
+            if on_progress is not None:
+                on_progress(run)
 
     try:
         pairing = _Pairing(engine, m)

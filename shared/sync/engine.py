@@ -37,9 +37,9 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
 from shared.mapping.values import COMPANY_CONTACT_KEY, MissingLookup, other
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
-from shared.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
+from shared.sync.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
 from shared.timestamps import iso_ms, parse_iso
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Engine:
     def handle(self, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
         if isinstance(message, SyncMessage):
             return self.sync_record(message)
-        from shared import bulk
+        from shared.sync import bulk
 
         if isinstance(message, ChunkMessage):
             bulk.sync_chunk(self, message)
