@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.connectors.retry import RequestBudget
+from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.settings import Settings, get_settings
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
@@ -93,18 +95,18 @@ class Runtime:
     @cached_property
     def engine(self) -> Engine:
         from shared.sync.engine import Engine
+        from shared.sync.gateways import BusinessCentralGateway, DataverseGateway
 
         return Engine(
             mappings=self.mappings,
-            bc=self.bc,
-            dv=self.dataverse,
-            company_id=self.company_id,
+            bc=BusinessCentralGateway(self.bc, self.company_id),
+            dv=DataverseGateway(self.dataverse),
             couplings=self.couplings,
             journal=self.journal,
             enqueue=self._enqueue,
         )
 
-    def _enqueue(self, messages: list[Any], delay: int) -> None:
+    def _enqueue(self, messages: Sequence[SyncMessage | ChunkMessage | ScanMessage], delay: int) -> None:
         if messages:
             self.storage.enqueue(messages, delay_seconds=delay)
 

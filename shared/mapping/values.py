@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from shared.mapping.lookups import Lookups
 from shared.mapping.schema import EntityMapping, FieldMapping, MappingSet, OptionSetMapping, Side
@@ -26,6 +26,8 @@ SideType = Literal["text", "number", "boolean", "guid", "date", "datetime", "per
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 BC_EMPTY_DATE = "0001-01-01"
 BC_EMPTY_DATETIME = "0001-01-01T00:00:00Z"
+T = TypeVar("T")
+
 # Fixed forever: changing it would change every deterministic Dataverse id and duplicate records.
 DATAVERSE_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b0d-4d1e-9a37-0c2b8e5f7d10")
 
@@ -60,6 +62,11 @@ class LookupMissing(Exception):
 
 def other(side: Side) -> Side:
     return "dv" if side == "bc" else "bc"
+
+
+def by_side(side: Side, mine: T, theirs: T) -> tuple[T, T]:
+    """`(bc, dv)` from a value of `side` and one of the other side: records, ids, snapshots."""
+    return (mine, theirs) if side == "bc" else (theirs, mine)
 
 
 def dataverse_id_for(mapping: EntityMapping | str, bc_id: str) -> str:

@@ -79,6 +79,13 @@ class Coupling:
     def id_on(self, side: Side) -> str | None:
         return self.bc_id if side == "bc" else self.dv_id
 
+    def etag_on(self, side: Side) -> str | None:
+        """The record's ETag on `side` after the last sync."""
+        return self.bc_etag if side == "bc" else self.dv_etag
+
+    def modified_on(self, side: Side) -> str | None:
+        return self.bc_modified if side == "bc" else self.dv_modified
+
     def needs_pointer(self) -> bool:
         return bool(self.bc_id and self.dv_id != dataverse_id_for(self.mapping, self.bc_id))
 

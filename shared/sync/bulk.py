@@ -23,9 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.connectors.business_central import BatchOperation
-from shared.connectors.dataverse import BatchRequest
-from shared.connectors.odata import dataverse_in
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import LookupKey, lookup_keys, record_id, scope_filter, select_fields
 from shared.mapping.schema import EntityMapping, Side
@@ -34,24 +31,32 @@ from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.store.storage import Storage
-from shared.sync.engine import Engine, SyncResult, count_failure, settle
+from shared.sync.engine import Engine, SyncResult, count_failure, requeue_delay, settle
+from shared.sync.gateways import Record
 from shared.sync.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
 from shared.timestamps import now_iso
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-READBACK = 500  # ids per Dataverse read-back query (URL inside `$batch` stays well under 64 KB)
-BC_BATCH = 100
 
 
 @dataclass
 class Pair:
     coupling: Coupling | None
-    bc: dict[str, Any] | None
-    dv: dict[str, Any] | None
+    bc: Record | None
+    dv: Record | None
     candidates: list[Candidate] = field(default_factory=list)
     single: bool = False  # decide through the one-record path (re-reads by id)
+
+    def record_on(self, side: Side) -> Record | None:
+        return self.bc if side == "bc" else self.dv
+
+    def put(self, side: Side, record: Record) -> None:
+        if side == "bc":
+            self.bc = record
+        else:
+            self.dv = record
 
 
 @dataclass
@@ -72,6 +77,7 @@ def request_full_resync(storage: Storage, mapping_name: str, *, dry_run: bool = 
 
 
 def scan(engine: Engine, message: ScanMessage) -> None:
+    """A full resync (no `since`) or a BC `collection` notification (changes since `since`)."""
     if message.since is None:
         run_full_resync(engine, message.mapping, dry_run=message.dry_run, run_id=message.run_id)
     else:
@@ -148,7 +154,7 @@ def scan_bc_changes(
     for coupled records and the one-record path for the rest."""
     m = engine.ms.entity(mapping_name)
     select = select_fields(engine.ms, m, "bc")
-    changed = list(engine.bc.modified_since(engine.company_id, m.bc.entity_set, since, select=select))
+    changed = list(engine.bc.modified_since(m, since, select=select))
     pairs: list[Pair] = []
     coupled_dv: dict[str, Pair] = {}
     for record in changed:
@@ -157,7 +163,7 @@ def scan_bc_changes(
         pairs.append(pair)
         if not pair.single and coupling is not None and coupling.dv_id:
             coupled_dv[coupling.dv_id] = pair
-    for dv in _read_dv_by_ids(engine, m, list(coupled_dv)):
+    for dv in engine.dv.read_many(m, list(coupled_dv), select=select_fields(engine.ms, m, "dv")):
         coupled_dv.pop(str(dv[m.dataverse.primary_key])).dv = dv
     for pair in coupled_dv.values():  # counterpart gone or out of scope: decide one by one
         pair.single = True
@@ -217,7 +223,7 @@ class _Pairing:
                 self.unreached.append(c)
         coupled_dv = {c.dv_id for c in self.by_bc.values()} | {c.dv_id for c in self.unreached}
         uncoupled_dv = {k: v for k, v in self.dv_records.items() if k not in coupled_dv}
-        lookups = engine.lookups_for(m, None, None)
+        lookups = engine.resolver.code_tables(m)
         self.index = _MatchIndex(engine, m, uncoupled_dv, lookups)
 
     def bc_page(self, page: list[dict[str, Any]]) -> list[Pair]:
@@ -354,7 +360,7 @@ def process_pairs(
     engine.journal.record_many([e for e in entries if e.outcome not in routine])
     for pair in singles:
         side: Side = "bc" if pair.bc is not None or (pair.coupling and pair.coupling.bc_id) else "dv"
-        pair_id = record_id(m, side, pair.bc if side == "bc" else pair.dv) or (
+        pair_id = record_id(m, side, pair.record_on(side)) or (
             pair.coupling.id_on(side) if pair.coupling else None
         )
         if not pair_id:
@@ -375,7 +381,7 @@ def process_pairs(
             counts["failed"] += 1
             engine.enqueue(
                 [ChunkMessage(mapping=m.name, side=side, ids=[pair_id], reason="retry after bulk failure")],
-                30,
+                requeue_delay(1),
             )
     return counts
 
@@ -392,10 +398,8 @@ def _bulk_friendly(plan: Plan) -> bool:
 def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]]) -> list[tuple[str, str]]:
     """Send the bulk writes, then store couplings from the records as read back."""
     results: list[tuple[str, str]] = [(str(plan.outcome), "") for _, plan in planned]
-    after_bc: dict[int, dict[str, Any] | None] = {}
-    after_dv: dict[int, dict[str, Any] | None] = {}
+    after: dict[Side, dict[int, Record | None]] = {"bc": {}, "dv": {}}
     pk = m.dataverse.primary_key
-    dv_select = ",".join(select_fields(engine.ms, m, "dv"))
     for pair, plan in planned:
         _adopt_match(m, pair, plan)
 
@@ -407,50 +411,36 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
     ]
     if creates:
         bodies = [{**w.body, pk: w.record_id} for _, w in creates if w is not None]
-        outcome = engine.dv.upsert_multiple(m.dataverse.entity_set, bodies)
-        failed = {r.id for r in outcome if not r.ok}
-        errors = {r.id: str(r.error) for r in outcome if not r.ok}
+        upserted = engine.dv.upsert_many(m, bodies)
+        failed = {r.id for r in upserted if not r.ok}
+        errors = {r.id: str(r.error) for r in upserted if not r.ok}
         created_ids = [str(w.record_id) for _, w in creates if w is not None and w.record_id not in failed]
-        fresh = {str(r[pk]): r for r in _read_dv_by_ids(engine, m, created_ids)}
+        fresh = {
+            str(r[pk]): r
+            for r in engine.dv.read_many(m, created_ids, select=select_fields(engine.ms, m, "dv"))
+        }
         for i, w in creates:
             assert w is not None
             if w.record_id in failed or w.record_id not in fresh:
                 results[i] = ("failed", errors.get(w.record_id, "created record could not be read back"))
-            after_dv[i] = fresh.get(str(w.record_id))
+            after["dv"][i] = fresh.get(str(w.record_id))
 
-    # Dataverse updates: one `$batch` of conditional PATCHes (continue on error).
-    updates = [
-        (i, pair, plan.dv_write)
-        for i, (pair, plan) in enumerate(planned)
-        if plan.dv_write and plan.dv_write.kind == "update"
-    ]
-    if updates:
-        requests = [
-            BatchRequest("PATCH", f"{m.dataverse.entity_set}({pair.dv[pk]})?$select={dv_select}", w.body,
-                         {"If-Match": pair.dv["@odata.etag"], "Prefer": "return=representation"})
-            for _, pair, w in updates if pair.dv is not None and w is not None
-        ]  # fmt: skip
-        for (i, _, _), response in zip(
-            updates, engine.dv.batch(requests, continue_on_error=True), strict=True
-        ):
-            if response.ok:
-                after_dv[i] = dict(response.body)
-            else:
-                results[i] = ("failed", str(response.error()))
-
-    # BC updates: JSON `$batch` of conditional PATCHes, 100 per request.
-    bc_updates = [
-        (i, pair, plan.bc_write)
-        for i, (pair, plan) in enumerate(planned)
-        if plan.bc_write and plan.bc_write.kind == "update"
-    ]
-    for start in range(0, len(bc_updates), BC_BATCH):
-        part = bc_updates[start : start + BC_BATCH]
-        ops = [BatchOperation("PATCH", m.bc.entity_set, str(pair.bc["id"]), w.body, pair.bc["@odata.etag"])
-               for _, pair, w in part if pair.bc is not None and w is not None]  # fmt: skip
-        for (i, _, _), answer in zip(part, engine.bc.batch(engine.company_id, ops), strict=True):
+    # Updates on each side: conditional PATCHes in bulk (Dataverse `$batch`, BC `$batch` of 100).
+    for side, gateway in engine.sides.items():
+        updates = [
+            (i, current, write.body)
+            for i, (pair, plan) in enumerate(planned)
+            for write, current in [(plan.write_on(side), pair.record_on(side))]
+            if write is not None and write.kind == "update" and current is not None
+        ]
+        if not updates:
+            continue
+        answers = gateway.update_many(
+            m, [(current, body) for _, current, body in updates], select=select_fields(engine.ms, m, side)
+        )
+        for (i, _, _), answer in zip(updates, answers, strict=True):
             if answer.ok:
-                after_bc[i] = answer.body
+                after[side][i] = answer.record
             else:
                 results[i] = ("failed", str(answer.error))
 
@@ -458,8 +448,8 @@ def _execute(engine: Engine, m: EntityMapping, planned: list[tuple[Pair, Plan]])
     changed: list[Coupling] = []
     for i, (pair, plan) in enumerate(planned):
         outcome, error = results[i]
-        bc = after_bc.get(i, pair.bc)
-        dv = after_dv.get(i, pair.dv)
+        bc = after["bc"].get(i, pair.bc)
+        dv = after["dv"].get(i, pair.dv)
         if outcome == "failed":
             if pair.coupling is not None:
                 c = count_failure(pair.coupling, error)
@@ -489,10 +479,7 @@ def _adopt_match(m: EntityMapping, pair: Pair, plan: Plan) -> None:
     side, matched_id = plan.couple_with
     for candidate in pair.candidates:
         if record_id(m, side, dict(candidate.record)) == matched_id:
-            if side == "dv":
-                pair.dv = dict(candidate.record)
-            else:
-                pair.bc = dict(candidate.record)
+            pair.put(side, dict(candidate.record))
             return
 
 
@@ -502,40 +489,15 @@ def _read_all(engine: Engine, m: EntityMapping, side: Side) -> Iterator[dict[str
         yield from page
 
 
-def _pages(engine: Engine, m: EntityMapping, side: Side) -> Iterator[list[dict[str, Any]]]:
-    select = select_fields(engine.ms, m, side)
-    if side == "bc":
-        return engine.bc.query_pages(
-            engine.company_id, m.bc.entity_set, select=select, filter=scope_filter(m, "bc")
-        )
-    return engine.dv.query_pages(m.dataverse.entity_set, select=select, filter=scope_filter(m, "dv"))
-
-
-def _read_dv_by_ids(engine: Engine, m: EntityMapping, ids: list[str]) -> list[dict[str, Any]]:
-    """Records by id with one `$batch` of `In` queries (the URL would be too long outside it)."""
-    if not ids:
-        return []
-    select = ",".join(select_fields(engine.ms, m, "dv"))
-    pk = m.dataverse.primary_key
-    requests = [
-        BatchRequest(
-            "GET",
-            f"{m.dataverse.entity_set}?$select={select}&$filter={dataverse_in(pk, ids[i : i + READBACK])}",
-            headers={"Prefer": "odata.maxpagesize=5000"},
-        )
-        for i in range(0, len(ids), READBACK)
-    ]
-    records: list[dict[str, Any]] = []
-    for response in engine.dv.batch(requests, continue_on_error=True):
-        if not response.ok:
-            raise response.error() or RuntimeError("read-back failed")
-        records.extend(response.body.get("value", []))
-    return records
+def _pages(engine: Engine, m: EntityMapping, side: Side) -> Iterator[list[Record]]:
+    return engine.sides[side].query_pages(
+        m, select=select_fields(engine.ms, m, side), filter=scope_filter(m, side)
+    )
 
 
 def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> StaticLookups:
     """One `Lookups` for many records: each distinct key resolved once."""
-    lookups = engine.lookups_for(m, None, None)  # BC code tables (cached)
+    lookups = engine.resolver.code_tables(m)  # BC code tables (cached)
     seen: set[LookupKey] = set()
     for pair in pairs:
         for side, record in (("bc", pair.bc), ("dv", pair.dv)):
@@ -544,7 +506,7 @@ def _chunk_lookups(engine: Engine, m: EntityMapping, pairs: Iterable[Pair]) -> S
             for key in lookup_keys(engine.ms, m, side, record):  # type: ignore[arg-type]
                 if key not in seen:
                     seen.add(key)
-                    engine.resolve_lookup(lookups, key)
+                    engine.resolver.resolve(lookups, key)
     return lookups
 
 

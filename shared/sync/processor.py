@@ -1,13 +1,18 @@
-"""The queue processor: decode one message, hand it to the engine, put it back when asked to."""
+"""The queue processor: decode one message, dispatch it by kind, put it back when asked to.
+
+A `SyncMessage` is one record pair for the engine; a `ChunkMessage` (records that failed in bulk)
+and a `ScanMessage` (full resync, BC `collection`) are bulk work. Dispatch lives here, not in the
+engine, so the engine knows nothing of the bulk path that builds on it.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 
-from shared.messages import MessageDecodeError, parse_json
+from shared.messages import ChunkMessage, MessageDecodeError, ScanMessage, SyncMessage, parse_json
 from shared.runtime import get_runtime
-from shared.sync.engine import RequeueError
+from shared.sync import bulk
+from shared.sync.engine import Engine, RequeueError, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +33,24 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
         rt.storage.queue(rt.storage.poison_queue_name).send_message(body.decode("utf-8", errors="replace"))
         return
     try:
-        result = rt.engine.handle(message)
+        result = dispatch(rt.engine, message)
     except RequeueError as requeue:
         log.info("requeue %s in %.0f s: %s", message_id, requeue.delay, requeue)
-        rt.storage.enqueue([requeue.message], delay_seconds=max(1, math.ceil(requeue.delay)))
+        rt.storage.enqueue([requeue.message], delay_seconds=requeue.delay)
         return
     if result is not None:
         log.info(
             "%s %s:%s -> %s %s", message.mapping, getattr(message, "side", ""), getattr(message, "id", ""),
             result.outcome, result.error or result.reason,
         )  # fmt: skip
+
+
+def dispatch(engine: Engine, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
+    """Run one message; the engine's result for a single record, None for bulk work."""
+    if isinstance(message, SyncMessage):
+        return engine.sync_record(message)
+    if isinstance(message, ChunkMessage):
+        bulk.sync_chunk(engine, message)
+    else:
+        bulk.scan(engine, message)
+    return None

@@ -112,6 +112,9 @@ class Plan:
     def writes(self) -> tuple[Write, ...]:
         return tuple(w for w in (self.bc_write, self.dv_write) if w is not None)
 
+    def write_on(self, side: Side) -> Write | None:
+        return self.bc_write if side == "bc" else self.dv_write
+
 
 def take_snapshot(ms: MappingSet, mapping: EntityMapping, bc: Record | None, dv: Record | None) -> Snapshot:
     """The merge base to store after a sync: each side's mapped values, from the records as read back."""

@@ -1,0 +1,323 @@
+"""The engine's typed view of the two APIs: one gateway per side.
+
+The engine and the bulk path speak in mappings and records; a gateway turns that into requests on
+its own API. `BusinessCentralGateway` holds the BC company; `DataverseGateway` owns the Dataverse
+`$batch` wire format. Both count the requests sent by the calling thread, so a journal entry says
+what one change cost. Tests swap in the in-memory gateways of `tests/support/memory.py`.
+
+Records are plain dicts as the API returns them, with `@odata.etag`; a write always names the
+record it changes (`current`), so the gateway sends its ETag as `If-Match`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shared.connectors import business_central, dataverse
+from shared.connectors.business_central import BatchOperation, BusinessCentralClient
+from shared.connectors.dataverse import BatchRequest, DataverseClient, ItemResult
+from shared.connectors.errors import ApiError
+from shared.connectors.odata import dataverse_in
+from shared.mapping.schema import EntityMapping, Side
+
+Record = dict[str, Any]
+
+READBACK = 500  # ids per Dataverse `In` query (the URL inside `$batch` stays well under 64 KB)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """One record of a bulk write: the record as written, or the API's refusal."""
+
+    record: Record | None
+    error: ApiError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Gateway(Protocol):
+    """What the engine needs from either side."""
+
+    side: Side
+
+    def table(self, mapping: EntityMapping) -> str:
+        """The entity set `mapping` synchronizes on this side."""
+        ...
+
+    def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None: ...
+
+    def query_pages(
+        self,
+        mapping: EntityMapping,
+        *,
+        select: Sequence[str],
+        filter: str | None,
+        page_size: int | None = None,
+    ) -> Iterator[list[Record]]: ...
+
+    def create(
+        self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
+    ) -> Record: ...
+
+    def update(
+        self, mapping: EntityMapping, current: Record, body: Mapping[str, Any], *, select: Sequence[str]
+    ) -> Record: ...
+
+    def delete(self, mapping: EntityMapping, current: Record) -> None: ...
+
+    def update_many(
+        self,
+        mapping: EntityMapping,
+        changes: Sequence[tuple[Record, Mapping[str, Any]]],
+        *,
+        select: Sequence[str],
+    ) -> list[WriteResult]:
+        """Conditional updates in bulk; each succeeds or fails alone, results in order."""
+        ...
+
+    def requests_in_this_thread(self) -> int: ...
+
+
+class BcGateway(Gateway, Protocol):
+    """Business Central besides the common operations: what its lookups and change scans need."""
+
+    def modified_since(
+        self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]
+    ) -> Iterator[Record]: ...
+
+    def query_set(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None,
+        filter: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Record]:
+        """Any entity set of the company (code tables, company contacts), not only mapped ones."""
+        ...
+
+    def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
+
+
+class DvGateway(Gateway, Protocol):
+    """Dataverse besides the common operations: reads by many ids and idempotent bulk creates."""
+
+    def read_many(
+        self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]
+    ) -> list[Record]: ...
+
+    def upsert_many(
+        self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]
+    ) -> list[ItemResult]: ...
+
+
+# ------------------------------------------------------------------------------------- adapters
+class BusinessCentralGateway:
+    side: Side = "bc"
+
+    def __init__(self, client: BusinessCentralClient, company_id: str) -> None:
+        self.client = client
+        self.company_id = company_id
+
+    def table(self, mapping: EntityMapping) -> str:
+        return mapping.bc.entity_set
+
+    def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        found = self.client.get(self.company_id, mapping.bc.entity_set, record_id, select=select)
+        return dict(found) if found is not None else None
+
+    def query_pages(
+        self,
+        mapping: EntityMapping,
+        *,
+        select: Sequence[str],
+        filter: str | None,
+        page_size: int | None = None,
+    ) -> Iterator[list[Record]]:
+        return self.client.query_pages(
+            self.company_id,
+            mapping.bc.entity_set,
+            select=select,
+            filter=filter,
+            page_size=page_size or business_central.MAX_PAGE_SIZE,
+        )
+
+    def query_set(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None,
+        filter: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Record]:
+        return self.client.query(
+            self.company_id,
+            entity_set,
+            select=select,
+            filter=filter,
+            page_size=page_size or business_central.MAX_PAGE_SIZE,
+        )
+
+    def modified_since(
+        self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]
+    ) -> Iterator[Record]:
+        return self.client.modified_since(self.company_id, mapping.bc.entity_set, since, select=select)
+
+    def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]:
+        return self.client.related_contacts(self.company_id, mapping.bc.entity_set, bc_id, filter=filter)
+
+    def create(
+        self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
+    ) -> Record:
+        # BC assigns ids (the engine keeps a pending coupling instead); it answers with the whole record.
+        if record_id is not None:
+            raise ValueError("Business Central assigns record ids; a create cannot choose one")
+        return dict(self.client.create(self.company_id, mapping.bc.entity_set, body))
+
+    def update(
+        self, mapping: EntityMapping, current: Record, body: Mapping[str, Any], *, select: Sequence[str]
+    ) -> Record:
+        return dict(
+            self.client.update(
+                self.company_id, mapping.bc.entity_set, str(current["id"]), body, etag=current["@odata.etag"]
+            )
+        )
+
+    def delete(self, mapping: EntityMapping, current: Record) -> None:
+        self.client.delete(
+            self.company_id, mapping.bc.entity_set, str(current["id"]), etag=current["@odata.etag"]
+        )
+
+    def update_many(
+        self,
+        mapping: EntityMapping,
+        changes: Sequence[tuple[Record, Mapping[str, Any]]],
+        *,
+        select: Sequence[str],
+    ) -> list[WriteResult]:
+        """JSON `$batch` of conditional PATCHes (the client splits it into requests of 100)."""
+        operations = [
+            BatchOperation("PATCH", mapping.bc.entity_set, str(current["id"]), body, current["@odata.etag"])
+            for current, body in changes
+        ]
+        return [
+            WriteResult(answer.body if answer.ok else None, answer.error)
+            for answer in self.client.batch(self.company_id, operations)
+        ]
+
+    def requests_in_this_thread(self) -> int:
+        return int(self.client.stats.in_this_thread)
+
+
+class DataverseGateway:
+    side: Side = "dv"
+
+    def __init__(self, client: DataverseClient) -> None:
+        self.client = client
+
+    def table(self, mapping: EntityMapping) -> str:
+        return mapping.dataverse.table
+
+    def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        found = self.client.get(mapping.dataverse.entity_set, record_id, select=select)
+        return dict(found) if found is not None else None
+
+    def query_pages(
+        self,
+        mapping: EntityMapping,
+        *,
+        select: Sequence[str],
+        filter: str | None,
+        page_size: int | None = None,
+    ) -> Iterator[list[Record]]:
+        return self.client.query_pages(
+            mapping.dataverse.entity_set,
+            select=select,
+            filter=filter,
+            page_size=page_size or dataverse.MAX_PAGE_SIZE,
+        )
+
+    def create(
+        self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
+    ) -> Record:
+        return dict(
+            self.client.create(mapping.dataverse.entity_set, body, record_id=record_id, select=select)
+        )
+
+    def update(
+        self, mapping: EntityMapping, current: Record, body: Mapping[str, Any], *, select: Sequence[str]
+    ) -> Record:
+        record_id = str(current[mapping.dataverse.primary_key])
+        return dict(
+            self.client.update(
+                mapping.dataverse.entity_set, record_id, body, etag=current["@odata.etag"], select=select
+            )
+        )
+
+    def delete(self, mapping: EntityMapping, current: Record) -> None:
+        record_id = str(current[mapping.dataverse.primary_key])
+        self.client.delete(mapping.dataverse.entity_set, record_id, etag=current["@odata.etag"])
+
+    def update_many(
+        self,
+        mapping: EntityMapping,
+        changes: Sequence[tuple[Record, Mapping[str, Any]]],
+        *,
+        select: Sequence[str],
+    ) -> list[WriteResult]:
+        """One `$batch` of conditional PATCHes that continues on error, each answering with the
+        record as written."""
+        pk, entity_set, columns = (
+            mapping.dataverse.primary_key,
+            mapping.dataverse.entity_set,
+            ",".join(select),
+        )
+        requests = [
+            BatchRequest(
+                "PATCH",
+                f"{entity_set}({current[pk]})?$select={columns}",
+                body,
+                {"If-Match": current["@odata.etag"], "Prefer": "return=representation"},
+            )
+            for current, body in changes
+        ]
+        return [
+            WriteResult(dict(response.body) if response.ok else None, response.error())
+            for response in self.client.batch(requests, continue_on_error=True)
+        ]
+
+    def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
+        """Records by id with one `$batch` of `In` queries (the URL would be too long outside it)."""
+        if not ids:
+            return []
+        pk, entity_set, columns = (
+            mapping.dataverse.primary_key,
+            mapping.dataverse.entity_set,
+            ",".join(select),
+        )
+        requests = [
+            BatchRequest(
+                "GET",
+                f"{entity_set}?$select={columns}&$filter={dataverse_in(pk, list(ids[i : i + READBACK]))}",
+                headers={"Prefer": "odata.maxpagesize=5000"},
+            )
+            for i in range(0, len(ids), READBACK)
+        ]
+        records: list[Record] = []
+        for response in self.client.batch(requests, continue_on_error=True):
+            error = response.error()
+            if error is not None:
+                raise error
+            records.extend(response.body.get("value", []))
+        return records
+
+    def upsert_many(self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+        return self.client.upsert_multiple(mapping.dataverse.entity_set, bodies)
+
+    def requests_in_this_thread(self) -> int:
+        return int(self.client.stats.in_this_thread)

@@ -1,0 +1,337 @@
+"""In-memory stand-ins for the engine's unit tests (in the spirit of dramatiq's StubBroker).
+
+`MemoryBc` and `MemoryDataverse` implement the gateways of `shared.sync.gateways` over dicts with
+the rules the engine relies on: every write changes the record's ETag; a write with a stale ETag is
+refused (`ConcurrencyError`, as BC's 409 and Dataverse's 412), a write to a missing record is
+`NotFoundError`; BC assigns ids, Dataverse takes the caller's. Every call counts as one request, as
+it would on the wire, so tests assert what a change costs.
+
+`MemoryTable` is the part of Azure's `TableClient` that the coupling store and journal use for one
+record (point reads and conditional writes with ETags). Integration tests run the same stores on
+Azurite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+from shared.connectors.dataverse import ItemResult
+from shared.connectors.errors import ConcurrencyError, NotFoundError
+from shared.mapping.schema import EntityMapping, Side
+from shared.sync.gateways import Record, WriteResult
+
+_clock = itertools.count(1)
+
+
+def _stamp() -> str:
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=next(_clock))
+    return base.isoformat().replace("+00:00", "Z")
+
+
+class _MemorySide:
+    side: Side
+    id_field_default = "id"
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Record]] = {}
+        self.requests: Counter[str] = Counter()  # "GET customers", "PATCH accounts", ...
+        self._etags = itertools.count(1)
+
+    # ------------------------------------------------------------------ what subclasses define
+    def table(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    def _pk(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    def _modified_field(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ test conveniences
+    def rows(self, entity_set: str) -> dict[str, Record]:
+        return self.tables.setdefault(entity_set, {})
+
+    def seed(self, mapping: EntityMapping, record: Mapping[str, Any]) -> Record:
+        """Put a record in place without counting a request (the state before the test)."""
+        return self._store(mapping, dict(record), record_id=record.get(self._pk(mapping)))
+
+    def edit(self, mapping: EntityMapping, record_id: str, **changes: Any) -> Record:
+        """A person's edit: changes the record and its ETag, counts no request of the service."""
+        row = self.rows(self.table_name(mapping))[record_id]
+        row.update(changes)
+        self._touch(mapping, row)
+        return dict(row)
+
+    def remove(self, mapping: EntityMapping, record_id: str) -> None:
+        del self.rows(self.table_name(mapping))[record_id]
+
+    def table_name(self, mapping: EntityMapping) -> str:
+        return self.entity_set(mapping)
+
+    def entity_set(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    # ------------------------------------------------------------------------------- gateway
+    def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        self._count("GET", mapping)
+        row = self.rows(self.entity_set(mapping)).get(record_id)
+        return self._view(row, select) if row is not None else None
+
+    def query_pages(
+        self,
+        mapping: EntityMapping,
+        *,
+        select: Sequence[str],
+        filter: str | None,
+        page_size: int | None = None,
+    ) -> Iterator[list[Record]]:
+        """Only the filters the engine's match queries build: `field eq 'value'` joined by `and`."""
+        self._count("GET", mapping)
+        rows = [r for r in self.rows(self.entity_set(mapping)).values() if _matches(r, filter)]
+        yield [self._view(r, select) for r in rows[: page_size or len(rows)]]
+
+    def create(
+        self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
+    ) -> Record:
+        self._count("POST", mapping)
+        return self._view(self._store(mapping, dict(body), record_id=record_id), select)
+
+    def update(
+        self, mapping: EntityMapping, current: Record, body: Mapping[str, Any], *, select: Sequence[str]
+    ) -> Record:
+        self._count("PATCH", mapping)
+        row = self._checked(mapping, current)
+        row.update(body)
+        self._touch(mapping, row)
+        return self._view(row, select)
+
+    def delete(self, mapping: EntityMapping, current: Record) -> None:
+        self._count("DELETE", mapping)
+        row = self._checked(mapping, current)
+        del self.rows(self.entity_set(mapping))[str(row[self._pk(mapping)])]
+
+    def update_many(
+        self,
+        mapping: EntityMapping,
+        changes: Sequence[tuple[Record, Mapping[str, Any]]],
+        *,
+        select: Sequence[str],
+    ) -> list[WriteResult]:
+        self._count("$batch", mapping)
+        results = []
+        for current, body in changes:
+            try:
+                row = self._checked(mapping, current)
+            except (ConcurrencyError, NotFoundError) as exc:
+                results.append(WriteResult(None, exc))
+                continue
+            row.update(body)
+            self._touch(mapping, row)
+            results.append(WriteResult(self._view(row, select)))
+        return results
+
+    def requests_in_this_thread(self) -> int:
+        return self.total()
+
+    # ------------------------------------------------------------------------------- helpers
+    def _count(self, method: str, mapping: EntityMapping | str) -> None:
+        name = mapping if isinstance(mapping, str) else self.entity_set(mapping)
+        self.requests[f"{method} {name}"] += 1
+
+    def _store(self, mapping: EntityMapping, row: Record, *, record_id: Any) -> Record:
+        pk = self._pk(mapping)
+        row[pk] = str(record_id or uuid.uuid4())
+        rows = self.rows(self.entity_set(mapping))
+        if row[pk] in rows:
+            raise ConcurrencyError(
+                f"{row[pk]} exists", status=412, url=f"{self.entity_set(mapping)}({row[pk]})"
+            )
+        rows[row[pk]] = row
+        self._touch(mapping, row)
+        return row
+
+    def _touch(self, mapping: EntityMapping, row: Record) -> None:
+        row["@odata.etag"] = f'W/"{next(self._etags)}"'
+        row[self._modified_field(mapping)] = _stamp()
+
+    def _checked(self, mapping: EntityMapping, current: Record) -> Record:
+        record_id = str(current[self._pk(mapping)])
+        url = f"{self.entity_set(mapping)}({record_id})"
+        row = self.rows(self.entity_set(mapping)).get(record_id)
+        if row is None:
+            raise NotFoundError(f"{record_id} does not exist", status=404, url=url)
+        if row["@odata.etag"] != current["@odata.etag"]:
+            raise ConcurrencyError("the record changed since it was read", status=412, url=url)
+        return row
+
+    def _view(self, row: Record, select: Sequence[str]) -> Record:
+        """The record as the API answers a `$select`: every selected column, null when empty."""
+        if not select:
+            return dict(row)
+        return {**{k: row.get(k) for k in select}, "@odata.etag": row["@odata.etag"], **self._always(row)}
+
+    def _always(self, row: Record) -> Record:
+        return {"id": row["id"]}  # BC answers every record with its id
+
+
+class MemoryBc(_MemorySide):
+    side: Side = "bc"
+
+    def entity_set(self, mapping: EntityMapping) -> str:
+        return mapping.bc.entity_set
+
+    def table(self, mapping: EntityMapping) -> str:
+        return mapping.bc.entity_set
+
+    def _pk(self, mapping: EntityMapping) -> str:
+        return "id"
+
+    def _modified_field(self, mapping: EntityMapping) -> str:
+        return "lastModifiedDateTime"
+
+    def create(
+        self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
+    ) -> Record:
+        assert record_id is None, "BC assigns ids"
+        return super().create(mapping, body, select=select, record_id=None)
+
+    def modified_since(
+        self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]
+    ) -> Iterator[Record]:
+        self._count("GET", mapping)
+        mark = since.isoformat().replace("+00:00", "Z")
+        rows = [r for r in self.rows(mapping.bc.entity_set).values() if r["lastModifiedDateTime"] >= mark]
+        return iter([self._view(r, select) for r in rows])
+
+    def query_set(
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str] | None,
+        filter: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Record]:
+        self._count("GET", entity_set)
+        rows = [r for r in self.rows(entity_set).values() if _matches(r, filter)]
+        return iter([dict(r) for r in rows[: page_size or len(rows)]])
+
+    def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]:
+        self._count("GET", f"{mapping.bc.entity_set}/contactsInformation")
+        return [r for r in self.rows("contactsInformation").values() if r.get("relatedId") == bc_id]
+
+
+class MemoryDataverse(_MemorySide):
+    side: Side = "dv"
+
+    def entity_set(self, mapping: EntityMapping) -> str:
+        return mapping.dataverse.entity_set
+
+    def table(self, mapping: EntityMapping) -> str:
+        return mapping.dataverse.table
+
+    def _pk(self, mapping: EntityMapping) -> str:
+        return mapping.dataverse.primary_key
+
+    def _modified_field(self, mapping: EntityMapping) -> str:
+        return mapping.dataverse.modified_field
+
+    def _always(self, row: Record) -> Record:
+        return {}  # Dataverse answers only what `$select` names (the engine selects the key)
+
+    def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
+        self._count("$batch", mapping)
+        rows = self.rows(mapping.dataverse.entity_set)
+        return [self._view(rows[i], select) for i in ids if i in rows]
+
+    def upsert_many(self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+        self._count("UpsertMultiple", mapping)
+        pk, rows = mapping.dataverse.primary_key, self.rows(mapping.dataverse.entity_set)
+        for body in bodies:
+            row = rows.setdefault(str(body[pk]), {})
+            row.update(body)
+            self._touch(mapping, row)
+        return [ItemResult(str(b[pk]), True) for b in bodies]
+
+
+def _matches(row: Record, filter_: str | None) -> bool:
+    if not filter_:
+        return True
+    for clause in filter_.split(" and "):
+        field, op, value = clause.strip("() ").split(" ", 2)
+        assert op == "eq", f"the memory gateway only evaluates eq filters, not {clause!r}"
+        expected: Any = value.strip("'").replace("''", "'") if value.startswith("'") else value
+        if str(row.get(field)).casefold() != str(expected).casefold():
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------- storage
+class _Entity(dict[str, Any]):
+    def __init__(self, data: Mapping[str, Any], etag: str) -> None:
+        super().__init__(data)
+        self.metadata = {"etag": etag}
+
+
+class MemoryTable:
+    """Point operations of `azure.data.tables.TableClient`, with its ETag conditions and errors."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        self._etags = itertools.count(1)
+
+    def get_entity(self, partition_key: str, row_key: str, **_: Any) -> _Entity:
+        found = self.rows.get((partition_key, row_key))
+        if found is None:
+            raise ResourceNotFoundError("not found")
+        return _Entity(*found)
+
+    def create_entity(self, entity: Mapping[str, Any], **_: Any) -> dict[str, str]:
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key in self.rows:
+            raise ResourceExistsError("exists")
+        return self._put(key, entity)
+
+    def upsert_entity(self, entity: Mapping[str, Any], **_: Any) -> dict[str, str]:
+        return self._put((entity["PartitionKey"], entity["RowKey"]), entity)
+
+    def update_entity(
+        self, entity: Mapping[str, Any], *, etag: str | None = None, match_condition: Any = None, **_: Any
+    ) -> dict[str, str]:
+        key = (entity["PartitionKey"], entity["RowKey"])
+        self._check(key, etag, match_condition)
+        return self._put(key, entity)
+
+    def delete_entity(
+        self, partition_key: str, row_key: str, *, etag: str | None = None, match_condition: Any = None
+    ) -> None:
+        key = (partition_key, row_key)
+        if key not in self.rows:
+            return  # deleting a missing entity succeeds, as in the SDK
+        self._check(key, etag, match_condition)
+        del self.rows[key]
+
+    def submit_transaction(self, operations: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, str]]:
+        assert all(kind == "upsert" for kind, _ in operations), "only upsert transactions are modelled"
+        return [self.upsert_entity(entity) for _, entity in operations]
+
+    def _check(self, key: tuple[str, str], etag: str | None, condition: Any) -> None:
+        if key not in self.rows:
+            raise ResourceNotFoundError("not found")
+        if condition == MatchConditions.IfNotModified and self.rows[key][1] != etag:
+            raise ResourceModifiedError("modified")
+
+    def _put(self, key: tuple[str, str], entity: Mapping[str, Any]) -> dict[str, str]:
+        etag = f'W/"{next(self._etags)}"'
+        self.rows[key] = (dict(entity), etag)
+        return {"etag": etag}

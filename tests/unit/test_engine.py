@@ -1,0 +1,238 @@
+"""The engine's decisions and what each costs, on in-memory gateways (no servers, milliseconds).
+
+The end-to-end tests drive the same engine through the sandboxes and Azurite; these pin the
+request counts and outcomes of each path so a change that costs one more request fails here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from shared.connectors.errors import ThrottledError
+from shared.mapping.loader import parse_mapping_set
+from shared.mapping.values import dataverse_id_for
+from shared.messages import ChunkMessage, ScanMessage, SyncMessage
+from shared.store.couplings import CouplingStore
+from shared.store.journal import Journal
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
+from shared.sync.processor import dispatch
+from shared.sync.reconcile import Outcome
+from tests.support.memory import MemoryBc, MemoryDataverse, MemoryTable
+
+MAPPINGS = parse_mapping_set(
+    """
+version: 1
+settings: {ownership: {model: team, team_id: 00000000-0000-0000-0000-0000000000aa}}
+mappings:
+  - name: CUSTOMER
+    bc: {entity_set: customers, key: number}
+    dataverse: {table: account, entity_set: accounts}
+    deletion: propagate
+    fields:
+      - {bc: number, dv: accountnumber, direction: to_dataverse, match_priority: 1}
+      - {bc: displayName, dv: name, match_priority: 2}
+      - {bc: phoneNumber, dv: telephone1}
+      - {bc: city, dv: address1_city}
+"""
+)
+CUSTOMER = MAPPINGS.entity("CUSTOMER")
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.bc = MemoryBc()
+        self.dv = MemoryDataverse()
+        self.couplings = CouplingStore(MemoryTable())  # type: ignore[arg-type]
+        self.journal_table = MemoryTable()
+        self.queued: list[tuple[Any, int]] = []
+        self.engine = Engine(
+            mappings=MAPPINGS,
+            bc=self.bc,
+            dv=self.dv,
+            couplings=self.couplings,
+            journal=Journal(self.journal_table),  # type: ignore[arg-type]
+            enqueue=self._enqueue,
+        )
+
+    def _enqueue(self, messages: Sequence[SyncMessage | ChunkMessage | ScanMessage], delay: int) -> None:
+        self.queued.extend((m, delay) for m in messages)
+
+    def sync(self, side: str, record_id: str, **extra: Any) -> Any:
+        self.bc.requests.clear()
+        self.dv.requests.clear()
+        return self.engine.sync_record(SyncMessage(mapping="CUSTOMER", side=side, id=record_id, **extra))
+
+    def requests(self) -> dict[str, int]:
+        return {**self.bc.requests, **self.dv.requests}
+
+    def coupled_customer(self, **values: Any) -> tuple[str, str]:
+        """A BC customer synced to a new account: the state every coupled test starts from."""
+        record = {"number": "C1", "displayName": "Adatum", "phoneNumber": "1", "city": "Atlanta", **values}
+        bc_id = self.bc.seed(CUSTOMER, record)["id"]
+        result = self.sync("bc", bc_id)
+        assert result.outcome == Outcome.INSERTED
+        return bc_id, result.dv_id
+
+
+def test_a_new_bc_record_is_created_in_dataverse_under_its_deterministic_id() -> None:
+    h = Harness()
+    bc_id = h.bc.seed(CUSTOMER, {"number": "C1", "displayName": "Adatum", "phoneNumber": "1", "city": "A"})[
+        "id"
+    ]
+
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.INSERTED
+    assert result.dv_id == dataverse_id_for(CUSTOMER, bc_id)
+    account = h.dv.rows("accounts")[result.dv_id]
+    assert (account["accountnumber"], account["name"], account["telephone1"]) == ("C1", "Adatum", "1")
+    # read the change, one match query per priority, the create
+    assert h.requests() == {"GET customers": 1, "GET accounts": 2, "POST accounts": 1}
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.dv_id == result.dv_id and coupling.last_result == "inserted"
+
+
+def test_a_change_of_a_coupled_record_costs_one_read_and_one_conditional_write() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, phoneNumber="2")
+
+    result = h.sync("bc", bc_id)
+
+    assert (result.outcome, result.fields) == (Outcome.MODIFIED, ["phoneNumber"])
+    assert h.dv.rows("accounts")[dv_id]["telephone1"] == "2"
+    assert h.requests() == {"GET customers": 1, "PATCH accounts": 1}
+    # the coupling now holds the ETag of the account as written: the next change presumes it again
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.dv_etag == h.dv.rows("accounts")[dv_id]["@odata.etag"]
+
+
+def test_an_echo_costs_one_read_and_writes_nothing() -> None:
+    h = Harness()
+    bc_id, _ = h.coupled_customer()
+
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.UNCHANGED and "echo" in result.reason
+    assert h.requests() == {"GET customers": 1}
+
+
+def test_a_counterpart_changed_unseen_is_read_after_the_refused_write_and_both_changes_kept() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, address1_city="Boston")  # its webhook has not been processed yet
+    h.bc.edit(CUSTOMER, bc_id, phoneNumber="2")
+
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.MODIFIED
+    account, customer = h.dv.rows("accounts")[dv_id], h.bc.rows("customers")[bc_id]
+    assert (account["telephone1"], account["address1_city"]) == ("2", "Boston")
+    assert (customer["phoneNumber"], customer["city"]) == ("2", "Boston")
+    # the refused PATCH, the read of the account, then one write to each side
+    assert h.requests() == {"GET customers": 1, "PATCH accounts": 2, "GET accounts": 1, "PATCH customers": 1}
+
+
+def test_a_dataverse_change_is_written_to_bc_with_the_stored_etag() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, name="Adatum Corp")
+
+    result = h.sync("dv", dv_id)
+
+    assert result.outcome == Outcome.MODIFIED
+    assert h.bc.rows("customers")[bc_id]["displayName"] == "Adatum Corp"
+    assert h.requests() == {"GET accounts": 1, "PATCH customers": 1}
+
+
+def test_a_new_dataverse_record_is_created_in_bc_through_a_pending_coupling() -> None:
+    h = Harness()
+    dv_id = h.dv.seed(CUSTOMER, {"name": "Fabrikam", "telephone1": "5", "address1_city": "Oslo"})["accountid"]
+
+    result = h.sync("dv", dv_id)
+
+    assert result.outcome == Outcome.INSERTED
+    customer = h.bc.rows("customers")[result.bc_id]
+    assert (customer["displayName"], customer["phoneNumber"]) == ("Fabrikam", "5")
+    coupling = h.couplings.get("CUSTOMER", "dv", dv_id)
+    assert coupling is not None and coupling.state == "coupled" and coupling.bc_id == result.bc_id
+
+
+def test_a_deletion_is_decided_on_both_records_as_they_are() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.remove(CUSTOMER, bc_id)
+
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.DELETED
+    assert dv_id not in h.dv.rows("accounts")
+    assert h.couplings.get("CUSTOMER", "dv", dv_id) is None
+    # no presumed counterpart for a deletion: the account is read before it is deleted
+    assert h.requests() == {"GET customers": 1, "GET accounts": 1, "DELETE accounts": 1}
+
+
+def test_a_matching_uncoupled_record_is_coupled_not_duplicated() -> None:
+    h = Harness()
+    dv_id = h.dv.seed(CUSTOMER, {"accountnumber": "C7", "name": "Contoso"})["accountid"]
+    bc_id = h.bc.seed(CUSTOMER, {"number": "C7", "displayName": "Contoso", "phoneNumber": "9", "city": "X"})[
+        "id"
+    ]
+
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome in (Outcome.COUPLED, Outcome.MODIFIED)
+    assert list(h.dv.rows("accounts")) == [dv_id]
+    assert h.dv.rows("accounts")[dv_id]["telephone1"] == "9"
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.dv_id == dv_id
+
+
+def test_throttling_requeues_the_message_after_the_servers_retry_after() -> None:
+    h = Harness()
+    bc_id, _ = h.coupled_customer()
+
+    def throttled(*_: Any, **__: Any) -> Any:
+        raise ThrottledError("slow down", status=429, retry_after=7)
+
+    h.bc.get = throttled  # type: ignore[method-assign]
+    with pytest.raises(RequeueError) as caught:
+        h.sync("bc", bc_id)
+    assert caught.value.delay == 7
+    assert caught.value.message.attempt == 1
+
+    # after the last requeue the error reaches the host, which retries and finally poisons it
+    with pytest.raises(ThrottledError):
+        h.sync("bc", bc_id, attempt=MAX_TRANSIENT_REQUEUES)
+
+
+def test_transient_requeues_back_off_within_the_one_policy() -> None:
+    from shared.sync.engine import requeue_delay
+
+    delays = [requeue_delay(attempt) for attempt in range(1, 12)]
+    assert all(1 <= d <= 300 for d in delays)
+    assert requeue_delay(1) <= 2 and requeue_delay(10) >= 150  # 2 s doubling, capped at 5 minutes
+
+
+def test_the_processor_dispatches_chunks_record_by_record() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, city="Denver")
+
+    assert dispatch(h.engine, ChunkMessage(mapping="CUSTOMER", side="bc", ids=[bc_id])) is None
+    assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Denver"
+
+
+def test_every_outcome_is_journaled_with_its_request_count() -> None:
+    h = Harness()
+    bc_id, _ = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, phoneNumber="3")
+    h.sync("bc", bc_id)
+
+    modified = [row for row, _ in h.journal_table.rows.values() if row["outcome"] == "modified"]
+    # one row per side (history of either record) and one in the time partition
+    assert len(modified) == 3
+    assert {(r["bc_id"], r["fields"], r["api_requests"]) for r in modified} == {(bc_id, "phoneNumber", 2)}
