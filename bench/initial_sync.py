@@ -1,5 +1,5 @@
-"""Initial sync of N customers into an empty Dataverse (DESIGN.md §6: 100,000 in under 3 minutes,
-under 400 API requests, peak RSS under 300 MB).
+"""Initial sync of N customers into an empty Dataverse (target in docs/architecture.md#request-budget:
+100,000 in under 3 minutes, under 400 API requests, peak RSS under 300 MB).
 
 The sandboxes run in a child process and Azurite in its own, so the peak RSS printed is the
 service's. `python -m bench.initial_sync [--customers 100000]`

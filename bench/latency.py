@@ -1,4 +1,6 @@
-"""Notification-to-write latency and API requests per change at a steady rate (DESIGN.md §6).
+"""Notification-to-write latency and API requests per change at a steady rate.
+
+Targets: docs/architecture.md#request-budget.
 
 Three processes, as in production: the service (dev host + function app) here, both sandboxes in
 a child process (`bench.sandboxes`), Azurite in its own. Customers are coupled first with a full

@@ -1,6 +1,7 @@
 """The development host: drives a `FunctionApp` the way the Azure Functions host does.
 
-The real host cannot be installed offline (reference: functions-host-and-azurite.md §4), so this
+The real host cannot be installed offline (Core Tools download it and the extension bundles, see
+https://learn.microsoft.com/azure/azure-functions/functions-run-local), so this
 process loads the app's functions and provides what the host would: HTTP triggers under `/api/`
 with auth levels, NCRONTAB timers with `past_due` and `run_on_startup`, queue triggers polling
 Azure Storage with `host.json`'s `extensions.queues` settings and a poison queue, and queue output

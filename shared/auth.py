@@ -3,9 +3,10 @@
 Two independent mechanisms, one per kind of caller:
 
 - **Webhook secrets.** Dataverse and Business Central cannot present Entra ID tokens to us; they prove
-  themselves with a shared secret (Dataverse: WebhookKey / HttpHeader / HttpQueryString, reference
-  `dataverse-web-api.md` §1.2; BC: the subscription's `clientState`). Secrets are compared in constant
-  time and never appear in an error reason or a log line. A bearer token is never a substitute.
+  themselves with a shared secret (Dataverse: WebhookKey / HttpHeader / HttpQueryString, see
+  https://learn.microsoft.com/power-apps/developer/data-platform/register-web-hook; BC: the subscription's
+  `clientState`). Secrets are compared in constant time and never appear in an error reason or a log
+  line. A bearer token is never a substitute.
 - **Caller tokens and app roles.** The admin/data API accepts Entra ID access tokens (RS256 JWTs),
   checked against the tenant's JWKS, and authorizes by the token's `roles` claim.
 
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 DataverseAuthType = Literal["webhook_key", "http_header", "http_query_string"]
 
-# `serviceendpoint.authvalue` is at most 2048 characters (reference §1.1).
+# `serviceendpoint.authvalue` is at most 2048 characters:
+# https://learn.microsoft.com/power-apps/developer/data-platform/reference/entities/serviceendpoint
 AUTHVALUE_MAX_LENGTH = 2048
 
 
@@ -120,7 +122,7 @@ def _failure(what: str, missing: bool) -> str:
 def parse_authvalue(authvalue: str) -> dict[str, str]:
     """Parse Dataverse's HttpHeader / HttpQueryString `authvalue`: `<settings><setting name= value=/>…`.
 
-    The XML form is community-sourced (reference §1.2, §10). Raises `ValueError` naming the problem.
+    The XML form is community-sourced (not in Microsoft's docs). Raises `ValueError` naming the problem.
     The input is our own configuration, never a request body.
     """
     try:

@@ -21,7 +21,8 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     return _respond(answer.status, answer.body, answer.content_type)
 
 
-# BC's handshake method is not documented (reference §4.2): accept POST and GET.
+# BC's handshake method is not documented: accept POST and GET.
+# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 @bp.route(route="webhooks/bc", methods=["POST", "GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def bc_webhook(req: func.HttpRequest) -> func.HttpResponse:
     answer = receive_bc_webhook(dict(req.params), req.get_body())

@@ -292,9 +292,10 @@ class BcApi:
     # --- $batch -----------------------------------------------------------------------------------
 
     def batch(self, request: ApiRequest) -> ApiResponse:
-        """JSON `$batch` (reference §3): at most `max_batch_operations`; `Isolation: snapshot` makes it
-        one transaction: on the first failure everything is rolled back, the failed operation keeps its
-        error and every other one answers 424 (unverified: BC's exact per-operation answer)."""
+        """JSON `$batch` (docs/bc-sandbox.md#sources): at most `max_batch_operations`; `Isolation:
+        snapshot` makes it one transaction: on the first failure everything is rolled back, the failed
+        operation keeps its error and every other one answers 424 (unverified: BC's exact per-operation
+        answer)."""
         try:
             operations = self._batch_operations(request)
         except BcError as error:

@@ -1,5 +1,7 @@
-"""Settings of the BC sandbox. Defaults are the real service's values (reference §4-§5); tests
-shrink the windows and limits, at construction or at runtime through `/_sandbox/`."""
+"""Settings of the BC sandbox. Defaults are the real service's values (webhooks and limits:
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/administration/operational-limits-online);
+tests shrink the windows and limits, at construction or at runtime through `/_sandbox/`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from dataclasses import dataclass, field
 
 DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES"}
 
-# BC retries failed deliveries "several times over 36 hours" (reference §4.6).
+# BC retries failed deliveries "several times over 36 hours":
+# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 12 * 3600.0)
 
 

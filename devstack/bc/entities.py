@@ -1,7 +1,8 @@
 """The BC API v2.0 entity sets the sandbox serves: fields in documented order, types and rules.
 
-Field lists follow `reference/business-central-api.md` §1.1 (and the v2.0 resource pages for the
-fields the reference abbreviates with "…"). Every record also has `id` and `lastModifiedDateTime`.
+Field lists follow the v2.0 resource pages ("Resources" in the API reference,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/).
+Every record also has `id` and `lastModifiedDateTime`.
 Rules a sync must respect are data here, enforced by `store.py`: read-only fields, Code fields
 (upper-cased and length-limited like BC's `Code[n]`), option values, references to other records.
 """
@@ -20,7 +21,8 @@ STR, NUM, BOOL, GUID, DATE, DATETIME = "str", "num", "bool", "guid", "date", "da
 CUSTOMER_BLOCKED = (" ", "Ship", "Invoice", "All")
 VENDOR_BLOCKED = (" ", "Payment", "All")
 
-# Webhook-supported v2.0 resources, reference §4.7 (contacts and salespeoplePurchasers are not).
+# Webhook-supported v2.0 resources (contacts and salespeoplePurchasers are not):
+# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 WEBHOOK_SUPPORTED = frozenset(
     {
         "accounts", "companyInformation", "countriesRegions", "currencies", "customerPaymentJournals",

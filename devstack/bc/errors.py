@@ -1,7 +1,9 @@
 """BC's error answers: `{"error": {"code": "<Category_Name>", "message": "…  CorrelationId:  <guid>."}}`.
 
-Codes come from reference §2 (`BadRequest_*`, `Internal_*`, `Application_*`, `Authentication_*`,
-`Request_*`). Where the reference names no code for a case (throttling, unknown entity set), the
+Codes come from BC's error codes page,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/dynamics-error-codes
+(`BadRequest_*`, `Internal_*`, `Application_*`, `Authentication_*`, `Request_*`). Where Microsoft
+names no code for a case (throttling, unknown entity set), the
 choice is marked "(unverified)" next to it.
 """
 

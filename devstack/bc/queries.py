@@ -1,5 +1,5 @@
 """OData query options on an entity set: `$filter`, `$select`, `$orderby`, `$top`, `$skip`,
-`$expand`, and server-driven paging with `@odata.nextLink` (reference §3).
+`$expand`, and server-driven paging with `@odata.nextLink` (docs/bc-sandbox.md#sources).
 
 Paging is keyset-based, as BC's bookmarks are: the `$skiptoken` holds the sort values of the last
 row served, so a record modified (and so re-sorted) while a client pages is neither skipped nor

@@ -537,7 +537,8 @@ class BcStore:
     def _check_currency(
         self, company: Company, record: dict[str, Any], changed: set[str], creating: bool
     ) -> None:
-        # Local currency: currencyId zero and currencyCode the company's LCY code (reference §1.1).
+        # Local currency: currencyId zero and currencyCode the company's LCY code
+        # (docs/bc-sandbox.md#sources).
         if "currencyCode" in changed:
             code = record["currencyCode"]
             if code in ("", company.local_currency):
@@ -726,7 +727,7 @@ class BcStore:
         if entity.name == "contacts":
             self._update_persons(company, record, user, previous=previous, deleted=deleted)
             return
-        # A line change changes the header's totals and notifies the header (reference §4.5).
+        # A line change changes the header's totals and notifies the header (docs/bc-sandbox.md#sources).
         if entity.name != "salesOrderLines":
             return
         header = company.tables["salesOrders"].get(record["documentId"])

@@ -1,5 +1,6 @@
-"""BC webhooks (reference §4): subscriptions with the validation handshake, coalesced notifications,
-`collection` entries above the threshold, delivery retries, and deletion on a refusing answer.
+"""BC webhooks: subscriptions with the validation handshake, coalesced notifications, `collection`
+entries above the threshold, delivery retries, and deletion on a refusing answer, as documented in
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 
 - Create and renew call `notificationUrl?validationToken=…` (POST, empty body); only a 200 whose
   body is the token, within the handshake timeout (5 s), creates or renews the subscription.

@@ -1,8 +1,8 @@
 """The Dataverse Web API v9.2 over the in-memory store: one request in, one response out.
 
 Plain data in and out (no ASGI) so `$batch` can run its parts through the same code as top-level
-requests. Behaviour follows reference §2 (CRUD, upsert, ETags), §3 (paging, change tracking) and
-§5 (CreateMultiple / UpdateMultiple / UpsertMultiple).
+requests. Behaviour follows Microsoft's documentation (docs/dataverse-sandbox.md#sources) of CRUD,
+upsert, ETags, paging, change tracking and CreateMultiple / UpdateMultiple / UpsertMultiple.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ class WebApi:
             until = int(cookie.get("deltato") or self.store.current_version())
             upserted, deleted = self.store.changes(table.entity_set, since, until)
             offset = (page_number - 1) * size
-            # New and updated rows first, then deletes (§3.2); only this page's rows are rendered.
+            # New and updated rows first, then deletes (docs/dataverse-sandbox.md#sources); only this page's
+            # rows are rendered.
             page: list[dict[str, Any]] = [
                 self.project(table, r, select, annotations) for r in upserted[offset : offset + size]
             ]

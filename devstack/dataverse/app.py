@@ -1,7 +1,8 @@
 """The Dataverse sandbox as a Starlette app: `/api/data/v9.2/...` plus the `/_sandbox/...` control surface.
 
 Request path, outermost first: service protection (bearer token -> user, then the per-user request,
-execution-time and concurrency limits of reference §6), fault injection, then the Web API.
+execution-time and concurrency limits of
+https://learn.microsoft.com/power-apps/developer/data-platform/api-limits), fault injection, then the Web API.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`POST /api/data/v9.2/$batch` (reference §4): multipart/mixed in and out, change sets atomic.
+"""`POST /api/data/v9.2/$batch`: multipart/mixed in and out, change sets atomic.
+
+Documented at
+https://learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api
 
 Each part runs through `WebApi.handle`, as a top-level request would. A change set runs in one store
 transaction and is rolled back (its events never fire) when any of its requests fails. Without

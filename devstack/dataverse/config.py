@@ -1,6 +1,7 @@
 """Configuration of the Dataverse sandbox: organisation, users and the service-protection limits.
 
-Defaults are the real service's values (reference §6); tests shrink them.
+Defaults are the real service's values (service protection limits:
+https://learn.microsoft.com/power-apps/developer/data-platform/api-limits); tests shrink them.
 """
 
 from __future__ import annotations
@@ -83,17 +84,19 @@ class DataverseSandboxConfig:
     organization_id: str = ORGANIZATION_ID
     business_unit_id: str = ROOT_BUSINESS_UNIT_ID
     users: list[SandboxUser] = field(default_factory=default_users)
-    # Service protection, per user over a sliding window (reference §6).
+    # Service protection, per user over a sliding window:
+    # https://learn.microsoft.com/power-apps/developer/data-platform/api-limits
     max_requests: int = 6000
     window_seconds: float = 300.0
     max_execution_ms: float = 1_200_000.0
     max_concurrent: int = 52
-    # Paging and batches (reference §3.1, §4).
+    # Paging and batches (docs/dataverse-sandbox.md#sources).
     max_page_size: int = 5000
     max_batch_requests: int = 1000
     # Change tracking tokens expire after ExpireChangeTrackingInDays (default 7).
     change_tracking_expiry_days: float = 7.0
-    # Webhooks (reference §1.3): 60 s timeout, 256 KB payload rule.
+    # Webhooks: 60 s timeout, 256 KB payload rule.
+    # https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks
     webhook_timeout_seconds: float = 60.0
     webhook_max_payload_bytes: int = 256 * 1024
     webhook_workers: int = 4

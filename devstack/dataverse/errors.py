@@ -1,7 +1,8 @@
 """Dataverse's error answers: `{"error": {"code": "0x...", "message": "..."}}` with the real status.
 
-Messages and codes follow the reference (§2.3-2.6, §3.2, §6) and what live services return; where the
-reference is silent the message says what to do instead.
+Messages and codes follow Microsoft's documentation (docs/dataverse-sandbox.md#sources: errors,
+conditional operations, change tracking, service protection limits) and what live services return;
+where the documentation is silent the message says what to do instead.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The tables the Dataverse sandbox knows: columns, types, lookups, option sets, alternate keys.
 
-Column names, option values and entity set names are the real ones (reference §7-8 and the generated
-entity reference). A lookup column `x` is read as `_x_value` and written through a navigation
-property with `x@odata.bind` (customer lookups: `x_account@odata.bind` / `x_contact@odata.bind`).
+Column names, option values and entity set names are the real ones (Microsoft's generated table
+reference, https://learn.microsoft.com/power-apps/developer/data-platform/reference/about-entity-reference).
+A lookup column `x` is read as `_x_value` and written through a navigation property with
+`x@odata.bind` (customer lookups: `x_account@odata.bind` / `x_contact@odata.bind`).
 """
 
 from __future__ import annotations

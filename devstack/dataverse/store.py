@@ -359,7 +359,7 @@ class Store:
             row["_ownerid_value"] = caller.user_id
             row["_ownerid_value" + LOOKUP_TYPE] = "systemuser"
         if "statecode" in table.columns:
-            initial = 2 if table.logical_name == "product" else 0  # products start as Draft (§8)
+            initial = 2 if table.logical_name == "product" else 0  # products start as Draft (statecode 2)
             row["statecode"] = initial
             row["statuscode"] = table.default_status.get(initial)
         return row

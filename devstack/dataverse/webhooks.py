@@ -2,10 +2,11 @@
 
 A committed change event is matched against enabled `sdkmessageprocessingsteps` whose event handler
 is a webhook `serviceendpoint` (contract 8); each match becomes one delivery, POSTed by a small pool
-of worker threads so the write that caused it never waits (reference §1.3: asynchronous steps).
+of worker threads so the write that caused it never waits (asynchronous steps, as in
+https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks).
 
 Fidelity notes:
-- Body and headers follow reference §1.3-1.4 (the documented sample's shape and key order, WCF
+- Body and headers follow the use-webhooks page (the documented sample's shape and key order, WCF
   dates, `\\/` escaping); payloads over 256 KB lose ParentContext, InputParameters and the images
   and get `x-ms-dynamics-msg-size-exceeded`.
 - 502/503/504 get one more attempt; any other non-2xx, a timeout (60 s) or a connection error is a
@@ -315,7 +316,7 @@ class WebhookDispatcher:
         table, row = event.table, event.row or {}
         if event.message == "Create":
             return {k: v for k, v in row.items() if v is not None}
-        # An Update target holds the changed columns, the id and the system columns (§1.4).
+        # An Update target holds the changed columns, the id and the system columns (use-webhooks page).
         attributes = dict(event.target)
         if table.logical_name == "contact" and {"firstname", "lastname"} & set(attributes):
             attributes["fullname"] = row.get("fullname")
@@ -549,7 +550,8 @@ def _wcf_json(context: Mapping[str, Any]) -> bytes:
 
 
 def _with_auth(url: str, authtype: Any, authvalue: Any, headers: dict[str, str]) -> str:
-    """The URL to call, adding the endpoint's auth value as §1.2 describes (headers updated in place)."""
+    """The URL to call, adding the endpoint's auth value as register-web-hook describes (headers updated
+    in place)."""
     if not authvalue:
         return url
     params: list[tuple[str, str]] = []

@@ -1,10 +1,14 @@
-"""Business Central API v2.0 client (reference `business-central-api.md`), on httpx.
+"""Business Central API v2.0 client, on httpx.
 
 Typed operations over `ApiTransport` (the one retry mechanism): reads with server-driven paging,
 a modified-since iterator, conditional writes with the ETag that was read, JSON `$batch`, and
 webhook subscriptions. `map_error` turns BC's `{"error": {"code", "message"}}` into the shared
 typed errors. `parse_resource` validates a notification's `resource` so the service builds its
 own URL from configuration and never fetches one taken from a request.
+
+Microsoft's documentation: the API reference,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/, and the webhooks page,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ DEFAULT_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 MAX_PAGE_SIZE = 20_000
 MAX_BATCH_OPERATIONS = 100
 
-# Reference §4.7: the v2.0 resources BC sends webhooks for (contacts and salespeoplePurchasers
-# are not among them and must be polled).
+# The v2.0 resources BC sends webhooks for, listed on the webhooks page (module docstring);
+# contacts and salespeoplePurchasers are not among them and must be polled.
 WEBHOOK_SUPPORTED_ENTITY_SETS: frozenset[str] = frozenset(
     {
         "accounts", "companyInformation", "countriesRegions", "currencies", "customerPaymentJournals",
@@ -180,7 +184,7 @@ class BusinessCentralClient:
         """`<entity_set>(<id>)/contactsInformation` (BC 18.0+): the company contact BC relates to a
         customer or vendor, and its persons. The company-level `contactsInformation` set cannot list
         relations: BC's page answers only with a `relatedId` and `relatedType` filter, one record at
-        a time (Microsoft docs, api-reference/v2.0/api/dynamics_contactinformation_get.md)."""
+        a time (API reference in the module docstring, page api/dynamics_contactinformation_get)."""
         url = f"{self._url(company_id, entity_set, record_id)}/contactsInformation"
         params = _query_params(select=["contactNumber", "contactType", "relatedId"], filter=filter)
         try:
@@ -487,7 +491,7 @@ _RESOURCE_RE = re.compile(
     r"^api/v2\.0/companies\((?P<company>[0-9A-Fa-f-]{36})\)/(?P<set>[A-Za-z]+)(?:\((?P<id>[0-9A-Fa-f-]{36})\))?$"
 )
 # BC's sample filters on `lastDateTimeModified` although the property is `lastModifiedDateTime`
-# (reference §4.5); accept both, always rebuild with the real property name.
+# (webhooks page, module docstring); accept both, always rebuild with the real property name.
 _COLLECTION_FILTER_RE = re.compile(
     r"^\$filter=(?:lastModifiedDateTime|lastDateTimeModified) (?P<op>gt|ge) "
     r"(?P<when>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,7})?Z)$"
@@ -498,7 +502,7 @@ MAX_RESOURCE_LENGTH = 2048
 def parse_resource(
     resource: str, *, company_ids: Collection[str], entity_sets: Collection[str]
 ) -> ResourceRef:
-    """Validate a notification's `resource` (with or without the leading slash, reference §4.4).
+    """Validate a notification's `resource` (with or without the leading slash: BC sends both).
 
     Only `api/v2.0/companies(<configured company>)/<configured set>(<guid>)` and, for a
     `collection`, `api/v2.0/companies(...)/<set>?$filter=lastModifiedDateTime gt <datetime>` pass.

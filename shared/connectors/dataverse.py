@@ -8,6 +8,10 @@ and written as `x@odata.bind`; translating between the two is the mapping layer'
 Request budget: reads page 5,000 rows per request (`query_pages`, `changes`); bulk writes send
 1,000 rows per `CreateMultiple`/`UpsertMultiple`/`UpdateMultiple` request; `batch` sends up to
 1,000 requests per `$batch`.
+
+Microsoft's documentation of the Web API:
+https://learn.microsoft.com/power-apps/developer/data-platform/webapi/overview
+(pages named below are relative to https://learn.microsoft.com/power-apps/developer/data-platform/).
 """
 
 from __future__ import annotations
@@ -283,7 +287,8 @@ class DataverseClient:
     ) -> httpx.Response:
         merged = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
         if method == "GET":
-            merged["If-None-Match"] = "null"  # no cached 304s (reference §2)
+            # No cached 304s (page webapi/compose-http-requests-handle-errors, see the module docstring).
+            merged["If-None-Match"] = "null"
         kwargs: dict[str, Any] = {"auth": self._auth}
         if json_body is not None:
             merged["Content-Type"] = "application/json; charset=utf-8"

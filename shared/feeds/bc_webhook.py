@@ -1,12 +1,13 @@
 """Parse a Business Central webhook notification POST into the changes it reports.
 
-One POST can carry entries for several subscriptions (reference `business-central-api.md` §4.4). Each
-entry is only a pointer: `resource` is parsed into (company, entity set, id or filter) by the BC
+One POST can carry entries for several subscriptions (BC's webhooks page,
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions).
+Each entry is only a pointer: `resource` is parsed into (company, entity set, id or filter) by the BC
 connector's `parse_resource` and checked against configuration; the service never fetches the URL it
-was sent (DESIGN §2).
+was sent (docs/architecture.md#the-flow).
 
 Answering matters here: BC deletes the subscription on any failure status other than 408/429/5xx
-(§4.6). So a bad *entry* is rejected on its own and the rest of the batch is still accepted; only a body
+(same page). So a bad *entry* is rejected on its own and the rest of the batch is still accepted; only a body
 that is not a notification at all is a `WebhookPayloadError` (400), and any entry with the wrong
 `clientState` fails the whole call as unauthenticated (401): nothing in it can be trusted.
 """

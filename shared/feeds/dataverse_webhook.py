@@ -1,9 +1,10 @@
 """Parse a Dataverse webhook call into the one record change it reports.
 
-The body is a serialized `RemoteExecutionContext` (reference `dataverse-web-api.md` §1.3-1.4). Only
-*which* record changed is taken from it, never field values (DESIGN §1): the processor reads the record
-fresh. The parser is tolerant of members it does not use and strict about the ones it does, so a
-malformed call is answered 400 with a reason instead of becoming a bogus sync request.
+The body is a serialized `RemoteExecutionContext`
+(https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks).
+Only *which* record changed is taken from it, never field values (docs/architecture.md#the-flow): the
+processor reads the record fresh. The parser is tolerant of members it does not use and strict about
+the ones it does, so a malformed call is answered 400 with a reason instead of becoming a bogus sync request.
 
 `WebhookPayloadError` and `load_json_body` are shared with the Business Central notification parser.
 """
@@ -21,7 +22,7 @@ ORGANIZATION_HEADER = "x-ms-dynamics-organization"
 ENTITY_NAME_HEADER = "x-ms-dynamics-entity-name"
 REQUEST_NAME_HEADER = "x-ms-dynamics-request-name"
 # Sent only when the payload exceeded 256KB; the body then lacks ParentContext, InputParameters and
-# the entity images, but still names the record (reference §1.3).
+# the entity images, but still names the record (the use-webhooks page above).
 SIZE_EXCEEDED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 
 DATA_MESSAGES = frozenset({"Create", "Update", "Delete"})

@@ -210,7 +210,7 @@ def ensure_bc_subscriptions(
 
 
 def _normal_resource(resource: str) -> str:
-    # BC is inconsistent about the leading slash (reference §4.4); compare without it.
+    # BC is inconsistent about the leading slash (see `parse_resource`); compare without it.
     return resource.lstrip("/").lower()
 
 

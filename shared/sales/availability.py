@@ -1,6 +1,7 @@
 """Product availability for salespeople: BC's inventory of an item, asked live, cached briefly.
 
-BC API v2.0 has no availability resource (reference `business-central-api.md` §1.1); the item's
+BC API v2.0 has no availability resource (see the resources of
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/); the item's
 `inventory` (quantity on hand, in the base unit of measure) is what it offers. An item is found by
 its number, or by the Dataverse product coupled to it through the item mapping. Answers are cached
 in-process for a few seconds, so a salesperson adding several lines of the same item costs one BC

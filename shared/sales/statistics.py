@@ -1,6 +1,8 @@
 """Customer statistics for salespeople: BC's figures per coupled customer, pushed to Dataverse.
 
-Like the built-in connector's "Update Account Statistics" (reference `bc-connector.md` §5), but with
+Like the built-in connector's "Update Account Statistics" (BC's "CRM Statistics Job",
+`CRMStatisticsJob.Codeunit.al` in
+https://github.com/microsoft/BCApps/tree/main/src/Layers/W1/BaseApp/Integration/D365Sales), but with
 bulk reads and writes, and only for customers whose figures changed since the last push:
 
 - reads, one paged query per entity set for all customers: `customers?$expand=customerFinancialDetail`

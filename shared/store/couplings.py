@@ -16,8 +16,8 @@ partition per mapping holding 100,000 rows makes each insert slower as it grows 
 Azurite: a 100-row transaction takes 87 ms into an empty partition and 620 ms into one of 40,000
 rows), and spreading a mapping over partitions is what Azure Tables recommend for scale anyway.
 
-Why not DESIGN.md's two full rows per pair: a full resync of 100,000 pairs is bound by Table
-Storage writes; one row per pair halves them, and updates need no transaction.
+Why not two full rows per pair (docs/architecture.md#decisions): a full resync of 100,000 pairs is
+bound by Table Storage writes; one row per pair halves them, and updates need no transaction.
 """
 
 from __future__ import annotations

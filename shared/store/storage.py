@@ -28,7 +28,8 @@ POISON_SUFFIX = "-poison"
 TABLES = ("Couplings", "SyncJournal", "Watermarks", "Subscriptions")
 
 # Azurite ships older API versions than the SDK sends; pinning a version both Azurite 3.35 and
-# Azure accept avoids depending on `--skipApiVersionCheck` (reference: functions-host-and-azurite §1.2).
+# Azure accept avoids depending on Azurite's `--skipApiVersionCheck`
+# (https://learn.microsoft.com/azure/storage/common/storage-use-azurite).
 QUEUE_API_VERSION = "2025-11-05"
 
 

@@ -1,8 +1,10 @@
 """Webhook bodies as the real services send them.
 
-The `*_SAMPLE` bodies are copied verbatim from the references (`/work/shared/reference/`), which copy
-them from Microsoft's documentation; do not "fix" them. The Delete/Create shapes are inferred there
-(`dataverse-web-api.md` §1.4 serialization notes) and built here from the documented sample.
+The `*_SAMPLE` bodies are copied verbatim from Microsoft's documentation
+(https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks and
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions);
+do not "fix" them. The Delete/Create shapes are not documented: they are inferred (an EntityReference
+target for Delete, OptionSetValue and Money values) and built here from the documented sample.
 """
 
 # ruff: noqa: E501  (the samples are verbatim; their long lines stay as documented)
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# dataverse-web-api.md §1.4: Update / contact / PostOperation / Asynchronous (ParentContext elided).
+# use-webhooks: Update / contact / PostOperation / Asynchronous (ParentContext elided).
 DATAVERSE_UPDATE_SAMPLE = r"""{
     "BusinessUnitId": "e2b9dd85-e89e-e711-8122-000d3aa2331c",
     "CorrelationId": "b374239d-4233-41a9-8b17-a86cb4f737b5",
@@ -109,7 +111,7 @@ DATAVERSE_UPDATE_SAMPLE = r"""{
 }
 """
 
-# business-central-api.md §4.4: three entries for three subscriptions, inconsistent leading slashes.
+# dynamics-subscriptions: three entries for three subscriptions, inconsistent leading slashes.
 BC_NOTIFICATION_SAMPLE = r"""{
   "value": [
     {
@@ -147,7 +149,7 @@ DATAVERSE_SAMPLE_HEADERS = {
     "x-ms-correlation-request-id": "b374239d-4233-41a9-8b17-a86cb4f737b5",
 }
 
-# Removed from the body when the whole payload exceeds 256KB (dataverse-web-api.md §1.3).
+# Removed from the body when the whole payload exceeds 256KB (use-webhooks).
 SIZE_EXCEEDED_REMOVED = ("ParentContext", "InputParameters", "PreEntityImages", "PostEntityImages")
 
 

@@ -83,7 +83,7 @@ def test_the_documented_sample() -> None:
             company_id=COMPANY_B,
             entity_set="salesInvoices",
             record_id=None,
-            # Rebuilt on the real property name, never passed through (reference §4.5).
+            # Rebuilt on the real property name, never passed through (BC's sample misspells it).
             collection_filter="lastModifiedDateTime gt 2018-10-15T11:00:00Z",
             collection_modified_after=datetime(2018, 10, 15, 11, 0, tzinfo=UTC),
             last_modified=datetime(2018, 10, 26, 12, 54, 30, 503000, tzinfo=UTC),

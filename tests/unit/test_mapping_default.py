@@ -1,4 +1,4 @@
-"""mappings/default.yaml reproduces the built-in connector's defaults (reference/bc-connector.md §1-2)."""
+"""mappings/default.yaml reproduces the built-in connector's defaults (docs/mappings.md)."""
 
 from __future__ import annotations
 

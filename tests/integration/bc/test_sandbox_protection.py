@@ -1,4 +1,5 @@
-"""Service protection (reference §5), fault injection and counters of the BC sandbox."""
+"""Service protection (BC's operational limits, docs/bc-sandbox.md#sources), fault injection and
+counters of the BC sandbox."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conformance of queries, paging and `$batch` with reference §3."""
+"""Conformance of queries, paging and `$batch` with BC's documentation (docs/bc-sandbox.md#sources)."""
 
 from __future__ import annotations
 

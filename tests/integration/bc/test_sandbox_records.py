@@ -1,4 +1,4 @@
-"""Conformance of the BC sandbox's records and writes with reference §1-§2."""
+"""Conformance of the BC sandbox's records and writes with BC API v2.0 (docs/bc-sandbox.md#sources)."""
 
 from __future__ import annotations
 

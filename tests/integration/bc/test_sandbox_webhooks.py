@@ -1,4 +1,5 @@
-"""Conformance of webhooks with reference §4: handshake, lifecycle, coalescing, collections, retries."""
+"""Conformance of webhooks with BC's documentation (docs/bc-sandbox.md#sources): handshake,
+lifecycle, coalescing, collections, retries."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tests.integration.bc.test_sandbox_records import assert_error
 
 pytestmark = pytest.mark.integration
 
-# The documented sample (reference §4.4): every entry has exactly these keys.
+# The documented sample: every entry has exactly these keys.
+# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
 SAMPLE_ENTRY_KEYS = {"subscriptionId", "clientState", "expirationDateTime", "resource", "changeType",
                      "lastModifiedDateTime"}  # fmt: skip
 

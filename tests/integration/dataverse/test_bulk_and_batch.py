@@ -1,4 +1,7 @@
-"""CreateMultiple / UpsertMultiple / UpdateMultiple (§5) and `$batch` with change sets (§4)."""
+"""CreateMultiple / UpsertMultiple / UpdateMultiple and `$batch` with change sets.
+
+See docs/dataverse-sandbox.md#sources.
+"""
 
 from __future__ import annotations
 

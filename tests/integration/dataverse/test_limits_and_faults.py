@@ -1,4 +1,7 @@
-"""Service protection (reference §6), fault injection and the control surface."""
+"""Service protection, fault injection and the control surface.
+
+Limits: https://learn.microsoft.com/power-apps/developer/data-platform/api-limits
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Queries, paging and change tracking (reference §3) through the wire and the client."""
+"""Queries, paging and change tracking (docs/dataverse-sandbox.md#sources) through the wire and the client."""
 
 from __future__ import annotations
 

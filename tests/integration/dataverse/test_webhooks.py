@@ -1,4 +1,5 @@
-"""Webhooks out (reference §1): registration, the RemoteExecutionContext, auth, retries, failures."""
+"""Webhooks out (docs/dataverse-sandbox.md#sources): registration, the RemoteExecutionContext, auth,
+retries, failures."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .conftest import Receiver
 
 pytestmark = pytest.mark.integration
 
-# Top-level keys of the documented sample, in order (reference §1.4).
+# Top-level keys of the documented sample, in order:
+# https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks
 SAMPLE_KEYS = [
     "BusinessUnitId",
     "CorrelationId",
