@@ -102,8 +102,19 @@ def test_customer_created_updated_and_deleted_in_bc_and_changed_in_dataverse(e2e
     assert "the coupled BC record was deleted" in failed.last_error
     assert "deletion policy of CUSTOMER is none" in failed.last_error
     assert e2e.dv_get("accounts", str(coupling.dv_id)) is not None, "policy none must not delete the account"
-    history = e2e.rt.journal.history(CUSTOMER, "dv", str(coupling.dv_id))
-    assert history[0].outcome == "failed" and "deletion policy" in history[0].error
+    # The journal entry is written just after the coupling: wait for it rather than race it.
+    newest = wait_for(
+        lambda: next(
+            (
+                e
+                for e in e2e.rt.journal.history(CUSTOMER, "dv", str(coupling.dv_id))[:1]
+                if e.outcome == "failed"
+            ),
+            None,
+        ),
+        "the failure in the journal",
+    )
+    assert "deletion policy" in newest.error
 
 
 def test_a_pair_deleted_on_both_sides_is_uncoupled_not_failed(e2e: E2EStack) -> None:
