@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -332,39 +330,44 @@ def resync(
         run = _run(lambda: ops.start_full_resync(rt, mapping, dry_run=dry_run))
         final = _follow(rt, mapping, run.run_id)
     else:
-        run_id = uuid.uuid4().hex
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                outcome["run"] = ops.run_full_resync_here(rt, mapping, dry_run=dry_run, run_id=run_id)
-            except Exception as exc:  # shown after the bar stops
-                outcome["error"] = exc
-
-        _run(lambda: ops.entity_mapping(rt, mapping))
-        worker = threading.Thread(target=work, name="bcsync-resync", daemon=True)
-        worker.start()
-        final = _follow(rt, mapping, run_id, alive=worker.is_alive)
-        worker.join()
-        if "error" in outcome:
-            _fail(f"the resync failed: {outcome['error']}")
-        final = outcome.get("run", final)
+        final = _resync_here(rt, mapping, dry_run=dry_run)
     _emit(final, _render_run)
 
 
-def _follow(rt: Any, mapping: str, run_id: str, alive: Any = None) -> RunSummary | None:
-    last: RunSummary | None = None
+def _resync_here(rt: Any, mapping: str, *, dry_run: bool) -> RunSummary:
+    """Run the resync in the foreground; it reports each chunk to the bar itself, so nothing reads
+    the journal back (rich redraws the bar from its own refresh thread)."""
+    _run(lambda: ops.entity_mapping(rt, mapping))
+    error: Exception | None = None
+    with _progress() as progress:
+        task = progress.add_task(f"{mapping} resync", total=None)
+
+        def show(run: RunSummary) -> None:
+            # The total grows page by page; unknown (None) until the first chunk.
+            progress.update(task, total=run.total or None, completed=run.done)
+
+        try:
+            final = ops.run_full_resync_here(rt, mapping, dry_run=dry_run, on_progress=show)
+        except Exception as exc:  # reported once the bar has stopped, so the message stays readable
+            error = exc
+        else:
+            # A run with nothing to do has no chunk: the bar still ends, at 0/0.
+            progress.update(task, total=final.total, completed=final.done)
+    if error is not None:
+        _fail(f"the resync failed: {error}")
+    return final
+
+
+def _follow(rt: Any, mapping: str, run_id: str) -> RunSummary:
+    """Follow a run of another process (the service, or an earlier `bcsync`) through the journal."""
     with _progress() as progress:
         task = progress.add_task(f"{mapping} resync", total=None)
         while True:
             run = rt.journal.get_run(mapping, run_id)
             if run is not None:
-                last = run
                 progress.update(task, total=run.total or None, completed=run.done)
                 if not run.in_progress:
                     return run
-            if alive is not None and not alive():
-                return last
             time.sleep(0.2)
 
 

@@ -3,7 +3,8 @@
 The real host cannot be installed offline (Core Tools download it and the extension bundles, see
 https://learn.microsoft.com/azure/azure-functions/functions-run-local), so this
 process loads the app's functions and provides what the host would: HTTP triggers under `/api/`
-with auth levels, NCRONTAB timers with `past_due` and `run_on_startup`, queue triggers polling
+with auth levels and the host's route templates and order (catch-all `{*rest}`, constraints; see
+devstack/routes.py), NCRONTAB timers with `past_due` and `run_on_startup`, queue triggers polling
 Azure Storage with `host.json`'s `extensions.queues` settings and a poison queue, and queue output
 bindings. It is a development tool, not a production runtime.
 """
@@ -23,7 +24,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devstack.ncrontab import Schedule, parse_schedule
+from devstack.routes import RouteTemplate, RouteTemplateError, routes_in_host_order
 from shared.store.storage import QUEUE_API_VERSION
 
 log = logging.getLogger("devhost")
@@ -48,6 +50,8 @@ BANNER = (
     "bc-dataverse-sync dev host: a development tool that drives function_app.app like the Azure "
     "Functions host would. It is NOT the Azure Functions runtime; deploy to Azure Functions for production."
 )
+# Starlette lets every method through to `_dispatch` (it defaults to GET only), which checks them.
+HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]
 # While a function runs, the real host keeps its message invisible for 10 minutes (and renews).
 PROCESSING_LEASE_SECONDS = 600
 
@@ -124,9 +128,13 @@ class _Out:
         return self.value
 
 
-def _route_to_starlette(route: str) -> str:
-    # Functions route templates allow constraints (`{id:int}`) and optional parts (`{id?}`).
-    return "/api/" + re.sub(r"\{(\w+)(?::[^}]*)?\??\}", r"{\1}", route.strip("/"))
+@dataclass(frozen=True)
+class HttpRoute:
+    function: str
+    template: RouteTemplate
+    methods: frozenset[str]  # empty: every method, as on the host
+    level: str
+    endpoint: Callable[[Request], Awaitable[Response]]
 
 
 def _resolve_app_setting(expression: str) -> str:
@@ -243,24 +251,53 @@ class DevHost:
 
     # ------------------------------------------------------------------------------------ HTTP
     def _build_http_app(self) -> Starlette:
-        routes: list[Route] = []
-        for name, fn in self.functions.items():
-            trigger = fn.get_trigger()
-            if isinstance(trigger, func.decorators.http.HttpTrigger):
-                methods = [str(getattr(m, "value", m)) for m in (trigger.methods or [])] or [
-                    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
-                ]  # fmt: skip
-                level = str(getattr(trigger.auth_level, "value", trigger.auth_level) or "function")
-                routes.append(
-                    Route(
-                        _route_to_starlette(trigger.route or name),
-                        self._http_endpoint(name, fn, trigger.name, level),
-                        methods=methods,
-                        name=name,
-                    )
-                )
-        routes.append(Route("/admin/functions/{name}", self._admin_invoke, methods=["POST"]))
-        return Starlette(routes=routes)
+        self.http_routes = routes_in_host_order(
+            (name, self._http_route(name, fn))
+            for name, fn in self.functions.items()
+            if isinstance(fn.get_trigger(), func.decorators.http.HttpTrigger)
+        )
+        # Starlette only receives the request; which function serves it is decided by `_dispatch`,
+        # with the host's template semantics and order (devstack/routes.py), which Starlette's router
+        # does not have (no catch-all `{*rest}`, no constraints, most specific route first).
+        return Starlette(
+            routes=[
+                Route("/admin/functions/{name}", self._admin_invoke, methods=["POST"]),
+                Route("/api", self._dispatch, methods=HTTP_METHODS),
+                Route("/api/{rest:path}", self._dispatch, methods=HTTP_METHODS),
+            ]
+        )
+
+    def _http_route(self, name: str, fn: Any) -> HttpRoute:
+        trigger = fn.get_trigger()
+        methods = frozenset(str(getattr(m, "value", m)).upper() for m in (trigger.methods or []))
+        level = str(getattr(trigger.auth_level, "value", trigger.auth_level) or "function")
+        try:
+            template = RouteTemplate.parse(trigger.route or name)
+        except RouteTemplateError as exc:
+            raise RouteTemplateError(f"function {name}: {exc}") from None
+        return HttpRoute(name, template, methods, level, self._http_endpoint(name, fn, trigger.name, level))
+
+    async def _dispatch(self, request: Request) -> Response:
+        # The raw path keeps `%2F` inside a segment, as ASP.NET Core does; the templates decode values.
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw.decode("latin-1").split("?", 1)[0].removeprefix("/api").removeprefix("/")
+        method = request.method.upper()
+        path_matched: list[HttpRoute] = []
+        for route in self.http_routes:
+            values = route.template.match(path)
+            if values is None:
+                continue
+            if route.methods and method not in route.methods:
+                path_matched.append(route)
+                continue
+            request.scope["path_params"] = values
+            return await route.endpoint(request)
+        if path_matched:
+            # The host treats the methods as one more route constraint and answers 404 here; the dev
+            # host answers 405 with Allow, which says more to whoever is developing against it.
+            allowed = ", ".join(sorted(set().union(*(r.methods for r in path_matched))))
+            return JSONResponse({"error": f"use {allowed} for /api/{path}"}, 405, headers={"Allow": allowed})
+        return JSONResponse({"error": f"no function serves /api/{path}"}, 404)
 
     def _key_ok(self, request: Request, level: str) -> bool:
         if level == "anonymous":
@@ -269,7 +306,9 @@ class DevHost:
         keys = [self.master_key] if level == "admin" else [self.function_key, self.master_key]
         return any(k and hmac.compare_digest(given.encode(), k.encode()) for k in keys)
 
-    def _http_endpoint(self, name: str, fn: Any, arg: str, level: str) -> Callable[[Request], Any]:
+    def _http_endpoint(
+        self, name: str, fn: Any, arg: str, level: str
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             if not self._key_ok(request, level):
                 return JSONResponse(

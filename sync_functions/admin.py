@@ -1,6 +1,7 @@
 """The admin API (`/api/manage/...`): anonymous at the Functions level, because the service checks
-the caller's Entra ID token and app role itself (`shared.ops.admin_api`). The dev host has no catch-all
-routes, so one function per path depth."""
+the caller's Entra ID token and app role itself (`shared.ops.admin_api`). One catch-all function: the
+routing table in `shared.ops.admin_api` decides what each path does, so a new endpoint needs no new
+function."""
 
 import azure.functions as func
 
@@ -9,12 +10,7 @@ from sync_functions.api_call import answer
 bp = func.Blueprint()
 
 
-@bp.route(route="manage/{action}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def manage_action(req: func.HttpRequest) -> func.HttpResponse:
-    return answer(req, f"manage/{req.route_params['action']}")
-
-
-@bp.route(route="manage/{action}/{detail}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def manage_detail(req: func.HttpRequest) -> func.HttpResponse:
-    path = f"manage/{req.route_params['action']}/{req.route_params['detail']}"
-    return answer(req, path)
+@bp.route(route="manage/{*path}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def manage(req: func.HttpRequest) -> func.HttpResponse:
+    # An empty rest (`/api/manage`) gives no `path` parameter at all; the API answers it with 404.
+    return answer(req, f"manage/{req.route_params.get('path', '')}")

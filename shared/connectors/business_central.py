@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from azure.core.credentials import TokenCredential
 
-from shared.connectors import odata
+from shared import odata
 from shared.connectors.credentials import BearerTokenAuth
 from shared.connectors.errors import (
     AlreadyExistsError,

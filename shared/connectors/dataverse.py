@@ -28,8 +28,8 @@ from urllib.parse import quote, urlsplit
 import httpx
 from azure.core.credentials import TokenCredential
 
+from shared import odata
 from shared.auth import build_authvalue
-from shared.connectors import odata
 from shared.connectors.credentials import BearerTokenAuth
 from shared.connectors.errors import (
     AlreadyExistsError,
@@ -43,8 +43,8 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.odata import Scalar
 from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.odata import Scalar
 
 SERVICE = "dataverse"
 API_PATH = "/api/data/v9.2/"

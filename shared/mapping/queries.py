@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.connectors import odata
+from shared import odata
 from shared.mapping.lookups import Lookups
 from shared.mapping.schema import EntityMapping, FilterClause, MappingSet, OptionSetMapping, Side
 from shared.mapping.values import (

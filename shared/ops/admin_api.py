@@ -1,8 +1,10 @@
 """The admin and data HTTP API: request -> (status, JSON), with the caller's Entra ID token checked.
 
-Pure of `azure.functions`: the blueprints in `sync_functions/admin.py` and `products.py` turn the
-trigger into an `ApiRequest` and the `ApiResponse` back. Every action is one call into
-`shared.ops.operations` (or availability/statistics), so the CLI and this API do the same thing.
+Pure of `azure.functions`: the blueprints in `sync_functions/admin.py` and `products.py` (one
+catch-all function each, `manage/{*path}` and `products/{*path}`) turn the trigger into an
+`ApiRequest` and the `ApiResponse` back; the routing table `ROUTES` picks the handler and role.
+Every action is one call into `shared.ops.operations` (or availability/statistics), so the CLI
+and this API do the same thing.
 
 Paths (under `/api/`) and the app role each needs:
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -223,17 +224,55 @@ def _availability(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int
     return 200, service.by_number(params["number"])
 
 
+def _is_guid_like(text: str) -> bool:
+    # As lenient as the route always was (36 hex digits and dashes): a malformed id that looks like one
+    # is answered by the availability service ("not coupled", 404), not by "no such endpoint".
+    return len(text) == 36 and all(c in "0123456789abcdefABCDEF-" for c in text)
+
+
+# The constraints a route parameter may name (`{product_id:guid}`).
+_CONSTRAINTS: dict[str, Callable[[str], bool]] = {"guid": _is_guid_like}
+
+
 @dataclass(frozen=True)
 class Route:
+    """One row of the routing table: `method` + `pattern` -> `handler`, allowed to `role`.
+
+    `pattern` is below `/api/`; each segment is a literal (compared exactly) or a parameter `{name}`
+    (one non-empty segment) or `{name:constraint}` (one of `_CONSTRAINTS`)."""
+
     method: str
-    pattern: re.Pattern[str]
+    pattern: str
     role: Role
     handler: Handler
+    segments: tuple[tuple[str, str | None, Callable[[str], bool] | None], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
+    def __post_init__(self) -> None:
+        segments: list[tuple[str, str | None, Callable[[str], bool] | None]] = []
+        for part in self.pattern.split("/"):
+            if part.startswith("{") and part.endswith("}"):
+                name, _, constraint = part[1:-1].partition(":")
+                segments.append((name, None, _CONSTRAINTS[constraint] if constraint else None))
+            else:
+                segments.append((part, part, None))  # (name, literal, -)
+        object.__setattr__(self, "segments", tuple(segments))
 
-def _route(method: str, path: str, role: Role, handler: Handler) -> Route:
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-    return Route(method, re.compile(f"^{regex}$"), role, handler)
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The path parameters if `parts` (the request path split at `/`) fits the pattern."""
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for part, (name, literal, accepts) in zip(parts, self.segments, strict=True):
+            if literal is not None:
+                if part != literal:
+                    return None
+            elif not part or (accepts is not None and not accepts(part)):
+                return None
+            else:
+                params[name] = part
+        return params
 
 
 _USER, _ADMIN, _AVAILABILITY = (
@@ -241,30 +280,40 @@ _USER, _ADMIN, _AVAILABILITY = (
     Role.INTEGRATION_ADMINISTRATOR,
     Role.PRODUCT_AVAILABILITY_USER,
 )
-_GUID = "[0-9a-fA-F-]{36}"
+# Tried in order; the first route whose pattern and method fit serves the request. A path that fits
+# only routes of other methods is answered 405 with their methods.
 ROUTES: tuple[Route, ...] = (
-    _route("GET", "manage/status", _USER, _status),
-    _route("GET", "manage/errors", _USER, _errors),
-    _route("GET", "manage/history", _USER, _history),
-    _route("GET", "manage/runs", _USER, _runs),
-    _route("GET", "manage/runs/{run_id}", _USER, _run),
-    _route("POST", "manage/couple", _ADMIN, _couple),
-    _route("POST", "manage/uncouple", _ADMIN, _uncouple),
-    _route("POST", "manage/match-coupling", _ADMIN, _match),
-    _route("POST", "manage/sync", _ADMIN, _sync),
-    _route("POST", "manage/full-resync", _ADMIN, _full_resync),
-    _route("POST", "manage/retry", _ADMIN, _retry),
-    _route("GET", "manage/poison", _ADMIN, _poison),
-    _route("POST", "manage/poison/replay", _ADMIN, _replay),
-    _route("POST", "manage/statistics/push", _ADMIN, _statistics),
-    Route(
-        "GET",
-        re.compile(f"^products/by-id/(?P<product_id>{_GUID})/availability$"),
-        _AVAILABILITY,
-        _availability,
-    ),
-    _route("GET", "products/{number}/availability", _AVAILABILITY, _availability),
+    Route("GET", "manage/status", _USER, _status),
+    Route("GET", "manage/errors", _USER, _errors),
+    Route("GET", "manage/history", _USER, _history),
+    Route("GET", "manage/runs", _USER, _runs),
+    Route("GET", "manage/runs/{run_id}", _USER, _run),
+    Route("POST", "manage/couple", _ADMIN, _couple),
+    Route("POST", "manage/uncouple", _ADMIN, _uncouple),
+    Route("POST", "manage/match-coupling", _ADMIN, _match),
+    Route("POST", "manage/sync", _ADMIN, _sync),
+    Route("POST", "manage/full-resync", _ADMIN, _full_resync),
+    Route("POST", "manage/retry", _ADMIN, _retry),
+    Route("GET", "manage/poison", _ADMIN, _poison),
+    Route("POST", "manage/poison/replay", _ADMIN, _replay),
+    Route("POST", "manage/statistics/push", _ADMIN, _statistics),
+    Route("GET", "products/by-id/{product_id:guid}/availability", _AVAILABILITY, _availability),
+    Route("GET", "products/{number}/availability", _AVAILABILITY, _availability),
 )
+
+
+def route_for(method: str, path: str) -> tuple[Route, dict[str, str]] | ApiResponse:
+    """The route serving `method` `path` (below `/api/`, no surrounding slashes) and its parameters,
+    or the 404 / 405 answer."""
+    parts = path.split("/")
+    matches = [(route, params) for route in ROUTES if (params := route.match(parts)) is not None]
+    if not matches:
+        return _error(404, f"no such endpoint: /api/{path}")
+    chosen = next(((r, p) for r, p in matches if r.method == method.upper()), None)
+    if chosen is None:
+        allowed = ", ".join(sorted({r.method for r, _ in matches}))
+        return _error(405, f"use {allowed} for /api/{path}", {"Allow": allowed})
+    return chosen
 
 
 # ------------------------------------------------------------------------------------------ auth
@@ -318,14 +367,10 @@ def handle(
     """Route, authenticate, authorize, run the action; never raises. `runtime` and `authenticator`
     default to the process's (from settings)."""
     path = request.path.strip("/")
-    matches = [(r, m) for r in ROUTES if (m := r.pattern.match(path))]
-    if not matches:
-        return _error(404, f"no such endpoint: /api/{path}")
-    chosen = next(((r, m) for r, m in matches if r.method == request.method.upper()), None)
-    if chosen is None:
-        allowed = ", ".join(sorted({r.method for r, _ in matches}))
-        return _error(405, f"use {allowed} for /api/{path}", {"Allow": allowed})
-    route, match = chosen
+    found = route_for(request.method, path)
+    if isinstance(found, ApiResponse):
+        return found
+    route, params = found
     try:
         auth = authenticator or authenticator_from_settings(settings())
         principal = auth.check(_header(request.headers, "authorization"), route.role)
@@ -342,7 +387,7 @@ def handle(
     log.info("%s %s by %s", request.method, path, principal.name)
     try:
         rt = (runtime or _default_runtime)()
-        status, payload = route.handler(rt, match.groupdict(), request)
+        status, payload = route.handler(rt, params, request)
     except BadRequest as exc:
         return _error(400, str(exc))
     except ops.OperationError as exc:

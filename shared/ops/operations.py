@@ -18,9 +18,9 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.connectors.odata import eq
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
+from shared.odata import eq
 from shared.runtime import Runtime
 from shared.store.couplings import AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary

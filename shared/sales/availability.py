@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.connectors.odata import eq
 from shared.mapping.schema import EntityMapping, MappingSet
+from shared.odata import eq
 from shared.store.couplings import CouplingStore
 
 CACHE_SECONDS = 10.0

@@ -31,8 +31,8 @@ from typing import Any
 
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.connectors.odata import eq
 from shared.mapping.schema import EntityMapping, MappingSet
+from shared.odata import eq
 from shared.store.couplings import CouplingStore
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
-from shared.connectors.odata import and_, eq, ge, lt
 from shared.mapping.values import dataverse_id_for
+from shared.odata import and_, eq, ge, lt
 from shared.store.storage import stored_if_same
 from shared.timestamps import now_iso
 

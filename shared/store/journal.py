@@ -26,7 +26,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.connectors.odata import and_, eq, ge, le, lt
+from shared.odata import and_, eq, ge, le, lt
 
 _MAX_TICKS = 10**19
 _MAX_PROPERTY_CHARS = 30_000

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from devstack.dataverse.config import INTEGRATION_USER_ID, SandboxUser
-from shared.connectors.odata import eq
 from shared.mapping.queries import select_fields
 from shared.messages import SyncMessage
+from shared.odata import eq
 from shared.ops import operations
 from shared.store.couplings import Coupling
 from shared.sync import bulk

@@ -45,3 +45,25 @@ def order_line(req: func.HttpRequest, out: func.Out[str]) -> func.HttpResponse:
 @app.route(route="open", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def open_route(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("hello", mimetype="text/plain")
+
+
+def _echo(req: func.HttpRequest, function: str) -> func.HttpResponse:
+    payload = {"function": function, "route_params": dict(req.route_params)}
+    return func.HttpResponse(json.dumps(payload), mimetype="application/json")
+
+
+# Three functions whose routes overlap: the Functions host tries routes in function-name order, not
+# the most specific first, so `a_files_index` wins over the catch-all and `z_files_latest` never runs.
+@app.route(route="files/{*rest}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def files_catch_all(req: func.HttpRequest) -> func.HttpResponse:
+    return _echo(req, "files_catch_all")
+
+
+@app.route(route="files/index", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def a_files_index(req: func.HttpRequest) -> func.HttpResponse:
+    return _echo(req, "a_files_index")
+
+
+@app.route(route="files/latest", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def z_files_latest(req: func.HttpRequest) -> func.HttpResponse:
+    return _echo(req, "z_files_latest")

@@ -154,3 +154,35 @@ def test_anonymous_route_needs_no_key_and_wrong_method_is_refused(host: tuple[De
     _, server = host
     assert httpx.get(f"{server.url}/api/open").text == "hello"
     assert httpx.post(f"{server.url}/api/open").status_code == 405
+
+
+def _served_by(server: ServerHandle, path: str) -> tuple[str, dict[str, str]]:
+    r = httpx.get(f"{server.url}/api/{path}")
+    assert r.status_code == 200, r.text
+    return r.json()["function"], r.json()["route_params"]
+
+
+def test_catch_all_route_takes_several_segments_or_none(host: tuple[DevHost, ServerHandle]) -> None:
+    _, server = host
+    assert _served_by(server, "files/a/b/c.txt") == ("files_catch_all", {"rest": "a/b/c.txt"})
+    assert _served_by(server, "files/one") == ("files_catch_all", {"rest": "one"})
+    # An empty rest matches too, and then the parameter has no value at all (as in ASP.NET Core).
+    assert _served_by(server, "files") == ("files_catch_all", {})
+    assert _served_by(server, "files/") == ("files_catch_all", {})
+    # Literal segments are case-insensitive, values are decoded (an encoded slash stays in its segment).
+    assert _served_by(server, "FILES/a%20b/c%2Fd") == ("files_catch_all", {"rest": "a b/c/d"})
+
+
+def test_overlapping_routes_follow_the_hosts_function_name_order(host: tuple[DevHost, ServerHandle]) -> None:
+    _, server = host
+    assert _served_by(server, "files/index") == ("a_files_index", {})  # sorts before files_catch_all
+    # Sorts after the catch-all: shadowed, as it would be on the Functions host (azure-functions-host#9876).
+    assert _served_by(server, "files/latest") == ("files_catch_all", {"rest": "latest"})
+
+
+def test_route_constraints_are_enforced(host: tuple[DevHost, ServerHandle]) -> None:
+    dev, server = host
+    key = {"x-functions-key": dev.function_key or ""}
+    assert httpx.get(f"{server.url}/api/orders/SO-1/lines/7", headers=key).status_code == 200
+    assert httpx.get(f"{server.url}/api/orders/SO-1/lines/seven", headers=key).status_code == 404
+    assert httpx.get(f"{server.url}/api/orders/SO-1/lines/7/extra", headers=key).status_code == 404

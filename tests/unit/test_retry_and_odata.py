@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from shared.connectors import odata
+from shared import odata
 from shared.connectors.errors import (
     AmbiguousWriteError,
     ApiError,

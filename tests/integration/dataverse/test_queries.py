@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from devstack.dataverse import DataverseSandbox
-from shared.connectors import odata
+from shared import odata
 from shared.connectors.dataverse import DataverseClient
 
 pytestmark = pytest.mark.integration

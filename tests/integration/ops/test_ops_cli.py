@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from bcsync.cli import app
+from bcsync.cli import ops as cli_ops
 from shared.messages import SyncMessage, to_json
 from tests.integration.ops.conftest import OpsStack, bc_customer, seed_account
 
@@ -84,6 +85,35 @@ def test_resync_shows_progress_and_the_run_can_be_followed(adatum_coupled: tuple
 
     followed = bcsync_json("run", "CUSTOMER", run["run_id"])
     assert followed["run_id"] == run["run_id"] and followed["status"] == "succeeded"
+
+
+def test_a_resync_in_this_process_draws_its_progress_from_the_callback(
+    adatum_coupled: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = adatum_coupled[0]
+
+    def no_polling(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a resync run by this process must not be polled from the journal")
+
+    # On the class: the CLI may build its own runtime (and journal) from a settings file.
+    monkeypatch.setattr(type(ops.rt.journal), "get_run", no_polling)
+    seen: list[tuple[int, int]] = []
+    run_here = cli_ops.run_full_resync_here
+
+    def spy(rt: Any, mapping: str, **kwargs: Any) -> Any:
+        draw = kwargs["on_progress"]
+
+        def on_progress(run: Any) -> None:
+            seen.append((run.done, run.total))
+            draw(run)
+
+        return run_here(rt, mapping, **{**kwargs, "on_progress": on_progress})
+
+    monkeypatch.setattr(cli_ops, "run_full_resync_here", spy)
+    result = bcsync("resync", "CUSTOMER", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert seen and seen[-1] == (2, 2)
+    assert "CUSTOMER resync" in result.stderr and "2/2" in result.stderr
 
 
 def test_errors_retry_and_retry_all(adatum_coupled: tuple) -> None:

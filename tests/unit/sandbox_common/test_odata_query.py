@@ -12,7 +12,7 @@ from devstack.sandbox_common.odata_query import (
     parse_select,
     sort_rows,
 )
-from shared.connectors import odata
+from shared import odata
 
 ROWS = [
     {
