@@ -20,8 +20,8 @@ from shared.connectors import business_central, dataverse
 from shared.connectors.business_central import BatchOperation, BusinessCentralClient
 from shared.connectors.dataverse import BatchRequest, DataverseClient, ItemResult
 from shared.connectors.errors import ApiError
-from shared.connectors.odata import dataverse_in
 from shared.mapping.schema import EntityMapping, Side
+from shared.odata import dataverse_in
 
 Record = dict[str, Any]
 

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.connectors.odata import and_, eq
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import LookupKey, lookup_keys, lookup_needs
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
 from shared.mapping.values import COMPANY_CONTACT_KEY, MissingLookup
+from shared.odata import and_, eq
 from shared.store.couplings import CouplingStore
 from shared.sync.gateways import BcGateway, DvGateway, Record
 

@@ -1,5 +1,5 @@
 """The shape of the code, checked from the source: import cycles, `azure.functions` kept out of the
-library, and the layers of `shared/` (README.md, Layout).
+library, and the layers of `shared/` (docs/architecture.md, The layers).
 
 Every `import` / `from ... import` counts, wherever it is: at module level, inside a function (a
 deferred import is still a dependency, only a later one), and under `if TYPE_CHECKING:` (a type
@@ -21,12 +21,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Cycles that are known and being fixed. Each entry is the set of modules of one cycle (one strongly
-# connected component of the import graph); the test fails for any other cycle, and for an entry here
-# that is no longer a cycle, so this list only ever shrinks. Empty it when the fix lands.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"shared.sync.engine", "shared.sync.bulk"}),  # being untangled in shared/sync/
-}
 
 # Top-level modules of `shared/` that the layers build on. `shared.runtime` is the composition root:
 # it wires everything together, so it is no base module and no layer may import it.
@@ -197,10 +191,8 @@ def test_every_module_is_parsed() -> None:
 
 def test_no_import_cycles_in_shared() -> None:
     found = cycles_in_shared()
-    unexpected = [describe(cycle) for component, cycle in found if frozenset(component) not in KNOWN_CYCLES]
-    assert not unexpected, "import cycles in shared/:\n" + "\n".join(unexpected)
-    gone = KNOWN_CYCLES - {frozenset(component) for component, _ in found}
-    assert not gone, f"no longer a cycle, remove from KNOWN_CYCLES: {sorted(map(sorted, gone))}"
+    cycles = [describe(cycle) for _, cycle in found]
+    assert not cycles, "import cycles in shared/:\n" + "\n".join(cycles)
 
 
 def test_shared_does_not_import_azure_functions() -> None:
