@@ -100,7 +100,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except ops.OperationError as exc:
-        _fail(exc.message, code=1 if exc.status == 400 else 4)
+        _fail(exc.message, code=1 if exc.http_status == 400 else 4)
     except ApiError as exc:
         _fail(f"{exc.service or 'a remote service'} failed: {exc}", code=3)
 

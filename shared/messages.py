@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from shared.errors import ServiceError
+
 MESSAGE_VERSION = 1
 # Azure queue messages are at most 64 KiB; base64 grows text by 4/3, so keep JSON under 48 KiB.
 MAX_JSON_BYTES = 48 * 1024
@@ -80,7 +82,7 @@ QueueMessage = Annotated[SyncMessage | ChunkMessage | ScanMessage, Field(discrim
 _adapter: TypeAdapter[SyncMessage | ChunkMessage | ScanMessage] = TypeAdapter(QueueMessage)
 
 
-class MessageDecodeError(ValueError):
+class MessageDecodeError(ServiceError, ValueError):
     """The queue message is not one of ours: not base64, not JSON, or not a valid message."""
 
 

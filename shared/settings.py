@@ -14,18 +14,26 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.errors import ServiceError
+
 APP_VERSION = "0.1.0"
 
 LOOPBACK_HOSTS = {"localhost"}
 
 
-class SettingsError(RuntimeError):
+class SettingsError(ServiceError, RuntimeError):
     """Start-up configuration is invalid; `problems` maps each setting name to what is expected."""
+
+    # Not retriable: nothing changes until someone fixes the app settings.
+    http_status = 503
 
     def __init__(self, problems: dict[str, str]) -> None:
         self.problems = problems
         lines = "\n".join(f"  - {name}: {why}" for name, why in problems.items())
         super().__init__(f"invalid configuration ({len(problems)} setting(s)):\n{lines}")
+
+    def public_message(self) -> str:
+        return f"the service is not configured: {self.problems}"
 
 
 def is_loopback_url(url: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.connectors.odata import eq
+from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
 from shared.runtime import Runtime
@@ -35,13 +36,13 @@ RECENT_FAILURE_HOURS = 24
 QUEUE_PAGE = 32
 
 
-class OperationError(Exception):
+class OperationError(ServiceError):
     """The request cannot be carried out as asked; `status` is the HTTP answer (400 or 404)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
-        self.status = status
+        self.http_status = status
 
 
 def to_json(value: Any) -> Any:

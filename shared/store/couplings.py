@@ -34,6 +34,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.connectors.odata import and_, eq, ge, lt
+from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
 from shared.store.storage import stored_if_same
 from shared.timestamps import now_iso
@@ -46,11 +47,11 @@ BUCKETS = 16
 PARALLEL_TRANSACTIONS = 4
 
 
-class CouplingConflictError(Exception):
+class CouplingConflictError(ServiceError):
     """The coupling changed since it was read (another worker): re-read and decide again."""
 
 
-class AlreadyCoupledError(Exception):
+class AlreadyCoupledError(ServiceError):
     """A record is already coupled to something else; uncouple it first."""
 
 
