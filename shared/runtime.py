@@ -16,7 +16,9 @@ from shared.connectors.retry import RequestBudget
 from shared.settings import Settings, get_settings
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
+from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
+from shared.store.subscriptions import SubscriptionStore
 from shared.store.watermarks import WatermarkStore
 
 if TYPE_CHECKING:
@@ -48,6 +50,14 @@ class Runtime:
     @cached_property
     def watermarks(self) -> WatermarkStore:
         return WatermarkStore(self.storage.table("Watermarks"))
+
+    @cached_property
+    def subscriptions(self) -> SubscriptionStore:
+        return SubscriptionStore(self.storage.table("Subscriptions"))
+
+    @cached_property
+    def statistics_hashes(self) -> StatisticsHashStore:
+        return StatisticsHashStore(self.storage.table("Watermarks"))
 
     @cached_property
     def mappings(self) -> MappingSet:

@@ -18,7 +18,6 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared.connectors.odata import eq
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
@@ -151,13 +150,10 @@ def _queue_depth(rt: Runtime, name: str) -> int:
 def _subscription_expiries(rt: Runtime) -> dict[str, str]:
     """Entity set -> the earliest expiry of its BC subscriptions, as recorded by registration."""
     expiries: dict[str, str] = {}
-    try:
-        for row in rt.storage.table("Subscriptions").query_entities(eq("PartitionKey", "bc")):
-            entity_set, expires = str(row.get("EntitySet", "")), str(row.get("Expires", ""))
-            if entity_set and expires and (entity_set not in expiries or expires < expiries[entity_set]):
-                expiries[entity_set] = expires
-    except ResourceNotFoundError:
-        pass
+    for sub in rt.subscriptions.bc_subscriptions():
+        entity_set, expires = sub.entity_set, sub.expires
+        if entity_set and expires and (entity_set not in expiries or expires < expiries[entity_set]):
+            expiries[entity_set] = expires
     return expiries
 
 

@@ -366,9 +366,7 @@ def _register(
     if admin.dataverse is not None and dv_ok:
         dv_admin = DataverseClient(s.dataverse_api_url, admin.dataverse, scope=f"{s.dataverse_url}/.default")
         try:
-            _merge(
-                report, ensure_dataverse_webhooks(dv_admin, s, mappings, rt.storage.table("Subscriptions"))
-            )
+            _merge(report, ensure_dataverse_webhooks(dv_admin, s, mappings, rt.subscriptions))
         except (ApiError, AzureError) as exc:
             report.failed.append(f"Dataverse webhook registration: {_first_line(exc)}")
         finally:
@@ -378,7 +376,7 @@ def _register(
     if admin.bc is not None and bc_ok:
         bc_admin = BusinessCentralClient(s.bc_api_url, admin.bc, scope=BC_SCOPE)
         try:
-            _merge(report, ensure_bc_subscriptions(bc_admin, s, mappings, rt.storage.table("Subscriptions")))
+            _merge(report, ensure_bc_subscriptions(bc_admin, s, mappings, rt.subscriptions))
         except (ApiError, AzureError) as exc:
             report.failed.append(f"BC subscriptions: {_first_line(exc)}")
         finally:
