@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.connectors.retry import RequestBudget
 from shared.settings import Settings, get_settings
+from shared.store import tables
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
 from shared.store.statistics_hashes import StatisticsHashStore
@@ -41,23 +42,23 @@ class Runtime:
 
     @cached_property
     def couplings(self) -> CouplingStore:
-        return CouplingStore(self.storage.table("Couplings"))
+        return CouplingStore(self.storage.table(tables.COUPLINGS))
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.storage.table("SyncJournal"))
+        return Journal(self.storage.table(tables.JOURNAL))
 
     @cached_property
     def watermarks(self) -> WatermarkStore:
-        return WatermarkStore(self.storage.table("Watermarks"))
+        return WatermarkStore(self.storage.table(tables.WATERMARKS))
 
     @cached_property
     def subscriptions(self) -> SubscriptionStore:
-        return SubscriptionStore(self.storage.table("Subscriptions"))
+        return SubscriptionStore(self.storage.table(tables.SUBSCRIPTIONS))
 
     @cached_property
     def statistics_hashes(self) -> StatisticsHashStore:
-        return StatisticsHashStore(self.storage.table("Watermarks"))
+        return StatisticsHashStore(self.storage.table(tables.WATERMARKS))
 
     @cached_property
     def mappings(self) -> MappingSet:

@@ -16,8 +16,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ServiceError
 
-APP_VERSION = "0.1.0"
-
 LOOPBACK_HOSTS = {"localhost"}
 
 

@@ -41,7 +41,7 @@ from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.runtime import BC_SCOPE, Runtime
 from shared.settings import Settings
-from shared.store.storage import TABLES
+from shared.store.tables import TABLES
 from shared.sync import bulk
 from shared.sync.reconcile import Candidate
 
