@@ -10,9 +10,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from shared.connectors.retry import RequestBudget
+from shared.connectors.retry import RequestBudget, RetryPolicy
 from shared.settings import Settings, get_settings
 from shared.store import tables
 from shared.store.couplings import CouplingStore
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
+# Per request, as the clients default to; set-up's checks pass a shorter one.
+CLIENT_TIMEOUT_SECONDS = 30.0
+
+Service = Literal["dataverse", "bc"]
 
 
 @dataclass
@@ -77,29 +81,25 @@ class Runtime:
 
         return DefaultAzureCredential()
 
+    def integration_credential(self, service: Service) -> TokenCredential:
+        """The integration user's credential for `service`: its static token (sandboxes only, refused
+        by settings for non-loopback URLs) or the process's Azure credential (managed identity or
+        client secret)."""
+        s = self.settings
+        token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
+        if token:
+            from shared.connectors.credentials import StaticTokenCredential
+
+            return StaticTokenCredential(token)
+        return self._azure_credential
+
     @cached_property
     def dataverse(self) -> DataverseClient:
-        from shared.connectors.credentials import StaticTokenCredential
-        from shared.connectors.dataverse import DataverseClient
-
-        s = self.settings
-        credential = (
-            StaticTokenCredential(s.dataverse_static_token)
-            if s.dataverse_static_token
-            else self._azure_credential
-        )
-        return DataverseClient(
-            s.dataverse_api_url, credential, scope=f"{s.dataverse_url}/.default", budget=_budget()
-        )
+        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget())
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        from shared.connectors.business_central import BusinessCentralClient
-        from shared.connectors.credentials import StaticTokenCredential
-
-        s = self.settings
-        credential = StaticTokenCredential(s.bc_static_token) if s.bc_static_token else self._azure_credential
-        return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE, budget=_budget())
+        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget())
 
     @cached_property
     def engine(self) -> Engine:
@@ -133,6 +133,43 @@ class Runtime:
         """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
         configured = self.settings.dataverse_integration_user_id
         return (configured or self.dataverse.whoami().user_id).lower()
+
+
+# The one place API clients are built from settings: the runtime's (with the request budget), and
+# set-up's (its quick connection checks, and the administrator's clients that register webhooks).
+def dataverse_client(
+    settings: Settings,
+    credential: TokenCredential,
+    *,
+    policy: RetryPolicy | None = None,
+    timeout: float = CLIENT_TIMEOUT_SECONDS,
+    budget: RequestBudget | None = None,
+) -> DataverseClient:
+    from shared.connectors.dataverse import DataverseClient
+
+    return DataverseClient(
+        settings.dataverse_api_url,
+        credential,
+        scope=f"{settings.dataverse_url}/.default",
+        policy=policy,
+        timeout=timeout,
+        budget=budget,
+    )
+
+
+def bc_client(
+    settings: Settings,
+    credential: TokenCredential,
+    *,
+    policy: RetryPolicy | None = None,
+    timeout: float = CLIENT_TIMEOUT_SECONDS,
+    budget: RequestBudget | None = None,
+) -> BusinessCentralClient:
+    from shared.connectors.business_central import BusinessCentralClient
+
+    return BusinessCentralClient(
+        settings.bc_api_url, credential, scope=BC_SCOPE, policy=policy, timeout=timeout, budget=budget
+    )
 
 
 def _budget() -> RequestBudget:
