@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import ServiceError
 
-MESSAGE_VERSION = 1
 # Azure queue messages are at most 64 KiB; base64 grows text by 4/3, so keep JSON under 48 KiB.
 MAX_JSON_BYTES = 48 * 1024
 
@@ -38,7 +37,8 @@ def _correlation_id() -> str:
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = 1  # MESSAGE_VERSION
+    # A new message format gets version 2 here, so a worker can tell old messages still queued apart.
+    version: Literal[1] = 1
     mapping: str = Field(min_length=1, max_length=100)
     reason: str = Field(default="", max_length=200)
     observed: dt.datetime = Field(default_factory=_now)

@@ -552,32 +552,3 @@ def history(
     """The journal entries of one record, newest first."""
     m = entity_mapping(rt, mapping_name)
     return rt.journal.history(m.name, side, record_id, limit=limit)
-
-
-# ------------------------------------------------------------------------------------ progress
-def follow_run(
-    rt: Runtime,
-    mapping_name: str,
-    run_id: str,
-    on_progress: Callable[[RunSummary], None],
-    *,
-    poll_seconds: float = 0.5,
-    timeout: float | None = None,
-    sleep: Callable[[float], None] | None = None,
-) -> RunSummary:
-    """Poll a run's journal row until it finishes, reporting each state (CLI progress bars)."""
-    import time
-
-    pause = sleep or time.sleep
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        run = rt.journal.get_run(entity_mapping(rt, mapping_name).name, run_id)
-        if run is not None:
-            on_progress(run)
-            if not run.in_progress:
-                return run
-        if deadline is not None and time.monotonic() > deadline:
-            raise OperationError(
-                f"run {run_id} has not finished after {timeout:.0f} s; follow it with `bcsync run`"
-            )
-        pause(poll_seconds)
