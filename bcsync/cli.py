@@ -9,7 +9,6 @@ Settings are the service's app settings, read from the environment; `--settings 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from rich.text import Text
 
 from shared.connectors.errors import ApiError
 from shared.ops import operations as ops
-from shared.settings import SettingsError
+from shared.settings import SettingsError, fill_environ_from_settings_file
 from shared.store.journal import RunSummary
 
 app = typer.Typer(
@@ -66,14 +65,10 @@ def _options(
 
 
 def _load_settings_file(path: Path, *, explicit: bool) -> None:
-    if not path.exists():
+    if not fill_environ_from_settings_file(path):
         if explicit:
             _fail(f"settings file {path} does not exist")
         return
-    values = json.loads(path.read_text()).get("Values", {})
-    for name, value in values.items():
-        if name not in os.environ and value not in (None, ""):
-            os.environ[name] = str(value)
     from shared import runtime
 
     runtime.reset()
@@ -98,7 +93,7 @@ def _run(action: Any) -> Any:
     try:
         return action()
     except ops.OperationError as exc:
-        _fail(exc.message, code=1 if exc.status == 400 else 4)
+        _fail(exc.message, code=1 if exc.http_status == 400 else 4)
     except ApiError as exc:
         _fail(f"{exc.service or 'a remote service'} failed: {exc}", code=3)
 

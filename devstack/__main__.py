@@ -10,7 +10,7 @@ import sys
 import threading
 
 from devstack.serve import PortInUseError
-from devstack.stack import DEFAULT_PORTS, StackPorts, load_local_settings, start_dev_host, start_stack
+from devstack.stack import DEFAULT_PORTS, REPO, StackPorts, start_dev_host, start_stack
 
 
 def _wait_for_ctrl_c() -> None:
@@ -63,10 +63,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_host(args: argparse.Namespace) -> int:
     from devstack.host import BANNER
+    from shared.settings import SettingsError, fill_environ_from_settings_file, get_settings
 
-    for key, value in load_local_settings().items():
-        os.environ.setdefault(key, value)
-    from shared.settings import SettingsError, get_settings
+    fill_environ_from_settings_file(REPO / "local.settings.json")
 
     try:
         get_settings()

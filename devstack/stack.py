@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import secrets
@@ -203,10 +202,3 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             _deep_merge(base[key], value)
         else:
             base[key] = value
-
-
-def load_local_settings(path: Path = REPO / "local.settings.json") -> dict[str, str]:
-    """`Values` of local.settings.json (what Core Tools would load), if the file exists."""
-    if not path.exists():
-        return {}
-    return {k: str(v) for k, v in json.loads(path.read_text()).get("Values", {}).items()}

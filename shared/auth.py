@@ -39,6 +39,8 @@ from jwt.exceptions import (
     PyJWKError,
 )
 
+from shared.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------
@@ -52,8 +54,10 @@ DataverseAuthType = Literal["webhook_key", "http_header", "http_query_string"]
 AUTHVALUE_MAX_LENGTH = 2048
 
 
-class WebhookAuthError(Exception):
+class WebhookAuthError(ServiceError):
     """A webhook call did not prove it comes from the registered sender (answer 401 with `reason`)."""
+
+    http_status = 401
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -173,24 +177,31 @@ ACCEPTED_ALGORITHM = "RS256"
 UNKNOWN_KID_REFRESH_INTERVAL = 60.0
 
 
-class Unauthorized(Exception):
+class Unauthorized(ServiceError):
     """No valid caller token (answer 401 with `reason` and `WWW-Authenticate: Bearer`)."""
 
+    http_status = 401
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
 
 
-class Forbidden(Exception):
+class Forbidden(ServiceError):
     """A valid caller without the app role the operation needs (answer 403 with `reason`)."""
 
+    http_status = 403
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
 
 
-class JwksUnavailable(Exception):
+class JwksUnavailable(ServiceError):
     """The signing keys could not be fetched and none are cached: a 503, not the caller's fault."""
+
+    http_status = 503
+    retriable = True
 
 
 class JwksSource(Protocol):

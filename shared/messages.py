@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-MESSAGE_VERSION = 1
+from shared.errors import ServiceError
+
 # Azure queue messages are at most 64 KiB; base64 grows text by 4/3, so keep JSON under 48 KiB.
 MAX_JSON_BYTES = 48 * 1024
 
@@ -36,7 +37,8 @@ def _correlation_id() -> str:
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = 1  # MESSAGE_VERSION
+    # A new message format gets version 2 here, so a worker can tell old messages still queued apart.
+    version: Literal[1] = 1
     mapping: str = Field(min_length=1, max_length=100)
     reason: str = Field(default="", max_length=200)
     observed: dt.datetime = Field(default_factory=_now)
@@ -80,7 +82,7 @@ QueueMessage = Annotated[SyncMessage | ChunkMessage | ScanMessage, Field(discrim
 _adapter: TypeAdapter[SyncMessage | ChunkMessage | ScanMessage] = TypeAdapter(QueueMessage)
 
 
-class MessageDecodeError(ValueError):
+class MessageDecodeError(ServiceError, ValueError):
     """The queue message is not one of ours: not base64, not JSON, or not a valid message."""
 
 

@@ -11,14 +11,17 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from shared.connectors.retry import RequestBudget
+from shared.connectors.retry import RequestBudget, RetryPolicy
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.settings import Settings, get_settings
+from shared.store import tables
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
+from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
+from shared.store.subscriptions import SubscriptionStore
 from shared.store.watermarks import WatermarkStore
 
 if TYPE_CHECKING:
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
+# Per request, as the clients default to; set-up's checks pass a shorter one.
+CLIENT_TIMEOUT_SECONDS = 30.0
+
+Service = Literal["dataverse", "bc"]
 
 
 @dataclass
@@ -41,15 +48,23 @@ class Runtime:
 
     @cached_property
     def couplings(self) -> CouplingStore:
-        return CouplingStore(self.storage.table("Couplings"))
+        return CouplingStore(self.storage.table(tables.COUPLINGS))
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.storage.table("SyncJournal"))
+        return Journal(self.storage.table(tables.JOURNAL))
 
     @cached_property
     def watermarks(self) -> WatermarkStore:
-        return WatermarkStore(self.storage.table("Watermarks"))
+        return WatermarkStore(self.storage.table(tables.WATERMARKS))
+
+    @cached_property
+    def subscriptions(self) -> SubscriptionStore:
+        return SubscriptionStore(self.storage.table(tables.SUBSCRIPTIONS))
+
+    @cached_property
+    def statistics_hashes(self) -> StatisticsHashStore:
+        return StatisticsHashStore(self.storage.table(tables.WATERMARKS))
 
     @cached_property
     def mappings(self) -> MappingSet:
@@ -68,29 +83,25 @@ class Runtime:
 
         return DefaultAzureCredential()
 
+    def integration_credential(self, service: Service) -> TokenCredential:
+        """The integration user's credential for `service`: its static token (sandboxes only, refused
+        by settings for non-loopback URLs) or the process's Azure credential (managed identity or
+        client secret)."""
+        s = self.settings
+        token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
+        if token:
+            from shared.connectors.credentials import StaticTokenCredential
+
+            return StaticTokenCredential(token)
+        return self._azure_credential
+
     @cached_property
     def dataverse(self) -> DataverseClient:
-        from shared.connectors.credentials import StaticTokenCredential
-        from shared.connectors.dataverse import DataverseClient
-
-        s = self.settings
-        credential = (
-            StaticTokenCredential(s.dataverse_static_token)
-            if s.dataverse_static_token
-            else self._azure_credential
-        )
-        return DataverseClient(
-            s.dataverse_api_url, credential, scope=f"{s.dataverse_url}/.default", budget=_budget()
-        )
+        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget())
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        from shared.connectors.business_central import BusinessCentralClient
-        from shared.connectors.credentials import StaticTokenCredential
-
-        s = self.settings
-        credential = StaticTokenCredential(s.bc_static_token) if s.bc_static_token else self._azure_credential
-        return BusinessCentralClient(s.bc_api_url, credential, scope=BC_SCOPE, budget=_budget())
+        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget())
 
     @cached_property
     def engine(self) -> Engine:
@@ -124,6 +135,43 @@ class Runtime:
         """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
         configured = self.settings.dataverse_integration_user_id
         return (configured or self.dataverse.whoami().user_id).lower()
+
+
+# The one place API clients are built from settings: the runtime's (with the request budget), and
+# set-up's (its quick connection checks, and the administrator's clients that register webhooks).
+def dataverse_client(
+    settings: Settings,
+    credential: TokenCredential,
+    *,
+    policy: RetryPolicy | None = None,
+    timeout: float = CLIENT_TIMEOUT_SECONDS,
+    budget: RequestBudget | None = None,
+) -> DataverseClient:
+    from shared.connectors.dataverse import DataverseClient
+
+    return DataverseClient(
+        settings.dataverse_api_url,
+        credential,
+        scope=f"{settings.dataverse_url}/.default",
+        policy=policy,
+        timeout=timeout,
+        budget=budget,
+    )
+
+
+def bc_client(
+    settings: Settings,
+    credential: TokenCredential,
+    *,
+    policy: RetryPolicy | None = None,
+    timeout: float = CLIENT_TIMEOUT_SECONDS,
+    budget: RequestBudget | None = None,
+) -> BusinessCentralClient:
+    from shared.connectors.business_central import BusinessCentralClient
+
+    return BusinessCentralClient(
+        settings.bc_api_url, credential, scope=BC_SCOPE, policy=policy, timeout=timeout, budget=budget
+    )
 
 
 def _budget() -> RequestBudget:

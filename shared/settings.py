@@ -1,31 +1,42 @@
 """Every app setting, validated once, with one error that names each bad setting.
 
 Names are the Function App setting names, so `local.settings.json` `Values` and Azure app settings
-both work unchanged. `local.settings.example.json` documents each one.
+both work unchanged (`fill_environ_from_settings_file` loads the former, for the CLI and dev host).
+`local.settings.example.json` documents each one.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import json
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-APP_VERSION = "0.1.0"
+from shared.errors import ServiceError
 
 LOOPBACK_HOSTS = {"localhost"}
 
 
-class SettingsError(RuntimeError):
+class SettingsError(ServiceError, RuntimeError):
     """Start-up configuration is invalid; `problems` maps each setting name to what is expected."""
+
+    # Not retriable: nothing changes until someone fixes the app settings.
+    http_status = 503
 
     def __init__(self, problems: dict[str, str]) -> None:
         self.problems = problems
         lines = "\n".join(f"  - {name}: {why}" for name, why in problems.items())
         super().__init__(f"invalid configuration ({len(problems)} setting(s)):\n{lines}")
+
+    def public_message(self) -> str:
+        return f"the service is not configured: {self.problems}"
 
 
 def is_loopback_url(url: str) -> bool:
@@ -194,3 +205,24 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings (validated once, cached)."""
     return load_settings()
+
+
+def fill_environ_from_settings_file(
+    path: str | Path, environ: MutableMapping[str, str] | None = None
+) -> bool:
+    """Set each non-empty `Values` entry of a `local.settings.json` that the environment does not set.
+
+    What Core Tools does before start-up, for the CLI and the dev host; the environment wins, so an
+    app setting given on the command line overrides the file. Empty values are skipped: the example
+    file lists every setting with "" for "not set", and an empty string would replace a default
+    (e.g. an empty SYNC_QUEUE_NAME). Returns False when the file does not exist.
+    """
+    target = os.environ if environ is None else environ
+    path = Path(path)
+    if not path.exists():
+        return False
+    values = json.loads(path.read_text()).get("Values", {})
+    for name, value in values.items():
+        if name not in target and value not in (None, ""):
+            target[name] = str(value)
+    return True

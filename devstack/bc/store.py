@@ -329,11 +329,6 @@ class BcStore:
                 )
         return ids
 
-    def touch(self, company_id: str, entity_set: str, record_id: str, user: str) -> dict[str, Any]:
-        """Modify a record without changing a field (like saving it unchanged in the client)."""
-        current = self.get(company_id, entity_set, record_id)
-        return self.update(company_id, entity_set, record_id, {}, user, if_match=current["_etag"])
-
     # --- write helpers ----------------------------------------------------------------------------
 
     def _checked_current(

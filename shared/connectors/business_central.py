@@ -39,6 +39,7 @@ from shared.connectors.errors import (
     ValidationError,
 )
 from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.errors import ServiceError
 
 SERVICE = "business_central"
 DEFAULT_SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -471,7 +472,7 @@ def _query_params(
 # --- notification resources ---------------------------------------------------------------------
 
 
-class ResourceRejected(ValueError):
+class ResourceRejected(ServiceError, ValueError):
     """A notification `resource` that does not point at a configured company and entity set."""
 
 

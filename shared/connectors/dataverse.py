@@ -107,17 +107,10 @@ TABLES: dict[str, TableInfo] = {
 }
 
 
-def register_table(entity_set: str, logical_name: str, primary_key: str | None = None) -> TableInfo:
-    """Make a table known to the client (custom tables); the primary key defaults to `<logical>id`."""
-    info = TableInfo(entity_set, logical_name, primary_key or f"{logical_name}id")
-    TABLES[entity_set] = info
-    return info
-
-
 def table_info(entity_set: str) -> TableInfo:
     info = TABLES.get(entity_set)
     if info is None:
-        raise ValueError(f"unknown Dataverse entity set {entity_set!r}: add it with register_table()")
+        raise ValueError(f"unknown Dataverse entity set {entity_set!r}: add it to TABLES")
     return info
 
 

@@ -7,13 +7,18 @@ a concurrent writer). The engine decides what to do from the type alone.
 
 from __future__ import annotations
 
+from shared.errors import ServiceError
 
-class ApiError(Exception):
+
+class ApiError(ServiceError):
     """An error answered by (or on the way to) a remote API.
 
     `code` and `message` are the server's own (`{"error": {"code", "message"}}`), so an operator
     can look them up; `status` is the HTTP status, 0 when no response arrived.
     """
+
+    # The remote service refused: a bad gateway from our caller's point of view, whatever `status` was.
+    http_status = 502
 
     def __init__(
         self,
@@ -39,9 +44,15 @@ class ApiError(Exception):
         code = f"[{self.code}] " if self.code else ""
         return f"{where}{status}{code}{self.message}".strip()
 
+    def public_message(self) -> str:
+        return f"{self.service or 'a remote service'} refused the request: {self}"
+
 
 class RetriableApiError(ApiError):
     """Sending the same request later may succeed. `retry_after` is the server's hint in seconds."""
+
+    http_status = 503
+    retriable = True
 
     def __init__(
         self,
@@ -56,6 +67,9 @@ class RetriableApiError(ApiError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(message, status=status, code=code, service=service, method=method, url=url)
+
+    def public_message(self) -> str:
+        return f"{self.service or 'a remote service'} is unavailable right now: {self}"
 
 
 class ThrottledError(RetriableApiError):

@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 
 from shared.auth import WebhookAuthError, check_client_state
 from shared.connectors.business_central import parse_resource
+from shared.errors import ServiceError
 from shared.feeds.dataverse_webhook import WebhookPayloadError, load_json_body
 
 ChangeType = Literal["created", "updated", "deleted", "collection"]
@@ -53,7 +54,7 @@ class BcNotificationBatch:
     rejected: list[RejectedEntry] = field(default_factory=list)
 
 
-class _EntryRejected(Exception):
+class _EntryRejected(ServiceError):
     pass
 
 

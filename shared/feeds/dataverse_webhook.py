@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.errors import ServiceError
+
 ORGANIZATION_HEADER = "x-ms-dynamics-organization"
 ENTITY_NAME_HEADER = "x-ms-dynamics-entity-name"
 REQUEST_NAME_HEADER = "x-ms-dynamics-request-name"
@@ -38,8 +40,10 @@ _WCF_DATE = re.compile(r"/Date\((-?[0-9]{1,15})(?:([+-])([0-9]{2})([0-9]{2}))?\)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class WebhookPayloadError(Exception):
+class WebhookPayloadError(ServiceError):
     """A webhook body that cannot be what the sender documents (answer 400 with `reason`)."""
+
+    http_status = 400
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

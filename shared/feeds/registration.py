@@ -5,7 +5,8 @@
   flows towards BC, filtered on the columns the mappings read.
 - BC: one subscription per configured company and mapped entity set that BC sends webhooks for
   (contacts and salespeople have none: the delta poll covers them), renewed before it expires
-  (3 days) and re-created when BC deleted it. State is mirrored in the `Subscriptions` table.
+  (3 days) and re-created when BC deleted it. State is mirrored in the `Subscriptions` table
+  (`shared.store.subscriptions`).
 
 Every function is idempotent: running it twice changes nothing the second time.
 """
@@ -18,13 +19,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
-
 from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
 from shared.connectors.errors import ApiError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.settings import Settings
+from shared.store.subscriptions import BcSubscription, SubscriptionStore
 from shared.timestamps import parse_iso
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,6 @@ ENDPOINT_NAME = "bc-dataverse-sync"
 RENEW_WITHIN = dt.timedelta(hours=36)
 AUTH_TYPE_CODES = {"webhook_key": 4, "http_header": 5, "http_query_string": 6}
 DATAVERSE_MESSAGES = ("Create", "Update", "Delete")
-FINGERPRINT_ROW = ("dataverse", "endpoint-fingerprint")  # in `Subscriptions`
 
 
 @dataclass
@@ -69,12 +67,12 @@ def filtering_attributes(mapping: EntityMapping) -> list[str]:
 
 
 def ensure_dataverse_webhooks(
-    dv: Any, settings: Settings, mappings: MappingSet, table: TableClient | None = None
+    dv: Any, settings: Settings, mappings: MappingSet, subscriptions: SubscriptionStore | None = None
 ) -> RegistrationReport:
     """The service endpoint and its steps; what is already in place is left alone.
 
     The endpoint's secret cannot be read back, so whether the endpoint still has our URL, auth type
-    and secret is known from a fingerprint kept in `table` (`Subscriptions`); without a change the
+    and secret is known from a fingerprint kept in `subscriptions`; without a change the
     endpoint is not written again (the upkeep timer runs this every 12 hours)."""
     report = RegistrationReport()
     auth_type = AUTH_TYPE_CODES[settings.dataverse_webhook_auth_type]
@@ -84,7 +82,7 @@ def ensure_dataverse_webhooks(
     label = f"Dataverse webhook endpoint {ENDPOINT_NAME}"
     existing = next((e for e in dv.list_webhook_endpoints() if e.get("name") == ENDPOINT_NAME), None)
     wanted = _endpoint_fingerprint(settings)
-    if existing is not None and table is not None and _stored_fingerprint(table) == wanted:
+    if existing is not None and subscriptions is not None and subscriptions.endpoint_fingerprint() == wanted:
         endpoint_id = str(existing["serviceendpointid"])
         report.unchanged.append(label)
     else:
@@ -92,11 +90,8 @@ def ensure_dataverse_webhooks(
             ENDPOINT_NAME, dataverse_webhook_url(settings), auth_type, secret
         )
         (report.updated if existing is not None else report.created).append(label)
-        if table is not None:
-            table.upsert_entity(
-                {"PartitionKey": FINGERPRINT_ROW[0], "RowKey": FINGERPRINT_ROW[1], "Fingerprint": wanted},
-                mode=UpdateMode.REPLACE,
-            )
+        if subscriptions is not None:
+            subscriptions.set_endpoint_fingerprint(wanted)
     # Steps already in place (enabled, same filtering attributes) are not touched: each check
     # through `ensure_step` would cost several requests on every upkeep run.
     steps = dv.list_steps(endpoint_id)
@@ -129,13 +124,6 @@ def _endpoint_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _stored_fingerprint(table: TableClient) -> str | None:
-    try:
-        return str(table.get_entity(*FINGERPRINT_ROW).get("Fingerprint") or "") or None
-    except ResourceNotFoundError:
-        return None
-
-
 def bc_subscription_targets(settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
     """(company id, entity set) pairs that should have a BC subscription."""
     entity_sets = sorted(
@@ -152,7 +140,7 @@ def ensure_bc_subscriptions(
     bc: Any,
     settings: Settings,
     mappings: MappingSet,
-    table: TableClient | None = None,
+    subscriptions: SubscriptionStore | None = None,
     *,
     now: dt.datetime | None = None,
 ) -> RegistrationReport:
@@ -187,25 +175,21 @@ def ensure_bc_subscriptions(
             log.warning("%s failed: %s", label, exc)
             continue
         live.add(str(sub["subscriptionId"]))
-        if table is not None:
-            table.upsert_entity(
-                {
-                    "PartitionKey": "bc",
-                    "RowKey": str(sub["subscriptionId"]),
-                    "Company": company,
-                    "EntitySet": entity_set,
-                    "Resource": resource,
-                    "Expires": str(sub.get("expirationDateTime", "")),
-                    "CheckedAt": now.isoformat(),
-                },
-                mode=UpdateMode.REPLACE,
+        if subscriptions is not None:
+            subscriptions.record_bc(
+                BcSubscription(
+                    subscription_id=str(sub["subscriptionId"]),
+                    company=company,
+                    entity_set=entity_set,
+                    resource=resource,
+                    expires=str(sub.get("expirationDateTime", "")),
+                    checked_at=now.isoformat(),
+                )
             )
-    if table is not None:
+    if subscriptions is not None:
         # Subscriptions BC deleted (refused deliveries) or let expire are gone: forget them, so
         # status never shows the expiry of a subscription that does not exist.
-        for row in table.query_entities("PartitionKey eq 'bc'", select=["RowKey"]):
-            if row["RowKey"] not in live:
-                table.delete_entity("bc", row["RowKey"])
+        subscriptions.forget_bc_except(live)
     return report
 
 

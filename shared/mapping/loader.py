@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shared.errors import ServiceError
 from shared.mapping.schema import MappingSet
 
 DEFAULT_MAPPING_FILE = Path(__file__).resolve().parents[2] / "mappings" / "default.yaml"
@@ -21,7 +22,7 @@ class Problem:
     message: str
 
 
-class MappingFileError(ValueError):
+class MappingFileError(ServiceError, ValueError):
     """The mapping file is unusable; start-up must stop and show this."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:

@@ -55,6 +55,3 @@ class StaticLookups:
 
     def bc_reference(self, mapping: str) -> Sequence[Record] | None:
         return self.references.get(mapping)
-
-
-NO_LOOKUPS = StaticLookups()

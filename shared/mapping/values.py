@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal, TypeVar
 
+from shared.errors import ServiceError
 from shared.mapping.lookups import Lookups
 from shared.mapping.schema import EntityMapping, FieldMapping, MappingSet, OptionSetMapping, Side
 
@@ -34,11 +35,11 @@ DATAVERSE_ID_NAMESPACE = uuid.UUID("6f1c2a4e-5b0d-4d1e-9a37-0c2b8e5f7d10")
 SIDE_NAME = {"bc": "BC", "dv": "Dataverse"}
 
 
-class RecordShapeError(ValueError):
+class RecordShapeError(ServiceError, ValueError):
     """A record lacks a mapped field: the caller did not `$select` it (see `queries.select_fields`)."""
 
 
-class TranslationError(ValueError):
+class TranslationError(ServiceError, ValueError):
     """A value cannot be carried across; the message says which value and what to change."""
 
 
@@ -54,7 +55,7 @@ class MissingLookup:
     resolvable: bool  # syncing `mapping` in this direction can couple it, so waiting makes sense
 
 
-class LookupMissing(Exception):
+class LookupMissing(ServiceError):
     def __init__(self, missing: MissingLookup, message: str) -> None:
         super().__init__(message)
         self.missing = missing

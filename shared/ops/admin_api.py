@@ -32,22 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.auth import (
-    Forbidden,
-    HttpJwksSource,
-    JwksUnavailable,
-    Principal,
-    Role,
-    RoleNames,
-    TokenValidator,
-    Unauthorized,
-    authorize,
-)
-from shared.connectors.errors import ApiError, RetriableApiError
+from shared.auth import HttpJwksSource, Principal, Role, RoleNames, TokenValidator, authorize
+from shared.errors import ServiceError
 from shared.ops import operations as ops
-from shared.sales.availability import ItemNotFound, availability_service
+from shared.sales.availability import availability_service
 from shared.sales.statistics import push_statistics
-from shared.settings import Settings, SettingsError, get_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +63,10 @@ class ApiResponse:
         return json.dumps(self.body, separators=(",", ":"), default=str)
 
 
-class BadRequest(Exception):
-    pass
+class BadRequest(ServiceError):
+    """The request's body or query is not what the endpoint takes (400 with the message)."""
+
+    http_status = 400
 
 
 # ---------------------------------------------------------------------------------------- bodies
@@ -317,8 +309,10 @@ def route_for(method: str, path: str) -> tuple[Route, dict[str, str]] | ApiRespo
 
 
 # ------------------------------------------------------------------------------------------ auth
-class AuthNotConfigured(Exception):
-    pass
+class AuthNotConfigured(ServiceError):
+    """`AUTH_*` settings are missing: the API stays closed (503 naming them, not retriable)."""
+
+    http_status = 503
 
 
 @dataclass
@@ -371,41 +365,20 @@ def handle(
     if isinstance(found, ApiResponse):
         return found
     route, params = found
+    # One try for auth and the action: every expected failure is a `ServiceError` that knows its
+    # answer; anything else is a bug, answered 500 with the details kept in the log.
     try:
         auth = authenticator or authenticator_from_settings(settings())
         principal = auth.check(_header(request.headers, "authorization"), route.role)
-    except SettingsError as exc:
-        return _error(503, f"the service is not configured: {exc.problems}")
-    except AuthNotConfigured as exc:
-        return _error(503, str(exc))
-    except Unauthorized as exc:
-        return _error(401, exc.reason, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    except Forbidden as exc:
-        return _error(403, exc.reason)
-    except JwksUnavailable as exc:
-        return _error(503, str(exc), {"Retry-After": "30"})
-    log.info("%s %s by %s", request.method, path, principal.name)
-    try:
+        log.info("%s %s by %s", request.method, path, principal.name)
         rt = (runtime or _default_runtime)()
         status, payload = route.handler(rt, params, request)
-    except BadRequest as exc:
-        return _error(400, str(exc))
-    except ops.OperationError as exc:
-        return _error(exc.status, exc.message)
-    except ItemNotFound as exc:
-        return _error(404, str(exc))
-    except RetriableApiError as exc:
-        retry = str(int(exc.retry_after)) if exc.retry_after else "30"
-        return _error(
-            503,
-            f"{exc.service or 'a remote service'} is unavailable right now: {exc}",
-            {"Retry-After": retry},
-        )
-    except ApiError as exc:
-        return _error(502, f"{exc.service or 'a remote service'} refused the request: {exc}")
+    except ServiceError as exc:
+        if exc.http_status == 500:  # not the caller's business: see shared.errors
+            return _unexpected(request, path)
+        return _error(exc.http_status, exc.public_message(), _error_headers(exc))
     except Exception:
-        log.exception("%s %s failed", request.method, path)
-        return _error(500, "the operation failed unexpectedly; see the service log")
+        return _unexpected(request, path)
     return ApiResponse(status, ops.to_json(payload))
 
 
@@ -421,3 +394,17 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> ApiResponse:
     return ApiResponse(status, {"error": message}, headers or {})
+
+
+def _error_headers(exc: ServiceError) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if exc.retriable:
+        headers["Retry-After"] = exc.retry_after_header()
+    return headers
+
+
+def _unexpected(request: ApiRequest, path: str) -> ApiResponse:
+    log.exception("%s %s failed", request.method, path)
+    return _error(500, "the operation failed unexpectedly; see the service log")

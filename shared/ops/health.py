@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from shared.settings import APP_VERSION, SettingsError, get_settings
+from shared import __version__
+from shared.settings import SettingsError, get_settings
 
 
 def check_health() -> tuple[int, dict[str, Any]]:
     """Return (HTTP status, report). 200 only when settings are valid and storage answers."""
-    report: dict[str, Any] = {"version": APP_VERSION, "configuration": "ok", "storage": "unknown"}
+    report: dict[str, Any] = {"version": __version__, "configuration": "ok", "storage": "unknown"}
     healthy = True
     try:
         get_settings()

@@ -27,13 +27,9 @@ def run_nightly_resync(past_due: bool = False) -> list[str]:
 
 def run_subscription_upkeep(past_due: bool = False) -> RegistrationReport:
     rt = get_runtime()
-    report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions"))
+    report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
     try:
-        report.merge(
-            ensure_dataverse_webhooks(
-                rt.dataverse, rt.settings, rt.mappings, rt.storage.table("Subscriptions")
-            )
-        )
+        report.merge(ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings, rt.subscriptions))
     except Exception as exc:  # the integration user may lack the privilege; setup registers it then
         report.failed.append(f"Dataverse webhook check: {exc}")
     log.info("subscription upkeep%s: %s", " (past due)" if past_due else "", report)

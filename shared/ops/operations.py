@@ -18,9 +18,9 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
-from shared.odata import eq
 from shared.runtime import Runtime
 from shared.store.couplings import AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
@@ -35,13 +35,13 @@ RECENT_FAILURE_HOURS = 24
 QUEUE_PAGE = 32
 
 
-class OperationError(Exception):
+class OperationError(ServiceError):
     """The request cannot be carried out as asked; `status` is the HTTP answer (400 or 404)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
-        self.status = status
+        self.http_status = status
 
 
 def to_json(value: Any) -> Any:
@@ -150,13 +150,10 @@ def _queue_depth(rt: Runtime, name: str) -> int:
 def _subscription_expiries(rt: Runtime) -> dict[str, str]:
     """Entity set -> the earliest expiry of its BC subscriptions, as recorded by registration."""
     expiries: dict[str, str] = {}
-    try:
-        for row in rt.storage.table("Subscriptions").query_entities(eq("PartitionKey", "bc")):
-            entity_set, expires = str(row.get("EntitySet", "")), str(row.get("Expires", ""))
-            if entity_set and expires and (entity_set not in expiries or expires < expiries[entity_set]):
-                expiries[entity_set] = expires
-    except ResourceNotFoundError:
-        pass
+    for sub in rt.subscriptions.bc_subscriptions():
+        entity_set, expires = sub.entity_set, sub.expires
+        if entity_set and expires and (entity_set not in expiries or expires < expiries[entity_set]):
+            expiries[entity_set] = expires
     return expiries
 
 
@@ -555,32 +552,3 @@ def history(
     """The journal entries of one record, newest first."""
     m = entity_mapping(rt, mapping_name)
     return rt.journal.history(m.name, side, record_id, limit=limit)
-
-
-# ------------------------------------------------------------------------------------ progress
-def follow_run(
-    rt: Runtime,
-    mapping_name: str,
-    run_id: str,
-    on_progress: Callable[[RunSummary], None],
-    *,
-    poll_seconds: float = 0.5,
-    timeout: float | None = None,
-    sleep: Callable[[float], None] | None = None,
-) -> RunSummary:
-    """Poll a run's journal row until it finishes, reporting each state (CLI progress bars)."""
-    import time
-
-    pause = sleep or time.sleep
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        run = rt.journal.get_run(entity_mapping(rt, mapping_name).name, run_id)
-        if run is not None:
-            on_progress(run)
-            if not run.in_progress:
-                return run
-        if deadline is not None and time.monotonic() > deadline:
-            raise OperationError(
-                f"run {run_id} has not finished after {timeout:.0f} s; follow it with `bcsync run`"
-            )
-        pause(poll_seconds)

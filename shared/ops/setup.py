@@ -26,8 +26,6 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
-from shared.connectors.business_central import BusinessCentralClient
-from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
 from shared.feeds.registration import (
     ENDPOINT_NAME,
@@ -39,9 +37,9 @@ from shared.feeds.registration import (
 from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
-from shared.runtime import BC_SCOPE, Runtime
+from shared.runtime import Runtime, bc_client, dataverse_client
 from shared.settings import Settings
-from shared.store.storage import TABLES
+from shared.store.tables import TABLES
 from shared.sync import bulk
 from shared.sync.reconcile import Candidate
 
@@ -169,20 +167,11 @@ def _check_client_policy() -> Any:
     return RetryPolicy(max_attempts=1, max_total_seconds=CHECK_TIMEOUT_SECONDS)
 
 
-def _integration_credential(rt: Runtime, static_token: str | None) -> TokenCredential:
-    from shared.connectors.credentials import StaticTokenCredential
-
-    if static_token:
-        return StaticTokenCredential(static_token)
-    return rt._azure_credential  # the runtime's own credential (managed identity or client secret)
-
-
 def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
     s = rt.settings
-    dv = DataverseClient(
-        s.dataverse_api_url,
-        _integration_credential(rt, s.dataverse_static_token),
-        scope=f"{s.dataverse_url}/.default",
+    dv = dataverse_client(
+        s,
+        rt.integration_credential("dataverse"),
         policy=_check_client_policy(),
         timeout=CHECK_TIMEOUT_SECONDS,
     )
@@ -227,12 +216,8 @@ def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:
 
 def _check_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
     s = rt.settings
-    bc = BusinessCentralClient(
-        s.bc_api_url,
-        _integration_credential(rt, s.bc_static_token),
-        scope=BC_SCOPE,
-        policy=_check_client_policy(),
-        timeout=CHECK_TIMEOUT_SECONDS,
+    bc = bc_client(
+        s, rt.integration_credential("bc"), policy=_check_client_policy(), timeout=CHECK_TIMEOUT_SECONDS
     )
     try:
         try:
@@ -364,11 +349,9 @@ def _register(
 ) -> None:
     s = rt.settings
     if admin.dataverse is not None and dv_ok:
-        dv_admin = DataverseClient(s.dataverse_api_url, admin.dataverse, scope=f"{s.dataverse_url}/.default")
+        dv_admin = dataverse_client(s, admin.dataverse)
         try:
-            _merge(
-                report, ensure_dataverse_webhooks(dv_admin, s, mappings, rt.storage.table("Subscriptions"))
-            )
+            _merge(report, ensure_dataverse_webhooks(dv_admin, s, mappings, rt.subscriptions))
         except (ApiError, AzureError) as exc:
             report.failed.append(f"Dataverse webhook registration: {_first_line(exc)}")
         finally:
@@ -376,9 +359,9 @@ def _register(
     elif dv_ok:
         _inspect_dataverse(rt, report)
     if admin.bc is not None and bc_ok:
-        bc_admin = BusinessCentralClient(s.bc_api_url, admin.bc, scope=BC_SCOPE)
+        bc_admin = bc_client(s, admin.bc)
         try:
-            _merge(report, ensure_bc_subscriptions(bc_admin, s, mappings, rt.storage.table("Subscriptions")))
+            _merge(report, ensure_bc_subscriptions(bc_admin, s, mappings, rt.subscriptions))
         except (ApiError, AzureError) as exc:
             report.failed.append(f"BC subscriptions: {_first_line(exc)}")
         finally:

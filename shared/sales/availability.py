@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.store.couplings import CouplingStore
@@ -25,8 +26,10 @@ CACHE_SECONDS = 10.0
 ITEM_FIELDS = ["id", "number", "displayName", "inventory", "baseUnitOfMeasureCode", "blocked"]
 
 
-class ItemNotFound(LookupError):
+class ItemNotFound(ServiceError, LookupError):
     """No such item (answer 404 with the message)."""
+
+    http_status = 404
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.data.tables import TableClient, UpdateMode
-
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.store.couplings import CouplingStore
+from shared.store.statistics_hashes import PushedHash, StatisticsHashStore
 
 log = logging.getLogger(__name__)
 
 STATISTICS_ENTITY_SET = "bcs_customerstatistics"
-HASH_PARTITION = "statistics"
-TABLE_TRANSACTION_ROWS = 100
 FIGURES = (
     "balance",
     "outstanding_orders",
@@ -168,7 +165,7 @@ class StatisticsPusher:
         dv: Any,  # shared.connectors.dataverse.DataverseClient
         company_id: str,
         couplings: CouplingStore,
-        hashes: TableClient,
+        hashes: StatisticsHashStore,
         mapping: EntityMapping,
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
     ) -> None:
@@ -183,7 +180,7 @@ class StatisticsPusher:
         report.customers = len(coupled)
         if coupled:
             figures = self._read_figures()
-            pushed = self._pushed_hashes()
+            pushed = self.hashes.pushed()
             changed = [
                 (figures[bc_id], dv_id)
                 for bc_id, dv_id in coupled.items()
@@ -224,10 +221,6 @@ class StatisticsPusher:
         )
         return compute_figures(list(customers), list(orders), list(invoices))
 
-    def _pushed_hashes(self) -> dict[str, str]:
-        rows = self.hashes.query_entities(eq("PartitionKey", HASH_PARTITION), select=["RowKey", "Hash"])
-        return {str(r["RowKey"]): str(r.get("Hash", "")) for r in rows}
-
     def _write(self, changed: list[tuple[CustomerFigures, str]], report: StatisticsReport) -> None:
         as_of = self.today()
         rows = [statistics_row(f, dv_id, as_of) for f, dv_id in changed]
@@ -239,21 +232,7 @@ class StatisticsPusher:
             else:
                 report.failed.append(f"{figures.number}: {result.error}")
         report.written = len(done)
-        self._remember(done)
-
-    def _remember(self, pushed: list[CustomerFigures]) -> None:
-        entities = [
-            {
-                "PartitionKey": HASH_PARTITION,
-                "RowKey": f.customer_id,
-                "Hash": f.fingerprint(),
-                "Number": f.number,
-            }
-            for f in pushed
-        ]
-        for start in range(0, len(entities), TABLE_TRANSACTION_ROWS):
-            chunk = entities[start : start + TABLE_TRANSACTION_ROWS]
-            self.hashes.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+        self.hashes.remember(PushedHash(f.customer_id, f.fingerprint(), f.number) for f in done)
 
 
 def customer_mapping(ms: MappingSet) -> EntityMapping:
@@ -271,7 +250,7 @@ def push_statistics(rt: Any) -> StatisticsReport:
         dv=rt.dataverse,
         company_id=rt.company_id,
         couplings=rt.couplings,
-        hashes=rt.watermarks.table,
+        hashes=rt.statistics_hashes,
         mapping=customer_mapping(rt.mappings),
     )
     report = pusher.push()

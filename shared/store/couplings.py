@@ -33,6 +33,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
+from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
 from shared.odata import and_, eq, ge, lt
 from shared.store.storage import stored_if_same
@@ -46,11 +47,11 @@ BUCKETS = 16
 PARALLEL_TRANSACTIONS = 4
 
 
-class CouplingConflictError(Exception):
+class CouplingConflictError(ServiceError):
     """The coupling changed since it was read (another worker): re-read and decide again."""
 
 
-class AlreadyCoupledError(Exception):
+class AlreadyCoupledError(ServiceError):
     """A record is already coupled to something else; uncouple it first."""
 
 

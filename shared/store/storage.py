@@ -22,10 +22,10 @@ from azure.storage.queue import (
 )
 
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage, to_json
+from shared.store.tables import TABLES
 
 SYNC_QUEUE = "sync-requests"
 POISON_SUFFIX = "-poison"
-TABLES = ("Couplings", "SyncJournal", "Watermarks", "Subscriptions")
 
 # Azurite ships older API versions than the SDK sends; pinning a version both Azurite 3.35 and
 # Azure accept avoids depending on Azurite's `--skipApiVersionCheck`

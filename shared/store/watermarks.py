@@ -10,6 +10,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
+from shared.errors import ServiceError
 from shared.store.storage import stored_if_same
 
 
@@ -21,7 +22,7 @@ class Watermark:
     etag: str | None = None
 
 
-class WatermarkConflictError(Exception):
+class WatermarkConflictError(ServiceError):
     """Another instance moved the watermark first; its poll covers the same ground."""
 
 

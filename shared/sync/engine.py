@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.connectors.errors import ConcurrencyError, NotFoundError, RetriableApiError
 from shared.connectors.retry import RetryPolicy
+from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
     in_scope,
@@ -64,13 +65,17 @@ def requeue_delay(attempt: int, error: RetriableApiError | None = None) -> int:
 _SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
 
 
-class RequeueError(Exception):
+class RequeueError(ServiceError):
     """The message must be tried again later; the caller re-enqueues it with `delay` seconds."""
+
+    http_status = 503
+    retriable = True
 
     def __init__(self, message: SyncMessage | ChunkMessage | ScanMessage, delay: int, why: str) -> None:
         super().__init__(why)
         self.message = message
         self.delay = delay
+        self.retry_after = delay
 
 
 @dataclass

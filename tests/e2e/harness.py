@@ -240,9 +240,7 @@ def running_stack(environment: Mapping[str, str] | None = None) -> Iterator[E2ES
         )
         rt = get_runtime()
         dv_report = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
-        bc_report = ensure_bc_subscriptions(
-            rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions")
-        )
+        bc_report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
         assert not dv_report.failed and not bc_report.failed, (dv_report, bc_report)
         bc_base = f"{stack.env['BC_API_URL']}/companies({stack.env['BC_COMPANY_IDS']})/"
         dv_base = f"{stack.env['DATAVERSE_URL']}/api/data/v9.2/"

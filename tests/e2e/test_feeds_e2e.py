@@ -176,7 +176,7 @@ def test_a_subscription_near_expiry_is_renewed(e2e: E2EStack) -> None:
     e2e.bc.advance_clock(37 * HOUR)
     rt = e2e.rt
     # The upkeep timer reads the wall clock; the sandbox's clock is only BC's, so pass it in.
-    report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.storage.table("Subscriptions"),
+    report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions,
                                      now=e2e.bc.clock.now())  # fmt: skip
     assert any("customers" in label and "renewed" in label for label in report.updated), report
     after = _customers_subscription(e2e)

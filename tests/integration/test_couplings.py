@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from shared.store import tables
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.storage import Storage
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store(storage: Storage) -> CouplingStore:
     storage.ensure()
-    return CouplingStore(storage.table("Couplings"))
+    return CouplingStore(storage.table(tables.COUPLINGS))
 
 
 @pytest.fixture

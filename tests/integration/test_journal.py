@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from shared.store import tables
 from shared.store.journal import Journal, JournalEntry, RunSummary
 from shared.store.storage import Storage
 from shared.store.watermarks import Watermark, WatermarkConflictError, WatermarkStore
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def journal(storage: Storage) -> Journal:
     storage.ensure()
-    return Journal(storage.table("SyncJournal"))
+    return Journal(storage.table(tables.JOURNAL))
 
 
 def test_history_of_a_record_newest_first_from_either_id(journal: Journal) -> None:
@@ -56,7 +57,7 @@ def test_run_summary_progress(journal: Journal) -> None:
 
 def test_watermarks_are_conditional(storage: Storage) -> None:
     storage.ensure()
-    marks = WatermarkStore(storage.table("Watermarks"))
+    marks = WatermarkStore(storage.table(tables.WATERMARKS))
     mapping = f"M{uuid.uuid4().hex[:6]}"
     first = marks.set(Watermark(mapping, "bc", "2026-01-01T00:00:00Z"))
     stale = marks.get(mapping, "bc")

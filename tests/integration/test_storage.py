@@ -2,7 +2,8 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.messages import SyncMessage, decode_message
-from shared.store.storage import TABLES, Storage
+from shared.store.storage import Storage
+from shared.store.tables import TABLES
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ from azure.data.tables import TableServiceClient
 from shared.mapping.values import dataverse_id_for
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingStore
 from shared.store.storage import Storage, resend_after_disconnect
+from shared.store.tables import COUPLINGS, WATERMARKS
 from shared.store.watermarks import Watermark, WatermarkConflictError, WatermarkStore
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def _tables(connection_string: str, transport: LosingTransport) -> TableServiceC
 def store(storage: Storage, storage_connection_string: str, transport: LosingTransport) -> CouplingStore:
     storage.ensure()
     tables = resend_after_disconnect(_tables(storage_connection_string, transport))
-    return CouplingStore(tables.get_table_client("Couplings"))
+    return CouplingStore(tables.get_table_client(COUPLINGS))
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_the_sdk_alone_fails_a_create_whose_response_was_lost(
     storage: Storage, storage_connection_string: str, transport: LosingTransport
 ) -> None:
     storage.ensure()
-    table = _tables(storage_connection_string, transport).get_table_client("Couplings")
+    table = _tables(storage_connection_string, transport).get_table_client(COUPLINGS)
     transport.lose["POST"] = 1
     with pytest.raises(ServiceResponseError):
         table.create_entity({"PartitionKey": "p", "RowKey": uuid.uuid4().hex})
@@ -134,20 +135,20 @@ def test_a_watermark_whose_create_response_was_lost_is_set(
 ) -> None:
     storage.ensure()
     tables = resend_after_disconnect(_tables(storage_connection_string, transport))
-    marks = WatermarkStore(tables.get_table_client("Watermarks"))
+    marks = WatermarkStore(tables.get_table_client(WATERMARKS))
     transport.lose["POST"] = 1
     mark = marks.set(Watermark(mapping, "bc", "2026-11-27T10:00:00.000Z"))
     stored = marks.get(mapping, "bc")
     assert stored is not None and stored.etag == mark.etag and transport.lost["POST"] == 1
     with pytest.raises(ResourceExistsError):  # a plain second create still conflicts
-        tables.get_table_client("Watermarks").create_entity({"PartitionKey": mapping, "RowKey": "bc"})
+        tables.get_table_client(WATERMARKS).create_entity({"PartitionKey": mapping, "RowKey": "bc"})
 
 
 def test_another_instance_moving_the_watermark_to_the_same_value_still_wins_the_round(
     storage: Storage, mapping: str
 ) -> None:
     storage.ensure()
-    marks = WatermarkStore(storage.table("Watermarks"))
+    marks = WatermarkStore(storage.table(WATERMARKS))
     marks.set(Watermark(mapping, "bc", "2026-11-27T10:00:00.000Z"))
     mine, theirs = marks.get(mapping, "bc"), marks.get(mapping, "bc")
     assert mine is not None and theirs is not None

@@ -31,6 +31,7 @@ BASE_MODULES = {
     "shared.timestamps",
     "shared.auth",
     "shared.odata",
+    "shared.errors",
 }
 
 

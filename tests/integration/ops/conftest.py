@@ -25,7 +25,7 @@ from devstack.serve import ServerHandle, free_port, serve_in_thread
 from devstack.stack import Stack, StackPorts, start_stack
 from shared import runtime
 from shared.runtime import Runtime
-from shared.store.storage import TABLES
+from shared.store.tables import TABLES
 from tests.support.jwt_keys import TEST_AUDIENCE, TEST_ISSUER, claims, jwks_document, key_pair, sign
 
 ADMIN_TOKEN = "admin-user"  # a Dataverse System Administrator / BC SUPER user in the sandboxes
