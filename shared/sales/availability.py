@@ -15,12 +15,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shared.connectors.business_central import BusinessCentralClient
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.store.couplings import CouplingStore
+
+if TYPE_CHECKING:
+    from shared.runtime import Runtime
 
 CACHE_SECONDS = 10.0
 ITEM_FIELDS = ["id", "number", "displayName", "inventory", "baseUnitOfMeasureCode", "blocked"]
@@ -49,7 +53,7 @@ class AvailabilityService:
     def __init__(
         self,
         *,
-        bc: Any,  # shared.connectors.business_central.BusinessCentralClient
+        bc: BusinessCentralClient,
         company_id: str,
         couplings: CouplingStore,
         item_mapping: EntityMapping | None,
@@ -133,7 +137,7 @@ _current: tuple[Any, AvailabilityService] | None = None
 _current_lock = threading.Lock()
 
 
-def availability_service(rt: Any) -> AvailabilityService:
+def availability_service(rt: Runtime) -> AvailabilityService:
     """One service (one cache) per runtime (`rt`: `shared.runtime.Runtime`); a new runtime (settings
     changed) gets a new cache."""
     global _current

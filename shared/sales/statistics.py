@@ -27,12 +27,17 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shared.connectors.business_central import BusinessCentralClient
+from shared.connectors.dataverse import DataverseClient
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.store.couplings import CouplingStore
 from shared.store.statistics_hashes import PushedHash, StatisticsHashStore
+
+if TYPE_CHECKING:
+    from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +166,8 @@ class StatisticsPusher:
     def __init__(
         self,
         *,
-        bc: Any,  # shared.connectors.business_central.BusinessCentralClient
-        dv: Any,  # shared.connectors.dataverse.DataverseClient
+        bc: BusinessCentralClient,
+        dv: DataverseClient,
         company_id: str,
         couplings: CouplingStore,
         hashes: StatisticsHashStore,
@@ -243,7 +248,7 @@ def customer_mapping(ms: MappingSet) -> EntityMapping:
     raise LookupError("no active mapping couples BC customers; customer statistics need one")
 
 
-def push_statistics(rt: Any) -> StatisticsReport:
+def push_statistics(rt: Runtime) -> StatisticsReport:
     """The timer's and the on-demand action's entry point (`rt`: `shared.runtime.Runtime`)."""
     pusher = StatisticsPusher(
         bc=rt.bc,
