@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ from rich.text import Text
 
 from shared.connectors.errors import ApiError
 from shared.ops import operations as ops
+from shared.runtime import Runtime, get_runtime
 from shared.settings import SettingsError, fill_environ_from_settings_file
 from shared.store.journal import RunSummary
 
@@ -74,16 +75,14 @@ def _load_settings_file(path: Path, *, explicit: bool) -> None:
     runtime.reset()
 
 
-def _runtime() -> Any:
-    from shared.runtime import get_runtime
-
+def _runtime() -> Runtime:
     try:
         return get_runtime()
     except SettingsError as exc:
         _fail(str(exc), code=2)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def _fail(message: str, code: int = 1) -> NoReturn:
     errors.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -138,7 +137,7 @@ def setup(
         raise typer.Exit(1)
 
 
-def _admin_credentials(rt: Any, dv_token: str | None, bc_token: str | None, device_code: bool) -> Any:
+def _admin_credentials(rt: Runtime, dv_token: str | None, bc_token: str | None, device_code: bool) -> Any:
     from shared.connectors.credentials import StaticTokenCredential
     from shared.ops.setup import AdminCredentials
     from shared.settings import is_loopback_url
@@ -329,7 +328,7 @@ def resync(
     _emit(final, _render_run)
 
 
-def _resync_here(rt: Any, mapping: str, *, dry_run: bool) -> RunSummary:
+def _resync_here(rt: Runtime, mapping: str, *, dry_run: bool) -> RunSummary:
     """Run the resync in the foreground; it reports each chunk to the bar itself, so nothing reads
     the journal back (rich redraws the bar from its own refresh thread)."""
     _run(lambda: ops.entity_mapping(rt, mapping))
@@ -353,7 +352,7 @@ def _resync_here(rt: Any, mapping: str, *, dry_run: bool) -> RunSummary:
     return final
 
 
-def _follow(rt: Any, mapping: str, run_id: str) -> RunSummary:
+def _follow(rt: Runtime, mapping: str, run_id: str) -> RunSummary:
     """Follow a run of another process (the service, or an earlier `bcsync`) through the journal."""
     with _progress() as progress:
         task = progress.add_task(f"{mapping} resync", total=None)
