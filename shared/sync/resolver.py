@@ -54,16 +54,21 @@ class LookupResolver:
         """Add the counterpart of `key` to `lookups` when it is known."""
         target = self.ms.entity(key.mapping)
         if key.side == "bc":
+            # BC's local currency is usually no record of its currencies: a miss is expected and
+            # must not reload the key index every minute.
+            local_currency = (
+                target.bc_blank_means_local_currency and key.value == self.ms.settings.bc_local_currency_code
+            )
             if key.company_contact:
                 bc_id = self.related_to_company_contact(target, key.value)
+            elif target.bc.key == "id":
+                bc_id = key.value
             else:
-                bc_id = key.value if target.bc.key == "id" else self._bc_id_for_key(target, key.value)
+                bc_id = self._bc_id_for_key(target, key.value, reload_on_miss=not local_currency)
             coupling = self.couplings.get(key.mapping, "bc", bc_id) if bc_id else None
             if coupling is not None and coupling.dv_id:
                 lookups.couple(key.space, key.value, coupling.dv_id)
-            elif (
-                target.bc_blank_means_local_currency and key.value == self.ms.settings.bc_local_currency_code
-            ):
+            elif local_currency:
                 local = self._local_currency_id(target, key.value)
                 if local:
                     lookups.couple(key.space, key.value, local)
@@ -92,7 +97,7 @@ class LookupResolver:
         return "bc", [str(r["id"]) for r in next(iter(rows), [])]
 
     # ------------------------------------------------------------------------------ BC keys
-    def _bc_id_for_key(self, mapping: EntityMapping, key: str) -> str | None:
+    def _bc_id_for_key(self, mapping: EntityMapping, key: str, *, reload_on_miss: bool = True) -> str | None:
         """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
         index of the entity set is read in pages and cached: codes and numbers rarely change, and
         one read serves every later lookup. A miss refreshes it at most once a minute."""
@@ -102,7 +107,7 @@ class LookupResolver:
             return {str(r[mapping.bc.key]): str(r["id"]) for r in rows if r.get(mapping.bc.key)}
 
         index: dict[str, str] = self._fresh(f"keys:{mapping.name}", load)
-        if key not in index:
+        if key not in index and reload_on_miss:
             index = self._fresh(f"keys:{mapping.name}", load, max_age=60)
         return index.get(key)
 

@@ -236,3 +236,42 @@ def test_every_outcome_is_journaled_with_its_request_count() -> None:
     # one row per side (history of either record) and one in the time partition
     assert len(modified) == 3
     assert {(r["bc_id"], r["fields"], r["api_requests"]) for r in modified} == {(bc_id, "phoneNumber", 2)}
+
+
+def test_the_local_currency_costs_no_reload_of_the_bc_currency_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.mapping.queries import LookupKey
+    from shared.sync.resolver import LookupResolver
+
+    ms = parse_mapping_set(
+        """
+version: 1
+settings:
+  bc_local_currency_code: USD
+  ownership: {model: team, team_id: 00000000-0000-0000-0000-0000000000aa}
+mappings:
+  - name: CURRENCY
+    bc: {entity_set: currencies, key: code}
+    dataverse: {table: transactioncurrency, entity_set: transactioncurrencies}
+    direction: to_dataverse
+    bc_blank_means_local_currency: true
+    fields:
+      - {bc: code, dv: isocurrencycode, direction: to_dataverse, match_priority: 1}
+"""
+    )
+    currency = ms.entity("CURRENCY")
+    bc, dv = MemoryBc(), MemoryDataverse()
+    bc.seed(currency, {"code": "EUR"})
+    usd = dv.seed(currency, {"isocurrencycode": "USD"})["transactioncurrencyid"]
+    resolver = LookupResolver(ms, CouplingStore(MemoryTable()), bc, dv)  # type: ignore[arg-type]
+
+    now = [1000.0]
+    monkeypatch.setattr("shared.sync.resolver.time.monotonic", lambda: now[0])
+    for _ in range(3):
+        now[0] += 61  # past the minute after which a miss may reload the key index
+        lookups = resolver.code_tables(currency)
+        resolver.resolve(lookups, LookupKey("CURRENCY", "bc", "USD"))
+        assert lookups.dataverse_id("CURRENCY", "USD") == usd
+
+    # one read of BC's currency codes, one of the Dataverse currency, then the caches answer (USD
+    # is no BC currency record: its miss is expected and reloads nothing)
+    assert bc.requests == {"GET currencies": 1} and dv.requests == {"GET transactioncurrencies": 1}
