@@ -187,11 +187,22 @@ def check_bc_companies(settings: Settings, *, seconds: float = BC_CHECK_SECONDS)
         return cached
 
     def ask() -> set[str]:
-        from shared.connectors.retry import RetryPolicy
-        from shared.runtime import bc_client, get_runtime
+        from azure.core.credentials import TokenCredential
 
+        from shared.connectors.retry import RetryPolicy
+        from shared.runtime import bc_client
+
+        # The settings given, not the process-wide runtime's: health passes the ones it just checked.
+        credential: TokenCredential
+        if settings.bc_static_token:
+            from shared.connectors.credentials import StaticTokenCredential
+
+            credential = StaticTokenCredential(settings.bc_static_token)
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
         policy = RetryPolicy(max_attempts=1, max_total_seconds=seconds)
-        credential = get_runtime().integration_credential("bc")
         client = bc_client(settings, credential, policy=policy, timeout=seconds)
         try:
             return {str(c.get("id", "")).lower() for c in client.companies()}
