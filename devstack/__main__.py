@@ -63,19 +63,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_host(args: argparse.Namespace) -> int:
     from devstack.host import BANNER
-    from shared.settings import SettingsError, fill_environ_from_settings_file, get_settings
+    from shared.settings import fill_environ_from_settings_file
 
     fill_environ_from_settings_file(REPO / "local.settings.json")
-
-    try:
-        get_settings()
-    except SettingsError as exc:
-        print(
-            f"error: {exc}\n"
-            "Set these in local.settings.json (see local.settings.example.json) or the environment.",
-            file=sys.stderr,
-        )
-        return 2
+    # start_dev_host checks settings and the mapping file first (StartupError, reported by main).
     host, server = start_dev_host(
         args.port,
         function_key=os.environ.get("FUNCTIONS_KEY"),
@@ -162,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("shared.feeds").setLevel(logging.WARNING)
+    from shared.startup import StartupError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except StartupError as exc:
+        # The message lists every problem and where to fix it; a traceback would only bury it.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

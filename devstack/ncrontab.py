@@ -22,8 +22,9 @@ cron's either-day rule (`0 0 0 13 * fri` from 2026-11-27: croniter 2026-12-04, N
 it wraps reversed ranges (`0 0 22-2 * * *`: hours 22-23 and 0-2; NCrontab: 2 to 22), and it accepts
 schedules the Functions host refuses at start-up: 5 fields (`* * * * *`, minute first), `@daily`,
 `0 0 0 L * *`, `0 0 0 15W * *`, `0 0 0 * * 5#3`, `0 0 0 ? * *`, weekday 7. A dev host on croniter
-would run schedules that fail in Azure, so the grammar check below would have to stay in front of
-it, to save only the date search: kept, without a dependency.
+would run schedules that fail in Azure, so the grammar check would have to stay in front of it, to
+save only the date search: kept, without a dependency. The grammar itself is `shared/ncrontab.py`
+(start-up validates schedules with it); this module adds the next-fire search.
 """
 
 from __future__ import annotations
@@ -32,20 +33,9 @@ import calendar
 import datetime as dt
 from dataclasses import dataclass
 
-_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
-_DAYS = {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}
-_FIELDS = (  # name, lowest, highest, names
-    ("second", 0, 59, {}),
-    ("minute", 0, 59, {}),
-    ("hour", 0, 23, {}),
-    ("day", 1, 31, {}),
-    ("month", 1, 12, _MONTHS),
-    ("day-of-week", 0, 6, _DAYS),
-)
+from shared.ncrontab import ScheduleError, parse_fields
 
-
-class ScheduleError(ValueError):
-    pass
+__all__ = ["Schedule", "ScheduleError", "parse_schedule"]
 
 
 @dataclass(frozen=True)
@@ -105,37 +95,4 @@ class Schedule:
 
 
 def parse_schedule(expression: str) -> Schedule:
-    parts = expression.split()
-    if len(parts) != 6:
-        raise ScheduleError(
-            f"NCRONTAB needs 6 fields (second minute hour day month day-of-week), got {len(parts)}: "
-            f"{expression!r}"
-        )
-    sets = [_parse_field(text, *spec) for text, spec in zip(parts, _FIELDS, strict=True)]
-    return Schedule(expression, *sets)
-
-
-def _parse_field(text: str, name: str, low: int, high: int, names: dict[str, int]) -> frozenset[int]:
-    values: set[int] = set()
-    for item in text.lower().split(","):
-        base, _, step_text = item.partition("/")
-        try:
-            step = int(step_text) if step_text else 1
-            if base == "*":
-                start, end = low, high
-            elif "-" in base:
-                a, b = base.split("-", 1)
-                start, end = _value(a, names), _value(b, names)
-            else:
-                start = _value(base, names)
-                end = high if step_text else start
-        except ValueError:
-            raise ScheduleError(f"bad {name} field {text!r}") from None
-        if step < 1 or not (low <= start <= high and low <= end <= high) or start > end:
-            raise ScheduleError(f"{name} field {text!r} is outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
-
-
-def _value(text: str, names: dict[str, int]) -> int:
-    return names[text] if text in names else int(text)
+    return Schedule(expression, *parse_fields(expression))

@@ -99,7 +99,7 @@ def stack_environment(stack: Stack, ports: StackPorts, bc_company_id: str) -> di
         "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
         "BC_WEBHOOK_CLIENT_STATE": os.environ.get("BC_WEBHOOK_CLIENT_STATE") or secrets.token_urlsafe(24),
         "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{ports.host}",
-        "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
+        "MAPPINGS_FILE": os.environ.get("MAPPINGS_FILE") or str(REPO / "mappings" / "default.yaml"),
         "SYNC_QUEUE_NAME": "sync-requests",
         # Timer schedules are binding expressions: the host needs them as app settings.
         "DELTA_POLL_SCHEDULE": os.environ.get("DELTA_POLL_SCHEDULE", "0 */2 * * * *"),
@@ -176,7 +176,11 @@ def start_dev_host(
 ) -> tuple[Any, ServerHandle]:
     """Load `function_app.app` and serve it with the dev host on `port`."""
     from devstack.host import DevHost, load_host_json
+    from shared.startup import check_startup
 
+    # function_app checks at import too, but a module imports once per process and a test run
+    # starts several hosts: check this configuration now (StartupError lists every problem).
+    check_startup()
     host_json = load_host_json(REPO / "host.json")
     _deep_merge(host_json, host_json_overrides or {})
     import function_app

@@ -7,21 +7,32 @@ both work unchanged (`fill_environ_from_settings_file` loads the former, for the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import ipaddress
 import json
 import os
+import re
+import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ServiceError
+from shared.ncrontab import ScheduleError, parse_fields
 
 LOOPBACK_HOSTS = {"localhost"}
+# Azure queue names: 3-63 characters, lowercase letters, digits and single hyphens, starting and
+# ending with a letter or digit (the `-poison` suffix is added to it, so leave room for 7 more).
+QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+POISON_SUFFIX_LENGTH = len("-poison")
+# An HTTP header / query parameter name (RFC 9110 token): what Dataverse can send the secret under.
+TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class SettingsError(ServiceError, RuntimeError):
@@ -37,6 +48,41 @@ class SettingsError(ServiceError, RuntimeError):
 
     def public_message(self) -> str:
         return f"the service is not configured: {self.problems}"
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    # uuid.UUID also takes 32 bare hex digits and `{...}`; BC ids are always the dashed form.
+    return len(text) == 36
+
+
+def storage_connection_string_problem(value: str) -> str | None:
+    """What is wrong with an `AzureWebJobsStorage` connection string, or None; checked without a
+    network call, so a typo is reported at start instead of as an SDK traceback on first use."""
+    if not value.strip():
+        return "empty; set a connection string (UseDevelopmentStorage=true for Azurite)"
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue import QueueServiceClient
+
+    for client in (QueueServiceClient, TableServiceClient):
+        try:
+            client.from_connection_string(value)
+        except ValueError as exc:
+            return (
+                f"not a usable storage connection string ({exc}); copy it from the storage account's "
+                "Access keys page, or use UseDevelopmentStorage=true for Azurite"
+            )
+    parts = dict(p.split("=", 1) for p in value.split(";") if "=" in p)
+    key = parts.get("AccountKey")
+    if key is not None:
+        try:
+            base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            return "AccountKey is not base64; copy the key again from the storage account's Access keys page"
+    return None
 
 
 def is_loopback_url(url: str) -> bool:
@@ -129,6 +175,81 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("bc_company_ids")
+    @classmethod
+    def _company_guids(cls, value: list[str]) -> list[str]:
+        # Notifications name the company by id; a name or a typo here drops every BC notification.
+        bad = [item for item in value if not _is_guid(item)]
+        if bad:
+            raise ValueError(
+                f"not a company id (GUID): {', '.join(repr(b) for b in bad)}; use the `id` of "
+                "GET .../api/v2.0/companies (`bcsync setup` lists them), not the company name"
+            )
+        return value
+
+    @field_validator(
+        "delta_poll_schedule", "full_resync_schedule", "subscription_upkeep_schedule", "statistics_schedule"
+    )
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty; give an NCRONTAB schedule of 6 fields, e.g. '0 */2 * * * *'")
+        try:
+            parse_fields(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value  # not set: the admin API stays closed (503 naming it), see missing_auth_settings
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an absolute https URL of the tenant's signing keys (JWKS)")
+        if parts.scheme == "http" and not is_loopback_url(value):
+            # Keys fetched over plain http could be swapped in transit, and then any token passes.
+            raise ValueError("signing keys must be fetched over https; plain http only for loopback")
+        return value
+
+    @field_validator("sync_queue")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not QUEUE_NAME.match(value) or len(value) + POISON_SUFFIX_LENGTH > 63:
+            raise ValueError(
+                f"{value!r} is not a valid queue name: use 3-56 characters (room for '-poison'), "
+                "lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("storage_connection_string")
+    @classmethod
+    def _connection_string(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        problem = storage_connection_string_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("dataverse_webhook_secret_name")
+    @classmethod
+    def _secret_name(cls, value: str, info: ValidationInfo) -> str:
+        # The name only matters for the schemes that send the secret under it; there it must be
+        # usable as a header / query parameter, or every webhook call is refused.
+        if info.data.get("dataverse_webhook_auth_type") in ("http_header", "http_query_string"):
+            if not value.strip():
+                raise ValueError(
+                    f"empty, but DATAVERSE_WEBHOOK_AUTH_TYPE={info.data['dataverse_webhook_auth_type']} "
+                    "sends the secret under this name; set it (e.g. x-bcsync-key)"
+                )
+            if not TOKEN.match(value):
+                raise ValueError(
+                    f"{value!r} cannot be a header or query parameter name; use e.g. x-bcsync-key"
+                )
+        return value
+
     @field_validator("dataverse_url", "bc_api_url", "public_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -141,8 +262,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        # Every cross-setting problem at once, one per line as `NAME: why` (split by load_settings).
+        problems = []
         if not (self.storage_connection_string or self.storage_account_name):
-            raise ValueError(
+            problems.append(
                 "AzureWebJobsStorage: set a connection string (UseDevelopmentStorage=true for Azurite) "
                 "or AzureWebJobsStorage__accountName for a managed identity"
             )
@@ -151,7 +274,9 @@ class Settings(BaseSettings):
             ("BC_STATIC_TOKEN", self.bc_static_token, self.bc_api_url),
         ):
             if token and not is_loopback_url(url):
-                raise ValueError(f"{name}: for the local sandboxes only; remove it to use azure-identity")
+                problems.append(f"{name}: for the local sandboxes only; remove it to use azure-identity")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def missing_auth_settings(self) -> list[str]:
@@ -195,8 +320,15 @@ def load_settings(**overrides: object) -> Settings:
             if err["type"] == "missing":
                 hint = _DESCRIPTIONS.get(name)
                 msg = f"required but not set ({hint})" if hint else "required but not set"
-            if name == "configuration" and ":" in msg:
-                name, msg = (part.strip() for part in msg.split(":", 1))
+            if name == "configuration":
+                # The cross checks give `NAME: why` lines (see Settings._cross_checks).
+                for line in msg.splitlines():
+                    key, _, why = line.partition(":")
+                    if why:
+                        problems[key.strip()] = why.strip()
+                    else:
+                        problems[name] = line
+                continue
             problems[name] = msg
         raise SettingsError(problems) from None
 

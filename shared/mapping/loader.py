@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,26 @@ class MappingFileError(ServiceError, ValueError):
 def load_mapping_set(path: str | Path = DEFAULT_MAPPING_FILE) -> MappingSet:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise MappingFileError(
-            str(path), [Problem(None, "", f"cannot read the file: {exc.strerror}")]
+            str(path), [Problem(None, "", f"cannot read the file: {exc.strerror}; check MAPPINGS_FILE")]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A binary or mis-encoded file: name the line of the first bad byte, not just the codec error.
+        line = data[: exc.start].count(b"\n") + 1
+        raise MappingFileError(
+            str(path),
+            [
+                Problem(
+                    line,
+                    "",
+                    f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                    "save the file as UTF-8 YAML",
+                )
+            ],
         ) from None
     return parse_mapping_set(text, str(path))
 
@@ -59,15 +76,30 @@ def parse_mapping_set(text: str, source: str = "<string>") -> MappingSet:
 
 
 def _compose(text: str, source: str) -> yaml.Node | None:
-    loader = yaml.SafeLoader(text)
     try:
+        # The reader checks for non-printable characters when it is built, so this is in the try too.
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise MappingFileError(source, [Problem(line, "", f"not valid YAML: {exc.problem or exc}")]) from None
-    finally:
-        loader.dispose()
+    except yaml.reader.ReaderError as exc:
+        # Control characters (binary content): PyYAML's error has a character position, no line.
+        line = text[: exc.position].count("\n") + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise MappingFileError(
+            source,
+            [
+                Problem(
+                    line,
+                    "",
+                    f"not valid YAML: control character U+{code:04X} is not allowed "
+                    "(binary content?); save the file as UTF-8 YAML text",
+                )
+            ],
+        ) from None
+    loader.dispose()
     if node is not None:
         _refuse_duplicate_keys(node, source)
     return node
@@ -88,6 +120,39 @@ def _refuse_duplicate_keys(node: yaml.Node, source: str) -> None:
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
             _refuse_duplicate_keys(item, source)
+
+
+# Keys whose values name a mapping: where a cross-reference error (unknown lookup, repeated name,
+# dependency cycle) is reported by the file-level validator without a location of its own.
+_NAME_KEYS = {"name", "lookup", "depends_on", "salespeople_mapping"}
+
+
+def _locate_names(root: yaml.Node, message: str) -> int | None:
+    """The line of the mapping name a file-level error is about, so it does not point at line 1."""
+    names = set(re.findall(r"'([^']+)'", message))
+    if "->" in message:
+        names |= {part.strip() for part in message.split(":", 1)[-1].split("->")}
+    found: list[tuple[str, int]] = []
+
+    def walk(node: yaml.Node, key: str | None) -> None:
+        if isinstance(node, yaml.ScalarNode):
+            if key in _NAME_KEYS and node.value in names:
+                found.append((key, node.start_mark.line + 1))
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                walk(v, str(k.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, key if key == "depends_on" else None)
+
+    walk(root, None)
+    if not found:
+        return None
+    names_given = [line for key, line in found if key == "name"]
+    if "repeated" in message and names_given:
+        return names_given[-1]  # the second of two equal names is the one to rename
+    references = [line for key, line in found if key != "name"]
+    return references[0] if references else found[0][1]
 
 
 def _problem(root: yaml.Node, data: Any, err: Any) -> Problem:
@@ -113,4 +178,11 @@ def _problem(root: yaml.Node, data: Any, err: Any) -> Problem:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key (misspelt? see docs/mappings.md)"
-    return Problem(node.start_mark.line + 1, "".join(parts), message)
+    if node is root and isinstance(root, yaml.MappingNode):
+        line: int | None = _locate_names(root, message) or node.start_mark.line + 1
+    elif node is root:
+        line = node.start_mark.line + 1
+        message = f"{message}; the file must be a mapping with `version`, `settings` and `mappings` keys"
+    else:
+        line = node.start_mark.line + 1
+    return Problem(line, "".join(parts), message)
