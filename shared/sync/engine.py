@@ -236,13 +236,8 @@ class Engine:
             if side == "bc" and coupling is not None and self._is_planned_record(mapping, coupling, source):
                 # The BC record our own create made, announced before the create's answer was
                 # processed (or after it was lost): complete that coupling, never create again.
-                bc_id, dv_id = str(source["id"]), str(coupling.dv_id)
-                snapshot = take_snapshot(self.ms, mapping, source, record)
-                self._store_coupling(
-                    mapping, coupling, bc_id, dv_id, source, record, snapshot, Outcome.INSERTED, ""
-                )
                 why = "adopted the BC record created for this Dataverse record"
-                return SyncResult(Outcome.INSERTED, why, bc_id, dv_id)
+                return self._settle_bc_create(mapping, coupling, source, record, message, why)
         candidates = [Candidate(record, already_coupled=coupling is not None) for record, coupling in found]
         plan = reconcile(
             self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
@@ -376,10 +371,34 @@ class Engine:
         created = self.bc.create(
             mapping, plan.bc_write.body, select=select_fields(self.ms, mapping, "bc"), record_id=None
         )
+        return self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
+
+    def _settle_bc_create(
+        self,
+        mapping: EntityMapping,
+        pending: Coupling,
+        created: Record,
+        dv: Record,
+        message: SyncMessage,
+        reason: str,
+    ) -> SyncResult:
+        """Couple a Dataverse record with the BC record created for it, then bring back what BC
+        filled in itself (the number from its number series, defaults). The planned values are the
+        merge base, so BC's additions read as BC changes and reach Dataverse like any other: 1 more
+        request, and only when BC added something."""
+        assert pending.dv_id is not None
+        planned = pending.snapshot or take_snapshot(self.ms, mapping, created, dv)
         bc_id = str(created["id"])
-        snapshot = take_snapshot(self.ms, mapping, created, dv)
-        self._store_coupling(mapping, pending, bc_id, dv_id, created, dv, snapshot, Outcome.INSERTED, "")
-        return SyncResult(Outcome.INSERTED, plan.reason, bc_id, dv_id, fields=list(plan.bc_write.fields))
+        coupling = self._store_coupling(
+            mapping, pending, bc_id, pending.dv_id, created, dv, planned, Outcome.INSERTED, ""
+        )
+        lookups = self.resolver.lookups_for(mapping, created, dv)
+        follow = reconcile(self.ms, mapping, snapshot=planned, bc=created, dv=dv, lookups=lookups)
+        fields = sorted(planned.get("bc", {}))
+        if follow.writes:
+            self._apply(mapping, follow, coupling, message, created, dv)
+            fields = sorted({*fields, *_fields(follow)})
+        return SyncResult(Outcome.INSERTED, reason, bc_id, pending.dv_id, fields=fields)
 
     def _finish_pending_bc_create(
         self, mapping: EntityMapping, pending: Coupling, message: SyncMessage
@@ -397,14 +416,8 @@ class Engine:
             )
         adopted = self._adoptable_bc_record(mapping, pending)
         if adopted is not None:
-            snapshot = take_snapshot(self.ms, mapping, adopted, dv)
-            bc_id = str(adopted["id"])
-            self._store_coupling(
-                mapping, pending, bc_id, pending.dv_id, adopted, dv, snapshot, Outcome.INSERTED, ""
-            )
-            return SyncResult(
-                Outcome.INSERTED, "adopted the BC record created by an earlier attempt", bc_id, pending.dv_id
-            )
+            why = "adopted the BC record created by an earlier attempt"
+            return self._settle_bc_create(mapping, pending, adopted, dv, message, why)
         # Nothing was created: plan again from scratch (the pending row stays until the create lands).
         lookups = self.resolver.lookups_for(mapping, None, dv)
         plan = reconcile(self.ms, mapping, snapshot=None, bc=None, dv=dv, lookups=lookups)

@@ -204,7 +204,9 @@ class MemoryBc(_MemorySide):
         self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
     ) -> Record:
         assert record_id is None, "BC assigns ids"
-        return super().create(mapping, body, select=select, record_id=None)
+        # BC also gives a new record the next number of its number series when none is sent.
+        numbered = {"number": f"C{len(self.rows(mapping.bc.entity_set)) + 10001:05d}", **body}
+        return super().create(mapping, numbered, select=select, record_id=None)
 
     def modified_since(
         self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]

@@ -159,6 +159,11 @@ def test_a_new_dataverse_record_is_created_in_bc_through_a_pending_coupling() ->
     assert (customer["displayName"], customer["phoneNumber"]) == ("Fabrikam", "5")
     coupling = h.couplings.get("CUSTOMER", "dv", dv_id)
     assert coupling is not None and coupling.state == "coupled" and coupling.bc_id == result.bc_id
+    # the number BC assigned comes back to the account at once (the key people search by)
+    assert h.dv.rows("accounts")[dv_id]["accountnumber"] == customer["number"] == "C10001"
+    # read the account, one match query in BC, the create, the number back
+    assert h.requests() == {"GET accounts": 1, "GET customers": 1, "POST customers": 1, "PATCH accounts": 1}
+    assert h.sync("dv", dv_id).outcome == Outcome.UNCHANGED  # settled: the next look is an echo
 
 
 def test_a_deletion_is_decided_on_both_records_as_they_are() -> None:
