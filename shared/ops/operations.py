@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -67,11 +68,32 @@ def entity_mapping(rt: Runtime, name: str) -> EntityMapping:
     return rt.mappings.entity(name)
 
 
+# BC API v2.0 records are addressed by their `id` (SystemId) and Dataverse rows by their primary key:
+# both GUIDs, and the engine, the coupling store and both clients only ever take those (BC numbers
+# and codes are not ids anywhere in operations). Checked here, at the boundary both the CLI and the
+# admin API go through, because an id ends up in an OData URL and in a Table Storage key: without
+# the check `http://...` or `' or 1 eq 1` surfaced as a 500 from deep inside.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ID_FIELDS: dict[Side, str] = {"bc": "bc_id", "dv": "dv_id"}
+
+
+def valid_id(side: Side, value: str, field_name: str | None = None) -> str:
+    """`value` as a lowercase GUID, or `OperationError` (400) naming the field and the expected form."""
+    name = field_name or _ID_FIELDS[side]
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        system = "BC record's `id` (SystemId)" if side == "bc" else "Dataverse row's primary key"
+        shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+        raise OperationError(
+            f"`{name}` must be the {system}, a GUID like 6d81597f-0f9f-e711-8122-000d3aa2331c; got {shown}"
+        )
+    return value.lower()
+
+
 def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
-    """Exactly one of the two ids, as (side, id)."""
+    """Exactly one of the two ids, as (side, GUID)."""
     if bool(bc_id) == bool(dv_id):
         raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
-    return ("bc", str(bc_id)) if bc_id else ("dv", str(dv_id))
+    return ("bc", valid_id("bc", str(bc_id))) if bc_id else ("dv", valid_id("dv", str(dv_id)))
 
 
 def _side(value: str | None, what: str) -> Side | None:
@@ -172,6 +194,7 @@ class CoupleResult:
 def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
     values win, as the built-in's "synchronize after coupling")."""
+    bc_id, dv_id = valid_id("bc", bc_id), valid_id("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
     source = _side(sync_from, "sync_from") or "bc"
     bc, dv = _read_pair(rt, m, bc_id, dv_id)
@@ -231,6 +254,7 @@ def _base_preferring(
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
     """Remove the coupling of a record (both records stay as they are)."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is None:
@@ -290,6 +314,7 @@ def sync_now(
 ) -> SyncNowResult:
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
     `prefer`'s values overwrite the other side's, also where both sides changed."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     winner = _side(prefer, "prefer")
     start_side: Side = side
@@ -436,6 +461,7 @@ class RetryResult:
 
 def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
     """Retry one failed or skipped record now (clears its skipped flag)."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is not None and coupling.skipped:
@@ -550,5 +576,6 @@ def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
     """The journal entries of one record, newest first."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     return rt.journal.history(m.name, side, record_id, limit=limit)

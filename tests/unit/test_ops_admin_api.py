@@ -96,3 +96,29 @@ def test_failures_map_to_status_codes(monkeypatch: pytest.MonkeyPatch, error: Ex
         assert answer.headers["Retry-After"] == "7"
     if status == 500:
         assert "boom" not in answer.body["error"]  # internals stay in the log
+
+
+G = "6d81597f-0f9f-e711-8122-000d3aa2331c"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("manage/couple", {"mapping": "CUSTOMER", "bc_id": "http://evil.example/x", "dv_id": G}, "bc_id"),
+        ("manage/couple", {"mapping": "CUSTOMER", "bc_id": "' or 1 eq 1", "dv_id": G}, "bc_id"),
+        ("manage/couple", {"mapping": "CUSTOMER", "bc_id": G, "dv_id": "x"}, "dv_id"),
+        ("manage/sync", {"mapping": "CUSTOMER", "dv_id": "../../x"}, "dv_id"),
+        ("manage/uncouple", {"mapping": "CUSTOMER", "bc_id": "{" + G + "}"}, "bc_id"),
+        ("manage/retry", {"mapping": "CUSTOMER", "bc_id": "10000"}, "bc_id"),
+    ],
+)
+def test_bad_record_ids_are_400_naming_the_field(path: str, body: dict[str, str], field: str) -> None:
+    # The fake runtime ("rt") would fail with a 500 if anything ran past the id check.
+    answer = call("POST", path, body=body)
+    assert answer.status == 400, answer.body
+    assert f"`{field}`" in answer.body["error"] and "GUID" in answer.body["error"]
+
+
+def test_bad_record_id_in_the_query_is_400() -> None:
+    answer = call("GET", "manage/history", query={"mapping": "CUSTOMER", "bc_id": "a/b"})
+    assert answer.status == 400 and "`bc_id`" in answer.body["error"]
