@@ -68,7 +68,13 @@ def secrets_equal(expected: str, got: str | None) -> bool:
     """Constant-time comparison; an empty expected secret matches nothing (fail closed)."""
     if not expected or got is None:
         return False
-    return hmac.compare_digest(expected.encode("utf-8"), got.encode("utf-8"))
+    try:
+        received = got.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows `"\ud800"`) cannot be UTF-8, so it cannot be our secret:
+        # a refusal (401), not an exception that the intake would answer 503 with a stack trace.
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), received)
 
 
 def check_client_state(expected: str, got: str | None) -> bool:

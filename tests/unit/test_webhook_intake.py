@@ -200,3 +200,15 @@ def test_fuzz_mutated_samples_never_crash(data: st.DataObject) -> None:
     answer = dv_call(json.dumps(context).encode())
     assert answer.status in (202, 400)
     assert (answer.status == 202) or answer.messages == []
+
+
+def test_bc_lone_surrogate_in_client_state_is_401_not_an_exception() -> None:
+    # json.loads turns the escape into a lone surrogate, which cannot be encoded to compare it.
+    body = samples.BC_NOTIFICATION_SAMPLE.replace("someClientState", "\\ud800").encode()
+    answer = bc_call(body)
+    assert answer.status == 401 and answer.messages == []
+
+
+def test_dataverse_lone_surrogate_in_the_key_is_401() -> None:
+    answer = dv_call(samples.DATAVERSE_UPDATE_SAMPLE.encode(), query={"code": "\ud800"})
+    assert answer.status == 401 and answer.messages == []
