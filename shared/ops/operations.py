@@ -7,6 +7,8 @@ Bad input raises `OperationError` with a message that says what to do (the API a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import enum
@@ -128,7 +130,7 @@ class ServiceStatus:
 def status(rt: Runtime) -> ServiceStatus:
     """Per mapping: couplings, failures, the last run, how far behind it is; queue depths."""
     poison_by_mapping = Counter(
-        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if m is not None
+        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)
     )
     expiries = _subscription_expiries(rt)
     result = []
@@ -514,28 +516,56 @@ class ReplayResult:
 def _peek_messages(rt: Runtime, queue_name: str) -> list[tuple[Any, Any]]:
     """(parsed message or None, raw queue message) for up to 32 messages, without dequeuing."""
     try:
-        peeked = rt.storage.queue(queue_name).peek_messages(max_messages=QUEUE_PAGE)
+        peeked = rt.storage.raw_queue(queue_name).peek_messages(max_messages=QUEUE_PAGE)
     except ResourceNotFoundError:
         return []
     return [(_parsed(raw.content), raw) for raw in peeked]
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A queue body that is not one of our messages, and why (shown, never replayed)."""
+
+    why: str
+
+
 def _parsed(content: Any) -> Any:
+    """The sync message a raw queue body holds, or `_Undecodable`.
+
+    Bodies are read raw (see `Storage.raw_queue`) because a poison queue holds whatever failed,
+    including what someone else put there. Ours are base64 of JSON (host.json's `messageEncoding`);
+    plain JSON is accepted too, since a message sent without encoding is still a sync request.
+    """
+    text = content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content or "")
     try:
-        return parse_json(content if isinstance(content, str | bytes) else str(content))
-    except (MessageDecodeError, ValueError):
-        return None
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        data = None
+    try:
+        if data is not None:
+            return parse_json(data)
+        return parse_json(text)
+    except (MessageDecodeError, ValueError) as exc:
+        how = "base64 of" if data is not None else "not base64, and not"
+        return _Undecodable(f"{how} a valid sync message ({exc})"[:300])
 
 
 def _describe(parsed: Any, raw: Any) -> PoisonMessage:
-    if parsed is None:
-        text = str(raw.content)[:200]
-        summary = f"not a sync message: {text!r}"
+    if isinstance(parsed, _Undecodable) or parsed is None:
+        preview = str(raw.content or "")[:120]
+        why = parsed.why if isinstance(parsed, _Undecodable) else "empty"
+        summary = f"undecodable: {why}; body starts {preview!r}"
+        valid = False
     else:
         target = getattr(parsed, "id", None) or f"{len(getattr(parsed, 'ids', []) or [])} ids"
         summary = f"{parsed.kind} {parsed.mapping} {getattr(parsed, 'side', '')}:{target} ({parsed.reason})"
+        valid = True
     inserted = raw.inserted_on.isoformat() if getattr(raw, "inserted_on", None) else None
-    return PoisonMessage(str(raw.id), inserted, int(raw.dequeue_count or 0), parsed is not None, summary)
+    return PoisonMessage(str(raw.id), inserted, int(raw.dequeue_count or 0), valid, summary)
+
+
+def _is_message(parsed: Any) -> bool:
+    return parsed is not None and not isinstance(parsed, _Undecodable)
 
 
 def list_poison(rt: Runtime) -> list[PoisonMessage]:
@@ -548,7 +578,7 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
     if dry_run:
         peeked = list_poison(rt)
         return ReplayResult(True, [d for d in peeked if d.valid], [d for d in peeked if not d.valid])
-    poison = rt.storage.queue(rt.storage.poison_queue_name)
+    poison = rt.storage.raw_queue(rt.storage.poison_queue_name)
     replayed: list[PoisonMessage] = []
     kept: list[PoisonMessage] = []
     seen: set[str] = set()
@@ -562,7 +592,7 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
             seen.add(raw.id)
             parsed = _parsed(raw.content)
             described = _describe(parsed, raw)
-            if parsed is None:
+            if not _is_message(parsed):
                 kept.append(described)
                 continue
             rt.storage.enqueue([parsed.model_copy(update={"attempt": 0, "reason": "replayed from poison"})])

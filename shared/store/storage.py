@@ -95,6 +95,15 @@ class Storage:
             message_decode_policy=TextBase64DecodePolicy(),
         )
 
+    def raw_queue(self, name: str | None = None) -> QueueClient:
+        """A queue client that hands message content over as stored, without decoding.
+
+        For reading queues that may hold anything (the poison queue): the SDK's base64 decode
+        policy raises on the first body that is not base64 and fails the whole peek or receive, so
+        one bad message would hide all the others. Callers decode each body themselves.
+        """
+        return self.queues.get_queue_client(name or self.sync_queue_name)
+
     @property
     def poison_queue_name(self) -> str:
         return self.sync_queue_name + POISON_SUFFIX
