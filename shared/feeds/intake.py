@@ -16,11 +16,11 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_webhook_auth
-from shared.feeds.bc_webhook import parse_bc_notifications
+from shared.feeds.bc_webhook import BcNotification, parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
 from shared.mapping.schema import MappingSet
 from shared.messages import Change, ScanMessage, SyncMessage
@@ -33,6 +33,14 @@ MAX_BC_BODY = 1024 * 1024
 _TOKEN = re.compile(r"^[\w\-.~:+/=]{1,1024}$")
 
 QueueItem = SyncMessage | ScanMessage
+# Whether a deduplication key was queued recently (see shared/feeds/dedup.py).
+Seen = Callable[[str], bool]
+# (mapping, BC id) pairs -> the coupling's BC modified time after our last write (None: uncoupled).
+SyncedTimes = Callable[[Sequence[tuple[str, str]]], Mapping[tuple[str, str], str | None]]
+
+
+def _never_seen(key: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,22 @@ class WebhookAnswer:
     body: str
     content_type: str = "application/json"
     messages: list[QueueItem] = field(default_factory=list)
+    # One per message: what identifies the notification it came from, remembered once the message
+    # is stored so that a redelivery is skipped ("" when nothing identifies it: always enqueued).
+    keys: list[str] = field(default_factory=list)
 
     @classmethod
     def json(
-        cls, status: int, payload: Mapping[str, object], messages: list[QueueItem] | None = None
+        cls,
+        status: int,
+        payload: Mapping[str, object],
+        messages: list[QueueItem] | None = None,
+        keys: list[str] | None = None,
     ) -> WebhookAnswer:
-        return cls(status, json.dumps(payload), "application/json", messages or [])
+        messages = messages or []
+        keys = keys if keys is not None else [""] * len(messages)
+        assert len(keys) == len(messages), "one deduplication key per message"
+        return cls(status, json.dumps(payload), "application/json", messages, keys)
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ def handle_dataverse_webhook(
     *,
     config: DataverseIntakeConfig,
     mappings: MappingSet,
+    seen: Seen = _never_seen,
 ) -> WebhookAnswer:
     if len(body) > MAX_DATAVERSE_BODY:
         return WebhookAnswer.json(
@@ -98,18 +117,32 @@ def handle_dataverse_webhook(
     kind = kinds[change.message]
     # Dataverse's CorrelationId follows the change through our logs and journal.
     correlation = change.correlation_id or str(uuid.uuid4())
-    messages: list[QueueItem] = [
-        SyncMessage(
-            mapping=name,
-            side="dv",
-            id=change.record_id,
-            change=kind,
-            reason="dataverse webhook",
-            correlation_id=correlation,
+    # A redelivery of the same system job carries the same OperationId; without one, the record and
+    # the operation's time stand for it. Nothing that identifies it: never deduplicated.
+    created = change.operation_created_on.isoformat() if change.operation_created_on else ""
+    stamp = change.operation_id or (f"{created}|{change.correlation_id or ''}" if created else "")
+    base = f"dv|{change.message}|{change.entity}|{change.record_id}|{stamp}" if stamp else ""
+    messages: list[QueueItem] = []
+    keys: list[str] = []
+    for name in targets:
+        key = f"{base}|{name}" if base else ""
+        if key and seen(key):
+            continue
+        keys.append(key)
+        messages.append(
+            SyncMessage(
+                mapping=name,
+                side="dv",
+                id=change.record_id,
+                change=kind,
+                reason="dataverse webhook",
+                correlation_id=correlation,
+            )
         )
-        for name in targets
-    ]
-    return WebhookAnswer.json(202, {"accepted": len(messages), "mappings": targets}, messages)
+    payload: dict[str, object] = {"accepted": len(messages), "mappings": targets}
+    if len(messages) < len(targets):
+        payload["duplicates"] = len(targets) - len(messages)
+    return WebhookAnswer.json(202, payload, messages, keys)
 
 
 @dataclass(frozen=True)
@@ -124,10 +157,14 @@ def handle_bc_webhook(
     *,
     config: BcIntakeConfig,
     mappings: MappingSet,
-    last_synced_modified: Callable[[str, str], str | None],
+    last_synced_modified: SyncedTimes,
+    seen: Seen = _never_seen,
 ) -> WebhookAnswer:
-    """`last_synced_modified(mapping, bc_id)` is the coupling's BC modified time after our last
-    write (None when uncoupled); a notification carrying exactly that time is our own echo."""
+    """`last_synced_modified(pairs)` gives, for (mapping, bc_id) pairs, the coupling's BC modified time
+    after our last write (None when uncoupled); a notification carrying exactly that time is our own
+    echo. It is asked once for the whole call, so the caller can look them up in parallel. Entries
+    whose key `seen` knows (or that repeat an earlier entry of the same call) are skipped before
+    any lookup, so a redelivered call costs no storage request per entry."""
     token = query.get("validationToken")
     if token is not None:
         if not _TOKEN.match(token):
@@ -154,43 +191,72 @@ def handle_bc_webhook(
     except WebhookPayloadError as exc:
         return WebhookAnswer.json(400, {"error": f"not a BC notification: {exc}"})
 
-    messages: list[QueueItem] = []
-    echoes = 0
+    fresh: list[tuple[str, BcNotification, str]] = []
+    in_this_call: set[str] = set()
+    duplicates = 0
     for note in batch.accepted:
         for name in by_entity_set[note.entity_set]:
-            if note.change_type == "collection":
-                messages.append(
-                    ScanMessage(
-                        mapping=name,
-                        side="bc",
-                        since=note.collection_modified_after,
-                        reason="bc collection",
-                    )
-                )
+            key = _bc_key(note, name)
+            if key in in_this_call or seen(key):
+                duplicates += 1
                 continue
-            assert note.record_id is not None
-            modified = iso_ms(note.last_modified)
-            if note.change_type != "deleted" and _same_instant(
-                last_synced_modified(name, note.record_id), note.last_modified
-            ):
-                echoes += 1
-                continue
+            in_this_call.add(key)
+            fresh.append((name, note, key))
+    wanted = [
+        (name, note.record_id)
+        for name, note, _ in fresh
+        if note.record_id is not None and note.change_type not in ("collection", "deleted")
+    ]
+    synced = last_synced_modified(wanted) if wanted else {}
+
+    messages: list[QueueItem] = []
+    keys: list[str] = []
+    echoes = 0
+    for name, note, key in fresh:
+        if note.change_type == "collection":
             messages.append(
-                SyncMessage(
-                    mapping=name,
-                    side="bc",
-                    id=note.record_id,
-                    change=note.change_type,
-                    modified=modified,
-                    reason="bc webhook",
+                ScanMessage(
+                    mapping=name, side="bc", since=note.collection_modified_after, reason="bc collection"
                 )
             )
+            keys.append(key)
+            continue
+        assert note.record_id is not None
+        if note.change_type != "deleted" and _same_instant(
+            synced.get((name, note.record_id)), note.last_modified
+        ):
+            echoes += 1
+            continue
+        messages.append(
+            SyncMessage(
+                mapping=name,
+                side="bc",
+                id=note.record_id,
+                change=note.change_type,
+                modified=iso_ms(note.last_modified),
+                reason="bc webhook",
+            )
+        )
+        keys.append(key)
     payload: dict[str, object] = {"accepted": len(messages), "echoes": echoes}
+    if duplicates:
+        payload["duplicates"] = duplicates
     if batch.rejected:
         # Entries that do not point at a configured company/entity set are answered 2xx on purpose:
         # a 4xx would make BC delete the subscription for the good entries too.
         payload["rejected"] = [{"index": r.index, "reason": r.reason} for r in batch.rejected]
-    return WebhookAnswer.json(202, payload, messages)
+    return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def _bc_key(note: BcNotification, mapping: str) -> str:
+    """Subscription, resource (as parsed), change type and stamp: equal only for a redelivery."""
+    target = note.record_id or note.collection_filter or ""
+    return "|".join(
+        (
+            "bc", note.subscription_id, note.change_type, note.company_id, note.entity_set, target,
+            iso_ms(note.last_modified), mapping,
+        )
+    )  # fmt: skip
 
 
 def _same_instant(recorded: str | None, notified: dt.datetime) -> bool:

@@ -45,7 +45,7 @@ def bc_call(
         body,
         config=BC_CONFIG,
         mappings=MAPPINGS,
-        last_synced_modified=lambda m, i: (synced or {}).get((m, i)),
+        last_synced_modified=lambda pairs: {p: (synced or {}).get(p) for p in pairs},
     )
 
 
@@ -182,7 +182,11 @@ def test_fuzz_any_call_is_answered_2xx_or_4xx_and_enqueues_only_when_authentic(b
     if query.get("code") != SECRET:
         assert dv.messages == []
     bc = handle_bc_webhook(
-        query, body, config=BC_CONFIG, mappings=MAPPINGS, last_synced_modified=lambda m, i: None
+        query,
+        body,
+        config=BC_CONFIG,
+        mappings=MAPPINGS,
+        last_synced_modified=lambda pairs: dict.fromkeys(pairs),
     )
     assert 200 <= bc.status < 500
     if "someClientState" not in body.decode(errors="replace"):
@@ -212,3 +216,60 @@ def test_bc_lone_surrogate_in_client_state_is_401_not_an_exception() -> None:
 def test_dataverse_lone_surrogate_in_the_key_is_401() -> None:
     answer = dv_call(samples.DATAVERSE_UPDATE_SAMPLE.encode(), query={"code": "\ud800"})
     assert answer.status == 401 and answer.messages == []
+
+
+def test_bc_redelivery_and_repeated_entries_are_not_queued_twice() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    recent = RecentKeys()
+    entry = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
+    body = json.dumps({"value": [entry] * 50}).encode()  # 50 identical entries in one call
+    lookups: list[object] = []
+
+    def call_once() -> object:
+        answer = handle_bc_webhook(
+            {}, body, config=BC_CONFIG, mappings=MAPPINGS, seen=recent.contains,
+            last_synced_modified=lambda pairs: lookups.append(list(pairs)) or dict.fromkeys(pairs),
+        )  # fmt: skip
+        recent.add_all(answer.keys)  # what the shell does once the messages are stored
+        return answer
+
+    first = call_once()
+    assert len(first.messages) == 1 and json.loads(first.body)["duplicates"] == 49
+    again = call_once()
+    assert again.status == 202 and again.messages == []
+    assert lookups == [[("ITEM-PRODUCT", "26814998-936a-401c-81c1-0e848a64971d")]]  # none for the redelivery
+    later = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
+    later["lastModifiedDateTime"] = "2018-10-26T12:55:00Z"  # a new change of the same record
+    fresh = handle_bc_webhook(
+        {}, json.dumps({"value": [later]}).encode(), config=BC_CONFIG, mappings=MAPPINGS,
+        seen=recent.contains, last_synced_modified=lambda pairs: dict.fromkeys(pairs),
+    )  # fmt: skip
+    assert len(fresh.messages) == 1
+
+
+def test_dataverse_redelivery_of_the_same_operation_is_not_queued_twice() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    recent = RecentKeys()
+    answers = []
+    for _ in range(50):
+        answer = handle_dataverse_webhook(
+            samples.DATAVERSE_SAMPLE_HEADERS, {"code": SECRET}, samples.DATAVERSE_UPDATE_SAMPLE.encode(),
+            config=DV_CONFIG, mappings=MAPPINGS, seen=recent.contains,
+        )  # fmt: skip
+        recent.add_all(answer.keys)
+        answers.append(answer)
+    assert sum(len(a.messages) for a in answers) == 1
+    assert all(a.status == 202 for a in answers)
+
+
+def test_recent_keys_forget_after_the_ttl_and_stay_bounded() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    now = [0.0]
+    recent = RecentKeys(ttl=10, max_keys=3, clock=lambda: now[0])
+    recent.add_all(["a", "b", "", "c", "d"])
+    assert ("a" in recent, "b" in recent, "d" in recent, "" in recent) == (False, True, True, False)
+    now[0] = 11
+    assert "d" not in recent
