@@ -182,6 +182,10 @@ ACCEPTED_ALGORITHM = "RS256"
 # of forged kids cannot turn into a flood of requests to the identity provider.
 UNKNOWN_KID_REFRESH_INTERVAL = 60.0
 
+# Entra ID access tokens live 60-90 minutes (configurable token lifetimes stop at one day). A token
+# valid for longer was not minted for this API the usual way; `exp: 1e308` would never expire.
+MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600
+
 
 class Unauthorized(ServiceError):
     """No valid caller token (answer 401 with `reason` and `WWW-Authenticate: Bearer`)."""
@@ -369,6 +373,8 @@ class TokenValidator:
         exp, nbf = _time_claim(claims, "exp"), _time_claim(claims, "nbf")
         if exp is None or exp <= now - self._leeway:
             raise Unauthorized("the token has expired; get a new one")
+        if exp > now + MAX_TOKEN_LIFETIME_SECONDS + self._leeway:
+            raise Unauthorized("the token's `exp` is more than 24 hours ahead; use an Entra ID access token")
         if nbf is not None and nbf > now + self._leeway:
             raise Unauthorized("the token is not valid yet (`nbf` is in the future)")
 
