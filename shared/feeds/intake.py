@@ -13,11 +13,13 @@ notification); a transient failure on our side is always 503.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import re
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_webhook_auth
 from shared.feeds.bc_webhook import BcNotification, parse_bc_notifications
@@ -73,6 +75,9 @@ class DataverseIntakeConfig:
     secret: str
     secret_name: str
     integration_user_id: str | None
+    # Host of DATAVERSE_URL (e.g. contoso.crm.dynamics.com); a call naming another organization is
+    # refused. None skips the check (a loopback sandbox URL names no organization).
+    organization_host: str | None = None
 
     def expected(self) -> str | dict[str, str]:
         if self.auth_type == "webhook_key":
@@ -102,6 +107,16 @@ def handle_dataverse_webhook(
     except WebhookPayloadError as exc:
         return WebhookAnswer.json(400, {"error": f"not a RemoteExecutionContext: {exc}"})
 
+    if not _our_organization(change.organization, config.organization_host):
+        # The secret is right but the call is about another environment (a copied registration, a
+        # sandbox restored from production): its record ids mean nothing here.
+        return WebhookAnswer.json(
+            401,
+            {
+                "error": f"the call is from organization {change.organization!r:.80}, but this service "
+                f"syncs {config.organization_host}; register the webhook in that environment only"
+            },
+        )
     if not change.is_data_change:
         return WebhookAnswer.json(202, {"ignored": f"message {change.message} is not synchronized"})
     targets = [
@@ -143,6 +158,28 @@ def handle_dataverse_webhook(
     if len(messages) < len(targets):
         payload["duplicates"] = len(targets) - len(messages)
     return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def organization_host(dataverse_url: str) -> str | None:
+    """The organization's host name in DATAVERSE_URL, or None for a loopback or IP address (the
+    sandbox), which names no organization to check against."""
+    host = (urlsplit(dataverse_url).hostname or "").lower()
+    if not host or host == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def _our_organization(named: str | None, host: str | None) -> bool:
+    """Dataverse sends `x-ms-dynamics-organization` with the host name (the parser prefers it over
+    the body's `OrganizationName`); a bare organization name is compared with the host's first label.
+    A call that names none is left to the secret."""
+    if host is None or not named:
+        return True
+    return named.strip().lower() in (host, host.split(".", 1)[0])
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from shared.feeds.intake import (
     WebhookAnswer,
     handle_bc_webhook,
     handle_dataverse_webhook,
+    organization_host,
 )
 from shared.runtime import get_runtime
 from shared.settings import SettingsError
@@ -34,6 +35,7 @@ def receive_dataverse_webhook(
             secret=rt.settings.dataverse_webhook_secret,
             secret_name=rt.settings.dataverse_webhook_secret_name,
             integration_user_id=rt.known_integration_user_id(),
+            organization_host=organization_host(str(rt.settings.dataverse_url)),
         )
         answer = handle_dataverse_webhook(
             headers, query, body, config=config, mappings=rt.mappings, seen=RECENT.contains

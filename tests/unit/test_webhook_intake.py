@@ -273,3 +273,37 @@ def test_recent_keys_forget_after_the_ttl_and_stay_bounded() -> None:
     assert ("a" in recent, "b" in recent, "d" in recent, "" in recent) == (False, True, True, False)
     now[0] = 11
     assert "d" not in recent
+
+
+@pytest.mark.parametrize(
+    ("headers", "organization_name", "status"),
+    [
+        ({"x-ms-dynamics-organization": "orgname.crm.dynamics.com"}, "OrgName", 202),
+        ({}, "OrgName", 202),  # no header: the body's name against the host's first label
+        ({"x-ms-dynamics-organization": "evil.crm.dynamics.com"}, "OrgName", 401),
+        ({}, "someoneelse", 401),
+    ],
+)
+def test_dataverse_call_for_another_organization_is_refused(
+    headers: dict[str, str], organization_name: str, status: int
+) -> None:
+    from dataclasses import replace
+
+    from shared.feeds.intake import organization_host
+
+    config = replace(DV_CONFIG, organization_host=organization_host("https://OrgName.crm.dynamics.com/"))
+    context = samples.dataverse_update()
+    context["OrganizationName"] = organization_name
+    answer = handle_dataverse_webhook(
+        headers, {"code": SECRET}, json.dumps(context).encode(), config=config, mappings=MAPPINGS
+    )
+    assert answer.status == status
+    assert (answer.messages != []) is (status == 202)
+
+
+def test_a_loopback_dataverse_url_names_no_organization() -> None:
+    from shared.feeds.intake import organization_host
+
+    assert organization_host("http://127.0.0.1:7081") is None
+    assert organization_host("http://localhost:7081") is None
+    assert organization_host("https://contoso.crm4.dynamics.com") == "contoso.crm4.dynamics.com"
