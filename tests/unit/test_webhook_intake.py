@@ -18,6 +18,7 @@ from shared.feeds.intake import (
 from shared.mapping.loader import load_mapping_set
 from shared.messages import ScanMessage, SyncMessage
 from tests.support import webhook_samples as samples
+from tests.support.json_fuzz import mutated
 
 MAPPINGS = load_mapping_set("mappings/default.yaml")
 SECRET = "s3cret-webhook-key-0123456789"
@@ -307,3 +308,40 @@ def test_a_loopback_dataverse_url_names_no_organization() -> None:
     assert organization_host("http://127.0.0.1:7081") is None
     assert organization_host("http://localhost:7081") is None
     assert organization_host("https://contoso.crm4.dynamics.com") == "contoso.crm4.dynamics.com"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)  # seeded: the same cases every run
+@given(
+    document=mutated(json.loads(samples.BC_NOTIFICATION_SAMPLE)),
+    client_state=st.one_of(st.none(), st.sampled_from(["someClientState", "\ud800", "x\udfff"]), st.text()),
+    where=st.integers(min_value=0, max_value=5),
+)
+def test_fuzz_mutated_bc_notifications_never_5xx_and_enqueue_only_when_authentic(
+    document: object, client_state: str | None, where: int
+) -> None:
+    entries = document.get("value") if isinstance(document, dict) else None
+    target = entries[where % len(entries)] if isinstance(entries, list) and entries else None
+    if client_state is not None and isinstance(target, dict):
+        target["clientState"] = client_state  # aim at the authentication field
+    body = json.dumps(document).encode()  # ensure_ascii: lone surrogates stay escaped, as a sender's would
+    answer = bc_call(body)
+    assert 200 <= answer.status < 500
+    entries = document.get("value") if isinstance(document, dict) else None
+    authentic = isinstance(entries, list) and all(
+        isinstance(e, dict) and e.get("clientState") == "someClientState" for e in entries
+    )
+    if not authentic:
+        assert answer.messages == []
+    for message in answer.messages:
+        assert isinstance(message, SyncMessage | ScanMessage) and message.mapping in {
+            "CUSTOMER",
+            "ITEM-PRODUCT",
+        }
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(document=mutated(samples.dataverse_update()))
+def test_fuzz_mutated_dataverse_calls_never_5xx(document: object) -> None:
+    answer = dv_call(json.dumps(document).encode())
+    assert answer.status in (202, 400, 401)
+    assert answer.status == 202 or answer.messages == []
