@@ -546,15 +546,15 @@ def _parsed(content: Any) -> Any:
             return parse_json(data)
         return parse_json(text)
     except (MessageDecodeError, ValueError) as exc:
-        how = "base64 of" if data is not None else "not base64, and not"
-        return _Undecodable(f"{how} a valid sync message ({exc})"[:300])
+        how = "base64, but" if data is not None else "not base64, and as text"
+        return _Undecodable(f"{how} {exc}"[:300])
 
 
 def _describe(parsed: Any, raw: Any) -> PoisonMessage:
     if isinstance(parsed, _Undecodable) or parsed is None:
         preview = str(raw.content or "")[:120]
         why = parsed.why if isinstance(parsed, _Undecodable) else "empty"
-        summary = f"undecodable: {why}; body starts {preview!r}"
+        summary = f"not a sync message (undecodable: {why}); body starts {preview!r}"
         valid = False
     else:
         target = getattr(parsed, "id", None) or f"{len(getattr(parsed, 'ids', []) or [])} ids"

@@ -35,7 +35,7 @@ def test_listing_shows_undecodable_messages_as_such_and_never_fails(storage: Sto
     listed = ops.list_poison(rt)  # type: ignore[arg-type]
     assert len(listed) == 4
     assert [m.valid for m in listed] == [False, False, False, True]
-    assert all(m.summary.startswith("undecodable: ") for m in listed[:3])
+    assert all(m.summary.startswith("not a sync message (undecodable: ") for m in listed[:3])
     assert "not base64" in listed[0].summary and "not base64" not in listed[2].summary
     assert listed[3].summary.startswith("record CUSTOMER bc:" + GUID)
     peeked = ops._peek_messages(rt, storage.poison_queue_name)  # what `status` counts per mapping
