@@ -68,7 +68,13 @@ def secrets_equal(expected: str, got: str | None) -> bool:
     """Constant-time comparison; an empty expected secret matches nothing (fail closed)."""
     if not expected or got is None:
         return False
-    return hmac.compare_digest(expected.encode("utf-8"), got.encode("utf-8"))
+    try:
+        received = got.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows `"\ud800"`) cannot be UTF-8, so it cannot be our secret:
+        # a refusal (401), not an exception that the intake would answer 503 with a stack trace.
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), received)
 
 
 def check_client_state(expected: str, got: str | None) -> bool:
@@ -175,6 +181,10 @@ ACCEPTED_ALGORITHM = "RS256"
 # On a token with an unknown `kid` (keys rotate), re-read the JWKS, but at most this often, so a flood
 # of forged kids cannot turn into a flood of requests to the identity provider.
 UNKNOWN_KID_REFRESH_INTERVAL = 60.0
+
+# Entra ID access tokens live 60-90 minutes (configurable token lifetimes stop at one day). A token
+# valid for longer was not minted for this API the usual way; `exp: 1e308` would never expire.
+MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600
 
 
 class Unauthorized(ServiceError):
@@ -363,6 +373,8 @@ class TokenValidator:
         exp, nbf = _time_claim(claims, "exp"), _time_claim(claims, "nbf")
         if exp is None or exp <= now - self._leeway:
             raise Unauthorized("the token has expired; get a new one")
+        if exp > now + MAX_TOKEN_LIFETIME_SECONDS + self._leeway:
+            raise Unauthorized("the token's `exp` is more than 24 hours ahead; use an Entra ID access token")
         if nbf is not None and nbf > now + self._leeway:
             raise Unauthorized("the token is not valid yet (`nbf` is in the future)")
 

@@ -101,6 +101,9 @@ class DataverseChange:
     changed_attributes: frozenset[str]  # Update's Target columns; empty when unknown
     size_exceeded: bool
     organization: str | None
+    # The system job's operation: the same on every redelivery of one change, so it identifies
+    # duplicates. None when absent, the empty GUID or not a GUID (it is never refused over it).
+    operation_id: str | None = None
 
     @property
     def is_data_change(self) -> bool:
@@ -140,7 +143,15 @@ def parse_dataverse_webhook(body: bytes, headers: Mapping[str, str]) -> Datavers
         changed_attributes=changed,
         size_exceeded=SIZE_EXCEEDED_HEADER in lower_headers,
         organization=lower_headers.get(ORGANIZATION_HEADER) or _optional_str(context, "OrganizationName"),
+        operation_id=_lenient_guid(context, "OperationId"),
     )
+
+
+def _lenient_guid(context: dict[str, Any], member: str) -> str | None:
+    value = context.get(member)
+    if not isinstance(value, str) or not _GUID.fullmatch(value) or value == _NIL_GUID:
+        return None
+    return value.lower()
 
 
 def _required_name(context: dict[str, Any], member: str, pattern: re.Pattern[str]) -> str:

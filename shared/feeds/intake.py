@@ -13,14 +13,16 @@ notification); a transient failure on our side is always 503.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_webhook_auth
-from shared.feeds.bc_webhook import parse_bc_notifications
+from shared.feeds.bc_webhook import BcNotification, parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
 from shared.mapping.schema import MappingSet
 from shared.messages import Change, ScanMessage, SyncMessage
@@ -33,6 +35,14 @@ MAX_BC_BODY = 1024 * 1024
 _TOKEN = re.compile(r"^[\w\-.~:+/=]{1,1024}$")
 
 QueueItem = SyncMessage | ScanMessage
+# Whether a deduplication key was queued recently (see shared/feeds/dedup.py).
+Seen = Callable[[str], bool]
+# (mapping, BC id) pairs -> the coupling's BC modified time after our last write (None: uncoupled).
+SyncedTimes = Callable[[Sequence[tuple[str, str]]], Mapping[tuple[str, str], str | None]]
+
+
+def _never_seen(key: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -41,12 +51,22 @@ class WebhookAnswer:
     body: str
     content_type: str = "application/json"
     messages: list[QueueItem] = field(default_factory=list)
+    # One per message: what identifies the notification it came from, remembered once the message
+    # is stored so that a redelivery is skipped ("" when nothing identifies it: always enqueued).
+    keys: list[str] = field(default_factory=list)
 
     @classmethod
     def json(
-        cls, status: int, payload: Mapping[str, object], messages: list[QueueItem] | None = None
+        cls,
+        status: int,
+        payload: Mapping[str, object],
+        messages: list[QueueItem] | None = None,
+        keys: list[str] | None = None,
     ) -> WebhookAnswer:
-        return cls(status, json.dumps(payload), "application/json", messages or [])
+        messages = messages or []
+        keys = keys if keys is not None else [""] * len(messages)
+        assert len(keys) == len(messages), "one deduplication key per message"
+        return cls(status, json.dumps(payload), "application/json", messages, keys)
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,9 @@ class DataverseIntakeConfig:
     secret: str
     secret_name: str
     integration_user_id: str | None
+    # Host of DATAVERSE_URL (e.g. contoso.crm.dynamics.com); a call naming another organization is
+    # refused. None skips the check (a loopback sandbox URL names no organization).
+    organization_host: str | None = None
 
     def expected(self) -> str | dict[str, str]:
         if self.auth_type == "webhook_key":
@@ -69,6 +92,7 @@ def handle_dataverse_webhook(
     *,
     config: DataverseIntakeConfig,
     mappings: MappingSet,
+    seen: Seen = _never_seen,
 ) -> WebhookAnswer:
     if len(body) > MAX_DATAVERSE_BODY:
         return WebhookAnswer.json(
@@ -83,6 +107,16 @@ def handle_dataverse_webhook(
     except WebhookPayloadError as exc:
         return WebhookAnswer.json(400, {"error": f"not a RemoteExecutionContext: {exc}"})
 
+    if not _our_organization(change.organization, config.organization_host):
+        # The secret is right but the call is about another environment (a copied registration, a
+        # sandbox restored from production): its record ids mean nothing here.
+        return WebhookAnswer.json(
+            401,
+            {
+                "error": f"the call is from organization {change.organization!r:.80}, but this service "
+                f"syncs {config.organization_host}; register the webhook in that environment only"
+            },
+        )
     if not change.is_data_change:
         return WebhookAnswer.json(202, {"ignored": f"message {change.message} is not synchronized"})
     targets = [
@@ -98,18 +132,54 @@ def handle_dataverse_webhook(
     kind = kinds[change.message]
     # Dataverse's CorrelationId follows the change through our logs and journal.
     correlation = change.correlation_id or str(uuid.uuid4())
-    messages: list[QueueItem] = [
-        SyncMessage(
-            mapping=name,
-            side="dv",
-            id=change.record_id,
-            change=kind,
-            reason="dataverse webhook",
-            correlation_id=correlation,
+    # A redelivery of the same system job carries the same OperationId; without one, the record and
+    # the operation's time stand for it. Nothing that identifies it: never deduplicated.
+    created = change.operation_created_on.isoformat() if change.operation_created_on else ""
+    stamp = change.operation_id or (f"{created}|{change.correlation_id or ''}" if created else "")
+    base = f"dv|{change.message}|{change.entity}|{change.record_id}|{stamp}" if stamp else ""
+    messages: list[QueueItem] = []
+    keys: list[str] = []
+    for name in targets:
+        key = f"{base}|{name}" if base else ""
+        if key and seen(key):
+            continue
+        keys.append(key)
+        messages.append(
+            SyncMessage(
+                mapping=name,
+                side="dv",
+                id=change.record_id,
+                change=kind,
+                reason="dataverse webhook",
+                correlation_id=correlation,
+            )
         )
-        for name in targets
-    ]
-    return WebhookAnswer.json(202, {"accepted": len(messages), "mappings": targets}, messages)
+    payload: dict[str, object] = {"accepted": len(messages), "mappings": targets}
+    if len(messages) < len(targets):
+        payload["duplicates"] = len(targets) - len(messages)
+    return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def organization_host(dataverse_url: str) -> str | None:
+    """The organization's host name in DATAVERSE_URL, or None for a loopback or IP address (the
+    sandbox), which names no organization to check against."""
+    host = (urlsplit(dataverse_url).hostname or "").lower()
+    if not host or host == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def _our_organization(named: str | None, host: str | None) -> bool:
+    """Dataverse sends `x-ms-dynamics-organization` with the host name (the parser prefers it over
+    the body's `OrganizationName`); a bare organization name is compared with the host's first label.
+    A call that names none is left to the secret."""
+    if host is None or not named:
+        return True
+    return named.strip().lower() in (host, host.split(".", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -124,10 +194,14 @@ def handle_bc_webhook(
     *,
     config: BcIntakeConfig,
     mappings: MappingSet,
-    last_synced_modified: Callable[[str, str], str | None],
+    last_synced_modified: SyncedTimes,
+    seen: Seen = _never_seen,
 ) -> WebhookAnswer:
-    """`last_synced_modified(mapping, bc_id)` is the coupling's BC modified time after our last
-    write (None when uncoupled); a notification carrying exactly that time is our own echo."""
+    """`last_synced_modified(pairs)` gives, for (mapping, bc_id) pairs, the coupling's BC modified time
+    after our last write (None when uncoupled); a notification carrying exactly that time is our own
+    echo. It is asked once for the whole call, so the caller can look them up in parallel. Entries
+    whose key `seen` knows (or that repeat an earlier entry of the same call) are skipped before
+    any lookup, so a redelivered call costs no storage request per entry."""
     token = query.get("validationToken")
     if token is not None:
         if not _TOKEN.match(token):
@@ -154,43 +228,72 @@ def handle_bc_webhook(
     except WebhookPayloadError as exc:
         return WebhookAnswer.json(400, {"error": f"not a BC notification: {exc}"})
 
-    messages: list[QueueItem] = []
-    echoes = 0
+    fresh: list[tuple[str, BcNotification, str]] = []
+    in_this_call: set[str] = set()
+    duplicates = 0
     for note in batch.accepted:
         for name in by_entity_set[note.entity_set]:
-            if note.change_type == "collection":
-                messages.append(
-                    ScanMessage(
-                        mapping=name,
-                        side="bc",
-                        since=note.collection_modified_after,
-                        reason="bc collection",
-                    )
-                )
+            key = _bc_key(note, name)
+            if key in in_this_call or seen(key):
+                duplicates += 1
                 continue
-            assert note.record_id is not None
-            modified = iso_ms(note.last_modified)
-            if note.change_type != "deleted" and _same_instant(
-                last_synced_modified(name, note.record_id), note.last_modified
-            ):
-                echoes += 1
-                continue
+            in_this_call.add(key)
+            fresh.append((name, note, key))
+    wanted = [
+        (name, note.record_id)
+        for name, note, _ in fresh
+        if note.record_id is not None and note.change_type not in ("collection", "deleted")
+    ]
+    synced = last_synced_modified(wanted) if wanted else {}
+
+    messages: list[QueueItem] = []
+    keys: list[str] = []
+    echoes = 0
+    for name, note, key in fresh:
+        if note.change_type == "collection":
             messages.append(
-                SyncMessage(
-                    mapping=name,
-                    side="bc",
-                    id=note.record_id,
-                    change=note.change_type,
-                    modified=modified,
-                    reason="bc webhook",
+                ScanMessage(
+                    mapping=name, side="bc", since=note.collection_modified_after, reason="bc collection"
                 )
             )
+            keys.append(key)
+            continue
+        assert note.record_id is not None
+        if note.change_type != "deleted" and _same_instant(
+            synced.get((name, note.record_id)), note.last_modified
+        ):
+            echoes += 1
+            continue
+        messages.append(
+            SyncMessage(
+                mapping=name,
+                side="bc",
+                id=note.record_id,
+                change=note.change_type,
+                modified=iso_ms(note.last_modified),
+                reason="bc webhook",
+            )
+        )
+        keys.append(key)
     payload: dict[str, object] = {"accepted": len(messages), "echoes": echoes}
+    if duplicates:
+        payload["duplicates"] = duplicates
     if batch.rejected:
         # Entries that do not point at a configured company/entity set are answered 2xx on purpose:
         # a 4xx would make BC delete the subscription for the good entries too.
         payload["rejected"] = [{"index": r.index, "reason": r.reason} for r in batch.rejected]
-    return WebhookAnswer.json(202, payload, messages)
+    return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def _bc_key(note: BcNotification, mapping: str) -> str:
+    """Subscription, resource (as parsed), change type and stamp: equal only for a redelivery."""
+    target = note.record_id or note.collection_filter or ""
+    return "|".join(
+        (
+            "bc", note.subscription_id, note.change_type, note.company_id, note.entity_set, target,
+            iso_ms(note.last_modified), mapping,
+        )
+    )  # fmt: skip
 
 
 def _same_instant(recorded: str | None, notified: dt.datetime) -> bool:

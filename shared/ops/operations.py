@@ -7,9 +7,12 @@ Bad input raises `OperationError` with a message that says what to do (the API a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 import enum
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -67,11 +70,32 @@ def entity_mapping(rt: Runtime, name: str) -> EntityMapping:
     return rt.mappings.entity(name)
 
 
+# BC API v2.0 records are addressed by their `id` (SystemId) and Dataverse rows by their primary key:
+# both GUIDs, and the engine, the coupling store and both clients only ever take those (BC numbers
+# and codes are not ids anywhere in operations). Checked here, at the boundary both the CLI and the
+# admin API go through, because an id ends up in an OData URL and in a Table Storage key: without
+# the check `http://...` or `' or 1 eq 1` surfaced as a 500 from deep inside.
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ID_FIELDS: dict[Side, str] = {"bc": "bc_id", "dv": "dv_id"}
+
+
+def valid_id(side: Side, value: str, field_name: str | None = None) -> str:
+    """`value` as a lowercase GUID, or `OperationError` (400) naming the field and the expected form."""
+    name = field_name or _ID_FIELDS[side]
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        system = "BC record's `id` (SystemId)" if side == "bc" else "Dataverse row's primary key"
+        shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+        raise OperationError(
+            f"`{name}` must be the {system}, a GUID like 6d81597f-0f9f-e711-8122-000d3aa2331c; got {shown}"
+        )
+    return value.lower()
+
+
 def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
-    """Exactly one of the two ids, as (side, id)."""
+    """Exactly one of the two ids, as (side, GUID)."""
     if bool(bc_id) == bool(dv_id):
         raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
-    return ("bc", str(bc_id)) if bc_id else ("dv", str(dv_id))
+    return ("bc", valid_id("bc", str(bc_id))) if bc_id else ("dv", valid_id("dv", str(dv_id)))
 
 
 def _side(value: str | None, what: str) -> Side | None:
@@ -106,7 +130,7 @@ class ServiceStatus:
 def status(rt: Runtime) -> ServiceStatus:
     """Per mapping: couplings, failures, the last run, how far behind it is; queue depths."""
     poison_by_mapping = Counter(
-        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if m is not None
+        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)
     )
     expiries = _subscription_expiries(rt)
     result = []
@@ -172,6 +196,7 @@ class CoupleResult:
 def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
     values win, as the built-in's "synchronize after coupling")."""
+    bc_id, dv_id = valid_id("bc", bc_id), valid_id("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
     source = _side(sync_from, "sync_from") or "bc"
     bc, dv = _read_pair(rt, m, bc_id, dv_id)
@@ -231,6 +256,7 @@ def _base_preferring(
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
     """Remove the coupling of a record (both records stay as they are)."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is None:
@@ -290,6 +316,7 @@ def sync_now(
 ) -> SyncNowResult:
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
     `prefer`'s values overwrite the other side's, also where both sides changed."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     winner = _side(prefer, "prefer")
     start_side: Side = side
@@ -436,6 +463,7 @@ class RetryResult:
 
 def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
     """Retry one failed or skipped record now (clears its skipped flag)."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is not None and coupling.skipped:
@@ -488,28 +516,56 @@ class ReplayResult:
 def _peek_messages(rt: Runtime, queue_name: str) -> list[tuple[Any, Any]]:
     """(parsed message or None, raw queue message) for up to 32 messages, without dequeuing."""
     try:
-        peeked = rt.storage.queue(queue_name).peek_messages(max_messages=QUEUE_PAGE)
+        peeked = rt.storage.raw_queue(queue_name).peek_messages(max_messages=QUEUE_PAGE)
     except ResourceNotFoundError:
         return []
     return [(_parsed(raw.content), raw) for raw in peeked]
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A queue body that is not one of our messages, and why (shown, never replayed)."""
+
+    why: str
+
+
 def _parsed(content: Any) -> Any:
+    """The sync message a raw queue body holds, or `_Undecodable`.
+
+    Bodies are read raw (see `Storage.raw_queue`) because a poison queue holds whatever failed,
+    including what someone else put there. Ours are base64 of JSON (host.json's `messageEncoding`);
+    plain JSON is accepted too, since a message sent without encoding is still a sync request.
+    """
+    text = content.decode("utf-8", errors="replace") if isinstance(content, bytes) else str(content or "")
     try:
-        return parse_json(content if isinstance(content, str | bytes) else str(content))
-    except (MessageDecodeError, ValueError):
-        return None
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        data = None
+    try:
+        if data is not None:
+            return parse_json(data)
+        return parse_json(text)
+    except (MessageDecodeError, ValueError) as exc:
+        how = "base64, but" if data is not None else "not base64, and as text"
+        return _Undecodable(f"{how} {exc}"[:300])
 
 
 def _describe(parsed: Any, raw: Any) -> PoisonMessage:
-    if parsed is None:
-        text = str(raw.content)[:200]
-        summary = f"not a sync message: {text!r}"
+    if isinstance(parsed, _Undecodable) or parsed is None:
+        preview = str(raw.content or "")[:120]
+        why = parsed.why if isinstance(parsed, _Undecodable) else "empty"
+        summary = f"not a sync message (undecodable: {why}); body starts {preview!r}"
+        valid = False
     else:
         target = getattr(parsed, "id", None) or f"{len(getattr(parsed, 'ids', []) or [])} ids"
         summary = f"{parsed.kind} {parsed.mapping} {getattr(parsed, 'side', '')}:{target} ({parsed.reason})"
+        valid = True
     inserted = raw.inserted_on.isoformat() if getattr(raw, "inserted_on", None) else None
-    return PoisonMessage(str(raw.id), inserted, int(raw.dequeue_count or 0), parsed is not None, summary)
+    return PoisonMessage(str(raw.id), inserted, int(raw.dequeue_count or 0), valid, summary)
+
+
+def _is_message(parsed: Any) -> bool:
+    return parsed is not None and not isinstance(parsed, _Undecodable)
 
 
 def list_poison(rt: Runtime) -> list[PoisonMessage]:
@@ -522,7 +578,7 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
     if dry_run:
         peeked = list_poison(rt)
         return ReplayResult(True, [d for d in peeked if d.valid], [d for d in peeked if not d.valid])
-    poison = rt.storage.queue(rt.storage.poison_queue_name)
+    poison = rt.storage.raw_queue(rt.storage.poison_queue_name)
     replayed: list[PoisonMessage] = []
     kept: list[PoisonMessage] = []
     seen: set[str] = set()
@@ -536,7 +592,7 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
             seen.add(raw.id)
             parsed = _parsed(raw.content)
             described = _describe(parsed, raw)
-            if parsed is None:
+            if not _is_message(parsed):
                 kept.append(described)
                 continue
             rt.storage.enqueue([parsed.model_copy(update={"attempt": 0, "reason": "replayed from poison"})])
@@ -550,5 +606,6 @@ def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
     """The journal entries of one record, newest first."""
+    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     return rt.journal.history(m.name, side, record_id, limit=limit)

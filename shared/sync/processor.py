@@ -8,6 +8,8 @@ engine, so the engine knows nothing of the bulk path that builds on it.
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
 from shared.messages import ChunkMessage, MessageDecodeError, ScanMessage, SyncMessage, parse_json
 from shared.runtime import get_runtime
@@ -15,6 +17,27 @@ from shared.sync import bulk
 from shared.sync.engine import Engine, RequeueError, SyncResult
 
 log = logging.getLogger(__name__)
+
+# Both sides address records by GUID (BC `id` / SystemId, Dataverse primary key).
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def permanent_problem(rt: Any, message: SyncMessage | ChunkMessage | ScanMessage) -> str | None:
+    """Why no delivery of `message` can ever succeed (unknown mapping, an id that is not a GUID), or
+    None. Such a message used to fail five deliveries before the host moved it to poison."""
+    known = {m.name for m in rt.mappings.entities()}
+    if message.mapping not in known:
+        return f"no active entity mapping named {message.mapping!r:.80} (known: {', '.join(sorted(known))})"
+    ids = [message.id] if isinstance(message, SyncMessage) else getattr(message, "ids", [])
+    bad = next((i for i in ids if not _GUID.fullmatch(i)), None)
+    if bad is not None:
+        return f"record id {bad!r:.80} is not a GUID"
+    return None
+
+
+def _to_poison(rt: Any, body: bytes, message_id: str, why: str) -> None:
+    log.error("message %s cannot succeed (%s); moved to %s", message_id, why, rt.storage.poison_queue_name)
+    rt.storage.queue(rt.storage.poison_queue_name).send_message(body.decode("utf-8", errors="replace"))
 
 
 def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1) -> None:
@@ -31,6 +54,12 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
             rt.storage.poison_queue_name,
         )
         rt.storage.queue(rt.storage.poison_queue_name).send_message(body.decode("utf-8", errors="replace"))
+        return
+    problem = permanent_problem(rt, message)
+    if problem is not None:
+        # Retrying cannot fix it either: poison at once, where `bcsync poison` shows it and a replay
+        # after the fix (e.g. the mapping restored) puts it back.
+        _to_poison(rt, body, message_id, problem)
         return
     try:
         result = dispatch(rt.engine, message)

@@ -29,6 +29,10 @@ json_scalars = st.one_of(
             "2018-10-26T12:54:20.467Z",
             "2018-10-26T12:54:20",
             "someClientState",
+            "\ud800",  # a lone surrogate: valid JSON (escaped), not encodable as UTF-8
+            "someClientState\udfff",
+            "http://evil.example/x",
+            "' or 1 eq 1",
         ]
     ),
 )

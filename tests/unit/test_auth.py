@@ -256,6 +256,8 @@ def test_the_bearer_scheme_is_case_insensitive() -> None:
         (claims(sub=None), "lacks the `sub` claim"),
         (claims(exp="tomorrow"), "`exp` claim must be a number"),
         (claims(nbf=float("nan")), "`nbf` claim must be a number"),
+        (claims(exp=1e308), "more than 24 hours ahead"),
+        (claims(exp=NOW + 25 * 3600), "more than 24 hours ahead"),
         (claims(roles="Integration.Administrator"), "`roles` claim must be a list"),
     ],
 )

@@ -53,6 +53,7 @@ def test_the_documented_update_sample() -> None:
         ),
         size_exceeded=False,
         organization="orgname.crm.dynamics.com",
+        operation_id="4af10637-4ea2-e711-8122-000d3aa2331c",
     )
     assert change.is_data_change
 

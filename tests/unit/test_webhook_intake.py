@@ -18,6 +18,7 @@ from shared.feeds.intake import (
 from shared.mapping.loader import load_mapping_set
 from shared.messages import ScanMessage, SyncMessage
 from tests.support import webhook_samples as samples
+from tests.support.json_fuzz import mutated
 
 MAPPINGS = load_mapping_set("mappings/default.yaml")
 SECRET = "s3cret-webhook-key-0123456789"
@@ -45,7 +46,7 @@ def bc_call(
         body,
         config=BC_CONFIG,
         mappings=MAPPINGS,
-        last_synced_modified=lambda m, i: (synced or {}).get((m, i)),
+        last_synced_modified=lambda pairs: {p: (synced or {}).get(p) for p in pairs},
     )
 
 
@@ -182,7 +183,11 @@ def test_fuzz_any_call_is_answered_2xx_or_4xx_and_enqueues_only_when_authentic(b
     if query.get("code") != SECRET:
         assert dv.messages == []
     bc = handle_bc_webhook(
-        query, body, config=BC_CONFIG, mappings=MAPPINGS, last_synced_modified=lambda m, i: None
+        query,
+        body,
+        config=BC_CONFIG,
+        mappings=MAPPINGS,
+        last_synced_modified=lambda pairs: dict.fromkeys(pairs),
     )
     assert 200 <= bc.status < 500
     if "someClientState" not in body.decode(errors="replace"):
@@ -200,3 +205,143 @@ def test_fuzz_mutated_samples_never_crash(data: st.DataObject) -> None:
     answer = dv_call(json.dumps(context).encode())
     assert answer.status in (202, 400)
     assert (answer.status == 202) or answer.messages == []
+
+
+def test_bc_lone_surrogate_in_client_state_is_401_not_an_exception() -> None:
+    # json.loads turns the escape into a lone surrogate, which cannot be encoded to compare it.
+    body = samples.BC_NOTIFICATION_SAMPLE.replace("someClientState", "\\ud800").encode()
+    answer = bc_call(body)
+    assert answer.status == 401 and answer.messages == []
+
+
+def test_dataverse_lone_surrogate_in_the_key_is_401() -> None:
+    answer = dv_call(samples.DATAVERSE_UPDATE_SAMPLE.encode(), query={"code": "\ud800"})
+    assert answer.status == 401 and answer.messages == []
+
+
+def test_bc_redelivery_and_repeated_entries_are_not_queued_twice() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    recent = RecentKeys()
+    entry = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
+    body = json.dumps({"value": [entry] * 50}).encode()  # 50 identical entries in one call
+    lookups: list[object] = []
+
+    def call_once() -> object:
+        answer = handle_bc_webhook(
+            {}, body, config=BC_CONFIG, mappings=MAPPINGS, seen=recent.contains,
+            last_synced_modified=lambda pairs: lookups.append(list(pairs)) or dict.fromkeys(pairs),
+        )  # fmt: skip
+        recent.add_all(answer.keys)  # what the shell does once the messages are stored
+        return answer
+
+    first = call_once()
+    assert len(first.messages) == 1 and json.loads(first.body)["duplicates"] == 49
+    again = call_once()
+    assert again.status == 202 and again.messages == []
+    assert lookups == [[("ITEM-PRODUCT", "26814998-936a-401c-81c1-0e848a64971d")]]  # none for the redelivery
+    later = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
+    later["lastModifiedDateTime"] = "2018-10-26T12:55:00Z"  # a new change of the same record
+    fresh = handle_bc_webhook(
+        {}, json.dumps({"value": [later]}).encode(), config=BC_CONFIG, mappings=MAPPINGS,
+        seen=recent.contains, last_synced_modified=lambda pairs: dict.fromkeys(pairs),
+    )  # fmt: skip
+    assert len(fresh.messages) == 1
+
+
+def test_dataverse_redelivery_of_the_same_operation_is_not_queued_twice() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    recent = RecentKeys()
+    answers = []
+    for _ in range(50):
+        answer = handle_dataverse_webhook(
+            samples.DATAVERSE_SAMPLE_HEADERS, {"code": SECRET}, samples.DATAVERSE_UPDATE_SAMPLE.encode(),
+            config=DV_CONFIG, mappings=MAPPINGS, seen=recent.contains,
+        )  # fmt: skip
+        recent.add_all(answer.keys)
+        answers.append(answer)
+    assert sum(len(a.messages) for a in answers) == 1
+    assert all(a.status == 202 for a in answers)
+
+
+def test_recent_keys_forget_after_the_ttl_and_stay_bounded() -> None:
+    from shared.feeds.dedup import RecentKeys
+
+    now = [0.0]
+    recent = RecentKeys(ttl=10, max_keys=3, clock=lambda: now[0])
+    recent.add_all(["a", "b", "", "c", "d"])
+    assert ("a" in recent, "b" in recent, "d" in recent, "" in recent) == (False, True, True, False)
+    now[0] = 11
+    assert "d" not in recent
+
+
+@pytest.mark.parametrize(
+    ("headers", "organization_name", "status"),
+    [
+        ({"x-ms-dynamics-organization": "orgname.crm.dynamics.com"}, "OrgName", 202),
+        ({}, "OrgName", 202),  # no header: the body's name against the host's first label
+        ({"x-ms-dynamics-organization": "evil.crm.dynamics.com"}, "OrgName", 401),
+        ({}, "someoneelse", 401),
+    ],
+)
+def test_dataverse_call_for_another_organization_is_refused(
+    headers: dict[str, str], organization_name: str, status: int
+) -> None:
+    from dataclasses import replace
+
+    from shared.feeds.intake import organization_host
+
+    config = replace(DV_CONFIG, organization_host=organization_host("https://OrgName.crm.dynamics.com/"))
+    context = samples.dataverse_update()
+    context["OrganizationName"] = organization_name
+    answer = handle_dataverse_webhook(
+        headers, {"code": SECRET}, json.dumps(context).encode(), config=config, mappings=MAPPINGS
+    )
+    assert answer.status == status
+    assert (answer.messages != []) is (status == 202)
+
+
+def test_a_loopback_dataverse_url_names_no_organization() -> None:
+    from shared.feeds.intake import organization_host
+
+    assert organization_host("http://127.0.0.1:7081") is None
+    assert organization_host("http://localhost:7081") is None
+    assert organization_host("https://contoso.crm4.dynamics.com") == "contoso.crm4.dynamics.com"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)  # seeded: the same cases every run
+@given(
+    document=mutated(json.loads(samples.BC_NOTIFICATION_SAMPLE)),
+    client_state=st.one_of(st.none(), st.sampled_from(["someClientState", "\ud800", "x\udfff"]), st.text()),
+    where=st.integers(min_value=0, max_value=5),
+)
+def test_fuzz_mutated_bc_notifications_never_5xx_and_enqueue_only_when_authentic(
+    document: object, client_state: str | None, where: int
+) -> None:
+    entries = document.get("value") if isinstance(document, dict) else None
+    target = entries[where % len(entries)] if isinstance(entries, list) and entries else None
+    if client_state is not None and isinstance(target, dict):
+        target["clientState"] = client_state  # aim at the authentication field
+    body = json.dumps(document).encode()  # ensure_ascii: lone surrogates stay escaped, as a sender's would
+    answer = bc_call(body)
+    assert 200 <= answer.status < 500
+    entries = document.get("value") if isinstance(document, dict) else None
+    authentic = isinstance(entries, list) and all(
+        isinstance(e, dict) and e.get("clientState") == "someClientState" for e in entries
+    )
+    if not authentic:
+        assert answer.messages == []
+    for message in answer.messages:
+        assert isinstance(message, SyncMessage | ScanMessage) and message.mapping in {
+            "CUSTOMER",
+            "ITEM-PRODUCT",
+        }
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(document=mutated(samples.dataverse_update()))
+def test_fuzz_mutated_dataverse_calls_never_5xx(document: object) -> None:
+    answer = dv_call(json.dumps(document).encode())
+    assert answer.status in (202, 400, 401)
+    assert answer.status == 202 or answer.messages == []

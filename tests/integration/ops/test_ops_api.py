@@ -77,8 +77,12 @@ def test_without_auth_settings_the_api_is_closed_with_a_503_naming_the_setting(
 
 def test_bad_input_gets_a_reason(ops: OpsStack) -> None:
     admin = ops.token("admin")
-    unknown_mapping = ops.api("POST", "manage/sync", token=admin, json={"mapping": "NOPE", "bc_id": "x"})
+    guid = "6d81597f-0f9f-e711-8122-000d3aa2331c"
+    unknown_mapping = ops.api("POST", "manage/sync", token=admin, json={"mapping": "NOPE", "bc_id": guid})
     assert unknown_mapping.status_code == 404 and "CUSTOMER" in unknown_mapping.json()["error"]
+    # Ids are checked first (before any storage or API request): a bad one is a 400 naming the field.
+    bad_id = ops.api("POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "dv_id": "../../x"})
+    assert bad_id.status_code == 400 and "`dv_id`" in bad_id.json()["error"]
     both_ids = ops.api(
         "POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "bc_id": "a", "dv_id": "b"}
     )

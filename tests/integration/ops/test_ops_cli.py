@@ -168,7 +168,9 @@ def test_status_statistics_and_availability(adatum_coupled: tuple) -> None:
 
 
 def test_bad_input_exits_non_zero_with_the_reason(ops: OpsStack) -> None:
-    unknown = bcsync("sync", "NOPE", "--bc", "x")
+    unknown = bcsync("sync", "NOPE", "--bc", "6d81597f-0f9f-e711-8122-000d3aa2331c")
     assert unknown.exit_code == 4 and "known: " in unknown.output
+    bad_id = bcsync("sync", "CUSTOMER", "--bc", "' or 1 eq 1")
+    assert bad_id.exit_code == 1 and "must be the BC record's `id`" in bad_id.output
     both = bcsync("uncouple", "CUSTOMER", "--bc", "a", "--dv", "b")
     assert both.exit_code == 1 and "exactly one" in both.output
