@@ -599,7 +599,9 @@ def _duplicates(
     dv_base: str,
     created: dict[str, list[tuple[str, str]]],
 ) -> None:
-    accounts = _all(client, f"{dv_base}accounts", {"$select": "accountid,accountnumber,name"})
+    accounts = _all(
+        client, f"{dv_base}accounts", {"$select": "accountid,accountnumber,name,_createdby_value"}
+    )
     customers = _all(client, f"{bc_base}customers", {"$select": "id,number,displayName"})
     numbers = Counter(a["accountnumber"] for a in accounts if a.get("accountnumber"))
     made = {name for rows in created.values() for _, name in rows}
@@ -611,11 +613,16 @@ def _duplicates(
         if count > 1:
             report.duplicates += count - 1
             report.details.append(f"duplicate: {count} Dataverse accounts with number {number}")
+    # Who created each (the person is `sales-user`, the service the integration user) tells a
+    # person's double save from a create the service repeated.
+    rows = {"Dataverse": [(a["name"], a["accountid"], a.get("_createdby_value")) for a in accounts],
+            "BC": [(c["displayName"], c["id"], c.get("number")) for c in customers]}  # fmt: skip
     for where, counter in names.items():
         for name in made:
             if counter[name] > 1:
                 report.duplicates += counter[name] - 1
-                report.details.append(f"duplicate: {counter[name]} {where} records named {name!r}")
+                which = [f"{i} ({by})" for n, i, by in rows[where] if n == name]
+                report.details.append(f"duplicate: {counter[name]} {where} records named {name!r}: {which}")
 
 
 def _poison_count(rt: Any) -> int:
