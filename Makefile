@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench chaos clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -32,6 +32,12 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+## Random edits on both sides under injected faults, two dev hosts, one killed with SIGKILL; then
+## every coupled pair compared. Exit 1 on divergence, duplicates or lost updates. See bench/chaos.py.
+CHAOS_ARGS ?= --seed 1 --edits 400 --seconds 90
+chaos: setup
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis

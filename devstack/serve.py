@@ -22,14 +22,26 @@ def free_port() -> int:
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise PortInUseError(
-                f"port {port} on {host} is already in use; stop what is using it or pick another "
-                f"port with --port"
-            ) from exc
+    bind_listening_socket(port, host).close()
+
+
+def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to `host:port` with SO_REUSEADDR, or `PortInUseError`.
+
+    Without SO_REUSEADDR a process restarted after a crash cannot bind while the dead one's
+    connections linger in TIME_WAIT (about 60 s), so webhooks would fail for a minute; with it,
+    only a socket that really listens on the port keeps it busy (Linux refuses a second listener).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUseError(
+            f"port {port} on {host} is already in use; stop what is using it or pick another port with --port"
+        ) from exc
+    return sock
 
 
 @dataclass
@@ -47,7 +59,9 @@ class ServerHandle:
 def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") -> ServerHandle:
     """Start `app` with uvicorn on `host:port` (a free port when None) and wait until it listens."""
     port = port or free_port()
-    check_port_free(port, host)
+    # Bound here and handed to uvicorn, so the socket has SO_REUSEADDR and nothing can take the
+    # port between the check and the bind.
+    sock = bind_listening_socket(port, host)
     config = uvicorn.Config(
         app,
         host=host,
@@ -58,7 +72,9 @@ def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") 
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
