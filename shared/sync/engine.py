@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.connectors.errors import ConcurrencyError, NotFoundError, RetriableApiError
+from shared.connectors.errors import ConcurrencyError, FatalApiError, NotFoundError, RetriableApiError
 from shared.connectors.retry import RetryPolicy
 from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_RACE_RETRIES = 4  # re-read and re-reconcile after a lost race (ETag) at most this often
 MAX_DEFERRALS = 6  # a record waiting for its lookup target is retried this often, then fails
 MAX_TRANSIENT_REQUEUES = 8
+# A pending BC create younger than this may still be in flight on another worker (the transport
+# retries a request for up to 120 s): wait for it instead of creating a second BC record.
+PENDING_CREATE_GRACE = dt.timedelta(seconds=150)
 # The one policy for putting a message back on the queue (transient API trouble, a lookup target
 # not synced yet, a record that failed in bulk): exponential from 2 s to 5 minutes, jittered so
 # that a burst that failed together does not come back together. `Retry-After` wins when given.
@@ -368,9 +371,14 @@ class Engine:
         pending.state, pending.pending_since, pending.snapshot = "pending_bc", now, plan.snapshot
         pending.last_result = "pending"
         pending = self.couplings.create(pending) if coupling is None else self.couplings.save(pending)
-        created = self.bc.create(
-            mapping, plan.bc_write.body, select=select_fields(self.ms, mapping, "bc"), record_id=None
-        )
+        try:
+            created = self.bc.create(
+                mapping, plan.bc_write.body, select=select_fields(self.ms, mapping, "bc"), record_id=None
+            )
+        except FatalApiError:
+            # BC answered and refused: nothing was created, so nothing may be waited for or adopted.
+            self.couplings.delete(pending)
+            raise
         return self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
 
     def _settle_bc_create(
@@ -418,6 +426,11 @@ class Engine:
         if adopted is not None:
             why = "adopted the BC record created by an earlier attempt"
             return self._settle_bc_create(mapping, pending, adopted, dv, message, why)
+        waited = self.clock() - parse_iso(pending.pending_since or iso_ms(self.clock()))
+        if waited < PENDING_CREATE_GRACE:
+            # Another worker's create may still land; creating now would make a second BC record.
+            delay = math.ceil((PENDING_CREATE_GRACE - waited).total_seconds())
+            raise RequeueError(message, max(1, delay), "the BC create of this record may still be in flight")
         # Nothing was created: plan again from scratch (the pending row stays until the create lands).
         lookups = self.resolver.lookups_for(mapping, None, dv)
         plan = reconcile(self.ms, mapping, snapshot=None, bc=None, dv=dv, lookups=lookups)

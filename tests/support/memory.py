@@ -27,13 +27,16 @@ from shared.connectors.dataverse import ItemResult
 from shared.connectors.errors import ConcurrencyError, NotFoundError
 from shared.mapping.schema import EntityMapping, Side
 from shared.sync.gateways import Record, WriteResult
+from shared.timestamps import iso_ms
 
-_clock = itertools.count(1)
+_last_stamp = [dt.datetime.min.replace(tzinfo=dt.UTC)]
 
 
 def _stamp() -> str:
-    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=next(_clock))
-    return base.isoformat().replace("+00:00", "Z")
+    """Now, as the services stamp a write, and strictly later than the previous stamp."""
+    stamp = max(dt.datetime.now(dt.UTC), _last_stamp[0] + dt.timedelta(milliseconds=1))
+    _last_stamp[0] = stamp
+    return iso_ms(stamp)
 
 
 class _MemorySide:
@@ -212,7 +215,8 @@ class MemoryBc(_MemorySide):
         self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]
     ) -> Iterator[Record]:
         self._count("GET", mapping)
-        mark = since.isoformat().replace("+00:00", "Z")
+        # The client asks with a few seconds of overlap, as the real one does.
+        mark = iso_ms(since - dt.timedelta(seconds=5))
         rows = [r for r in self.rows(mapping.bc.entity_set).values() if r["lastModifiedDateTime"] >= mark]
         return iter([self._view(r, select) for r in rows])
 

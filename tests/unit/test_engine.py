@@ -280,3 +280,60 @@ mappings:
     # one read of BC's currency codes, one of the Dataverse currency, then the caches answer (USD
     # is no BC currency record: its miss is expected and reloads nothing)
     assert bc.requests == {"GET currencies": 1} and dv.requests == {"GET transactioncurrencies": 1}
+
+
+def _lose_the_create_answer(h: Harness, *, landed: bool) -> None:
+    """The next BC create gets no answer; with `landed` it was made all the same."""
+    from shared.connectors.errors import AmbiguousWriteError
+
+    create = h.bc.create
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        h.bc.create = create  # type: ignore[method-assign]
+        if landed:
+            create(*args, **kwargs)
+        raise AmbiguousWriteError("no answer to the create", url="customers")
+
+    h.bc.create = lost  # type: ignore[method-assign]
+
+
+def test_a_create_whose_answer_was_lost_is_adopted_not_made_twice() -> None:
+    h = Harness()
+    dv_id = h.dv.seed(CUSTOMER, {"name": "Lost Answer", "telephone1": "7", "address1_city": "Rome"})[
+        "accountid"
+    ]
+    _lose_the_create_answer(h, landed=True)
+    with pytest.raises(RequeueError):
+        h.sync("dv", dv_id)
+
+    result = h.sync("dv", dv_id)
+
+    assert result.outcome == Outcome.INSERTED and "adopted" in result.reason
+    assert len(h.bc.rows("customers")) == 1
+    assert h.dv.rows("accounts")[dv_id]["accountnumber"] == h.bc.rows("customers")[result.bc_id]["number"]
+
+
+def test_a_create_that_may_still_be_in_flight_is_waited_for_not_repeated() -> None:
+    import datetime as dt
+
+    from shared.sync.engine import PENDING_CREATE_GRACE
+
+    h = Harness()
+    dv_id = h.dv.seed(CUSTOMER, {"name": "In Flight", "telephone1": "8", "address1_city": "Oslo"})[
+        "accountid"
+    ]
+    _lose_the_create_answer(h, landed=False)
+    with pytest.raises(RequeueError):
+        h.sync("dv", dv_id)
+
+    # another delivery for the same account, while that create could still land: no second create
+    with pytest.raises(RequeueError) as waiting:
+        h.sync("dv", dv_id)
+    assert 1 <= waiting.value.delay <= PENDING_CREATE_GRACE.total_seconds()
+    assert h.bc.rows("customers") == {} and "POST customers" not in h.bc.requests
+
+    # past the grace nothing landed: the create is made, once
+    later = dt.datetime.now(dt.UTC) + PENDING_CREATE_GRACE + dt.timedelta(seconds=1)
+    h.engine.clock = lambda: later
+    assert h.sync("dv", dv_id).outcome == Outcome.INSERTED
+    assert len(h.bc.rows("customers")) == 1
