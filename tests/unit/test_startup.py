@@ -23,6 +23,7 @@ VALID = {
     **BINDING_SETTINGS,
 }
 OTHER = ("DATAVERSE_STATIC_TOKEN", "BC_STATIC_TOKEN", "AzureWebJobsStorage__accountName", "AUTH_JWKS_URL",
+         "AUTH_ISSUER", "AUTH_AUDIENCE",  # another test may leave them in the environment
          "DATAVERSE_WEBHOOK_AUTH_TYPE", "DATAVERSE_WEBHOOK_SECRET_NAME", "MAPPINGS_FILE")  # fmt: skip
 
 MINIMAL = """\
