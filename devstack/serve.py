@@ -32,7 +32,9 @@ def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
     connections linger in TIME_WAIT (about 60 s), so webhooks would fail for a minute; with it,
     only a socket that really listens on the port keeps it busy (Linux refuses a second listener).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+    # proto says TCP, and with proto 0 every small answer waited ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -52,9 +52,10 @@ MAX_TRANSIENT_REQUEUES = 8
 # retries a request for up to 120 s): wait for it instead of creating a second BC record.
 PENDING_CREATE_GRACE = dt.timedelta(seconds=150)
 # The one policy for putting a message back on the queue (transient API trouble, a lookup target
-# not synced yet, a record that failed in bulk): exponential from 2 s to 5 minutes, jittered so
+# not synced yet, a record that failed in bulk): exponential from 1.5 s to 5 minutes, jittered so
 # that a burst that failed together does not come back together. `Retry-After` wins when given.
-_REQUEUE = RetryPolicy(base_delay=2.0, max_delay=300.0)
+# A record deferred MAX_DEFERRALS times has waited at most 94.5 s (1.5 + 3 + ... + 48) for its target.
+_REQUEUE = RetryPolicy(base_delay=1.5, max_delay=300.0)
 _jitter = random.Random()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -187,8 +188,11 @@ class E2EStack:
             if self.queue_depth() == 0 and self._last_invocation() == before:
                 return
             if time.monotonic() > deadline:
+                last = list(self.stack.host.invocations)[-200:]
+                recent = Counter(f"{i.function} {i.outcome}" for i in last)
                 raise WaitTimeout(
-                    f"the stack did not settle within {timeout:.0f} s (queue {self.queue_depth()})"
+                    f"the stack did not settle within {timeout:.0f} s (queue {self.queue_depth()}; "
+                    f"the last 200 invocations: {dict(recent)})"
                 )
 
     def _last_invocation(self) -> float | None:
