@@ -394,7 +394,9 @@ class Engine:
         """Couple a Dataverse record with the BC record created for it, then bring back what BC
         filled in itself (the number from its number series, defaults). The planned values are the
         merge base, so BC's additions read as BC changes and reach Dataverse like any other: 1 more
-        request, and only when BC added something."""
+        request, and only when BC added something. The coupling is stored before that write on
+        purpose: if the write fails, the pair is already coupled and the next sync finishes it,
+        instead of a pending row that would wait out the create grace."""
         assert pending.dv_id is not None
         planned = pending.snapshot or take_snapshot(self.ms, mapping, created, dv)
         bc_id = str(created["id"])

@@ -41,7 +41,6 @@ def _stamp() -> str:
 
 class _MemorySide:
     side: Side
-    id_field_default = "id"
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, Record]] = {}
@@ -68,16 +67,13 @@ class _MemorySide:
 
     def edit(self, mapping: EntityMapping, record_id: str, **changes: Any) -> Record:
         """A person's edit: changes the record and its ETag, counts no request of the service."""
-        row = self.rows(self.table_name(mapping))[record_id]
+        row = self.rows(self.entity_set(mapping))[record_id]
         row.update(changes)
         self._touch(mapping, row)
         return dict(row)
 
     def remove(self, mapping: EntityMapping, record_id: str) -> None:
-        del self.rows(self.table_name(mapping))[record_id]
-
-    def table_name(self, mapping: EntityMapping) -> str:
-        return self.entity_set(mapping)
+        del self.rows(self.entity_set(mapping))[record_id]
 
     def entity_set(self, mapping: EntityMapping) -> str:
         raise NotImplementedError
