@@ -66,6 +66,8 @@ def requeue_delay(attempt: int, error: RetriableApiError | None = None) -> int:
 
 
 # Results after which the snapshot is trustworthy enough to call an unchanged source an echo.
+# A BC create whose BC-assigned values are not back in Dataverse yet (see `_settle_bc_create`).
+SETTLING = "settling"
 _SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
 
 
@@ -346,7 +348,7 @@ class Engine:
         bc: Record | None,
         dv: Record | None,
         snapshot: Any,
-        outcome: Outcome,
+        outcome: Outcome | str,
         error: str,
     ) -> Coupling:
         c = settle(mapping, coupling, bc_id, dv_id, bc, dv, snapshot, outcome, error)
@@ -396,15 +398,18 @@ class Engine:
         merge base, so BC's additions read as BC changes and reach Dataverse like any other: 1 more
         request, and only when BC added something. The coupling is stored before that write on
         purpose: if the write fails, the pair is already coupled and the next sync finishes it,
-        instead of a pending row that would wait out the create grace."""
+        instead of a pending row that would wait out the create grace. Until that write lands the
+        coupling is not settled (`SETTLING`): a redelivered Dataverse message then reads both
+        records rather than taking the unchanged account for an echo and leaving BC's values out."""
         assert pending.dv_id is not None
         planned = pending.snapshot or take_snapshot(self.ms, mapping, created, dv)
         bc_id = str(created["id"])
-        coupling = self._store_coupling(
-            mapping, pending, bc_id, pending.dv_id, created, dv, planned, Outcome.INSERTED, ""
-        )
         lookups = self.resolver.lookups_for(mapping, created, dv)
         follow = reconcile(self.ms, mapping, snapshot=planned, bc=created, dv=dv, lookups=lookups)
+        stored_as = SETTLING if follow.writes else Outcome.INSERTED
+        coupling = self._store_coupling(
+            mapping, pending, bc_id, pending.dv_id, created, dv, planned, stored_as, ""
+        )
         fields = sorted(planned.get("bc", {}))
         if follow.writes:
             self._apply(mapping, follow, coupling, message, created, dv)

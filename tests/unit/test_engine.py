@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.connectors.errors import ThrottledError
+from shared.connectors.errors import ThrottledError, TransientError
 from shared.mapping.loader import parse_mapping_set
 from shared.mapping.values import dataverse_id_for
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
@@ -164,6 +164,31 @@ def test_a_new_dataverse_record_is_created_in_bc_through_a_pending_coupling() ->
     # read the account, one match query in BC, the create, the number back
     assert h.requests() == {"GET accounts": 1, "GET customers": 1, "POST customers": 1, "PATCH accounts": 1}
     assert h.sync("dv", dv_id).outcome == Outcome.UNCHANGED  # settled: the next look is an echo
+
+
+def test_bcs_values_still_reach_dataverse_when_the_write_bringing_them_back_fails() -> None:
+    """The coupling is stored before BC's number is written back; if that write fails (or the host
+    dies), the redelivered message must not take the account for an echo of the planned values."""
+    h = Harness()
+    account = h.dv.seed(CUSTOMER, {"name": "Half Done", "telephone1": "6", "address1_city": "Lyon"})
+    dv_id = account["accountid"]
+    real_update = h.dv.update
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise TransientError("Dataverse is unavailable", status=503)
+
+    h.dv.update = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RequeueError):
+        h.sync("dv", dv_id)
+    assert h.dv.rows("accounts")[dv_id].get("accountnumber") is None
+    h.dv.update = real_update  # type: ignore[method-assign]
+
+    result = h.sync("dv", dv_id)
+
+    assert result.outcome == Outcome.MODIFIED
+    assert len(h.bc.rows("customers")) == 1
+    assert h.dv.rows("accounts")[dv_id]["accountnumber"] == "C10001"
+    assert h.sync("dv", dv_id).outcome == Outcome.UNCHANGED
 
 
 def test_a_deletion_is_decided_on_both_records_as_they_are() -> None:
