@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = [
     ["bench.bench_dataverse_client"],
     ["bench.bench_bc_client"],
+    ["bench.webhook_burst", "--entries", "1000"],
     ["bench.latency", "--rate", "20", "--seconds", "60"],
     ["bench.initial_sync", "--customers", "100000"],
 ]

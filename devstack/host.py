@@ -52,8 +52,15 @@ BANNER = (
 )
 # Starlette lets every method through to `_dispatch` (it defaults to GET only), which checks them.
 HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"]
-# While a function runs, the real host keeps its message invisible for 10 minutes (and renews).
+# While a function runs, the real host keeps its message invisible for 10 minutes and renews that
+# lease at half time, so a message held by a host that died comes back after up to 10 minutes.
+# DEVHOST_PROCESSING_LEASE_SECONDS shortens it for tests and `make chaos`; renewal keeps a long run
+# (a full resync) from being delivered twice whatever the lease.
 PROCESSING_LEASE_SECONDS = 600
+
+
+def processing_lease_seconds() -> int:
+    return int(os.environ.get("DEVHOST_PROCESSING_LEASE_SECONDS") or PROCESSING_LEASE_SECONDS)
 
 
 _FUNCTIONS: dict[int, list[Any]] = {}
@@ -113,6 +120,35 @@ class Invocation:
     duration_ms: float
     outcome: str  # "succeeded" | "failed" | "poisoned"
     error: str = ""
+
+
+class _Lease:
+    """Keeps a message invisible while its function runs: renewed at half the lease, as the host
+    does. Each renewal gives a new pop receipt, stored on the message for the final delete."""
+
+    def __init__(self, client: QueueClient, message: Any, seconds: int) -> None:
+        self._client, self._message, self._seconds = client, message, seconds
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._renew, name="lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self._seconds / 2):
+            with self._lock:
+                if self._done.is_set():
+                    return
+                try:
+                    receipt = self._client.update_message(
+                        self._message, pop_receipt=self._message.pop_receipt, visibility_timeout=self._seconds
+                    )
+                except Exception as exc:  # another host took it (lease lost) or storage is away
+                    log.warning("could not renew the lease of message %s: %s", self._message.id, exc)
+                    continue
+                self._message.pop_receipt = receipt.pop_receipt
+
+    def stop(self) -> None:
+        with self._lock:  # a renewal under way finishes first, so the receipt is the latest
+            self._done.set()
 
 
 class _Out:
@@ -397,7 +433,7 @@ class DevHost:
             try:
                 batch = list(
                     client.receive_messages(
-                        max_messages=opts.batch_size, visibility_timeout=PROCESSING_LEASE_SECONDS
+                        max_messages=opts.batch_size, visibility_timeout=processing_lease_seconds()
                     )
                     .by_page()
                     .next()
@@ -444,9 +480,11 @@ class DevHost:
             time_next_visible=message.next_visible_on,
             pop_receipt=message.pop_receipt,
         )
+        lease = _Lease(client, message, processing_lease_seconds())
         try:
             self._call(name, fn, "queue", {fn.get_trigger().name: host_message})
         except Exception:
+            lease.stop()
             if message.dequeue_count >= opts.max_dequeue_count:
                 self._to_poison(name, client, poison, message, raw, "max dequeue count reached")
             else:
@@ -457,6 +495,7 @@ class DevHost:
                         visibility_timeout=int(opts.visibility_timeout),
                     )
             return
+        lease.stop()
         with contextlib.suppress(Exception):
             client.delete_message(message, pop_receipt=message.pop_receipt)
 

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from shared.connectors.retry import RequestBudget, RetryPolicy
-from shared.messages import ChunkMessage, ScanMessage, SyncMessage
+from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
 from shared.store.couplings import CouplingStore
@@ -117,7 +117,7 @@ class Runtime:
             enqueue=self._enqueue,
         )
 
-    def _enqueue(self, messages: Sequence[SyncMessage | ChunkMessage | ScanMessage], delay: int) -> None:
+    def _enqueue(self, messages: Sequence[AnyMessage], delay: int) -> None:
         if messages:
             self.storage.enqueue(messages, delay_seconds=delay)
 

@@ -5,20 +5,24 @@ import logging
 
 import azure.functions as func
 
+from shared.feeds.intake import WebhookAnswer
 from shared.feeds.webhooks import receive_bc_webhook, receive_dataverse_webhook
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 
-def _respond(status: int, body: str, content_type: str) -> func.HttpResponse:
-    return func.HttpResponse(body, status_code=status, mimetype=content_type)
+def _respond(answer: WebhookAnswer) -> func.HttpResponse:
+    headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after else None
+    return func.HttpResponse(
+        answer.body, status_code=answer.status, mimetype=answer.content_type, headers=headers
+    )
 
 
 @bp.route(route="webhooks/dataverse", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     answer = receive_dataverse_webhook(dict(req.headers), dict(req.params), req.get_body())
-    return _respond(answer.status, answer.body, answer.content_type)
+    return _respond(answer)
 
 
 # BC's handshake method is not documented: accept POST and GET.
@@ -26,4 +30,4 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="webhooks/bc", methods=["POST", "GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def bc_webhook(req: func.HttpRequest) -> func.HttpResponse:
     answer = receive_bc_webhook(dict(req.params), req.get_body())
-    return _respond(answer.status, answer.body, answer.content_type)
+    return _respond(answer)

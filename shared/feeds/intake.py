@@ -1,4 +1,4 @@
-"""Webhook intake: authenticate, parse, drop echoes, and turn each change into a queue message.
+"""Webhook intake: authenticate, parse, drop redeliveries, and turn each change into a queue message.
 
 Both handlers answer quickly and never call an API: the processor reads the records later. They
 return the HTTP answer and the messages to enqueue; the caller enqueues, and answers 503 if that
@@ -12,12 +12,11 @@ notification); a transient failure on our side is always 503.
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -26,7 +25,7 @@ from shared.feeds.bc_webhook import BcNotification, parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
 from shared.mapping.schema import MappingSet
 from shared.messages import Change, ScanMessage, SyncMessage
-from shared.timestamps import iso_ms, parse_iso
+from shared.timestamps import iso_ms
 
 # Dataverse cuts payloads above 256 KB (and says so in a header); anything far larger is not Dataverse.
 MAX_DATAVERSE_BODY = 512 * 1024
@@ -37,8 +36,6 @@ _TOKEN = re.compile(r"^[\w\-.~:+/=]{1,1024}$")
 QueueItem = SyncMessage | ScanMessage
 # Whether a deduplication key was queued recently (see shared/feeds/dedup.py).
 Seen = Callable[[str], bool]
-# (mapping, BC id) pairs -> the coupling's BC modified time after our last write (None: uncoupled).
-SyncedTimes = Callable[[Sequence[tuple[str, str]]], Mapping[tuple[str, str], str | None]]
 
 
 def _never_seen(key: str) -> bool:
@@ -51,9 +48,11 @@ class WebhookAnswer:
     body: str
     content_type: str = "application/json"
     messages: list[QueueItem] = field(default_factory=list)
-    # One per message: what identifies the notification it came from, remembered once the message
-    # is stored so that a redelivery is skipped ("" when nothing identifies it: always enqueued).
-    keys: list[str] = field(default_factory=list)
+    # One per message: what identifies the notifications it came from, remembered once the message
+    # is stored so that a redelivery is skipped (empty when nothing identifies them: always enqueued).
+    keys: list[tuple[str, ...]] = field(default_factory=list)
+    # Seconds for the sender to wait before retrying a 503.
+    retry_after: int | None = None
 
     @classmethod
     def json(
@@ -61,12 +60,13 @@ class WebhookAnswer:
         status: int,
         payload: Mapping[str, object],
         messages: list[QueueItem] | None = None,
-        keys: list[str] | None = None,
+        keys: list[tuple[str, ...]] | None = None,
+        retry_after: int | None = None,
     ) -> WebhookAnswer:
         messages = messages or []
-        keys = keys if keys is not None else [""] * len(messages)
-        assert len(keys) == len(messages), "one deduplication key per message"
-        return cls(status, json.dumps(payload), "application/json", messages, keys)
+        keys = keys if keys is not None else [()] * len(messages)
+        assert len(keys) == len(messages), "one tuple of deduplication keys per message"
+        return cls(status, json.dumps(payload), "application/json", messages, keys, retry_after)
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,12 @@ def handle_dataverse_webhook(
     stamp = change.operation_id or (f"{created}|{change.correlation_id or ''}" if created else "")
     base = f"dv|{change.message}|{change.entity}|{change.record_id}|{stamp}" if stamp else ""
     messages: list[QueueItem] = []
-    keys: list[str] = []
+    keys: list[tuple[str, ...]] = []
     for name in targets:
         key = f"{base}|{name}" if base else ""
         if key and seen(key):
             continue
-        keys.append(key)
+        keys.append((key,) if key else ())
         messages.append(
             SyncMessage(
                 mapping=name,
@@ -194,14 +194,15 @@ def handle_bc_webhook(
     *,
     config: BcIntakeConfig,
     mappings: MappingSet,
-    last_synced_modified: SyncedTimes,
     seen: Seen = _never_seen,
 ) -> WebhookAnswer:
-    """`last_synced_modified(pairs)` gives, for (mapping, bc_id) pairs, the coupling's BC modified time
-    after our last write (None when uncoupled); a notification carrying exactly that time is our own
-    echo. It is asked once for the whole call, so the caller can look them up in parallel. Entries
-    whose key `seen` knows (or that repeat an earlier entry of the same call) are skipped before
-    any lookup, so a redelivered call costs no storage request per entry."""
+    """Entries whose key `seen` knows (or that repeat an earlier entry of the same call) are
+    skipped, so a redelivered call queues nothing. Several entries for one record become one
+    message in the order of the first; "deleted" wins, since a BC id is never used again.
+
+    No echo is dropped here, and no storage is read: BC stamps a notification before the record's
+    own `lastModifiedDateTime` is set, so the stamp never equals what our write read back; the
+    processor recognises an echo by its values (one read, no write)."""
     token = query.get("validationToken")
     if token is not None:
         if not _TOKEN.match(token):
@@ -228,9 +229,12 @@ def handle_bc_webhook(
     except WebhookPayloadError as exc:
         return WebhookAnswer.json(400, {"error": f"not a BC notification: {exc}"})
 
-    fresh: list[tuple[str, BcNotification, str]] = []
+    messages: list[QueueItem] = []
+    keys: list[tuple[str, ...]] = []
+    # (mapping, record id) -> position of its message, to fold later entries for the record into it
+    position: dict[tuple[str, str], int] = {}
     in_this_call: set[str] = set()
-    duplicates = 0
+    duplicates = merged = 0
     for note in batch.accepted:
         for name in by_entity_set[note.entity_set]:
             key = _bc_key(note, name)
@@ -238,51 +242,50 @@ def handle_bc_webhook(
                 duplicates += 1
                 continue
             in_this_call.add(key)
-            fresh.append((name, note, key))
-    wanted = [
-        (name, note.record_id)
-        for name, note, _ in fresh
-        if note.record_id is not None and note.change_type not in ("collection", "deleted")
-    ]
-    synced = last_synced_modified(wanted) if wanted else {}
-
-    messages: list[QueueItem] = []
-    keys: list[str] = []
-    echoes = 0
-    for name, note, key in fresh:
-        if note.change_type == "collection":
+            if note.change_type == "collection":
+                messages.append(
+                    ScanMessage(
+                        mapping=name, side="bc", since=note.collection_modified_after, reason="bc collection"
+                    )
+                )
+                keys.append((key,))
+                continue
+            assert note.record_id is not None
+            earlier = position.get((name, note.record_id))
+            if earlier is not None:
+                merged += 1
+                messages[earlier] = _folded(messages[earlier], note)
+                keys[earlier] = (*keys[earlier], key)
+                continue
+            position[(name, note.record_id)] = len(messages)
             messages.append(
-                ScanMessage(
-                    mapping=name, side="bc", since=note.collection_modified_after, reason="bc collection"
+                SyncMessage(
+                    mapping=name,
+                    side="bc",
+                    id=note.record_id,
+                    change=note.change_type,
+                    modified=iso_ms(note.last_modified),
+                    reason="bc webhook",
                 )
             )
-            keys.append(key)
-            continue
-        assert note.record_id is not None
-        if note.change_type != "deleted" and _same_instant(
-            synced.get((name, note.record_id)), note.last_modified
-        ):
-            echoes += 1
-            continue
-        messages.append(
-            SyncMessage(
-                mapping=name,
-                side="bc",
-                id=note.record_id,
-                change=note.change_type,
-                modified=iso_ms(note.last_modified),
-                reason="bc webhook",
-            )
-        )
-        keys.append(key)
-    payload: dict[str, object] = {"accepted": len(messages), "echoes": echoes}
+            keys.append((key,))
+    payload: dict[str, object] = {"accepted": len(messages)}
     if duplicates:
         payload["duplicates"] = duplicates
+    if merged:
+        payload["merged"] = merged
     if batch.rejected:
         # Entries that do not point at a configured company/entity set are answered 2xx on purpose:
         # a 4xx would make BC delete the subscription for the good entries too.
         payload["rejected"] = [{"index": r.index, "reason": r.reason} for r in batch.rejected]
     return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def _folded(message: QueueItem, note: BcNotification) -> SyncMessage:
+    """A record's message with a later entry for the same record folded in."""
+    assert isinstance(message, SyncMessage)
+    change = "deleted" if "deleted" in (message.change, note.change_type) else message.change
+    return message.model_copy(update={"change": change, "modified": iso_ms(note.last_modified)})
 
 
 def _bc_key(note: BcNotification, mapping: str) -> str:
@@ -294,12 +297,3 @@ def _bc_key(note: BcNotification, mapping: str) -> str:
             iso_ms(note.last_modified), mapping,
         )
     )  # fmt: skip
-
-
-def _same_instant(recorded: str | None, notified: dt.datetime) -> bool:
-    if not recorded:
-        return False
-    try:
-        return parse_iso(recorded) == notified
-    except ValueError:
-        return False

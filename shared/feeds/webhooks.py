@@ -1,9 +1,11 @@
-"""The imperative shell around the intake handlers: configuration, echo lookups, enqueueing."""
+"""The imperative shell around the intake handlers: configuration, deduplication, and enqueueing
+within a bounded time."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 
 from shared.feeds.dedup import RecentKeys
 from shared.feeds.intake import (
@@ -14,13 +16,19 @@ from shared.feeds.intake import (
     handle_dataverse_webhook,
     organization_host,
 )
+from shared.messages import pack
 from shared.runtime import get_runtime
 from shared.settings import SettingsError
-from shared.store.storage import EnqueueError, io_pool
+from shared.store.storage import EnqueueError
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = WebhookAnswer.json(503, {"error": "temporarily unavailable; the sender should retry"})
+# BC gives up on an answer after 10 s and Dataverse after 60 s, then retry: a webhook answers well
+# within that whatever storage does, so a stall is a clean 503 and a retry, not a timeout.
+ANSWER_WITHIN = 5.0
+UNAVAILABLE = WebhookAnswer.json(
+    503, {"error": "temporarily unavailable; the sender should retry"}, retry_after=10
+)
 # Notifications queued lately, by key, so a redelivered call is not queued again (shared/feeds/dedup.py).
 RECENT = RecentKeys()
 
@@ -55,23 +63,7 @@ def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
     try:
         rt = get_runtime()
         config = BcIntakeConfig(rt.settings.bc_webhook_client_state, rt.settings.bc_company_ids)
-
-        def last_synced_modified(pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
-            # One or two point reads each: in parallel, or 1,000 entries take seconds to answer.
-            def one(pair: tuple[str, str]) -> str | None:
-                coupling = rt.couplings.get(pair[0], "bc", pair[1])
-                return coupling.bc_modified if coupling else None
-
-            return dict(zip(pairs, io_pool().map(one, pairs), strict=True))
-
-        answer = handle_bc_webhook(
-            query,
-            body,
-            config=config,
-            mappings=rt.mappings,
-            last_synced_modified=last_synced_modified,
-            seen=RECENT.contains,
-        )
+        answer = handle_bc_webhook(query, body, config=config, mappings=rt.mappings, seen=RECENT.contains)
         _enqueue(answer)
     except Exception:
         # Never a 4xx for our own trouble: BC would delete the subscription. 503 makes it retry.
@@ -82,12 +74,30 @@ def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
 
 
 def _enqueue(answer: WebhookAnswer) -> None:
+    """Queue the answer's messages (packed: see `shared.messages.pack`) within `ANSWER_WITHIN`
+    seconds, or raise, so the caller answers 503 and the sender retries. What was stored, in time
+    or later, is remembered, so the retry queues only the rest."""
     if not answer.messages:
         return
+    packed = pack(answer.messages)
     try:
-        get_runtime().storage.enqueue(answer.messages)
+        get_runtime().storage.enqueue([message for message, _ in packed], within=ANSWER_WITHIN)
     except EnqueueError as exc:
-        # Remember only what was stored: the sender retries after our 503 and must get the rest in.
-        RECENT.add_all(answer.keys[i] for i in exc.sent)
+        for index in exc.sent:
+            _remember(answer, packed[index][1])
+        for index, future in exc.late.items():
+            future.add_done_callback(_remember_when_stored(answer, packed[index][1]))
         raise
-    RECENT.add_all(answer.keys)
+    _remember(answer, range(len(answer.messages)))
+
+
+def _remember(answer: WebhookAnswer, positions: Iterable[int]) -> None:
+    RECENT.add_all(key for i in positions for key in answer.keys[i])
+
+
+def _remember_when_stored(answer: WebhookAnswer, positions: list[int]) -> Callable[[Future[None]], None]:
+    def done(send: Future[None]) -> None:
+        if not send.cancelled() and send.exception() is None:
+            _remember(answer, positions)
+
+    return done

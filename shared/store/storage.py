@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from azure.storage.queue import (
 )
 
 from shared.errors import ServiceError
-from shared.messages import ChunkMessage, ScanMessage, SyncMessage, to_json
+from shared.messages import AnyMessage, to_json
 from shared.store.tables import TABLES
 
 SYNC_QUEUE = "sync-requests"
@@ -54,13 +54,21 @@ def io_pool() -> ThreadPoolExecutor:
 
 
 class EnqueueError(ServiceError):
-    """Some messages could not be sent; `sent` holds the positions of those that were."""
+    """Some messages could not be sent (or not in time); `sent` holds the positions of those that were."""
 
     retriable = True
 
-    def __init__(self, sent: Sequence[int], total: int, first: BaseException) -> None:
+    def __init__(
+        self,
+        sent: Sequence[int],
+        total: int,
+        first: BaseException,
+        late: Mapping[int, Future[None]] | None = None,
+    ) -> None:
         super().__init__(f"{total - len(sent)} of {total} messages could not be queued: {first}")
         self.sent = list(sent)
+        # Sends still under way when the caller stopped waiting: each may yet be stored.
+        self.late = dict(late or {})
 
 
 class ResendAfterDisconnect(TablesRetryPolicy):
@@ -162,34 +170,38 @@ class Storage:
 
     def enqueue(
         self,
-        messages: Iterable[SyncMessage | ChunkMessage | ScanMessage],
+        messages: Sequence[AnyMessage],
         *,
         delay_seconds: int = 0,
         queue: str | None = None,
+        within: float | None = None,
     ) -> int:
         """Send every message (several at a time); raise `EnqueueError` naming what was sent if any
-        send failed, after trying them all."""
+        send failed, after trying them all. With `within` (seconds), give up waiting then: sends not
+        started are cancelled, those under way are handed over in `EnqueueError.late`."""
         client = self.queue(queue)
         bodies = [to_json(m) for m in messages]  # a message too large fails before anything is sent
 
         def send(body: str) -> None:
             client.send_message(body, visibility_timeout=delay_seconds or None)
 
-        if len(bodies) <= 1:
-            for body in bodies:
-                send(body)
-            return len(bodies)
         futures = [io_pool().submit(send, body) for body in bodies]
+        finished, _ = wait(futures, timeout=within)
         sent: list[int] = []
-        first: BaseException | None = None
+        late: dict[int, Future[None]] = {}
+        errors: list[BaseException] = []
         for index, future in enumerate(futures):
-            error = future.exception()
-            if error is None:
-                sent.append(index)
-            elif first is None:
-                first = error
-        if first is not None:
-            raise EnqueueError(sent, len(bodies), first) from first
+            if future in finished:
+                error = future.exception()
+                if error is None:
+                    sent.append(index)
+                else:
+                    errors.append(error)
+            elif not future.cancel():
+                late[index] = future  # under way: it may still land
+        if len(sent) < len(bodies):
+            first = errors[0] if errors else TimeoutError(f"storage did not answer within {within} s")
+            raise EnqueueError(sent, len(bodies), first, late) from first
         return len(bodies)
 
 

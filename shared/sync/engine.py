@@ -35,7 +35,7 @@ from shared.mapping.queries import (
 )
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import MissingLookup, by_side, other
-from shared.messages import ChunkMessage, ScanMessage, SyncMessage
+from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, Record
@@ -95,7 +95,7 @@ class SyncResult:
 
 
 # What the engine needs from the queue: send these messages, visible after `delay` seconds.
-Enqueue = Callable[[Sequence[SyncMessage | ChunkMessage | ScanMessage], int], None]
+Enqueue = Callable[[Sequence[AnyMessage], int], None]
 
 
 class Engine:

@@ -1,7 +1,8 @@
 """The queue processor: decode one message, dispatch it by kind, put it back when asked to.
 
-A `SyncMessage` is one record pair for the engine; a `ChunkMessage` (records that failed in bulk)
-and a `ScanMessage` (full resync, BC `collection`) are bulk work. Dispatch lives here, not in the
+A `SyncMessage` is one record pair for the engine; a `BatchMessage` (a webhook call's many
+changes) is fanned out into `SyncMessage`s; a `ChunkMessage` (records that failed in bulk) and a
+`ScanMessage` (full resync, BC `collection`) are bulk work. Dispatch lives here, not in the
 engine, so the engine knows nothing of the bulk path that builds on it.
 """
 
@@ -11,7 +12,14 @@ import logging
 import re
 from typing import Any
 
-from shared.messages import ChunkMessage, MessageDecodeError, ScanMessage, SyncMessage, parse_json
+from shared.messages import (
+    AnyMessage,
+    BatchMessage,
+    ChunkMessage,
+    MessageDecodeError,
+    SyncMessage,
+    parse_json,
+)
 from shared.runtime import get_runtime
 from shared.sync import bulk
 from shared.sync.engine import Engine, RequeueError, SyncResult
@@ -22,17 +30,25 @@ log = logging.getLogger(__name__)
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def permanent_problem(rt: Any, message: SyncMessage | ChunkMessage | ScanMessage) -> str | None:
+def permanent_problem(rt: Any, message: AnyMessage) -> str | None:
     """Why no delivery of `message` can ever succeed (unknown mapping, an id that is not a GUID), or
     None. Such a message used to fail five deliveries before the host moved it to poison."""
     known = {m.name for m in rt.mappings.entities()}
     if message.mapping not in known:
         return f"no active entity mapping named {message.mapping!r:.80} (known: {', '.join(sorted(known))})"
-    ids = [message.id] if isinstance(message, SyncMessage) else getattr(message, "ids", [])
+    ids = _ids(message)
     bad = next((i for i in ids if not _GUID.fullmatch(i)), None)
     if bad is not None:
         return f"record id {bad!r:.80} is not a GUID"
     return None
+
+
+def _ids(message: AnyMessage) -> list[str]:
+    if isinstance(message, SyncMessage):
+        return [message.id]
+    if isinstance(message, BatchMessage):
+        return [c.id for c in message.changes]
+    return message.ids if isinstance(message, ChunkMessage) else []
 
 
 def _to_poison(rt: Any, body: bytes, message_id: str, why: str) -> None:
@@ -74,11 +90,16 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
         )  # fmt: skip
 
 
-def dispatch(engine: Engine, message: SyncMessage | ChunkMessage | ScanMessage) -> SyncResult | None:
+def dispatch(engine: Engine, message: AnyMessage) -> SyncResult | None:
     """Run one message; the engine's result for a single record, None for bulk work."""
     if isinstance(message, SyncMessage):
         return engine.sync_record(message)
-    if isinstance(message, ChunkMessage):
+    if isinstance(message, BatchMessage):
+        # One message per record, so each is retried, deferred or poisoned on its own and many
+        # workers share the batch. If the fan-out fails part way, the whole batch is delivered again:
+        # a record queued twice costs one read (its second look is an echo).
+        engine.enqueue(message.records(), 0)
+    elif isinstance(message, ChunkMessage):
         bulk.sync_chunk(engine, message)
     else:
         bulk.scan(engine, message)

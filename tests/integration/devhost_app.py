@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import azure.functions as func
 
@@ -21,6 +22,8 @@ def consume(msg: func.QueueMessage) -> None:
         received.append({"body": body, "dequeue_count": msg.dequeue_count, "id": msg.id})
     if "explode" in body:
         raise RuntimeError("this message always fails")
+    if "slow" in body:
+        time.sleep(float(json.loads(body)["slow"]))
 
 
 @app.timer_trigger(schedule="%TEST_SCHEDULE%", arg_name="timer", run_on_startup=False)

@@ -97,6 +97,18 @@ def test_failing_message_is_retried_then_poisoned_with_body_intact(
     assert [i.outcome for i in host[0].invocations if i.function == "consume"][-1] == "poisoned"
 
 
+def test_a_short_lease_is_renewed_while_the_function_runs_so_it_is_delivered_once(
+    host: tuple[DevHost, ServerHandle], storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease is read at each receive: 2 s, while the function takes 5 s.
+    monkeypatch.setenv("DEVHOST_PROCESSING_LEASE_SECONDS", "2")
+    storage.queue().send_message('{"slow": 5}')
+    wait_for(lambda: any(i.function == "consume" for i in host[0].invocations), timeout=20)
+    assert len(devhost_app.received) == 1, devhost_app.received  # not delivered again after 2 s
+    assert [i.outcome for i in host[0].invocations if i.function == "consume"] == ["succeeded"]
+    wait_for(lambda: storage.queue().get_queue_properties().approximate_message_count == 0)
+
+
 def test_undecodable_message_goes_to_poison_without_calling_the_function(
     host: tuple[DevHost, ServerHandle], storage: Storage
 ) -> None:

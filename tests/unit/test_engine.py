@@ -14,7 +14,7 @@ import pytest
 from shared.connectors.errors import ThrottledError, TransientError
 from shared.mapping.loader import parse_mapping_set
 from shared.mapping.values import dataverse_id_for
-from shared.messages import ChunkMessage, ScanMessage, SyncMessage
+from shared.messages import BatchMessage, ChunkMessage, RecordChange, ScanMessage, SyncMessage
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
 from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
@@ -254,6 +254,20 @@ def test_the_processor_dispatches_chunks_record_by_record() -> None:
 
     assert dispatch(h.engine, ChunkMessage(mapping="CUSTOMER", side="bc", ids=[bc_id])) is None
     assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Denver"
+
+
+def test_the_processor_fans_a_batch_out_into_one_message_per_record_without_an_api_request() -> None:
+    h = Harness()
+    ids = [f"{n:08x}-0000-4000-8000-000000000000" for n in range(3)]
+    changes = [RecordChange(id=i, change="updated", modified="2026-01-01T10:00:00Z") for i in ids]
+    batch = BatchMessage(mapping="CUSTOMER", side="bc", changes=changes, reason="bc webhook")
+
+    assert dispatch(h.engine, batch) is None
+
+    assert [(m.kind, m.id, m.side, m.reason, delay) for m, delay in h.queued] == [
+        ("record", i, "bc", "bc webhook", 0) for i in ids
+    ]
+    assert h.requests() == {}
 
 
 def test_every_outcome_is_journaled_with_its_request_count() -> None:

@@ -6,13 +6,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.messages import (
+    BatchMessage,
     ChunkMessage,
     MessageDecodeError,
     ScanMessage,
     SyncMessage,
     decode_message,
     encode_message,
+    pack,
     parse_json,
+    to_json,
 )
 
 
@@ -69,3 +72,42 @@ def test_decoding_anything_gives_a_message_or_the_typed_error(raw: str) -> None:
     except MessageDecodeError:
         return
     assert decoded.version == 1
+
+
+def _notified(n: int, mapping: str = "CUSTOMER") -> list[SyncMessage]:
+    return [
+        SyncMessage(
+            mapping=mapping,
+            side="bc",
+            id=f"{i:08x}-0000-4000-8000-000000000000",
+            change="updated",
+            modified="2026-01-01T10:00:00.123Z",
+            reason="bc webhook",
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_thousand_notified_changes_go_on_the_queue_as_a_few_batches_in_order() -> None:
+    messages = _notified(1000)
+    packed = pack(messages)
+    assert 2 <= len(packed) <= 5  # not 1,000 queue requests
+    carried = [i for _, positions in packed for i in positions]
+    assert carried == list(range(1000))
+    unpacked = []
+    for message, _ in packed:
+        assert len(encode_message(message)) <= 64 * 1024  # fits a queue message, base64 and all
+        decoded = parse_json(to_json(message))
+        assert isinstance(decoded, BatchMessage)
+        unpacked += decoded.records()
+    assert [(m.id, m.change, m.modified, m.mapping) for m in unpacked] == [
+        (m.id, m.change, m.modified, m.mapping) for m in messages
+    ]
+
+
+def test_a_lone_change_and_other_kinds_are_queued_as_they_are() -> None:
+    scan = ScanMessage(mapping="CUSTOMER", side="bc", since=None)
+    lone = _notified(1, "ITEM")[0]
+    packed = pack([*_notified(2), scan, lone])
+    kinds = sorted((m.kind, m.mapping, tuple(p)) for m, p in packed)
+    assert kinds == [("batch", "CUSTOMER", (0, 1)), ("record", "ITEM", (3,)), ("scan", "CUSTOMER", (2,))]

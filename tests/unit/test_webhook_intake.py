@@ -4,6 +4,7 @@ was authentic and well-formed (pure: no servers)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -38,16 +39,8 @@ def dv_call(body: bytes, query: dict[str, str] | None = None, headers: dict[str,
     )
 
 
-def bc_call(
-    body: bytes, query: dict[str, str] | None = None, synced: dict[tuple[str, str], str] | None = None
-):
-    return handle_bc_webhook(
-        query or {},
-        body,
-        config=BC_CONFIG,
-        mappings=MAPPINGS,
-        last_synced_modified=lambda pairs: {p: (synced or {}).get(p) for p in pairs},
-    )
+def bc_call(body: bytes, query: dict[str, str] | None = None):
+    return handle_bc_webhook(query or {}, body, config=BC_CONFIG, mappings=MAPPINGS)
 
 
 def test_documented_dataverse_update_becomes_one_message_for_the_contact_mapping() -> None:
@@ -144,11 +137,36 @@ def test_bc_documented_sample() -> None:
     assert len(json.loads(answer.body)["rejected"]) == 1
 
 
-def test_bc_echo_is_dropped_when_the_time_matches_the_coupling() -> None:
-    synced = {("ITEM-PRODUCT", "26814998-936a-401c-81c1-0e848a64971d"): "2018-10-26T12:54:20.467Z"}
-    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode(), synced=synced)
-    assert [m.mapping for m in answer.messages] == ["CUSTOMER"]
-    assert json.loads(answer.body)["echoes"] == 1
+def _entries(*changes: tuple[str, str, str]) -> bytes:
+    """A BC notification body: (record id, changeType, lastModifiedDateTime) per entry."""
+    return json.dumps({"value": [{
+        "subscriptionId": "s", "clientState": "someClientState", "expirationDateTime": "2030-01-01T00:00:00Z",
+        "resource": f"/api/v2.0/companies({COMPANY})/customers({record})",
+        "changeType": change, "lastModifiedDateTime": stamp,
+    } for record, change, stamp in changes]}).encode()  # fmt: skip
+
+
+def test_bc_entries_for_one_record_become_one_message_and_a_delete_is_never_lost() -> None:
+    created, deleted, other = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
+    answer = bc_call(_entries(
+        (created, "created", "2026-01-01T10:00:00.100Z"),
+        (deleted, "updated", "2026-01-01T10:00:00.200Z"),
+        (created, "updated", "2026-01-01T10:00:00.300Z"),
+        (other, "updated", "2026-01-01T10:00:00.350Z"),
+        (deleted, "deleted", "2026-01-01T10:00:00.400Z"),
+    ))  # fmt: skip
+    records = [(m.id, m.change) for m in answer.messages if isinstance(m, SyncMessage)]
+    assert records == [(created, "created"), (deleted, "deleted"), (other, "updated")]  # first-seen order
+    assert json.loads(answer.body) == {"accepted": 3, "merged": 2}
+    # every entry folded in is remembered with its message, so a redelivery queues nothing
+    assert sorted(len(k) for k in answer.keys) == [1, 2, 2]
+
+
+def test_bc_intake_reads_no_storage_and_leaves_echoes_to_the_processor() -> None:
+    """BC stamps an entry before the record's own lastModifiedDateTime is set, so no stamp equals
+    what our write read back: the entry is queued and the processor compares values."""
+    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode())
+    assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "ITEM-PRODUCT"]
 
 
 def test_bc_collection_becomes_a_scan_from_the_notified_time() -> None:
@@ -182,13 +200,7 @@ def test_fuzz_any_call_is_answered_2xx_or_4xx_and_enqueues_only_when_authentic(b
     assert 200 <= dv.status < 500
     if query.get("code") != SECRET:
         assert dv.messages == []
-    bc = handle_bc_webhook(
-        query,
-        body,
-        config=BC_CONFIG,
-        mappings=MAPPINGS,
-        last_synced_modified=lambda pairs: dict.fromkeys(pairs),
-    )
+    bc = handle_bc_webhook(query, body, config=BC_CONFIG, mappings=MAPPINGS)
     assert 200 <= bc.status < 500
     if "someClientState" not in body.decode(errors="replace"):
         assert bc.messages == []
@@ -225,26 +237,21 @@ def test_bc_redelivery_and_repeated_entries_are_not_queued_twice() -> None:
     recent = RecentKeys()
     entry = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
     body = json.dumps({"value": [entry] * 50}).encode()  # 50 identical entries in one call
-    lookups: list[object] = []
 
     def call_once() -> object:
-        answer = handle_bc_webhook(
-            {}, body, config=BC_CONFIG, mappings=MAPPINGS, seen=recent.contains,
-            last_synced_modified=lambda pairs: lookups.append(list(pairs)) or dict.fromkeys(pairs),
-        )  # fmt: skip
-        recent.add_all(answer.keys)  # what the shell does once the messages are stored
+        answer = handle_bc_webhook({}, body, config=BC_CONFIG, mappings=MAPPINGS, seen=recent.contains)
+        recent.add_all(k for keys in answer.keys for k in keys)  # what the shell does once they are stored
         return answer
 
     first = call_once()
     assert len(first.messages) == 1 and json.loads(first.body)["duplicates"] == 49
     again = call_once()
     assert again.status == 202 and again.messages == []
-    assert lookups == [[("ITEM-PRODUCT", "26814998-936a-401c-81c1-0e848a64971d")]]  # none for the redelivery
     later = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
     later["lastModifiedDateTime"] = "2018-10-26T12:55:00Z"  # a new change of the same record
     fresh = handle_bc_webhook(
         {}, json.dumps({"value": [later]}).encode(), config=BC_CONFIG, mappings=MAPPINGS,
-        seen=recent.contains, last_synced_modified=lambda pairs: dict.fromkeys(pairs),
+        seen=recent.contains,
     )  # fmt: skip
     assert len(fresh.messages) == 1
 
@@ -259,7 +266,7 @@ def test_dataverse_redelivery_of_the_same_operation_is_not_queued_twice() -> Non
             samples.DATAVERSE_SAMPLE_HEADERS, {"code": SECRET}, samples.DATAVERSE_UPDATE_SAMPLE.encode(),
             config=DV_CONFIG, mappings=MAPPINGS, seen=recent.contains,
         )  # fmt: skip
-        recent.add_all(answer.keys)
+        recent.add_all(k for keys in answer.keys for k in keys)
         answers.append(answer)
     assert sum(len(a.messages) for a in answers) == 1
     assert all(a.status == 202 for a in answers)
