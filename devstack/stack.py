@@ -192,12 +192,35 @@ def start_dev_host(
         function_key=function_key,
         master_key=master_key,
     )
-    from shared.store.storage import get_storage
-
-    get_storage().ensure()
+    _ensure_storage()
     server = serve_in_thread(host.http_app, port)
     host.start()
     return host, server
+
+
+# The storage SDK retries an unreachable endpoint for over a minute; a host without storage can do
+# nothing, so say so within seconds.
+STORAGE_START_SECONDS = 10.0
+
+
+def _ensure_storage() -> None:
+    """Create the queues and tables, or stop start-up naming the setting (StartupError)."""
+    from shared.startup import DeadlineExceeded, StartupError, within
+    from shared.store.storage import get_storage
+
+    try:
+        within(STORAGE_START_SECONDS, get_storage().ensure)
+    except DeadlineExceeded:
+        problem = f"storage did not answer within {STORAGE_START_SECONDS:g} s"
+    except Exception as exc:
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        problem = f"storage refused the first requests ({type(exc).__name__}: {first_line})"
+    else:
+        return
+    raise StartupError([
+        f"AzureWebJobsStorage: {problem}. Start Azurite (`python -m devstack azurite`) or point the "
+        "setting at a reachable storage account."
+    ])  # fmt: skip
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -4,12 +4,15 @@ start-up message (what `function_app.py` raises at import), and no traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from devstack.azurite import ACCOUNT_KEY
 from devstack.serve import free_port
 from shared.startup import BINDING_SETTINGS
 
@@ -58,4 +61,19 @@ def test_dev_host_names_a_garbage_storage_connection_string(storage: str) -> Non
     result = run_host({**VALID, "AzureWebJobsStorage": storage})
     assert result.returncode == 2, result.stdout + result.stderr
     assert "AzureWebJobsStorage: " in result.stderr and "Access keys page" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_dev_host_stops_within_seconds_naming_unreachable_storage() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/devstoreaccount1"
+    storage = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+               f"QueueEndpoint={base};TableEndpoint={base};")  # fmt: skip
+    started = time.monotonic()
+    result = run_host({**VALID, "AzureWebJobsStorage": storage})
+    assert time.monotonic() - started < 25
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "AzureWebJobsStorage: storage" in result.stderr and "Start Azurite" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
