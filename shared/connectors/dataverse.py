@@ -86,6 +86,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("products", "product", "productid"),
         TableInfo("systemusers", "systemuser", "systemuserid"),
         TableInfo("transactioncurrencies", "transactioncurrency", "transactioncurrencyid"),
+        TableInfo("organizations", "organization", "organizationid"),
         TableInfo("uomschedules", "uomschedule", "uomscheduleid"),
         TableInfo("uoms", "uom", "uomid"),
         TableInfo("pricelevels", "pricelevel", "pricelevelid"),

@@ -320,6 +320,16 @@ mappings:
     # is no BC currency record: its miss is expected and reloads nothing)
     assert bc.requests == {"GET currencies": 1} and dv.requests == {"GET transactioncurrencies": 1}
 
+    # The other way: the uncoupled Dataverse currency of the local code stands for BC's blank code
+    # (the cached lookup answers it); another uncoupled currency stays unknown.
+    other = dv.seed(currency, {"isocurrencycode": "JPY"})["transactioncurrencyid"]
+    lookups = resolver.code_tables(currency)
+    resolver.resolve(lookups, LookupKey("CURRENCY", "dv", usd.upper()))
+    resolver.resolve(lookups, LookupKey("CURRENCY", "dv", other))
+    assert lookups.bc_key("CURRENCY", usd.upper()) == "USD"
+    assert lookups.bc_key("CURRENCY", other) is None
+    assert dv.requests == {"GET transactioncurrencies": 1}
+
 
 def _lose_the_create_answer(h: Harness, *, landed: bool) -> None:
     """The next BC create gets no answer; with `landed` it was made all the same."""
