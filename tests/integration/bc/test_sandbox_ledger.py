@@ -135,3 +135,16 @@ def test_bad_postings_are_refused_whole(bc: Bc) -> None:
     assert _item(bc, "I00010")["inventory"] == 0
     assert bc.http.get(bc.entity_url("itemLedgerEntries")).json()["value"] == []
     assert _post(bc, {"itemNumber": "I00010", "quantity": 1}).json()["entryNumbers"] == [1]
+
+
+def test_an_item_with_ledger_entries_cannot_be_deleted(bc: Bc) -> None:
+    _post(bc, {"itemNumber": "I00010", "quantity": 2})
+    item = _item(bc, "I00010")
+    message = assert_error(
+        bc.http.delete(bc.entity_url("items", item["id"]), headers={"If-Match": "*"}),
+        400,
+        "Application_DialogException",
+    )
+    assert "has ledger entries" in message
+    other = _item(bc, "I00020")
+    assert bc.http.delete(bc.entity_url("items", other["id"]), headers={"If-Match": "*"}).status_code == 204
