@@ -7,7 +7,7 @@ and item ledger entries"). BC's own connector refreshes `quantityonhand` with a 
 minutes; this does it at every delta poll (default every 2 minutes):
 
 1. one read of `itemLedgerEntries` with `entryNumber` above the last one seen (the entry number only
-   grows; the cursor is kept in `Watermarks`, PK the mapping, RowKey `bc-ledger`), ids and item
+   grows; the cursor is kept in `Watermarks`, PK the mapping, RowKey `bc-ledger`), entry and item
    numbers only, 20,000 per page. Nothing moved: that one request is all.
 2. the items those entries touch, read in bulk: `number eq … or …` 50 to a request, or the whole
    item table in pages of 20,000 when more than 1,000 items moved;
