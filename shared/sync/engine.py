@@ -156,6 +156,13 @@ class Engine:
                 # with the same key: a create's 412, with or without a code): decide again.
                 last = exc
                 log.info("%s %s:%s lost a race (%s); re-reading", mapping.name, message.side, message.id, exc)
+        if isinstance(last, AlreadyExistsError):
+            why = (
+                f"{last.service or 'the other side'} refused the create {MAX_RACE_RETRIES} times because "
+                f"a record with its key already exists ({last}); couple the two records with "
+                f"`bcsync couple {mapping.name} --bc <id> --dv <id>` or change the key, then retry"
+            )
+            return self._fail(mapping, None, message, why)
         return self._fail(
             mapping, None, message, f"gave up after {MAX_RACE_RETRIES} concurrent changes: {last}"
         )

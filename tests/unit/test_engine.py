@@ -386,3 +386,32 @@ def test_a_create_that_may_still_be_in_flight_is_waited_for_not_repeated() -> No
     h.engine.clock = lambda: later
     assert h.sync("dv", dv_id).outcome == Outcome.INSERTED
     assert len(h.bc.rows("customers")) == 1
+
+
+def test_a_create_refused_because_the_key_exists_is_decided_again_then_fails_visibly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dataverse answers a create whose key is taken with 412 (often without a code): the engine
+    re-reads and decides again (a record created meanwhile may match), and when the create is
+    refused every time the record fails with that reason instead of poisoning the message."""
+    from shared.connectors.errors import AlreadyExistsError
+
+    h = Harness()
+    bc_id = h.bc.seed(CUSTOMER, {"number": "C1", "displayName": "Adatum", "phoneNumber": "1", "city": "A"})[
+        "id"
+    ]
+    attempts: list[int] = []
+
+    def taken(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        raise AlreadyExistsError(
+            "A record with matching key values already exists.", status=412, url="accounts"
+        )
+
+    monkeypatch.setattr(h.dv, "create", taken)
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.FAILED
+    assert len(attempts) == 4
+    assert "refused the create 4 times because a record with its key already exists" in result.reason
+    assert "bcsync couple CUSTOMER" in result.reason
