@@ -11,6 +11,7 @@ BENCHMARKS = [
     ["bench.webhook_burst", "--entries", "1000"],
     ["bench.latency", "--rate", "20", "--seconds", "60"],
     ["bench.initial_sync", "--customers", "100000"],
+    ["bench.stock", "--items", "20000", "--moved", "5000"],
 ]
 
 

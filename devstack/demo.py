@@ -21,6 +21,12 @@ DEMO_USERS = (
 DEMO_CUSTOMERS = 40
 # Person contacts of the first demo customers, each under its customer's company contact, as in BC.
 DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen")
+DEMO_STOCK = (
+    {"itemNumber": "I00010", "quantity": 30, "entryType": "Purchase", "documentNumber": "107001"},
+    {"itemNumber": "I00010", "quantity": -6, "entryType": "Sale", "documentNumber": "102001"},
+    {"itemNumber": "I00020", "quantity": 120, "entryType": "Purchase", "documentNumber": "107002"},
+    {"itemNumber": "I00020", "quantity": -2, "entryType": "Negative Adjmt.", "documentNumber": "T00001"},
+)
 
 
 def start_demo(stack: Stack) -> Iterator[str]:
@@ -28,6 +34,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
     from shared.connectors.credentials import StaticTokenCredential
     from shared.ops.setup import AdminCredentials, run_setup
     from shared.runtime import get_runtime
+    from shared.sales.stock import refresh_stock
     from shared.sync import bulk
 
     dv_sandbox = stack.dataverse_app.state.sandbox
@@ -43,9 +50,12 @@ def start_demo(stack: Stack) -> Iterator[str]:
         for name, customer in zip(DEMO_PEOPLE, customers, strict=False)
     ]  # fmt: skip
     bc_sandbox.seed("contacts", people)
+    # Opening stock, posted as BC posts it (item ledger entries); `inventory` is their sum.
+    bc_sandbox.post_item_entries(DEMO_STOCK, user="SEED")
     yield (
         f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
-        f"{len(DEMO_PEOPLE)} of their contacts"
+        f"{len(DEMO_PEOPLE)} of their contacts, stock of {len({e['itemNumber'] for e in DEMO_STOCK})} items "
+        f"from {len(DEMO_STOCK)} item ledger entries"
     )
 
     # The operator's set-up, as `bcsync setup` runs it: checks, registration, salespeople.
@@ -62,6 +72,9 @@ def start_demo(stack: Stack) -> Iterator[str]:
             continue
         run = bulk.run_full_resync(rt.engine, name)
         yield f"initial sync {name}: {_counts(run.counts)}"
+    # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
+    stock = refresh_stock(rt)
+    yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
     yield from _try_it(stack)
 
 
@@ -82,6 +95,12 @@ def _try_it(stack: Stack) -> Iterator[str]:
         f"-d '{{\"displayName\": \"Fabrikam Inc\"}}' '{bc}/companies({company})/customers'"
     )
     yield f"  curl -s -H 'Authorization: Bearer sales-user' '{dv}/accounts?$select=name,accountnumber&$top=3'"
+    yield f"  curl -s -H 'Authorization: Bearer sales-user' '{bc}/companies({company})/itemLedgerEntries'"
+    yield (
+        f'  curl -s -X POST -H \'Content-Type: application/json\' -d \'{{"entries": [{{"itemNumber": '
+        f'"I00010", "quantity": 5}}]}}\' \'{bc.split("/v2.0/")[0]}/_sandbox/itemLedgerEntries/post\''
+        "   (posts stock: quantityonhand follows at the next delta poll)"
+    )
     yield f"  curl -s '{host}/api/health'"
     yield "A BC change reaches Dataverse about 2 s later (the sandbox coalesces notifications for 2 s,"
     yield "real BC for 30 s); a Dataverse change reaches BC within a second."

@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from devstack.bc.config import BcSandboxConfig
-from devstack.bc.entities import BUSINESS_RELATIONS, CONTACTS_INFORMATION, ENTITY_SETS, EntitySet
+from devstack.bc.entities import (
+    BUSINESS_RELATIONS,
+    CONTACTS_INFORMATION,
+    ENTITY_SETS,
+    READ_ONLY_SETS,
+    EntitySet,
+)
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
 from devstack.bc.queries import (
     QueryOptions,
@@ -166,7 +172,8 @@ class BcApi:
     def _collection(
         self, request: ApiRequest, company_id: str, entity: EntitySet, parent_id: str | None = None
     ) -> ApiResponse:
-        self._only(request, "GET", "POST")
+        # Read-only pages (itemLedgerEntries) answer only GET (unverified: BC's exact refusal).
+        self._only(request, "GET", *(() if entity.name in READ_ONLY_SETS else ("POST",)))
         context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
         if request.method == "POST":
             record = self.store.create(
@@ -243,7 +250,7 @@ class BcApi:
         )
 
     def _item(self, request: ApiRequest, company_id: str, entity: EntitySet, record_id: str) -> ApiResponse:
-        self._only(request, "GET", "PATCH", "DELETE")
+        self._only(request, "GET", *(() if entity.name in READ_ONLY_SETS else ("PATCH", "DELETE")))
         context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}/$entity"
         if request.method == "DELETE":
             self.store.delete(

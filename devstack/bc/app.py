@@ -293,6 +293,22 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             return Response(status_code=204)
         return JSONResponse({"deliveries": list(sandbox.webhooks.deliveries)})
 
+    async def post_entries(request: Request) -> Response:
+        """Post stock as BC does: item ledger entries (the items' `inventory` follows, unnotified)."""
+        try:
+            body = await read_json(request)
+            entries = body.get("entries")
+            if not isinstance(entries, list) or not entries:
+                raise ValueError('send {"entries": [{"itemNumber": "I00010", "quantity": 5}, ...]}')
+            posted = sandbox.post_item_entries(entries, company_id=body.get("company_id"))
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(str(exc))
+        return JSONResponse(
+            {"posted": len(posted), "entryNumbers": [e["entryNumber"] for e in posted]}, status_code=201
+        )
+
     async def changes(request: Request) -> Response:
         since = int(request.query_params.get("since", "0"))
         return JSONResponse(
@@ -311,6 +327,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/webhooks/wait", wait_idle, methods=["POST"]),
         Route("/webhooks/deliveries", deliveries, methods=["GET", "DELETE"]),
         Route("/changes", changes, methods=["GET"]),
+        Route("/itemLedgerEntries/post", post_entries, methods=["POST"]),
     ]
 
 

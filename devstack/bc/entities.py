@@ -403,6 +403,35 @@ SALES_INVOICES = EntitySet(
     number_prefix="S-INV",
 )
 
+# `itemLedgerEntries` (page 30069 "APIV2 - Item Ledger Entries"): read-only (Editable = false, no
+# insert, modify or delete), key `id` (SystemId), `entryNumber` from one sequence that only grows.
+# Entries are made by posting (devstack/bc/ledger.py); an item's `inventory` is their sum.
+ITEM_ENTRY_TYPES = (
+    "Purchase", "Sale", "Positive Adjmt.", "Negative Adjmt.", "Transfer", "Consumption", "Output",
+    " ", "Assembly Consumption", "Assembly Output",
+)  # fmt: skip
+ITEM_LEDGER_ENTRIES = EntitySet(
+    "itemLedgerEntries",
+    "Item Ledger Entry",
+    (
+        _id(),
+        _num("entryNumber", read_only=True),
+        _code("itemNumber", read_only=True),
+        _date("postingDate", read_only=True),
+        Field("entryType", STR, "Purchase", options=ITEM_ENTRY_TYPES, read_only=True),
+        _code("sourceNumber", read_only=True),
+        Field("sourceType", STR, " ", options=(" ", "Customer", "Vendor", "Item"), read_only=True),
+        _code("documentNumber", read_only=True),
+        _text("documentType", 30, read_only=True),
+        _text("description", 100, read_only=True),
+        _num("quantity", read_only=True),
+        _num("salesAmountActual", read_only=True),
+        _num("costAmountActual", read_only=True),
+        _modified(),
+    ),
+)
+READ_ONLY_SETS = frozenset({ITEM_LEDGER_ENTRIES.name})
+
 ENTITY_SETS: dict[str, EntitySet] = {
     e.name: e
     for e in (
@@ -419,6 +448,7 @@ ENTITY_SETS: dict[str, EntitySet] = {
         SALES_ORDERS,
         SALES_ORDER_LINES,
         SALES_INVOICES,
+        ITEM_LEDGER_ENTRIES,
     )
 }
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from devstack.bc import ledger
 from devstack.bc.clock import SandboxClock
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.seed_data import DEFAULT_COMPANY_ID, SECOND_COMPANY_ID, seed_company, seed_customers
@@ -118,6 +119,13 @@ class BcSandbox:
         company = company_id or self.company_id
         current = self.store.get(company, entity_set, record_id)
         return self.store.update(company, entity_set, record_id, changes, user, if_match=current["_etag"])
+
+    def post_item_entries(
+        self, entries: Iterable[Mapping[str, Any]], *, user: str = "SALES", company_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Post stock in BC (item ledger entries, one transaction): the items' `inventory` moves, their
+        `lastModifiedDateTime` and ETag do not, and nothing is notified (devstack/bc/ledger.py)."""
+        return ledger.post_item_entries(self.store, company_id or self.company_id, entries, user)
 
     def get(self, entity_set: str, record_id: str, *, company_id: str | None = None) -> dict[str, Any]:
         """The stored record, hidden keys included (`_by`: who changed it last)."""

@@ -738,6 +738,15 @@ class BcStore:
         self._emit(company, "salesOrders", updated, "updated", user)
 
     def _check_deletable(self, company: Company, entity: EntitySet, record: Mapping[str, Any]) -> None:
+        if entity.name == "items":
+            # BC's MoveEntries (run on Item.OnDelete) refuses an item with ledger entries in an open year.
+            if any(e["itemNumber"] == record["number"] for e in company.tables["itemLedgerEntries"].values()):
+                raise bad_request(
+                    f"You cannot delete Item {record['number']} because it has ledger entries in a fiscal "
+                    "year that has not been closed yet.",
+                    "Application_DialogException",
+                )
+            return
         if entity.name != "customers":
             return
         for document_set in ("salesQuotes", "salesOrders"):

@@ -2,7 +2,11 @@
 
 Messages and codes follow Microsoft's documentation (docs/dataverse-sandbox.md#sources: errors,
 conditional operations, change tracking, service protection limits) and what live services return;
-where the documentation is silent the message says what to do instead.
+where the documentation is silent the message says what to do instead. Where the documentation's
+own examples show an EMPTY `code` (404 "Does Not Exist", 412 version mismatch, 412 "matching key
+values already exists"; page webapi/perform-conditional-operations-using-web-api and
+webapi/update-delete-entities-using-web-api), the sandbox sends it empty too, so a client cannot
+come to depend on a code that real answers may not carry.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def not_found(logical_name: str, record_id: str) -> DataverseError:
-    return DataverseError(404, f"{logical_name} With Id = {record_id} Does Not Exist", "0x80040217")
+    # The documented example has an empty code (live services often say 0x80040217).
+    return DataverseError(404, f"{logical_name} With Id = {record_id} Does Not Exist", "")
 
 
 def unknown_property(logical_name: str, name: str) -> DataverseError:
@@ -55,12 +60,13 @@ def version_mismatch() -> DataverseError:
     return DataverseError(
         412,
         "The version of the existing record doesn't match the RowVersion property provided.",
-        "0x80060882",
+        "",  # as documented (live services often say 0x80060882)
     )
 
 
 def key_exists() -> DataverseError:
-    return DataverseError(412, "A record with matching key values already exists.", "0x80060892")
+    # As documented: an empty code (live services often say 0x80060892).
+    return DataverseError(412, "A record with matching key values already exists.", "")
 
 
 def duplicate_key(logical_name: str, columns: tuple[str, ...]) -> DataverseError:

@@ -225,8 +225,13 @@ class DataverseSandbox:
             ],
             system,
         )
+        organization = {"organizationid": self.config.organization_id, "name": self.config.org_name}
         if not self.config.seed_reference_data:
+            self.store.seed("organizations", [organization], system)
             return
+        self.store.seed(
+            "organizations", [{**organization, "_basecurrencyid_value": defaults.USD_CURRENCY_ID}], system
+        )
         self.store.seed(
             "transactioncurrencies",
             [

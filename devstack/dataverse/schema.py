@@ -395,6 +395,16 @@ def build_tables() -> dict[str, Table]:
             owned=False,
         ),
         _table("businessunit", "businessunits", "name", [text("name", 160)], owned=False),
+        # The organization row: its base currency (`basecurrencyid`) is what Dataverse puts on
+        # new records with money columns.
+        _table(
+            "organization",
+            "organizations",
+            "name",
+            [text("name", 160), lookup("basecurrencyid", "transactioncurrency")],
+            owned=False,
+            change_tracking=False,
+        ),
         _table(
             "transactioncurrency",
             "transactioncurrencies",

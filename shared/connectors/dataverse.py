@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
@@ -51,7 +51,9 @@ API_PATH = "/api/data/v9.2/"
 MAX_PAGE_SIZE = 5000
 BULK_CHUNK_SIZE = 1000
 MAX_BATCH_REQUESTS = 1000
-# Dataverse error codes the client acts on.
+# Dataverse error codes. Codes are hints only: the Web API documentation's own error examples (404
+# "Does Not Exist", 412 version mismatch, 412 "matching key values already exists") carry an empty
+# `code`, so the client decides from the status and from what it sent (see `_error_for`).
 DUPLICATE_RECORD = "0x80040237"  # create reused an existing primary key
 EXPIRED_VERSION_STAMP = "0x80044352"  # change-tracking token expired: do a full sync
 WEBHOOK_CONTRACT = 8
@@ -84,6 +86,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("products", "product", "productid"),
         TableInfo("systemusers", "systemuser", "systemuserid"),
         TableInfo("transactioncurrencies", "transactioncurrency", "transactioncurrencyid"),
+        TableInfo("organizations", "organization", "organizationid"),
         TableInfo("uomschedules", "uomschedule", "uomscheduleid"),
         TableInfo("uoms", "uom", "uomid"),
         TableInfo("pricelevels", "pricelevel", "pricelevelid"),
@@ -158,6 +161,8 @@ class BatchResponse:
     headers: dict[str, str]
     body: Any
     content_id: str | None = None
+    # Whether the request of this part carried `If-Match` (None: unknown), see `_error_for`.
+    version_checked: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -167,7 +172,9 @@ class BatchResponse:
         if self.ok:
             return None
         code, message = _error_fields(self.body, "")
-        return _error_for(self.status, code, message, None, in_batch=True)
+        return _error_for(
+            self.status, code, message, None, in_batch=True, version_checked=self.version_checked
+        )
 
     @property
     def entity_id(self) -> str | None:
@@ -193,7 +200,18 @@ def map_error(response: httpx.Response) -> ApiError:
         payload = None
     code, message = _error_fields(payload, response.text[:500] or response.reason_phrase)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    return _error_for(response.status_code, code, message, retry_after)
+    return _error_for(
+        response.status_code, code, message, retry_after, version_checked=_version_checked(response)
+    )
+
+
+def _version_checked(response: httpx.Response) -> bool | None:
+    """Whether the request that got `response` carried `If-Match` (None when it is not known)."""
+    try:
+        request = response.request
+    except RuntimeError:  # a response built without its request (tests, replays)
+        return None
+    return "if-match" in request.headers
 
 
 def _error_fields(payload: Any, fallback: str) -> tuple[str, str]:
@@ -204,8 +222,18 @@ def _error_fields(payload: Any, fallback: str) -> tuple[str, str]:
 
 
 def _error_for(
-    status: int, code: str, message: str, retry_after: float | None, *, in_batch: bool = False
+    status: int,
+    code: str,
+    message: str,
+    retry_after: float | None,
+    *,
+    in_batch: bool = False,
+    version_checked: bool | None = None,
 ) -> ApiError:
+    """The typed error for an answer. The status decides, never the code alone: a 412 to a request
+    that carried `If-Match` is a stale version (`ConcurrencyError`); a 412 to one without it (a POST
+    create, a PATCH with `If-None-Match: *`) can only mean the record or its key already exists
+    (`AlreadyExistsError`), whether or not the body says `0x80040237`."""
     kw: dict[str, Any] = {"status": status, "code": code, "service": SERVICE}
     if status == 429:
         if in_batch:
@@ -217,7 +245,7 @@ def _error_for(
     if status == 404:
         return NotFoundError(message, **kw)
     if status == 412:
-        if code == DUPLICATE_RECORD:
+        if version_checked is False or (version_checked is None and code == DUPLICATE_RECORD):
             return AlreadyExistsError(message, **kw)
         return ConcurrencyError(message, **kw)
     if status == 408 or status >= 500:
@@ -399,9 +427,11 @@ class DataverseClient:
         With a client-chosen `record_id` the create is safe to repeat: when an attempt ends without
         a clear answer (`AmbiguousWriteError`, or a 5xx that may have committed), the client GETs
         the id; if the record is there it is returned (that attempt did commit), otherwise the
-        create is sent again, at most `policy.max_attempts` times. A 412 duplicate-key answer after
-        such an ambiguous attempt is resolved the same way. A duplicate key on the *first* attempt
-        (no ambiguity) raises `AlreadyExistsError`: the id was taken before this call.
+        create is sent again, at most `policy.max_attempts` times. A 412 (the record exists, with or
+        without Dataverse's `0x80040237` code) after such an ambiguous attempt is resolved the same
+        way; if the id is still not readable then, another key of the record is taken and the
+        `AlreadyExistsError` is raised. A 412 on the *first* attempt (no ambiguity) raises
+        `AlreadyExistsError`: the id or a key was taken before this call.
         """
         info = table_info(entity_set)
         body = dict(record)
@@ -421,6 +451,10 @@ class DataverseClient:
             except AlreadyExistsError:
                 if ambiguous is None:
                     raise
+                existing = self.get(entity_set, record_id, select)
+                if existing is not None:
+                    return existing
+                raise
             except (AmbiguousWriteError, TransientError) as exc:
                 ambiguous = exc
             existing = self.get(entity_set, record_id, select)
@@ -455,7 +489,7 @@ class DataverseClient:
         *,
         mode: UpsertMode = "upsert",
     ) -> dict[str, Any]:
-        """PATCH on a key URL: create or update (`upsert`), only create (412 -> `ConcurrencyError`
+        """PATCH on a key URL: create or update (`upsert`), only create (412 -> `AlreadyExistsError`
         when it exists) or only update (404 -> `NotFoundError` when it does not)."""
         url = f"{entity_set}({key_segment(entity_set, key)})"
         headers = {"Prefer": "return=representation"}
@@ -627,7 +661,10 @@ class DataverseClient:
                 service=SERVICE,
                 status=200,
             )
-        return parts
+        return [
+            replace(part, version_checked=any(k.lower() == "if-match" for k in request.headers))
+            for part, request in zip(parts, requests, strict=True)
+        ]
 
     # --- webhook registration ---------------------------------------------------------------------
 

@@ -7,14 +7,19 @@ import logging
 from shared.feeds.poll import PollReport, delta_poll
 from shared.feeds.registration import RegistrationReport, ensure_bc_subscriptions, ensure_dataverse_webhooks
 from shared.runtime import get_runtime
+from shared.sales.stock import refresh_stock
 from shared.sync.bulk import request_full_resync
 
 log = logging.getLogger(__name__)
 
 
 def run_delta_poll(past_due: bool = False) -> PollReport:
-    report = delta_poll(get_runtime())
+    rt = get_runtime()
+    report = delta_poll(rt)
     log.info("delta poll%s: %s", " (past due)" if past_due else "", report)
+    # Stock moves touch no item record (BC's inventory is a FlowField): the item ledger tells.
+    stock = refresh_stock(rt)
+    log.info("stock from item ledger entries: %s", stock)
     return report
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
 from shared.feeds.registration import (
     ENDPOINT_NAME,
@@ -37,6 +39,7 @@ from shared.feeds.registration import (
 from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
+from shared.odata import eq
 from shared.runtime import Runtime, bc_client, dataverse_client
 from shared.settings import Settings
 from shared.store.tables import TABLES
@@ -203,9 +206,88 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
                 functools.partial(_first_page, dv.query_pages(entity_set, page_size=1)),
                 "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
             )  # fmt: skip
+        if ok:
+            _check_local_currency(dv, mappings, s, report)
         return ok
     finally:
         dv.close()
+
+
+def _check_local_currency(
+    dv: DataverseClient, mappings: MappingSet, s: Settings, report: SetupReport
+) -> None:
+    """BC's local currency is the blank currency code (General Ledger Setup's LCY Code); BC's own
+    connector makes it correspond to the Dataverse currency with the LCY code's ISO code, adding that
+    currency to Dataverse when the organization's base currency differs. Show the correspondence, or
+    say exactly what to change when it cannot be made."""
+    currency = next((m for m in mappings.entities() if m.bc_blank_means_local_currency), None)
+    if currency is None:
+        return
+    name, code = "local currency", mappings.settings.bc_local_currency_code
+    if not code:
+        report.checks.append(
+            Check(
+                name,
+                False,
+                f"BC shows its local currency as a blank currency code, and {currency.name} maps blank "
+                "codes to it, but the mapping file does not say which currency that is",
+                f"set settings.bc_local_currency_code in {s.mappings_file} to the LCY Code of BC's "
+                "General Ledger Setup (e.g. USD)",
+            )
+        )
+        return
+    iso = next((f.dv for f in currency.fields if f.bc == currency.bc.key and f.dv), "isocurrencycode")
+    pk = currency.dataverse.primary_key
+    try:
+        found = list(
+            dv.query(currency.dataverse.entity_set, select=[pk, iso, "currencyname"], filter=eq(iso, code))
+        )
+        organization = list(dv.query("organizations", select=["_basecurrencyid_value"]))
+        base_id = str((organization[0] if organization else {}).get("_basecurrencyid_value") or "").lower()
+        base = (
+            list(dv.query(currency.dataverse.entity_set, select=[pk, iso], filter=eq(pk, uuid.UUID(base_id))))
+            if base_id
+            else []
+        )
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read currencies"
+        )
+        report.checks.append(Check(name, False, detail, fix))
+        return
+    base_code = str(base[0].get(iso)) if base else "?"
+    if not found:
+        report.checks.append(
+            Check(
+                name,
+                False,
+                f"BC's blank currency code is its local currency {code}, but Dataverse has no currency "
+                f"with ISO code {code}: customers, vendors and documents in the local currency (and "
+                f"Sales records in it) cannot sync",
+                f"add the currency {code} in Dataverse (Settings > Business Management > Currencies) with "
+                f"its exchange rate to the base currency {base_code}, as BC's connector does when a "
+                f"company's local currency differs from the base currency; or, if BC's LCY Code "
+                f"(General Ledger Setup) is not {code}, set settings.bc_local_currency_code to it in "
+                f"{s.mappings_file}",
+            )
+        )
+        return
+    row = found[0]
+    is_base = str(row[pk]).lower() == base_id
+    where = (
+        "the organization's base currency"
+        if is_base
+        else f"not the base currency {base_code}: Sales records in {base_code} need a BC currency "
+        f"{base_code} coupled to it"
+    )
+    report.checks.append(
+        Check(
+            name,
+            True,
+            f"BC blank currency code (local currency {code}) <-> Dataverse currency {row.get(iso)} "
+            f"{row.get('currencyname') or ''} ({row[pk]}), {where}",
+        )
+    )
 
 
 def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:

@@ -155,6 +155,14 @@ def scan_bc_changes(
     m = engine.ms.entity(mapping_name)
     select = select_fields(engine.ms, m, "bc")
     changed = list(engine.bc.modified_since(m, since, select=select))
+    return converge_bc_records(engine, m, changed, correlation_id)
+
+
+def converge_bc_records(
+    engine: Engine, m: EntityMapping, changed: list[Record], correlation_id: str
+) -> Counter[str]:
+    """BC records just read (with `select_fields`) converged in bulk: their coupled counterparts
+    read with one `$batch`, the writes sent in bulk; uncoupled records take the one-record path."""
     pairs: list[Pair] = []
     coupled_dv: dict[str, Pair] = {}
     for record in changed:

@@ -21,7 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.connectors.errors import ConcurrencyError, FatalApiError, NotFoundError, RetriableApiError
+from shared.connectors.errors import (
+    AlreadyExistsError,
+    ConcurrencyError,
+    FatalApiError,
+    NotFoundError,
+    RetriableApiError,
+)
 from shared.connectors.retry import RetryPolicy
 from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
@@ -145,10 +151,18 @@ class Engine:
         for _ in range(MAX_RACE_RETRIES):
             try:
                 return self._sync_once(mapping, message, force)
-            except (ConcurrencyError, CouplingConflictError, AlreadyCoupledError) as exc:
-                # Someone else wrote the record or the coupling since we read it: decide again.
+            except (ConcurrencyError, AlreadyExistsError, CouplingConflictError, AlreadyCoupledError) as exc:
+                # Someone else wrote the record or the coupling since we read it (or created one
+                # with the same key: a create's 412, with or without a code): decide again.
                 last = exc
                 log.info("%s %s:%s lost a race (%s); re-reading", mapping.name, message.side, message.id, exc)
+        if isinstance(last, AlreadyExistsError):
+            why = (
+                f"{last.service or 'the other side'} refused the create {MAX_RACE_RETRIES} times because "
+                f"a record with its key already exists ({last}); couple the two records with "
+                f"`bcsync couple {mapping.name} --bc <id> --dv <id>` or change the key, then retry"
+            )
+            return self._fail(mapping, None, message, why)
         return self._fail(
             mapping, None, message, f"gave up after {MAX_RACE_RETRIES} concurrent changes: {last}"
         )

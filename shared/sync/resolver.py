@@ -75,6 +75,11 @@ class LookupResolver:
             return
         coupling = self.couplings.get(key.mapping, "dv", key.value)
         if coupling is None or not coupling.bc_id:
+            # BC's local currency is no record of its currencies, so the Dataverse currency with its
+            # ISO code is never coupled: it stands for BC's blank code (as in BC's own connector).
+            pair = self.local_currency(target)
+            if pair is not None and pair[1] == key.value.lower():
+                lookups.couple(key.space, pair[0], key.value)
             return
         if key.company_contact:
             number = self._company_contact_of(target, coupling.bc_id)
@@ -156,6 +161,16 @@ class LookupResolver:
         return links
 
     # --------------------------------------------------------------------- reference tables
+    def local_currency(self, mapping: EntityMapping) -> tuple[str, str] | None:
+        """(BC's local currency code, the id of the Dataverse currency standing for it) when
+        `mapping` is the currency mapping (`bc_blank_means_local_currency`) and that Dataverse
+        currency exists; None otherwise (`bcsync setup` says what to change)."""
+        code = self.ms.settings.bc_local_currency_code
+        if not mapping.bc_blank_means_local_currency or not code:
+            return None
+        found = self._local_currency_id(mapping, code)
+        return (code, found.lower()) if found else None
+
     def _local_currency_id(self, mapping: EntityMapping, code: str) -> str | None:
         """BC's local currency is not in its currencies list, so it is never coupled: find the
         Dataverse currency with that ISO code instead."""

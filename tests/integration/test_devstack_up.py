@@ -61,6 +61,14 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
             time.sleep(0.5)
         assert answer is not None and answer.status_code == 200, "health did not answer 200"
         assert answer.json()["storage"] == "reachable"
+        # The demo's stock is posted as item ledger entries and reached Sales with the initial sync.
+        products = httpx.get(
+            f"http://127.0.0.1:{ports[1]}/api/data/v9.2/products?$select=productnumber,quantityonhand",
+            headers={"Authorization": "Bearer sales-user"},
+            timeout=10,
+        ).json()["value"]
+        stock = {p["productnumber"]: p["quantityonhand"] for p in products}
+        assert (stock.get("I00010"), stock.get("I00020")) == (24, 118), stock
         started = _children(proc.pid)
         assert started, "up should have started Azurite as a child process"
     finally:
@@ -70,6 +78,8 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
     output = "".join(lines)
     assert proc.returncode == 0, output[-2000:]
     assert "NOT the Azure Functions runtime" in output
+    assert "stock of 2 items from 4 item ledger entries" in output
+    assert "quantityonhand follows ITEM-PRODUCT: item ledger entries after 4" in output
     time.sleep(0.5)
     assert not any(Path(f"/proc/{pid}").exists() for pid in started), "a child process outlived Ctrl-C"
 

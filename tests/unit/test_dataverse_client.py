@@ -40,6 +40,8 @@ def error_response(
         (412, "0x80060882", ConcurrencyError),
         (412, "0x80060892", ConcurrencyError),
         (412, "0x80040237", AlreadyExistsError),
+        (404, "", NotFoundError),
+        (412, "", ConcurrencyError),  # request unknown, no code: read again and decide again
         (400, "0x80044331", ValidationError),
         (405, "", ValidationError),
         (500, "", TransientError),
@@ -123,3 +125,39 @@ def test_failed_batch_maps_to_its_failing_part() -> None:
     )
     error = map_error(response)
     assert isinstance(error, ConcurrencyError) and error.message == "stale"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code", "expected"),
+    [
+        ({"If-Match": 'W/"1"'}, "", ConcurrencyError),
+        ({"If-Match": 'W/"1"'}, "0x80040237", ConcurrencyError),
+        ({}, "", AlreadyExistsError),  # a create: only "it exists" can fail its precondition
+        ({"If-None-Match": "*"}, "", AlreadyExistsError),
+        ({}, "0x80060892", AlreadyExistsError),
+    ],
+)
+def test_a_412_is_decided_by_what_was_sent_not_by_the_code(
+    headers: dict[str, str], code: str, expected: type
+) -> None:
+    request = httpx.Request("POST" if not headers else "PATCH", BASE + "accounts", headers=headers)
+    response = httpx.Response(412, json={"error": {"code": code, "message": "m"}}, request=request)
+    assert type(map_error(response)) is expected
+
+
+def test_batch_parts_know_whether_they_were_version_checked() -> None:
+    from dataclasses import replace
+
+    part = parse_batch_response(
+        httpx.Response(
+            200,
+            text=(
+                "--b\r\nContent-Type: application/http\r\n\r\n"
+                "HTTP/1.1 412 Precondition Failed\r\nContent-Type: application/json\r\n\r\n"
+                '{"error":{"code":"","message":"exists"}}\r\n--b--\r\n'
+            ),
+            headers={"Content-Type": "multipart/mixed; boundary=b"},
+        )
+    )[0]
+    assert isinstance(replace(part, version_checked=False).error(), AlreadyExistsError)
+    assert isinstance(replace(part, version_checked=True).error(), ConcurrencyError)

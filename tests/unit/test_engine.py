@@ -320,6 +320,16 @@ mappings:
     # is no BC currency record: its miss is expected and reloads nothing)
     assert bc.requests == {"GET currencies": 1} and dv.requests == {"GET transactioncurrencies": 1}
 
+    # The other way: the uncoupled Dataverse currency of the local code stands for BC's blank code
+    # (the cached lookup answers it); another uncoupled currency stays unknown.
+    other = dv.seed(currency, {"isocurrencycode": "JPY"})["transactioncurrencyid"]
+    lookups = resolver.code_tables(currency)
+    resolver.resolve(lookups, LookupKey("CURRENCY", "dv", usd.upper()))
+    resolver.resolve(lookups, LookupKey("CURRENCY", "dv", other))
+    assert lookups.bc_key("CURRENCY", usd.upper()) == "USD"
+    assert lookups.bc_key("CURRENCY", other) is None
+    assert dv.requests == {"GET transactioncurrencies": 1}
+
 
 def _lose_the_create_answer(h: Harness, *, landed: bool) -> None:
     """The next BC create gets no answer; with `landed` it was made all the same."""
@@ -376,3 +386,32 @@ def test_a_create_that_may_still_be_in_flight_is_waited_for_not_repeated() -> No
     h.engine.clock = lambda: later
     assert h.sync("dv", dv_id).outcome == Outcome.INSERTED
     assert len(h.bc.rows("customers")) == 1
+
+
+def test_a_create_refused_because_the_key_exists_is_decided_again_then_fails_visibly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dataverse answers a create whose key is taken with 412 (often without a code): the engine
+    re-reads and decides again (a record created meanwhile may match), and when the create is
+    refused every time the record fails with that reason instead of poisoning the message."""
+    from shared.connectors.errors import AlreadyExistsError
+
+    h = Harness()
+    bc_id = h.bc.seed(CUSTOMER, {"number": "C1", "displayName": "Adatum", "phoneNumber": "1", "city": "A"})[
+        "id"
+    ]
+    attempts: list[int] = []
+
+    def taken(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        raise AlreadyExistsError(
+            "A record with matching key values already exists.", status=412, url="accounts"
+        )
+
+    monkeypatch.setattr(h.dv, "create", taken)
+    result = h.sync("bc", bc_id)
+
+    assert result.outcome == Outcome.FAILED
+    assert len(attempts) == 4
+    assert "refused the create 4 times because a record with its key already exists" in result.reason
+    assert "bcsync couple CUSTOMER" in result.reason

@@ -88,7 +88,8 @@ def test_delete_and_missing_records(client: DataverseClient, http: httpx.Client)
         client.delete("accounts", row["accountid"])
     missing = str(uuid.uuid4())
     body = http.get(f"accounts({missing})").json()
-    assert body == {"error": {"code": "0x80040217", "message": f"account With Id = {missing} Does Not Exist"}}
+    # As in the Web API documentation's own example: the code is empty.
+    assert body == {"error": {"code": "", "message": f"account With Id = {missing} Does Not Exist"}}
     patch = http.patch(f"accounts({missing})", json={"name": "x"}, headers={"If-Match": "*"})
     assert patch.status_code == 404
 
@@ -113,8 +114,9 @@ def test_upsert_by_alternate_key_modes(client: DataverseClient, http: httpx.Clie
     assert again["accountid"] == created["accountid"]
     assert again["accountnumber"] == "O'B-1"  # key columns in the body are ignored on update
     assert again["name"] == "O'Brien Ltd"
-    with pytest.raises(ConcurrencyError, match="matching key values already exists"):
+    with pytest.raises(AlreadyExistsError, match="matching key values already exists") as exists:
         client.upsert_by_key("accounts", {"accountnumber": "O'B-1"}, {"name": "dup"}, mode="create_only")
+    assert (exists.value.status, exists.value.code) == (412, "")
     with pytest.raises(NotFoundError):
         client.upsert_by_key("accounts", {"accountnumber": "NOPE"}, {"name": "n"}, mode="update_only")
     plain = http.patch("accounts(accountnumber='A-2')", json={"name": "A2"})
@@ -127,7 +129,7 @@ def test_upsert_by_alternate_key_modes(client: DataverseClient, http: httpx.Clie
 
 def test_alternate_key_values_are_unique(client: DataverseClient) -> None:
     client.create("accounts", {"name": "One", "accountnumber": "K1"})
-    with pytest.raises(ConcurrencyError):
+    with pytest.raises(AlreadyExistsError):
         client.create("accounts", {"name": "Two", "accountnumber": "k1"})  # case-insensitive collation
 
 
@@ -276,3 +278,63 @@ def test_product_starts_as_draft_and_state_sets_default_status(client: Dataverse
     assert (product["statecode"], product["statuscode"]) == (2, 0)
     active = client.update("products", product["productid"], {"statecode": 0}, etag=product["@odata.etag"])
     assert (active["statecode"], active["statuscode"]) == (0, 1)
+
+
+def test_documented_errors_carry_an_empty_code(client: DataverseClient, http: httpx.Client) -> None:
+    """404 and both 412s look as in the Web API documentation's examples: `"code": ""`."""
+    row = client.create("accounts", {"name": "Versioned"})
+    client.update("accounts", row["accountid"], {"name": "v2"}, etag=row["@odata.etag"])
+    stale = http.patch(
+        f"accounts({row['accountid']})", json={"name": "x"}, headers={"If-Match": row["@odata.etag"]}
+    )
+    assert stale.status_code == 412
+    assert stale.json()["error"] == {
+        "code": "",
+        "message": "The version of the existing record doesn't match the RowVersion property provided.",
+    }
+    with pytest.raises(ConcurrencyError) as info:  # If-Match was sent: a stale version, code or not
+        client.update("accounts", row["accountid"], {"name": "x"}, etag=row["@odata.etag"])
+    assert info.value.code == ""
+    exists = http.patch("accounts(accountnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
+    assert exists.status_code == 204
+    again = http.patch("accounts(accountnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
+    assert (again.status_code, again.json()["error"]["code"]) == (412, "")
+
+
+def test_a_412_on_create_without_a_code_means_it_exists(
+    client: DataverseClient, sandbox: DataverseSandbox
+) -> None:
+    """A POST carries no If-Match, so its 412 means "already exists" whatever the code says."""
+    sandbox.injector.add({"action": "status", "status": 412, "method": "POST", "path_contains": "accounts"})
+    with pytest.raises(AlreadyExistsError) as info:
+        client.create("accounts", {"name": "Taken"}, record_id=str(uuid.uuid4()))
+    assert (info.value.status, info.value.code) == (412, "")
+
+
+def test_ambiguous_create_recovers_through_a_412_without_a_code(
+    client: DataverseClient, sandbox: DataverseSandbox
+) -> None:
+    """The create commits but its answer is lost; the read that follows misses it (404, empty code);
+    the resent create is refused with a 412 without 0x80040237. The client reads again and returns
+    the record instead of taking the 412 for a concurrency error."""
+    record_id = str(uuid.uuid4())
+    sandbox.injector.add(
+        {
+            "action": "commit_then_fail",
+            "method": "POST",
+            "path_contains": "accounts",
+            "status": 503,
+            "times": 1,
+        }
+    )
+    sandbox.injector.add(
+        {"action": "status", "status": 404, "method": "GET", "path_contains": "accounts", "times": 1}
+    )
+    sandbox.injector.add(
+        {"action": "status", "status": 412, "method": "POST", "path_contains": "accounts", "times": 1}
+    )
+    row = client.create("accounts", {"name": "Exactly once"}, record_id=record_id)
+    assert row["accountid"] == record_id
+    assert [r["name"] for r in sandbox.rows("accounts")] == ["Exactly once"]
+    assert client.stats.requests["POST accounts"] == 2
+    assert client.stats.requests["GET accounts"] == 2

@@ -16,11 +16,12 @@ PRODUCT_ID = "0d0c0000-0000-4000-8000-000000000001"
 
 
 def _set_inventory(ops: OpsStack, number: str, quantity: float) -> dict:
-    # BC posts inventory through item ledger entries, which the sandbox does not model: set the
-    # computed field the API returns directly.
+    # As in BC: stock moves only by posting item ledger entries; `inventory` is their sum.
     item = ops.bc.store.find_by_key(ops.rt.company_id, "items", number)
-    item["inventory"] = quantity
-    return item
+    moved = quantity - float(item["inventory"])
+    if moved:
+        ops.bc.post_item_entries([{"itemNumber": number, "quantity": moved}])
+    return dict(ops.bc.store.find_by_key(ops.rt.company_id, "items", number))
 
 
 def test_availability_by_number_and_by_coupled_product(ops: OpsStack) -> None:

@@ -148,3 +148,34 @@ def test_cli_setup_prints_the_report_and_is_idempotent(ops: OpsStack) -> None:
     assert second.exit_code == 0, second.output
     report = json.loads(second.output)
     assert report["created"] == [] and report["updated"] == []
+
+
+def test_setup_shows_which_dataverse_currency_is_bcs_blank_local_currency(ops: OpsStack) -> None:
+    report = run_setup(ops.rt, None, couple_salespeople=False)
+
+    local = next(c for c in report.checks if c.name == "local currency")
+    assert local.ok
+    assert "BC blank currency code (local currency USD) <-> Dataverse currency USD US Dollar" in local.detail
+    assert "the organization's base currency" in local.detail
+
+
+def test_setup_says_what_to_change_when_the_local_currency_is_missing_in_dataverse(ops: OpsStack) -> None:
+    # A company whose LCY Code is CAD, connected to a Dataverse whose base currency is USD.
+    ms = ops.rt.mappings
+    cad = ms.model_copy(update={"settings": ms.settings.model_copy(update={"bc_local_currency_code": "CAD"})})
+    import shared.ops.setup as setup_module
+
+    original = setup_module.load_mapping_set
+    setup_module.load_mapping_set = lambda path: cad  # type: ignore[assignment]
+    try:
+        report = run_setup(ops.rt, None, couple_salespeople=False)
+    finally:
+        setup_module.load_mapping_set = original
+
+    local = next(c for c in report.checks if c.name == "local currency")
+    assert not local.ok
+    assert "Dataverse has no currency with ISO code CAD" in local.detail
+    assert "add the currency CAD in Dataverse" in local.fix and "base currency USD" in local.fix
+    assert "settings.bc_local_currency_code" in local.fix
+    assert any(t.startswith("local currency: add the currency CAD") for t in report.todo)
+    assert not report.ok
