@@ -193,6 +193,22 @@ def ensure_bc_subscriptions(
     return report
 
 
+def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
+    """(company, entity set) targets BC has no subscription for on our URL: deleted by BC after
+    failed deliveries or a refusing answer, expired, or deleted by anyone. One request."""
+    url = bc_webhook_url(settings)
+    live = {
+        _normal_resource(str(s.get("resource", "")))
+        for s in bc.list_subscriptions()
+        if s.get("notificationUrl") == url
+    }
+    return [
+        (company, entity_set)
+        for company, entity_set in bc_subscription_targets(settings, mappings)
+        if _normal_resource(resource_path(company, entity_set)) not in live
+    ]
+
+
 def _normal_resource(resource: str) -> str:
     # BC is inconsistent about the leading slash (see `parse_resource`); compare without it.
     return resource.lstrip("/").lower()
