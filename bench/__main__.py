@@ -11,6 +11,7 @@ BENCHMARKS = [
     ["bench.webhook_burst", "--entries", "1000"],
     ["bench.latency", "--rate", "20", "--seconds", "60"],
     ["bench.initial_sync", "--customers", "100000"],
+    ["bench.bare_collection", "--customers", "100000", "--changes", "1500", "--deletes", "10"],
 ]
 
 
