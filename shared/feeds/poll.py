@@ -123,8 +123,12 @@ def _queue_sweep(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollRe
     every = dt.timedelta(minutes=rt.settings.bc_sweep_minutes)
     if not gap and mark is not None and now - parse_iso(mark.value) < every:
         return
-    # Conditional, so two instances polling at once queue one sweep (the loser raises and skips).
-    rt.watermarks.set(Watermark(m.name, SWEEP_MARK, iso_ms(now), mark.etag if mark else None))
+    # Conditional, so two instances polling at once queue one sweep; the other skips it.
+    try:
+        rt.watermarks.set(Watermark(m.name, SWEEP_MARK, iso_ms(now), mark.etag if mark else None))
+    except WatermarkConflictError:
+        report.skipped.append(f"{m.name}: another instance queued its BC sweep")
+        return
     kind: Literal["all", "deletions"] = "all" if gap else "deletions"
     reason = "bc subscription was missing" if gap else "periodic bc deletion sweep"
     rt.storage.enqueue([ScanMessage(mapping=m.name, side="bc", sweep=kind, reason=reason)])

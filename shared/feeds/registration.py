@@ -6,8 +6,8 @@
 - BC: one subscription per configured company and mapped entity set that BC sends webhooks for
   (contacts and salespeople have none: the delta poll covers them), renewed before it expires
   (3 days) and re-created when BC deleted it: by the upkeep timer, and within one delta poll
-  interval by the poll (`missing_bc_subscriptions`, see shared/feeds/poll.py). State is mirrored in the `Subscriptions` table
-  (`shared.store.subscriptions`).
+  interval by the poll (`missing_bc_subscriptions`, see shared/feeds/poll.py). State is mirrored
+  in the `Subscriptions` table (`shared.store.subscriptions`).
 
 Every function is idempotent: running it twice changes nothing the second time.
 """
