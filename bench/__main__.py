@@ -12,6 +12,7 @@ BENCHMARKS = [
     ["bench.latency", "--rate", "20", "--seconds", "60"],
     ["bench.initial_sync", "--customers", "100000"],
     ["bench.stock", "--items", "20000", "--moved", "5000"],
+    ["bench.bare_collection", "--customers", "100000", "--changes", "1500", "--deletes", "10"],
 ]
 
 

@@ -86,8 +86,9 @@ def _sandboxes_main(argv: list[str]) -> int:
     parser.add_argument("--bc-port", type=int, required=True)
     parser.add_argument("--dv-port", type=int, required=True)
     args = parser.parse_args(argv)
-    # A short notification window keeps the run short; retries outlast a host restart.
-    config = BcSandboxConfig(coalesce_seconds=0.3, retry_delays_seconds=(1.0, 2.0, 4.0, 8.0))
+    # A short notification window keeps the run short; BC's 5 retries (then the subscription is
+    # deleted), compressed, outlast a host restart.
+    config = BcSandboxConfig(coalesce_seconds=0.3, retry_delays_seconds=(1.0, 1.0, 2.0, 4.0, 8.0))
     servers = [
         serve_in_thread(bc.create_app(config), args.bc_port),
         serve_in_thread(dataverse.create_app(), args.dv_port),

@@ -193,6 +193,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     FULL_RESYNC_SCHEDULE: '0 0 2 * * *'
     SUBSCRIPTION_UPKEEP_SCHEDULE: '0 0 */12 * * *'
     STATISTICS_SCHEDULE: '0 */30 * * * *'
+    BC_SWEEP_MINUTES: '10'
     AUTH_ISSUER: '${tenantAuthority}/v2.0'
     AUTH_AUDIENCE: authAudience
     AUTH_JWKS_URL: '${tenantAuthority}/discovery/v2.0/keys'

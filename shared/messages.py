@@ -70,11 +70,15 @@ class ChunkMessage(_Message):
 
 class ScanMessage(_Message):
     """Converge everything changed on one side since `since` in bulk (BC `collection`), or the
-    whole mapping when `since` is None (full resync)."""
+    whole mapping when `since` is None (full resync), or, with `sweep`, what BC's ids and times
+    say changed or went away (see `shared.sync.bulk.sweep_bc`)."""
 
     kind: Literal["scan"] = "scan"
     side: Side
-    since: dt.datetime | None = None  # None: a full resync of the mapping
+    since: dt.datetime | None = None  # None: a full resync of the mapping (unless `sweep`)
+    # "all": changes and deletions (a bare BC `collection`, a gap in notifications); "deletions":
+    # only deletions (the periodic sweep; changes come with the delta poll).
+    sweep: Literal["all", "deletions"] | None = None
     run_id: str | None = Field(default=None, max_length=100)
     dry_run: bool = False
 

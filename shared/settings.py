@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         default="0 0 */12 * * *", validation_alias="SUBSCRIPTION_UPKEEP_SCHEDULE"
     )
     statistics_schedule: str = Field(default="0 */30 * * * *", validation_alias="STATISTICS_SCHEDULE")
+    # How often the delta poll queues the sweep of BC's ids that finds deletions no notification
+    # reported (contacts and salespeople have no webhooks); 0 = at every poll.
+    bc_sweep_minutes: float = Field(default=10.0, ge=0, validation_alias="BC_SWEEP_MINUTES")
 
     # --- callers of the admin/data API (Entra ID) ----------------------------------------------
     auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES"}
 
-# BC retries failed deliveries "several times over 36 hours":
-# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
-DEFAULT_RETRY_DELAYS = (60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 6 * 3600.0, 12 * 3600.0, 12 * 3600.0)
+# BC's GetDelayTimeForAttempt (APIWebhookNotificationSend.Codeunit.al, microsoft/BCApps): after the
+# 1st, 2nd, ... failed attempt the next one is 1, 1, 10, 100, 1000 minutes later; when the 6th
+# attempt fails (attempt number > GetMaxNumberOfAttempts() = 5) the subscription is deleted. About
+# 18.5 hours in all; the docs' "several times over 36 hours" is not what the code does.
+DEFAULT_RETRY_DELAYS = (60.0, 60.0, 600.0, 6000.0, 60000.0)
 
 
 @dataclass
@@ -34,17 +36,26 @@ class BcSandboxConfig:
     collection_threshold: int = 1000
     handshake_timeout_seconds: float = 5.0
     delivery_timeout_seconds: float = 10.0
+    # A failed POST is retried after each delay; when the attempt after the last delay fails too,
+    # the subscriptions of that POST are deleted.
     retry_delays_seconds: tuple[float, ...] = DEFAULT_RETRY_DELAYS
+    # How much earlier than the record's lastModifiedDateTime a notification is stamped (BC takes
+    # CurrentDateTime() in OnDatabaseModify, before the platform sets SystemModifiedAt; the real gap
+    # is a few ms, its exact size is not documented).
+    notification_lead_ms: int = 3
+    # IsNullUpdate's NullUpdateTreshold: an update whose record was not modified after stamp - 2 s
+    # is not sent.
+    null_update_threshold_ms: int = 2000
     subscription_lifetime_seconds: float = 3 * 24 * 3600.0
     max_subscriptions: int = 200
     allowed_webhook_hosts: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
 
     @classmethod
     def for_tests(cls, **overrides: object) -> BcSandboxConfig:
-        """Real behaviour on a compressed schedule: 50 ms coalescing, fast retries."""
+        """Real behaviour on a compressed schedule: 50 ms coalescing, BC's 5 retries 50 ms apart."""
         values: dict[str, object] = {
             "coalesce_seconds": 0.05,
-            "retry_delays_seconds": (0.05, 0.05, 0.05),
+            "retry_delays_seconds": (0.05, 0.05, 0.05, 0.05, 0.05),
             "handshake_timeout_seconds": 2.0,
             "delivery_timeout_seconds": 2.0,
         }

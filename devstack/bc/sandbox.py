@@ -176,6 +176,8 @@ class BcSandbox:
         "delivery_timeout_seconds",
         "retry_delays_seconds",
         "subscription_lifetime_seconds",
+        "notification_lead_ms",
+        "null_update_threshold_ms",
     )
 
     def set_webhook_config(self, **settings: Any) -> dict[str, Any]:

@@ -48,6 +48,14 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _EDM_TYPES = {STR: "Edm.String", NUM: "Edm.Decimal", BOOL: "Edm.Boolean", GUID: "Edm.Guid", DATE: "Edm.Date"}
 
 
+_STAMP_KEYS = frozenset({"_ms", "lastModifiedDateTime", "_etag", "_by"})
+
+
+def _visible(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record without its stamp (time, ETag, last user): equal when no field changed."""
+    return {k: v for k, v in record.items() if k not in _STAMP_KEYS}
+
+
 @dataclass(frozen=True)
 class Change:
     """One committed change, as the change log and the webhook hub see it."""
@@ -60,6 +68,10 @@ class Change:
     last_modified: str
     last_modified_ms: int
     user: str
+    # A PATCH that changed no field: the record keeps its time and ETag (the platform updates
+    # SystemModifiedAt only on an actual change); BC still registers a notification, which its
+    # sender drops as a null update (see devstack/bc/webhooks.py). Not in the change log.
+    null_update: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,7 +219,7 @@ class BcStore:
                 self._undo, self._pending = None, []
                 raise
             committed, self._undo, self._pending = self._pending, None, []
-            self.change_log.extend(committed)
+            self.change_log.extend(c for c in committed if not c.null_update)
         for change in committed:
             for listener in list(self.listeners):
                 listener(change)
@@ -288,6 +300,11 @@ class BcStore:
             if entity.key and entity.key in changed:
                 self._assign_key(company, entity, record, previous=current)
             self._after_key(entity, record)
+            if _visible(record) == _visible(current):
+                # Nothing changed: nothing is written, but OnDatabaseModify still ran.
+                self._emit(company, entity_set, {**current, "_ms": self.clock.now_ms()}, "updated", user,
+                           null_update=True)  # fmt: skip
+                return current
             self._stamp(record, current["_ms"], user)
             self._put(company, entity_set, record)
             self._emit(company, entity_set, record, "updated", user)
@@ -456,15 +473,23 @@ class BcStore:
             self._undo.append(undo)
 
     def _emit(
-        self, company: Company, entity_set: str, record: Mapping[str, Any], change_type: str, user: str
+        self,
+        company: Company,
+        entity_set: str,
+        record: Mapping[str, Any],
+        change_type: str,
+        user: str,
+        *,
+        null_update: bool = False,
     ) -> None:
         if not self._emit_changes:
             return
         self._seq += 1
         ms = record["_ms"]
-        self._pending.append(
-            Change(self._seq, company.id, entity_set, record["id"], change_type, iso_ms(ms), ms, user)
+        change = Change(
+            self._seq, company.id, entity_set, record["id"], change_type, iso_ms(ms), ms, user, null_update
         )
+        self._pending.append(change)
 
     # --- business rules ---------------------------------------------------------------------------
 

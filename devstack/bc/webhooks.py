@@ -1,17 +1,25 @@
-"""BC webhooks: subscriptions with the validation handshake, coalesced notifications, `collection`
-entries above the threshold, delivery retries, and deletion on a refusing answer, as documented in
-https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions
+"""BC webhooks: subscriptions with the validation handshake, and notifications as BC's own code
+sends them (`APIWebhookNotificationMgt.Codeunit.al` registers them, `APIWebhookNotificationSend.Codeunit.al`
+aggregates and sends them, in microsoft/BCApps `src/Layers/W1/BaseApp/System/API/Webhooks`; the
+documented behaviour is at
+https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions).
 
 - Create and renew call `notificationUrl?validationToken=…` (POST, empty body); only a 200 whose
   body is the token, within the handshake timeout (5 s), creates or renews the subscription.
-- Changes are collected per notification URL. The first change starts the coalescing window
-  (30 s by default); when it closes, one POST carries entries for every subscription on that URL.
-  Several changes of one record in the window collapse into one entry; more than `collection_threshold`
-  records of one subscription become a single `collection` entry whose resource has a
-  `$filter` on `lastModifiedDateTime`.
+- Each insert, modify and delete registers a notification stamped with `CurrentDateTime()` taken in
+  `OnDatabaseModify`, before the platform sets the record's `SystemModifiedAt`: the stamp is a
+  little earlier than the record's `lastModifiedDateTime`, never equal to it.
+- Notifications are collected per notification URL; the first one starts the window (30 s). When
+  it closes they are aggregated per subscription, in stamp order: a null update (an update whose
+  record was not modified since 2 s before the stamp) is dropped; an update merges into the
+  previous entry of the same record only when that entry is an update; every other change is an
+  entry of its own (created + updated are two entries, updated + deleted are two). More than
+  `collection_threshold` entries for one subscription become one `collection` entry whose resource
+  filters on `lastModifiedDateTime gt <first stamp - 50 ms>`, or is the bare collection URL when
+  any notification of the window is a delete.
 - A 2xx answer is success; 408, 429, 5xx, a timeout or a refused connection are retried after
-  each delay of `retry_delays_seconds`; any other answer deletes the subscriptions the POST was
-  for, without retrying, as BC does.
+  BC's `GetDelayTimeForAttempt` (1, 1, 10, 100, 1000 minutes); when the 6th attempt fails too the
+  subscriptions of that POST are deleted. Any other answer deletes them at once.
 - Subscriptions expire `subscription_lifetime_seconds` (3 days) after creation or renewal, on the
   sandbox clock; expired ones are removed and get nothing.
 
@@ -82,28 +90,30 @@ class Subscription:
 
 
 @dataclass
-class _Pending:
+class _Noted:
+    """One registered notification (a row of BC's "API Webhook Notification" table)."""
+
+    record_id: str
     change_type: str
-    last_modified: str
-    last_modified_ms: int
-    first_ms: int
+    stamp_ms: int
+
+
+@dataclass
+class _Entry:
+    """One aggregated entry (a row of "API Webhook Notification Aggr")."""
+
+    record_id: str
+    change_type: str
+    stamp_ms: int
 
 
 @dataclass
 class _UrlBatch:
-    """Changes waiting for one notification URL, keyed by (subscription, record)."""
+    """Notifications waiting for one notification URL, per subscription, in the order registered."""
 
     url: str
     due: float  # time.monotonic() when the coalescing window closes
-    entries: dict[tuple[str, str], _Pending] = field(default_factory=dict)
-
-
-def _combine(previous: str, new: str) -> str:
-    if new == "deleted":
-        return "deleted"
-    if previous == "created":
-        return "created"
-    return new
+    noted: dict[str, list[_Noted]] = field(default_factory=dict)
 
 
 class WebhookHub:
@@ -278,9 +288,11 @@ class WebhookHub:
     # --- collecting changes -----------------------------------------------------------------------
 
     def on_change(self, change: Change) -> None:
-        """Store listener: queue the change for every live subscription on its entity set."""
+        """Store listener: register the change for every live subscription on its entity set."""
         now = self.clock.now()
         wake = False
+        # CurrentDateTime() in OnDatabaseModify, before the platform stamps the record.
+        stamp = change.last_modified_ms - self.config.notification_lead_ms
         with self._lock:
             for sub in self.subscriptions.values():
                 if sub.company_id != change.company_id or sub.entity_set != change.entity_set:
@@ -292,16 +304,8 @@ class WebhookHub:
                     due = time.monotonic() + self.config.coalesce_seconds
                     batch = self._batches[sub.notification_url] = _UrlBatch(sub.notification_url, due)
                     wake = True
-                key = (sub.subscription_id, change.record_id)
-                previous = batch.entries.get(key)
-                batch.entries[key] = _Pending(
-                    change_type=_combine(previous.change_type, change.change_type)
-                    if previous
-                    else change.change_type,
-                    last_modified=change.last_modified,
-                    last_modified_ms=change.last_modified_ms,
-                    first_ms=previous.first_ms if previous else change.last_modified_ms,
-                )
+                noted = _Noted(change.record_id, change.change_type, stamp)
+                batch.noted.setdefault(sub.subscription_id, []).append(noted)
         if wake and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -313,13 +317,34 @@ class WebhookHub:
                 del self._batches[batch.url]
         return due
 
+    def _is_null_update(self, sub: Subscription, noted: _Noted) -> bool:
+        """BC's IsNullUpdate: the record's SystemModifiedAt is not after the stamp (minus 2 s)."""
+        if noted.change_type != "updated":
+            return False
+        try:
+            record = self.store.get(sub.company_id, sub.entity_set, noted.record_id)
+        except BcError:
+            return False  # deleted meanwhile
+        return int(record["_ms"]) <= noted.stamp_ms - self.config.null_update_threshold_ms
+
+    def _aggregate(self, sub: Subscription, noted: list[_Noted]) -> list[_Entry]:
+        entries: list[_Entry] = []
+        last_of: dict[str, _Entry] = {}
+        for note in sorted(noted, key=lambda n: n.stamp_ms):
+            if self._is_null_update(sub, note):
+                continue
+            previous = last_of.get(note.record_id)
+            if note.change_type == "updated" and previous is not None and previous.change_type == "updated":
+                previous.stamp_ms = note.stamp_ms  # only an update merges, and only into an update
+                continue
+            entry = last_of[note.record_id] = _Entry(note.record_id, note.change_type, note.stamp_ms)
+            entries.append(entry)
+        return entries
+
     def _payload(self, batch: _UrlBatch) -> tuple[list[dict[str, Any]], list[str]]:
-        by_subscription: dict[str, list[tuple[str, _Pending]]] = {}
-        for (sub_id, record_id), pending in batch.entries.items():
-            by_subscription.setdefault(sub_id, []).append((record_id, pending))
         entries: list[dict[str, Any]] = []
         now = self.clock.now()
-        for sub_id, changes in by_subscription.items():
+        for sub_id, noted in batch.noted.items():
             sub = self.subscriptions.get(sub_id)
             if sub is None or sub.expiration <= now:
                 continue
@@ -328,29 +353,35 @@ class WebhookHub:
                 "clientState": sub.client_state,
                 "expirationDateTime": iso_seconds(sub.expiration),
             }
-            if len(changes) > self.config.collection_threshold:
-                since = iso_ms(min(p.first_ms for _, p in changes) - 1)
+            aggregated = self._aggregate(sub, noted)
+            if len(aggregated) > self.config.collection_threshold:
+                resource = f"/api/v2.0/companies({sub.company_id})/{sub.entity_set}"
+                if not any(n.change_type == "deleted" for n in noted):
+                    # The first stamp minus 50 ms ("SQL rounds differently than AL"). With a delete
+                    # among them BC clears the first time and sends the bare collection.
+                    since = iso_ms(min(e.stamp_ms for e in aggregated) - 50)
+                    resource += f"?$filter=lastModifiedDateTime%20gt%20{since}"
                 entries.append(
                     {
                         **common,
-                        "resource": f"/api/v2.0/companies({sub.company_id})/{sub.entity_set}"
-                        f"?$filter=lastModifiedDateTime%20gt%20{since}",
+                        "resource": resource,
                         "changeType": "collection",
-                        "lastModifiedDateTime": iso_ms(max(p.last_modified_ms for _, p in changes)),
+                        "lastModifiedDateTime": iso_ms(max(e.stamp_ms for e in aggregated)),
                     }
                 )
                 continue
-            for record_id, pending in sorted(changes, key=lambda c: c[1].last_modified_ms):
+            base = f"api/v2.0/companies({sub.company_id})/{sub.entity_set}"
+            for entry in aggregated:
                 entries.append(
                     {
                         **common,
                         # No leading slash, as in the documented sample's record entries.
-                        "resource": f"api/v2.0/companies({sub.company_id})/{sub.entity_set}({record_id})",
-                        "changeType": pending.change_type,
-                        "lastModifiedDateTime": pending.last_modified,
+                        "resource": f"{base}({entry.record_id})",
+                        "changeType": entry.change_type,
+                        "lastModifiedDateTime": iso_ms(entry.stamp_ms),
                     }
                 )
-        return entries, list(by_subscription)
+        return entries, list(batch.noted)
 
     # --- delivery ---------------------------------------------------------------------------------
 
@@ -400,12 +431,12 @@ class WebhookHub:
             retriable = status == 0 or status in (408, 429) or status >= 500
             outcome = "delivered" if 200 <= status < 300 else "retry" if retriable else "refused"
             if outcome == "retry" and attempt > len(delays):
-                outcome = "gave_up"
+                outcome = "gave_up"  # DeleteSubscriptionsWithTooManyFailures
             self._log(url, body, attempt, status, error, outcome)
             if outcome == "retry":
                 await asyncio.sleep(delays[attempt - 1])
                 continue
-            if outcome == "refused":
+            if outcome in ("refused", "gave_up"):
                 with self._lock:
                     for sub_id in sub_ids:
                         self.subscriptions.pop(sub_id, None)

@@ -506,7 +506,9 @@ def parse_resource(
     """Validate a notification's `resource` (with or without the leading slash: BC sends both).
 
     Only `api/v2.0/companies(<configured company>)/<configured set>(<guid>)` and, for a
-    `collection`, `api/v2.0/companies(...)/<set>?$filter=lastModifiedDateTime gt <datetime>` pass.
+    `collection`, `api/v2.0/companies(...)/<set>?$filter=lastModifiedDateTime gt <datetime>` or the
+    bare `api/v2.0/companies(...)/<set>` pass. BC sends the bare collection when any change in it is
+    a delete (it clears the first-modified time: `APIWebhookNotificationSend.Codeunit.al`).
     Anything else (absolute URLs, other hosts, encoded or dotted paths, other companies or sets,
     other filters) raises `ResourceRejected`.
     """
@@ -535,6 +537,8 @@ def parse_resource(
         if query:
             raise ResourceRejected("a record resource has no query")
         return ResourceRef(company_id, entity_set, str(uuid.UUID(match.group("id"))), None)
+    if not query:
+        return ResourceRef(company_id, entity_set, None, None)
     filter_match = _COLLECTION_FILTER_RE.match(unquote(query))
     if filter_match is None:
         raise ResourceRejected("a collection resource needs $filter=lastModifiedDateTime gt <UTC datetime>")

@@ -36,7 +36,8 @@ class BcNotification:
     entity_set: str
     record_id: str | None  # None for `collection`
     # For a `collection`: the OData `$filter` rebuilt from the notification (never passed through)
-    # and the instant it filters from. None otherwise.
+    # and the instant it filters from. None otherwise, and for a bare `collection` (one with a
+    # delete among its changes), which says only that the set changed.
     collection_filter: str | None
     collection_modified_after: datetime | None
     last_modified: datetime  # aware, UTC
@@ -106,10 +107,8 @@ def _notification(
     except ValueError as exc:  # `ResourceRejected`, or a malformed GUID/date inside the resource
         raise _EntryRejected(f"`resource` rejected: {exc}") from None
     if change_type == "collection":
-        if ref.filter is None or ref.record_id is not None:
-            raise _EntryRejected(
-                "a `collection` notification must point at a filtered collection, not a record"
-            )
+        if ref.record_id is not None:
+            raise _EntryRejected("a `collection` notification must point at a collection, not a record")
     elif ref.record_id is None or ref.filter is not None:
         raise _EntryRejected(f"a `{change_type}` notification must point at one record")
     return BcNotification(

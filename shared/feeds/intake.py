@@ -243,9 +243,13 @@ def handle_bc_webhook(
                 continue
             in_this_call.add(key)
             if note.change_type == "collection":
+                since = note.collection_modified_after
                 messages.append(
-                    ScanMessage(
-                        mapping=name, side="bc", since=note.collection_modified_after, reason="bc collection"
+                    ScanMessage(mapping=name, side="bc", since=since, reason="bc collection")
+                    if since is not None
+                    # The bare collection: something in the set changed or was deleted.
+                    else ScanMessage(
+                        mapping=name, side="bc", sweep="all", reason="bc collection with deletes"
                     )
                 )
                 keys.append((key,))

@@ -9,6 +9,15 @@ Per mapping and side, from the watermark in `Watermarks`:
 The first poll of a mapping only sets the baseline: bringing everything across is the full
 resync's job. Watermarks are written conditionally, so two instances polling at once cannot move
 one backwards; the one that loses skips that mapping this round.
+
+Two things no change time can show are checked here too, so that they are found within minutes
+rather than at the nightly resync:
+- A BC subscription that no longer exists (BC deletes one after 6 failed deliveries or a refusing
+  answer, and when it expires): one request lists them; a missing one is re-created at once and
+  its mappings get a sweep of changes *and* deletions (`shared.sync.bulk.sweep_bc`) for the gap.
+- BC deletions no notification reports (contacts and salespeople have no webhooks; a gap): every
+  `BC_SWEEP_MINUTES` each mapping towards Dataverse gets a sweep of BC's ids for deletions.
+Both sweeps are queued as `ScanMessage`s and run in the processor.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
+from shared.connectors.errors import ApiError
+from shared.feeds.registration import ensure_bc_subscriptions, missing_bc_subscriptions
 from shared.mapping.queries import in_scope, scope_clauses
 from shared.mapping.schema import EntityMapping
 from shared.messages import ScanMessage, SyncMessage
@@ -27,6 +39,7 @@ from shared.timestamps import iso_ms, parse_iso
 log = logging.getLogger(__name__)
 
 OVERLAP = dt.timedelta(seconds=5)
+SWEEP_MARK = "bc-sweep"  # Watermarks row: when the last deletion sweep of the mapping was queued
 
 
 @dataclass
@@ -37,16 +50,20 @@ class PollReport:
     baselines: list[str] = field(default_factory=list)
     resyncs: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    sweeps: list[str] = field(default_factory=list)  # "<mapping>: all|deletions"
+    recreated: list[str] = field(default_factory=list)  # BC subscriptions found missing, re-created
 
 
 def delta_poll(rt: Runtime, now: dt.datetime | None = None) -> PollReport:
     report = PollReport()
     now = now or dt.datetime.now(dt.UTC)
+    gap = _recreate_missing_subscriptions(rt, report)
     for name in rt.mappings.sync_order():
         m = rt.mappings.entity(name)
         try:
             if m.writes_to("dv"):
                 _poll_bc(rt, m, now, report)
+                _queue_sweep(rt, m, now, report, gap=m.bc.entity_set in gap)
             if m.writes_to("bc"):
                 _poll_dataverse(rt, m, report)
         except WatermarkConflictError:
@@ -83,6 +100,39 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
     rt.watermarks.set(Watermark(m.name, "bc", iso_ms(min(newest, now)), mark.etag))
     rt.storage.enqueue(messages)
     report.enqueued[f"{m.name}/bc"] = len(messages)
+
+
+def _recreate_missing_subscriptions(rt: Runtime, report: PollReport) -> set[str]:
+    """Entity sets whose BC subscription was gone (now re-created): notifications of the gap are lost."""
+    try:
+        missing = missing_bc_subscriptions(rt.bc, rt.settings, rt.mappings)
+        if not missing:
+            return set()
+        upkeep = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
+    except ApiError as exc:
+        report.skipped.append(f"BC subscriptions: {exc}")
+        return set()
+    report.recreated.extend(upkeep.created)
+    report.skipped.extend(upkeep.failed)
+    log.warning("BC subscriptions were missing (%s); re-created: %s", missing, upkeep.created)
+    return {entity_set for company, entity_set in missing if company == rt.company_id}
+
+
+def _queue_sweep(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport, *, gap: bool) -> None:
+    mark = rt.watermarks.get(m.name, SWEEP_MARK)
+    every = dt.timedelta(minutes=rt.settings.bc_sweep_minutes)
+    if not gap and mark is not None and now - parse_iso(mark.value) < every:
+        return
+    # Conditional, so two instances polling at once queue one sweep; the other skips it.
+    try:
+        rt.watermarks.set(Watermark(m.name, SWEEP_MARK, iso_ms(now), mark.etag if mark else None))
+    except WatermarkConflictError:
+        report.skipped.append(f"{m.name}: another instance queued its BC sweep")
+        return
+    kind: Literal["all", "deletions"] = "all" if gap else "deletions"
+    reason = "bc subscription was missing" if gap else "periodic bc deletion sweep"
+    rt.storage.enqueue([ScanMessage(mapping=m.name, side="bc", sweep=kind, reason=reason)])
+    report.sweeps.append(f"{m.name}: {kind}")
 
 
 def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:

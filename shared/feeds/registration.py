@@ -5,8 +5,9 @@
   flows towards BC, filtered on the columns the mappings read.
 - BC: one subscription per configured company and mapped entity set that BC sends webhooks for
   (contacts and salespeople have none: the delta poll covers them), renewed before it expires
-  (3 days) and re-created when BC deleted it. State is mirrored in the `Subscriptions` table
-  (`shared.store.subscriptions`).
+  (3 days) and re-created when BC deleted it: by the upkeep timer, and within one delta poll
+  interval by the poll (`missing_bc_subscriptions`, see shared/feeds/poll.py). State is mirrored
+  in the `Subscriptions` table (`shared.store.subscriptions`).
 
 Every function is idempotent: running it twice changes nothing the second time.
 """
@@ -191,6 +192,22 @@ def ensure_bc_subscriptions(
         # status never shows the expiry of a subscription that does not exist.
         subscriptions.forget_bc_except(live)
     return report
+
+
+def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
+    """(company, entity set) targets BC has no subscription for on our URL: deleted by BC after
+    failed deliveries or a refusing answer, expired, or deleted by anyone. One request."""
+    url = bc_webhook_url(settings)
+    live = {
+        _normal_resource(str(s.get("resource", "")))
+        for s in bc.list_subscriptions()
+        if s.get("notificationUrl") == url
+    }
+    return [
+        (company, entity_set)
+        for company, entity_set in bc_subscription_targets(settings, mappings)
+        if _normal_resource(resource_path(company, entity_set)) not in live
+    ]
 
 
 def _normal_resource(resource: str) -> str:

@@ -223,6 +223,14 @@ class CouplingStore:
             elif bc_id:
                 yield bc_id, dv_id
 
+    def bc_marks(self, mapping: str) -> Iterator[tuple[str, str]]:
+        """(BC id, BC `lastModifiedDateTime` after the last sync, '' if unknown) of every settled or
+        settling pair, reading only those columns (pending BC creates have no BC record to miss)."""
+        for entity in self._rows(mapping, select=["BcId", "BcModified", "State"]):
+            bc_id = entity.get("BcId") or ""
+            if bc_id and (entity.get("State") or "coupled") != "pending_bc":
+                yield bc_id, entity.get("BcModified") or ""
+
     # ----------------------------------------------------------------------------------- write
     def create(self, coupling: Coupling) -> Coupling:
         """Store a new coupling; `AlreadyCoupledError` if either record is coupled already."""

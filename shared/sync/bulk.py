@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.mapping.lookups import StaticLookups
-from shared.mapping.queries import LookupKey, lookup_keys, record_id, scope_filter, select_fields
+from shared.mapping.queries import (
+    LookupKey,
+    in_scope,
+    lookup_keys,
+    record_id,
+    scope_clauses,
+    scope_filter,
+    select_fields,
+)
 from shared.mapping.schema import EntityMapping, Side
 from shared.mapping.values import LookupMissing, TranslationError, read, translate
 from shared.messages import ChunkMessage, ScanMessage, SyncMessage
@@ -34,7 +42,7 @@ from shared.store.storage import Storage
 from shared.sync.engine import Engine, SyncResult, count_failure, requeue_delay, settle
 from shared.sync.gateways import Record
 from shared.sync.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
-from shared.timestamps import now_iso
+from shared.timestamps import now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +85,15 @@ def request_full_resync(storage: Storage, mapping_name: str, *, dry_run: bool = 
 
 
 def scan(engine: Engine, message: ScanMessage) -> None:
-    """A full resync (no `since`) or a BC `collection` notification (changes since `since`)."""
-    if message.since is None:
+    """A full resync (no `since`), a BC `collection` notification (changes since `since`), or a
+    sweep of BC's ids (a bare `collection`, a gap in notifications, the periodic deletion sweep)."""
+    if message.sweep is not None:
+        counts = sweep_bc(
+            engine, message.mapping, deletions_only=message.sweep == "deletions",
+            correlation_id=message.correlation_id,
+        )  # fmt: skip
+        log.info("%s: BC sweep (%s, %s): %s", message.mapping, message.sweep, message.reason, dict(counts))
+    elif message.since is None:
         run_full_resync(engine, message.mapping, dry_run=message.dry_run, run_id=message.run_id)
     else:
         scan_bc_changes(engine, message.mapping, message.since, message.correlation_id)
@@ -156,6 +171,57 @@ def scan_bc_changes(
     select = select_fields(engine.ms, m, "bc")
     changed = list(engine.bc.modified_since(m, since, select=select))
     return converge_bc_records(engine, m, changed, correlation_id)
+
+
+def sweep_bc(
+    engine: Engine, mapping_name: str, *, deletions_only: bool = False, correlation_id: str = ""
+) -> Counter[str]:
+    """Find what changed and what was deleted in a BC entity set without a notification per record.
+
+    BC's ids and `lastModifiedDateTime` (plus the scope's fields) are read in pages of 20,000 and
+    compared with the couplings' ids and recorded times (Table Storage, those columns only):
+    - a coupled id BC no longer has was deleted: one `SyncMessage` each, so the one-record path
+      decides it by the mapping's deletion policy (and retries it on its own);
+    - unless `deletions_only`, a record whose time differs from the one the last sync recorded, or
+      an uncoupled one in scope, changed: they are read in one filtered query from the oldest such
+      time on (pages of 20,000) and converged in bulk. An echo of our own write has the recorded
+      time and costs nothing.
+    Cost: N/20,000 BC requests for the ids, plus the changed records' pages, plus one queue
+    message per deletion; never a request per record."""
+    m = engine.ms.entity(mapping_name)
+    # Couplings first: a pair coupled after BC was read would otherwise look deleted.
+    recorded = dict(engine.couplings.bc_marks(m.name))
+    select = list(dict.fromkeys(["id", "lastModifiedDateTime", *(c.field for c in scope_clauses(m, "bc"))]))
+    present: set[str] = set()
+    changed: dict[str, str] = {}
+    for page in engine.bc.query_pages(m, select=select, filter=None):
+        for record in page:
+            bc_id = str(record["id"])
+            present.add(bc_id)
+            if deletions_only:
+                continue
+            modified = str(record.get("lastModifiedDateTime") or "")
+            mark = recorded.get(bc_id)
+            if (mark is None and in_scope(m, "bc", record)) or (mark is not None and mark != modified):
+                changed[bc_id] = modified
+    counts: Counter[str] = Counter()
+    gone = [bc_id for bc_id in recorded if bc_id not in present]
+    if gone:
+        engine.enqueue(
+            [SyncMessage(mapping=m.name, side="bc", id=bc_id, change="deleted", reason="bc sweep: deleted",
+                         correlation_id=correlation_id or str(uuid.uuid4())) for bc_id in gone],
+            0,
+        )  # fmt: skip
+        counts["deleted"] = len(gone)
+    if changed:
+        # A record always has a time; the epoch only guards a row without one (then all pages).
+        oldest = min(
+            (parse_iso(t) for t in changed.values() if t), default=dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        )
+        full = select_fields(engine.ms, m, "bc")
+        records = [r for r in engine.bc.modified_since(m, oldest, select=full) if str(r["id"]) in changed]
+        counts.update(converge_bc_records(engine, m, records, correlation_id))
+    return counts
 
 
 def converge_bc_records(

@@ -42,6 +42,12 @@ def test_collection_resource_of_the_documented_sample_is_rebuilt_with_the_real_p
     assert ours.filter == "lastModifiedDateTime gt 2026-11-27T12:00:00.123Z"
 
 
+@pytest.mark.parametrize("prefix", ["", "/"])
+def test_the_bare_collection_bc_sends_when_a_change_in_it_is_a_delete(prefix: str) -> None:
+    ref = parse(f"{prefix}api/v2.0/companies({COMPANY})/customers")
+    assert ref == ResourceRef(COMPANY, "customers", None, None, None)
+
+
 @pytest.mark.parametrize(
     "resource",
     [
@@ -54,7 +60,6 @@ def test_collection_resource_of_the_documented_sample_is_rebuilt_with_the_real_p
         f"api/v2.0/companies({COMPANY})/../companies({OTHER})/items({RECORD})",
         f"api/v2.0/companies({COMPANY})/items%2F..%2F({RECORD})",
         f"api/v2.0/companies({COMPANY})/items({RECORD})?$expand=all",
-        f"api/v2.0/companies({COMPANY})/items",
         f"api/v2.0/companies({COMPANY})/items?$filter=number eq '1' or 1 eq 1",
         f"api/v2.0/companies({COMPANY})/items?$filter=lastModifiedDateTime gt 2026-01-01T00:00:00Z and true",
         f"api/v2.0/companies({COMPANY})/items({RECORD}) ",

@@ -182,6 +182,21 @@ def test_bc_collection_becomes_a_scan_from_the_notified_time() -> None:
     assert scans[0].since is not None and scans[0].since.isoformat().startswith("2018-10-15T11:00:00")
 
 
+def test_a_bare_bc_collection_becomes_a_sweep_of_changes_and_deletions() -> None:
+    """BC sends the collection without a $filter when any change in it is a delete: the scan must
+    find the deletions too, so it is a sweep, never a scan from a time nor a full resync."""
+    body = json.dumps({"value": [{
+        "subscriptionId": "s", "clientState": "someClientState", "expirationDateTime": "2018-10-20T10:55:01Z",
+        "resource": f"/api/v2.0/companies({COMPANY})/customers",
+        "changeType": "collection", "lastModifiedDateTime": "2018-10-26T12:54:30.503Z",
+    }]}).encode()  # fmt: skip
+    answer = bc_call(body)
+    assert answer.status == 202 and json.loads(answer.body) == {"accepted": 1}
+    [scan] = answer.messages
+    assert isinstance(scan, ScanMessage) and scan.mapping == "CUSTOMER"
+    assert scan.sweep == "all" and scan.since is None and scan.side == "bc"
+
+
 def test_bc_wrong_client_state_is_401() -> None:
     answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.replace("someClientState", "other").encode())
     assert answer.status == 401 and answer.messages == []

@@ -125,7 +125,8 @@ def test_notification_body_matches_the_documented_sample(bc: Bc, receiver: Recei
     c = by_sub[customers_sub["subscriptionId"]]
     assert c["changeType"] == "updated" and c["clientState"] == "state-c"
     assert c["resource"] == f"api/v2.0/companies({bc.company})/customers({customer['id']})"
-    assert c["lastModifiedDateTime"] == changed["lastModifiedDateTime"]
+    # Stamped in OnDatabaseModify, before the record's SystemModifiedAt: a little earlier.
+    assert c["lastModifiedDateTime"] < changed["lastModifiedDateTime"]
     assert c["expirationDateTime"] == customers_sub["expirationDateTime"]
     i = by_sub[items_sub["subscriptionId"]]
     assert i["changeType"] == "deleted" and i["resource"].endswith(f"/items({item['id']})")
@@ -141,9 +142,53 @@ def test_changes_within_the_window_are_coalesced(bc: Bc, receiver: Receiver) -> 
     assert receiver.notifications == []  # still inside the window
     assert wait_for(lambda: len(receiver.notifications) == 1, timeout=3)
     entries = receiver.entries()
-    assert len(entries) == 1
-    assert entries[0]["changeType"] == "created"  # created then updated in one window
-    assert entries[0]["lastModifiedDateTime"] == record["lastModifiedDateTime"]
+    # Only an update merges into an earlier update: created, then the three updates as one.
+    assert [e["changeType"] for e in entries] == ["created", "updated"]
+    assert entries[1]["lastModifiedDateTime"] < record["lastModifiedDateTime"]
+    assert entries[0]["lastModifiedDateTime"] < entries[1]["lastModifiedDateTime"]
+
+
+def test_an_update_then_a_delete_are_two_entries(bc: Bc, receiver: Receiver) -> None:
+    bc.sandbox.set_webhook_config(coalesce_seconds=60)
+    subscribe(bc, receiver)
+    customer = bc.http.get(bc.entity_url("customers")).json()["value"][0]
+    updated = bc.http.patch(bc.entity_url("customers", customer["id"]), json={"city": "Gone soon"},
+                            headers={"If-Match": customer["@odata.etag"]}).json()  # fmt: skip
+    bc.http.delete(bc.entity_url("customers", customer["id"]), headers={"If-Match": updated["@odata.etag"]})
+    bc.sandbox.flush_webhooks()
+    assert [e["changeType"] for e in receiver.entries()] == ["updated", "deleted"]
+
+
+def test_an_update_that_changes_nothing_is_not_notified_and_keeps_the_etag(
+    bc: Bc, receiver: Receiver
+) -> None:
+    bc.sandbox.set_webhook_config(coalesce_seconds=60)
+    subscribe(bc, receiver)
+    customer = bc.http.get(bc.entity_url("customers")).json()["value"][0]
+    bc.sandbox.advance_clock(5)  # the last real change is more than 2 s before the null update
+    same = bc.http.patch(bc.entity_url("customers", customer["id"]), json={"city": customer["city"]},
+                         headers={"If-Match": customer["@odata.etag"]})  # fmt: skip
+    assert same.status_code == 200
+    assert same.json()["@odata.etag"] == customer["@odata.etag"]
+    assert same.json()["lastModifiedDateTime"] == customer["lastModifiedDateTime"]
+    bc.sandbox.flush_webhooks()
+    assert receiver.notifications == []
+
+
+def test_a_null_update_within_two_seconds_of_a_change_is_notified(bc: Bc, receiver: Receiver) -> None:
+    # IsNullUpdate cannot tell it from a change another subscriber made just before: BC sends it.
+    bc.sandbox.set_webhook_config(coalesce_seconds=60)
+    subscribe(bc, receiver)
+    customer = bc.http.get(bc.entity_url("customers")).json()["value"][0]
+    bc.sandbox.flush_webhooks()
+    changed = bc.http.patch(bc.entity_url("customers", customer["id"]), json={"city": "Real"},
+                            headers={"If-Match": customer["@odata.etag"]}).json()  # fmt: skip
+    bc.sandbox.flush_webhooks()
+    receiver.notifications.clear()
+    bc.http.patch(bc.entity_url("customers", customer["id"]), json={"city": "Real"},
+                  headers={"If-Match": changed["@odata.etag"]})  # fmt: skip
+    bc.sandbox.flush_webhooks()
+    assert [e["changeType"] for e in receiver.entries()] == ["updated"]
 
 
 def test_more_than_1000_changes_in_the_window_become_one_collection_entry(bc: Bc, receiver: Receiver) -> None:
@@ -162,6 +207,19 @@ def test_more_than_1000_changes_in_the_window_become_one_collection_entry(bc: Bc
     assert query.startswith("$filter=lastModifiedDateTime%20gt%20")
     filtered = bc.http.get(f"{bc.url}/v2.0/contoso/production{path}?{query.replace('%20', ' ')}")
     assert {r["id"] for r in filtered.json()["value"]} == set(ids)
+
+
+def test_a_collection_with_a_delete_is_the_bare_collection_url(bc: Bc, receiver: Receiver) -> None:
+    bc.sandbox.set_webhook_config(coalesce_seconds=60, collection_threshold=5)
+    subscribe(bc, receiver)
+    ids = bc.sandbox.seed_customers(6)
+    for record_id in ids:
+        bc.sandbox.change("customers", record_id, {"city": "Bulk"})
+    bc.sandbox.store.delete(bc.company, "customers", ids[0], "SALES", if_match="*")
+    bc.sandbox.flush_webhooks()
+    entries = receiver.entries()
+    assert len(entries) == 1 and entries[0]["changeType"] == "collection"
+    assert entries[0]["resource"] == f"/api/v2.0/companies({bc.company})/customers"
 
 
 def test_exactly_1000_changes_are_sent_one_by_one(bc: Bc, receiver: Receiver) -> None:
@@ -194,7 +252,17 @@ def test_retries_stop_after_the_schedule(bc: Bc, receiver: Receiver) -> None:
     bc.sandbox.change("customers", customer["id"], {"city": "Down"})
     bc.sandbox.flush_webhooks()
     outcomes = [d["outcome"] for d in bc.sandbox.webhooks.deliveries]
-    assert outcomes == ["retry", "retry", "retry", "gave_up"]  # the test schedule has 3 delays
+    # BC's schedule has 5 retries (the test config keeps the count, 50 ms apart); when the 6th
+    # attempt fails the subscription is deleted.
+    assert outcomes == ["retry"] * 5 + ["gave_up"]
+    assert bc.http.get(f"{bc.base}/subscriptions").json()["value"] == []
+    assert bc.sandbox.counters.snapshot()["webhooks"]["subscription_deleted"] == 1
+
+
+def test_the_default_retry_schedule_is_bcs_get_delay_time_for_attempt() -> None:
+    from devstack.bc.config import BcSandboxConfig
+
+    assert BcSandboxConfig().retry_delays_seconds == (60.0, 60.0, 600.0, 6000.0, 60000.0)
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 410])
