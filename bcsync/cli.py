@@ -472,20 +472,57 @@ def history(
     bc: BcOption = None,
     dv: DvOption = None,
     limit: Annotated[int, typer.Option(help="at most this many entries")] = 50,
+    jsonl: Annotated[
+        Path | None,
+        typer.Option("--jsonl", help="also write the entries as JSON lines to this file ('-': stdout)"),
+    ] = None,
 ) -> None:
-    """The journal of one record, newest first."""
+    """One record's timeline on both systems, newest first: per field old -> new, from which side and
+    by whom, and both values of each conflict with the one that won."""
     rt = _runtime()
     side, record_id = _run(lambda: ops.record_ref(bc, dv))
     entries = _run(lambda: ops.history(rt, mapping, side, record_id, limit=limit))
+    if jsonl is not None:
+        lines = "".join(json.dumps(ops.to_json(e), default=str) + "\n" for e in entries)
+        if str(jsonl) == "-":
+            print(lines, end="")
+            return
+        jsonl.write_text(lines, encoding="utf-8")
+        errors.print(f"{len(entries)} entries written to {jsonl}")
+    _emit(entries, _render_history)
 
-    def render(items: list[Any]) -> None:
-        table = Table("when", "outcome", "fields", "reason / error", "requests")
-        for e in items:
-            when = e.at.isoformat(timespec="seconds")
-            table.add_row(when, e.outcome, ",".join(e.fields), e.error or e.reason, str(e.api_requests))
-        console.print(table)
 
-    _emit(entries, render)
+_SIDE = {"bc": "BC", "dv": "Dataverse", "": "-"}
+_ARROW = {"to_dataverse": "BC -> Dataverse", "to_bc": "Dataverse -> BC", "both": "both ways", "": ""}
+
+
+def _render_history(items: list[Any]) -> None:
+    if not items:
+        console.print("no journal entries for this record")
+        return
+    for e in items:
+        when = e.at.isoformat(timespec="seconds")
+        who = f" by {e.user}" if e.user else ""
+        changed = f" changed in {_SIDE.get(e.source, e.source)}{who}" if e.source else ""
+        flow = f"  {_ARROW.get(e.direction, e.direction)}" if e.direction else ""
+        console.print(f"[bold]{when}[/bold]  {e.outcome}{flow}{changed}  ({e.api_requests} requests)")
+        for c in e.changes:
+            console.print(f"    {c.get('field')}: {_value(c.get('old'))} -> {_value(c.get('new'))}  "
+                          f"[dim]{_ARROW.get(c.get('direction', ''), '')}[/dim]")  # fmt: skip
+        for c in e.conflicts:
+            winner = c.get("winner")
+            verdict = "unresolved (nothing written)"
+            if winner:
+                verdict = f"{_SIDE.get(winner, winner)} won ({c.get('why')})"
+            console.print(f"    [yellow]conflict[/yellow] {c.get('field')}: BC {_value(c.get('bc'))}, "
+                          f"Dataverse {_value(c.get('dv'))}: {verdict}")  # fmt: skip
+        text = e.error or ("" if e.changes else e.reason)
+        if text:
+            console.print(f"    {text}", style="red" if e.error else None)
+
+
+def _value(value: Any) -> str:
+    return "(empty)" if value in (None, "") else repr(value)
 
 
 # ------------------------------------------------------------------------------- sales features

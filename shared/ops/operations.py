@@ -605,7 +605,12 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
 def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
-    """The journal entries of one record, newest first."""
+    """One record's timeline on both systems, newest first: the entries under its id and, once it is
+    coupled, under its counterpart's id (its history before the two were coupled)."""
     record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
-    return rt.journal.history(m.name, side, record_id, limit=limit)
+    ids: list[tuple[str, str]] = [(side, record_id)]
+    coupling = rt.couplings.get(m.name, side, record_id)
+    if coupling is not None:
+        ids += [(s, i) for s in SIDES if (i := coupling.id_on(s)) and (s, i) != (side, record_id)]
+    return rt.journal.timeline(m.name, ids, limit=limit)

@@ -26,6 +26,7 @@ from shared.connectors.retry import RetryPolicy
 from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
+    DV_MODIFIED_BY,
     in_scope,
     match_queries,
     primary_key,
@@ -39,7 +40,21 @@ from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, Record
-from shared.sync.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
+from shared.sync.reconcile import (
+    Candidate,
+    FieldChange,
+    FieldConflict,
+    FieldTimes,
+    Outcome,
+    Plan,
+    Write,
+    change_times,
+    observe,
+    presumed_record,
+    reconcile,
+    take_snapshot,
+    unsynced_times,
+)
 from shared.sync.resolver import LookupResolver
 from shared.timestamps import iso_ms, parse_iso
 
@@ -92,6 +107,10 @@ class SyncResult:
     dv_id: str | None = None
     error: str = ""
     fields: list[str] = field(default_factory=list)
+    changes: list[FieldChange] = field(default_factory=list)  # written (or, on a dry run, to be written)
+    conflicts: list[FieldConflict] = field(default_factory=list)  # unresolved and resolved
+    users: dict[str, str] = field(default_factory=dict)  # side -> who last changed the record there
+    dry_run: bool = False
 
 
 # What the engine needs from the queue: send these messages, visible after `delay` seconds.
@@ -200,8 +219,23 @@ class Engine:
     ) -> SyncResult:
         bc, dv = by_side(message.side, source, counterpart)
         lookups = self.resolver.lookups_for(mapping, bc, dv)
-        plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
+        coupling.seen = self._observed(mapping, coupling, bc, dv)
+        plan = reconcile(
+            self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups,
+            changed_at=change_times(coupling.seen),
+        )  # fmt: skip
         return self._apply(mapping, plan, coupling, message, bc, dv)
+
+    def _observed(
+        self, mapping: EntityMapping, coupling: Coupling, bc: Record | None, dv: Record | None
+    ) -> FieldTimes | None:
+        """The coupling's per-field first-seen times after reading `bc` and `dv` now (stored with the
+        coupling, pruned to the values not synchronized yet; see `observe`)."""
+        seen, now = coupling.seen, self.clock()
+        for side, record in (("bc", bc), ("dv", dv)):
+            if record is not None:
+                seen = observe(self.ms, mapping, seen, side, record, now)  # type: ignore[arg-type]
+        return seen
 
     def _presumed(self, mapping: EntityMapping, coupling: Coupling, side: Side) -> Record | None:
         """`side`'s record as the last settled sync left it, rebuilt from the coupling, so a change
@@ -324,10 +358,10 @@ class Engine:
         if deleted or plan.outcome == Outcome.UNCOUPLED:
             if coupling is not None:
                 self.couplings.delete(coupling)
-            return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, fields=_fields(plan))
+            return _planned(plan, bc_id, dv_id, bc, dv)
 
         if bc_id is None or dv_id is None:
-            return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, fields=_fields(plan))
+            return _planned(plan, bc_id, dv_id, bc, dv)
         snapshot = (
             plan.snapshot
             if plan.outcome == Outcome.CONFLICT
@@ -337,7 +371,7 @@ class Engine:
         self._store_coupling(
             mapping, coupling, bc_id, dv_id, bc_after, dv_after, snapshot, plan.outcome, error
         )
-        return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, error=error, fields=_fields(plan))
+        return _planned(plan, bc_id, dv_id, bc, dv, error=error)
 
     def _store_coupling(
         self,
@@ -351,6 +385,9 @@ class Engine:
         outcome: Outcome | str,
         error: str,
     ) -> Coupling:
+        if coupling is not None:
+            # Values as read back after the writes: a value written here is no pending change.
+            coupling.seen = self._observed(mapping, coupling, bc, dv)
         c = settle(mapping, coupling, bc_id, dv_id, bc, dv, snapshot, outcome, error)
         return self.couplings.create(c) if coupling is None else self.couplings.save(c)
 
@@ -382,7 +419,10 @@ class Engine:
             # BC answered and refused: nothing was created, so nothing may be waited for or adopted.
             self.couplings.delete(pending)
             raise
-        return self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
+        result = self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
+        result.changes = [*plan.changes, *result.changes]
+        result.users = result.users or _users(None, dv)
+        return result
 
     def _settle_bc_create(
         self,
@@ -411,10 +451,11 @@ class Engine:
             mapping, pending, bc_id, pending.dv_id, created, dv, planned, stored_as, ""
         )
         fields = sorted(planned.get("bc", {}))
+        changes: list[FieldChange] = []
         if follow.writes:
-            self._apply(mapping, follow, coupling, message, created, dv)
+            changes = self._apply(mapping, follow, coupling, message, created, dv).changes
             fields = sorted({*fields, *_fields(follow)})
-        return SyncResult(Outcome.INSERTED, reason, bc_id, pending.dv_id, fields=fields)
+        return SyncResult(Outcome.INSERTED, reason, bc_id, pending.dv_id, fields=fields, changes=changes)
 
     def _finish_pending_bc_create(
         self, mapping: EntityMapping, pending: Coupling, message: SyncMessage
@@ -541,6 +582,7 @@ class Engine:
         if coupling is not None:
             coupling = count_failure(coupling, error)
             coupling.last_result = "failed"
+            coupling.seen = unsynced_times(coupling.seen, coupling.snapshot)
             try:
                 self.couplings.save(coupling)
             except CouplingConflictError:
@@ -565,6 +607,7 @@ class Engine:
             reason=result.reason or message.reason,
             api_requests=requests,
             at=self.clock(),
+            **audit(result, message.side),
         )
         try:
             self.journal.record(entry)
@@ -590,6 +633,7 @@ def settle(
     """The coupling after a sync of the pair, from the records as read back (not stored yet)."""
     c = coupling or Coupling(mapping.name, bc_id, dv_id)
     c.bc_id, c.dv_id, c.state, c.snapshot, c.pending_since = bc_id, dv_id, "coupled", snapshot, None
+    c.seen = unsynced_times(c.seen, snapshot)
     if bc is not None:
         c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
         key = bc.get(mapping.bc.key)
@@ -613,6 +657,51 @@ def count_failure(coupling: Coupling, error: str) -> Coupling:
     if repeated:
         coupling.skipped = True
     return coupling
+
+
+def _users(bc: Record | None, dv: Record | None) -> dict[str, str]:
+    """Who last changed each record: Dataverse's `modifiedby`; BC API v2.0 does not expose it."""
+    user = (dv or {}).get(DV_MODIFIED_BY)
+    return {"dv": str(user)} if user else {}
+
+
+def _planned(
+    plan: Plan, bc_id: str | None, dv_id: str | None, bc: Record | None, dv: Record | None, error: str = ""
+) -> SyncResult:
+    """The result of a plan carried out (or, on a dry run, to be carried out)."""
+    return SyncResult(
+        plan.outcome, plan.reason, bc_id, dv_id, error=error, fields=_fields(plan),
+        changes=list(plan.changes), conflicts=[*plan.conflicts, *plan.resolved], users=_users(bc, dv),
+    )  # fmt: skip
+
+
+def audit(result: SyncResult, source: Side | str) -> dict[str, Any]:
+    """The journal's audit fields of a result: per field old -> new, from which side and by whom, the
+    direction, and both values of each conflict with the winner and why."""
+    changes = []
+    for c in result.changes:
+        origin = "bc" if c.direction == "to_dataverse" else "dv"
+        changes.append({
+            "field": c.key, "old": c.old, "new": c.new, "direction": c.direction, "from": origin,
+            "user": result.users.get(origin, ""), "reason": c.reason,
+        })  # fmt: skip
+    conflicts = [
+        {
+            "field": c.key,
+            "bc": c.bc_value,
+            "dv": c.dv_value,
+            "policy": c.policy,
+            "winner": c.winner,
+            "why": c.why,
+        }
+        for c in result.conflicts
+    ]
+    directions = {c.direction for c in result.changes}
+    direction = "both" if len(directions) > 1 else next(iter(directions), "")
+    return {
+        "direction": direction, "source": source, "user": result.users.get(source, ""),
+        "changes": changes, "conflicts": conflicts,
+    }  # fmt: skip
 
 
 def _fields(plan: Plan) -> list[str]:
