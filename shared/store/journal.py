@@ -169,6 +169,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     api_requests: int = 0
     message: str = ""
+    sample: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first records it would touch
 
     @property
     def in_progress(self) -> bool:
@@ -262,9 +263,9 @@ class Journal:
     def save_run(self, run: RunSummary) -> None:
         row = asdict(run)
         row["counts"] = json.dumps(run.counts)
-        self.table.upsert_entity(
-            {**row, "PartitionKey": f"run|{run.mapping}", "RowKey": run.run_id}, mode=UpdateMode.REPLACE
-        )
+        row["sample"] = _sample_text(run.sample)
+        row = fit_row({**row, "PartitionKey": f"run|{run.mapping}", "RowKey": run.run_id})
+        self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
 
     def get_run(self, mapping: str, run_id: str) -> RunSummary | None:
         try:
@@ -291,7 +292,19 @@ def _rows(entry: JournalEntry) -> list[dict[str, Any]]:
     return rows
 
 
+def _sample_text(sample: list[dict[str, Any]]) -> str:
+    """A dry run's first records as JSON, fewer of them where they would not fit half a row."""
+    items = list(sample)
+    while items:
+        text = json.dumps(items, separators=(",", ":"), default=str)
+        if _utf16(text) <= MAX_ROW_BYTES // 2:
+            return text
+        items.pop()
+    return ""
+
+
 def _run_from_row(row: Any) -> RunSummary:
     data = {k: row[k] for k in RunSummary.__dataclass_fields__ if k in row}
     data["counts"] = json.loads(row.get("counts") or "{}")
+    data["sample"] = json.loads(row.get("sample") or "[]")
     return RunSummary(**data)

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.connectors.errors import ConcurrencyError, FatalApiError, NotFoundError, RetriableApiError
@@ -47,6 +47,7 @@ from shared.sync.reconcile import (
     FieldTimes,
     Outcome,
     Plan,
+    Snapshot,
     Write,
     change_times,
     observe,
@@ -156,6 +157,63 @@ class Engine:
         result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result
+
+    def preview(
+        self,
+        message: SyncMessage,
+        *,
+        force: bool = False,
+        snapshot: Snapshot | None = None,
+        counterpart_id: str | None = None,
+    ) -> SyncResult:
+        """What `sync_record` would do, decided from both records read fresh, without writing anything:
+        no API write, no coupling, no journal, nothing queued. `snapshot` and `counterpart_id` stand in
+        for a coupling (a sync in a chosen direction, or a pair not coupled yet)."""
+        mapping = self.ms.entity(message.mapping)
+        side: Side = message.side
+        coupling = self.couplings.get(mapping.name, side, message.id)
+        if coupling is not None and coupling.skipped and not force:
+            why = "record is skipped after repeated failures; retry it to resume"
+            return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
+        source = self.read(mapping, side, message.id)
+        if coupling is None and snapshot is None:
+            return self._preview_uncoupled(mapping, side, message, source)
+        other_id = coupling.id_on(other(side)) if coupling is not None else counterpart_id
+        counterpart = self.read(mapping, other(side), other_id) if other_id else None
+        bc, dv = by_side(side, source, counterpart)
+        lookups = self.resolver.lookups_for(mapping, bc, dv)
+        seen = self._observed(mapping, coupling, bc, dv) if coupling is not None else None
+        base = snapshot if snapshot is not None else coupling.snapshot if coupling is not None else None
+        plan = reconcile(
+            self.ms, mapping, snapshot=base, bc=bc, dv=dv, lookups=lookups, changed_at=change_times(seen)
+        )
+        ids: dict[Side, str | None] = {side: message.id, other(side): other_id}
+        return replace(
+            planned_result(plan, ids["bc"], ids["dv"], bc, dv, error=plan.error or ""), dry_run=True
+        )
+
+    def _preview_uncoupled(
+        self, mapping: EntityMapping, side: Side, message: SyncMessage, source: Record | None
+    ) -> SyncResult:
+        if source is None:
+            why = f"{side} record {message.id} does not exist and is not coupled"
+            return SyncResult(Outcome.SKIPPED, why, dry_run=True)
+        if not in_scope(mapping, side, source):
+            why = f"{side} record is out of scope ({scope_filter(mapping, side)})"
+            return SyncResult(Outcome.SKIPPED, why, dry_run=True)
+        bc, dv = by_side(side, source, None)
+        lookups = self.resolver.lookups_for(mapping, bc, dv)
+        found = self._candidates(mapping, side, source, lookups)
+        candidates = [Candidate(r, already_coupled=c is not None) for r, c in found]
+        plan = reconcile(
+            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+        )
+        ids: dict[Side, str | None] = {"bc": record_id(mapping, "bc", bc), "dv": record_id(mapping, "dv", dv)}
+        if plan.couple_with is not None:
+            ids[plan.couple_with[0]] = plan.couple_with[1]
+        return replace(
+            planned_result(plan, ids["bc"], ids["dv"], bc, dv, error=plan.error or ""), dry_run=True
+        )
 
     def _sync_with_race_retries(
         self, mapping: EntityMapping, message: SyncMessage, force: bool
@@ -358,10 +416,10 @@ class Engine:
         if deleted or plan.outcome == Outcome.UNCOUPLED:
             if coupling is not None:
                 self.couplings.delete(coupling)
-            return _planned(plan, bc_id, dv_id, bc, dv)
+            return planned_result(plan, bc_id, dv_id, bc, dv)
 
         if bc_id is None or dv_id is None:
-            return _planned(plan, bc_id, dv_id, bc, dv)
+            return planned_result(plan, bc_id, dv_id, bc, dv)
         snapshot = (
             plan.snapshot
             if plan.outcome == Outcome.CONFLICT
@@ -371,7 +429,7 @@ class Engine:
         self._store_coupling(
             mapping, coupling, bc_id, dv_id, bc_after, dv_after, snapshot, plan.outcome, error
         )
-        return _planned(plan, bc_id, dv_id, bc, dv, error=error)
+        return planned_result(plan, bc_id, dv_id, bc, dv, error=error)
 
     def _store_coupling(
         self,
@@ -665,7 +723,7 @@ def _users(bc: Record | None, dv: Record | None) -> dict[str, str]:
     return {"dv": str(user)} if user else {}
 
 
-def _planned(
+def planned_result(
     plan: Plan, bc_id: str | None, dv_id: str | None, bc: Record | None, dv: Record | None, error: str = ""
 ) -> SyncResult:
     """The result of a plan carried out (or, on a dry run, to be carried out)."""

@@ -6,6 +6,7 @@ request counts and outcomes of each path so a change that costs one more request
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,14 +17,13 @@ from shared.mapping.loader import parse_mapping_set
 from shared.mapping.values import dataverse_id_for
 from shared.messages import BatchMessage, ChunkMessage, RecordChange, ScanMessage, SyncMessage
 from shared.store.couplings import CouplingStore
-from shared.store.journal import Journal
+from shared.store.journal import Journal, JournalEntry
 from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
 from shared.sync.processor import dispatch
 from shared.sync.reconcile import Outcome
 from tests.support.memory import MemoryBc, MemoryDataverse, MemoryTable
 
-MAPPINGS = parse_mapping_set(
-    """
+MAPPING_TEXT = """
 version: 1
 settings: {ownership: {model: team, team_id: 00000000-0000-0000-0000-0000000000aa}}
 mappings:
@@ -37,19 +37,19 @@ mappings:
       - {bc: phoneNumber, dv: telephone1}
       - {bc: city, dv: address1_city}
 """
-)
+MAPPINGS = parse_mapping_set(MAPPING_TEXT)
 CUSTOMER = MAPPINGS.entity("CUSTOMER")
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, mappings: Any = MAPPINGS) -> None:
         self.bc = MemoryBc()
         self.dv = MemoryDataverse()
         self.couplings = CouplingStore(MemoryTable())  # type: ignore[arg-type]
         self.journal_table = MemoryTable()
         self.queued: list[tuple[Any, int]] = []
         self.engine = Engine(
-            mappings=MAPPINGS,
+            mappings=mappings,
             bc=self.bc,
             dv=self.dv,
             couplings=self.couplings,
@@ -376,3 +376,58 @@ def test_a_create_that_may_still_be_in_flight_is_waited_for_not_repeated() -> No
     h.engine.clock = lambda: later
     assert h.sync("dv", dv_id).outcome == Outcome.INSERTED
     assert len(h.bc.rows("customers")) == 1
+
+
+SALES_USER = "5a1e5000-0000-0000-0000-000000000001"
+
+
+def _journal_rows(h: Harness, outcome: str) -> list[dict[str, Any]]:
+    return [row for row, _ in h.journal_table.rows.values() if row["outcome"] == outcome]
+
+
+def test_a_journal_entry_says_per_field_old_and_new_who_changed_it_and_the_direction() -> None:
+    h = Harness()
+    _, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, name="Adatum Corp", _modifiedby_value=SALES_USER)
+
+    h.sync("dv", dv_id)
+
+    [row] = [r for r in _journal_rows(h, "modified") if r["PartitionKey"].startswith("t|")]
+    assert (row["direction"], row["source"], row["user"]) == ("to_bc", "dv", SALES_USER)
+    details = json.loads(row["details"])
+    assert details["changes"] == [{
+        "field": "displayName", "old": "Adatum", "new": "Adatum Corp", "direction": "to_bc", "from": "dv",
+        "user": SALES_USER, "reason": "changed in Dataverse",
+    }]  # fmt: skip
+    entry = JournalEntry.from_row(row)
+    assert entry.changes == details["changes"] and entry.conflicts == []
+
+
+def test_a_resolved_conflict_is_journaled_with_both_values_and_the_winner() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: bc_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, address1_city="Boston")
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+
+    h.sync("bc", bc_id)
+
+    [row] = [r for r in _journal_rows(h, "modified") if r["PartitionKey"].startswith("t|")]
+    details = json.loads(row["details"])
+    assert details["conflicts"] == [
+        {"field": "city", "bc": "Chicago", "dv": "Boston", "policy": "bc_wins", "winner": "bc",
+         "why": "bc_wins"}
+    ]  # fmt: skip
+    assert details["changes"][0]["old"] == "Boston" and details["changes"][0]["new"] == "Chicago"
+
+
+def test_field_times_are_kept_while_a_change_waits_and_dropped_once_it_is_synchronized() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: newest_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.seen is None  # settled: nothing waits
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+    h.dv.edit(CUSTOMER, dv_id, address1_city="Boston")
+    h.sync("bc", bc_id)
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.seen is None
+    assert h.bc.rows("customers")[bc_id]["city"] == h.dv.rows("accounts")[dv_id]["address1_city"]
