@@ -8,6 +8,7 @@ Settings are the service's app settings, read from the environment; `--settings 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -307,13 +308,14 @@ def sync(
 
 def _render_sync(r: Any) -> None:
     colour = "red" if r.outcome in ("failed", "skipped", "conflict") else "green"
+    reason = "" if r.changes else f": {r.reason}"  # the fields below say it
     if r.dry_run:
         console.print(
             f"[bold]dry run[/bold], nothing written: would be [{colour}]{r.outcome}[/{colour}] "
-            f"BC {r.bc_id} / Dataverse {r.dv_id}: {r.reason}"
+            f"BC {r.bc_id} / Dataverse {r.dv_id}{reason}"
         )
     else:
-        console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}: {r.reason}")
+        console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}{reason}")
     _render_changes(r)
     if r.error:
         console.print(f"  [red]{r.error}[/red]")
@@ -443,7 +445,9 @@ def _render_run(run: RunSummary | None, show: int = 10, export: Path | None = No
         console.print(f"  would touch {touched} records; the first {min(show, len(run.sample), touched)}:")
     for item in run.sample[:show]:
         ids = f"BC {item.get('bc_id') or '-'} / Dataverse {item.get('dv_id') or '-'}"
-        console.print(f"  {item['outcome']}  {ids}: {item.get('reason', '')}")
+        console.print(
+            f"  {item['outcome']}  {ids}" + ("" if item.get("changes") else f": {item.get('reason', '')}")
+        )
         _render_changes(SimpleNamespace(changes=item.get("changes", []), conflicts=item.get("conflicts", [])))
     if export is not None:
         console.print(f"  all of them as JSON lines in {export}")
@@ -575,11 +579,11 @@ def _render_history(items: list[Any]) -> None:
         console.print("no journal entries for this record")
         return
     for e in items:
-        when = e.at.isoformat(timespec="seconds")
-        who = f" by {e.user}" if e.user else ""
-        changed = f" changed in {_SIDE.get(e.source, e.source)}{who}" if e.source else ""
+        when = e.at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         flow = f"  {_ARROW.get(e.direction, e.direction)}" if e.direction else ""
-        console.print(f"[bold]{when}[/bold]  {e.outcome}{flow}{changed}  ({e.api_requests} requests)")
+        about = [f"change in {_SIDE.get(e.source, e.source)}" + (f" by {e.user}" if e.user else "")]
+        about = (about if e.source else []) + [f"{e.api_requests} API requests"]
+        console.print(f"[bold]{when}[/bold]  {e.outcome}{flow}  [dim]({'; '.join(about)})[/dim]")
         _render_changes(e)
         text = e.error or ("" if e.changes else e.reason)
         if text:

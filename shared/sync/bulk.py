@@ -41,7 +41,7 @@ from shared.sync.engine import (
     settle,
 )
 from shared.sync.gateways import Record
-from shared.sync.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
+from shared.sync.reconcile import Candidate, Outcome, Plan, change_times, reconcile, take_snapshot
 from shared.timestamps import now_iso
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,8 @@ def process_pairs(
         plan = reconcile(
             engine.ms, m, snapshot=pair.coupling.snapshot if pair.coupling else None,
             bc=pair.bc, dv=pair.dv, lookups=lookups, candidates=pair.candidates,
+            # Times kept while a change waits (usually none); the records' own times stand in for the rest.
+            changed_at=change_times(pair.coupling.seen) if pair.coupling else None,
         )  # fmt: skip
         if dry_run:
             counts[str(plan.outcome)] += 1

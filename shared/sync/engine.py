@@ -691,7 +691,9 @@ def settle(
     """The coupling after a sync of the pair, from the records as read back (not stored yet)."""
     c = coupling or Coupling(mapping.name, bc_id, dv_id)
     c.bc_id, c.dv_id, c.state, c.snapshot, c.pending_since = bc_id, dv_id, "coupled", snapshot, None
-    c.seen = unsynced_times(c.seen, snapshot)
+    # After a settled sync both records are the snapshot: no change waits, so no time is kept. Under a
+    # conflict the conflicting fields keep their old base, and their times until it is resolved.
+    c.seen = unsynced_times(c.seen, snapshot) if outcome == Outcome.CONFLICT else None
     if bc is not None:
         c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
         key = bc.get(mapping.bc.key)
