@@ -582,7 +582,9 @@ def _render_history(items: list[Any]) -> None:
         when = e.at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         flow = f"  {_ARROW.get(e.direction, e.direction)}" if e.direction else ""
         about = [f"change in {_SIDE.get(e.source, e.source)}" + (f" by {e.user}" if e.user else "")]
-        about = (about if e.source else []) + [f"{e.api_requests} API requests"]
+        about = (about if e.source else []) + [
+            f"{e.api_requests} API request{'' if e.api_requests == 1 else 's'}"
+        ]
         console.print(f"[bold]{when}[/bold]  {e.outcome}{flow}  [dim]({'; '.join(about)})[/dim]")
         _render_changes(e)
         text = e.error or ("" if e.changes else e.reason)
