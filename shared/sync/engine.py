@@ -175,6 +175,9 @@ class Engine:
         if coupling is not None and coupling.skipped and not force:
             why = "record is skipped after repeated failures; retry it to resume"
             return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
+        if coupling is not None and coupling.state == "pending_bc":
+            why = "its BC record is being created; a real sync finishes that first"
+            return SyncResult(Outcome.DEFERRED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
         source = self.read(mapping, side, message.id)
         if coupling is None and snapshot is None:
             return self._preview_uncoupled(mapping, side, message, source)

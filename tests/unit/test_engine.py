@@ -431,3 +431,30 @@ def test_field_times_are_kept_while_a_change_waits_and_dropped_once_it_is_synchr
     coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
     assert coupling is not None and coupling.seen is None
     assert h.bc.rows("customers")[bc_id]["city"] == h.dv.rows("accounts")[dv_id]["address1_city"]
+
+
+def test_a_dry_run_reads_and_decides_but_writes_nothing_anywhere() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, name="Adatum Corp", _modifiedby_value=SALES_USER)
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    journal_rows = len(h.journal_table.rows)
+    new_bc = h.bc.seed(CUSTOMER, {"number": "C2", "displayName": "Trey", "phoneNumber": "", "city": "Oslo"})[
+        "id"
+    ]
+    h.bc.requests.clear()
+    h.dv.requests.clear()
+
+    changed = h.engine.preview(SyncMessage(mapping="CUSTOMER", side="dv", id=dv_id))
+    created = h.engine.preview(SyncMessage(mapping="CUSTOMER", side="bc", id=new_bc))
+
+    assert (changed.outcome, changed.dry_run, changed.users) == (Outcome.MODIFIED, True, {"dv": SALES_USER})
+    assert [(c.key, c.old, c.new, c.direction) for c in changed.changes] == [
+        ("displayName", "Adatum", "Adatum Corp", "to_bc")
+    ]
+    assert created.outcome == Outcome.INSERTED and {c.key for c in created.changes} >= {"displayName", "city"}
+    assert all(k.startswith("GET ") for k in h.requests()), h.requests()  # reads (and match queries) only
+    assert h.bc.rows("customers")[bc_id]["displayName"] == "Adatum"
+    assert h.couplings.get("CUSTOMER", "bc", bc_id).etag == coupling.etag  # type: ignore[union-attr]
+    assert h.couplings.get("CUSTOMER", "bc", new_bc) is None
+    assert len(h.journal_table.rows) == journal_rows and h.queued == []
