@@ -280,12 +280,30 @@ class Engine:
     ) -> SyncResult:
         bc, dv = by_side(message.side, source, counterpart)
         lookups = self.resolver.lookups_for(mapping, bc, dv)
-        coupling.seen = self._observed(mapping, coupling, bc, dv)
+        seen_before, coupling.seen = coupling.seen, self._observed(mapping, coupling, bc, dv)
         plan = reconcile(
             self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups,
             changed_at=change_times(coupling.seen),
         )  # fmt: skip
-        return self._apply(mapping, plan, coupling, message, bc, dv)
+        try:
+            result = self._apply(mapping, plan, coupling, message, bc, dv)
+        except RetriableApiError:
+            self._keep_seen(coupling, seen_before)  # requeued: the next attempt dates what this one saw
+            raise
+        if result.outcome == Outcome.DEFERRED:
+            self._keep_seen(coupling, seen_before)
+        return result
+
+    def _keep_seen(self, coupling: Coupling, before: FieldTimes | None) -> None:
+        """Store the field times a sync that could not finish has seen (one write, only when they changed),
+        so a change is dated when first seen even if the pair is synchronized minutes later."""
+        seen = unsynced_times(coupling.seen, coupling.snapshot)
+        if seen == unsynced_times(before, coupling.snapshot) or coupling.etag is None:
+            return
+        try:
+            self.couplings.save(replace(coupling, seen=seen))
+        except CouplingConflictError:
+            log.info("coupling changed meanwhile; the next attempt observes the record again")
 
     def _observed(
         self, mapping: EntityMapping, coupling: Coupling, bc: Record | None, dv: Record | None

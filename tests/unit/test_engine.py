@@ -458,3 +458,26 @@ def test_a_dry_run_reads_and_decides_but_writes_nothing_anywhere() -> None:
     assert h.couplings.get("CUSTOMER", "bc", bc_id).etag == coupling.etag  # type: ignore[union-attr]
     assert h.couplings.get("CUSTOMER", "bc", new_bc) is None
     assert len(h.journal_table.rows) == journal_rows and h.queued == []
+
+
+def test_a_requeued_sync_keeps_when_it_first_saw_each_change() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: newest_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+    update = h.dv.update
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise TransientError("503", status=503)
+
+    h.dv.update = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RequeueError):
+        h.sync("bc", bc_id)
+    kept = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert kept is not None and set(kept.seen or {}) == {"bc"} and set(kept.seen["bc"]) == {"city"}  # type: ignore[index]
+    first_seen = kept.seen["bc"]["city"]  # type: ignore[index]
+
+    h.dv.update = update  # type: ignore[method-assign]
+    h.sync("bc", bc_id, attempt=1)
+    assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Chicago"
+    settled = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert settled is not None and settled.seen is None and first_seen[0] > 0
