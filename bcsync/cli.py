@@ -244,7 +244,7 @@ def couple(
     def render(r: Any) -> None:
         if r.dry_run:
             console.print(
-                f"[bold]dry run[/bold], nothing written: would couple BC {r.bc_id} with Dataverse {r.dv_id}"
+                f"would couple BC {r.bc_id} with Dataverse {r.dv_id}, then sync from {_SIDE[r.synced_from]}:"
             )
             _render_sync(r)
             return
