@@ -8,9 +8,12 @@ Settings are the service's app settings, read from the environment; `--settings 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -45,6 +48,9 @@ errors = Console(stderr=True, highlight=False)
 BcOption = Annotated[str | None, typer.Option("--bc", help="the record's BC id")]
 DvOption = Annotated[str | None, typer.Option("--dv", help="the record's Dataverse id")]
 MappingArg = Annotated[str, typer.Argument(help="mapping name, e.g. CUSTOMER")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="decide and show per field old -> new; write nothing")
+]
 
 
 class _State:
@@ -229,14 +235,23 @@ def couple(
     bc: Annotated[str, typer.Option("--bc", help="the BC record id")],
     dv: Annotated[str, typer.Option("--dv", help="the Dataverse record id")],
     sync_from: Annotated[str, typer.Option(help="whose values win in the first sync: bc or dv")] = "bc",
+    dry_run: DryRunOption = False,
 ) -> None:
     """Couple two records by hand and synchronize them."""
     rt = _runtime()
-    result = _run(lambda: ops.couple(rt, mapping, bc, dv, sync_from=sync_from))
-    _emit(
-        result,
-        lambda r: console.print(f"coupled BC {r.bc_id} with Dataverse {r.dv_id}: {r.outcome} ({r.reason})"),
-    )
+    result = _run(lambda: ops.couple(rt, mapping, bc, dv, sync_from=sync_from, dry_run=dry_run))
+
+    def render(r: Any) -> None:
+        if r.dry_run:
+            console.print(
+                f"would couple BC {r.bc_id} with Dataverse {r.dv_id}, then sync from {_SIDE[r.synced_from]}:"
+            )
+            _render_sync(r)
+            return
+        console.print(f"coupled BC {r.bc_id} with Dataverse {r.dv_id}: {r.outcome} ({r.reason})")
+        _render_changes(r)
+
+    _emit(result, render)
 
 
 @app.command()
@@ -282,19 +297,39 @@ def sync(
     bc: BcOption = None,
     dv: DvOption = None,
     prefer: Annotated[str | None, typer.Option(help="direction when both sides changed: bc or dv")] = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Synchronize one record now."""
     rt = _runtime()
     side, record_id = _run(lambda: ops.record_ref(bc, dv))
-    result = _run(lambda: ops.sync_now(rt, mapping, side, record_id, prefer=prefer))
+    result = _run(lambda: ops.sync_now(rt, mapping, side, record_id, prefer=prefer, dry_run=dry_run))
     _emit(result, _render_sync)
 
 
 def _render_sync(r: Any) -> None:
     colour = "red" if r.outcome in ("failed", "skipped", "conflict") else "green"
-    console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}: {r.reason}")
+    reason = "" if r.changes else f": {r.reason}"  # the fields below say it
+    if r.dry_run:
+        console.print(
+            f"[bold]dry run[/bold], nothing written: would be [{colour}]{r.outcome}[/{colour}] "
+            f"BC {r.bc_id} / Dataverse {r.dv_id}{reason}"
+        )
+    else:
+        console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}{reason}")
+    _render_changes(r)
     if r.error:
         console.print(f"  [red]{r.error}[/red]")
+
+
+def _render_changes(r: Any) -> None:
+    """Per field old -> new, and each conflict with both values and the winner."""
+    for c in r.changes:
+        flow = _ARROW.get(c.get("direction", ""), "")
+        console.print(
+            f"    {c.get('field')}: {_value(c.get('old'))} -> {_value(c.get('new'))}  [dim]{flow}[/dim]"
+        )
+    for c in r.conflicts:
+        _render_conflict(c)
 
 
 # ----------------------------------------------------------------------------------- full resync
@@ -317,18 +352,38 @@ def resync(
     queue: Annotated[
         bool, typer.Option("--queue", help="let the service run it; follow its progress")
     ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export", help="with --dry-run: every record it would touch, as JSON lines, to this file"
+        ),
+    ] = None,
+    show: Annotated[int, typer.Option(help="with --dry-run: list this many records")] = 10,
 ) -> None:
-    """Full resync of a mapping, with a progress bar."""
+    """Full resync of a mapping, with a progress bar. With --dry-run: a count per outcome, the first
+    records it would touch with their fields old -> new, and (--export) all of them as JSON lines."""
     rt = _runtime()
+    if export is not None and (not dry_run or queue):
+        _fail("--export needs --dry-run, run here (not --queue): the service keeps only the first records")
     if queue:
         run = _run(lambda: ops.start_full_resync(rt, mapping, dry_run=dry_run))
         final = _follow(rt, mapping, run.run_id)
+    elif export is not None:
+        with export.open("w", encoding="utf-8") as out:
+            final = _resync_here(
+                rt,
+                mapping,
+                dry_run=dry_run,
+                on_record=lambda item: out.write(json.dumps(item, default=str) + "\n"),
+            )
     else:
         final = _resync_here(rt, mapping, dry_run=dry_run)
-    _emit(final, _render_run)
+    _emit(final, lambda run: _render_run(run, show=show, export=export))
 
 
-def _resync_here(rt: Runtime, mapping: str, *, dry_run: bool) -> RunSummary:
+def _resync_here(
+    rt: Runtime, mapping: str, *, dry_run: bool, on_record: Callable[[dict[str, Any]], Any] | None = None
+) -> RunSummary:
     """Run the resync in the foreground; it reports each chunk to the bar itself, so nothing reads
     the journal back (rich redraws the bar from its own refresh thread)."""
     _run(lambda: ops.entity_mapping(rt, mapping))
@@ -341,7 +396,9 @@ def _resync_here(rt: Runtime, mapping: str, *, dry_run: bool) -> RunSummary:
             progress.update(task, total=run.total or None, completed=run.done)
 
         try:
-            final = ops.run_full_resync_here(rt, mapping, dry_run=dry_run, on_progress=show)
+            final = ops.run_full_resync_here(
+                rt, mapping, dry_run=dry_run, on_progress=show, on_record=on_record
+            )
         except Exception as exc:  # reported once the bar has stopped, so the message stays readable
             error = exc
         else:
@@ -373,7 +430,7 @@ def show_run(mapping: MappingArg, run_id: Annotated[str, typer.Argument(help="th
     _emit(_follow(rt, mapping, run_id), _render_run)
 
 
-def _render_run(run: RunSummary | None) -> None:
+def _render_run(run: RunSummary | None, show: int = 10, export: Path | None = None) -> None:
     if run is None:
         console.print("the run has not started yet")
         return
@@ -381,6 +438,19 @@ def _render_run(run: RunSummary | None) -> None:
     dry = " (dry run: nothing written)" if run.dry_run else ""
     console.print(f"{run.mapping} {run.kind} {run.status}{dry}: {run.done}/{run.total}; {counts}")
     console.print(f"  {run.api_requests} API requests; {run.message}")
+    if not run.dry_run:
+        return
+    touched = sum(v for k, v in run.counts.items() if k != "unchanged")
+    if touched:
+        console.print(f"  would touch {touched} records; the first {min(show, len(run.sample), touched)}:")
+    for item in run.sample[:show]:
+        ids = f"BC {item.get('bc_id') or '-'} / Dataverse {item.get('dv_id') or '-'}"
+        console.print(
+            f"  {item['outcome']}  {ids}" + ("" if item.get("changes") else f": {item.get('reason', '')}")
+        )
+        _render_changes(SimpleNamespace(changes=item.get("changes", []), conflicts=item.get("conflicts", [])))
+    if export is not None:
+        console.print(f"  all of them as JSON lines in {export}")
 
 
 # ------------------------------------------------------------------------------ errors and retry
@@ -412,19 +482,27 @@ def retry(
     bc: BcOption = None,
     dv: DvOption = None,
     all_records: Annotated[bool, typer.Option("--all", help="queue every failed or skipped record")] = False,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Retry one failed record now, or queue all failed ones."""
     rt = _runtime()
     if all_records:
         if bc or dv:
             _fail("give --all or one record, not both")
-        result = _run(lambda: ops.retry_all(rt, mapping))
-        _emit(
-            result, lambda r: console.print(f"{r.queued} records of {r.mapping} queued for another attempt")
-        )
+        result = _run(lambda: ops.retry_all(rt, mapping, dry_run=dry_run))
+
+        def render_all(r: Any) -> None:
+            if not r.dry_run:
+                console.print(f"{r.queued} records of {r.mapping} queued for another attempt")
+                return
+            console.print(f"dry run, nothing queued: {r.queued} records of {r.mapping} would be retried")
+            for side_, id_ in r.records[:20]:
+                console.print(f"  {_SIDE[side_]} {id_}")
+
+        _emit(result, render_all)
         return
     side, record_id = _run(lambda: ops.record_ref(bc, dv))
-    result = _run(lambda: ops.retry(rt, mapping, side, record_id))
+    result = _run(lambda: ops.retry(rt, mapping, side, record_id, dry_run=dry_run))
 
     def render(r: Any) -> None:
         for item in r.retried:
@@ -472,20 +550,61 @@ def history(
     bc: BcOption = None,
     dv: DvOption = None,
     limit: Annotated[int, typer.Option(help="at most this many entries")] = 50,
+    jsonl: Annotated[
+        Path | None,
+        typer.Option("--jsonl", help="also write the entries as JSON lines to this file ('-': stdout)"),
+    ] = None,
 ) -> None:
-    """The journal of one record, newest first."""
+    """One record's timeline on both systems, newest first: per field old -> new, from which side and
+    by whom, and both values of each conflict with the one that won."""
     rt = _runtime()
     side, record_id = _run(lambda: ops.record_ref(bc, dv))
     entries = _run(lambda: ops.history(rt, mapping, side, record_id, limit=limit))
+    if jsonl is not None:
+        lines = "".join(json.dumps(ops.to_json(e), default=str) + "\n" for e in entries)
+        if str(jsonl) == "-":
+            print(lines, end="")
+            return
+        jsonl.write_text(lines, encoding="utf-8")
+        errors.print(f"{len(entries)} entries written to {jsonl}")
+    _emit(entries, _render_history)
 
-    def render(items: list[Any]) -> None:
-        table = Table("when", "outcome", "fields", "reason / error", "requests")
-        for e in items:
-            when = e.at.isoformat(timespec="seconds")
-            table.add_row(when, e.outcome, ",".join(e.fields), e.error or e.reason, str(e.api_requests))
-        console.print(table)
 
-    _emit(entries, render)
+_SIDE = {"bc": "BC", "dv": "Dataverse", "": "-"}
+_ARROW = {"to_dataverse": "BC -> Dataverse", "to_bc": "Dataverse -> BC", "both": "both ways", "": ""}
+
+
+def _render_history(items: list[Any]) -> None:
+    if not items:
+        console.print("no journal entries for this record")
+        return
+    for e in items:
+        when = e.at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        flow = f"  {_ARROW.get(e.direction, e.direction)}" if e.direction else ""
+        about = [f"change in {_SIDE.get(e.source, e.source)}" + (f" by {e.user}" if e.user else "")]
+        about = (about if e.source else []) + [
+            f"{e.api_requests} API request{'' if e.api_requests == 1 else 's'}"
+        ]
+        console.print(f"[bold]{when}[/bold]  {e.outcome}{flow}  [dim]({'; '.join(about)})[/dim]")
+        _render_changes(e)
+        text = e.error or ("" if e.changes else e.reason)
+        if text:
+            console.print(f"    {text}", style="red" if e.error else None)
+
+
+def _render_conflict(c: dict[str, Any]) -> None:
+    winner = c.get("winner")
+    verdict = (
+        f"{_SIDE.get(winner, winner)} won ({c.get('why')})" if winner else "unresolved (nothing written)"
+    )
+    console.print(
+        f"    [yellow]conflict[/yellow] {c.get('field')}: BC {_value(c.get('bc'))}, "
+        f"Dataverse {_value(c.get('dv'))}: {verdict}"
+    )
+
+
+def _value(value: Any) -> str:
+    return "(empty)" if value in (None, "") else repr(value)
 
 
 # ------------------------------------------------------------------------------- sales features

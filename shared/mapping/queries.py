@@ -90,6 +90,10 @@ def record_id(mapping: EntityMapping, side: Side, record: Record | None) -> str 
     return str(value) if value else None
 
 
+# Dataverse's `modifiedby` lookup as the Web API returns it: the systemuser who saved the row last.
+DV_MODIFIED_BY = "_modifiedby_value"
+
+
 def modified_field(mapping: EntityMapping, side: Side) -> str:
     return mapping.bc.modified_field if side == "bc" else mapping.dataverse.modified_field
 
@@ -99,6 +103,8 @@ def select_fields(ms: MappingSet, mapping: EntityMapping, side: Side) -> list[st
     names = [primary_key(mapping, side), modified_field(mapping, side)]
     if side == "bc":
         names.append(mapping.bc.key)
+    else:
+        names.append(DV_MODIFIED_BY)  # who made a change, for the journal (BC API v2.0 does not say)
     names += [c.field for c in scope_clauses(mapping, side)]
     for f in mapping.fields:
         if (f.bc if side == "bc" else f.dv) is not None:

@@ -150,10 +150,10 @@ def _run(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
 
 
 def _couple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
-    body = Body(req.body, {"mapping", "bc_id", "dv_id", "sync_from"})
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "sync_from", "dry_run"})
     result = ops.couple(
         rt, body.text("mapping") or "", body.text("bc_id") or "", body.text("dv_id") or "",
-        sync_from=body.text("sync_from", required=False) or "bc",
+        sync_from=body.text("sync_from", required=False) or "bc", dry_run=body.flag("dry_run"),
     )  # fmt: skip
     return 200, result
 
@@ -170,11 +170,12 @@ def _match(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
 
 
 def _sync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
-    body = Body(req.body, {"mapping", "bc_id", "dv_id", "prefer"})
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "prefer", "dry_run"})
     side, record_id = _record(body.text)
     return 200, ops.sync_now(
-        rt, body.text("mapping") or "", side, record_id, prefer=body.text("prefer", required=False)
-    )
+        rt, body.text("mapping") or "", side, record_id, prefer=body.text("prefer", required=False),
+        dry_run=body.flag("dry_run"),
+    )  # fmt: skip
 
 
 def _full_resync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
@@ -185,14 +186,14 @@ def _full_resync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int,
 
 
 def _retry(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
-    body = Body(req.body, {"mapping", "bc_id", "dv_id", "all"})
-    mapping = body.text("mapping") or ""
+    body = Body(req.body, {"mapping", "bc_id", "dv_id", "all", "dry_run"})
+    mapping, dry_run = body.text("mapping") or "", body.flag("dry_run")
     if body.flag("all"):
         if body.text("bc_id", required=False) or body.text("dv_id", required=False):
             raise BadRequest("give `all: true` or one record id, not both")
-        return 202, ops.retry_all(rt, mapping)
+        return (200 if dry_run else 202), ops.retry_all(rt, mapping, dry_run=dry_run)
     side, record_id = _record(body.text)
-    return 200, ops.retry(rt, mapping, side, record_id)
+    return 200, ops.retry(rt, mapping, side, record_id, dry_run=dry_run)
 
 
 def _poison(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:

@@ -28,7 +28,7 @@ from shared.runtime import Runtime
 from shared.store.couplings import AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.sync import bulk
-from shared.sync.engine import RequeueError
+from shared.sync.engine import RequeueError, SyncResult, audit
 from shared.sync.reconcile import Snapshot, take_snapshot
 
 SIDES: tuple[Side, Side] = ("bc", "dv")
@@ -191,11 +191,17 @@ class CoupleResult:
     outcome: str
     reason: str
     error: str = ""
+    dry_run: bool = False
+    changes: list[dict[str, Any]] = field(default_factory=list)  # per field: old -> new (see JournalEntry)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
+def couple(
+    rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc", dry_run: bool = False
+) -> CoupleResult:
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
-    values win, as the built-in's "synchronize after coupling")."""
+    values win, as the built-in's "synchronize after coupling"). A dry run checks the same and says per
+    field what the first sync would write, without coupling or writing anything."""
     bc_id, dv_id = valid_id("bc", bc_id), valid_id("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
     source = _side(sync_from, "sync_from") or "bc"
@@ -207,6 +213,16 @@ def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from:
                 f"{'BC' if side == 'bc' else 'Dataverse'} record {record_id} is already coupled "
                 f"(BC {existing.bc_id} / Dataverse {existing.dv_id}); uncouple it first"
             )
+    if dry_run:
+        source_id, other_id = (bc_id, dv_id) if source == "bc" else (dv_id, bc_id)
+        message = SyncMessage(mapping=m.name, side=source, id=source_id, reason="couple (dry run)")
+        preview = rt.engine.preview(
+            message, force=True, snapshot=_base_preferring(rt, m, source, bc, dv), counterpart_id=other_id
+        )
+        return CoupleResult(
+            m.name, bc_id, dv_id, source, str(preview.outcome), preview.reason, preview.error, True,
+            **_changes(preview),
+        )  # fmt: skip
     key = bc.get(m.bc.key)
     coupling = Coupling(
         m.name,
@@ -226,8 +242,16 @@ def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from:
     result = _sync(rt, m, source, coupling.id_on(source) or "", "sync after manual coupling")
     return CoupleResult(
         m.name, str(coupling.bc_id), str(coupling.dv_id), source, str(result.outcome), result.reason,
-        result.error,
+        result.error, False, **_changes(result),
     )  # fmt: skip
+
+
+def _changes(result: Any) -> dict[str, list[dict[str, Any]]]:
+    """A sync result's per-field changes and conflicts, as the journal words them."""
+    if not isinstance(result, SyncResult):
+        return {"changes": [], "conflicts": []}
+    details = audit(result, "")
+    return {"changes": details["changes"], "conflicts": details["conflicts"]}
 
 
 def _read_pair(
@@ -309,13 +333,32 @@ class SyncNowResult:
     dv_id: str | None
     fields: list[str]
     error: str = ""
+    dry_run: bool = False
+    changes: list[dict[str, Any]] = field(default_factory=list)  # per field: old -> new (see JournalEntry)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, m: EntityMapping, side: Side, record_id: str, prefer: Side | None, result: Any
+    ) -> SyncNowResult:
+        return cls(
+            m.name, side, record_id, prefer, str(result.outcome), result.reason, result.bc_id, result.dv_id,
+            list(result.fields), result.error, bool(getattr(result, "dry_run", False)), **_changes(result),
+        )  # fmt: skip
 
 
 def sync_now(
-    rt: Runtime, mapping_name: str, side: Side, record_id: str, *, prefer: str | None = None
+    rt: Runtime,
+    mapping_name: str,
+    side: Side,
+    record_id: str,
+    *,
+    prefer: str | None = None,
+    dry_run: bool = False,
 ) -> SyncNowResult:
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
-    `prefer`'s values overwrite the other side's, also where both sides changed."""
+    `prefer`'s values overwrite the other side's, also where both sides changed. A dry run decides the
+    same from both records read fresh and writes nothing (no API write, coupling or journal entry)."""
     record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
     winner = _side(prefer, "prefer")
@@ -326,15 +369,22 @@ def sync_now(
         if coupling is None or coupling.bc_id is None or coupling.dv_id is None:
             raise OperationError(f"{m.name}: {side} record {record_id} is not coupled; `prefer` needs a pair")
         bc, dv = _read_pair(rt, m, coupling.bc_id, coupling.dv_id)
-        coupling.snapshot = _base_preferring(rt, m, winner, bc, dv)
+        base = _base_preferring(rt, m, winner, bc, dv)
+        start_side, start_id = winner, str(coupling.id_on(winner))
+        if dry_run:
+            message = SyncMessage(
+                mapping=m.name, side=winner, id=start_id, reason="synchronize now (dry run)"
+            )
+            preview = rt.engine.preview(message, force=True, snapshot=base)
+            return SyncNowResult.of(m, side, record_id, winner, preview)
+        coupling.snapshot = base
         coupling.skipped = False
         rt.couplings.save(coupling)
-        start_side, start_id = winner, str(coupling.id_on(winner))
+    if dry_run:
+        message = SyncMessage(mapping=m.name, side=side, id=record_id, reason="synchronize now (dry run)")
+        return SyncNowResult.of(m, side, record_id, None, rt.engine.preview(message, force=True))
     result = _sync(rt, m, start_side, start_id, "synchronize now (admin)")
-    return SyncNowResult(
-        m.name, side, record_id, winner, str(result.outcome), result.reason, result.bc_id, result.dv_id,
-        list(result.fields), result.error,
-    )  # fmt: skip
+    return SyncNowResult.of(m, side, record_id, winner, result)
 
 
 def _sync(rt: Runtime, m: EntityMapping, side: Side, record_id: str, reason: str) -> Any:
@@ -375,13 +425,15 @@ def run_full_resync_here(
     dry_run: bool,
     run_id: str | None = None,
     on_progress: Callable[[RunSummary], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Run a full resync in this process (the CLI), journaling progress as it goes and telling
-    `on_progress` after each chunk."""
+    `on_progress` after each chunk; a dry run tells `on_record` each record it would touch."""
     m = entity_mapping(rt, mapping_name)
     return bulk.run_full_resync(
-        rt.engine, m.name, dry_run=dry_run, run_id=run_id or uuid.uuid4().hex, on_progress=on_progress
-    )
+        rt.engine, m.name, dry_run=dry_run, run_id=run_id or uuid.uuid4().hex, on_progress=on_progress,
+        on_record=on_record,
+    )  # fmt: skip
 
 
 def get_run(rt: Runtime, mapping_name: str, run_id: str) -> RunSummary:
@@ -459,40 +511,52 @@ class RetryResult:
     mapping: str
     retried: list[SyncNowResult] = field(default_factory=list)  # retried now (one record)
     queued: int = 0  # queued for the service (all)
+    dry_run: bool = False
+    records: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # all, dry run: (side, id) that would be queued
 
 
-def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
-    """Retry one failed or skipped record now (clears its skipped flag)."""
+def retry(
+    rt: Runtime, mapping_name: str, side: Side, record_id: str, *, dry_run: bool = False
+) -> RetryResult:
+    """Retry one failed or skipped record now (clears its skipped flag). A dry run says per field what
+    the retry would write and changes nothing (the record stays skipped)."""
     record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    if dry_run:
+        message = SyncMessage(mapping=m.name, side=side, id=record_id, reason="retry (dry run)")
+        preview = rt.engine.preview(message, force=True)
+        return RetryResult(
+            m.name, retried=[SyncNowResult.of(m, side, record_id, None, preview)], dry_run=True
+        )
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is not None and coupling.skipped:
         coupling.skipped, coupling.attempts = False, 0
         rt.couplings.save(coupling)
     result = _sync(rt, m, side, record_id, "retry (admin)")
-    return RetryResult(
-        m.name,
-        retried=[
-            SyncNowResult(m.name, side, record_id, None, str(result.outcome), result.reason, result.bc_id,
-                          result.dv_id, list(result.fields), result.error)
-        ],
-    )  # fmt: skip
+    return RetryResult(m.name, retried=[SyncNowResult.of(m, side, record_id, None, result)])
 
 
-def retry_all(rt: Runtime, mapping_name: str) -> RetryResult:
-    """Queue every failed or skipped record of a mapping for another attempt."""
+def retry_all(rt: Runtime, mapping_name: str, *, dry_run: bool = False) -> RetryResult:
+    """Queue every failed or skipped record of a mapping for another attempt (a dry run lists them)."""
     m = entity_mapping(rt, mapping_name)
     messages: list[SyncMessage] = []
     for item in list_errors(rt, m.name):
         side, record_id = ("bc", item.bc_id) if item.bc_id else ("dv", item.dv_id)
         if not record_id:
             continue
-        if item.coupled:
+        if item.coupled and not dry_run:
             coupling = rt.couplings.get(m.name, side, record_id)  # type: ignore[arg-type]
             if coupling is not None and coupling.skipped:
                 coupling.skipped, coupling.attempts = False, 0
                 rt.couplings.save(coupling)
-        messages.append(SyncMessage(mapping=m.name, side=side, id=record_id, reason="retry all (admin)"))  # type: ignore[arg-type]
+        why = "retry all (dry run)" if dry_run else "retry all (admin)"
+        messages.append(SyncMessage(mapping=m.name, side=side, id=record_id, reason=why))  # type: ignore[arg-type]
+    if dry_run:
+        return RetryResult(
+            m.name, queued=len(messages), dry_run=True, records=[(s.side, s.id) for s in messages]
+        )
     return RetryResult(m.name, queued=rt.storage.enqueue(messages))
 
 
@@ -605,7 +669,12 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
 def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
-    """The journal entries of one record, newest first."""
+    """One record's timeline on both systems, newest first: the entries under its id and, once it is
+    coupled, under its counterpart's id (its history before the two were coupled)."""
     record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
-    return rt.journal.history(m.name, side, record_id, limit=limit)
+    ids: list[tuple[str, str]] = [(side, record_id)]
+    coupling = rt.couplings.get(m.name, side, record_id)
+    if coupling is not None:
+        ids += [(s, i) for s in SIDES if (i := coupling.id_on(s)) and (s, i) != (side, record_id)]
+    return rt.journal.timeline(m.name, ids, limit=limit)

@@ -62,6 +62,8 @@ class Coupling:
     dv_id: str | None
     state: State = "coupled"
     snapshot: dict[str, Any] | None = None
+    # When each side's value of each field was first seen: {"bc": {key: [epoch ms, digest]}} (newest_wins)
+    seen: dict[str, Any] | None = None
     bc_modified: str | None = None
     bc_etag: str | None = None
     dv_modified: str | None = None
@@ -107,6 +109,7 @@ def _full_row(c: Coupling) -> dict[str, Any]:
         "DvId": c.dv_id or "",
         "State": c.state,
         "Snapshot": json.dumps(c.snapshot, separators=(",", ":")) if c.snapshot is not None else "",
+        "Seen": json.dumps(c.seen, separators=(",", ":")) if c.seen else "",
         "BcModified": c.bc_modified or "",
         "BcEtag": c.bc_etag or "",
         "DvModified": c.dv_modified or "",
@@ -142,6 +145,7 @@ def _from_row(e: Any) -> Coupling:
         dv_id=e.get("DvId") or None,
         state="pending_bc" if state == "pending_bc" else "coupled",
         snapshot=json.loads(snapshot) if snapshot else None,
+        seen=json.loads(e["Seen"]) if e.get("Seen") else None,
         bc_modified=e.get("BcModified") or None,
         bc_etag=e.get("BcEtag") or None,
         dv_modified=e.get("DvModified") or None,

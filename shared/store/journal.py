@@ -29,7 +29,9 @@ from azure.data.tables import TableClient, UpdateMode
 from shared.odata import and_, eq, ge, le, lt
 
 _MAX_TICKS = 10**19
-_MAX_PROPERTY_CHARS = 30_000
+# Bulk `Results` are ASCII (outcomes, GUIDs, field keys): 2 bytes a character in UTF-16, so this keeps
+# them within MAX_STRING_BYTES (32 KB) with room for the JSON punctuation.
+_MAX_PROPERTY_CHARS = 15_000
 
 
 def _utcnow() -> dt.datetime:
@@ -53,16 +55,30 @@ class JournalEntry:
     reason: str = ""
     api_requests: int = 0
     at: dt.datetime = field(default_factory=_utcnow)
+    # The side whose change was handled (`bc`, `dv`; "" for an operator's action) and who made it there:
+    # Dataverse's `modifiedby` systemuser id; BC API v2.0 records say when, never who (empty).
+    source: str = ""
+    user: str = ""
+    # Per field written: {"field", "old", "new", "direction", "from", "user"}; old and new are the
+    # target's values (canonical). Per field changed on both sides: {"field", "bc", "dv", "policy",
+    # "winner" (bc, dv or null: nothing written), "why"}.
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         row["fields"] = ",".join(self.fields)
         row["at"] = self.at.isoformat()
-        row["error"] = self.error[:30_000]
-        return {k: ("" if v is None else v) for k, v in row.items()}
+        del row["changes"], row["conflicts"]
+        if self.changes or self.conflicts:
+            row["details"] = json.dumps(
+                {"changes": self.changes, "conflicts": self.conflicts}, separators=(",", ":"), default=str
+            )
+        return fit_row({k: ("" if v is None else v) for k, v in row.items()})
 
     @classmethod
     def from_row(cls, row: Any) -> JournalEntry:
+        details = _details(row.get("details", ""))
         return cls(
             mapping=row.get("mapping", ""),
             outcome=row.get("outcome", ""),
@@ -75,7 +91,66 @@ class JournalEntry:
             reason=row.get("reason", ""),
             api_requests=int(row.get("api_requests", 0)),
             at=dt.datetime.fromisoformat(row["at"]),
+            source=row.get("source", ""),
+            user=row.get("user", ""),
+            changes=details.get("changes", []),
+            conflicts=details.get("conflicts", []),
         )
+
+
+def _details(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        # Cut to fit the row (see `fit_row`): what is left is shown as it is.
+        return {"changes": [{"field": "…", "note": text}]}
+    return value if isinstance(value, dict) else {}
+
+
+# Azure Table limits kept with a margin (the stricter figures: 32 KB per string property, 64 KB per row,
+# strings counted as UTF-16). A journal row that would exceed them is cut with TRUNCATED, never refused:
+# a sync must never fail because of its journal.
+MAX_STRING_BYTES = 32 * 1024
+MAX_ROW_BYTES = 64 * 1024
+_ROW_MARGIN = 2 * 1024  # keys, property names and types
+TRUNCATED = " …[truncated]"
+# Cut first: what the journal can lose before the operator-facing error and reason.
+_SHRINK_ORDER = ("details", "fields", "error", "reason")
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le"))
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    if _utf16(text) <= max_bytes:
+        return text
+    budget = max(0, max_bytes - _utf16(TRUNCATED))
+    # UTF-16 is 2 bytes per character except outside the BMP (4): cut by characters, then trim.
+    cut = text[: budget // 2]
+    while cut and _utf16(cut) > budget:
+        cut = cut[:-1]
+    return cut + TRUNCATED
+
+
+def _row_bytes(row: dict[str, Any]) -> int:
+    return sum(_utf16(str(k)) + (_utf16(v) if isinstance(v, str) else 8) for k, v in row.items())
+
+
+def fit_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` within the limits: every string at most MAX_STRING_BYTES, the row at most MAX_ROW_BYTES,
+    cutting the least needed properties first. Cut values end with TRUNCATED."""
+    fitted = {k: _cut(v, MAX_STRING_BYTES) if isinstance(v, str) else v for k, v in row.items()}
+    for name in _SHRINK_ORDER:
+        excess = _row_bytes(fitted) + _ROW_MARGIN - MAX_ROW_BYTES
+        if excess <= 0:
+            break
+        value = fitted.get(name)
+        if isinstance(value, str) and value:
+            fitted[name] = _cut(value, max(0, _utf16(value) - excess))
+    return fitted
 
 
 @dataclass
@@ -94,6 +169,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     api_requests: int = 0
     message: str = ""
+    sample: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first records it would touch
 
     @property
     def in_progress(self) -> bool:
@@ -131,7 +207,7 @@ class Journal:
         for e in entries:
             item = [e.outcome, e.bc_id or "", e.dv_id or "", ",".join(e.fields)]
             length = sum(len(x) for x in item) + 12
-            if size + length > _MAX_PROPERTY_CHARS:  # a string property holds at most 32K characters
+            if size + length > _MAX_PROPERTY_CHARS:
                 groups.append([])
                 size = 0
             groups[-1].append(item)
@@ -148,15 +224,24 @@ class Journal:
             self.table.submit_transaction([("upsert", r) for r in rows[start : start + 100]])
 
     def history(self, mapping: str, side: str, record_id: str, limit: int = 50) -> list[JournalEntry]:
-        """Newest first."""
-        prefix = f"{'bc' if side == 'bc' else 'dv'}|{record_id}|"
-        query = and_(eq("PartitionKey", f"rec|{mapping}"), ge("RowKey", prefix), lt("RowKey", prefix + "~"))
-        entries = []
-        for row in self.table.query_entities(query, results_per_page=limit):
-            entries.append(JournalEntry.from_row(row))
-            if len(entries) >= limit:
-                break
-        return entries
+        """The entries stored under one id, newest first (an entry of a pair is stored under both of
+        its ids, so this is the pair's timeline from the time both were known)."""
+        return self.timeline(mapping, [(side, record_id)], limit)
+
+    def timeline(self, mapping: str, ids: list[tuple[str, str]], limit: int = 50) -> list[JournalEntry]:
+        """The entries stored under any of `ids` ((side, id) of one pair), each once, newest first:
+        what happened to a record on both systems, also before the two were coupled."""
+        rows: dict[str, Any] = {}
+        for side, record_id in ids:
+            prefix = f"{'bc' if side == 'bc' else 'dv'}|{record_id}|"
+            query = and_(
+                eq("PartitionKey", f"rec|{mapping}"), ge("RowKey", prefix), lt("RowKey", prefix + "~")
+            )
+            for count, row in enumerate(self.table.query_entities(query, results_per_page=limit), start=1):
+                rows.setdefault(str(row["RowKey"]).rsplit("|", 1)[-1], row)  # one entry, one stamp
+                if count >= limit:
+                    break
+        return [JournalEntry.from_row(rows[stamp]) for stamp in sorted(rows)[:limit]]
 
     def between(
         self, start: dt.datetime, end: dt.datetime, mapping: str | None = None
@@ -178,9 +263,9 @@ class Journal:
     def save_run(self, run: RunSummary) -> None:
         row = asdict(run)
         row["counts"] = json.dumps(run.counts)
-        self.table.upsert_entity(
-            {**row, "PartitionKey": f"run|{run.mapping}", "RowKey": run.run_id}, mode=UpdateMode.REPLACE
-        )
+        row["sample"] = _sample_text(run.sample)
+        row = fit_row({**row, "PartitionKey": f"run|{run.mapping}", "RowKey": run.run_id})
+        self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
 
     def get_run(self, mapping: str, run_id: str) -> RunSummary | None:
         try:
@@ -207,7 +292,19 @@ def _rows(entry: JournalEntry) -> list[dict[str, Any]]:
     return rows
 
 
+def _sample_text(sample: list[dict[str, Any]]) -> str:
+    """A dry run's first records as JSON, fewer of them where they would not fit half a row."""
+    items = list(sample)
+    while items:
+        text = json.dumps(items, separators=(",", ":"), default=str)
+        if _utf16(text) <= MAX_ROW_BYTES // 2:
+            return text
+        items.pop()
+    return ""
+
+
 def _run_from_row(row: Any) -> RunSummary:
     data = {k: row[k] for k in RunSummary.__dataclass_fields__ if k in row}
     data["counts"] = json.loads(row.get("counts") or "{}")
+    data["sample"] = json.loads(row.get("sample") or "[]")
     return RunSummary(**data)

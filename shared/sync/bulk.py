@@ -39,14 +39,23 @@ from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.store.storage import Storage
-from shared.sync.engine import Engine, SyncResult, count_failure, requeue_delay, settle
+from shared.sync.engine import (
+    Engine,
+    SyncResult,
+    audit,
+    count_failure,
+    planned_result,
+    requeue_delay,
+    settle,
+)
 from shared.sync.gateways import Record
-from shared.sync.reconcile import Candidate, Outcome, Plan, reconcile, take_snapshot
+from shared.sync.reconcile import Candidate, Outcome, Plan, change_times, reconcile, take_snapshot
 from shared.timestamps import now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
+SAMPLE = 20  # records a dry run keeps on its run (all of them go to `on_record`)
 
 
 @dataclass
@@ -116,10 +125,12 @@ def run_full_resync(
     dry_run: bool = False,
     run_id: str | None = None,
     on_progress: Callable[[RunSummary], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Converge the whole mapping. BC is streamed page by page (20,000 records), so memory grows
     with the Dataverse side and the couplings, not with the BC table. `on_progress` sees the run
-    after each chunk (a caller in this process needs no polling of the journal)."""
+    after each chunk (a caller in this process needs no polling of the journal). A dry run tells
+    `on_record` each record it would touch (`dry_run_item`) and keeps the first ones in `run.sample`."""
     m = engine.ms.entity(mapping_name)
     run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
     engine.journal.save_run(run)
@@ -127,10 +138,16 @@ def run_full_resync(
     started = time.monotonic()
     counts: Counter[str] = Counter()
 
+    def keep(item: dict[str, Any]) -> None:
+        if len(run.sample) < SAMPLE:
+            run.sample.append(item)
+        if on_record is not None:
+            on_record(item)
+
     def process(pairs: list[Pair]) -> None:
         run.total += len(pairs)
         for chunk in _chunks(pairs, CHUNK):
-            counts.update(process_pairs(engine, m, chunk, dry_run=dry_run))
+            counts.update(process_pairs(engine, m, chunk, dry_run=dry_run, on_record=keep))
             run.done += len(chunk)
             run.counts = dict(counts)
             run.api_requests = engine.requests_in_this_thread() - requests_before
@@ -394,9 +411,16 @@ def _match_value(f: Any, value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------- processing
 def process_pairs(
-    engine: Engine, m: EntityMapping, pairs: list[Pair], *, dry_run: bool, correlation_id: str = ""
+    engine: Engine,
+    m: EntityMapping,
+    pairs: list[Pair],
+    *,
+    dry_run: bool,
+    correlation_id: str = "",
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> Counter[str]:
-    """Decide every pair with `reconcile`, then write what was decided in bulk."""
+    """Decide every pair with `reconcile`, then write what was decided in bulk. A dry run writes
+    nothing and tells `on_record` about every record it would touch (see `dry_run_item`)."""
     counts: Counter[str] = Counter()
     lookups = _chunk_lookups(engine, m, pairs)
     planned: list[tuple[Pair, Plan]] = []
@@ -408,14 +432,25 @@ def process_pairs(
         plan = reconcile(
             engine.ms, m, snapshot=pair.coupling.snapshot if pair.coupling else None,
             bc=pair.bc, dv=pair.dv, lookups=lookups, candidates=pair.candidates,
+            # Times kept while a change waits (usually none); the records' own times stand in for the rest.
+            changed_at=change_times(pair.coupling.seen) if pair.coupling else None,
         )  # fmt: skip
-        if _bulk_friendly(plan):
+        if dry_run:
+            counts[str(plan.outcome)] += 1
+            if plan.outcome != Outcome.UNCHANGED and on_record is not None:
+                on_record(dry_run_item(m, pair, plan))
+        elif _bulk_friendly(plan):
             planned.append((pair, plan))
         else:
             singles.append(pair)
     if dry_run:
-        counts.update(str(p.outcome) for _, p in planned)
+        # Decided one by one when the run is real (the record is re-read then): not known here.
         counts.update("single" for _ in singles)
+        for pair in singles if on_record is not None else ():
+            on_record({  # type: ignore[misc]
+                "outcome": "single", "bc_id": _pair_id(m, pair, "bc"), "dv_id": _pair_id(m, pair, "dv"),
+                "reason": "decided one by one when the run is real", "changes": [], "conflicts": [],
+            })  # fmt: skip
         return counts
 
     results = _execute(engine, m, planned)
@@ -458,6 +493,20 @@ def process_pairs(
                 requeue_delay(1),
             )
     return counts
+
+
+def _pair_id(m: EntityMapping, pair: Pair, side: Side) -> str | None:
+    return record_id(m, side, pair.record_on(side)) or (pair.coupling.id_on(side) if pair.coupling else None)
+
+
+def dry_run_item(m: EntityMapping, pair: Pair, plan: Plan) -> dict[str, Any]:
+    """One record a dry run would touch: outcome, ids, reason, per field old -> new, conflicts."""
+    bc_id, dv_id = _pair_id(m, pair, "bc"), _pair_id(m, pair, "dv") or _written_dv_id(plan)
+    details = audit(planned_result(plan, bc_id, dv_id, pair.bc, pair.dv), "")
+    return {
+        "outcome": str(plan.outcome), "bc_id": bc_id, "dv_id": dv_id, "reason": plan.reason,
+        "changes": details["changes"], "conflicts": details["conflicts"], "error": plan.error or "",
+    }  # fmt: skip
 
 
 def _bulk_friendly(plan: Plan) -> bool:

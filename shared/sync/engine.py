@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.connectors.errors import (
@@ -32,6 +32,7 @@ from shared.connectors.retry import RetryPolicy
 from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
+    DV_MODIFIED_BY,
     in_scope,
     match_queries,
     primary_key,
@@ -45,7 +46,22 @@ from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, Record
-from shared.sync.reconcile import Candidate, Outcome, Plan, Write, presumed_record, reconcile, take_snapshot
+from shared.sync.reconcile import (
+    Candidate,
+    FieldChange,
+    FieldConflict,
+    FieldTimes,
+    Outcome,
+    Plan,
+    Snapshot,
+    Write,
+    change_times,
+    observe,
+    presumed_record,
+    reconcile,
+    take_snapshot,
+    unsynced_times,
+)
 from shared.sync.resolver import LookupResolver
 from shared.timestamps import iso_ms, parse_iso
 
@@ -98,6 +114,10 @@ class SyncResult:
     dv_id: str | None = None
     error: str = ""
     fields: list[str] = field(default_factory=list)
+    changes: list[FieldChange] = field(default_factory=list)  # written (or, on a dry run, to be written)
+    conflicts: list[FieldConflict] = field(default_factory=list)  # unresolved and resolved
+    users: dict[str, str] = field(default_factory=dict)  # side -> who last changed the record there
+    dry_run: bool = False
 
 
 # What the engine needs from the queue: send these messages, visible after `delay` seconds.
@@ -143,6 +163,66 @@ class Engine:
         result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result
+
+    def preview(
+        self,
+        message: SyncMessage,
+        *,
+        force: bool = False,
+        snapshot: Snapshot | None = None,
+        counterpart_id: str | None = None,
+    ) -> SyncResult:
+        """What `sync_record` would do, decided from both records read fresh, without writing anything:
+        no API write, no coupling, no journal, nothing queued. `snapshot` and `counterpart_id` stand in
+        for a coupling (a sync in a chosen direction, or a pair not coupled yet)."""
+        mapping = self.ms.entity(message.mapping)
+        side: Side = message.side
+        coupling = self.couplings.get(mapping.name, side, message.id)
+        if coupling is not None and coupling.skipped and not force:
+            why = "record is skipped after repeated failures; retry it to resume"
+            return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
+        if coupling is not None and coupling.state == "pending_bc":
+            why = "its BC record is being created; a real sync finishes that first"
+            return SyncResult(Outcome.DEFERRED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
+        source = self.read(mapping, side, message.id)
+        if coupling is None and snapshot is None:
+            return self._preview_uncoupled(mapping, side, message, source)
+        other_id = coupling.id_on(other(side)) if coupling is not None else counterpart_id
+        counterpart = self.read(mapping, other(side), other_id) if other_id else None
+        bc, dv = by_side(side, source, counterpart)
+        lookups = self.resolver.lookups_for(mapping, bc, dv)
+        seen = self._observed(mapping, coupling, bc, dv) if coupling is not None else None
+        base = snapshot if snapshot is not None else coupling.snapshot if coupling is not None else None
+        plan = reconcile(
+            self.ms, mapping, snapshot=base, bc=bc, dv=dv, lookups=lookups, changed_at=change_times(seen)
+        )
+        ids: dict[Side, str | None] = {side: message.id, other(side): other_id}
+        return replace(
+            planned_result(plan, ids["bc"], ids["dv"], bc, dv, error=plan.error or ""), dry_run=True
+        )
+
+    def _preview_uncoupled(
+        self, mapping: EntityMapping, side: Side, message: SyncMessage, source: Record | None
+    ) -> SyncResult:
+        if source is None:
+            why = f"{side} record {message.id} does not exist and is not coupled"
+            return SyncResult(Outcome.SKIPPED, why, dry_run=True)
+        if not in_scope(mapping, side, source):
+            why = f"{side} record is out of scope ({scope_filter(mapping, side)})"
+            return SyncResult(Outcome.SKIPPED, why, dry_run=True)
+        bc, dv = by_side(side, source, None)
+        lookups = self.resolver.lookups_for(mapping, bc, dv)
+        found = self._candidates(mapping, side, source, lookups)
+        candidates = [Candidate(r, already_coupled=c is not None) for r, c in found]
+        plan = reconcile(
+            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+        )
+        ids: dict[Side, str | None] = {"bc": record_id(mapping, "bc", bc), "dv": record_id(mapping, "dv", dv)}
+        if plan.couple_with is not None:
+            ids[plan.couple_with[0]] = plan.couple_with[1]
+        return replace(
+            planned_result(plan, ids["bc"], ids["dv"], bc, dv, error=plan.error or ""), dry_run=True
+        )
 
     def _sync_with_race_retries(
         self, mapping: EntityMapping, message: SyncMessage, force: bool
@@ -214,8 +294,41 @@ class Engine:
     ) -> SyncResult:
         bc, dv = by_side(message.side, source, counterpart)
         lookups = self.resolver.lookups_for(mapping, bc, dv)
-        plan = reconcile(self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups)
-        return self._apply(mapping, plan, coupling, message, bc, dv)
+        seen_before, coupling.seen = coupling.seen, self._observed(mapping, coupling, bc, dv)
+        plan = reconcile(
+            self.ms, mapping, snapshot=coupling.snapshot, bc=bc, dv=dv, lookups=lookups,
+            changed_at=change_times(coupling.seen),
+        )  # fmt: skip
+        try:
+            result = self._apply(mapping, plan, coupling, message, bc, dv)
+        except RetriableApiError:
+            self._keep_seen(coupling, seen_before)  # requeued: the next attempt dates what this one saw
+            raise
+        if result.outcome == Outcome.DEFERRED:
+            self._keep_seen(coupling, seen_before)
+        return result
+
+    def _keep_seen(self, coupling: Coupling, before: FieldTimes | None) -> None:
+        """Store the field times a sync that could not finish has seen (one write, only when they changed),
+        so a change is dated when first seen even if the pair is synchronized minutes later."""
+        seen = unsynced_times(coupling.seen, coupling.snapshot)
+        if seen == unsynced_times(before, coupling.snapshot) or coupling.etag is None:
+            return
+        try:
+            self.couplings.save(replace(coupling, seen=seen))
+        except CouplingConflictError:
+            log.info("coupling changed meanwhile; the next attempt observes the record again")
+
+    def _observed(
+        self, mapping: EntityMapping, coupling: Coupling, bc: Record | None, dv: Record | None
+    ) -> FieldTimes | None:
+        """The coupling's per-field first-seen times after reading `bc` and `dv` now (stored with the
+        coupling, pruned to the values not synchronized yet; see `observe`)."""
+        seen, now = coupling.seen, self.clock()
+        for side, record in (("bc", bc), ("dv", dv)):
+            if record is not None:
+                seen = observe(self.ms, mapping, seen, side, record, now)  # type: ignore[arg-type]
+        return seen
 
     def _presumed(self, mapping: EntityMapping, coupling: Coupling, side: Side) -> Record | None:
         """`side`'s record as the last settled sync left it, rebuilt from the coupling, so a change
@@ -338,10 +451,10 @@ class Engine:
         if deleted or plan.outcome == Outcome.UNCOUPLED:
             if coupling is not None:
                 self.couplings.delete(coupling)
-            return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, fields=_fields(plan))
+            return planned_result(plan, bc_id, dv_id, bc, dv)
 
         if bc_id is None or dv_id is None:
-            return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, fields=_fields(plan))
+            return planned_result(plan, bc_id, dv_id, bc, dv)
         snapshot = (
             plan.snapshot
             if plan.outcome == Outcome.CONFLICT
@@ -351,7 +464,7 @@ class Engine:
         self._store_coupling(
             mapping, coupling, bc_id, dv_id, bc_after, dv_after, snapshot, plan.outcome, error
         )
-        return SyncResult(plan.outcome, plan.reason, bc_id, dv_id, error=error, fields=_fields(plan))
+        return planned_result(plan, bc_id, dv_id, bc, dv, error=error)
 
     def _store_coupling(
         self,
@@ -365,6 +478,9 @@ class Engine:
         outcome: Outcome | str,
         error: str,
     ) -> Coupling:
+        if coupling is not None:
+            # Values as read back after the writes: a value written here is no pending change.
+            coupling.seen = self._observed(mapping, coupling, bc, dv)
         c = settle(mapping, coupling, bc_id, dv_id, bc, dv, snapshot, outcome, error)
         return self.couplings.create(c) if coupling is None else self.couplings.save(c)
 
@@ -396,7 +512,10 @@ class Engine:
             # BC answered and refused: nothing was created, so nothing may be waited for or adopted.
             self.couplings.delete(pending)
             raise
-        return self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
+        result = self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
+        result.changes = [*plan.changes, *result.changes]
+        result.users = result.users or _users(None, dv)
+        return result
 
     def _settle_bc_create(
         self,
@@ -425,10 +544,11 @@ class Engine:
             mapping, pending, bc_id, pending.dv_id, created, dv, planned, stored_as, ""
         )
         fields = sorted(planned.get("bc", {}))
+        changes: list[FieldChange] = []
         if follow.writes:
-            self._apply(mapping, follow, coupling, message, created, dv)
+            changes = self._apply(mapping, follow, coupling, message, created, dv).changes
             fields = sorted({*fields, *_fields(follow)})
-        return SyncResult(Outcome.INSERTED, reason, bc_id, pending.dv_id, fields=fields)
+        return SyncResult(Outcome.INSERTED, reason, bc_id, pending.dv_id, fields=fields, changes=changes)
 
     def _finish_pending_bc_create(
         self, mapping: EntityMapping, pending: Coupling, message: SyncMessage
@@ -555,6 +675,7 @@ class Engine:
         if coupling is not None:
             coupling = count_failure(coupling, error)
             coupling.last_result = "failed"
+            coupling.seen = unsynced_times(coupling.seen, coupling.snapshot)
             try:
                 self.couplings.save(coupling)
             except CouplingConflictError:
@@ -579,6 +700,7 @@ class Engine:
             reason=result.reason or message.reason,
             api_requests=requests,
             at=self.clock(),
+            **audit(result, message.side),
         )
         try:
             self.journal.record(entry)
@@ -604,6 +726,9 @@ def settle(
     """The coupling after a sync of the pair, from the records as read back (not stored yet)."""
     c = coupling or Coupling(mapping.name, bc_id, dv_id)
     c.bc_id, c.dv_id, c.state, c.snapshot, c.pending_since = bc_id, dv_id, "coupled", snapshot, None
+    # After a settled sync both records are the snapshot: no change waits, so no time is kept. Under a
+    # conflict the conflicting fields keep their old base, and their times until it is resolved.
+    c.seen = unsynced_times(c.seen, snapshot) if outcome == Outcome.CONFLICT else None
     if bc is not None:
         c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
         key = bc.get(mapping.bc.key)
@@ -627,6 +752,51 @@ def count_failure(coupling: Coupling, error: str) -> Coupling:
     if repeated:
         coupling.skipped = True
     return coupling
+
+
+def _users(bc: Record | None, dv: Record | None) -> dict[str, str]:
+    """Who last changed each record: Dataverse's `modifiedby`; BC API v2.0 does not expose it."""
+    user = (dv or {}).get(DV_MODIFIED_BY)
+    return {"dv": str(user)} if user else {}
+
+
+def planned_result(
+    plan: Plan, bc_id: str | None, dv_id: str | None, bc: Record | None, dv: Record | None, error: str = ""
+) -> SyncResult:
+    """The result of a plan carried out (or, on a dry run, to be carried out)."""
+    return SyncResult(
+        plan.outcome, plan.reason, bc_id, dv_id, error=error, fields=_fields(plan),
+        changes=list(plan.changes), conflicts=[*plan.conflicts, *plan.resolved], users=_users(bc, dv),
+    )  # fmt: skip
+
+
+def audit(result: SyncResult, source: Side | str) -> dict[str, Any]:
+    """The journal's audit fields of a result: per field old -> new, from which side and by whom, the
+    direction, and both values of each conflict with the winner and why."""
+    changes = []
+    for c in result.changes:
+        origin = "bc" if c.direction == "to_dataverse" else "dv"
+        changes.append({
+            "field": c.key, "old": c.old, "new": c.new, "direction": c.direction, "from": origin,
+            "user": result.users.get(origin, ""), "reason": c.reason,
+        })  # fmt: skip
+    conflicts = [
+        {
+            "field": c.key,
+            "bc": c.bc_value,
+            "dv": c.dv_value,
+            "policy": c.policy,
+            "winner": c.winner,
+            "why": c.why,
+        }
+        for c in result.conflicts
+    ]
+    directions = {c.direction for c in result.changes}
+    direction = "both" if len(directions) > 1 else next(iter(directions), "")
+    return {
+        "direction": direction, "source": source, "user": result.users.get(source, ""),
+        "changes": changes, "conflicts": conflicts,
+    }  # fmt: skip
 
 
 def _fields(plan: Plan) -> list[str]:

@@ -13,7 +13,9 @@ compute what to write, so a lossy or server-normalised translation never looks l
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import json
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -40,9 +42,13 @@ from shared.mapping.values import (
     side_type,
     translate,
 )
-from shared.timestamps import parse_iso
+from shared.timestamps import iso_ms, parse_iso
 
 Snapshot = dict[str, dict[str, Any]]  # {"bc": {field key: canonical value}, "dv": {...}}, JSON-serialisable
+# When the service first saw each side's value of each field: {"bc": {field key: [epoch ms, value digest]}}.
+# Stored on the coupling next to the snapshot; `newest_wins` decides per field with it.
+FieldTimes = dict[str, dict[str, list[Any]]]
+ChangeTimes = Mapping[str, Mapping[str, dt.datetime]]  # side -> field key -> when its value first appeared
 FlowDirection = Literal["to_dataverse", "to_bc"]
 SIDES: tuple[Side, Side] = ("bc", "dv")
 
@@ -80,10 +86,15 @@ class FieldChange:
 
 @dataclass(frozen=True)
 class FieldConflict:
+    """A field changed on both sides to different values. `winner` is the side whose value was kept
+    (None under policy `none`: nothing written) and `why` says how the policy decided."""
+
     key: str
     bc_value: Any
     dv_value: Any
     policy: str
+    winner: Side | None = None
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,8 @@ class Plan:
     uncouple: bool = False  # remove the existing coupling (before any couple_with)
     snapshot: Snapshot | None = None  # expected snapshot if the writes land as planned
     changes: tuple[FieldChange, ...] = ()
-    conflicts: tuple[FieldConflict, ...] = ()
+    conflicts: tuple[FieldConflict, ...] = ()  # unresolved (policy none): nothing written for them
+    resolved: tuple[FieldConflict, ...] = ()  # decided by a policy: both values and the winner (journal)
     missing: tuple[MissingLookup, ...] = ()  # couplings to establish first; then retry this record
     error: str | None = None  # operator-facing: what is wrong and what to do
 
@@ -165,6 +177,69 @@ def presumed_record(
     return record
 
 
+def _digest(value: Any) -> str:
+    """A short fingerprint of a canonical value (the times are kept per value, not the values)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def observe(
+    ms: MappingSet,
+    mapping: EntityMapping,
+    seen: FieldTimes | None,
+    side: Side,
+    record: Record,
+    now: dt.datetime,
+) -> FieldTimes:
+    """`seen` after reading `record` on `side` at `now`: a field whose value is the one seen before keeps
+    its time; a new value is dated when it was first seen, or at the record's modified time if that is
+    earlier (the record changed last then, so this value is at least that old). The service reads a
+    changed record within seconds of its change notification, so a value is dated within seconds of
+    its edit even when the record changes again before the pair can be synchronized."""
+    result: FieldTimes = {s: dict(v) for s, v in (seen or {}).items()}
+    mine = result.setdefault(side, {})
+    try:
+        modified: dt.datetime | None = parse_iso(str(record[modified_field(mapping, side)]))
+    except (KeyError, ValueError):
+        modified = None
+    first_seen = min(now, modified) if modified is not None else now
+    for f in _merged_fields(mapping):
+        if not _has_side(f, side) or field_name(ms, f, side) not in record:
+            continue
+        digest = _digest(read(ms, f, side, record))
+        known = mine.get(f.key)
+        if not known or known[1] != digest:
+            mine[f.key] = [int(first_seen.timestamp() * 1000), digest]
+    return result
+
+
+def unsynced_times(seen: FieldTimes | None, snapshot: Snapshot | None) -> FieldTimes | None:
+    """The entries of `seen` still needed with this merge base: values that differ from the snapshot
+    (a change not synchronized yet). After a settled sync none is left, so a coupling carries times only
+    while a change waits (a conflict, a failure), which keeps its row small."""
+    if not seen:
+        return None
+    base = snapshot or {}
+    kept = {
+        side: {
+            key: entry
+            for key, entry in fields.items()
+            if key not in base.get(side, {}) or entry[1] != _digest(base[side][key])
+        }
+        for side, fields in seen.items()
+    }
+    kept = {side: fields for side, fields in kept.items() if fields}
+    return kept or None
+
+
+def change_times(seen: FieldTimes | None) -> dict[str, dict[str, dt.datetime]]:
+    """`seen` as `reconcile`'s `changed_at`."""
+    return {
+        side: {key: dt.datetime.fromtimestamp(entry[0] / 1000, dt.UTC) for key, entry in fields.items()}
+        for side, fields in (seen or {}).items()
+    }
+
+
 def reconcile(
     ms: MappingSet,
     mapping: EntityMapping,
@@ -174,13 +249,17 @@ def reconcile(
     dv: Record | None,
     lookups: Lookups,
     candidates: Sequence[Candidate] = (),
+    changed_at: ChangeTimes | None = None,
 ) -> Plan:
     """Decide what to do with one record pair.
 
     snapshot None: not coupled; then exactly one of bc/dv is the source and `candidates` are possible
     counterparts. snapshot given: coupled; a None record means that side was deleted.
+    `changed_at` (from `change_times`): when each side's current value of a field first appeared;
+    `newest_wins` compares these per field, and falls back to the records' modified times for a field
+    it has no time for.
     """
-    ctx = _Ctx(ms, mapping, lookups)
+    ctx = _Ctx(ms, mapping, lookups, changed_at or {})
     if snapshot is None:
         return ctx.uncoupled(bc, dv, candidates)
     if bc is None or dv is None:
@@ -218,6 +297,7 @@ class _Merge:
     values: dict[Side, list[tuple[FieldMapping, Any]]] = field(default_factory=lambda: {"bc": [], "dv": []})
     changes: list[FieldChange] = field(default_factory=list)
     conflicts: list[FieldConflict] = field(default_factory=list)
+    resolved: list[FieldConflict] = field(default_factory=list)
     conflict_messages: list[str] = field(default_factory=list)
     missing: list[MissingLookup] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -272,6 +352,7 @@ class _Merge:
             snapshot={"bc": self.new["bc"], "dv": self.new["dv"]},
             changes=tuple(self.changes),
             conflicts=tuple(self.conflicts),
+            resolved=tuple(self.resolved),
             error="; ".join(self.conflict_messages) or None,
         )
 
@@ -281,6 +362,7 @@ class _Ctx:
     ms: MappingSet
     mapping: EntityMapping
     lookups: Lookups
+    changed_at: ChangeTimes = field(default_factory=dict)
 
     # -- coupled pair: three-way merge ------------------------------------------------------------
 
@@ -344,15 +426,20 @@ class _Ctx:
         if self._agree(f, current):
             return None
         policy = f.conflict or self.mapping.conflict
+        decided: tuple[Side, str] | None = None
         if policy == "bc_wins":
-            return "dv", "changed on both sides; bc_wins"
-        if policy == "dataverse_wins":
-            return "bc", "changed on both sides; dataverse_wins"
-        if policy == "newest_wins":
-            newer = self._newer(m, records)
+            decided = "bc", "bc_wins"
+        elif policy == "dataverse_wins":
+            decided = "dv", "dataverse_wins"
+        elif policy == "newest_wins":
+            newer = self._newer(m, f, records)
             if newer is None:
                 return None
-            return other(newer), f"changed on both sides; newest_wins ({SIDE_NAME[newer]} is newer)"
+            decided = newer
+        if decided is not None:
+            winner, why = decided
+            m.resolved.append(FieldConflict(f.key, current["bc"], current["dv"], policy, winner, why))
+            return other(winner), f"changed on both sides; {why}"
         m.conflicts.append(FieldConflict(f.key, current["bc"], current["dv"], policy))
         m.conflict_messages.append(
             f"field {f.key!r} changed on both sides since the last sync: BC {f.bc} = {current['bc']!r}, "
@@ -375,19 +462,29 @@ class _Ctx:
             return False
         return same(self.ms, f, "dv", as_dv, current["dv"])
 
-    def _newer(self, m: _Merge, records: dict[Side, Record]) -> Side | None:
+    def _newer(self, m: _Merge, f: FieldMapping, records: dict[Side, Record]) -> tuple[Side, str] | None:
+        """The side whose value of `f` appeared last, and why. Per field: when the service first saw each
+        side's value (`changed_at`); a side without that time counts from its record's modified time."""
         stamps: dict[Side, dt.datetime] = {}
+        sources: dict[Side, str] = {}
         for s in SIDES:
+            seen = self.changed_at.get(s, {}).get(f.key)
+            if seen is not None:
+                stamps[s], sources[s] = seen, "first seen"
+                continue
             name = modified_field(self.mapping, s)
             try:
-                stamps[s] = parse_iso(str(records[s][name]))
+                stamps[s], sources[s] = parse_iso(str(records[s][name])), name
             except (KeyError, ValueError):
                 m.errors.append(
                     f"newest_wins needs {SIDE_NAME[s]} {name} as an ISO timestamp; include it in $select"
                 )
                 return None
         # A tie goes to BC, the system of record, so the result never depends on argument order.
-        return "dv" if stamps["dv"] > stamps["bc"] else "bc"
+        newer: Side = "dv" if stamps["dv"] > stamps["bc"] else "bc"
+        detail = ", ".join(f"{SIDE_NAME[s]} {sources[s]} {iso_ms(stamps[s])}" for s in SIDES)
+        tie = " (a tie goes to BC)" if stamps["dv"] == stamps["bc"] else ""
+        return newer, f"newest_wins: {SIDE_NAME[newer]} is newer{tie}; {detail}"
 
     def _translate_and_carry(
         self, m: _Merge, f: FieldMapping, target: Side, current: dict[Side, Any], value: Any, reason: str

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from shared.store import tables
-from shared.store.journal import Journal, JournalEntry, RunSummary
+from shared.store.journal import TRUNCATED, Journal, JournalEntry, RunSummary
 from shared.store.storage import Storage
 from shared.store.watermarks import Watermark, WatermarkConflictError, WatermarkStore
 
@@ -65,3 +65,17 @@ def test_watermarks_are_conditional(storage: Storage) -> None:
     with pytest.raises(WatermarkConflictError):
         marks.set(Watermark(mapping, "bc", "2026-01-03T00:00:00Z", stale.etag if stale else None))
     assert marks.get(mapping, "bc").value == "2026-01-02T00:00:00Z"  # type: ignore[union-attr]
+
+
+def test_an_oversized_entry_is_stored_cut_with_a_marker_not_refused(journal: Journal) -> None:
+    """Azurite refuses what Azure refuses (a string over 64 KiB): the journal cuts, the sync goes on."""
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    huge = "\U0001f600" * 30_000 + "x" * 40_000
+    changes = [{"field": f"f{i}", "old": huge, "new": huge, "direction": "to_bc"} for i in range(3)]
+    journal.record(
+        JournalEntry(mapping, "modified", bc_id="b1", dv_id="d1", error=huge, reason=huge, changes=changes)
+    )
+    [back] = journal.history(mapping, "dv", "d1")
+    assert back.error.endswith(TRUNCATED) and back.error.startswith("\U0001f600")
+    assert back.outcome == "modified" and back.changes  # cut JSON is kept as a note
+    assert [e.outcome for e in journal.timeline(mapping, [("bc", "b1"), ("dv", "d1")])] == ["modified"]

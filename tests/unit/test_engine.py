@@ -6,6 +6,7 @@ request counts and outcomes of each path so a change that costs one more request
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,14 +17,13 @@ from shared.mapping.loader import parse_mapping_set
 from shared.mapping.values import dataverse_id_for
 from shared.messages import BatchMessage, ChunkMessage, RecordChange, ScanMessage, SyncMessage
 from shared.store.couplings import CouplingStore
-from shared.store.journal import Journal
+from shared.store.journal import Journal, JournalEntry
 from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
 from shared.sync.processor import dispatch
 from shared.sync.reconcile import Outcome
 from tests.support.memory import MemoryBc, MemoryDataverse, MemoryTable
 
-MAPPINGS = parse_mapping_set(
-    """
+MAPPING_TEXT = """
 version: 1
 settings: {ownership: {model: team, team_id: 00000000-0000-0000-0000-0000000000aa}}
 mappings:
@@ -37,19 +37,19 @@ mappings:
       - {bc: phoneNumber, dv: telephone1}
       - {bc: city, dv: address1_city}
 """
-)
+MAPPINGS = parse_mapping_set(MAPPING_TEXT)
 CUSTOMER = MAPPINGS.entity("CUSTOMER")
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, mappings: Any = MAPPINGS) -> None:
         self.bc = MemoryBc()
         self.dv = MemoryDataverse()
         self.couplings = CouplingStore(MemoryTable())  # type: ignore[arg-type]
         self.journal_table = MemoryTable()
         self.queued: list[tuple[Any, int]] = []
         self.engine = Engine(
-            mappings=MAPPINGS,
+            mappings=mappings,
             bc=self.bc,
             dv=self.dv,
             couplings=self.couplings,
@@ -415,3 +415,108 @@ def test_a_create_refused_because_the_key_exists_is_decided_again_then_fails_vis
     assert len(attempts) == 4
     assert "refused the create 4 times because a record with its key already exists" in result.reason
     assert "bcsync couple CUSTOMER" in result.reason
+
+
+SALES_USER = "5a1e5000-0000-0000-0000-000000000001"
+
+
+def _journal_rows(h: Harness, outcome: str) -> list[dict[str, Any]]:
+    return [row for row, _ in h.journal_table.rows.values() if row["outcome"] == outcome]
+
+
+def test_a_journal_entry_says_per_field_old_and_new_who_changed_it_and_the_direction() -> None:
+    h = Harness()
+    _, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, name="Adatum Corp", _modifiedby_value=SALES_USER)
+
+    h.sync("dv", dv_id)
+
+    [row] = [r for r in _journal_rows(h, "modified") if r["PartitionKey"].startswith("t|")]
+    assert (row["direction"], row["source"], row["user"]) == ("to_bc", "dv", SALES_USER)
+    details = json.loads(row["details"])
+    assert details["changes"] == [{
+        "field": "displayName", "old": "Adatum", "new": "Adatum Corp", "direction": "to_bc", "from": "dv",
+        "user": SALES_USER, "reason": "changed in Dataverse",
+    }]  # fmt: skip
+    entry = JournalEntry.from_row(row)
+    assert entry.changes == details["changes"] and entry.conflicts == []
+
+
+def test_a_resolved_conflict_is_journaled_with_both_values_and_the_winner() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: bc_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, address1_city="Boston")
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+
+    h.sync("bc", bc_id)
+
+    [row] = [r for r in _journal_rows(h, "modified") if r["PartitionKey"].startswith("t|")]
+    details = json.loads(row["details"])
+    assert details["conflicts"] == [
+        {"field": "city", "bc": "Chicago", "dv": "Boston", "policy": "bc_wins", "winner": "bc",
+         "why": "bc_wins"}
+    ]  # fmt: skip
+    assert details["changes"][0]["old"] == "Boston" and details["changes"][0]["new"] == "Chicago"
+
+
+def test_field_times_are_kept_while_a_change_waits_and_dropped_once_it_is_synchronized() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: newest_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.seen is None  # settled: nothing waits
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+    h.dv.edit(CUSTOMER, dv_id, address1_city="Boston")
+    h.sync("bc", bc_id)
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.seen is None
+    assert h.bc.rows("customers")[bc_id]["city"] == h.dv.rows("accounts")[dv_id]["address1_city"]
+
+
+def test_a_dry_run_reads_and_decides_but_writes_nothing_anywhere() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, name="Adatum Corp", _modifiedby_value=SALES_USER)
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    journal_rows = len(h.journal_table.rows)
+    new_bc = h.bc.seed(CUSTOMER, {"number": "C2", "displayName": "Trey", "phoneNumber": "", "city": "Oslo"})[
+        "id"
+    ]
+    h.bc.requests.clear()
+    h.dv.requests.clear()
+
+    changed = h.engine.preview(SyncMessage(mapping="CUSTOMER", side="dv", id=dv_id))
+    created = h.engine.preview(SyncMessage(mapping="CUSTOMER", side="bc", id=new_bc))
+
+    assert (changed.outcome, changed.dry_run, changed.users) == (Outcome.MODIFIED, True, {"dv": SALES_USER})
+    assert [(c.key, c.old, c.new, c.direction) for c in changed.changes] == [
+        ("displayName", "Adatum", "Adatum Corp", "to_bc")
+    ]
+    assert created.outcome == Outcome.INSERTED and {c.key for c in created.changes} >= {"displayName", "city"}
+    assert all(k.startswith("GET ") for k in h.requests()), h.requests()  # reads (and match queries) only
+    assert h.bc.rows("customers")[bc_id]["displayName"] == "Adatum"
+    assert h.couplings.get("CUSTOMER", "bc", bc_id).etag == coupling.etag  # type: ignore[union-attr]
+    assert h.couplings.get("CUSTOMER", "bc", new_bc) is None
+    assert len(h.journal_table.rows) == journal_rows and h.queued == []
+
+
+def test_a_requeued_sync_keeps_when_it_first_saw_each_change() -> None:
+    h = Harness(parse_mapping_set(MAPPING_TEXT.replace("deletion: propagate", "conflict: newest_wins")))
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, city="Chicago")
+    update = h.dv.update
+
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise TransientError("503", status=503)
+
+    h.dv.update = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RequeueError):
+        h.sync("bc", bc_id)
+    kept = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert kept is not None and set(kept.seen or {}) == {"bc"} and set(kept.seen["bc"]) == {"city"}  # type: ignore[index]
+    first_seen = kept.seen["bc"]["city"]  # type: ignore[index]
+
+    h.dv.update = update  # type: ignore[method-assign]
+    h.sync("bc", bc_id, attempt=1)
+    assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Chicago"
+    settled = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert settled is not None and settled.seen is None and first_seen[0] > 0

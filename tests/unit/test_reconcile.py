@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -10,7 +11,16 @@ import yaml
 from shared.mapping import DEFAULT_MAPPING_FILE, StaticLookups, dataverse_id_for, load_mapping_set
 from shared.mapping.schema import EntityMapping, FilterClause, MappingSet
 from shared.mapping.values import COMPANY_CONTACT_KEY, lookup_space
-from shared.sync.reconcile import Candidate, Outcome, Plan, presumed_record, reconcile, take_snapshot
+from shared.sync.reconcile import (
+    Candidate,
+    Outcome,
+    Plan,
+    change_times,
+    observe,
+    presumed_record,
+    reconcile,
+    take_snapshot,
+)
 
 MS = load_mapping_set()
 CUSTOMER = MS.entity("CUSTOMER")
@@ -216,6 +226,88 @@ def test_conflict_policies(
     assert plan.snapshot is not None
     value = body.popitem()[1]
     assert plan.snapshot["bc"]["city"] == plan.snapshot["dv"]["city"] == value
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def test_newest_wins_decides_per_field_from_when_each_value_was_first_seen() -> None:
+    """Issue 12: BC's address edit (10:00) is older than Sales' (10:05); a later BC phone edit (10:10)
+    made the whole BC record newer, and BC's older address won. Per field, Sales' address wins and the
+    BC phone still flows to Sales."""
+    mapping = with_policy(CUSTOMER, conflict="newest_wins")
+    seen = observe(MS, mapping, None, "bc", bc_customer(), _at("2024-05-01T10:00:00Z"))
+    seen = observe(MS, mapping, seen, "dv", dv_account(), _at("2024-05-01T10:00:00Z"))
+    # The service reads BC right after the address edit (the sync then fails or is held up) ...
+    edited = bc_customer(city="Macon", lastModifiedDateTime="2024-05-02T10:00:00Z")
+    seen = observe(MS, mapping, seen, "bc", edited, _at("2024-05-02T10:00:02Z"))
+    # ... Sales edits the address, BC the phone, and the pair is synchronized after both.
+    bc = bc_customer(city="Macon", phoneNumber="555-0199", lastModifiedDateTime="2024-05-02T10:10:00Z")
+    dv = dv_account(address1_city="Athens", modifiedon="2024-05-02T10:05:00Z")
+    seen = observe(MS, mapping, seen, "bc", bc, _at("2024-05-02T10:10:01Z"))
+    seen = observe(MS, mapping, seen, "dv", dv, _at("2024-05-02T10:10:01Z"))
+    times = change_times(seen)
+    assert times["bc"]["city"] == _at("2024-05-02T10:00:00Z")  # the record's time when first seen
+    assert times["bc"]["phoneNumber"] == _at("2024-05-02T10:10:00Z")
+    assert times["dv"]["city"] == _at("2024-05-02T10:05:00Z")
+
+    plan = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=lookups(), changed_at=times)
+    assert plan.outcome is Outcome.MODIFIED
+    assert plan.bc_write is not None and plan.bc_write.body == {"city": "Athens"}
+    assert plan.dv_write is not None and plan.dv_write.body == {"telephone1": "555-0199"}
+    [decided] = plan.resolved
+    assert (decided.key, decided.bc_value, decided.dv_value) == ("city", "Macon", "Athens")
+    assert decided.winner == "dv"
+    assert "Dataverse is newer" in decided.why and "2024-05-02T10:05:00.000Z" in decided.why
+
+    # Whole-record modified times (no per-field times) would let BC's older address win.
+    whole = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=lookups())
+    assert whole.dv_write is not None and whole.dv_write.body["address1_city"] == "Macon"
+
+
+def test_newest_wins_per_field_tie_goes_to_bc_and_a_missing_time_falls_back_to_the_record() -> None:
+    mapping = with_policy(CUSTOMER, conflict="newest_wins")
+    bc = bc_customer(city="Macon", lastModifiedDateTime="2024-05-02T00:00:00Z")
+    dv = dv_account(address1_city="Athens", modifiedon="2024-05-03T00:00:00Z")
+    same_time = {"bc": {"city": _at("2024-05-02T12:00:00Z")}, "dv": {"city": _at("2024-05-02T12:00:00Z")}}
+    plan = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=lookups(), changed_at=same_time)
+    assert plan.dv_write is not None and plan.dv_write.body == {"address1_city": "Macon"}
+    assert "a tie goes to BC" in plan.resolved[0].why
+    # BC's first-seen time (later) against Dataverse's modifiedon (no time kept for it).
+    only_bc = {"bc": {"city": _at("2024-05-03T00:00:01Z")}}
+    plan = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=lookups(), changed_at=only_bc)
+    assert plan.dv_write is not None and plan.dv_write.body == {"address1_city": "Macon"}
+    assert "Dataverse modifiedon" in plan.resolved[0].why and "BC first seen" in plan.resolved[0].why
+
+
+def test_observe_keeps_the_first_time_a_value_was_seen() -> None:
+    seen = observe(MS, CUSTOMER, None, "bc", bc_customer(), _at("2024-05-01T11:00:00Z"))
+    # modifiedDateTime 10:00 is earlier than the read: the value is at least that old.
+    assert change_times(seen)["bc"]["city"] == _at("2024-05-01T10:00:00Z")
+    later = observe(
+        MS, CUSTOMER, seen, "bc", bc_customer(phoneNumber="1", lastModifiedDateTime="2024-05-04T00:00:00Z"),
+        _at("2024-05-04T00:00:05Z"),
+    )  # fmt: skip
+    times = change_times(later)["bc"]
+    assert times["city"] == _at("2024-05-01T10:00:00Z")  # same value: its time is kept
+    assert times["phoneNumber"] == _at("2024-05-04T00:00:00Z")
+    assert "dv" not in later and seen["bc"]["phoneNumber"] != later["bc"]["phoneNumber"]  # no mutation
+    # A record without a parseable modified time is dated at the read.
+    undated = observe(MS, CUSTOMER, None, "dv", dv_account(modifiedon=None), _at("2024-05-05T00:00:00Z"))
+    assert change_times(undated)["dv"]["city"] == _at("2024-05-05T00:00:00Z")
+
+
+def test_a_resolved_conflict_keeps_both_values_and_the_winner() -> None:
+    plan = run(bc_customer(city="Macon"), dv_account(address1_city="Athens"),
+               mapping=with_policy(CUSTOMER, conflict="bc_wins"))  # fmt: skip
+    assert plan.outcome is Outcome.MODIFIED and plan.conflicts == ()
+    [c] = plan.resolved
+    assert (c.key, c.bc_value, c.dv_value, c.policy, c.winner, c.why) == (
+        "city", "Macon", "Athens", "bc_wins", "bc", "bc_wins",
+    )  # fmt: skip
+    unresolved = run(bc_customer(city="Macon"), dv_account(address1_city="Athens"))
+    assert unresolved.resolved == () and unresolved.conflicts[0].winner is None
 
 
 def test_field_conflict_policy_overrides_the_mapping() -> None:

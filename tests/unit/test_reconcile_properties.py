@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from hypothesis import given, settings
@@ -207,3 +208,47 @@ def test_a_presumed_bc_record_decides_as_the_unchanged_one(dv_edit: dict[str, An
         read_first.outcome, read_first.bc_write, read_first.dv_write,
     )  # fmt: skip
     assert presumed.snapshot == read_first.snapshot
+
+
+FIELD_TIMES = st.sampled_from(
+    [dt.datetime(2024, 5, 2, 0, 0, s, tzinfo=dt.UTC) for s in (0, 1, 2)] + [None]  # None: no time kept
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bc_edit=edits("bc"), dv_edit=edits("dv"), bc_stamp=STAMPS, dv_stamp=STAMPS,
+    times=st.dictionaries(st.sampled_from([f.key for f in TEXT_FIELDS]), st.tuples(FIELD_TIMES, FIELD_TIMES)),
+)  # fmt: skip
+def test_newest_wins_keeps_per_field_the_value_that_appeared_last(
+    bc_edit: dict[str, Any], dv_edit: dict[str, Any], bc_stamp: str, dv_stamp: str,
+    times: dict[str, tuple[dt.datetime | None, dt.datetime | None]],
+) -> None:  # fmt: skip
+    """Per field that changed on both sides: the side whose value appeared later wins (its own time, or
+    its record's modified time when none is kept; a tie goes to BC), whatever the other fields do."""
+    mapping = CUSTOMER.model_copy(update={"conflict": "newest_wins"})
+    bc = {**BC, **bc_edit, "lastModifiedDateTime": bc_stamp}
+    dv = {**DV, **dv_edit, "modifiedon": dv_stamp}
+    changed_at = {
+        side: {key: pair[i] for key, pair in times.items() if pair[i] is not None}
+        for i, side in enumerate(("bc", "dv"))
+    }
+    plan = reconcile(MS, mapping, snapshot=BASE, bc=bc, dv=dv, lookups=LOOKUPS, changed_at=changed_at)
+    assert plan.conflicts == ()
+    resolved = {c.key: c for c in plan.resolved}
+    for f in TEXT_FIELDS:
+        if f.bc not in bc_edit or f.dv not in dv_edit or f.key not in resolved:
+            continue
+        bc_time = changed_at["bc"].get(f.key) or dt.datetime.fromisoformat(bc_stamp)
+        dv_time = changed_at["dv"].get(f.key) or dt.datetime.fromisoformat(dv_stamp)
+        winner = "dv" if dv_time > bc_time else "bc"
+        assert resolved[f.key].winner == winner, f.key
+        target_write = plan.bc_write if winner == "dv" else plan.dv_write
+        loser_write = plan.dv_write if winner == "dv" else plan.bc_write
+        assert target_write is not None and (f.bc if winner == "dv" else f.dv) in target_write.body
+        assert loser_write is None or (f.dv if winner == "dv" else f.bc) not in loser_write.body
+    bc2, dv2 = apply(mapping, "bc", bc, plan.bc_write), apply(mapping, "dv", dv, plan.dv_write)
+    again = reconcile(
+        MS, mapping, snapshot=plan.snapshot, bc=bc2, dv=dv2, lookups=LOOKUPS, changed_at=changed_at
+    )
+    assert again.writes == ()

@@ -166,6 +166,48 @@ def test_full_resync_dry_run_is_followed_to_the_end_and_writes_nothing(adatum_co
     assert {r["accountid"]: r.get("address1_city") for r in ops.dv.rows("accounts")} == accounts_before
 
 
+def test_dry_run_of_sync_couple_and_retry_answers_old_and_new_and_writes_nothing(
+    adatum_coupled: tuple,
+) -> None:
+    ops, bc_id, dv_id = adatum_coupled
+    admin = ops.token("admin")
+    ops.bc.change("customers", bc_id, {"city": "Savannah"})  # no webhook is registered: not synced yet
+    city = ops.dv.get("accounts", dv_id).get("address1_city")
+    journal = len(ops.rt.journal.history("CUSTOMER", "bc", bc_id))
+    coupling = ops.rt.couplings.get("CUSTOMER", "bc", bc_id)
+    trey = bc_customer(ops, "Trey Research")["id"]
+    ops.bc.change("customers", trey, {"currencyCode": ""})  # local currency: nothing to wait for
+    other_dv = seed_account(ops, "Trey (CRM)", "acc00000-0000-4000-8000-0000000000f2")
+
+    body = {"mapping": "CUSTOMER", "bc_id": bc_id, "dry_run": True}
+    synced = ops.api("POST", "manage/sync", token=admin, json=body)
+    retried = ops.api("POST", "manage/retry", token=admin, json=body)
+    coupled = ops.api("POST", "manage/couple", token=admin, json={
+        "mapping": "CUSTOMER", "bc_id": trey, "dv_id": other_dv, "sync_from": "bc", "dry_run": True,
+    })  # fmt: skip
+    retry_all = ops.api("POST", "manage/retry", token=admin, json={"mapping": "CUSTOMER", "all": True,
+                                                                    "dry_run": True})  # fmt: skip
+
+    assert synced.status_code == 200, synced.text
+    answer = synced.json()
+    assert answer["dry_run"] is True and answer["outcome"] == "modified"
+    assert [(c["field"], c["old"], c["new"], c["direction"]) for c in answer["changes"]] == [
+        ("city", city, "Savannah", "to_dataverse")
+    ]
+    assert retried.status_code == 200 and retried.json()["retried"][0]["changes"] == answer["changes"]
+    assert coupled.status_code == 200, coupled.text
+    assert coupled.json()["dry_run"] is True and any(
+        c["new"] == "Trey Research" for c in coupled.json()["changes"]
+    )
+    assert retry_all.status_code == 200 and retry_all.json()["dry_run"] is True
+    assert ops.dv.get("accounts", dv_id).get("address1_city") == city
+    assert len(ops.rt.journal.history("CUSTOMER", "bc", bc_id)) == journal
+    assert ops.rt.couplings.get("CUSTOMER", "bc", bc_id).etag == coupling.etag  # type: ignore[union-attr]
+    assert ops.rt.couplings.get("CUSTOMER", "bc", trey) is None
+    bad = ops.api("POST", "manage/sync", token=admin, json={**body, "dry_run": "yes"})
+    assert bad.status_code == 400 and "dry_run" in bad.json()["error"]
+
+
 def test_errors_are_listed_and_a_retry_after_the_fix_succeeds(adatum_coupled: tuple) -> None:
     ops, bc_id, _ = adatum_coupled
     admin = ops.token("admin")

@@ -174,3 +174,22 @@ def test_bad_input_exits_non_zero_with_the_reason(ops: OpsStack) -> None:
     assert bad_id.exit_code == 1 and "must be the BC record's `id`" in bad_id.output
     both = bcsync("uncouple", "CUSTOMER", "--bc", "a", "--dv", "b")
     assert both.exit_code == 1 and "exactly one" in both.output
+
+
+def test_couple_and_retry_all_dry_runs_say_what_they_would_do_and_do_nothing(
+    salespeople_coupled: OpsStack,
+) -> None:
+    ops = salespeople_coupled
+    bc_id = bc_customer(ops, "Adatum Corporation")["id"]
+    dv_id = seed_account(ops, "Adatum (CRM)")
+
+    dry = bcsync("couple", "CUSTOMER", "--bc", bc_id, "--dv", dv_id, "--dry-run")
+
+    assert dry.exit_code == 0, dry.output
+    assert f"would couple BC {bc_id} with Dataverse {dv_id}, then sync from BC:" in dry.output
+    assert "dry run, nothing written: would be modified" in dry.output
+    assert "displayName: 'Adatum (CRM)' -> 'Adatum Corporation'  BC -> Dataverse" in dry.output
+    assert ops.rt.couplings.get("CUSTOMER", "dv", dv_id) is None
+    assert ops.dv.get("accounts", dv_id)["name"] == "Adatum (CRM)"
+    nothing = bcsync_json("retry", "CUSTOMER", "--all", "--dry-run")
+    assert nothing["dry_run"] is True and nothing["queued"] == len(nothing["records"])
