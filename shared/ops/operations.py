@@ -25,11 +25,12 @@ from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
 from shared.runtime import Runtime
-from shared.store.couplings import AlreadyCoupledError, Coupling
+from shared.store.couplings import UNSYNCED_RESULTS, AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.sync import bulk
-from shared.sync.engine import RequeueError
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, RequeueError
 from shared.sync.reconcile import Snapshot, take_snapshot
+from shared.timestamps import iso_ms, parse_iso
 
 SIDES: tuple[Side, Side] = ("bc", "dv")
 # How far back `list_errors` looks in the journal for failures of records that have no coupling.
@@ -111,13 +112,18 @@ def _side(value: str | None, what: str) -> Side | None:
 class MappingStatus:
     mapping: str
     coupled: int
-    failed: int
-    skipped: int
+    failed: int  # failed records, coupled or not (a failed create has no coupling)
+    skipped: int  # records (failed or conflicting) not synced again until an operator retries them
     last_run: RunSummary | None
-    oldest_unsynced_change: str | None  # earliest `updated` of a failed or skipped coupling
+    # When the oldest change that has not reached the other side was observed: of a failed,
+    # skipped, conflicting or retrying record, or of a message in the poison queue.
+    oldest_unsynced_change: str | None
     watermarks: dict[str, str]  # side -> where the delta poll has read up to
     subscription_expires: str | None  # BC webhook subscription of this mapping's entity set
     poison_messages: int  # of the poison messages peeked (at most 32), those for this mapping
+    conflicts: int = 0
+    retrying: int = 0  # transient trouble: the queue tries again by itself
+    oldest_unsynced_seconds: int | None = None  # the age of `oldest_unsynced_change`
 
 
 @dataclass
@@ -128,18 +134,21 @@ class ServiceStatus:
 
 
 def status(rt: Runtime) -> ServiceStatus:
-    """Per mapping: couplings, failures, the last run, how far behind it is; queue depths."""
-    poison_by_mapping = Counter(
-        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)
-    )
+    """Per mapping: couplings, records not in sync by state, the last run, the age of the oldest
+    change not synced yet; queue depths."""
+    now = dt.datetime.now(dt.UTC)
+    poison = [(m, raw) for m, raw in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)]
+    poison_by_mapping = Counter(m.mapping for m, _ in poison)
     expiries = _subscription_expiries(rt)
     result = []
     for m in rt.mappings.entities():
         coupled = sum(1 for _ in rt.couplings.all_ids(m.name, "bc"))
         coupled += sum(1 for _, other in rt.couplings.all_ids(m.name, "dv") if other is None)  # pending
-        failed = list(rt.couplings.each(m.name, only="failed"))
-        skipped = list(rt.couplings.each(m.name, only="skipped"))
-        unsynced = sorted(c.updated for c in failed + skipped if c.updated)
+        unsynced = list_errors(rt, m.name)
+        states = Counter(e.state for e in unsynced)
+        since = [e.since for e in unsynced if e.since]
+        since += [iso_ms(raw.inserted_on) for msg, raw in poison if msg.mapping == m.name and raw.inserted_on]
+        oldest = min(since, key=parse_iso) if since else None
         runs = rt.journal.runs(m.name, limit=1)
         marks: dict[str, str] = {
             side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None
@@ -148,13 +157,18 @@ def status(rt: Runtime) -> ServiceStatus:
             MappingStatus(
                 mapping=m.name,
                 coupled=coupled,
-                failed=len(failed),
-                skipped=len(skipped),
+                failed=states["failed"],
+                skipped=sum(1 for e in unsynced if e.skipped or e.state == "skipped"),
                 last_run=runs[0] if runs else None,
-                oldest_unsynced_change=unsynced[0] if unsynced else None,
+                oldest_unsynced_change=oldest,
                 watermarks=marks,
                 subscription_expires=expiries.get(m.bc.entity_set),
                 poison_messages=poison_by_mapping.get(m.name, 0),
+                conflicts=states["conflict"],
+                retrying=states["retrying"],
+                oldest_unsynced_seconds=(
+                    max(0, int((now - parse_iso(oldest)).total_seconds())) if oldest else None
+                ),
             )
         )
     return ServiceStatus(
@@ -402,56 +416,106 @@ class ErrorItem:
     mapping: str
     bc_id: str | None
     dv_id: str | None
-    state: str  # failed, skipped, conflict
-    message: str
-    attempts: int
+    state: str  # failed, skipped, conflict, retrying
+    message: str  # BC's or Dataverse's own message, or what the mapping cannot translate
+    attempts: int  # failures in a row; for `retrying`, the retry this is (of `max_attempts`)
     updated: str
     coupled: bool
+    since: str | None = None  # when the change it holds back was observed
+    next_attempt: str | None = None  # `retrying`: when the queue tries again
+    max_attempts: int = 0  # `retrying`: retries before it fails
+    resolve: str = ""  # the one command that resolves it (after fixing the cause the message names)
+    bc_number: str | None = None  # the BC number or code, when known
+    skipped: bool = False  # not synced again until an operator retries it (the same error twice)
+
+
+# Journal outcomes that matter for an uncoupled record's state: a failure or a retry, or what
+# ends one (the record got coupled or went away). Read from the table service by outcome, so the
+# routine rows of the day (modified, unchanged, bulk) are never sent.
+_UNCOUPLED_OUTCOMES = ("failed", "retrying", "inserted", "coupled", "deleted", "uncoupled", "restored")
 
 
 def list_errors(
     rt: Runtime, mapping_name: str | None = None, *, skipped_only: bool = False
 ) -> list[ErrorItem]:
-    """Failed and skipped records with their messages: coupled ones from their coupling, uncoupled
-    ones (a failed create, an uncoupled owner) from the last day of the journal."""
+    """Every record not in sync, with its state, message and the command that resolves it:
+    coupled ones from their coupling (failed, skipped, conflict, retrying), uncoupled ones (a
+    failed create, an uncoupled owner, a refused write) from the last day of the journal."""
     mappings = [entity_mapping(rt, mapping_name)] if mapping_name else rt.mappings.entities()
     items: list[ErrorItem] = []
     for m in mappings:
         seen: set[str] = set()
-        kinds: tuple[str, ...] = ("skipped",) if skipped_only else ("failed", "skipped")
-        for kind in kinds:
-            for c in rt.couplings.each(m.name, only=kind):  # type: ignore[arg-type]
-                key = f"{c.bc_id}|{c.dv_id}"
-                if key in seen:
-                    continue
-                seen.add(key)
-                state = "skipped" if c.skipped else c.last_result
-                items.append(
-                    ErrorItem(m.name, c.bc_id, c.dv_id, state, c.last_error, c.attempts, c.updated, True)
+        for c in rt.couplings.each(m.name, only="skipped" if skipped_only else "unsynced"):
+            key = f"{c.bc_id}|{c.dv_id}"
+            if key in seen:
+                continue
+            seen.add(key)
+            # A skipped record keeps its state (a skipped conflict is still resolved with --prefer).
+            state = c.last_result if c.last_result in UNSYNCED_RESULTS else "skipped"
+            items.append(
+                ErrorItem(
+                    m.name, c.bc_id, c.dv_id, state, c.last_error, c.attempts, c.updated, True,
+                    since=c.unsynced_since or c.updated or None,
+                    next_attempt=c.next_attempt if state == "retrying" else None,
+                    max_attempts=MAX_TRANSIENT_REQUEUES if state == "retrying" else 0,
+                    resolve=resolve_command(m.name, state, c.bc_id, c.dv_id),
+                    bc_number=c.bc_key,
+                    skipped=c.skipped,
                 )
+            )  # fmt: skip
         if not skipped_only:
             items.extend(_uncoupled_failures(rt, m, seen))
     return items
 
 
+def resolve_command(mapping: str, state: str, bc_id: str | None, dv_id: str | None) -> str:
+    """The one command that resolves a record in `state` once its cause is fixed."""
+    ref = f"--bc {bc_id}" if bc_id else f"--dv {dv_id}"
+    if state == "conflict":
+        return f"bcsync sync {mapping} {ref} --prefer bc|dv"  # the side whose values win
+    return f"bcsync retry {mapping} {ref}"
+
+
 def _uncoupled_failures(rt: Runtime, m: EntityMapping, seen: set[str]) -> list[ErrorItem]:
     end = dt.datetime.now(dt.UTC)
-    latest: dict[str, JournalEntry] = {}
-    for entry in rt.journal.between(end - dt.timedelta(hours=RECENT_FAILURE_HOURS), end, m.name):
+    start = end - dt.timedelta(hours=RECENT_FAILURE_HOURS)
+    streaks: dict[str, list[JournalEntry]] = {}
+    ended: set[str] = set()
+    for entry in rt.journal.between(start, end, m.name, outcomes=_UNCOUPLED_OUTCOMES):
         key = f"{entry.bc_id}|{entry.dv_id}"
-        latest.setdefault(key, entry)  # newest first: the first one seen is the record's latest outcome
-    items = []
-    for key, entry in latest.items():
-        if entry.outcome != "failed" or key in seen:
+        if key in ended:
             continue
-        side, record_id = ("bc", entry.bc_id) if entry.bc_id else ("dv", entry.dv_id)
+        if entry.outcome in ("failed", "retrying"):  # newest first: the record's unsynced streak
+            streaks.setdefault(key, []).append(entry)
+        else:
+            ended.add(key)
+    items = []
+    for key, streak in streaks.items():
+        latest = streak[0]
+        if key in seen:
+            continue
+        side, record_id = ("bc", latest.bc_id) if latest.bc_id else ("dv", latest.dv_id)
         if record_id and rt.couplings.get(m.name, side, record_id) is not None:  # type: ignore[arg-type]
             continue  # coupled since: its coupling speaks for it
+        retrying = latest.outcome == "retrying"
         items.append(
-            ErrorItem(m.name, entry.bc_id, entry.dv_id, "failed", entry.error or entry.reason, 1,
-                      entry.at.isoformat(), False)
+            ErrorItem(
+                m.name, latest.bc_id, latest.dv_id, latest.outcome, latest.error or latest.reason,
+                sum(1 for e in streak if e.outcome == latest.outcome),
+                latest.at.isoformat(), False,
+                since=iso_ms(streak[-1].at),
+                next_attempt=_next_attempt(latest.reason) if retrying else None,
+                max_attempts=MAX_TRANSIENT_REQUEUES if retrying else 0,
+                resolve=resolve_command(m.name, latest.outcome, latest.bc_id, latest.dv_id),
+            )
         )  # fmt: skip
     return items
+
+
+def _next_attempt(reason: str) -> str | None:
+    """The next attempt's time from a `retrying n of m at <time>` journal reason."""
+    found = re.search(r" at (\S+)$", reason)
+    return found.group(1) if found else None
 
 
 @dataclass
