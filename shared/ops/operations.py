@@ -23,7 +23,9 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
+from shared.mapping.values import other
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
+from shared.odata import eq
 from shared.runtime import Runtime
 from shared.store.couplings import UNSYNCED_RESULTS, AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
@@ -93,10 +95,44 @@ def valid_id(side: Side, value: str, field_name: str | None = None) -> str:
 
 
 def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
-    """Exactly one of the two ids, as (side, GUID)."""
+    """Exactly one of the two references (an id, or a BC number / code, see `resolve_record`)."""
     if bool(bc_id) == bool(dv_id):
         raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
-    return ("bc", valid_id("bc", str(bc_id))) if bc_id else ("dv", valid_id("dv", str(dv_id)))
+    return ("bc", str(bc_id)) if bc_id else ("dv", str(dv_id))
+
+
+def key_field(m: EntityMapping, side: Side) -> str | None:
+    """The field people name a record by on `side`: BC's key (a customer's number, a
+    salesperson's code) and the Dataverse field it maps to (`accountnumber`), or else the
+    Dataverse field matched first (a user's e-mail)."""
+    if side == "bc":
+        return m.bc.key or None
+    mapped = next((f.dv for f in m.fields if f.bc and f.bc == m.bc.key and f.dv), None)
+    ranked = sorted((f for f in m.fields if f.match_priority and f.dv), key=lambda f: f.match_priority or 0)
+    return mapped or (ranked[0].dv if ranked else None)
+
+
+def resolve_record(rt: Runtime, m: EntityMapping, side: Side, ref: str) -> str:
+    """The record id `ref` names: an id as it is (checked), or a BC number or code (`C00010`,
+    `OF`) looked up by `key_field` with one query. 400/404 with the reason otherwise."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise OperationError(f"`{_ID_FIELDS[side]}` is empty: give the record's id or its BC number or code")
+    if _GUID.fullmatch(ref):
+        return ref.lower()
+    key = key_field(m, side)
+    system = "BC" if side == "bc" else "Dataverse"
+    if key is None or len(ref) > 250:
+        valid_id(side, ref)  # raises, naming the id's form
+    assert key is not None
+    pk = "id" if side == "bc" else m.dataverse.primary_key
+    gateway = rt.engine.sides[side]
+    found = next(iter(gateway.query_pages(m, select=[pk, key], filter=eq(key, ref), page_size=2)), [])
+    if not found:
+        raise OperationError(f"{m.name}: no {system} record with {key} {ref!r} (nor is it an id)", 404)
+    if len(found) > 1:
+        ids = ", ".join(str(r[pk]) for r in found)
+        raise OperationError(f"{m.name}: several {system} records have {key} {ref!r} ({ids}); give the id")
+    return str(found[0][pk]).lower()
 
 
 def _side(value: str | None, what: str) -> Side | None:
@@ -210,8 +246,8 @@ class CoupleResult:
 def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
     values win, as the built-in's "synchronize after coupling")."""
-    bc_id, dv_id = valid_id("bc", bc_id), valid_id("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
+    bc_id, dv_id = resolve_record(rt, m, "bc", bc_id), resolve_record(rt, m, "dv", dv_id)
     source = _side(sync_from, "sync_from") or "bc"
     bc, dv = _read_pair(rt, m, bc_id, dv_id)
     for side, record_id in (("bc", bc_id), ("dv", dv_id)):
@@ -264,14 +300,23 @@ def _base_preferring(
     reconcile's rule for a field missing from the base). Used for "sync after coupling" and for a
     one-off sync in a chosen direction."""
     current = take_snapshot(rt.mappings, m, bc, dv)
-    current[prefer] = {}
+    # Only what may flow from `prefer` is news: a field that flows the other way only keeps its
+    # current value as the base, so `prefer`'s value stays instead of being "restored" over it
+    # (SALESPEOPLE is to_bc: coupled with sync_from bc, the salesperson keeps BC's name).
+    target = other(prefer)
+    fields = {f.key: f for f in m.fields}
+    current[prefer] = {
+        key: value
+        for key, value in current[prefer].items()
+        if not (m.writes_to(target) and key in fields and fields[key].writes_to(target))
+    }
     return current
 
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
     """Remove the coupling of a record (both records stay as they are)."""
-    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is None:
         raise OperationError(f"{m.name}: {side} record {record_id} is not coupled", 404)
@@ -330,8 +375,8 @@ def sync_now(
 ) -> SyncNowResult:
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
     `prefer`'s values overwrite the other side's, also where both sides changed."""
-    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     winner = _side(prefer, "prefer")
     start_side: Side = side
     start_id = record_id
@@ -527,8 +572,8 @@ class RetryResult:
 
 def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
     """Retry one failed or skipped record now (clears its skipped flag)."""
-    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is not None and coupling.skipped:
         coupling.skipped, coupling.attempts = False, 0
@@ -670,6 +715,6 @@ def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
     """The journal entries of one record, newest first."""
-    record_id = valid_id(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     return rt.journal.history(m.name, side, record_id, limit=limit)
