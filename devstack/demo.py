@@ -46,7 +46,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
         for name, customer in zip(DEMO_PEOPLE, customers, strict=False)
     ]  # fmt: skip
     bc_sandbox.seed("contacts", people)
-    bc_sandbox.seed("customers", [{"displayName": name, "salespersonCode": "OF"} for name in DEMO_OF_CUSTOMERS])
+    bc_sandbox.seed("customers", [{"displayName": n, "salespersonCode": "OF"} for n in DEMO_OF_CUSTOMERS])
     yield (
         f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
         f"{len(DEMO_PEOPLE)} of their contacts, {len(DEMO_OF_CUSTOMERS)} customers of salesperson OF"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES"}
+# Bearer token -> BC user. `admin-user` is a SUPER user: `bcsync setup --admin-bc-token admin-user`.
+DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES", "admin-user": "ADMIN"}
 
 # BC retries failed deliveries "several times over 36 hours":
 # https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions

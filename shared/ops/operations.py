@@ -98,7 +98,7 @@ def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
     """Exactly one of the two references (an id, or a BC number / code, see `resolve_record`)."""
     if bool(bc_id) == bool(dv_id):
         raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
-    return ("bc", str(bc_id)) if bc_id else ("dv", str(dv_id))
+    return ("bc", check_reference("bc", bc_id)) if bc_id else ("dv", check_reference("dv", dv_id))
 
 
 def key_field(m: EntityMapping, side: Side) -> str | None:
@@ -112,16 +112,37 @@ def key_field(m: EntityMapping, side: Side) -> str | None:
     return mapped or (ranked[0].dv if ranked else None)
 
 
+# A number or code: BC's are Code[20]; the Dataverse columns they map to hold up to 100 characters.
+# URL and path characters are refused before any request (the value only ever goes into an escaped
+# OData literal, but a URL or a braced GUID here is a mistake worth naming).
+_REFERENCE = re.compile(r"[^\x00-\x1f\x7f/\\?#{}\ud800-\udfff]{1,100}")
+
+
+def check_reference(side: Side, value: Any) -> str:
+    """`value` as a record reference (a GUID, lowercased, or a number or code), checked without any
+    request; `OperationError` (400) naming the field and the two forms otherwise."""
+    if isinstance(value, str) and _GUID.fullmatch(value):
+        return value.lower()
+    if isinstance(value, str) and value == value.strip() and _REFERENCE.fullmatch(value):
+        return value
+    name = _ID_FIELDS[side]
+    system = "BC record's `id` (SystemId)" if side == "bc" else "Dataverse row's primary key"
+    shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+    raise OperationError(
+        f"`{name}` must be the {system}, a GUID like 6d81597f-0f9f-e711-8122-000d3aa2331c, or the "
+        f"record's number or code (up to 100 characters, none of / \\ ? # {{ }}); got {shown}"
+    )
+
+
 def resolve_record(rt: Runtime, m: EntityMapping, side: Side, ref: str) -> str:
-    """The record id `ref` names: an id as it is (checked), or a BC number or code (`C00010`,
-    `OF`) looked up by `key_field` with one query. 400/404 with the reason otherwise."""
-    if not isinstance(ref, str) or not ref.strip():
-        raise OperationError(f"`{_ID_FIELDS[side]}` is empty: give the record's id or its BC number or code")
+    """The record id `ref` names: an id as it is, or a BC number or code (`C00010`, `OF`) looked
+    up by `key_field` with one query. 400/404 with the reason otherwise."""
+    ref = check_reference(side, ref)
     if _GUID.fullmatch(ref):
-        return ref.lower()
+        return ref
     key = key_field(m, side)
     system = "BC" if side == "bc" else "Dataverse"
-    if key is None or len(ref) > 250:
+    if key is None:
         valid_id(side, ref)  # raises, naming the id's form
     assert key is not None
     pk = "id" if side == "bc" else m.dataverse.primary_key
@@ -246,6 +267,7 @@ class CoupleResult:
 def couple(rt: Runtime, mapping_name: str, bc_id: str, dv_id: str, *, sync_from: str = "bc") -> CoupleResult:
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
     values win, as the built-in's "synchronize after coupling")."""
+    bc_id, dv_id = check_reference("bc", bc_id), check_reference("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
     bc_id, dv_id = resolve_record(rt, m, "bc", bc_id), resolve_record(rt, m, "dv", dv_id)
     source = _side(sync_from, "sync_from") or "bc"
@@ -315,6 +337,7 @@ def _base_preferring(
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
     """Remove the coupling of a record (both records stay as they are)."""
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
     record_id = resolve_record(rt, m, side, record_id)
     coupling = rt.couplings.get(m.name, side, record_id)
@@ -375,6 +398,7 @@ def sync_now(
 ) -> SyncNowResult:
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
     `prefer`'s values overwrite the other side's, also where both sides changed."""
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
     record_id = resolve_record(rt, m, side, record_id)
     winner = _side(prefer, "prefer")
@@ -572,6 +596,7 @@ class RetryResult:
 
 def retry(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> RetryResult:
     """Retry one failed or skipped record now (clears its skipped flag)."""
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
     record_id = resolve_record(rt, m, side, record_id)
     coupling = rt.couplings.get(m.name, side, record_id)
@@ -715,6 +740,7 @@ def history(
     rt: Runtime, mapping_name: str, side: Side, record_id: str, limit: int = 50
 ) -> list[JournalEntry]:
     """The journal entries of one record, newest first."""
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
     record_id = resolve_record(rt, m, side, record_id)
     return rt.journal.history(m.name, side, record_id, limit=limit)
