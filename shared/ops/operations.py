@@ -703,8 +703,17 @@ def _is_message(parsed: Any) -> bool:
 
 
 def list_poison(rt: Runtime) -> list[PoisonMessage]:
-    """The first 32 poison messages, unchanged."""
-    return [_describe(parsed, raw) for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name)]
+    """The first 32 poison messages, unchanged, each with the error the record last met (from the
+    journal) when there is one."""
+    described = []
+    for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name):
+        item = _describe(parsed, raw)
+        if isinstance(parsed, SyncMessage):
+            last = rt.journal.history(parsed.mapping, parsed.side, parsed.id, limit=1)
+            if last and last[0].error:
+                item.summary += f"; last error: {last[0].error}"
+        described.append(item)
+    return described
 
 
 def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayResult:

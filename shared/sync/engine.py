@@ -135,6 +135,8 @@ class Engine:
         requests_before = self.requests_in_this_thread()
         try:
             result = self._sync_with_race_retries(mapping, message, force)
+        except RequeueError:
+            raise
         except RetriableApiError as exc:
             attempt = message.attempt + 1
             if attempt > MAX_TRANSIENT_REQUEUES:
@@ -146,6 +148,13 @@ class Engine:
                 delay = requeue_delay(attempt, exc)
                 self._record_retry(mapping, message, attempt, delay, exc, requests_before)
                 raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, str(exc)) from exc
+        except Exception as exc:
+            # Raised to the host, which delivers the message again and finally moves it to the
+            # poison queue: journaled first, so `history` and `poison` say why, not just an id.
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            bc_id, dv_id = by_side(message.side, message.id, None)
+            self._journal(mapping, message, SyncResult("error", "raised to the host", bc_id, dv_id, error), 0)
+            raise
         result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result

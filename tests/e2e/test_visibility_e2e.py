@@ -175,3 +175,17 @@ def test_an_uncoupled_records_failure_counts_in_status_and_errors(e2e: E2EStack)
     result = operations.retry(e2e.rt, CUSTOMER, "dv", dv_id)
     assert result.retried[0].outcome == "inserted", result
     assert _error_of(e2e, dv_id=dv_id) is None
+
+
+def test_a_poison_message_shows_why_the_record_failed_not_just_its_id(e2e: E2EStack) -> None:
+    bc_id, _ = _coupled_customer(e2e, phoneNumber="555-1400")
+    # BC refuses the integration user itself (a permission removed): not this record's fault, so
+    # the host retries it and finally parks it in the poison queue.
+    e2e.bc.faults.add(
+        {"action": "status", "status": 403, "method": "GET", "path_contains": bc_id, "times": None}
+    )
+    e2e.bc_update("customers", bc_id, {"phoneNumber": "555-1411"})
+    poisoned = wait_for(lambda: _poisoned(e2e, bc_id), "the message in the poison queue", timeout=60)
+    e2e.bc.faults.clear()
+    assert "last error: AuthenticationError" in poisoned[0] and "403" in poisoned[0], poisoned
+    assert _customer_status(e2e).poison_messages >= 1
