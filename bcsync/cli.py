@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -458,11 +459,13 @@ def _render_errors(items: list[Any]) -> None:
     for e in items:
         number = f" {e.bc_number}" if e.bc_number else ""
         console.print(f"[bold]{e.mapping}{number}[/bold]  {_state(e)}")
-        console.print(f"  BC {e.bc_id or '-'} / Dataverse {e.dv_id or '-'}")
+        console.print(f"  BC id         {e.bc_id or '-'}")
+        console.print(f"  Dataverse id  {e.dv_id or '-'}")
         if e.since:
             console.print(f"  not in sync since {_minute(e.since)} UTC")
-        if e.message:
-            console.print(f"  {e.message}", style="red" if e.state != "retrying" else "yellow")
+        if e.message:  # wrapped under its indent, never cut
+            style = "red" if e.state != "retrying" else "yellow"
+            console.print(Padding(Text(e.message, style=style), (0, 0, 0, 2)))
         console.print(f"  resolve: {e.resolve}")
         console.print()
     console.print(f"{len(items)} record(s) not in sync")

@@ -527,7 +527,7 @@ def list_errors(
                     since=c.unsynced_since or c.updated or None,
                     next_attempt=c.next_attempt if state == "retrying" else None,
                     max_attempts=MAX_TRANSIENT_REQUEUES if state == "retrying" else 0,
-                    resolve=resolve_command(m.name, state, c.bc_id, c.dv_id),
+                    resolve=resolve_command(m.name, state, c.bc_key or c.bc_id, c.dv_id),
                     bc_number=c.bc_key,
                     skipped=c.skipped,
                 )
@@ -537,12 +537,18 @@ def list_errors(
     return items
 
 
-def resolve_command(mapping: str, state: str, bc_id: str | None, dv_id: str | None) -> str:
-    """The one command that resolves a record in `state` once its cause is fixed."""
-    ref = f"--bc {bc_id}" if bc_id else f"--dv {dv_id}"
+def resolve_command(mapping: str, state: str, bc_ref: str | None, dv_id: str | None) -> str:
+    """The one command that resolves a record in `state` once its cause is fixed. `bc_ref`: the
+    BC number or code when known (short, and what people search by), else the BC id."""
+    ref = f"--bc {_quoted(bc_ref)}" if bc_ref else f"--dv {dv_id}"
     if state == "conflict":
         return f"bcsync sync {mapping} {ref} --prefer bc|dv"  # the side whose values win
     return f"bcsync retry {mapping} {ref}"
+
+
+def _quoted(value: str) -> str:
+    """`value` as one shell word."""
+    return value if re.fullmatch(r"[\w.@:-]+", value) else "'" + value.replace("'", "'\\''") + "'"
 
 
 def _uncoupled_failures(rt: Runtime, m: EntityMapping, seen: set[str]) -> list[ErrorItem]:

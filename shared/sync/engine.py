@@ -595,7 +595,7 @@ class Engine:
         try:
             coupling = self.couplings.get(mapping.name, message.side, message.id)
             if coupling is not None:
-                coupling.last_result, coupling.last_error = "retrying", str(error)
+                coupling.last_result, coupling.last_error = "retrying", refusal(error, "did not serve")
                 coupling.attempts, coupling.next_attempt = attempt, next_at
                 coupling.unsynced_since = coupling.unsynced_since or iso_ms(message.observed)
                 self.couplings.save(coupling)
@@ -603,7 +603,7 @@ class Engine:
         except Exception:  # the requeue matters more than the bookkeeping
             log.warning("could not record the retry of %s %s:%s", mapping.name, message.side, message.id)
         reason = f"retrying {attempt} of {MAX_TRANSIENT_REQUEUES} at {next_at}"
-        result = SyncResult("retrying", reason, bc_id, dv_id, error=str(error))
+        result = SyncResult("retrying", reason, bc_id, dv_id, error=refusal(error, "did not serve"))
         self._journal(mapping, message, result, self.requests_in_this_thread() - requests_before)
 
     def _since(self, message: SyncMessage) -> str:
@@ -683,14 +683,14 @@ def count_failure(coupling: Coupling, error: str, since: str | None = None) -> C
 _SYSTEMS = {"business_central": "BC", "dataverse": "Dataverse"}
 
 
-def refusal(exc: ApiError) -> str:
-    """A refused write in the service's own words, e.g. `BC refused DELETE customers (400
+def refusal(exc: ApiError, verb: str = "refused") -> str:
+    """An API error in the service's own words, e.g. `BC refused DELETE customers (400
     Application_DialogException): You cannot delete Customer C00010 because ...`."""
     system = _SYSTEMS.get(exc.service, exc.service or "the remote service")
     target = exc.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1].split("(")[0] if exc.url else ""
     what = " ".join(x for x in (exc.method, target) if x)
     status = " ".join(x for x in (str(exc.status) if exc.status else "", exc.code) if x)
-    return f"{system} refused {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
+    return f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
 
 
 def _fields(plan: Plan) -> list[str]:

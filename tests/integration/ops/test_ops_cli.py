@@ -246,7 +246,7 @@ def test_status_errors_and_setup_read_whole_at_80_columns(adatum_coupled: tuple)
     listed = bcsync_at_80("errors")
     assert listed.exit_code == 0 and all(len(line) <= 80 for line in listed.output.splitlines())
     text = " ".join(listed.output.split())
-    assert "failed" in text and "COD" in text and f"resolve: bcsync retry CUSTOMER --bc {bc_id}" in text
+    assert "failed" in text and "COD" in text and "resolve: bcsync retry CUSTOMER --bc C00010" in text
 
     setup = bcsync_at_80("setup")
     assert all(len(line) <= 80 for line in setup.output.splitlines()), setup.output
