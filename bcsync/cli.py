@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.padding import Padding
 from rich.progress import (
     BarColumn,
@@ -86,7 +87,7 @@ def _runtime() -> Runtime:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -162,13 +163,22 @@ def _admin_credentials(rt: Runtime, dv_token: str | None, bc_token: str | None, 
     )
 
 
+def _lines(rows: list[tuple[str, str]]) -> None:
+    """Label and text in two columns: a long text wraps under itself, never cut, at any width."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, text in rows:
+        grid.add_row(label, text)
+    console.print(Padding(grid, (0, 0, 0, 2)))
+
+
 def _render_setup(report: Any) -> None:
-    # Lines, not tables: a check's detail or a salesperson's reason is a sentence, and a table cell
-    # in an 80-column terminal cuts it into a narrow column.
+    # Lines, not a table with a column per field: a check's detail or a salesperson's reason is a
+    # sentence, which a table cell in an 80-column terminal cuts into a narrow column.
     console.print("[bold]Checks[/bold]")
-    for c in report.checks:
-        mark = "[green]ok    [/green]" if c.ok else "[red]FAILED[/red]"
-        console.print(f"  {mark}  {c.name}: {c.detail}" if c.detail else f"  {mark}  {c.name}")
+    _lines([("[green]ok    [/green]" if c.ok else "[red]FAILED[/red]",
+             escape(f"{c.name}: {c.detail}" if c.detail else c.name)) for c in report.checks])  # fmt: skip
     for title, items, style in (
         ("Exists", report.existing, "dim"),
         ("Created", report.created, "green"),
@@ -177,19 +187,19 @@ def _render_setup(report: Any) -> None:
     ):
         if items:
             console.print(f"[bold]{title}[/bold]")
-            for item in items:
-                console.print(f"  [{style}]{item}[/{style}]")
+            _lines([("", f"[{style}]{escape(item)}[/{style}]") for item in items])
     if report.salespeople:
         console.print("[bold]Salespeople[/bold]")
+        rows = []
         for sp in report.salespeople:
             colour = "red" if sp.status == "not_coupled" else "green"
-            console.print(f"  {sp.code}  {sp.email or '(no e-mail)'}  [{colour}]{sp.status}[/{colour}]")
-            if sp.reason or sp.user_id:
-                console.print(f"      {sp.reason or sp.user_id}")
+            detail = escape(f" {sp.reason or sp.user_id}") if sp.reason or sp.user_id else ""
+            email = escape(sp.email or "(no e-mail)")
+            rows.append((escape(sp.code), f"{email} [{colour}]{sp.status}[/{colour}]{detail}"))
+        _lines(rows)
     if report.todo:
         console.print("[bold]Still to do[/bold]")
-        for item in report.todo:
-            console.print(f"  - {item}")
+        _lines([("-", escape(item)) for item in report.todo])
 
 
 # ------------------------------------------------------------------------------------------ status
@@ -269,7 +279,10 @@ def couple(
     result = _run(lambda: ops.couple(rt, mapping, bc, dv, sync_from=sync_from))
     _emit(
         result,
-        lambda r: console.print(f"coupled BC {r.bc_id} with Dataverse {r.dv_id}: {r.outcome} ({r.reason})"),
+        lambda r: console.print(
+            f"coupled {r.mapping}: {r.outcome} ({escape(r.reason)})\n"
+            f"  BC id         {r.bc_id}\n  Dataverse id  {r.dv_id}"
+        ),
     )
     if result.outcome in NOT_SYNCED:
         _fail(f"coupled, but the first synchronization did not finish ({result.outcome}): "
@@ -335,18 +348,20 @@ NOT_SYNCED = ("failed", "skipped", "conflict", "queued", "deferred")
 def _render_sync(r: Any) -> None:
     bc_id = r.bc_id or (r.id if r.side == "bc" else None)
     dv_id = r.dv_id or (r.id if r.side == "dv" else None)
-    pair = " / ".join(x for x in (bc_id and f"BC {bc_id}", dv_id and f"Dataverse {dv_id}") if x)
     if r.outcome not in NOT_SYNCED:
-        console.print(f"[green]{r.outcome}[/green] {pair}: {r.reason}")
-        return
-    why = r.error or r.reason
-    sentence = {
-        "queued": f"{r.mapping} {pair} was not synchronized now: {why}",
-        "deferred": f"{r.mapping} {pair} waits for a record it refers to: {why}",
-        "conflict": f"{r.mapping} {pair} is in conflict: {why}",
-        "skipped": f"{r.mapping} {pair} was not synchronized: {why}",
-    }.get(r.outcome, f"{r.mapping} {pair} failed to synchronize: {why}")
-    errors.print(f"[red]{sentence}[/red]")
+        console.print(f"[green]{r.outcome}[/green] {r.mapping}: {escape(r.reason)}")
+    else:
+        why = r.error or r.reason
+        sentence = {
+            "queued": f"{r.mapping} was not synchronized now: {why}",
+            "deferred": f"{r.mapping} waits for a record it refers to: {why}",
+            "conflict": f"{r.mapping} is in conflict: {why}",
+            "skipped": f"{r.mapping} was not synchronized: {why}",
+        }.get(r.outcome, f"{r.mapping} failed to synchronize: {why}")
+        errors.print(Text(sentence, style="red"))
+    out = console if r.outcome not in NOT_SYNCED else errors
+    out.print(f"  BC id         {bc_id or '-'}")
+    out.print(f"  Dataverse id  {dv_id or '-'}")
 
 
 def _exit_unless_synced(results: list[Any]) -> None:

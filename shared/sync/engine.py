@@ -147,7 +147,8 @@ class Engine:
             else:
                 delay = requeue_delay(attempt, exc)
                 self._record_retry(mapping, message, attempt, delay, exc, requests_before)
-                raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, str(exc)) from exc
+                why = refusal(exc, "did not serve")
+                raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, why) from exc
         except Exception as exc:
             # Raised to the host, which delivers the message again and finally moves it to the
             # poison queue: journaled first, so `history` and `poison` say why, not just an id.

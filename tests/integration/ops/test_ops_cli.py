@@ -221,7 +221,9 @@ def test_a_sync_that_does_not_finish_exits_non_zero_with_a_sentence(adatum_coupl
         ops.bc.faults.clear()
     assert queued.exit_code == 1, queued.output
     assert "None" not in queued.output
-    assert f"CUSTOMER BC {bc_id}" in queued.output and "was not synchronized now" in queued.output
+    text = " ".join(queued.output.split())
+    assert "CUSTOMER was not synchronized now: BC did not serve GET customers (503" in text, text
+    assert f"BC id {bc_id}" in text and "queued, tried again in" in text
 
 
 def test_status_errors_and_setup_read_whole_at_80_columns(adatum_coupled: tuple) -> None:
