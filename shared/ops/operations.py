@@ -427,7 +427,7 @@ def _sync(rt: Runtime, m: EntityMapping, side: Side, record_id: str, reason: str
     except RequeueError as exc:
         # Throttled or unreachable right now: the queue takes it from here.
         rt.storage.enqueue([exc.message], delay_seconds=max(1, int(exc.delay)))
-        return _Deferred(f"{exc}; queued, tried again in {int(exc.delay)} s")
+        return _Deferred(f"{str(exc).rstrip('. ')}; queued, tried again in {int(exc.delay)} s")
 
 
 @dataclass
