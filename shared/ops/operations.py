@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
@@ -715,7 +715,10 @@ def list_poison(rt: Runtime) -> list[PoisonMessage]:
     for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name):
         item = _describe(parsed, raw)
         if isinstance(parsed, SyncMessage):
-            last = rt.journal.history(parsed.mapping, parsed.side, parsed.id, limit=1)
+            try:
+                last = rt.journal.history(parsed.mapping, parsed.side, parsed.id, limit=1)
+            except AzureError:  # the listing never fails: the reason is a bonus
+                last = []
             if last and last[0].error:
                 item.summary += f"; last error: {last[0].error}"
         described.append(item)
