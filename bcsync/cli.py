@@ -18,6 +18,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -45,8 +47,10 @@ app = typer.Typer(
 console = Console(highlight=False)
 errors = Console(stderr=True, highlight=False)
 
-BcOption = Annotated[str | None, typer.Option("--bc", help="the record's BC id")]
-DvOption = Annotated[str | None, typer.Option("--dv", help="the record's Dataverse id")]
+BcOption = Annotated[str | None, typer.Option("--bc", help="the record's BC id, number or code")]
+DvOption = Annotated[
+    str | None, typer.Option("--dv", help="the record's Dataverse id (or the field BC's number maps to)")
+]
 MappingArg = Annotated[str, typer.Argument(help="mapping name, e.g. CUSTOMER")]
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="decide and show per field old -> new; write nothing")
@@ -89,7 +93,7 @@ def _runtime() -> Runtime:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -165,11 +169,22 @@ def _admin_credentials(rt: Runtime, dv_token: str | None, bc_token: str | None, 
     )
 
 
+def _lines(rows: list[tuple[str, str]]) -> None:
+    """Label and text in two columns: a long text wraps under itself, never cut, at any width."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, text in rows:
+        grid.add_row(label, text)
+    console.print(Padding(grid, (0, 0, 0, 2)))
+
+
 def _render_setup(report: Any) -> None:
-    checks = Table("check", "", "detail", title="Checks", title_justify="left")
-    for c in report.checks:
-        checks.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAILED[/red]", c.detail)
-    console.print(checks)
+    # Lines, not a table with a column per field: a check's detail or a salesperson's reason is a
+    # sentence, which a table cell in an 80-column terminal cuts into a narrow column.
+    console.print("[bold]Checks[/bold]")
+    _lines([("[green]ok    [/green]" if c.ok else "[red]FAILED[/red]",
+             escape(f"{c.name}: {c.detail}" if c.detail else c.name)) for c in report.checks])  # fmt: skip
     for title, items, style in (
         ("Exists", report.existing, "dim"),
         ("Created", report.created, "green"),
@@ -178,20 +193,19 @@ def _render_setup(report: Any) -> None:
     ):
         if items:
             console.print(f"[bold]{title}[/bold]")
-            for item in items:
-                console.print(f"  [{style}]{item}[/{style}]")
+            _lines([("", f"[{style}]{escape(item)}[/{style}]") for item in items])
     if report.salespeople:
-        people = Table("salesperson", "e-mail", "status", "Dataverse user / reason", title="Salespeople")
+        console.print("[bold]Salespeople[/bold]")
+        rows = []
         for sp in report.salespeople:
             colour = "red" if sp.status == "not_coupled" else "green"
-            people.add_row(
-                sp.code, sp.email, f"[{colour}]{sp.status}[/{colour}]", sp.reason or sp.user_id or ""
-            )
-        console.print(people)
+            detail = escape(f" {sp.reason or sp.user_id}") if sp.reason or sp.user_id else ""
+            email = escape(sp.email or "(no e-mail)")
+            rows.append((escape(sp.code), f"{email} [{colour}]{sp.status}[/{colour}]{detail}"))
+        _lines(rows)
     if report.todo:
         console.print("[bold]Still to do[/bold]")
-        for item in report.todo:
-            console.print(f"  - {item}")
+        _lines([("-", escape(item)) for item in report.todo])
 
 
 # ------------------------------------------------------------------------------------------ status
@@ -203,25 +217,55 @@ def status() -> None:
 
 
 def _render_status(s: Any) -> None:
-    table = Table(
-        "mapping",
-        "coupled",
-        "failed",
-        "skipped",
-        "last run",
-        "oldest unsynced",
-        "subscription expires",
-        "poison",
-    )
+    # Two narrow tables without borders, so that both read whole in an 80-column terminal.
+    counts = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    for header in ("mapping", "coupled", "failed", "conflict", "retrying", "skipped", "oldest\nunsynced",
+                   "poison"):  # fmt: skip
+        counts.add_column(header, justify="left" if header == "mapping" else "right", no_wrap=True)
+    for m in s.mappings:
+        age = _age(m.oldest_unsynced_seconds) if m.oldest_unsynced_change else "-"
+        counts.add_row(
+            m.mapping, str(m.coupled), _red(m.failed), _red(m.conflicts), _yellow(m.retrying),
+            _red(m.skipped), _yellow(age) if m.oldest_unsynced_change else age, _red(m.poison_messages),
+        )  # fmt: skip
+    console.print(counts)
+    console.print()
+    runs = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    for header in ("mapping", "last run", "BC subscription expires"):
+        runs.add_column(header, no_wrap=True)
     for m in s.mappings:
         run = m.last_run
-        last = f"{run.kind} {run.status} {run.finished or run.started}" if run else "-"
-        table.add_row(
-            m.mapping, str(m.coupled), _red(m.failed), _red(m.skipped), last, m.oldest_unsynced_change or "-",
-            m.subscription_expires or "-", _red(m.poison_messages),
-        )  # fmt: skip
-    console.print(table)
+        last = f"{run.kind} {run.status} {_minute(run.finished or run.started)}" if run else "-"
+        runs.add_row(m.mapping, last, _minute(m.subscription_expires) if m.subscription_expires else "-")
+    console.print(runs)
+    console.print()
     console.print(f"queue: {s.queue_depth} waiting, poison: {s.poison_queue_depth}")
+    if any(m.failed or m.conflicts or m.retrying or m.skipped for m in s.mappings):
+        console.print("`bcsync errors` lists each record not in sync and the command that resolves it")
+
+
+def _age(seconds: int | None) -> str:
+    """`45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours} h {minutes % 60} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _minute(iso: str) -> str:
+    """An ISO time as `2026-12-01 17:45` (UTC, as stored)."""
+    return iso.replace("T", " ")[:16]
+
+
+def _yellow(value: int | str) -> str:
+    return f"[yellow]{value}[/yellow]" if value else "0"
 
 
 def _red(n: int) -> str:
@@ -232,8 +276,8 @@ def _red(n: int) -> str:
 @app.command()
 def couple(
     mapping: MappingArg,
-    bc: Annotated[str, typer.Option("--bc", help="the BC record id")],
-    dv: Annotated[str, typer.Option("--dv", help="the Dataverse record id")],
+    bc: Annotated[str, typer.Option("--bc", help="the BC record's id, number or code")],
+    dv: Annotated[str, typer.Option("--dv", help="the Dataverse record's id")],
     sync_from: Annotated[str, typer.Option(help="whose values win in the first sync: bc or dv")] = "bc",
     dry_run: DryRunOption = False,
 ) -> None:
@@ -248,10 +292,16 @@ def couple(
             )
             _render_sync(r)
             return
-        console.print(f"coupled BC {r.bc_id} with Dataverse {r.dv_id}: {r.outcome} ({r.reason})")
+        console.print(
+            f"coupled {r.mapping}: {r.outcome} ({escape(r.reason)})\n"
+            f"  BC id         {r.bc_id}\n  Dataverse id  {r.dv_id}"
+        )
         _render_changes(r)
 
     _emit(result, render)
+    if not result.dry_run and result.outcome in NOT_SYNCED:
+        _fail(f"coupled, but the first synchronization did not finish ({result.outcome}): "
+              f"{result.error or result.reason}")  # fmt: skip
 
 
 @app.command()
@@ -304,21 +354,48 @@ def sync(
     side, record_id = _run(lambda: ops.record_ref(bc, dv))
     result = _run(lambda: ops.sync_now(rt, mapping, side, record_id, prefer=prefer, dry_run=dry_run))
     _emit(result, _render_sync)
+    _exit_unless_synced([result])
+
+
+# Outcomes after which the record is not in sync: `sync` and `retry` exit 1 on them.
+NOT_SYNCED = ("failed", "skipped", "conflict", "queued", "deferred")
 
 
 def _render_sync(r: Any) -> None:
-    colour = "red" if r.outcome in ("failed", "skipped", "conflict") else "green"
-    reason = "" if r.changes else f": {r.reason}"  # the fields below say it
+    bc_id = r.bc_id or (r.id if getattr(r, "side", None) == "bc" else None)
+    dv_id = r.dv_id or (r.id if getattr(r, "side", None) == "dv" else None)
     if r.dry_run:
+        colour = "red" if r.outcome in NOT_SYNCED else "green"
+        reason = "" if r.changes else f": {escape(r.reason)}"  # the fields below say it
         console.print(
             f"[bold]dry run[/bold], nothing written: would be [{colour}]{r.outcome}[/{colour}] "
-            f"BC {r.bc_id} / Dataverse {r.dv_id}{reason}"
+            f"{r.mapping}{reason}"
         )
+        out = console
+    elif r.outcome not in NOT_SYNCED:
+        console.print(f"[green]{r.outcome}[/green] {r.mapping}: {escape(r.reason)}")
+        out = console
     else:
-        console.print(f"[{colour}]{r.outcome}[/{colour}] BC {r.bc_id} / Dataverse {r.dv_id}{reason}")
+        why = r.error or r.reason
+        sentence = {
+            "queued": f"{r.mapping} was not synchronized now: {why}",
+            "deferred": f"{r.mapping} waits for a record it refers to: {why}",
+            "conflict": f"{r.mapping} is in conflict: {why}",
+            "skipped": f"{r.mapping} was not synchronized: {why}",
+        }.get(r.outcome, f"{r.mapping} failed to synchronize: {why}")
+        errors.print(Text(sentence, style="red"))
+        out = errors
+    out.print(f"  BC id         {bc_id or '-'}")
+    out.print(f"  Dataverse id  {dv_id or '-'}")
     _render_changes(r)
-    if r.error:
-        console.print(f"  [red]{r.error}[/red]")
+    if r.dry_run and r.error:
+        console.print(f"  [red]{escape(r.error)}[/red]")
+
+
+def _exit_unless_synced(results: list[Any]) -> None:
+    """Exit 1 when a record is not in sync afterwards (a dry run changed nothing: it never fails)."""
+    if any(r.outcome in NOT_SYNCED and not r.dry_run for r in results):
+        raise typer.Exit(1)
 
 
 def _render_changes(r: Any) -> None:
@@ -466,14 +543,32 @@ def list_errors(
 
 def _render_errors(items: list[Any]) -> None:
     if not items:
-        console.print("[green]no failed or skipped records[/green]")
+        console.print("[green]no failed, conflicting, retrying or skipped records[/green]")
         return
-    table = Table("mapping", "BC id", "Dataverse id", "state", "message", "attempts", "when")
+    # One block per record: the message is BC's or Dataverse's own sentence, too long for a cell.
     for e in items:
-        table.add_row(
-            e.mapping, e.bc_id or "-", e.dv_id or "-", e.state, e.message, str(e.attempts), e.updated
-        )
-    console.print(table)
+        number = f" {e.bc_number}" if e.bc_number else ""
+        console.print(f"[bold]{e.mapping}{number}[/bold]  {_state(e)}")
+        console.print(f"  BC id         {e.bc_id or '-'}")
+        console.print(f"  Dataverse id  {e.dv_id or '-'}")
+        if e.since:
+            console.print(f"  not in sync since {_minute(e.since)} UTC")
+        if e.message:  # wrapped under its indent, never cut
+            style = "red" if e.state != "retrying" else "yellow"
+            console.print(Padding(Text(e.message, style=style), (0, 0, 0, 2)))
+        console.print(f"  resolve: {e.resolve}")
+        console.print()
+    console.print(f"{len(items)} record(s) not in sync")
+
+
+def _state(e: Any) -> str:
+    if e.state == "retrying":
+        when = f", next attempt {e.next_attempt.replace('T', ' ')[:19]} UTC" if e.next_attempt else ""
+        return f"[yellow]retrying {e.attempts} of {e.max_attempts}{when}[/yellow]"
+    attempts = f", {e.attempts} attempts" if e.attempts > 1 else ""
+    skipped = ", skipped until retried" if e.skipped else ""
+    uncoupled = ", not coupled" if not e.coupled else ""
+    return f"[red]{e.state}{attempts}{skipped}{uncoupled}[/red]"
 
 
 @app.command()
@@ -509,6 +604,7 @@ def retry(
             _render_sync(item)
 
     _emit(result, render)
+    _exit_unless_synced(result.retried)
 
 
 @app.command()

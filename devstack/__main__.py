@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from devstack.serve import PortInUseError
+from devstack.serve import PortInUseError, check_port_free
 from devstack.stack import DEFAULT_PORTS, REPO, StackPorts, start_dev_host, start_stack
 
 
@@ -29,6 +29,25 @@ def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
     for name, where in rows:
         print(f"  {name.ljust(width)}  {where}")
     print("Press Ctrl-C to stop.", flush=True)
+
+
+# The option of each port, so that a port in use names the flag that moves it.
+PORT_FLAGS = {
+    "port": "--port", "dataverse_port": "--dataverse-port", "bc_port": "--bc-port",
+    "blob_port": "--blob-port", "queue_port": "--queue-port", "table_port": "--table-port",
+}  # fmt: skip
+
+
+def check_ports(args: argparse.Namespace) -> None:
+    """Every port this command listens on is free (lingering TIME_WAIT connections do not count:
+    the listeners bind with SO_REUSEADDR), checked before anything starts."""
+    for attribute, flag in PORT_FLAGS.items():
+        port = getattr(args, attribute, None)
+        if port:
+            try:
+                check_port_free(port)
+            except PortInUseError as exc:
+                raise PortInUseError(port, exc.host, flag) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -157,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_ports(args)
         return int(args.run(args))
     except StartupError as exc:
         # The message lists every problem and where to fix it; a traceback would only bury it.

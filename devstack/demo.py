@@ -19,6 +19,9 @@ DEMO_USERS = (
     ("peter-saddow", "a1b2c3d4-0000-4000-8000-00000000a002", "Peter Saddow", "peter.saddow@contoso.example"),
 )
 DEMO_CUSTOMERS = 40
+# Customers of salesperson OF, who has no Dataverse user: under person ownership they fail to sync,
+# saying why (couple the salesperson, then retry them), as the demo announces.
+DEMO_OF_CUSTOMERS = ("Falls Outdoor Supplies", "Otis Bikes")
 # Person contacts of the first demo customers, each under its customer's company contact, as in BC.
 DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen")
 DEMO_STOCK = (
@@ -50,11 +53,13 @@ def start_demo(stack: Stack) -> Iterator[str]:
         for name, customer in zip(DEMO_PEOPLE, customers, strict=False)
     ]  # fmt: skip
     bc_sandbox.seed("contacts", people)
+    bc_sandbox.seed("customers", [{"displayName": n, "salespersonCode": "OF"} for n in DEMO_OF_CUSTOMERS])
     # Opening stock, posted as BC posts it (item ledger entries); `inventory` is their sum.
     bc_sandbox.post_item_entries(DEMO_STOCK, user="SEED")
     yield (
         f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
-        f"{len(DEMO_PEOPLE)} of their contacts, stock of {len({e['itemNumber'] for e in DEMO_STOCK})} items "
+        f"{len(DEMO_PEOPLE)} of their contacts, {len(DEMO_OF_CUSTOMERS)} customers of salesperson OF, "
+        f"stock of {len({e['itemNumber'] for e in DEMO_STOCK})} items "
         f"from {len(DEMO_STOCK)} item ledger entries"
     )
 
@@ -75,6 +80,14 @@ def start_demo(stack: Stack) -> Iterator[str]:
     # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
     stock = refresh_stock(rt)
     yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
+    uncoupled = {p.code for p in report.salespeople if p.status == "not_coupled"}
+    held = [c["displayName"] for c in bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
+            if c.get("salespersonCode") in uncoupled]  # fmt: skip
+    if held:
+        yield (
+            f"customers of uncoupled salespeople, not synced: {', '.join(sorted(held))} "
+            "(`python -m bcsync errors CUSTOMER` shows why)"
+        )
     yield from _try_it(stack)
 
 

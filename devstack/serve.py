@@ -12,7 +12,12 @@ import uvicorn
 
 
 class PortInUseError(RuntimeError):
-    pass
+    """Something listens on `port`; `flag` is the command-line option that moves it, when known."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", flag: str = "") -> None:
+        self.port, self.host, self.flag = port, host, flag
+        move = f"pick another port with {flag} PORT" if flag else "pick another port"
+        super().__init__(f"port {port} on {host} is already in use; stop what is using it or {move}")
 
 
 def free_port() -> int:
@@ -40,9 +45,7 @@ def bind_listening_socket(port: int, host: str = "127.0.0.1") -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise PortInUseError(
-            f"port {port} on {host} is already in use; stop what is using it or pick another port with --port"
-        ) from exc
+        raise PortInUseError(port, host) from exc
     return sock
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES"}
+# Bearer token -> BC user. `admin-user` is a SUPER user: `bcsync setup --admin-bc-token admin-user`.
+DEFAULT_USERS = {"integration-user": "INTEGRATION", "sales-user": "SALES", "admin-user": "ADMIN"}
 
 # BC's GetDelayTimeForAttempt (APIWebhookNotificationSend.Codeunit.al, microsoft/BCApps): after the
 # 1st, 2nd, ... failed attempt the next one is 1, 1, 10, 100, 1000 minutes later; when the 6th

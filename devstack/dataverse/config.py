@@ -12,6 +12,7 @@ ORGANIZATION_ID = "5e3b1a44-0d0c-4c8e-8c6b-1a2b3c4d5e6f"
 ROOT_BUSINESS_UNIT_ID = "d2c3a8f0-5a1b-4b7e-9f00-000000000b01"
 INTEGRATION_USER_ID = "a1b2c3d4-0000-4000-8000-000000000001"
 SALES_USER_ID = "a1b2c3d4-0000-4000-8000-000000000002"
+ADMIN_USER_ID = "ad300000-0000-4000-8000-000000000001"
 USD_CURRENCY_ID = "c0ffee00-0000-4000-8000-0000000000d1"
 EUR_CURRENCY_ID = "c0ffee00-0000-4000-8000-0000000000e1"
 DEFAULT_UOM_SCHEDULE_ID = "0b0e0000-0000-4000-8000-00000000005c"
@@ -74,6 +75,15 @@ def default_users() -> list[SandboxUser]:
             internalemailaddress="alex.seller@sandbox.example",
             azureactivedirectoryobjectid="7b1f9c2e-0000-4000-8000-00000000a002",
             mobilephone="+1 555 0100",
+        ),
+        # A System Administrator: `bcsync setup --admin-dataverse-token admin-user` registers the
+        # webhook with it, as an administrator signs in for set-up on a real environment.
+        SandboxUser(
+            token="admin-user",
+            systemuserid=ADMIN_USER_ID,
+            fullname="Dana Admin",
+            internalemailaddress="dana.admin@sandbox.example",
+            azureactivedirectoryobjectid="7b1f9c2e-0000-4000-8000-00000000a003",
         ),
     ]
 

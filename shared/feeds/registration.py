@@ -61,8 +61,11 @@ def bc_webhook_url(settings: Settings) -> str:
 
 
 def filtering_attributes(mapping: EntityMapping) -> list[str]:
-    """Columns whose change must notify us: what flows to BC, plus what decides scope."""
-    columns = {f.dv for f in mapping.fields if f.dv and f.writes_to("bc") and not f.has_constant}
+    """Columns whose change must notify us: every mapped column (what flows to BC, and what flows
+    only from BC, so that a person's edit of it, e.g. an owner changed by hand in Sales, is put
+    back at once rather than at the next delta poll), plus what decides scope. Our own writes
+    notify too and are dropped at the webhook by their initiating user, at no API cost."""
+    columns = {f.dv for f in mapping.fields if f.dv and not f.has_constant}
     columns |= {c.field.removeprefix("_").removesuffix("_value") for c in mapping.dataverse.filter}
     return sorted(columns)
 

@@ -19,17 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
+from shared.mapping.values import other
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
+from shared.odata import eq
 from shared.runtime import Runtime
-from shared.store.couplings import AlreadyCoupledError, Coupling
+from shared.store.couplings import UNSYNCED_RESULTS, AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.sync import bulk
-from shared.sync.engine import RequeueError, SyncResult, audit
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, RequeueError, SyncResult, audit
 from shared.sync.reconcile import Snapshot, take_snapshot
+from shared.timestamps import iso_ms, parse_iso
 
 SIDES: tuple[Side, Side] = ("bc", "dv")
 # How far back `list_errors` looks in the journal for failures of records that have no coupling.
@@ -92,10 +95,65 @@ def valid_id(side: Side, value: str, field_name: str | None = None) -> str:
 
 
 def record_ref(bc_id: str | None, dv_id: str | None) -> tuple[Side, str]:
-    """Exactly one of the two ids, as (side, GUID)."""
+    """Exactly one of the two references (an id, or a BC number / code, see `resolve_record`)."""
     if bool(bc_id) == bool(dv_id):
         raise OperationError("name the record by exactly one of its BC id or its Dataverse id")
-    return ("bc", valid_id("bc", str(bc_id))) if bc_id else ("dv", valid_id("dv", str(dv_id)))
+    return ("bc", check_reference("bc", bc_id)) if bc_id else ("dv", check_reference("dv", dv_id))
+
+
+def key_field(m: EntityMapping, side: Side) -> str | None:
+    """The field people name a record by on `side`: BC's key (a customer's number, a
+    salesperson's code) and the Dataverse field it maps to (`accountnumber`), or else the
+    Dataverse field matched first (a user's e-mail)."""
+    if side == "bc":
+        return m.bc.key or None
+    mapped = next((f.dv for f in m.fields if f.bc and f.bc == m.bc.key and f.dv), None)
+    ranked = sorted((f for f in m.fields if f.match_priority and f.dv), key=lambda f: f.match_priority or 0)
+    return mapped or (ranked[0].dv if ranked else None)
+
+
+# A number or code: BC's are Code[20]; the Dataverse columns they map to hold up to 100 characters.
+# URL and path characters are refused before any request (the value only ever goes into an escaped
+# OData literal, but a URL or a braced GUID here is a mistake worth naming).
+_REFERENCE = re.compile(r"[^\x00-\x1f\x7f/\\?#{}\ud800-\udfff]{1,100}")
+
+
+def check_reference(side: Side, value: Any) -> str:
+    """`value` as a record reference (a GUID, lowercased, or a number or code), checked without any
+    request; `OperationError` (400) naming the field and the two forms otherwise."""
+    if isinstance(value, str) and _GUID.fullmatch(value):
+        return value.lower()
+    if isinstance(value, str) and value == value.strip() and _REFERENCE.fullmatch(value):
+        return value
+    name = _ID_FIELDS[side]
+    system = "BC record's `id` (SystemId)" if side == "bc" else "Dataverse row's primary key"
+    shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+    raise OperationError(
+        f"`{name}` must be the {system}, a GUID like 6d81597f-0f9f-e711-8122-000d3aa2331c, or the "
+        f"record's number or code (up to 100 characters, none of / \\ ? # {{ }}); got {shown}"
+    )
+
+
+def resolve_record(rt: Runtime, m: EntityMapping, side: Side, ref: str) -> str:
+    """The record id `ref` names: an id as it is, or a BC number or code (`C00010`, `OF`) looked
+    up by `key_field` with one query. 400/404 with the reason otherwise."""
+    ref = check_reference(side, ref)
+    if _GUID.fullmatch(ref):
+        return ref
+    key = key_field(m, side)
+    system = "BC" if side == "bc" else "Dataverse"
+    if key is None:
+        valid_id(side, ref)  # raises, naming the id's form
+    assert key is not None
+    pk = "id" if side == "bc" else m.dataverse.primary_key
+    gateway = rt.engine.sides[side]
+    found = next(iter(gateway.query_pages(m, select=[pk, key], filter=eq(key, ref), page_size=2)), [])
+    if not found:
+        raise OperationError(f"{m.name}: no {system} record with {key} {ref!r} (nor is it an id)", 404)
+    if len(found) > 1:
+        ids = ", ".join(str(r[pk]) for r in found)
+        raise OperationError(f"{m.name}: several {system} records have {key} {ref!r} ({ids}); give the id")
+    return str(found[0][pk]).lower()
 
 
 def _side(value: str | None, what: str) -> Side | None:
@@ -111,13 +169,18 @@ def _side(value: str | None, what: str) -> Side | None:
 class MappingStatus:
     mapping: str
     coupled: int
-    failed: int
-    skipped: int
+    failed: int  # failed records, coupled or not (a failed create has no coupling)
+    skipped: int  # records (failed or conflicting) not synced again until an operator retries them
     last_run: RunSummary | None
-    oldest_unsynced_change: str | None  # earliest `updated` of a failed or skipped coupling
+    # When the oldest change that has not reached the other side was observed: of a failed,
+    # skipped, conflicting or retrying record, or of a message in the poison queue.
+    oldest_unsynced_change: str | None
     watermarks: dict[str, str]  # side -> where the delta poll has read up to
     subscription_expires: str | None  # BC webhook subscription of this mapping's entity set
     poison_messages: int  # of the poison messages peeked (at most 32), those for this mapping
+    conflicts: int = 0
+    retrying: int = 0  # transient trouble: the queue tries again by itself
+    oldest_unsynced_seconds: int | None = None  # the age of `oldest_unsynced_change`
 
 
 @dataclass
@@ -128,18 +191,21 @@ class ServiceStatus:
 
 
 def status(rt: Runtime) -> ServiceStatus:
-    """Per mapping: couplings, failures, the last run, how far behind it is; queue depths."""
-    poison_by_mapping = Counter(
-        m.mapping for m, _ in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)
-    )
+    """Per mapping: couplings, records not in sync by state, the last run, the age of the oldest
+    change not synced yet; queue depths."""
+    now = dt.datetime.now(dt.UTC)
+    poison = [(m, raw) for m, raw in _peek_messages(rt, rt.storage.poison_queue_name) if _is_message(m)]
+    poison_by_mapping = Counter(m.mapping for m, _ in poison)
     expiries = _subscription_expiries(rt)
     result = []
     for m in rt.mappings.entities():
         coupled = sum(1 for _ in rt.couplings.all_ids(m.name, "bc"))
         coupled += sum(1 for _, other in rt.couplings.all_ids(m.name, "dv") if other is None)  # pending
-        failed = list(rt.couplings.each(m.name, only="failed"))
-        skipped = list(rt.couplings.each(m.name, only="skipped"))
-        unsynced = sorted(c.updated for c in failed + skipped if c.updated)
+        unsynced = list_errors(rt, m.name)
+        states = Counter(e.state for e in unsynced)
+        since = [e.since for e in unsynced if e.since]
+        since += [iso_ms(raw.inserted_on) for msg, raw in poison if msg.mapping == m.name and raw.inserted_on]
+        oldest = min(since, key=parse_iso) if since else None
         runs = rt.journal.runs(m.name, limit=1)
         marks: dict[str, str] = {
             side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None
@@ -148,13 +214,18 @@ def status(rt: Runtime) -> ServiceStatus:
             MappingStatus(
                 mapping=m.name,
                 coupled=coupled,
-                failed=len(failed),
-                skipped=len(skipped),
+                failed=states["failed"],
+                skipped=sum(1 for e in unsynced if e.skipped or e.state == "skipped"),
                 last_run=runs[0] if runs else None,
-                oldest_unsynced_change=unsynced[0] if unsynced else None,
+                oldest_unsynced_change=oldest,
                 watermarks=marks,
                 subscription_expires=expiries.get(m.bc.entity_set),
                 poison_messages=poison_by_mapping.get(m.name, 0),
+                conflicts=states["conflict"],
+                retrying=states["retrying"],
+                oldest_unsynced_seconds=(
+                    max(0, int((now - parse_iso(oldest)).total_seconds())) if oldest else None
+                ),
             )
         )
     return ServiceStatus(
@@ -202,8 +273,9 @@ def couple(
     """Couple two existing records by hand, then synchronize the pair from `sync_from` (the side whose
     values win, as the built-in's "synchronize after coupling"). A dry run checks the same and says per
     field what the first sync would write, without coupling or writing anything."""
-    bc_id, dv_id = valid_id("bc", bc_id), valid_id("dv", dv_id)
+    bc_id, dv_id = check_reference("bc", bc_id), check_reference("dv", dv_id)
     m = entity_mapping(rt, mapping_name)
+    bc_id, dv_id = resolve_record(rt, m, "bc", bc_id), resolve_record(rt, m, "dv", dv_id)
     source = _side(sync_from, "sync_from") or "bc"
     bc, dv = _read_pair(rt, m, bc_id, dv_id)
     for side, record_id in (("bc", bc_id), ("dv", dv_id)):
@@ -274,14 +346,24 @@ def _base_preferring(
     reconcile's rule for a field missing from the base). Used for "sync after coupling" and for a
     one-off sync in a chosen direction."""
     current = take_snapshot(rt.mappings, m, bc, dv)
-    current[prefer] = {}
+    # Only what may flow from `prefer` is news: a field that flows the other way only keeps its
+    # current value as the base, so `prefer`'s value stays instead of being "restored" over it
+    # (SALESPEOPLE is to_bc: coupled with sync_from bc, the salesperson keeps BC's name).
+    target = other(prefer)
+    fields = {f.key: f for f in m.fields}
+    current[prefer] = {
+        key: value
+        for key, value in current[prefer].items()
+        if not (m.writes_to(target) and key in fields and fields[key].writes_to(target))
+    }
     return current
 
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:
     """Remove the coupling of a record (both records stay as they are)."""
-    record_id = valid_id(side, record_id)
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is None:
         raise OperationError(f"{m.name}: {side} record {record_id} is not coupled", 404)
@@ -359,8 +441,9 @@ def sync_now(
     """Synchronize one record now. With `prefer`, a coupled pair is synchronized in that direction:
     `prefer`'s values overwrite the other side's, also where both sides changed. A dry run decides the
     same from both records read fresh and writes nothing (no API write, coupling or journal entry)."""
-    record_id = valid_id(side, record_id)
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     winner = _side(prefer, "prefer")
     start_side: Side = side
     start_id = record_id
@@ -394,7 +477,7 @@ def _sync(rt: Runtime, m: EntityMapping, side: Side, record_id: str, reason: str
     except RequeueError as exc:
         # Throttled or unreachable right now: the queue takes it from here.
         rt.storage.enqueue([exc.message], delay_seconds=max(1, int(exc.delay)))
-        return _Deferred(f"not synchronized now ({exc}); queued to retry in {int(exc.delay)} s")
+        return _Deferred(f"{str(exc).rstrip('. ')}; queued, tried again in {int(exc.delay)} s")
 
 
 @dataclass
@@ -454,56 +537,112 @@ class ErrorItem:
     mapping: str
     bc_id: str | None
     dv_id: str | None
-    state: str  # failed, skipped, conflict
-    message: str
-    attempts: int
+    state: str  # failed, skipped, conflict, retrying
+    message: str  # BC's or Dataverse's own message, or what the mapping cannot translate
+    attempts: int  # failures in a row; for `retrying`, the retry this is (of `max_attempts`)
     updated: str
     coupled: bool
+    since: str | None = None  # when the change it holds back was observed
+    next_attempt: str | None = None  # `retrying`: when the queue tries again
+    max_attempts: int = 0  # `retrying`: retries before it fails
+    resolve: str = ""  # the one command that resolves it (after fixing the cause the message names)
+    bc_number: str | None = None  # the BC number or code, when known
+    skipped: bool = False  # not synced again until an operator retries it (the same error twice)
+
+
+# Journal outcomes that matter for an uncoupled record's state: a failure or a retry, or what
+# ends one (the record got coupled or went away). Read from the table service by outcome, so the
+# routine rows of the day (modified, unchanged, bulk) are never sent.
+_UNCOUPLED_OUTCOMES = ("failed", "retrying", "inserted", "coupled", "deleted", "uncoupled", "restored")
 
 
 def list_errors(
     rt: Runtime, mapping_name: str | None = None, *, skipped_only: bool = False
 ) -> list[ErrorItem]:
-    """Failed and skipped records with their messages: coupled ones from their coupling, uncoupled
-    ones (a failed create, an uncoupled owner) from the last day of the journal."""
+    """Every record not in sync, with its state, message and the command that resolves it:
+    coupled ones from their coupling (failed, skipped, conflict, retrying), uncoupled ones (a
+    failed create, an uncoupled owner, a refused write) from the last day of the journal."""
     mappings = [entity_mapping(rt, mapping_name)] if mapping_name else rt.mappings.entities()
     items: list[ErrorItem] = []
     for m in mappings:
         seen: set[str] = set()
-        kinds: tuple[str, ...] = ("skipped",) if skipped_only else ("failed", "skipped")
-        for kind in kinds:
-            for c in rt.couplings.each(m.name, only=kind):  # type: ignore[arg-type]
-                key = f"{c.bc_id}|{c.dv_id}"
-                if key in seen:
-                    continue
-                seen.add(key)
-                state = "skipped" if c.skipped else c.last_result
-                items.append(
-                    ErrorItem(m.name, c.bc_id, c.dv_id, state, c.last_error, c.attempts, c.updated, True)
+        for c in rt.couplings.each(m.name, only="skipped" if skipped_only else "unsynced"):
+            key = f"{c.bc_id}|{c.dv_id}"
+            if key in seen:
+                continue
+            seen.add(key)
+            # A skipped record keeps its state (a skipped conflict is still resolved with --prefer).
+            state = c.last_result if c.last_result in UNSYNCED_RESULTS else "skipped"
+            items.append(
+                ErrorItem(
+                    m.name, c.bc_id, c.dv_id, state, c.last_error, c.attempts, c.updated, True,
+                    since=c.unsynced_since or c.updated or None,
+                    next_attempt=c.next_attempt if state == "retrying" else None,
+                    max_attempts=MAX_TRANSIENT_REQUEUES if state == "retrying" else 0,
+                    resolve=resolve_command(m.name, state, c.bc_key or c.bc_id, c.dv_id),
+                    bc_number=c.bc_key,
+                    skipped=c.skipped,
                 )
+            )  # fmt: skip
         if not skipped_only:
             items.extend(_uncoupled_failures(rt, m, seen))
     return items
 
 
+def resolve_command(mapping: str, state: str, bc_ref: str | None, dv_id: str | None) -> str:
+    """The one command that resolves a record in `state` once its cause is fixed. `bc_ref`: the
+    BC number or code when known (short, and what people search by), else the BC id."""
+    ref = f"--bc {_quoted(bc_ref)}" if bc_ref else f"--dv {dv_id}"
+    if state == "conflict":
+        return f"bcsync sync {mapping} {ref} --prefer bc|dv"  # the side whose values win
+    return f"bcsync retry {mapping} {ref}"
+
+
+def _quoted(value: str) -> str:
+    """`value` as one shell word."""
+    return value if re.fullmatch(r"[\w.@:-]+", value) else "'" + value.replace("'", "'\\''") + "'"
+
+
 def _uncoupled_failures(rt: Runtime, m: EntityMapping, seen: set[str]) -> list[ErrorItem]:
     end = dt.datetime.now(dt.UTC)
-    latest: dict[str, JournalEntry] = {}
-    for entry in rt.journal.between(end - dt.timedelta(hours=RECENT_FAILURE_HOURS), end, m.name):
+    start = end - dt.timedelta(hours=RECENT_FAILURE_HOURS)
+    streaks: dict[str, list[JournalEntry]] = {}
+    ended: set[str] = set()
+    for entry in rt.journal.between(start, end, m.name, outcomes=_UNCOUPLED_OUTCOMES):
         key = f"{entry.bc_id}|{entry.dv_id}"
-        latest.setdefault(key, entry)  # newest first: the first one seen is the record's latest outcome
-    items = []
-    for key, entry in latest.items():
-        if entry.outcome != "failed" or key in seen:
+        if key in ended:
             continue
-        side, record_id = ("bc", entry.bc_id) if entry.bc_id else ("dv", entry.dv_id)
+        if entry.outcome in ("failed", "retrying"):  # newest first: the record's unsynced streak
+            streaks.setdefault(key, []).append(entry)
+        else:
+            ended.add(key)
+    items = []
+    for key, streak in streaks.items():
+        latest = streak[0]
+        if key in seen:
+            continue
+        side, record_id = ("bc", latest.bc_id) if latest.bc_id else ("dv", latest.dv_id)
         if record_id and rt.couplings.get(m.name, side, record_id) is not None:  # type: ignore[arg-type]
             continue  # coupled since: its coupling speaks for it
+        retrying = latest.outcome == "retrying"
         items.append(
-            ErrorItem(m.name, entry.bc_id, entry.dv_id, "failed", entry.error or entry.reason, 1,
-                      entry.at.isoformat(), False)
+            ErrorItem(
+                m.name, latest.bc_id, latest.dv_id, latest.outcome, latest.error or latest.reason,
+                sum(1 for e in streak if e.outcome == latest.outcome),
+                latest.at.isoformat(), False,
+                since=iso_ms(streak[-1].at),
+                next_attempt=_next_attempt(latest.reason) if retrying else None,
+                max_attempts=MAX_TRANSIENT_REQUEUES if retrying else 0,
+                resolve=resolve_command(m.name, latest.outcome, latest.bc_id, latest.dv_id),
+            )
         )  # fmt: skip
     return items
+
+
+def _next_attempt(reason: str) -> str | None:
+    """The next attempt's time from a `retrying n of m at <time>` journal reason."""
+    found = re.search(r" at (\S+)$", reason)
+    return found.group(1) if found else None
 
 
 @dataclass
@@ -522,8 +661,9 @@ def retry(
 ) -> RetryResult:
     """Retry one failed or skipped record now (clears its skipped flag). A dry run says per field what
     the retry would write and changes nothing (the record stays skipped)."""
-    record_id = valid_id(side, record_id)
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     if dry_run:
         message = SyncMessage(mapping=m.name, side=side, id=record_id, reason="retry (dry run)")
         preview = rt.engine.preview(message, force=True)
@@ -633,8 +773,20 @@ def _is_message(parsed: Any) -> bool:
 
 
 def list_poison(rt: Runtime) -> list[PoisonMessage]:
-    """The first 32 poison messages, unchanged."""
-    return [_describe(parsed, raw) for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name)]
+    """The first 32 poison messages, unchanged, each with the error the record last met (from the
+    journal) when there is one."""
+    described = []
+    for parsed, raw in _peek_messages(rt, rt.storage.poison_queue_name):
+        item = _describe(parsed, raw)
+        if isinstance(parsed, SyncMessage):
+            try:
+                last = rt.journal.history(parsed.mapping, parsed.side, parsed.id, limit=1)
+            except AzureError:  # the listing never fails: the reason is a bonus
+                last = []
+            if last and last[0].error:
+                item.summary += f"; last error: {last[0].error}"
+        described.append(item)
+    return described
 
 
 def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayResult:
@@ -671,8 +823,9 @@ def history(
 ) -> list[JournalEntry]:
     """One record's timeline on both systems, newest first: the entries under its id and, once it is
     coupled, under its counterpart's id (its history before the two were coupled)."""
-    record_id = valid_id(side, record_id)
+    record_id = check_reference(side, record_id)
     m = entity_mapping(rt, mapping_name)
+    record_id = resolve_record(rt, m, side, record_id)
     ids: list[tuple[str, str]] = [(side, record_id)]
     coupling = rt.couplings.get(m.name, side, record_id)
     if coupling is not None:

@@ -613,7 +613,7 @@ def _finish(settings: Settings, report: SetupReport) -> SetupReport:
             f"couple salespeople {codes}: records they own fail to sync until they are. Give each a "
             "licensed, enabled Dataverse user with the same e-mail and run setup again, or couple by hand "
             "with "
-            "`bcsync couple SALESPEOPLE --bc <salesperson id> --dv <systemuserid>`"
+            "`bcsync couple SALESPEOPLE --bc <code> --dv <systemuserid or e-mail>`"
         )
     missing_auth = settings.missing_auth_settings()
     if missing_auth:

@@ -35,7 +35,7 @@ from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
-from shared.odata import and_, eq, ge, lt
+from shared.odata import and_, eq, ge, lt, or_
 from shared.store.storage import stored_if_same
 from shared.timestamps import now_iso
 
@@ -45,6 +45,8 @@ _PREFIX: dict[Side, str] = {"bc": "bc:", "dv": "dv:"}
 MAX_TRANSACTION_ROWS = 100  # Azure's limit; Azurite breaks (rather than refuses) above it
 BUCKETS = 16
 PARALLEL_TRANSACTIONS = 4
+# `LastResult` values of a pair whose sides are not in sync.
+UNSYNCED_RESULTS = ("failed", "conflict", "retrying")
 
 
 class CouplingConflictError(ServiceError):
@@ -75,6 +77,10 @@ class Coupling:
     attempts: int = 0
     pending_since: str | None = None
     updated: str = ""
+    # When the pair first stopped being in sync (the change a failure, conflict or retry holds
+    # back was observed then); cleared by a successful sync. `bcsync status` ages it.
+    unsynced_since: str | None = None
+    next_attempt: str | None = None  # while `last_result` is "retrying": when the queue tries again
     # Table ETag of the coupling row as read; None = not stored yet.
     etag: str | None = None
     stored_bc_id: str | None = None  # the BC id as stored (a pending create learns it later)
@@ -121,6 +127,8 @@ def _full_row(c: Coupling) -> dict[str, Any]:
         "Attempts": c.attempts,
         "PendingSince": c.pending_since or "",
         "Updated": c.updated,
+        "UnsyncedSince": c.unsynced_since or "",
+        "NextAttempt": c.next_attempt or "",
     }
 
 
@@ -157,6 +165,8 @@ def _from_row(e: Any) -> Coupling:
         attempts=int(e.get("Attempts", 0)),
         pending_since=e.get("PendingSince") or None,
         updated=e.get("Updated", ""),
+        unsynced_since=e.get("UnsyncedSince") or None,
+        next_attempt=e.get("NextAttempt") or None,
         etag=e.metadata["etag"],
         stored_bc_id=e.get("BcId") or None,
     )
@@ -209,10 +219,15 @@ class CouplingStore:
         self,
         mapping: str,
         *,
-        only: Literal["all", "failed", "skipped"] = "all",
+        only: Literal["all", "failed", "skipped", "unsynced"] = "all",
         limit: int | None = None,
     ) -> Iterator[Coupling]:
-        clauses = {"all": [], "failed": [eq("LastResult", "failed")], "skipped": [eq("Skipped", True)]}[only]
+        """`unsynced`: every pair not in sync (failed, conflict, retrying, or skipped)."""
+        unsynced = or_(*(eq("LastResult", r) for r in UNSYNCED_RESULTS), eq("Skipped", True))
+        clauses = {
+            "all": [], "failed": [eq("LastResult", "failed")], "skipped": [eq("Skipped", True)],
+            "unsynced": [unsynced],
+        }[only]  # fmt: skip
         for count, entity in enumerate(self._rows(mapping, *clauses), start=1):
             yield _from_row(entity)
             if limit is not None and count >= limit:

@@ -26,7 +26,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from shared.odata import and_, eq, ge, le, lt
+from shared.odata import and_, eq, ge, le, lt, or_
 
 _MAX_TICKS = 10**19
 # Bulk `Results` are ASCII (outcomes, GUIDs, field keys): 2 bytes a character in UTF-16, so this keeps
@@ -244,15 +244,23 @@ class Journal:
         return [JournalEntry.from_row(rows[stamp]) for stamp in sorted(rows)[:limit]]
 
     def between(
-        self, start: dt.datetime, end: dt.datetime, mapping: str | None = None
+        self,
+        start: dt.datetime,
+        end: dt.datetime,
+        mapping: str | None = None,
+        outcomes: Iterable[str] = (),
     ) -> Iterator[JournalEntry]:
-        """Entries with start <= at <= end, newest first (reads only the hours in the range)."""
+        """Entries with start <= at <= end, newest first (reads only the hours in the range);
+        `outcomes`: only these (filtered by the table service, so routine rows are not sent)."""
         hour = end.replace(minute=0, second=0, microsecond=0)
+        wanted = [eq("outcome", o) for o in outcomes]
         while hour >= start.replace(minute=0, second=0, microsecond=0):
             query = and_(
                 eq("PartitionKey", f"t|{hour:%Y%m%d%H}"),
                 ge("RowKey", _inverted(end)),
                 le("RowKey", _inverted(start) + "-~"),
+                *([eq("mapping", mapping)] if mapping is not None else []),
+                *([or_(*wanted)] if wanted else []),
             )
             for row in self.table.query_entities(query):
                 if mapping is None or row.get("mapping") == mapping:

@@ -23,6 +23,8 @@ from typing import Any
 
 from shared.connectors.errors import (
     AlreadyExistsError,
+    ApiError,
+    AuthenticationError,
     ConcurrencyError,
     FatalApiError,
     NotFoundError,
@@ -63,7 +65,7 @@ from shared.sync.reconcile import (
     unsynced_times,
 )
 from shared.sync.resolver import LookupResolver
-from shared.timestamps import iso_ms, parse_iso
+from shared.timestamps import iso_ms, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +156,27 @@ class Engine:
         requests_before = self.requests_in_this_thread()
         try:
             result = self._sync_with_race_retries(mapping, message, force)
+        except RequeueError:
+            raise
         except RetriableApiError as exc:
             attempt = message.attempt + 1
             if attempt > MAX_TRANSIENT_REQUEUES:
-                raise  # let the host retry and finally poison the message, body intact
-            delay = requeue_delay(attempt, exc)
-            raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, str(exc)) from exc
+                # Out of patience: a visible failure on the record (errors, status, retry), not a
+                # poison message that shows only an id.
+                why = f"gave up after {MAX_TRANSIENT_REQUEUES} retries over {self._since(message)}: {exc}"
+                result = self._fail(mapping, None, message, why)
+            else:
+                delay = requeue_delay(attempt, exc)
+                self._record_retry(mapping, message, attempt, delay, exc, requests_before)
+                why = refusal(exc, "did not serve")
+                raise RequeueError(message.model_copy(update={"attempt": attempt}), delay, why) from exc
+        except Exception as exc:
+            # Raised to the host, which delivers the message again and finally moves it to the
+            # poison queue: journaled first, so `history` and `poison` say why, not just an id.
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            bc_id, dv_id = by_side(message.side, message.id, None)
+            self._journal(mapping, message, SyncResult("error", "raised to the host", bc_id, dv_id, error), 0)
+            raise
         result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result
@@ -236,6 +253,14 @@ class Engine:
                 # with the same key: a create's 412, with or without a code): decide again.
                 last = exc
                 log.info("%s %s:%s lost a race (%s); re-reading", mapping.name, message.side, message.id, exc)
+            except FatalApiError as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise  # our credentials or roles, not this record: every record would fail
+                # BC or Dataverse refused this record's write for a reason of its own (a customer
+                # with an outstanding order cannot be deleted, a value it does not accept): the
+                # same message would be refused again, so it is a failure with the service's
+                # own words on the record, retried once the cause is fixed.
+                return self._fail(mapping, None, message, refusal(exc))
         if isinstance(last, AlreadyExistsError):
             why = (
                 f"{last.service or 'the other side'} refused the create {MAX_RACE_RETRIES} times because "
@@ -673,8 +698,8 @@ class Engine:
             coupling = self.couplings.get(mapping.name, message.side, message.id)
         outcome: Outcome | str = Outcome.FAILED
         if coupling is not None:
-            coupling = count_failure(coupling, error)
-            coupling.last_result = "failed"
+            coupling = count_failure(coupling, error, since=iso_ms(message.observed))
+            coupling.last_result, coupling.next_attempt = "failed", None
             coupling.seen = unsynced_times(coupling.seen, coupling.snapshot)
             try:
                 self.couplings.save(coupling)
@@ -684,6 +709,37 @@ class Engine:
                 outcome = Outcome.SKIPPED
             bc_id, dv_id = coupling.bc_id, coupling.dv_id
         return SyncResult(outcome, error, bc_id, dv_id, error=error)
+
+    def _record_retry(
+        self,
+        mapping: EntityMapping,
+        message: SyncMessage,
+        attempt: int,
+        delay: int,
+        error: RetriableApiError,
+        requests_before: int,
+    ) -> None:
+        """A transient failure the queue retries: the record shows `retrying n of m` with the next
+        attempt's time in `status` and `errors` meanwhile (best effort: storage may be what fails)."""
+        next_at = iso_ms(self.clock() + dt.timedelta(seconds=delay))
+        bc_id, dv_id = by_side(message.side, message.id, None)
+        try:
+            coupling = self.couplings.get(mapping.name, message.side, message.id)
+            if coupling is not None:
+                coupling.last_result, coupling.last_error = "retrying", refusal(error, "did not serve")
+                coupling.attempts, coupling.next_attempt = attempt, next_at
+                coupling.unsynced_since = coupling.unsynced_since or iso_ms(message.observed)
+                self.couplings.save(coupling)
+                bc_id, dv_id = coupling.bc_id, coupling.dv_id
+        except Exception:  # the requeue matters more than the bookkeeping
+            log.warning("could not record the retry of %s %s:%s", mapping.name, message.side, message.id)
+        reason = f"retrying {attempt} of {MAX_TRANSIENT_REQUEUES} at {next_at}"
+        result = SyncResult("retrying", reason, bc_id, dv_id, error=refusal(error, "did not serve"))
+        self._journal(mapping, message, result, self.requests_in_this_thread() - requests_before)
+
+    def _since(self, message: SyncMessage) -> str:
+        minutes = (self.clock() - message.observed).total_seconds() / 60
+        return f"{minutes:.0f} min"
 
     # ----------------------------------------------------------------------------- journal
     def _journal(
@@ -729,6 +785,7 @@ def settle(
     # After a settled sync both records are the snapshot: no change waits, so no time is kept. Under a
     # conflict the conflicting fields keep their old base, and their times until it is resolved.
     c.seen = unsynced_times(c.seen, snapshot) if outcome == Outcome.CONFLICT else None
+    c.next_attempt = None
     if bc is not None:
         c.bc_modified, c.bc_etag = bc.get("lastModifiedDateTime"), bc.get("@odata.etag")
         key = bc.get(mapping.bc.key)
@@ -740,15 +797,19 @@ def settle(
         c.last_result = "conflict"
     else:
         c.last_result, c.last_error, c.attempts, c.skipped = str(outcome), "", 0, False
+        c.unsynced_since = None
     return c
 
 
-def count_failure(coupling: Coupling, error: str) -> Coupling:
+def count_failure(coupling: Coupling, error: str, since: str | None = None) -> Coupling:
     """One more failure; the same error twice in a row marks the record skipped, as the built-in
-    connector does."""
+    connector does. `since`: when the change it holds back was observed (default: now)."""
     repeated = coupling.last_result in ("failed", "conflict") and coupling.last_error == error
+    if coupling.last_result == "retrying":
+        coupling.attempts = 0  # the transient retries were counted apart
     coupling.attempts += 1
     coupling.last_error = error
+    coupling.unsynced_since = coupling.unsynced_since or since or now_iso()
     if repeated:
         coupling.skipped = True
     return coupling
@@ -797,6 +858,19 @@ def audit(result: SyncResult, source: Side | str) -> dict[str, Any]:
         "direction": direction, "source": source, "user": result.users.get(source, ""),
         "changes": changes, "conflicts": conflicts,
     }  # fmt: skip
+
+
+_SYSTEMS = {"business_central": "BC", "dataverse": "Dataverse"}
+
+
+def refusal(exc: ApiError, verb: str = "refused") -> str:
+    """An API error in the service's own words, e.g. `BC refused DELETE customers (400
+    Application_DialogException): You cannot delete Customer C00010 because ...`."""
+    system = _SYSTEMS.get(exc.service, exc.service or "the remote service")
+    target = exc.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1].split("(")[0] if exc.url else ""
+    what = " ".join(x for x in (exc.method, target) if x)
+    status = " ".join(x for x in (str(exc.status) if exc.status else "", exc.code) if x)
+    return f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
 
 
 def _fields(plan: Plan) -> list[str]:

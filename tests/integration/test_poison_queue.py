@@ -11,7 +11,9 @@ import pytest
 
 from shared.messages import SyncMessage, decode_message, to_json
 from shared.ops import operations as ops
+from shared.store.journal import Journal
 from shared.store.storage import Storage
+from shared.store.tables import JOURNAL
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +29,7 @@ def _poisoned(storage: Storage) -> Any:
     storage.queue(storage.poison_queue_name).send_message(
         to_json(SyncMessage(mapping="CUSTOMER", side="bc", id=GUID, reason="failed 5 times"))
     )
-    return SimpleNamespace(storage=storage)
+    return SimpleNamespace(storage=storage, journal=Journal(storage.table(JOURNAL)))
 
 
 def test_listing_shows_undecodable_messages_as_such_and_never_fails(storage: Storage) -> None:

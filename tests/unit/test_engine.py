@@ -233,10 +233,20 @@ def test_throttling_requeues_the_message_after_the_servers_retry_after() -> None
         h.sync("bc", bc_id)
     assert caught.value.delay == 7
     assert caught.value.message.attempt == 1
+    # while the queue retries, the record says so: retrying 1 of 8, when, and BC's message
+    retrying = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert retrying is not None and retrying.last_result == "retrying"
+    assert retrying.attempts == 1 and retrying.next_attempt and "slow down" in retrying.last_error
+    assert retrying.unsynced_since is not None
 
-    # after the last requeue the error reaches the host, which retries and finally poisons it
-    with pytest.raises(ThrottledError):
-        h.sync("bc", bc_id, attempt=MAX_TRANSIENT_REQUEUES)
+    # after the last requeue it is a failure on the record (visible, retried by an operator),
+    # not a poison message that shows only an id
+    result = h.sync("bc", bc_id, attempt=MAX_TRANSIENT_REQUEUES)
+    assert result.outcome == "failed"
+    assert f"gave up after {MAX_TRANSIENT_REQUEUES} retries" in result.error and "slow down" in result.error
+    failed = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert failed is not None and failed.last_result == "failed" and failed.next_attempt is None
+    assert failed.unsynced_since == retrying.unsynced_since  # the change held back is still the first one
 
 
 def test_transient_requeues_back_off_within_the_one_policy() -> None:

@@ -80,9 +80,15 @@ def test_bad_input_gets_a_reason(ops: OpsStack) -> None:
     guid = "6d81597f-0f9f-e711-8122-000d3aa2331c"
     unknown_mapping = ops.api("POST", "manage/sync", token=admin, json={"mapping": "NOPE", "bc_id": guid})
     assert unknown_mapping.status_code == 404 and "CUSTOMER" in unknown_mapping.json()["error"]
-    # Ids are checked first (before any storage or API request): a bad one is a 400 naming the field.
+    # A path is neither an id nor a number: 400 naming the field, before any request.
     bad_id = ops.api("POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "dv_id": "../../x"})
     assert bad_id.status_code == 400 and "`dv_id`" in bad_id.json()["error"]
+    # What is not an id is a number (BC's, or the Dataverse field it maps to), looked up with one
+    # escaped query and never put in a URL path or a storage key: not found is a 404 saying so.
+    number = ops.api("POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "dv_id": "' or 1 eq 1"})
+    assert number.status_code == 404 and "no Dataverse record with accountnumber" in number.json()["error"]
+    empty = ops.api("POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "dv_id": " "})
+    assert empty.status_code == 400 and "`dv_id`" in empty.json()["error"]
     both_ids = ops.api(
         "POST", "manage/sync", token=admin, json={"mapping": "CUSTOMER", "bc_id": "a", "dv_id": "b"}
     )

@@ -122,7 +122,8 @@ def test_errors_retry_and_retry_all(adatum_coupled: tuple) -> None:
     ops.bc.change(
         "customers", bc_id, {"paymentTermsId": ops.bc.store.find_by_key(company, "paymentTerms", "COD")["id"]}
     )
-    assert bcsync_json("sync", "CUSTOMER", "--bc", bc_id)["outcome"] == "failed"
+    failed = bcsync("--json", "sync", "CUSTOMER", "--bc", bc_id)
+    assert failed.exit_code == 1 and json.loads(failed.stdout)["outcome"] == "failed"
 
     listed = bcsync("errors", "CUSTOMER")
     assert listed.exit_code == 0 and "COD" in listed.output
@@ -170,8 +171,9 @@ def test_status_statistics_and_availability(adatum_coupled: tuple) -> None:
 def test_bad_input_exits_non_zero_with_the_reason(ops: OpsStack) -> None:
     unknown = bcsync("sync", "NOPE", "--bc", "6d81597f-0f9f-e711-8122-000d3aa2331c")
     assert unknown.exit_code == 4 and "known: " in unknown.output
+    # Not an id, so a BC number: looked up with the quote escaped, and not found.
     bad_id = bcsync("sync", "CUSTOMER", "--bc", "' or 1 eq 1")
-    assert bad_id.exit_code == 1 and "must be the BC record's `id`" in bad_id.output
+    assert bad_id.exit_code == 4 and 'no BC record with number "\' or 1 eq 1"' in bad_id.output
     both = bcsync("uncouple", "CUSTOMER", "--bc", "a", "--dv", "b")
     assert both.exit_code == 1 and "exactly one" in both.output
 
@@ -193,3 +195,83 @@ def test_couple_and_retry_all_dry_runs_say_what_they_would_do_and_do_nothing(
     assert ops.dv.get("accounts", dv_id)["name"] == "Adatum (CRM)"
     nothing = bcsync_json("retry", "CUSTOMER", "--all", "--dry-run")
     assert nothing["dry_run"] is True and nothing["queued"] == len(nothing["records"])
+
+
+# ------------------------------------------------------------------ issue 12, point 7: rough edges
+def bcsync_at_80(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args), env={**os.environ, "COLUMNS": "80"})
+
+
+def test_records_are_named_by_their_bc_number_or_code_in_every_command(salespeople_coupled: OpsStack) -> None:
+    ops = salespeople_coupled
+    otis = ops.bc.store.find_by_key(ops.rt.company_id, "salespeoplePurchasers", "OF")
+    assert bcsync("uncouple", "SALESPEOPLE", "--bc", "OF").exit_code == 0
+    assert ops.rt.couplings.get("SALESPEOPLE", "bc", otis["id"]) is None
+    # BC's name differs from the Dataverse user's; `--sync-from bc` keeps BC's, although
+    # SALESPEOPLE flows to BC only.
+    ops.bc.change("salespeoplePurchasers", otis["id"], {"displayName": "Otis Falls (BC)"})
+    coupled = bcsync("couple", "SALESPEOPLE", "--bc", "OF", "--dv", "otis.falls@contoso.example",
+                     "--sync-from", "bc")  # fmt: skip
+    assert coupled.exit_code == 0, coupled.output
+    assert ops.bc.get("salespeoplePurchasers", otis["id"])["displayName"] == "Otis Falls (BC)"
+    coupling = ops.rt.couplings.get("SALESPEOPLE", "bc", otis["id"])
+    assert coupling is not None and coupling.dv_id == "5a1e5000-0000-4000-8000-0000000000a3"
+
+    adatum = bc_customer(ops, "Adatum Corporation")
+    dv_id = seed_account(ops, "Adatum (CRM)")
+    assert bcsync("couple", "CUSTOMER", "--bc", adatum["number"], "--dv", dv_id).exit_code == 0
+    synced = bcsync_json("sync", "CUSTOMER", "--bc", adatum["number"])
+    assert synced["bc_id"] == adatum["id"]
+    entries = bcsync_json("history", "CUSTOMER", "--bc", adatum["number"])
+    assert entries and entries[0]["bc_id"] == adatum["id"]
+    # the account now carries BC's number: Dataverse is named by it too
+    assert bcsync_json("history", "CUSTOMER", "--dv", adatum["number"])[0]["dv_id"] == dv_id
+    assert bcsync("uncouple", "CUSTOMER", "--bc", adatum["number"]).exit_code == 0
+    unknown = bcsync("sync", "CUSTOMER", "--bc", "C99999")
+    assert unknown.exit_code == 4 and "no BC record with number 'C99999'" in unknown.output
+
+
+def test_a_sync_that_does_not_finish_exits_non_zero_with_a_sentence(adatum_coupled: tuple) -> None:
+    ops, bc_id, _ = adatum_coupled
+    ops.bc.faults.add({"action": "status", "status": 503, "times": None, "path_contains": bc_id})
+    try:
+        queued = bcsync("sync", "CUSTOMER", "--bc", bc_id)
+    finally:
+        ops.bc.faults.clear()
+    assert queued.exit_code == 1, queued.output
+    assert "None" not in queued.output
+    text = " ".join(queued.output.split())
+    assert "CUSTOMER was not synchronized now: BC did not serve GET customers (503" in text, text
+    assert f"BC id {bc_id}" in text and "queued, tried again in" in text
+
+
+def test_status_errors_and_setup_read_whole_at_80_columns(adatum_coupled: tuple) -> None:
+    ops, bc_id, _ = adatum_coupled
+    company = ops.rt.company_id
+    cod = ops.bc.store.find_by_key(company, "paymentTerms", "COD")["id"]
+    ops.bc.change("customers", bc_id, {"paymentTermsId": cod})
+    assert bcsync("sync", "CUSTOMER", "--bc", bc_id).exit_code == 1
+
+    status = bcsync_at_80("status")
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), status.output
+    assert "…" not in status.output
+    for mapping in ops.rt.mappings.entities():
+        # every mapping name whole on one line, with its counts
+        assert any(line.startswith(mapping.name + " ") for line in lines), (mapping.name, status.output)
+    customer = next(line for line in lines if line.startswith("CUSTOMER "))
+    assert customer.split()[1:4] == ["1", "1", "0"], customer  # coupled 1, failed 1, conflict 0
+    assert "oldest" in status.output and "unsynced" in status.output
+
+    listed = bcsync_at_80("errors")
+    assert listed.exit_code == 0 and all(len(line) <= 80 for line in listed.output.splitlines())
+    text = " ".join(listed.output.split())
+    assert "failed" in text and "COD" in text and "resolve: bcsync retry CUSTOMER --bc C00010" in text
+
+    setup = bcsync_at_80("setup")
+    assert all(len(line) <= 80 for line in setup.output.splitlines()), setup.output
+    assert "…" not in setup.output
+    joined = " ".join(setup.output.split())
+    for check in ("mapping file", "storage", "Dataverse connection"):
+        assert check in joined, setup.output
