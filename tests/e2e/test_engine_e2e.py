@@ -174,6 +174,11 @@ def test_contact_waits_for_its_company_then_syncs(e2e: E2EStack) -> None:
     assert contact is not None
     assert contact["_parentcustomerid_value"] == account_coupling.dv_id
     assert (contact["emailaddress1"], contact["fullname"]) == (f"dana{tag}@e2e.example", f"Dana {tag}")
+    # The journal is written after the coupling (the last stage of a sync): wait for it too.
+    wait_for(
+        lambda: e2e.rt.journal.history("CONTACT", "bc", contact_id)[0].outcome == "inserted",
+        "the contact's insert to be journaled",
+    )
     outcomes = [e.outcome for e in reversed(e2e.rt.journal.history("CONTACT", "bc", contact_id))]
     assert outcomes[0] == "deferred" and outcomes[-1] == "inserted", outcomes
 
