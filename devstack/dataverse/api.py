@@ -34,6 +34,15 @@ ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 _PATH_RE = re.compile(r"^(?P<set>[A-Za-z_$][A-Za-z0-9_]*)(?:\((?P<key>.*)\))?(?:/(?P<rest>.+))?$")
 _COOKIE_RE = re.compile(r'(\w+)="([^"]*)"')
 TRACKED_FORBIDDEN = ("$filter", "$orderby", "$expand", "$top")
+# Query options each kind of GET implements; anything else named here or starting with `$` is refused
+# with a 400 naming it, never ignored (an ignored `fetchXml` or `$apply` would answer every row).
+COLLECTION_OPTIONS = frozenset(
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"}
+)
+RECORD_OPTIONS = frozenset({"$select"})
+COUNT_OPTIONS = frozenset({"$filter"})
+# Dataverse's own (non-`$`) query options: real ones the sandbox does not implement.
+DATAVERSE_OPTIONS = ("fetchXml", "savedQuery", "userQuery")
 
 
 @dataclass
@@ -153,6 +162,7 @@ class WebApi:
     # --- reads ------------------------------------------------------------------------------------
 
     def _retrieve(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
+        _check_options(request, RECORD_OPTIONS)
         _reject_expand(request)
         select = _select(request, table)
         record_id = self.store.resolve_key(table.entity_set, key)
@@ -168,6 +178,7 @@ class WebApi:
         return ApiResponse.json(200, body)
 
     def _query(self, request: ApiRequest, table: Table) -> ApiResponse:
+        _check_options(request, COLLECTION_OPTIONS)
         _reject_expand(request)
         query = request.query
         prefer = parse_prefer(request.headers.get("prefer"))
@@ -298,6 +309,7 @@ class WebApi:
         return version
 
     def _count(self, request: ApiRequest, table: Table) -> ApiResponse:
+        _check_options(request, COUNT_OPTIONS)
         predicate = _filter(request.query.get("$filter"), table)
         count = self.store.count(table.entity_set, predicate)
         return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode())
@@ -455,6 +467,22 @@ class WebApi:
 
 def _method_not_allowed(method: str, path: str) -> DataverseError:
     return DataverseError(405, f"The HTTP method '{method}' is not allowed on '{path}'.", "0x80060888")
+
+
+def _check_options(request: ApiRequest, allowed: frozenset[str]) -> None:
+    """400 for a query option this request kind does not implement (docs/dataverse-sandbox.md#queries)."""
+    for name in request.query:
+        if name in allowed or name == "$expand" or name.startswith("@"):
+            continue  # `$expand` has its own check; `@p1` are parameter aliases
+        if name == "$skip":
+            # As Dataverse: it pages with @odata.nextLink only (webapi/query/page-results).
+            raise errors.bad_request("The query parameter $skip is not supported")
+        if name.startswith("$") or name.lower() in {o.lower() for o in DATAVERSE_OPTIONS}:
+            raise errors.bad_request(
+                f"The query option '{name}' is not supported by the Dataverse sandbox here "
+                f"(supported: {', '.join(sorted(allowed | {'$expand'}))}): rewrite the query with "
+                "those, or use a real environment for it."
+            )
 
 
 def _reject_expand(request: ApiRequest) -> None:

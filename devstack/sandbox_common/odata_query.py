@@ -188,6 +188,8 @@ class _Parser:
             return self.string_function()
         if token.kind == "name" and token.text.lower() in _IN_FUNCTIONS:
             return self.in_function()
+        if token.kind == "name" and self.tokens[self.index + 1].text == "(":
+            raise QueryError(f"The function '{token.text}' is not supported in $filter here.")
         left = self.operand()
         op_token = self.peek()
         op = op_token.text.lower()

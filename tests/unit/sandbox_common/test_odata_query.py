@@ -155,3 +155,10 @@ def test_parse_orderby_and_sort_rows() -> None:
         parse_orderby("name sideways", FIELDS)
     with pytest.raises(UnknownPropertyError):
         parse_orderby("bogus desc", FIELDS)
+
+
+@pytest.mark.parametrize("text", ["tolower(name) eq 'a'", "Microsoft.Dynamics.CRM.Above(PropertyName='x')"])
+def test_unknown_functions_are_named(text: str) -> None:
+    name = text.split("(", 1)[0]
+    with pytest.raises(QueryError, match=f"The function '{name}' is not supported"):
+        compile_filter(text)
