@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote
 
 from devstack.dataverse import errors
 from devstack.dataverse.errors import DataverseError
+from devstack.dataverse.query_functions import build_query_functions
 from devstack.dataverse.schema import Kind, Table
 from devstack.dataverse.store import LOOKUP_TYPE, Caller, Store, UpsertMode, etag, parse_key
 from devstack.sandbox_common.odata_query import (
@@ -189,7 +190,7 @@ class WebApi:
         if tracking:
             return self._delta(request, table, prefer, cookie)
         select = _select(request, table)
-        predicate = _filter(query.get("$filter"), table)
+        predicate = self._filter(request, query.get("$filter"), table)
         orderby = _orderby(query.get("$orderby"), table)
         annotations = _wants_annotations(request)
         applied: list[str] = []
@@ -310,9 +311,19 @@ class WebApi:
 
     def _count(self, request: ApiRequest, table: Table) -> ApiResponse:
         _check_options(request, COUNT_OPTIONS)
-        predicate = _filter(request.query.get("$filter"), table)
+        predicate = self._filter(request, request.query.get("$filter"), table)
         count = self.store.count(table.entity_set, predicate)
         return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode())
+
+    def _filter(self, request: ApiRequest, text: str | None, table: Table) -> Predicate | None:
+        if text is None or not text.strip():
+            return None
+        aliases = {k: v for k, v in request.query.items() if k.startswith("@")}
+        functions = build_query_functions(self.store.clock, request.caller.user_id)
+        try:
+            return compile_filter(text, fields=table.columns, functions=functions, aliases=aliases)
+        except UnknownPropertyError as exc:
+            raise errors.unknown_property(table.logical_name, exc.name) from None
 
     def _page_size(self, prefer: Mapping[str, str], applied: list[str]) -> int:
         if "odata.maxpagesize" not in prefer:
@@ -507,15 +518,6 @@ def _select(request: ApiRequest, table: Table) -> list[str] | None:
 def _orderby(text: str | None, table: Table) -> list[tuple[str, bool]]:
     try:
         return parse_orderby(text, table.columns)
-    except UnknownPropertyError as exc:
-        raise errors.unknown_property(table.logical_name, exc.name) from None
-
-
-def _filter(text: str | None, table: Table) -> Predicate | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        return compile_filter(text, fields=table.columns)
     except UnknownPropertyError as exc:
         raise errors.unknown_property(table.logical_name, exc.name) from None
 
