@@ -11,15 +11,16 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
 from devstack.dataverse import errors
 from devstack.dataverse.errors import DataverseError
+from devstack.dataverse.expand import Expansion, parse_expand
 from devstack.dataverse.query_functions import build_query_functions
-from devstack.dataverse.schema import Kind, Table
+from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Kind, Table
 from devstack.dataverse.store import LOOKUP_TYPE, Caller, Store, UpsertMode, etag, parse_key
 from devstack.sandbox_common.odata_query import (
     Predicate,
@@ -164,7 +165,7 @@ class WebApi:
 
     def _retrieve(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
         _check_options(request, RECORD_OPTIONS)
-        _reject_expand(request)
+        expansions = self._prepare(request, table)
         select = _select(request, table)
         record_id = self.store.resolve_key(table.entity_set, key)
         row = self.store.get(table.entity_set, record_id) if record_id else None
@@ -176,11 +177,11 @@ class WebApi:
             return ApiResponse(304, {"ETag": etag(row), "OData-Version": "4.0"})
         body = {"@odata.context": _context(request, table, select, "/$entity")}
         body.update(self.project(table, row, select, annotations))
+        self._expand(table, row, body, expansions, annotations)
         return ApiResponse.json(200, body)
 
     def _query(self, request: ApiRequest, table: Table) -> ApiResponse:
         _check_options(request, COLLECTION_OPTIONS)
-        _reject_expand(request)
         query = request.query
         prefer = parse_prefer(request.headers.get("prefer"))
         cookie = _parse_skiptoken(query.get("$skiptoken"))
@@ -189,6 +190,7 @@ class WebApi:
         )
         if tracking:
             return self._delta(request, table, prefer, cookie)
+        expansions = self._prepare(request, table)
         select = _select(request, table)
         predicate = self._filter(request, query.get("$filter"), table)
         orderby = _orderby(query.get("$orderby"), table)
@@ -209,7 +211,11 @@ class WebApi:
         body: dict[str, Any] = {"@odata.context": _context(request, table, select, "")}
         if query.get("$count", "").lower() == "true":
             body["@odata.count"] = min(self.store.count(table.entity_set, predicate), 5000)
-        body["value"] = [self.project(table, r, select, annotations) for r in rows]
+        body["value"] = []
+        for row in rows:
+            out = self.project(table, row, select, annotations)
+            self._expand(table, row, out, expansions, annotations)
+            body["value"].append(out)
         if more:
             next_cookie = {
                 "pagenumber": str(int(cookie.get("pagenumber", "1")) + 1),
@@ -314,6 +320,70 @@ class WebApi:
         predicate = self._filter(request, request.query.get("$filter"), table)
         count = self.store.count(table.entity_set, predicate)
         return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode())
+
+    def _prepare(self, request: ApiRequest, table: Table) -> list[_Prepared]:
+        """`$expand` parsed and its nested options compiled once (a bad one is a 400 even with no rows)."""
+        prepared: list[_Prepared] = []
+        for item in _expansions(request, table):
+            nested = _options_request(request, item.options)
+            if not item.collection:
+                fixed = TABLES_BY_LOGICAL_NAME.get(item.target or item.column.targets[0])
+                select = _select(nested, fixed) if fixed is not None else None
+                prepared.append(_Prepared(item, select, None, [], 0))
+                continue
+            related = item.related
+            assert related is not None
+            top = item.options.get("$top")
+            prepared.append(
+                _Prepared(
+                    item,
+                    _select(nested, related),
+                    self._filter(nested, item.options.get("$filter"), related),
+                    _orderby(item.options.get("$orderby"), related),
+                    _positive_int(top, "$top") if top is not None else self.max_page_size,
+                )
+            )
+        return prepared
+
+    def _expand(
+        self,
+        table: Table,
+        row: Mapping[str, Any],
+        out: dict[str, Any],
+        prepared: list[_Prepared],
+        annotations: bool,
+    ) -> None:
+        """Related rows inline: a lookup's target (or null), a relationship's rows (a list)."""
+        for p in prepared:
+            item = p.item
+            if not item.collection:
+                out[item.name] = self._expand_single(item, row, p.select, annotations)
+                continue
+            related = item.related
+            assert related is not None
+            matches = _related_to(
+                row[table.primary_key], item.column.wire_name, table.logical_name, p.predicate
+            )
+            rows, _ = self.store.page(related.entity_set, matches, p.orderby, p.limit)
+            out[item.name] = [self.project(related, r, p.select, annotations) for r in rows]
+
+    def _expand_single(
+        self, item: Expansion, row: Mapping[str, Any], select: list[str] | None, annotations: bool
+    ) -> dict[str, Any] | None:
+        wire = item.column.wire_name
+        value = row.get(wire)
+        actual = row.get(wire + LOOKUP_TYPE) or item.column.targets[0]
+        if not value or (item.target is not None and actual != item.target):
+            return None  # `parentcustomerid_account` of a row whose customer is a contact: null
+        target_table = TABLES_BY_LOGICAL_NAME.get(str(actual))
+        target = self.store.get(target_table.entity_set, value) if target_table else None
+        if target is None or target_table is None:
+            return None
+        if select is not None and any(name not in target_table.columns for name in select):
+            raise errors.unknown_property(
+                target_table.logical_name, next(n for n in select if n not in target_table.columns)
+            )
+        return self.project(target_table, target, select, annotations)
 
     def _filter(self, request: ApiRequest, text: str | None, table: Table) -> Predicate | None:
         if text is None or not text.strip():
@@ -473,6 +543,15 @@ class WebApi:
         return None
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    item: Expansion
+    select: list[str] | None
+    predicate: Predicate | None
+    orderby: list[tuple[str, bool]]
+    limit: int
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -496,11 +575,29 @@ def _check_options(request: ApiRequest, allowed: frozenset[str]) -> None:
             )
 
 
-def _reject_expand(request: ApiRequest) -> None:
-    if "$expand" in request.query:
-        raise errors.bad_request(
-            "The sandbox does not implement $expand: read the related table with its own query."
-        )
+def _related_to(own_id: str, wire: str, logical_name: str, extra: Predicate | None) -> Predicate:
+    """Rows whose lookup `wire` points at `own_id` of `logical_name` (customer lookups name the table)."""
+
+    def matches(candidate: Mapping[str, Any]) -> bool:
+        if candidate.get(wire) != own_id:
+            return False
+        kind = candidate.get(wire + LOOKUP_TYPE)
+        if kind is not None and kind != logical_name:
+            return False
+        return extra is None or extra(candidate)
+
+    return matches
+
+
+def _expansions(request: ApiRequest, table: Table) -> list[Expansion]:
+    text = request.query.get("$expand")
+    return parse_expand(text, table) if text and text.strip() else []
+
+
+def _options_request(request: ApiRequest, options: Mapping[str, str]) -> ApiRequest:
+    """The request as seen by a nested `$expand=nav(...)`: its options, the same caller and aliases."""
+    query = {k: v for k, v in request.query.items() if k.startswith("@")} | dict(options)
+    return replace(request, query=query)
 
 
 def _wants_annotations(request: ApiRequest) -> bool:
