@@ -126,10 +126,13 @@ class WebApi:
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)
-            return ApiResponse.json(200, self._whoami(request.caller))
+            body = self._whoami(request.caller)
+            # Absolute, as every @odata.context the service sends.
+            body["@odata.context"] = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"
+            return ApiResponse.json(200, body)
         match = _PATH_RE.match(path)
         if not match:
-            raise DataverseError(404, f"Resource not found for the segment '{path}'.", "0x80060888")
+            raise errors.segment_not_found(path)
         entity_set, key_text, rest = match.group("set"), match.group("key"), match.group("rest")
         data = self.store.table(entity_set)
         table = data.table
@@ -140,11 +143,8 @@ class WebApi:
             action = rest.removeprefix("Microsoft.Dynamics.CRM.")
             if key_text is None and action in ACTIONS and method == "POST":
                 return self._bulk(request, table, action)
-            raise DataverseError(
-                404,
-                f"Resource not found for the segment '{rest}' (the sandbox supports $count and "
-                f"{', '.join(ACTIONS)} here).",
-                "0x80060888",
+            raise errors.segment_not_found(
+                rest, f" The sandbox supports $count and {', '.join(ACTIONS)} here."
             )
         if key_text is None:
             if method == "GET":

@@ -118,7 +118,6 @@ class DataverseSandbox:
 
     def whoami(self, caller: Caller) -> dict[str, Any]:
         return {
-            "@odata.context": "$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
             "BusinessUnitId": caller.business_unit_id,
             "UserId": caller.user_id,
             "OrganizationId": self.config.organization_id,
