@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from devstack.dataverse import errors
+from devstack.dataverse.bulk_delete import BulkDeleteJobs
 from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.expand import Expansion, parse_expand
 from devstack.dataverse.query_functions import build_query_functions
@@ -103,14 +104,17 @@ class WebApi:
         max_page_size: int,
         token_expiry: Callable[[], dt.timedelta],
         whoami: Callable[[Caller], dict[str, Any]],
+        bulk_delete_delay: Callable[[], float] = lambda: 5.0,
     ) -> None:
         self.store = store
+        self.bulk_delete = BulkDeleteJobs(store, bulk_delete_delay)
         self.max_page_size = max_page_size
         self._token_expiry = token_expiry
         self._whoami = whoami
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         try:
+            self.bulk_delete.run_due()  # asynchronous jobs run between requests, on the sandbox clock
             return self._dispatch(request)
         except DataverseError as exc:
             return ApiResponse.error(exc)
@@ -130,6 +134,12 @@ class WebApi:
             # Absolute, as every @odata.context the service sends.
             body["@odata.context"] = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"
             return ApiResponse.json(200, body)
+        if path in ("BulkDelete", "Microsoft.Dynamics.CRM.BulkDelete"):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            job_id = self.bulk_delete.submit(_json_body(request), request.caller)
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.BulkDeleteResponse"
+            return ApiResponse.json(200, {"@odata.context": context, "JobId": job_id})
         match = _PATH_RE.match(path)
         if not match:
             raise errors.segment_not_found(path)
