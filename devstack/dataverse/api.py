@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
-from devstack.dataverse import errors
+from devstack.dataverse import errors, metadata, metadata_api
 from devstack.dataverse.bulk_delete import BulkDeleteJobs
 from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.expand import Expansion, parse_expand
@@ -127,6 +127,15 @@ class WebApi:
 
     def _dispatch(self, request: ApiRequest) -> ApiResponse:
         path = request.path.strip("/")
+        tables = [data.table for data in self.store.tables.values()]
+        if path == "" and request.method == "GET":
+            return ApiResponse.json(200, metadata_api.service_document(tables, request.base_url))
+        if path == "$metadata" and request.method == "GET":
+            headers = {"Content-Type": "application/xml", "OData-Version": "4.0"}
+            return ApiResponse(200, headers, metadata.csdl(tables).encode())
+        if path.startswith("EntityDefinitions"):
+            body = metadata_api.handle(request.method, path, request.query, tables, request.base_url)
+            return ApiResponse.json(200, body)
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)

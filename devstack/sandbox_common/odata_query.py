@@ -3,8 +3,9 @@
 Rows are plain dicts in wire form (strings, numbers, booleans, ISO datetime strings, GUID strings).
 The filter grammar is the subset both services' clients use: comparisons, `and`/`or`/`not`,
 parentheses, literals (null, booleans, numbers, quoted strings with `''` escaping, bare GUIDs, ISO
-dates and datetimes), `contains`/`startswith`/`endswith`, parameter aliases (`name eq @p1` with
-`@p1='x'` passed in `aliases`), and Dataverse's query-function call form
+dates and datetimes, enum members `Namespace.Type'Member'` compared by member name),
+`contains`/`startswith`/`endswith`, parameter aliases (`name eq @p1` with `@p1='x'` passed in
+`aliases`), and Dataverse's query-function call form
 `Microsoft.Dynamics.CRM.In(PropertyName='x',PropertyValues=["a","b"])` (and `NotIn`; arrays take
 single- or double-quoted values, as Microsoft's examples use both). Other query functions are supplied
 by the caller (`functions`), as they depend on the service (its clock, its caller).
@@ -52,6 +53,7 @@ _TOKEN_RE = re.compile(
   | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-]))
   | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)
   | (?P<date>\d{4}-\d{2}-\d{2}(?![\w:-]))
+  | (?P<enum>[A-Za-z_][A-Za-z0-9_.]*'(?:[^']|'')*')
   | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[mMdDfFlL]?(?![\w-]))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<punct>[(),\[\]=])
@@ -88,6 +90,8 @@ def _tokenize(text: str) -> list[_Token]:
 def _literal_value(kind: str, raw: str) -> Any:
     if kind == "string":
         return raw[1:-1].replace("''", "'")
+    if kind == "enum":  # `Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist'`: the member name
+        return raw[raw.index("'") + 1 : -1].replace("''", "'")
     if kind == "dstring":
         try:
             return json.loads(raw)
@@ -359,7 +363,7 @@ class _Parser:
 
     def literal_token(self) -> _Token:
         token = self.take()
-        if token.kind in {"string", "dstring", "guid", "datetime", "date", "number"}:
+        if token.kind in {"string", "dstring", "enum", "guid", "datetime", "date", "number"}:
             return token
         if token.kind == "name" and token.text.lower() in {"null", "true", "false"}:
             value = {"null": None, "true": True, "false": False}[token.text.lower()]
