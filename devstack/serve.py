@@ -61,8 +61,19 @@ class ServerHandle:
         self.thread.join(timeout=10)
 
 
-def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") -> ServerHandle:
-    """Start `app` with uvicorn on `host:port` (a free port when None) and wait until it listens."""
+def serve_in_thread(
+    app: Any,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> ServerHandle:
+    """Start `app` with uvicorn on `host:port` (a free port when None) and wait until it listens.
+
+    With `ssl_certfile`/`ssl_keyfile` it serves HTTPS (for clients that refuse plain HTTP, such as
+    Microsoft's Dataverse SDK); the URL then starts with `https://`.
+    """
     port = port or free_port()
     # Bound here and handed to uvicorn, so the socket has SO_REUSEADDR and nothing can take the
     # port between the check and the bind.
@@ -75,6 +86,8 @@ def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") 
         lifespan="on",
         access_log=False,
         timeout_keep_alive=30,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
@@ -88,4 +101,5 @@ def serve_in_thread(app: Any, port: int | None = None, host: str = "127.0.0.1") 
         if time.monotonic() > deadline:
             raise RuntimeError(f"server on port {port} did not start within 15 s")
         time.sleep(0.01)
-    return ServerHandle(url=f"http://{host}:{port}", port=port, server=server, thread=thread)
+    scheme = "https" if ssl_certfile else "http"
+    return ServerHandle(url=f"{scheme}://{host}:{port}", port=port, server=server, thread=thread)

@@ -11,14 +11,17 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
-from devstack.dataverse import errors
+from devstack.dataverse import errors, metadata, metadata_api
+from devstack.dataverse.bulk_delete import BulkDeleteJobs
 from devstack.dataverse.errors import DataverseError
-from devstack.dataverse.schema import Kind, Table
+from devstack.dataverse.expand import Expansion, parse_expand
+from devstack.dataverse.query_functions import build_query_functions
+from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Kind, Table
 from devstack.dataverse.store import LOOKUP_TYPE, Caller, Store, UpsertMode, etag, parse_key
 from devstack.sandbox_common.odata_query import (
     Predicate,
@@ -34,6 +37,15 @@ ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 _PATH_RE = re.compile(r"^(?P<set>[A-Za-z_$][A-Za-z0-9_]*)(?:\((?P<key>.*)\))?(?:/(?P<rest>.+))?$")
 _COOKIE_RE = re.compile(r'(\w+)="([^"]*)"')
 TRACKED_FORBIDDEN = ("$filter", "$orderby", "$expand", "$top")
+# Query options each kind of GET implements; anything else named here or starting with `$` is refused
+# with a 400 naming it, never ignored (an ignored `fetchXml` or `$apply` would answer every row).
+COLLECTION_OPTIONS = frozenset(
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"}
+)
+RECORD_OPTIONS = frozenset({"$select"})
+COUNT_OPTIONS = frozenset({"$filter"})
+# Dataverse's own (non-`$`) query options: real ones the sandbox does not implement.
+DATAVERSE_OPTIONS = ("fetchXml", "savedQuery", "userQuery")
 
 
 @dataclass
@@ -92,14 +104,17 @@ class WebApi:
         max_page_size: int,
         token_expiry: Callable[[], dt.timedelta],
         whoami: Callable[[Caller], dict[str, Any]],
+        bulk_delete_delay: Callable[[], float] = lambda: 5.0,
     ) -> None:
         self.store = store
+        self.bulk_delete = BulkDeleteJobs(store, bulk_delete_delay)
         self.max_page_size = max_page_size
         self._token_expiry = token_expiry
         self._whoami = whoami
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         try:
+            self.bulk_delete.run_due()  # asynchronous jobs run between requests, on the sandbox clock
             return self._dispatch(request)
         except DataverseError as exc:
             return ApiResponse.error(exc)
@@ -112,13 +127,31 @@ class WebApi:
 
     def _dispatch(self, request: ApiRequest) -> ApiResponse:
         path = request.path.strip("/")
+        tables = [data.table for data in self.store.tables.values()]
+        if path == "" and request.method == "GET":
+            return ApiResponse.json(200, metadata_api.service_document(tables, request.base_url))
+        if path == "$metadata" and request.method == "GET":
+            headers = {"Content-Type": "application/xml", "OData-Version": "4.0"}
+            return ApiResponse(200, headers, metadata.csdl(tables).encode())
+        if path.startswith("EntityDefinitions"):
+            body = metadata_api.handle(request.method, path, request.query, tables, request.base_url)
+            return ApiResponse.json(200, body)
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)
-            return ApiResponse.json(200, self._whoami(request.caller))
+            body = self._whoami(request.caller)
+            # Absolute, as every @odata.context the service sends.
+            body["@odata.context"] = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"
+            return ApiResponse.json(200, body)
+        if path in ("BulkDelete", "Microsoft.Dynamics.CRM.BulkDelete"):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            job_id = self.bulk_delete.submit(_json_body(request), request.caller)
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.BulkDeleteResponse"
+            return ApiResponse.json(200, {"@odata.context": context, "JobId": job_id})
         match = _PATH_RE.match(path)
         if not match:
-            raise DataverseError(404, f"Resource not found for the segment '{path}'.", "0x80060888")
+            raise errors.segment_not_found(path)
         entity_set, key_text, rest = match.group("set"), match.group("key"), match.group("rest")
         data = self.store.table(entity_set)
         table = data.table
@@ -129,11 +162,8 @@ class WebApi:
             action = rest.removeprefix("Microsoft.Dynamics.CRM.")
             if key_text is None and action in ACTIONS and method == "POST":
                 return self._bulk(request, table, action)
-            raise DataverseError(
-                404,
-                f"Resource not found for the segment '{rest}' (the sandbox supports $count and "
-                f"{', '.join(ACTIONS)} here).",
-                "0x80060888",
+            raise errors.segment_not_found(
+                rest, f" The sandbox supports $count and {', '.join(ACTIONS)} here."
             )
         if key_text is None:
             if method == "GET":
@@ -153,7 +183,8 @@ class WebApi:
     # --- reads ------------------------------------------------------------------------------------
 
     def _retrieve(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
-        _reject_expand(request)
+        _check_options(request, RECORD_OPTIONS)
+        expansions = self._prepare(request, table)
         select = _select(request, table)
         record_id = self.store.resolve_key(table.entity_set, key)
         row = self.store.get(table.entity_set, record_id) if record_id else None
@@ -165,10 +196,11 @@ class WebApi:
             return ApiResponse(304, {"ETag": etag(row), "OData-Version": "4.0"})
         body = {"@odata.context": _context(request, table, select, "/$entity")}
         body.update(self.project(table, row, select, annotations))
+        self._expand(table, row, body, expansions, annotations)
         return ApiResponse.json(200, body)
 
     def _query(self, request: ApiRequest, table: Table) -> ApiResponse:
-        _reject_expand(request)
+        _check_options(request, COLLECTION_OPTIONS)
         query = request.query
         prefer = parse_prefer(request.headers.get("prefer"))
         cookie = _parse_skiptoken(query.get("$skiptoken"))
@@ -177,8 +209,9 @@ class WebApi:
         )
         if tracking:
             return self._delta(request, table, prefer, cookie)
+        expansions = self._prepare(request, table)
         select = _select(request, table)
-        predicate = _filter(query.get("$filter"), table)
+        predicate = self._filter(request, query.get("$filter"), table)
         orderby = _orderby(query.get("$orderby"), table)
         annotations = _wants_annotations(request)
         applied: list[str] = []
@@ -197,7 +230,11 @@ class WebApi:
         body: dict[str, Any] = {"@odata.context": _context(request, table, select, "")}
         if query.get("$count", "").lower() == "true":
             body["@odata.count"] = min(self.store.count(table.entity_set, predicate), 5000)
-        body["value"] = [self.project(table, r, select, annotations) for r in rows]
+        body["value"] = []
+        for row in rows:
+            out = self.project(table, row, select, annotations)
+            self._expand(table, row, out, expansions, annotations)
+            body["value"].append(out)
         if more:
             next_cookie = {
                 "pagenumber": str(int(cookie.get("pagenumber", "1")) + 1),
@@ -298,9 +335,84 @@ class WebApi:
         return version
 
     def _count(self, request: ApiRequest, table: Table) -> ApiResponse:
-        predicate = _filter(request.query.get("$filter"), table)
+        _check_options(request, COUNT_OPTIONS)
+        predicate = self._filter(request, request.query.get("$filter"), table)
         count = self.store.count(table.entity_set, predicate)
         return ApiResponse(200, {"Content-Type": "text/plain", "OData-Version": "4.0"}, str(count).encode())
+
+    def _prepare(self, request: ApiRequest, table: Table) -> list[_Prepared]:
+        """`$expand` parsed and its nested options compiled once (a bad one is a 400 even with no rows)."""
+        prepared: list[_Prepared] = []
+        for item in _expansions(request, table):
+            nested = _options_request(request, item.options)
+            if not item.collection:
+                fixed = TABLES_BY_LOGICAL_NAME.get(item.target or item.column.targets[0])
+                select = _select(nested, fixed) if fixed is not None else None
+                prepared.append(_Prepared(item, select, None, [], 0))
+                continue
+            related = item.related
+            assert related is not None
+            top = item.options.get("$top")
+            prepared.append(
+                _Prepared(
+                    item,
+                    _select(nested, related),
+                    self._filter(nested, item.options.get("$filter"), related),
+                    _orderby(item.options.get("$orderby"), related),
+                    _positive_int(top, "$top") if top is not None else self.max_page_size,
+                )
+            )
+        return prepared
+
+    def _expand(
+        self,
+        table: Table,
+        row: Mapping[str, Any],
+        out: dict[str, Any],
+        prepared: list[_Prepared],
+        annotations: bool,
+    ) -> None:
+        """Related rows inline: a lookup's target (or null), a relationship's rows (a list)."""
+        for p in prepared:
+            item = p.item
+            if not item.collection:
+                out[item.name] = self._expand_single(item, row, p.select, annotations)
+                continue
+            related = item.related
+            assert related is not None
+            matches = _related_to(
+                row[table.primary_key], item.column.wire_name, table.logical_name, p.predicate
+            )
+            rows, _ = self.store.page(related.entity_set, matches, p.orderby, p.limit)
+            out[item.name] = [self.project(related, r, p.select, annotations) for r in rows]
+
+    def _expand_single(
+        self, item: Expansion, row: Mapping[str, Any], select: list[str] | None, annotations: bool
+    ) -> dict[str, Any] | None:
+        wire = item.column.wire_name
+        value = row.get(wire)
+        actual = row.get(wire + LOOKUP_TYPE) or item.column.targets[0]
+        if not value or (item.target is not None and actual != item.target):
+            return None  # `parentcustomerid_account` of a row whose customer is a contact: null
+        target_table = TABLES_BY_LOGICAL_NAME.get(str(actual))
+        target = self.store.get(target_table.entity_set, value) if target_table else None
+        if target is None or target_table is None:
+            return None
+        if select is not None and any(name not in target_table.columns for name in select):
+            raise errors.unknown_property(
+                target_table.logical_name, next(n for n in select if n not in target_table.columns)
+            )
+        return self.project(target_table, target, select, annotations)
+
+    def _filter(self, request: ApiRequest, text: str | None, table: Table) -> Predicate | None:
+        if text is None or not text.strip():
+            return None
+        aliases = {k: v for k, v in request.query.items() if k.startswith("@")}
+        functions = build_query_functions(self.store.clock, request.caller.user_id)
+        try:
+            return compile_filter(text, fields=table.columns, functions=functions, aliases=aliases)
+        except UnknownPropertyError as exc:
+            raise errors.unknown_property(table.logical_name, exc.name) from None
 
     def _page_size(self, prefer: Mapping[str, str], applied: list[str]) -> int:
         if "odata.maxpagesize" not in prefer:
@@ -450,6 +562,15 @@ class WebApi:
         return None
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    item: Expansion
+    select: list[str] | None
+    predicate: Predicate | None
+    orderby: list[tuple[str, bool]]
+    limit: int
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -457,11 +578,45 @@ def _method_not_allowed(method: str, path: str) -> DataverseError:
     return DataverseError(405, f"The HTTP method '{method}' is not allowed on '{path}'.", "0x80060888")
 
 
-def _reject_expand(request: ApiRequest) -> None:
-    if "$expand" in request.query:
-        raise errors.bad_request(
-            "The sandbox does not implement $expand: read the related table with its own query."
-        )
+def _check_options(request: ApiRequest, allowed: frozenset[str]) -> None:
+    """400 for a query option this request kind does not implement (docs/dataverse-sandbox.md#queries)."""
+    for name in request.query:
+        if name in allowed or name == "$expand" or name.startswith("@"):
+            continue  # `$expand` has its own check; `@p1` are parameter aliases
+        if name == "$skip":
+            # As Dataverse: it pages with @odata.nextLink only (webapi/query/page-results).
+            raise errors.bad_request("The query parameter $skip is not supported")
+        if name.startswith("$") or name.lower() in {o.lower() for o in DATAVERSE_OPTIONS}:
+            raise errors.bad_request(
+                f"The query option '{name}' is not supported by the Dataverse sandbox here "
+                f"(supported: {', '.join(sorted(allowed | {'$expand'}))}): rewrite the query with "
+                "those, or use a real environment for it."
+            )
+
+
+def _related_to(own_id: str, wire: str, logical_name: str, extra: Predicate | None) -> Predicate:
+    """Rows whose lookup `wire` points at `own_id` of `logical_name` (customer lookups name the table)."""
+
+    def matches(candidate: Mapping[str, Any]) -> bool:
+        if candidate.get(wire) != own_id:
+            return False
+        kind = candidate.get(wire + LOOKUP_TYPE)
+        if kind is not None and kind != logical_name:
+            return False
+        return extra is None or extra(candidate)
+
+    return matches
+
+
+def _expansions(request: ApiRequest, table: Table) -> list[Expansion]:
+    text = request.query.get("$expand")
+    return parse_expand(text, table) if text and text.strip() else []
+
+
+def _options_request(request: ApiRequest, options: Mapping[str, str]) -> ApiRequest:
+    """The request as seen by a nested `$expand=nav(...)`: its options, the same caller and aliases."""
+    query = {k: v for k, v in request.query.items() if k.startswith("@")} | dict(options)
+    return replace(request, query=query)
 
 
 def _wants_annotations(request: ApiRequest) -> bool:
@@ -479,15 +634,6 @@ def _select(request: ApiRequest, table: Table) -> list[str] | None:
 def _orderby(text: str | None, table: Table) -> list[tuple[str, bool]]:
     try:
         return parse_orderby(text, table.columns)
-    except UnknownPropertyError as exc:
-        raise errors.unknown_property(table.logical_name, exc.name) from None
-
-
-def _filter(text: str | None, table: Table) -> Predicate | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        return compile_filter(text, fields=table.columns)
     except UnknownPropertyError as exc:
         raise errors.unknown_property(table.logical_name, exc.name) from None
 

@@ -110,6 +110,9 @@ class DataverseSandboxConfig:
     webhook_timeout_seconds: float = 60.0
     webhook_max_payload_bytes: int = 256 * 1024
     webhook_workers: int = 4
+    # A BulkDelete job waits this long (sandbox clock) before it runs; real jobs wait for the
+    # asynchronous service, typically seconds to minutes.
+    bulk_delete_delay_seconds: float = 5.0
     # Seed currencies, the default unit schedule and price list so `create_app()` is ready to use.
     seed_reference_data: bool = True
 

@@ -30,8 +30,31 @@ class DataverseError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
+# Microsoft's troubleshooting page (troubleshoot/power-platform/power-apps/dataverse/web-api-client-errors).
+SEGMENT_NOT_FOUND = "0x8006088a"
+# Service protection: the request-count limit (power-apps/developer/data-platform/api-limits).
+REQUESTS_LIMIT = "0x80072322"
+
+
+def segment_not_found(segment: str, hint: str = "") -> DataverseError:
+    return DataverseError(404, f"Resource not found for the segment '{segment}'.{hint}", SEGMENT_NOT_FOUND)
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
-    """The body shape for an injected fault (used by `FaultMiddleware`)."""
+    """The body of an injected fault (used by `FaultMiddleware`).
+
+    An injected 429 is a service-protection answer, so it carries the request-count code and message
+    (the execution-time and concurrency ones come from the real limiters: lower them with
+    `set_limits`). Other statuses have no code to imitate and keep it empty.
+    """
+    if status == 429:
+        return {
+            "error": {
+                "code": REQUESTS_LIMIT,
+                # The live text at the default limits (an injected fault does not consult them).
+                "message": "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            }
+        }
     return {"error": {"code": "", "message": message}}
 
 

@@ -75,6 +75,7 @@ class DataverseSandbox:
             max_page_size=self.config.max_page_size,
             token_expiry=lambda: dt.timedelta(days=self.config.change_tracking_expiry_days),
             whoami=self.whoami,
+            bulk_delete_delay=lambda: self.config.bulk_delete_delay_seconds,
         )
         self._seed_defaults()
 
@@ -118,7 +119,6 @@ class DataverseSandbox:
 
     def whoami(self, caller: Caller) -> dict[str, Any]:
         return {
-            "@odata.context": "$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
             "BusinessUnitId": caller.business_unit_id,
             "UserId": caller.user_id,
             "OrganizationId": self.config.organization_id,
@@ -186,6 +186,7 @@ class DataverseSandbox:
                 data.sorted_ids = None
         self.webhooks.clear()
         self.injector.clear()
+        self.api.bulk_delete.clear()
         self.counters.reset()
         self.request_limiter.reset()
         self.execution_limiter.reset()

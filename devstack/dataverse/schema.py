@@ -717,3 +717,43 @@ def build_tables() -> dict[str, Table]:
 
 TABLES = build_tables()
 TABLES_BY_LOGICAL_NAME = {t.logical_name: t for t in TABLES.values()}
+
+# One-to-many relationships by (referencing table, lookup column, referenced table): the schema name,
+# which is also the collection-valued navigation property on the referenced table (`accounts(...)
+# ?$expand=contact_customer_accounts`). Real names from the table reference; lookups not listed here
+# have no collection-valued navigation property in the sandbox.
+RELATIONSHIPS: dict[tuple[str, str, str], str] = {
+    ("contact", "parentcustomerid", "account"): "contact_customer_accounts",
+    ("contact", "parentcustomerid", "contact"): "contact_customer_contacts",
+    ("account", "primarycontactid", "contact"): "account_primary_contact",
+    ("account", "parentaccountid", "account"): "account_parent_account",
+    ("salesorder", "customerid", "account"): "order_customer_accounts",
+    ("salesorder", "customerid", "contact"): "order_customer_contacts",
+    ("salesorderdetail", "salesorderid", "salesorder"): "order_details",
+    ("productpricelevel", "productid", "product"): "product_price_levels",
+    ("productpricelevel", "pricelevelid", "pricelevel"): "price_level_product_price_levels",
+}
+
+
+def single_navigation(table: Table) -> dict[str, tuple[Column, str]]:
+    """Single-valued navigation properties (every lookup, read-only ones too) -> (column, target)."""
+    result: dict[str, tuple[Column, str]] = {}
+    for column in table.columns.values():
+        if column.kind is not Kind.LOOKUP:
+            continue
+        if column.per_target_navigation:
+            for target in column.targets:
+                result[f"{column.name}_{target}"] = (column, target)
+        else:
+            result[column.name] = (column, column.targets[0])
+    return result
+
+
+def collection_navigation(table: Table) -> dict[str, tuple[Table, Column]]:
+    """Collection-valued navigation properties of `table` -> (referencing table, its lookup column)."""
+    result: dict[str, tuple[Table, Column]] = {}
+    for (referencing, column_name, referenced), name in RELATIONSHIPS.items():
+        if referenced == table.logical_name:
+            other = TABLES_BY_LOGICAL_NAME[referencing]
+            result[name] = (other, other.lookup_by_name()[column_name])
+    return result

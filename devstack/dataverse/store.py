@@ -95,7 +95,7 @@ class Store:
     def table(self, entity_set: str) -> TableData:
         data = self.tables.get(entity_set)
         if data is None:
-            raise DataverseError(404, f"Resource not found for the segment '{entity_set}'.", "0x80060888")
+            raise errors.segment_not_found(entity_set)
         return data
 
     def current_version(self) -> int:

@@ -3,8 +3,12 @@
 Rows are plain dicts in wire form (strings, numbers, booleans, ISO datetime strings, GUID strings).
 The filter grammar is the subset both services' clients use: comparisons, `and`/`or`/`not`,
 parentheses, literals (null, booleans, numbers, quoted strings with `''` escaping, bare GUIDs, ISO
-dates and datetimes), `contains`/`startswith`/`endswith`, and Dataverse's
-`Microsoft.Dynamics.CRM.In(PropertyName='x',PropertyValues=['a','b'])` (and `NotIn`).
+dates and datetimes, enum members `Namespace.Type'Member'` compared by member name),
+`contains`/`startswith`/`endswith`, parameter aliases (`name eq @p1` with `@p1='x'` passed in
+`aliases`), and Dataverse's query-function call form
+`Microsoft.Dynamics.CRM.In(PropertyName='x',PropertyValues=["a","b"])` (and `NotIn`; arrays take
+single- or double-quoted values, as Microsoft's examples use both). Other query functions are supplied
+by the caller (`functions`), as they depend on the service (its clock, its caller).
 
 Comparison semantics follow OData v4 (`null eq null` is true, `null ne 'a'` is true, an ordering
 comparison with null is false). String comparison is case-insensitive by default, as the SQL
@@ -14,6 +18,7 @@ collation behind both services is.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -43,9 +48,12 @@ _TOKEN_RE = re.compile(
     r"""
     (?P<ws>\s+)
   | (?P<string>'(?:[^']|'')*')
+  | (?P<dstring>"(?:[^"\\]|\\.)*")
+  | (?P<alias>@[A-Za-z_][A-Za-z0-9_]*)
   | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-]))
   | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)
   | (?P<date>\d{4}-\d{2}-\d{2}(?![\w:-]))
+  | (?P<enum>[A-Za-z_][A-Za-z0-9_.]*'(?:[^']|'')*')
   | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[mMdDfFlL]?(?![\w-]))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<punct>[(),\[\]=])
@@ -82,6 +90,13 @@ def _tokenize(text: str) -> list[_Token]:
 def _literal_value(kind: str, raw: str) -> Any:
     if kind == "string":
         return raw[1:-1].replace("''", "'")
+    if kind == "enum":  # `Microsoft.Dynamics.CRM.AttributeTypeCode'Picklist'`: the member name
+        return raw[raw.index("'") + 1 : -1].replace("''", "'")
+    if kind == "dstring":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise QueryError(f"{raw} is not a valid double-quoted string.") from None
     if kind == "guid":
         return raw.lower()
     if kind == "datetime":
@@ -116,13 +131,47 @@ _IN_FUNCTIONS = {"microsoft.dynamics.crm.in": False, "microsoft.dynamics.crm.not
 Operand = Callable[[Row], Any]
 
 
+@dataclass(frozen=True)
+class FunctionCall:
+    """A query-function call `Name(Param=value, ...)` handed to a `QueryFunction`.
+
+    `args` holds literal values (lists for `[...]`); `column(name)` resolves a `PropertyName` argument to
+    a getter over rows (raising `UnknownPropertyError`), `case_insensitive` is the filter's mode.
+    """
+
+    name: str
+    args: Mapping[str, Any]
+    column: Callable[[str], Operand]
+    case_insensitive: bool
+
+    def arg(self, name: str, kind: type | tuple[type, ...] = object) -> Any:
+        value = self.args.get(name)
+        if value is None or not isinstance(value, kind):
+            raise QueryError(
+                f"{self.name} needs the parameter {name}; see Microsoft's query function reference."
+            )
+        return value
+
+
+QueryFunction = Callable[[FunctionCall], Predicate]
+
+
 class _Parser:
-    def __init__(self, text: str, fields: Collection[str] | None, case_insensitive: bool) -> None:
+    def __init__(
+        self,
+        text: str,
+        fields: Collection[str] | None,
+        case_insensitive: bool,
+        functions: Mapping[str, QueryFunction] | None = None,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.text = text
         self.tokens = _tokenize(text)
         self.index = 0
         self.fields = fields
         self.case_insensitive = case_insensitive
+        self.functions = {k.lower(): v for k, v in (functions or {}).items()}
+        self.aliases = aliases or {}
 
     # token helpers
     def peek(self) -> _Token:
@@ -188,6 +237,10 @@ class _Parser:
             return self.string_function()
         if token.kind == "name" and token.text.lower() in _IN_FUNCTIONS:
             return self.in_function()
+        if token.kind == "name" and token.text.lower() in self.functions:
+            return self.query_function()
+        if token.kind == "name" and self.tokens[self.index + 1].text == "(":
+            raise QueryError(f"The function '{token.text}' is not supported in $filter here.")
         left = self.operand()
         op_token = self.peek()
         op = op_token.text.lower()
@@ -225,8 +278,8 @@ class _Parser:
 
         return test
 
-    def in_function(self) -> Predicate:
-        negate = _IN_FUNCTIONS[self.take().text.lower()]
+    def call_args(self) -> dict[str, Any]:
+        """`(Name=value, ...)` of a query-function call; values are literals, aliases or `[...]` lists."""
         self.expect("(")
         args: dict[str, Any] = {}
         while True:
@@ -236,26 +289,59 @@ class _Parser:
                     f"Syntax error in '{self.text}': expected a parameter name, found '{arg.text}'."
                 )
             self.expect("=")
-            if self.peek().text == "[":
-                self.take()
-                values: list[Any] = []
-                while self.peek().text != "]":
-                    values.append(self.literal_token().value)
-                    if self.peek().text == ",":
-                        self.take()
-                self.expect("]")
-                args[arg.text] = values
-            else:
-                args[arg.text] = self.literal_token().value
+            args[arg.text] = self.value()
             if self.peek().text == ",":
                 self.take()
                 continue
             self.expect(")")
-            break
+            return args
+
+    def value(self) -> Any:
+        """A literal, an alias (`@p1`, resolved from the aliases) or an array of them."""
+        token = self.peek()
+        if token.kind == "alias":
+            self.take()
+            if token.text not in self.aliases:
+                raise QueryError(
+                    f"The parameter alias {token.text} has no value: add {token.text}=... to the query."
+                )
+            inner = _Parser(self.aliases[token.text], self.fields, self.case_insensitive)
+            result = inner.value()
+            if inner.peek().kind != "end":
+                raise QueryError(f"The value of {token.text} is not a single literal or array.")
+            return result
+        if token.text == "[":
+            self.take()
+            values: list[Any] = []
+            while self.peek().text != "]":
+                values.append(self.value())
+                if self.peek().text == ",":
+                    self.take()
+                elif self.peek().text != "]":
+                    raise QueryError(f"Syntax error in '{self.text}': expected ',' or ']' in an array.")
+            self.expect("]")
+            return values
+        return self.literal_token().value
+
+    def function_column(self, name: str) -> _Operand:
+        # A query function names a lookup by its logical name (`ownerid`); rows carry `_ownerid_value`.
+        if self.fields is not None and name not in self.fields and f"_{name}_value" in self.fields:
+            name = f"_{name}_value"
+        return self.property_operand(name)
+
+    def query_function(self) -> Predicate:
+        name = self.take().text
+        args = self.call_args()
+        call = FunctionCall(name, args, lambda n: self.function_column(n).get, self.case_insensitive)
+        return self.functions[name.lower()](call)
+
+    def in_function(self) -> Predicate:
+        negate = _IN_FUNCTIONS[self.take().text.lower()]
+        args = self.call_args()
         prop, candidates = args.get("PropertyName"), args.get("PropertyValues")
         if not isinstance(prop, str) or not isinstance(candidates, list):
             raise QueryError("Microsoft.Dynamics.CRM.In needs PropertyName='name' and PropertyValues=[...].")
-        operand = self.property_operand(prop)
+        operand = self.function_column(prop)
         wanted = [_Operand.const(v) for v in candidates]
         tests = [_compare("eq", operand, w, self.case_insensitive) for w in wanted]
         # Text values (ids, codes) are looked up in a set: a read-back of 1,000 ids by `In` must not
@@ -277,7 +363,7 @@ class _Parser:
 
     def literal_token(self) -> _Token:
         token = self.take()
-        if token.kind in {"string", "guid", "datetime", "date", "number"}:
+        if token.kind in {"string", "dstring", "enum", "guid", "datetime", "date", "number"}:
             return token
         if token.kind == "name" and token.text.lower() in {"null", "true", "false"}:
             value = {"null": None, "true": True, "false": False}[token.text.lower()]
@@ -289,6 +375,8 @@ class _Parser:
         if token.kind == "name" and token.text.lower() not in {"null", "true", "false"}:
             self.take()
             return self.property_operand(token.text)
+        if token.kind == "alias":
+            return _Operand.const(self.value())
         return _Operand.const(self.literal_token().value)
 
     def property_operand(self, name: str) -> _Operand:
@@ -394,13 +482,25 @@ def _compare(op: str, left: _Operand, right: _Operand, case_insensitive: bool) -
 
 
 def compile_filter(
-    text: str, *, fields: Collection[str] | None = None, case_insensitive: bool = True
+    text: str,
+    *,
+    fields: Collection[str] | None = None,
+    case_insensitive: bool = True,
+    functions: Mapping[str, QueryFunction] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> Predicate:
     """Compile an OData `$filter` into a predicate over wire-form rows.
 
-    Raises `UnknownPropertyError` for a name not in `fields` (when given), `QueryError` otherwise.
+    `functions` are extra query functions by full name (`Microsoft.Dynamics.CRM.Between`); `aliases` the
+    request's parameter aliases (`{"@p1": "'name'"}`). Raises `UnknownPropertyError` for a name not in
+    `fields` (when given), `QueryError` otherwise.
     """
-    return _Parser(text, fields, case_insensitive).parse()
+    return _Parser(text, fields, case_insensitive, functions, aliases).parse()
+
+
+def compare_values(op: str, value: Any, literal: Any, *, case_insensitive: bool = True) -> bool:
+    """`value <op> literal` with the filter's semantics (`op` one of eq ne gt ge lt le)."""
+    return _compare(op, _Operand.const(value), _Operand.const(literal), case_insensitive)({})
 
 
 def _split_list(text: str) -> list[str]:

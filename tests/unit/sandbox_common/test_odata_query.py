@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from devstack.sandbox_common.odata_query import (
+    FunctionCall,
+    Predicate,
     QueryError,
     UnknownPropertyError,
     compile_filter,
@@ -155,3 +157,33 @@ def test_parse_orderby_and_sort_rows() -> None:
         parse_orderby("name sideways", FIELDS)
     with pytest.raises(UnknownPropertyError):
         parse_orderby("bogus desc", FIELDS)
+
+
+@pytest.mark.parametrize("text", ["tolower(name) eq 'a'", "Microsoft.Dynamics.CRM.Above(PropertyName='x')"])
+def test_unknown_functions_are_named(text: str) -> None:
+    name = text.split("(", 1)[0]
+    with pytest.raises(QueryError, match=f"The function '{name}' is not supported"):
+        compile_filter(text)
+
+
+def test_in_takes_double_quoted_values_and_aliases() -> None:
+    text = 'Microsoft.Dynamics.CRM.In(PropertyName=\'name\',PropertyValues=["contoso","x"])'
+    assert names(text) == ["Contoso"]
+    predicate = compile_filter("n eq @p1", fields=FIELDS, aliases={"@p1": "5"})
+    assert [r["name"] for r in ROWS if predicate(r)] == ["O'Brien Ltd"]
+    with pytest.raises(QueryError, match="@p2 has no value"):
+        compile_filter("n eq @p2", fields=FIELDS)
+
+
+def test_caller_supplied_query_functions_get_their_arguments() -> None:
+    seen: list[dict[str, object]] = []
+
+    def positive(call: FunctionCall) -> Predicate:
+        seen.append(dict(call.args))
+        get = call.column(call.arg("PropertyName", str))
+        return lambda row: (get(row) or 0) > 0
+
+    text = "X.Positive(PropertyName='n',PropertyValues=[\"1\",2])"
+    predicate = compile_filter(text, fields=FIELDS, functions={"X.Positive": positive})
+    assert [r["name"] for r in ROWS if predicate(r)] == [r["name"] for r in ROWS if r["n"] > 0]
+    assert seen == [{"PropertyName": "n", "PropertyValues": ["1", 2]}]
