@@ -68,6 +68,12 @@ class EntitySet:
         """A record with every field at its default, in documented order."""
         return dict(self._template)
 
+    @property
+    def type_name(self) -> str:
+        """The EDM entity type BC names in its errors: `Microsoft.NAV.customer` for `customers`."""
+        singular = {"salespeoplePurchasers": "salespersonPurchaser", "currencies": "currency"}
+        return "Microsoft.NAV." + singular.get(self.name, self.name.removesuffix("s"))
+
 
 def _id() -> Field:
     return Field("id", GUID, ZERO_GUID, read_only=True)

@@ -21,6 +21,7 @@ from devstack.bc.errors import BcError, bad_request
 from devstack.sandbox_common.odata_query import (
     Predicate,
     QueryError,
+    UnknownPropertyError,
     compile_filter,
     parse_orderby,
     parse_select,
@@ -51,12 +52,14 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         predicate = compile_filter(params["$filter"], fields=fields) if params.get("$filter") else None
         select = parse_select(params.get("$select"), fields)
         orderby = parse_orderby(params.get("$orderby"), fields)
+    except UnknownPropertyError as exc:
+        raise unknown_property(entity, exc.name) from None
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     expand = [e.strip() for e in params.get("$expand", "").split(",") if e.strip()]
     for name in expand:
         if name not in entity.expands:
-            raise bad_request(f"Could not find a navigation property named '{name}' on {entity.name}.")
+            raise unknown_property(entity, name)
     return QueryOptions(
         select=select,
         predicate=predicate,
@@ -66,6 +69,14 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         expand=expand,
         skiptoken=params.get("$skiptoken"),
     )
+
+
+def unknown_property(entity: EntitySet, name: str) -> BcError:
+    """BC's (OData library's) answer to a name in `$select`, `$filter`, `$orderby` or `$expand` that the
+    entity type lacks: "Could not find a property named 'x' on type 'Microsoft.NAV.customer'." (the
+    code "BadRequest" is unverified; a structural property unknown in a request body has another
+    message, see `BcStore._apply_body`)."""
+    return bad_request(f"Could not find a property named '{name}' on type '{entity.type_name}'.")
 
 
 def _non_negative(params: Mapping[str, str], name: str) -> int | None:

@@ -373,9 +373,8 @@ class BcStore:
             spec = entity.by_name.get(name)
             if spec is None:
                 raise bad_request(
-                    f"The property '{name}' does not exist on type 'Microsoft.NAV.{_type_name(entity)}'. "
-                    "Make sure to only use property names that are defined by the type.",
-                    "BadRequest_PropertyNotFound",  # (unverified)
+                    f"The property '{name}' does not exist on type '{entity.type_name}'. "
+                    "Make sure to only use property names that are defined by the type."
                 )
             coerced = _coerce(entity, spec, value)
             if spec.read_only:
@@ -1023,12 +1022,6 @@ class BcStore:
             }
             for c in customers
         }
-
-
-def _type_name(entity: EntitySet) -> str:
-    singular = {"salespeoplePurchasers": "salespersonPurchaser", "currencies": "currency"}
-    name = singular.get(entity.name, entity.name.removesuffix("s"))
-    return name
 
 
 def _caption_of(field_name: str) -> str:

@@ -52,6 +52,23 @@ def test_bad_query_options_get_400(bc: Bc) -> None:
         assert response.json()["error"]["code"].startswith("BadRequest")
 
 
+def test_unknown_property_in_a_query_reads_as_in_bc(bc: Bc) -> None:
+    # BC's wording names the entity type, e.g. "... on type 'Microsoft.NAV.customer'."
+    cases = [
+        ({"$filter": "nosuchfield eq 1"}, "nosuchfield"),
+        ({"$select": "id,bogus"}, "bogus"),
+        ({"$orderby": "nickname desc"}, "nickname"),
+        ({"$expand": "lines"}, "lines"),
+    ]
+    for params, name in cases:
+        message = assert_error(bc.http.get(bc.entity_url("customers"), params=params), 400, "BadRequest")
+        assert message.startswith(
+            f"Could not find a property named '{name}' on type 'Microsoft.NAV.customer'.  CorrelationId:  "
+        ), message
+    lines = bc.http.get(bc.entity_url("salesOrders"), params={"$select": "bogus"})
+    assert "on type 'Microsoft.NAV.salesOrder'." in assert_error(lines, 400, "BadRequest")
+
+
 def test_server_driven_paging_with_next_link_and_maxpagesize(bc: Bc) -> None:
     bc.sandbox.seed_customers(25)
     url: str | None = bc.entity_url("customers") + "?$select=id,number&$orderby=displayName"
