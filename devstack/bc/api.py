@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import (
     BUSINESS_RELATIONS,
+    COMPANIES,
     CONTACTS_INFORMATION,
     ENTITY_SETS,
     READ_ONLY_SETS,
@@ -134,12 +135,21 @@ class BcApi:
             )
 
     def _companies(self, request: ApiRequest, key: str | None) -> ApiResponse:
+        """`companies` answers the query options as any set does (a lookup by `name` must find it)."""
         context = f"{request.service_root}/$metadata#companies"
         if key is None:
             with self.store.lock:
-                value = [c.to_json() for c in self.store.companies.values()]
-            return ApiResponse(200, {"@odata.context": context, "value": value})
-        return ApiResponse(200, {"@odata.context": context + "/$entity", **self.store.company(key).to_json()})
+                rows = [c.to_json() for c in self.store.companies.values()]
+            return self._query(
+                request,
+                COMPANIES,
+                rows,
+                context,
+                lambda options, page: [to_wire_computed(COMPANIES, row, options.select) for row in page],
+            )
+        options = parse_options(COMPANIES, {k: v for k, v in request.params.items() if k == "$select"})
+        company = to_wire_computed(COMPANIES, self.store.company(key).to_json(), options.select)
+        return ApiResponse(200, {"@odata.context": context + "/$entity", **company})
 
     def _navigation(
         self,

@@ -151,12 +151,14 @@ class BcStore:
 
     # --- companies --------------------------------------------------------------------------------
 
-    def add_company(self, company_id: str, name: str, local_currency: str = "USD") -> Company:
+    def add_company(
+        self, company_id: str, name: str, local_currency: str = "USD", display_name: str | None = None
+    ) -> Company:
         with self.lock:
             company = Company(
                 id=normalize_guid(company_id),
                 name=name,
-                display_name=name,
+                display_name=name if display_name is None else display_name,
                 local_currency=local_currency,
                 created_at=iso_ms(self.clock.now_ms()),
             )

@@ -69,6 +69,24 @@ def test_unknown_property_in_a_query_reads_as_in_bc(bc: Bc) -> None:
     assert "on type 'Microsoft.NAV.salesOrder'." in assert_error(lines, 400, "BadRequest")
 
 
+def test_companies_answer_filter_select_and_top(bc: Bc) -> None:
+    url = f"{bc.base}/companies"
+    everything = bc.http.get(url).json()["value"]
+    assert all(c["name"] != c["displayName"] for c in everything)  # separate fields in BC
+    usa = next(c for c in everything if c["id"] == bc.company)
+    by_name = bc.http.get(url, params={"$filter": f"name eq '{usa['name']}'", "$select": "id,name"})
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["value"] == [{"id": bc.company, "name": usa["name"]}]
+    # The display name is not the name: a lookup by name with it finds nothing.
+    assert bc.http.get(url, params={"$filter": f"name eq '{usa['displayName']}'"}).json()["value"] == []
+    first = bc.http.get(url, params={"$top": "1", "$orderby": "name desc"}).json()["value"]
+    assert [c["name"] for c in first] == [max(c["name"] for c in everything)]
+    one = bc.http.get(f"{url}({bc.company})", params={"$select": "displayName"}).json()
+    assert {k: v for k, v in one.items() if not k.startswith("@")} == {"displayName": usa["displayName"]}
+    bogus = bc.http.get(url, params={"$select": "bogus"})
+    assert "on type 'Microsoft.NAV.company'." in assert_error(bogus, 400, "BadRequest")
+
+
 def test_server_driven_paging_with_next_link_and_maxpagesize(bc: Bc) -> None:
     bc.sandbox.seed_customers(25)
     url: str | None = bc.entity_url("customers") + "?$select=id,number&$orderby=displayName"
