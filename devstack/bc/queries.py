@@ -19,6 +19,7 @@ from typing import Any
 from devstack.bc.entities import EntitySet
 from devstack.bc.errors import BcError, bad_request
 from devstack.sandbox_common.odata_query import (
+    OrAcrossFieldsError,
     Predicate,
     QueryError,
     UnknownPropertyError,
@@ -49,11 +50,15 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         raise bad_request(f"The query option {unknown[0]} is not supported.")
     fields = list(entity.by_name)
     try:
-        predicate = compile_filter(params["$filter"], fields=fields) if params.get("$filter") else None
+        text = params.get("$filter")
+        predicate = compile_filter(text, fields=fields, or_single_field=True) if text else None
         select = parse_select(params.get("$select"), fields)
         orderby = parse_orderby(params.get("$orderby"), fields)
     except UnknownPropertyError as exc:
         raise unknown_property(entity, exc.name) from None
+    except OrAcrossFieldsError as exc:
+        # BC's documented known limitation (docs/bc-sandbox.md#sources), answered 501 as BC does.
+        raise BcError(501, "BadRequest_MethodNotImplemented", str(exc)) from None
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     expand = [e.strip() for e in params.get("$expand", "").split(",") if e.strip()]

@@ -29,6 +29,10 @@ class QueryError(ValueError):
     """A query option the service would refuse; the message is fit for a 400 answer."""
 
 
+class OrAcrossFieldsError(QueryError):
+    """`or` between conditions on different properties, for a service that cannot express it (BC)."""
+
+
 class UnknownPropertyError(QueryError):
     """A property name that is not a column of the table; `.name` is the offending name."""
 
@@ -117,12 +121,16 @@ Operand = Callable[[Row], Any]
 
 
 class _Parser:
-    def __init__(self, text: str, fields: Collection[str] | None, case_insensitive: bool) -> None:
+    def __init__(
+        self, text: str, fields: Collection[str] | None, case_insensitive: bool, or_single_field: bool = False
+    ) -> None:
         self.text = text
         self.tokens = _tokenize(text)
         self.index = 0
         self.fields = fields
         self.case_insensitive = case_insensitive
+        self.or_single_field = or_single_field
+        self.names: list[str] = []  # every property named so far, in order
 
     # token helpers
     def peek(self) -> _Token:
@@ -156,11 +164,16 @@ class _Parser:
         return predicate
 
     def or_expr(self) -> Predicate:
+        first_name = len(self.names)
         parts = [self.and_expr()]
         while self.keyword("or"):
             parts.append(self.and_expr())
         if len(parts) == 1:
             return parts[0]
+        if self.or_single_field and len(set(self.names[first_name:])) > 1:
+            raise OrAcrossFieldsError(
+                "The 'OR' operator is not supported on distinct fields on an OData filter."
+            )
         return lambda row: any(p(row) for p in parts)
 
     def and_expr(self) -> Predicate:
@@ -294,6 +307,7 @@ class _Parser:
     def property_operand(self, name: str) -> _Operand:
         if self.fields is not None and name not in self.fields:
             raise UnknownPropertyError(name)
+        self.names.append(name)
         return _Operand.prop(name)
 
 
@@ -394,13 +408,19 @@ def _compare(op: str, left: _Operand, right: _Operand, case_insensitive: bool) -
 
 
 def compile_filter(
-    text: str, *, fields: Collection[str] | None = None, case_insensitive: bool = True
+    text: str,
+    *,
+    fields: Collection[str] | None = None,
+    case_insensitive: bool = True,
+    or_single_field: bool = False,
 ) -> Predicate:
     """Compile an OData `$filter` into a predicate over wire-form rows.
 
-    Raises `UnknownPropertyError` for a name not in `fields` (when given), `QueryError` otherwise.
+    Raises `UnknownPropertyError` for a name not in `fields` (when given), `OrAcrossFieldsError` for an
+    `or` whose conditions name more than one property when `or_single_field` (BC turns a filter into
+    per-field filters and cannot express that), `QueryError` otherwise.
     """
-    return _Parser(text, fields, case_insensitive).parse()
+    return _Parser(text, fields, case_insensitive, or_single_field).parse()
 
 
 def _split_list(text: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devstack.sandbox_common.odata_query import (
+    OrAcrossFieldsError,
     QueryError,
     UnknownPropertyError,
     compile_filter,
@@ -155,3 +156,25 @@ def test_parse_orderby_and_sort_rows() -> None:
         parse_orderby("name sideways", FIELDS)
     with pytest.raises(UnknownPropertyError):
         parse_orderby("bogus desc", FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("n eq 1 or n eq 5", False),
+        ("(n eq 1 or n eq 5) and name ne 'x'", False),
+        ("not (n eq 1 or n gt 4) and active", False),
+        (odata.any_eq("name", ["a", "b", "c"]), False),
+        ("n eq 1 or name eq 'x'", True),
+        ("n eq 1 or (n eq 2 and active)", True),
+        ("active and (n eq 1 or name eq 'x')", True),
+        ("startswith(name,'O') or contains(city,'x')", True),
+    ],
+)
+def test_or_single_field_refuses_or_across_properties_only(text: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(OrAcrossFieldsError, match="not supported on distinct fields"):
+            compile_filter(text, or_single_field=True)
+    else:
+        compile_filter(text, or_single_field=True)
+    compile_filter(text)  # without the option (Dataverse) every `or` is fine
