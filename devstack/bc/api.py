@@ -27,6 +27,7 @@ from devstack.bc.entities import (
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
 from devstack.bc.queries import (
     QueryOptions,
+    count_rows,
     page_size_from_prefer,
     parse_options,
     run_query,
@@ -121,6 +122,8 @@ class BcApi:
             if record_key is None:
                 return self._collection(request, company_id, entity)
             return self._item(request, company_id, entity, normalize_guid(record_key))
+        if len(segments) == 3 and record_key is None and segments[2] == ("$count", None):
+            return self._count(request, company_id, entity)
         if len(segments) == 3 and record_key is not None:
             return self._navigation(request, company_id, entity, normalize_guid(record_key), segments[2])
         raise resource_not_found(request.path)
@@ -203,6 +206,13 @@ class BcApi:
 
         return self._query(request, entity, rows, context, write)
 
+    def _count(self, request: ApiRequest, company_id: str, entity: EntitySet) -> ApiResponse:
+        """`<set>/$count` (OData v4): the number of rows `$filter` matches, as text/plain."""
+        self._only(request, "GET")
+        options = parse_options(entity, {k: v for k, v in request.params.items() if k == "$filter"})
+        total = count_rows(self.store.rows(company_id, entity.name), options)
+        return ApiResponse(200, str(total), {"content-type": "text/plain; charset=utf-8"})
+
     def _query(
         self,
         request: ApiRequest,
@@ -216,7 +226,10 @@ class BcApi:
         prefer = request.headers.get("prefer")
         page_size = page_size_from_prefer(prefer, self.config.max_page_size)
         page, token = run_query(entity, rows, options, page_size)
-        body: dict[str, Any] = {"@odata.context": context, "value": write(options, page)}
+        body: dict[str, Any] = {"@odata.context": context}
+        if options.count:
+            body["@odata.count"] = count_rows(rows, options)
+        body["value"] = write(options, page)
         if token is not None:
             body["@odata.nextLink"] = _next_link(request.url, token)
         headers = {}

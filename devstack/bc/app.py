@@ -128,6 +128,8 @@ class ApiEndpoint:
             response = error_response(error)
         if response.body is None:
             http_response = Response(status_code=response.status, headers=response.headers)
+        elif isinstance(response.body, str):  # `/$count`: a bare number, text/plain
+            http_response = Response(str(response.body), response.status, response.headers)
         else:
             http_response = _json(response.status, response.body, response.headers)
         await http_response(scope, receive, send)

@@ -29,7 +29,9 @@ from devstack.sandbox_common.odata_query import (
     sort_key,
 )
 
-SUPPORTED_OPTIONS = frozenset({"$filter", "$select", "$orderby", "$top", "$skip", "$expand", "$skiptoken"})
+SUPPORTED_OPTIONS = frozenset(
+    {"$filter", "$select", "$orderby", "$top", "$skip", "$expand", "$skiptoken", "$count"}
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class QueryOptions:
     skip: int
     expand: list[str]
     skiptoken: str | None
+    count: bool = False  # `$count=true`: `@odata.count`, the matching rows before `$top`/`$skip`
 
 
 def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
@@ -73,7 +76,24 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         skip=_non_negative(params, "$skip") or 0,
         expand=expand,
         skiptoken=params.get("$skiptoken"),
+        count=_boolean(params, "$count"),
     )
+
+
+def _boolean(params: Mapping[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None or raw.lower() == "false":
+        return False
+    if raw.lower() == "true":
+        return True
+    raise bad_request(f"Invalid value '{raw}' for {name}: true or false is expected.")
+
+
+def count_rows(rows: Sequence[Mapping[str, Any]], options: QueryOptions) -> int:
+    """The rows `$filter` matches, as `/$count` and `@odata.count` report them (paging ignored)."""
+    if options.predicate is None:
+        return len(rows)
+    return sum(1 for row in rows if options.predicate(row))
 
 
 def unknown_property(entity: EntitySet, name: str) -> BcError:

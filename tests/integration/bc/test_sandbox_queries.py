@@ -85,6 +85,24 @@ def test_or_across_different_fields_is_refused_as_bc_refuses_it(bc: Bc) -> None:
         assert bc.http.get(bc.entity_url("customers"), params={"$filter": text}).status_code == 200, text
 
 
+def test_count_segment_and_count_option(bc: Bc) -> None:
+    bc.sandbox.seed("customers", [{"displayName": f"Count {n}", "city": "Countville"} for n in range(7)])
+    total = len(values(bc))
+    plain = bc.http.get(bc.entity_url("customers") + "/$count")
+    assert plain.status_code == 200, plain.text
+    assert plain.headers["content-type"].startswith("text/plain") and plain.text == str(total)
+    filtered = bc.http.get(bc.entity_url("customers") + "/$count", params={"$filter": "city eq 'Countville'"})
+    assert filtered.text == "7"
+    # `@odata.count` counts what the filter matches, not the page `$top` cuts.
+    page = bc.http.get(
+        bc.entity_url("customers"), params={"$count": "true", "$top": "2", "$filter": "city eq 'Countville'"}
+    ).json()
+    assert page["@odata.count"] == 7 and len(page["value"]) == 2
+    assert "@odata.count" not in bc.http.get(bc.entity_url("customers"), params={"$count": "false"}).json()
+    assert_error(bc.http.get(bc.entity_url("customers"), params={"$count": "yes"}), 400, "BadRequest")
+    assert bc.http.post(bc.entity_url("customers") + "/$count", json={}).status_code == 405
+
+
 def test_companies_answer_filter_select_and_top(bc: Bc) -> None:
     url = f"{bc.base}/companies"
     everything = bc.http.get(url).json()["value"]
