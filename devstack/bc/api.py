@@ -40,6 +40,11 @@ SEGMENT_RE = re.compile(r"^([A-Za-z$]+)(?:\(([^()]*)\))?$")
 JSON_TYPE = "application/json; odata.metadata=minimal"
 
 
+# BC's line pages (page 30044 "APIV2 - Sales Order Lines", OnFindRecord) load lines only for an `id` or
+# `documentId` filter (the navigation from the order sets the latter); without either they raise an Error().
+_LINE_FILTER = re.compile(r"\b(?:id|documentId)\s+(?:eq|ne|gt|ge|lt|le)\s", re.IGNORECASE)
+LINE_SETS = frozenset({"salesOrderLines"})
+
 # The filter BC's "APIV2 - Contacts Information" page needs to load rows: relatedId and relatedType.
 _RELATED_FILTER = re.compile(r"(?=.*\brelatedId\s+eq\s)(?=.*\brelatedType\s+eq\s)", re.IGNORECASE | re.DOTALL)
 
@@ -195,6 +200,7 @@ class BcApi:
             created = {"@odata.context": context + "/$entity", **to_wire(entity, record)}
             location = f"{request.service_root}/companies({company_id})/{entity.name}({record['id']})"
             return ApiResponse(201, created, {"etag": record["_etag"], "location": location})
+        self._require_document_filter(request, entity, parent_id)
         rows = self.store.rows(company_id, entity.name)
         if parent_id is not None:
             rows = [r for r in rows if r["documentId"] == parent_id]
@@ -206,9 +212,20 @@ class BcApi:
 
         return self._query(request, entity, rows, context, write)
 
+    @staticmethod
+    def _require_document_filter(request: ApiRequest, entity: EntitySet, parent_id: str | None) -> None:
+        """Reading a line set needs the document (BC's OnFindRecord: an `id` or `documentId` filter)."""
+        if entity.name not in LINE_SETS or parent_id is not None:
+            return
+        if not _LINE_FILTER.search(request.params.get("$filter", "")):
+            raise bad_request(
+                "You must specify an Id or a Document Id to get the lines.", "Application_DialogException"
+            )
+
     def _count(self, request: ApiRequest, company_id: str, entity: EntitySet) -> ApiResponse:
         """`<set>/$count` (OData v4): the number of rows `$filter` matches, as text/plain."""
         self._only(request, "GET")
+        self._require_document_filter(request, entity, None)
         options = parse_options(entity, {k: v for k, v in request.params.items() if k == "$filter"})
         total = count_rows(self.store.rows(company_id, entity.name), options)
         return ApiResponse(200, str(total), {"content-type": "text/plain; charset=utf-8"})
