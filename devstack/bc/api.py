@@ -22,6 +22,7 @@ from devstack.bc.entities import (
     CONTACTS_INFORMATION,
     ENTITY_SETS,
     READ_ONLY_SETS,
+    WEBHOOK_SUPPORTED_RESOURCES,
     EntitySet,
 )
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
@@ -97,6 +98,37 @@ class BcApi:
             return self._route(request)
         except BcError as error:
             return error_response(error)
+
+    def handle_runtime(self, request: ApiRequest) -> ApiResponse:
+        """The runtime API (`/api/microsoft/runtime/v1.0`): only `companies(id)/webhookSupportedResources`."""
+        try:
+            segments = parse_path(request.path) if request.path else []
+            if len(segments) != 2 or segments[0][0] != "companies" or segments[0][1] is None:
+                raise resource_not_found(segments[-1][0] if segments else "(root)")
+            company_id = self.store.company(segments[0][1]).id
+            name, key = segments[1]
+            if name != WEBHOOK_SUPPORTED_RESOURCES.name or key is not None:
+                raise resource_not_found(name)
+            self._only(request, "GET")
+            return self._webhook_supported_resources(request, company_id)
+        except BcError as error:
+            return error_response(error)
+
+    def _webhook_supported_resources(self, request: ApiRequest, company_id: str) -> ApiResponse:
+        """BC's page 5460 lists every API page a subscription can name ("v2.0/customers"; the pages
+        of other publishers as "<publisher>/<group>/<version>/<set>"): here the sandbox's v2.0 sets
+        that `POST subscriptions` accepts, so a client can decide from it which sets to subscribe and
+        which to poll. Rows have no `@odata.etag` (a temporary table; unverified)."""
+        entity = WEBHOOK_SUPPORTED_RESOURCES
+        rows = [{"resource": f"v2.0/{e.name}"} for e in ENTITY_SETS.values() if e.webhook_supported]
+        context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
+        return self._query(
+            request,
+            entity,
+            rows,
+            context,
+            lambda options, page: [to_wire_computed(entity, row, options.select) for row in page],
+        )
 
     # --- routing ----------------------------------------------------------------------------------
 

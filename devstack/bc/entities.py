@@ -522,5 +522,14 @@ COMPANIES = EntitySet(
     key="name",
 )
 
+# `webhookSupportedResources` of the runtime API (BC's page 5460 "Webhook Supported Resources", on a
+# temporary Name/Value Buffer): one `resource` per subscribable set, "<version>/<entity set>".
+WEBHOOK_SUPPORTED_RESOURCES = EntitySet(
+    "webhookSupportedResources",
+    "Webhook Supported Resource",
+    (Field("resource", STR, "", max_length=2048, read_only=True),),
+    key="resource",
+)
+
 # Entity sets served but computed (GET only).
 COMPUTED_SETS: dict[str, EntitySet] = {CONTACTS_INFORMATION.name: CONTACTS_INFORMATION}
