@@ -18,14 +18,17 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import (
     BUSINESS_RELATIONS,
+    COMPANIES,
     CONTACTS_INFORMATION,
     ENTITY_SETS,
     READ_ONLY_SETS,
+    WEBHOOK_SUPPORTED_RESOURCES,
     EntitySet,
 )
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
 from devstack.bc.queries import (
     QueryOptions,
+    count_rows,
     page_size_from_prefer,
     parse_options,
     run_query,
@@ -37,6 +40,11 @@ from devstack.bc.store import BcStore, normalize_guid
 SEGMENT_RE = re.compile(r"^([A-Za-z$]+)(?:\(([^()]*)\))?$")
 JSON_TYPE = "application/json; odata.metadata=minimal"
 
+
+# BC's line pages (page 30044 "APIV2 - Sales Order Lines", OnFindRecord) load lines only for an `id` or
+# `documentId` filter (the navigation from the order sets the latter); without either they raise an Error().
+_LINE_FILTER = re.compile(r"\b(?:id|documentId)\s+(?:eq|ne|gt|ge|lt|le)\s", re.IGNORECASE)
+LINE_SETS = frozenset({"salesOrderLines"})
 
 # The filter BC's "APIV2 - Contacts Information" page needs to load rows: relatedId and relatedType.
 _RELATED_FILTER = re.compile(r"(?=.*\brelatedId\s+eq\s)(?=.*\brelatedType\s+eq\s)", re.IGNORECASE | re.DOTALL)
@@ -91,6 +99,37 @@ class BcApi:
         except BcError as error:
             return error_response(error)
 
+    def handle_runtime(self, request: ApiRequest) -> ApiResponse:
+        """The runtime API (`/api/microsoft/runtime/v1.0`): only `companies(id)/webhookSupportedResources`."""
+        try:
+            segments = parse_path(request.path) if request.path else []
+            if len(segments) != 2 or segments[0][0] != "companies" or segments[0][1] is None:
+                raise resource_not_found(segments[-1][0] if segments else "(root)")
+            company_id = self.store.company(segments[0][1]).id
+            name, key = segments[1]
+            if name != WEBHOOK_SUPPORTED_RESOURCES.name or key is not None:
+                raise resource_not_found(name)
+            self._only(request, "GET")
+            return self._webhook_supported_resources(request, company_id)
+        except BcError as error:
+            return error_response(error)
+
+    def _webhook_supported_resources(self, request: ApiRequest, company_id: str) -> ApiResponse:
+        """BC's page 5460 lists every API page a subscription can name ("v2.0/customers"; the pages
+        of other publishers as "<publisher>/<group>/<version>/<set>"): here the sandbox's v2.0 sets
+        that `POST subscriptions` accepts, so a client can decide from it which sets to subscribe and
+        which to poll. Rows have no `@odata.etag` (a temporary table; unverified)."""
+        entity = WEBHOOK_SUPPORTED_RESOURCES
+        rows = [{"resource": f"v2.0/{e.name}"} for e in ENTITY_SETS.values() if e.webhook_supported]
+        context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
+        return self._query(
+            request,
+            entity,
+            rows,
+            context,
+            lambda options, page: [to_wire_computed(entity, row, options.select) for row in page],
+        )
+
     # --- routing ----------------------------------------------------------------------------------
 
     def _route(self, request: ApiRequest) -> ApiResponse:
@@ -120,6 +159,8 @@ class BcApi:
             if record_key is None:
                 return self._collection(request, company_id, entity)
             return self._item(request, company_id, entity, normalize_guid(record_key))
+        if len(segments) == 3 and record_key is None and segments[2] == ("$count", None):
+            return self._count(request, company_id, entity)
         if len(segments) == 3 and record_key is not None:
             return self._navigation(request, company_id, entity, normalize_guid(record_key), segments[2])
         raise resource_not_found(request.path)
@@ -134,12 +175,21 @@ class BcApi:
             )
 
     def _companies(self, request: ApiRequest, key: str | None) -> ApiResponse:
+        """`companies` answers the query options as any set does (a lookup by `name` must find it)."""
         context = f"{request.service_root}/$metadata#companies"
         if key is None:
             with self.store.lock:
-                value = [c.to_json() for c in self.store.companies.values()]
-            return ApiResponse(200, {"@odata.context": context, "value": value})
-        return ApiResponse(200, {"@odata.context": context + "/$entity", **self.store.company(key).to_json()})
+                rows = [c.to_json() for c in self.store.companies.values()]
+            return self._query(
+                request,
+                COMPANIES,
+                rows,
+                context,
+                lambda options, page: [to_wire_computed(COMPANIES, row, options.select) for row in page],
+            )
+        options = parse_options(COMPANIES, {k: v for k, v in request.params.items() if k == "$select"})
+        company = to_wire_computed(COMPANIES, self.store.company(key).to_json(), options.select)
+        return ApiResponse(200, {"@odata.context": context + "/$entity", **company})
 
     def _navigation(
         self,
@@ -182,6 +232,7 @@ class BcApi:
             created = {"@odata.context": context + "/$entity", **to_wire(entity, record)}
             location = f"{request.service_root}/companies({company_id})/{entity.name}({record['id']})"
             return ApiResponse(201, created, {"etag": record["_etag"], "location": location})
+        self._require_document_filter(request, entity, parent_id)
         rows = self.store.rows(company_id, entity.name)
         if parent_id is not None:
             rows = [r for r in rows if r["documentId"] == parent_id]
@@ -192,6 +243,24 @@ class BcApi:
             return value
 
         return self._query(request, entity, rows, context, write)
+
+    @staticmethod
+    def _require_document_filter(request: ApiRequest, entity: EntitySet, parent_id: str | None) -> None:
+        """Reading a line set needs the document (BC's OnFindRecord: an `id` or `documentId` filter)."""
+        if entity.name not in LINE_SETS or parent_id is not None:
+            return
+        if not _LINE_FILTER.search(request.params.get("$filter", "")):
+            raise bad_request(
+                "You must specify an Id or a Document Id to get the lines.", "Application_DialogException"
+            )
+
+    def _count(self, request: ApiRequest, company_id: str, entity: EntitySet) -> ApiResponse:
+        """`<set>/$count` (OData v4): the number of rows `$filter` matches, as text/plain."""
+        self._only(request, "GET")
+        self._require_document_filter(request, entity, None)
+        options = parse_options(entity, {k: v for k, v in request.params.items() if k == "$filter"})
+        total = count_rows(self.store.rows(company_id, entity.name), options)
+        return ApiResponse(200, str(total), {"content-type": "text/plain; charset=utf-8"})
 
     def _query(
         self,
@@ -206,7 +275,10 @@ class BcApi:
         prefer = request.headers.get("prefer")
         page_size = page_size_from_prefer(prefer, self.config.max_page_size)
         page, token = run_query(entity, rows, options, page_size)
-        body: dict[str, Any] = {"@odata.context": context, "value": write(options, page)}
+        body: dict[str, Any] = {"@odata.context": context}
+        if options.count:
+            body["@odata.count"] = count_rows(rows, options)
+        body["value"] = write(options, page)
         if token is not None:
             body["@odata.nextLink"] = _next_link(request.url, token)
         headers = {}

@@ -31,8 +31,11 @@ from devstack.sandbox_common.control import control_routes, read_json
 from devstack.sandbox_common.faults import CONTROL_PREFIX, FaultMiddleware
 from devstack.sandbox_common.limits import GateRejected, retry_after_header
 
+# The standard API (`/api/v2.0`) and the runtime API (`/api/microsoft/runtime/v1.0`, BC's page 5460).
+RUNTIME_API = "microsoft/runtime/v1.0"
 PREFIX_RE = re.compile(
-    r"^(?:/v2\.0/(?:(?P<tenant>[^/]+)/)?(?P<environment>[^/]+))?/api/v2\.0(?:/(?P<rest>.*))?$"
+    r"^(?:/v2\.0/(?:(?P<tenant>[^/]+)/)?(?P<environment>[^/]+))?"
+    r"/api/(?P<api>v2\.0|microsoft/runtime/v1\.0)(?:/(?P<rest>.*))?$"
 )
 SEGMENT_NAME_RE = re.compile(r"([A-Za-z$]+)(?:\([^)]*\))?")
 
@@ -128,6 +131,8 @@ class ApiEndpoint:
             response = error_response(error)
         if response.body is None:
             http_response = Response(status_code=response.status, headers=response.headers)
+        elif isinstance(response.body, str):  # `/$count`: a bare number, text/plain
+            http_response = Response(str(response.body), response.status, response.headers)
         else:
             http_response = _json(response.status, response.body, response.headers)
         await http_response(scope, receive, send)
@@ -163,6 +168,8 @@ class ApiEndpoint:
             service_root=service_root,
             url=str(request.url),
         )
+        if match.group("api") == RUNTIME_API:
+            return self.api.handle_runtime(api_request)
         if rest == "$batch":
             if request.method != "POST":
                 raise BcError(405, "BadRequest_MethodNotAllowed", "$batch only accepts POST.")

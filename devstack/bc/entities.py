@@ -68,6 +68,18 @@ class EntitySet:
         """A record with every field at its default, in documented order."""
         return dict(self._template)
 
+    @property
+    def type_name(self) -> str:
+        """The EDM entity type BC names in its errors: `Microsoft.NAV.customer` for `customers`."""
+        irregular = {
+            "salespeoplePurchasers": "salespersonPurchaser",
+            "contactsInformation": "contactInformation",
+        }
+        name = irregular.get(self.name) or (
+            self.name[:-3] + "y" if self.name.endswith("ies") else self.name.removesuffix("s")
+        )
+        return "Microsoft.NAV." + name
+
 
 def _id() -> Field:
     return Field("id", GUID, ZERO_GUID, read_only=True)
@@ -487,6 +499,36 @@ CONTACTS_INFORMATION = EntitySet(
             read_only=True,
         ),
     ),
+)
+
+# `companies` (GET only, no ETag): the fields of API v2.0's company resource, ordered by `name` (the
+# Company table's key). `name` is the key, `displayName` a separate, longer text that often differs.
+# https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/resources/dynamics_company
+COMPANIES = EntitySet(
+    "companies",
+    "Company",
+    (
+        _id(),
+        Field("systemVersion", STR, "", read_only=True),
+        Field("timestamp", NUM, 0, read_only=True),
+        Field("name", STR, "", max_length=30, read_only=True),
+        Field("displayName", STR, "", max_length=250, read_only=True),
+        Field("businessProfileId", STR, "", read_only=True),
+        Field("systemCreatedAt", DATETIME, "0001-01-01T00:00:00Z", read_only=True),
+        Field("systemCreatedBy", GUID, ZERO_GUID, read_only=True),
+        Field("systemModifiedAt", DATETIME, "0001-01-01T00:00:00Z", read_only=True),
+        Field("systemModifiedBy", GUID, ZERO_GUID, read_only=True),
+    ),
+    key="name",
+)
+
+# `webhookSupportedResources` of the runtime API (BC's page 5460 "Webhook Supported Resources", on a
+# temporary Name/Value Buffer): one `resource` per subscribable set, "<version>/<entity set>".
+WEBHOOK_SUPPORTED_RESOURCES = EntitySet(
+    "webhookSupportedResources",
+    "Webhook Supported Resource",
+    (Field("resource", STR, "", max_length=2048, read_only=True),),
+    key="resource",
 )
 
 # Entity sets served but computed (GET only).

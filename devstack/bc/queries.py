@@ -19,15 +19,19 @@ from typing import Any
 from devstack.bc.entities import EntitySet
 from devstack.bc.errors import BcError, bad_request
 from devstack.sandbox_common.odata_query import (
+    OrAcrossFieldsError,
     Predicate,
     QueryError,
+    UnknownPropertyError,
     compile_filter,
     parse_orderby,
     parse_select,
     sort_key,
 )
 
-SUPPORTED_OPTIONS = frozenset({"$filter", "$select", "$orderby", "$top", "$skip", "$expand", "$skiptoken"})
+SUPPORTED_OPTIONS = frozenset(
+    {"$filter", "$select", "$orderby", "$top", "$skip", "$expand", "$skiptoken", "$count"}
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class QueryOptions:
     skip: int
     expand: list[str]
     skiptoken: str | None
+    count: bool = False  # `$count=true`: `@odata.count`, the matching rows before `$top`/`$skip`
 
 
 def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
@@ -48,15 +53,21 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         raise bad_request(f"The query option {unknown[0]} is not supported.")
     fields = list(entity.by_name)
     try:
-        predicate = compile_filter(params["$filter"], fields=fields) if params.get("$filter") else None
+        text = params.get("$filter")
+        predicate = compile_filter(text, fields=fields, or_single_field=True) if text else None
         select = parse_select(params.get("$select"), fields)
         orderby = parse_orderby(params.get("$orderby"), fields)
+    except UnknownPropertyError as exc:
+        raise unknown_property(entity, exc.name) from None
+    except OrAcrossFieldsError as exc:
+        # BC's documented known limitation (docs/bc-sandbox.md#sources), answered 501 as BC does.
+        raise BcError(501, "BadRequest_MethodNotImplemented", str(exc)) from None
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     expand = [e.strip() for e in params.get("$expand", "").split(",") if e.strip()]
     for name in expand:
         if name not in entity.expands:
-            raise bad_request(f"Could not find a navigation property named '{name}' on {entity.name}.")
+            raise unknown_property(entity, name)
     return QueryOptions(
         select=select,
         predicate=predicate,
@@ -65,7 +76,32 @@ def parse_options(entity: EntitySet, params: Mapping[str, str]) -> QueryOptions:
         skip=_non_negative(params, "$skip") or 0,
         expand=expand,
         skiptoken=params.get("$skiptoken"),
+        count=_boolean(params, "$count"),
     )
+
+
+def _boolean(params: Mapping[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None or raw.lower() == "false":
+        return False
+    if raw.lower() == "true":
+        return True
+    raise bad_request(f"Invalid value '{raw}' for {name}: true or false is expected.")
+
+
+def count_rows(rows: Sequence[Mapping[str, Any]], options: QueryOptions) -> int:
+    """The rows `$filter` matches, as `/$count` and `@odata.count` report them (paging ignored)."""
+    if options.predicate is None:
+        return len(rows)
+    return sum(1 for row in rows if options.predicate(row))
+
+
+def unknown_property(entity: EntitySet, name: str) -> BcError:
+    """BC's (OData library's) answer to a name in `$select`, `$filter`, `$orderby` or `$expand` that the
+    entity type lacks: "Could not find a property named 'x' on type 'Microsoft.NAV.customer'." (the
+    code "BadRequest" is unverified; a structural property unknown in a request body has another
+    message, see `BcStore._apply_body`)."""
+    return bad_request(f"Could not find a property named '{name}' on type '{entity.type_name}'.")
 
 
 def _non_negative(params: Mapping[str, str], name: str) -> int | None:

@@ -20,7 +20,12 @@ from devstack.sandbox_common.counters import RequestCounters
 from devstack.sandbox_common.faults import FaultInjector
 from devstack.sandbox_common.limits import ConcurrencyGate, SlidingWindowLimiter
 
-COMPANIES = {DEFAULT_COMPANY_ID: "CRONUS USA, Inc.", SECOND_COMPANY_ID: "CRONUS Canada, Inc."}
+# id -> (name, displayName): in BC `name` is the Company table's key and `displayName` a separate text,
+# so a client that looks a company up by one must not get away with using the other.
+COMPANIES = {
+    DEFAULT_COMPANY_ID: ("CRONUS USA, Inc.", "CRONUS USA, Inc. (Sandbox)"),
+    SECOND_COMPANY_ID: ("CRONUS Canada, Inc.", "CRONUS Canada (Sandbox)"),
+}
 _USER_NAMESPACE = uuid.UUID("5d1c9a0e-2b3c-4d5e-8f6a-7b8c9d0e1f2a")
 
 
@@ -48,8 +53,10 @@ class BcSandbox:
         return DEFAULT_COMPANY_ID
 
     def _seed_companies(self) -> None:
-        for company_id, name in COMPANIES.items():
-            seed_company(self.store, company_id, name, with_samples=self.config.sample_data)
+        for company_id, (name, display_name) in COMPANIES.items():
+            seed_company(
+                self.store, company_id, name, display_name=display_name, with_samples=self.config.sample_data
+            )
 
     def reset(self) -> None:
         """Back to the state at start: data, subscriptions, deliveries, counters, faults, limits' windows."""

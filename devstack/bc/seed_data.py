@@ -64,9 +64,11 @@ def reference_id(company_id: str, entity_set: str, code: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{company_id}/{entity_set}/{code}"))
 
 
-def seed_company(store: BcStore, company_id: str, name: str, *, with_samples: bool = True) -> None:
+def seed_company(
+    store: BcStore, company_id: str, name: str, *, display_name: str | None = None, with_samples: bool = True
+) -> None:
     """A company with reference data and (optionally) a couple of customers and items."""
-    store.add_company(company_id, name)
+    store.add_company(company_id, name, display_name=display_name)
     with store.quiet(), store.transaction():
         for entity_set, rows in REFERENCE_DATA.items():
             for row in rows:

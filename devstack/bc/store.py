@@ -151,12 +151,14 @@ class BcStore:
 
     # --- companies --------------------------------------------------------------------------------
 
-    def add_company(self, company_id: str, name: str, local_currency: str = "USD") -> Company:
+    def add_company(
+        self, company_id: str, name: str, local_currency: str = "USD", display_name: str | None = None
+    ) -> Company:
         with self.lock:
             company = Company(
                 id=normalize_guid(company_id),
                 name=name,
-                display_name=name,
+                display_name=name if display_name is None else display_name,
                 local_currency=local_currency,
                 created_at=iso_ms(self.clock.now_ms()),
             )
@@ -373,9 +375,8 @@ class BcStore:
             spec = entity.by_name.get(name)
             if spec is None:
                 raise bad_request(
-                    f"The property '{name}' does not exist on type 'Microsoft.NAV.{_type_name(entity)}'. "
-                    "Make sure to only use property names that are defined by the type.",
-                    "BadRequest_PropertyNotFound",  # (unverified)
+                    f"The property '{name}' does not exist on type '{entity.type_name}'. "
+                    "Make sure to only use property names that are defined by the type."
                 )
             coerced = _coerce(entity, spec, value)
             if spec.read_only:
@@ -1023,12 +1024,6 @@ class BcStore:
             }
             for c in customers
         }
-
-
-def _type_name(entity: EntitySet) -> str:
-    singular = {"salespeoplePurchasers": "salespersonPurchaser", "currencies": "currency"}
-    name = singular.get(entity.name, entity.name.removesuffix("s"))
-    return name
 
 
 def _caption_of(field_name: str) -> str:

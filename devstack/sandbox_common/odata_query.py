@@ -34,6 +34,10 @@ class QueryError(ValueError):
     """A query option the service would refuse; the message is fit for a 400 answer."""
 
 
+class OrAcrossFieldsError(QueryError):
+    """`or` between conditions on different properties, for a service that cannot express it (BC)."""
+
+
 class UnknownPropertyError(QueryError):
     """A property name that is not a column of the table; `.name` is the offending name."""
 
@@ -164,6 +168,7 @@ class _Parser:
         case_insensitive: bool,
         functions: Mapping[str, QueryFunction] | None = None,
         aliases: Mapping[str, str] | None = None,
+        or_single_field: bool = False,
     ) -> None:
         self.text = text
         self.tokens = _tokenize(text)
@@ -172,6 +177,8 @@ class _Parser:
         self.case_insensitive = case_insensitive
         self.functions = {k.lower(): v for k, v in (functions or {}).items()}
         self.aliases = aliases or {}
+        self.or_single_field = or_single_field
+        self.names: list[str] = []  # every property named so far, in order
 
     # token helpers
     def peek(self) -> _Token:
@@ -205,11 +212,16 @@ class _Parser:
         return predicate
 
     def or_expr(self) -> Predicate:
+        first_name = len(self.names)
         parts = [self.and_expr()]
         while self.keyword("or"):
             parts.append(self.and_expr())
         if len(parts) == 1:
             return parts[0]
+        if self.or_single_field and len(set(self.names[first_name:])) > 1:
+            raise OrAcrossFieldsError(
+                "The 'OR' operator is not supported on distinct fields on an OData filter."
+            )
         return lambda row: any(p(row) for p in parts)
 
     def and_expr(self) -> Predicate:
@@ -382,6 +394,7 @@ class _Parser:
     def property_operand(self, name: str) -> _Operand:
         if self.fields is not None and name not in self.fields:
             raise UnknownPropertyError(name)
+        self.names.append(name)
         return _Operand.prop(name)
 
 
@@ -488,14 +501,17 @@ def compile_filter(
     case_insensitive: bool = True,
     functions: Mapping[str, QueryFunction] | None = None,
     aliases: Mapping[str, str] | None = None,
+    or_single_field: bool = False,
 ) -> Predicate:
     """Compile an OData `$filter` into a predicate over wire-form rows.
 
     `functions` are extra query functions by full name (`Microsoft.Dynamics.CRM.Between`); `aliases` the
     request's parameter aliases (`{"@p1": "'name'"}`). Raises `UnknownPropertyError` for a name not in
-    `fields` (when given), `QueryError` otherwise.
+    `fields` (when given), `OrAcrossFieldsError` for an `or` whose conditions name more than one
+    property when `or_single_field` (BC turns a filter into per-field filters and cannot express that),
+    `QueryError` otherwise.
     """
-    return _Parser(text, fields, case_insensitive, functions, aliases).parse()
+    return _Parser(text, fields, case_insensitive, functions, aliases, or_single_field).parse()
 
 
 def compare_values(op: str, value: Any, literal: Any, *, case_insensitive: bool = True) -> bool:

@@ -137,7 +137,12 @@ def test_field_level_validation_messages(bc: Bc) -> None:
     assert "must be less than or equal to 100" in assert_error(
         too_long, 400, "Application_StringExceededLength"
     )
-    assert_error(bc.http.post(url, json={"nickname": "x"}), 400, "BadRequest_PropertyNotFound")
+    # BC's words and code for an unknown property in a body (as seen in a real BC answer).
+    unknown = assert_error(bc.http.post(url, json={"nickname": "x"}), 400, "BadRequest")
+    assert unknown.startswith(
+        "The property 'nickname' does not exist on type 'Microsoft.NAV.customer'. "
+        "Make sure to only use property names that are defined by the type."
+    )
     assert_error(bc.http.post(url, json={"creditLimit": "lots"}), 400, "BadRequest")
     assert_error(bc.http.post(url, json={"balanceDue": 5}), 400, "BadRequest")
     duplicate = bc.http.post(url, json={"number": "C00010", "displayName": "Dup"})
@@ -147,7 +152,7 @@ def test_field_level_validation_messages(bc: Bc) -> None:
 def test_every_entity_set_serves_id_timestamp_and_etag(bc: Bc) -> None:
     for entity_set in ("customers", "vendors", "contacts", "items", "currencies", "unitsOfMeasure",
                        "paymentTerms", "shipmentMethods", "salespeoplePurchasers", "salesQuotes",
-                       "salesOrders", "salesOrderLines", "salesInvoices"):  # fmt: skip
+                       "salesOrders", "salesInvoices"):  # fmt: skip
         response = bc.http.get(bc.entity_url(entity_set))
         assert response.status_code == 200, entity_set
         for row in response.json()["value"]:
@@ -199,6 +204,30 @@ def test_sales_order_lines_update_the_header_and_validate_items(bc: Bc) -> None:
     assert [ln["lineObjectNumber"] for ln in after["salesOrderLines"]] == ["I00010"]
     refused = bc.http.delete(bc.entity_url("customers", customer["id"]), headers={"If-Match": "*"})
     assert "outstanding Sales Order" in assert_error(refused, 400, "Application_DialogException")
+
+
+def test_sales_order_lines_need_a_document_id_or_an_id_as_in_bc(bc: Bc) -> None:
+    orders = [
+        bc.http.post(bc.entity_url("salesOrders"), json={"customerNumber": "C00010"}).json() for _ in "ab"
+    ]
+    for order in orders:
+        url = f"{bc.entity_url('salesOrders', order['id'])}/salesOrderLines"
+        assert bc.http.post(url, json={"lineObjectNumber": "I00010", "quantity": 1}).status_code == 201
+    lines = bc.entity_url("salesOrderLines")
+    # BC's page 30044 (OnFindRecord): no `id` and no `documentId` filter, no lines.
+    for refused in (bc.http.get(lines), bc.http.get(lines, params={"$filter": "quantity gt 0"}),
+                    bc.http.get(lines + "/$count")):  # fmt: skip
+        message = assert_error(refused, 400, "Application_DialogException")
+        assert message.startswith("You must specify an Id or a Document Id to get the lines.")
+    first = orders[0]["id"]
+    by_document = bc.http.get(lines, params={"$filter": f"documentId eq {first}"})
+    assert by_document.status_code == 200, by_document.text
+    [line] = by_document.json()["value"]
+    assert line["documentId"] == first
+    assert bc.http.get(lines, params={"$filter": f"id eq {line['id']}"}).json()["value"] == [line]
+    assert bc.http.get(bc.entity_url("salesOrderLines", line["id"])).json()["id"] == line["id"]
+    navigated = bc.http.get(f"{bc.entity_url('salesOrders', first)}/salesOrderLines").json()["value"]
+    assert [n["id"] for n in navigated] == [line["id"]]
 
 
 def test_customer_financial_detail_expands(bc: Bc) -> None:

@@ -304,3 +304,32 @@ def test_subscriptions_work_under_the_tenant_prefix_and_bare(bc: Bc, receiver: R
     subscribe(bc, receiver)
     bare = httpx.get(f"{bc.url}/api/v2.0/subscriptions", headers={"Authorization": "Bearer integration-user"})
     assert len(bare.json()["value"]) == 1
+
+
+def test_webhook_supported_resources_list_what_can_be_subscribed(bc: Bc) -> None:
+    runtime = f"{bc.url}/v2.0/contoso/production/api/microsoft/runtime/v1.0"
+    url = f"{runtime}/companies({bc.company})/webhookSupportedResources"
+    response = bc.http.get(url)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["@odata.context"].endswith(f"$metadata#companies({bc.company})/webhookSupportedResources")
+    resources = [row["resource"] for row in body["value"]]
+    assert all(set(row) == {"resource"} for row in body["value"])  # BC's page 5460 has one field
+    assert {"v2.0/customers", "v2.0/items", "v2.0/salesOrders", "v2.0/vendors"} <= set(resources)
+    # contacts and salespeoplePurchasers are not subscribable (docs/bc-sandbox.md), nor are the lines.
+    assert not {"v2.0/contacts", "v2.0/salespeoplePurchasers", "v2.0/salesOrderLines"} & set(resources)
+    for resource in resources:  # every one listed is served, and its subscription passes validation
+        entity_set = resource.removeprefix("v2.0/")
+        assert bc.http.get(bc.entity_url(entity_set), params={"$top": "1"}).status_code == 200, resource
+    sales = bc.http.get(url, params={"$filter": "startswith(resource,'v2.0/sales')", "$select": "resource"})
+    assert [r["resource"] for r in sales.json()["value"]] == sorted(r for r in resources if "/sales" in r)
+    assert_error(bc.http.post(url, json={}), 405, "BadRequest_MethodNotAllowed")
+    assert_error(
+        bc.http.get(f"{runtime}/companies({bc.company})/customers"), 404, "BadRequest_ResourceNotFound"
+    )
+    assert_error(
+        bc.http.get(f"{runtime}/companies(11111111-2222-3333-4444-555555555555)/webhookSupportedResources"),
+        404,
+        "BadRequest_NotFound",
+    )
+    assert httpx.get(url).status_code == 401

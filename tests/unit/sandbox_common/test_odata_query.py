@@ -6,6 +6,7 @@ import pytest
 
 from devstack.sandbox_common.odata_query import (
     FunctionCall,
+    OrAcrossFieldsError,
     Predicate,
     QueryError,
     UnknownPropertyError,
@@ -187,3 +188,25 @@ def test_caller_supplied_query_functions_get_their_arguments() -> None:
     predicate = compile_filter(text, fields=FIELDS, functions={"X.Positive": positive})
     assert [r["name"] for r in ROWS if predicate(r)] == [r["name"] for r in ROWS if r["n"] > 0]
     assert seen == [{"PropertyName": "n", "PropertyValues": ["1", 2]}]
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("n eq 1 or n eq 5", False),
+        ("(n eq 1 or n eq 5) and name ne 'x'", False),
+        ("not (n eq 1 or n gt 4) and active", False),
+        (odata.any_eq("name", ["a", "b", "c"]), False),
+        ("n eq 1 or name eq 'x'", True),
+        ("n eq 1 or (n eq 2 and active)", True),
+        ("active and (n eq 1 or name eq 'x')", True),
+        ("startswith(name,'O') or contains(city,'x')", True),
+    ],
+)
+def test_or_single_field_refuses_or_across_properties_only(text: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(OrAcrossFieldsError, match="not supported on distinct fields"):
+            compile_filter(text, or_single_field=True)
+    else:
+        compile_filter(text, or_single_field=True)
+    compile_filter(text)  # without the option (Dataverse) every `or` is fine
