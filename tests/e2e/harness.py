@@ -14,13 +14,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yaml
 
 from devstack.bc.config import BcSandboxConfig
 from devstack.serve import free_port
-from devstack.stack import Stack, StackPorts, start_stack
+from devstack.stack import REPO, Stack, StackPorts, start_stack
 from shared.feeds.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
 from shared.messages import SyncMessage
 from shared.runtime import Runtime, get_runtime
@@ -57,6 +59,17 @@ def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0, in
         if time.monotonic() > deadline:
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+def mapping_file(folder: Path, name: str, **policies: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a stack running `mappings/default.yaml` with some mappings' policies
+    changed, e.g. `mapping_file(tmp, "propagate", CUSTOMER={"deletion": "propagate"})`."""
+    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
+    for m in mappings["mappings"]:
+        m.update(policies.get(m["name"], {}))
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
+    return {"MAPPINGS_FILE": str(path)}
 
 
 def writes(sandbox: Any) -> dict[str, int]:

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from bcsync.cli import app
 from devstack.dataverse.config import SALES_USER_ID
-from devstack.stack import REPO
 from shared.ops import operations as ops
 from shared.store.couplings import Coupling
-from tests.e2e.harness import E2EStack, diff, wait_for, writes
+from tests.e2e.harness import E2EStack, diff, mapping_file, wait_for, writes
 
 pytestmark = pytest.mark.e2e
 
@@ -32,12 +30,8 @@ AFTER_A_SECOND = 1.2
 
 @pytest.fixture(scope="module")
 def e2e_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-    customer = next(m for m in mappings["mappings"] if m["name"] == CUSTOMER)
-    customer["conflict"] = "newest_wins"
-    path: Path = tmp_path_factory.mktemp("mappings") / "newest_wins.yaml"
-    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
-    return {"MAPPINGS_FILE": str(path)}
+    folder = tmp_path_factory.mktemp("mappings")
+    return mapping_file(folder, "newest_wins", CUSTOMER={"conflict": "newest_wins"})
 
 
 def _tag() -> str:

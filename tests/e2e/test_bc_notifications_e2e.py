@@ -11,15 +11,12 @@ deletion sweep). The expiry test moves BC's clock days ahead, so it comes last.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from devstack.stack import REPO
 from shared.sync import bulk
-from tests.e2e.harness import E2EStack, diff, wait_for
+from tests.e2e.harness import E2EStack, diff, mapping_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +27,13 @@ HOUR = 3600.0
 
 @pytest.fixture(scope="module")
 def e2e_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-    for m in mappings["mappings"]:
-        if m["name"] in (CUSTOMER, CONTACT):
-            m["deletion"] = "propagate"
-    path: Path = tmp_path_factory.mktemp("mappings") / "propagate.yaml"
-    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
-    return {"MAPPINGS_FILE": str(path), "BC_SWEEP_MINUTES": "0"}
+    folder = tmp_path_factory.mktemp("mappings")
+    return {
+        **mapping_file(
+            folder, "propagate", CUSTOMER={"deletion": "propagate"}, CONTACT={"deletion": "propagate"}
+        ),
+        "BC_SWEEP_MINUTES": "0",
+    }
 
 
 def _coupled_customer(e2e: E2EStack, phone: str = "555-1100") -> tuple[str, str]:

@@ -4,13 +4,10 @@ test_engine_e2e). This module runs its own stack on a copy of default.yaml with 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 
-from devstack.stack import REPO
-from tests.e2e.harness import E2EStack, wait_for
+from tests.e2e.harness import E2EStack, mapping_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -19,12 +16,8 @@ CUSTOMER = "CUSTOMER"
 
 @pytest.fixture(scope="module")
 def e2e_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-    customer = next(m for m in mappings["mappings"] if m["name"] == CUSTOMER)
-    customer["deletion"] = "propagate"
-    path: Path = tmp_path_factory.mktemp("mappings") / "propagate.yaml"
-    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
-    return {"MAPPINGS_FILE": str(path)}
+    folder = tmp_path_factory.mktemp("mappings")
+    return mapping_file(folder, "propagate", CUSTOMER={"deletion": "propagate"})
 
 
 @pytest.mark.parametrize("deleted_in", ["bc", "dv"])

@@ -6,15 +6,12 @@ salesperson creates in Sales carry that currency; they must reach BC with the bl
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 
 from devstack.bc.entities import ZERO_GUID
 from devstack.dataverse.config import USD_CURRENCY_ID
-from devstack.stack import REPO
-from tests.e2e.harness import E2EStack, wait_for
+from tests.e2e.harness import E2EStack, mapping_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +21,8 @@ USD = f"/transactioncurrencies({USD_CURRENCY_ID})"
 @pytest.fixture(scope="module")
 def e2e_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """default.yaml with VENDOR's deletion policy `restore` (a vendor deleted in BC is re-created)."""
-    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-    next(m for m in mappings["mappings"] if m["name"] == "VENDOR")["deletion"] = "restore"
-    path: Path = tmp_path_factory.mktemp("mappings") / "restore-vendors.yaml"
-    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
-    return {"MAPPINGS_FILE": str(path)}
+    folder = tmp_path_factory.mktemp("mappings")
+    return mapping_file(folder, "restore-vendors", VENDOR={"deletion": "restore"})
 
 
 def test_a_sales_users_account_in_the_base_currency_reaches_bc_blank_and_gets_its_number(

@@ -8,18 +8,15 @@ Sales deletion asks BC to delete the customer (which BC refuses while an order i
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from devstack.stack import REPO
 from shared.ops import operations
 from shared.ops.operations import ErrorItem
 from shared.store.couplings import Coupling
 from shared.sync.engine import MAX_TRANSIENT_REQUEUES
-from tests.e2e.harness import E2EStack, wait_for
+from tests.e2e.harness import E2EStack, mapping_file, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +25,8 @@ CUSTOMER = "CUSTOMER"
 
 @pytest.fixture(scope="module")
 def e2e_environment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-    customer = next(m for m in mappings["mappings"] if m["name"] == CUSTOMER)
-    customer["deletion"] = "propagate"
-    path: Path = tmp_path_factory.mktemp("mappings") / "propagate.yaml"
-    path.write_text(yaml.safe_dump(mappings, sort_keys=False))
-    return {"MAPPINGS_FILE": str(path)}
+    folder = tmp_path_factory.mktemp("mappings")
+    return mapping_file(folder, "propagate", CUSTOMER={"deletion": "propagate"})
 
 
 def _coupled_customer(e2e: E2EStack, **fields: Any) -> tuple[str, str]:
