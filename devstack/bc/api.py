@@ -122,13 +122,7 @@ class BcApi:
         entity = WEBHOOK_SUPPORTED_RESOURCES
         rows = [{"resource": f"v2.0/{e.name}"} for e in ENTITY_SETS.values() if e.webhook_supported]
         context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
-        return self._query(
-            request,
-            entity,
-            rows,
-            context,
-            lambda options, page: [to_wire_computed(entity, row, options.select) for row in page],
-        )
+        return self._query(request, entity, rows, context)
 
     # --- routing ----------------------------------------------------------------------------------
 
@@ -180,13 +174,7 @@ class BcApi:
         if key is None:
             with self.store.lock:
                 rows = [c.to_json() for c in self.store.companies.values()]
-            return self._query(
-                request,
-                COMPANIES,
-                rows,
-                context,
-                lambda options, page: [to_wire_computed(COMPANIES, row, options.select) for row in page],
-            )
+            return self._query(request, COMPANIES, rows, context)
         options = parse_options(COMPANIES, {k: v for k, v in request.params.items() if k == "$select"})
         company = to_wire_computed(COMPANIES, self.store.company(key).to_json(), options.select)
         return ApiResponse(200, {"@odata.context": context + "/$entity", **company})
@@ -268,9 +256,10 @@ class BcApi:
         entity: EntitySet,
         rows: Sequence[Mapping[str, Any]],
         context: str,
-        write: Callable[[QueryOptions, list[Mapping[str, Any]]], list[dict[str, Any]]],
+        write: Callable[[QueryOptions, list[Mapping[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> ApiResponse:
-        """One page of a collection GET: query options, `Prefer: odata.maxpagesize`, nextLink."""
+        """One page of a collection GET: query options, `Prefer: odata.maxpagesize`, nextLink. `write`
+        turns the page into wire rows; by default each row as stored, computed fields included."""
         options = parse_options(entity, request.params)
         prefer = request.headers.get("prefer")
         page_size = page_size_from_prefer(prefer, self.config.max_page_size)
@@ -278,7 +267,9 @@ class BcApi:
         body: dict[str, Any] = {"@odata.context": context}
         if options.count:
             body["@odata.count"] = count_rows(rows, options)
-        body["value"] = write(options, page)
+        body["value"] = (
+            write(options, page) if write else [to_wire_computed(entity, row, options.select) for row in page]
+        )
         if token is not None:
             body["@odata.nextLink"] = _next_link(request.url, token)
         headers = {}
@@ -305,13 +296,7 @@ class BcApi:
         context = f"{request.service_root}/$metadata#companies({company_id})/{path}"
         rows = self.store.contacts_information(company_id, parent)
         if key is None:
-            return self._query(
-                request,
-                entity,
-                rows,
-                context,
-                lambda options, page: [to_wire_computed(entity, row, options.select) for row in page],
-            )
+            return self._query(request, entity, rows, context)
         contact_id = normalize_guid(key)
         row = next((r for r in rows if r["id"] == contact_id), None)
         if row is None:
