@@ -13,8 +13,13 @@ param bcWebhookClientState string
 param dataverseIntegrationUserId string
 param authAudience string
 
-@description('Upper bound of instances: each keeps its own request budget against the per-user API limits (README, Performance).')
-param maximumInstanceCount int = 10
+// The instances share the integration user's request budget through storage, but each keeps its
+// own share of BC's 5 concurrent requests per user (at least one), so more than 5 instances could
+// exceed it: docs/deploy.md#scale-out. Also given to the code as SCALE_OUT_MAX_INSTANCES.
+@description('Most instances at once (Flex Consumption maximumInstanceCount; the platform allows 1-1000): at most 5, BC\'s concurrent requests per user.')
+@minValue(1)
+@maxValue(5)
+param maximumInstanceCount int = 3
 
 var functionAppName = 'func-bcsync-${resourceToken}'
 var deploymentContainer = 'app-package-${resourceToken}'
@@ -194,6 +199,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     SUBSCRIPTION_UPKEEP_SCHEDULE: '0 0 */12 * * *'
     STATISTICS_SCHEDULE: '0 */30 * * * *'
     BC_SWEEP_MINUTES: '10'
+    SCALE_OUT_MAX_INSTANCES: string(maximumInstanceCount)
     AUTH_ISSUER: '${tenantAuthority}/v2.0'
     AUTH_AUDIENCE: authAudience
     AUTH_JWKS_URL: '${tenantAuthority}/discovery/v2.0/keys'

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-from shared.connectors.retry import RequestBudget, RetryPolicy
+from shared.connectors.retry import Budget, RequestBudget, RetryPolicy
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
+from shared.store.request_budget import SharedRequestBudget
 from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
 from shared.store.subscriptions import SubscriptionStore
@@ -97,11 +98,33 @@ class Runtime:
 
     @cached_property
     def dataverse(self) -> DataverseClient:
-        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget())
+        return dataverse_client(
+            self.settings,
+            self.integration_credential("dataverse"),
+            budget=self.request_budget("dataverse"),
+            max_concurrent=self.settings.dataverse_concurrency_per_instance,
+        )
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget())
+        return bc_client(
+            self.settings,
+            self.integration_credential("bc"),
+            budget=self.request_budget("bc"),
+            max_concurrent=self.settings.bc_concurrency_per_instance,
+        )
+
+    def request_budget(self, service: Service) -> SharedRequestBudget:
+        """The integration user's allowance on `service`, shared by every instance through storage;
+        an instance's share in memory while storage cannot be asked."""
+        share = max(1, REQUESTS_PER_WINDOW // self.settings.scale_out_max_instances)
+        return SharedRequestBudget(
+            self.storage.table(tables.REQUEST_BUDGET),
+            service,
+            max_requests=REQUESTS_PER_WINDOW,
+            window_seconds=WINDOW_SECONDS,
+            fallback=RequestBudget(max_requests=share, window_seconds=WINDOW_SECONDS),
+        )
 
     @cached_property
     def engine(self) -> Engine:
@@ -145,7 +168,8 @@ def dataverse_client(
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> DataverseClient:
     from shared.connectors.dataverse import DataverseClient
 
@@ -156,6 +180,7 @@ def dataverse_client(
         policy=policy,
         timeout=timeout,
         budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
@@ -165,19 +190,26 @@ def bc_client(
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> BusinessCentralClient:
     from shared.connectors.business_central import BusinessCentralClient
 
     return BusinessCentralClient(
-        settings.bc_api_url, credential, scope=BC_SCOPE, policy=policy, timeout=timeout, budget=budget
+        settings.bc_api_url,
+        credential,
+        scope=BC_SCOPE,
+        policy=policy,
+        timeout=timeout,
+        budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
-def _budget() -> RequestBudget:
-    # Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
-    # operator's own calls made with the same identity.
-    return RequestBudget(max_requests=5_800, window_seconds=300)
+# Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
+# operator's own calls made with the same identity.
+REQUESTS_PER_WINDOW = 5_800
+WINDOW_SECONDS = 300.0
 
 
 _lock = threading.Lock()

@@ -33,6 +33,10 @@ QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 POISON_SUFFIX_LENGTH = len("-poison")
 # An HTTP header / query parameter name (RFC 9110 token): what Dataverse can send the secret under.
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Service protection per user, whatever number of callers share it (docs/architecture.md#request-budget):
+# BC online runs 5 requests of a user at once (more wait in a queue), Dataverse 52 (more get 429).
+BC_MAX_CONCURRENT_PER_USER = 5
+DATAVERSE_MAX_CONCURRENT_PER_USER = 52
 
 
 class SettingsError(ServiceError, RuntimeError):
@@ -159,6 +163,10 @@ class Settings(BaseSettings):
     # How often the delta poll queues the sweep of BC's ids that finds deletions no notification
     # reported (contacts and salespeople have no webhooks); 0 = at every poll.
     bc_sweep_minutes: float = Field(default=10.0, ge=0, validation_alias="BC_SWEEP_MINUTES")
+    # The most instances the deployment may run at once (Flex Consumption `maximumInstanceCount`,
+    # `functionAppScaleLimit` on the other plans): each instance sends at most its share of BC's
+    # concurrent requests per user. The request budget is shared through storage whatever this is.
+    scale_out_max_instances: int = Field(default=1, ge=1, validation_alias="SCALE_OUT_MAX_INSTANCES")
 
     # --- callers of the admin/data API (Entra ID) ----------------------------------------------
     auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")
@@ -278,6 +286,13 @@ class Settings(BaseSettings):
         ):
             if token and not is_loopback_url(url):
                 problems.append(f"{name}: for the local sandboxes only; remove it to use azure-identity")
+        if self.scale_out_max_instances > BC_MAX_CONCURRENT_PER_USER:
+            problems.append(
+                f"SCALE_OUT_MAX_INSTANCES: {self.scale_out_max_instances} instances with one BC request "
+                f"each would exceed BC's {BC_MAX_CONCURRENT_PER_USER} concurrent requests per user; "
+                f"bound the deployment to at most {BC_MAX_CONCURRENT_PER_USER} instances "
+                "(maximumInstanceCount / functionAppScaleLimit) and set the same number here"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -287,6 +302,15 @@ class Settings(BaseSettings):
         wanted = (("AUTH_ISSUER", self.auth_issuer), ("AUTH_AUDIENCE", self.auth_audience),
                   ("AUTH_JWKS_URL", self.auth_jwks_url))  # fmt: skip
         return [name for name, value in wanted if not value]
+
+    @property
+    def bc_concurrency_per_instance(self) -> int:
+        """BC requests one instance may have in flight: its share of BC's per-user limit."""
+        return max(1, BC_MAX_CONCURRENT_PER_USER // self.scale_out_max_instances)
+
+    @property
+    def dataverse_concurrency_per_instance(self) -> int:
+        return max(1, DATAVERSE_MAX_CONCURRENT_PER_USER // self.scale_out_max_instances)
 
     @property
     def dataverse_api_url(self) -> str:

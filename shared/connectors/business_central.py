@@ -38,7 +38,7 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, Budget, RequestStats, RetryPolicy, parse_retry_after
 from shared.errors import ServiceError
 
 SERVICE = "business_central"
@@ -129,7 +129,8 @@ class BusinessCentralClient:
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        budget: RequestBudget | None = None,
+        budget: Budget | None = None,
+        max_concurrent: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._origin = _origin(self.base_url)
@@ -137,7 +138,13 @@ class BusinessCentralClient:
         self._http = http or httpx.Client(timeout=timeout)
         self._auth = BearerTokenAuth(credential, scope)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=policy, sleep=sleep, budget=budget
+            self._http,
+            service=SERVICE,
+            map_error=map_error,
+            policy=policy,
+            sleep=sleep,
+            budget=budget,
+            max_concurrent=max_concurrent,
         )
 
     @property

@@ -43,7 +43,7 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, Budget, RequestStats, RetryPolicy, parse_retry_after
 from shared.odata import Scalar
 
 SERVICE = "dataverse"
@@ -267,7 +267,8 @@ class DataverseClient:
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        budget: RequestBudget | None = None,
+        budget: Budget | None = None,
+        max_concurrent: int | None = None,
         bulk_chunk_size: int = BULK_CHUNK_SIZE,
     ) -> None:
         if not base_url.endswith("/"):
@@ -283,7 +284,13 @@ class DataverseClient:
         self._auth = BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
         self._http = http or httpx.Client(timeout=timeout)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=self.policy, sleep=sleep, budget=budget
+            self._http,
+            service=SERVICE,
+            map_error=map_error,
+            policy=self.policy,
+            sleep=sleep,
+            budget=budget,
+            max_concurrent=max_concurrent,
         )
 
     @property
