@@ -189,8 +189,10 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     DATAVERSE_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${dataverseSecret.properties.secretUri})'
     DATAVERSE_WEBHOOK_SECRET_NAME: 'x-bcsync-key'
     DATAVERSE_INTEGRATION_USER_ID: dataverseIntegrationUserId
+    DATAVERSE_AUTH_MODE: 'entra' // online; on-premises: docs/deploy.md#on-premises-business-central-and-dynamics-365-sales
     BC_API_URL: bcApiUrl
     BC_COMPANY_IDS: bcCompanyIds
+    BC_AUTH_MODE: 'entra' // online; on-premises (oauth, basic): docs/deploy.md
     BC_WEBHOOK_CLIENT_STATE: '@Microsoft.KeyVault(SecretUri=${bcSecret.properties.secretUri})'
     SERVICE_PUBLIC_URL: publicUrl
     MAPPINGS_FILE: 'mappings/default.yaml'

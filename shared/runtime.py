@@ -8,10 +8,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
+
+import httpx
 
 from shared.connectors.retry import Budget, RequestBudget, RetryPolicy
 from shared.messages import AnyMessage
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 # Per request, as the clients default to; set-up's checks pass a shorter one.
 CLIENT_TIMEOUT_SECONDS = 30.0
 
@@ -84,17 +85,12 @@ class Runtime:
 
         return DefaultAzureCredential()
 
-    def integration_credential(self, service: Service) -> TokenCredential:
-        """The integration user's credential for `service`: its static token (sandboxes only, refused
-        by settings for non-loopback URLs) or the process's Azure credential (managed identity or
-        client secret)."""
-        s = self.settings
-        token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
-        if token:
-            from shared.connectors.credentials import StaticTokenCredential
-
-            return StaticTokenCredential(token)
-        return self._azure_credential
+    def integration_credential(self, service: Service) -> TokenCredential | httpx.Auth:
+        """The integration user's credential for `service`, by its sign-in mode: its static token
+        (sandboxes only, refused by settings for non-loopback URLs), the client credentials grant at
+        the customer's authority (`oauth`, on-premises), BC's web service access key (`basic`), or
+        the process's Azure credential (managed identity or client secret)."""
+        return integration_credential(self.settings, service, lambda: self._azure_credential)
 
     @cached_property
     def dataverse(self) -> DataverseClient:
@@ -160,11 +156,40 @@ class Runtime:
         return (configured or self.dataverse.whoami().user_id).lower()
 
 
+def integration_credential(
+    settings: Settings, service: Service, azure_credential: Callable[[], TokenCredential] | None = None
+) -> TokenCredential | httpx.Auth:
+    """See `Runtime.integration_credential`; `azure_credential` gives the process's Azure credential
+    (a new `DefaultAzureCredential` when not given)."""
+    from shared.connectors.credentials import ClientCredentialsGrant, OAuthSettings, StaticTokenCredential
+
+    s = settings
+    token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
+    if token:
+        return StaticTokenCredential(token)
+    if service == "bc" and s.bc_auth_mode == "basic":
+        assert s.bc_username and s.bc_web_service_access_key  # checked by the settings
+        return httpx.BasicAuth(s.bc_username, s.bc_web_service_access_key.get_secret_value())
+    mode = s.bc_auth_mode if service == "bc" else s.dataverse_auth_mode
+    if mode == "oauth":
+        authority = s.bc_authority if service == "bc" else s.dataverse_authority
+        client_id = s.bc_client_id if service == "bc" else s.dataverse_client_id
+        secret = s.bc_client_secret if service == "bc" else s.dataverse_client_secret
+        assert authority and client_id and secret  # checked by the settings
+        prefix = "BC" if service == "bc" else "DATAVERSE"
+        return ClientCredentialsGrant(OAuthSettings(prefix, authority, client_id, secret.get_secret_value()))
+    if azure_credential is not None:
+        return azure_credential()
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
 # The one place API clients are built from settings: the runtime's (with the request budget), and
 # set-up's (its quick connection checks, and the administrator's clients that register webhooks).
 def dataverse_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
@@ -176,7 +201,7 @@ def dataverse_client(
     return DataverseClient(
         settings.dataverse_api_url,
         credential,
-        scope=f"{settings.dataverse_url}/.default",
+        scope=settings.dataverse_token_scope,
         policy=policy,
         timeout=timeout,
         budget=budget,
@@ -186,7 +211,7 @@ def dataverse_client(
 
 def bc_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
@@ -198,7 +223,7 @@ def bc_client(
     return BusinessCentralClient(
         settings.bc_api_url,
         credential,
-        scope=BC_SCOPE,
+        scope=settings.bc_token_scope,
         policy=policy,
         timeout=timeout,
         budget=budget,

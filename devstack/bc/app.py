@@ -76,7 +76,19 @@ class ServiceProtection:
         sandbox.counters.record(scope["method"], count_label(scope["path"]))
         request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if scheme.lower() == "basic" and sandbox.config.web_service_keys:
+            user = sandbox.user_for_web_service_key(token.strip())
+            if user is None:
+                # BC on-premises (NavUserPassword): a wrong user name or web service access key.
+                await _error(
+                    401,
+                    "The server has rejected the client credentials: the user name or the web service "
+                    "access key is not valid.",
+                    {"www-authenticate": 'Basic realm=""'},
+                )(scope, receive, send)
+                return
+        else:
+            user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             response = _error(
                 401,

@@ -122,7 +122,7 @@ class BusinessCentralClient:
     def __init__(
         self,
         base_url: str,
-        credential: TokenCredential,
+        credential: TokenCredential | httpx.Auth,
         *,
         scope: str = DEFAULT_SCOPE,
         policy: RetryPolicy | None = None,
@@ -136,7 +136,8 @@ class BusinessCentralClient:
         self._origin = _origin(self.base_url)
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=timeout)
-        self._auth = BearerTokenAuth(credential, scope)
+        # httpx.Auth: BC on-premises' basic authentication with a web service access key.
+        self._auth = credential if isinstance(credential, httpx.Auth) else BearerTokenAuth(credential, scope)
         self._transport = ApiTransport(
             self._http,
             service=SERVICE,

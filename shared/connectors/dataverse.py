@@ -260,7 +260,7 @@ class DataverseClient:
     def __init__(
         self,
         base_url: str,
-        credential: TokenCredential,
+        credential: TokenCredential | httpx.Auth,
         *,
         scope: str | None = None,
         policy: RetryPolicy | None = None,
@@ -281,7 +281,11 @@ class DataverseClient:
         self.base_url = base_url
         self.policy = policy or RetryPolicy()
         self.bulk_chunk_size = bulk_chunk_size
-        self._auth = BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
+        self._auth = (
+            credential
+            if isinstance(credential, httpx.Auth)
+            else BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
+        )
         self._http = http or httpx.Client(timeout=timeout)
         self._transport = ApiTransport(
             self._http,

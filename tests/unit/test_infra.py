@@ -23,6 +23,22 @@ NOT_IN_AZURE = {
     "BC_STATIC_TOKEN": "accepted only for loopback sandboxes",
     "AZURE_TENANT_ID": "a service principal's; the system-assigned managed identity needs none",
     "AZURE_CLIENT_ID": "a service principal's; the system-assigned managed identity needs none",
+    **{
+        name: "on-premises sign-in only (BC_AUTH_MODE / DATAVERSE_AUTH_MODE oauth or basic, docs/deploy.md); "
+        "the template deploys the online mode"
+        for name in (
+            "BC_AUTHORITY",
+            "BC_SCOPE",
+            "BC_CLIENT_ID",
+            "BC_CLIENT_SECRET",
+            "BC_USERNAME",
+            "BC_WEB_SERVICE_ACCESS_KEY",
+            "DATAVERSE_AUTHORITY",
+            "DATAVERSE_SCOPE",
+            "DATAVERSE_CLIENT_ID",
+            "DATAVERSE_CLIENT_SECRET",
+        )
+    },
 }
 # What the platform reads, not the code's settings.
 PLATFORM = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
