@@ -158,6 +158,7 @@ def main() -> int:
         drained = time.perf_counter() - began
         poison_queue = rt.storage.queue(rt.storage.poison_queue_name)
         poison = poison_queue.get_queue_properties().approximate_message_count
+        backlog = rt.storage.queue().get_queue_properties().approximate_message_count
         bc_stats = httpx.get(f"{_origin(bc_url)}/_sandbox/stats").json()
         dv_stats = httpx.get(f"{_origin(dv_url)}/_sandbox/stats").json()
         bc_user = bc_stats["users"].get("INTEGRATION", {"requests": 0, "throttled": 0, "peak_concurrent": 0})
@@ -172,8 +173,10 @@ def main() -> int:
             f"({changes} changes to {len(last_phone)} customers, sending took {load_seconds:.0f} s"
             + (f", {len(sender_errors)} refused: {sender_errors[0]}" if sender_errors else "") + ")",
             f"  lost: {len(lost)} (customers whose Dataverse phone is not their last BC phone"
-            f"{': ' + ', '.join(lost[:5]) if lost else ''}); poison queue: {poison} messages",
-            f"  backlog drained {drained:.0f} s after the load began",
+            f"{': ' + ', '.join(lost[:5]) if lost else ''}); poison queue: {poison} messages; "
+            f"sync queue still holding {backlog}",
+            f"  backlog drained {drained:.0f} s after the load began"
+            + (" (not drained: the deadline)" if lost else ""),
             f"  integration user, BC: {bc_user['requests']} requests, {bc_user['throttled']} answered "
             f"429/503, at most {bc_user['peak_concurrent']} open at once (limit 5; BC queue beyond 5: "
             f"{args.bc_queue})",
