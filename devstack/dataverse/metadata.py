@@ -51,6 +51,13 @@ def entity(table: Table) -> dict[str, Any]:
         "TableType": "Standard",
         "OwnershipType": "UserOwned" if "_ownerid_value" in table.columns else "OrganizationOwned",
         "ChangeTrackingEnabled": table.change_tracking,
+        # A BooleanManagedProperty: clients (Airbyte's Dataverse source) read `.Value` before relying on
+        # delta links. Tables without change tracking here are system tables that cannot enable it.
+        "CanChangeTrackingBeEnabled": {
+            "Value": table.change_tracking,
+            "CanBeChanged": table.change_tracking,
+            "ManagedPropertyLogicalName": "canchangetrackingbeenabled",
+        },
     }
 
 
