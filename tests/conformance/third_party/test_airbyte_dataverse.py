@@ -2,8 +2,8 @@
 
 It runs as Airbyte runs a connector: its CLI (`spec`, `check`, `discover`, `read`) with JSON config,
 catalog and state files, from its own venv (.venv-airbyte: it pins airbyte-cdk 0.80, pydantic 1).
-Its Dataverse URL is its `url` setting (the sandbox over TLS on loopback, certificate generated here);
-its token endpoint is fixed to `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`, so that
+Its Dataverse URL is its `url` setting (the sandbox on loopback, plain HTTP: see `stack`); its token
+endpoint is fixed to `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`, so that
 host is reached through a loopback CONNECT proxy (`HTTPS_PROXY`, requests' documented setting;
 `NO_PROXY` keeps the loopback Dataverse URL direct) and answered by a token stub on loopback. Nothing
 is patched and no request leaves the machine (the proxy refuses every other host).
@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ def _token_stub(requests_seen: list[dict[str, str]]) -> Starlette:
     """Entra ID's v2.0 token endpoint for the client-credentials grant: the sandbox's token."""
 
     async def token(request: Request) -> JSONResponse:
-        form = dict(await request.form())
+        form = dict(parse_qsl((await request.body()).decode()))  # form-urlencoded, as OAuth 2.0 sends it
         requests_seen.append({k: str(v) for k, v in form.items()} | {"path": request.url.path})
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
@@ -67,6 +68,7 @@ class Airbyte:
             check=False,
         )
         messages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        (self.workdir / f"{args[0]}.out").write_text(done.stdout + done.stderr)
         assert done.returncode == 0, (done.stderr[-3000:], messages[-5:])
         errors = [m for m in messages if m["type"] == "TRACE" and m["trace"].get("type") == "ERROR"]
         assert not errors, errors
@@ -89,7 +91,10 @@ def stack(
     workdir = tmp_path_factory.mktemp("airbyte")
     cert, key = write_loopback_certificate(workdir, hosts=[LOGIN_HOST])
     dataverse_app = create_dataverse_app()
-    dataverse = serve_in_thread(dataverse_app, ssl_certfile=str(cert), ssl_keyfile=str(key))
+    # Plain HTTP on loopback: the connector's stream reads go through airbyte-cdk's `session.send`, which
+    # ignores REQUESTS_CA_BUNDLE (requests applies the environment only in `Session.request`), so a
+    # loopback certificate cannot be trusted there without patching; its `url` setting takes http.
+    dataverse = serve_in_thread(dataverse_app)
     seen: list[dict[str, str]] = []
     login: ServerHandle = serve_in_thread(_token_stub(seen), ssl_certfile=str(cert), ssl_keyfile=str(key))
     login_port = int(login.url.rsplit(":", 1)[1])

@@ -21,6 +21,7 @@ import pytest
 from bcli import AsyncBCClient
 from bcli.auth._static import StaticTokenAuth
 from bcli.etl import EntityDef, business_central
+from bcli.etl import StaticTokenAuth as EtlTokenAuth
 
 from devstack.bc import DEFAULT_COMPANY_ID
 from tests.conformance.third_party.conftest import BC_HOST, TlsBc
@@ -126,8 +127,12 @@ def test_incremental_extraction_by_last_modified(bc: TlsBc, tmp_path: Path) -> N
             destination=dlt.destinations.duckdb(str(database)),
             dataset_name="bc_raw",
         )
+
+        async def token() -> str:
+            return "integration-user"
+
         source = business_central(
-            auth=StaticTokenAuth("integration-user"),
+            auth=EtlTokenAuth(token),  # the ETL layer's own documented provider (a token callback)
             environment="production",
             entities=entities,
             multi_company=True,

@@ -50,6 +50,6 @@ def test_queries_built_from_the_schema(service: ODataService) -> None:
     by_display_name = service.query(Company).filter(Company.displayName == "CRONUS Canada (Sandbox)").all()
     assert [c.name for c in by_display_name] == ["CRONUS Canada, Inc."]
     ordered = service.query(Company).order_by(Company.name.desc()).all()
-    assert [c.name for c in ordered] == sorted((c.name for c in ordered), reverse=True)
-    selected = service.query(Company).select(Company.id, Company.name).first()
-    assert selected[1] in {"CRONUS USA, Inc.", "CRONUS Canada, Inc."}
+    assert [c.name for c in ordered] == ["CRONUS USA, Inc.", "CRONUS Canada, Inc."]
+    selected = service.query(Company).select(Company.id, Company.name).order_by(Company.name.asc()).first()
+    assert selected == {"id": "7e9a1b3c-5d7f-4a2b-8c4d-6e8f0a2b4c6d", "name": "CRONUS Canada, Inc."}
