@@ -55,7 +55,7 @@ $(AIRBYTE_VENV)/.installed: requirements-airbyte.txt
 	$(AIRBYTE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-airbyte.txt
 	touch $@
 
-conformance: setup $(CONFORMANCE_VENV)/.installed $(AIRBYTE_VENV)/.installed
+conformance: $(CONFORMANCE_VENV)/.installed $(AIRBYTE_VENV)/.installed
 	BCSYNC_CONFORMANCE=1 AIRBYTE_SOURCE_DATAVERSE=$(CURDIR)/$(AIRBYTE_VENV)/bin/source-microsoft-dataverse \
 		$(CONFORMANCE_VENV)/bin/python -m pytest -p no:cacheprovider tests/conformance/third_party
 
