@@ -39,7 +39,7 @@ CHAOS_ARGS ?= --seed 1 --edits 400 --seconds 90
 chaos: setup
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
-## Third-party clients against the sandboxes (tests/conformance/third_party, docs/conformance.md):
+## Third-party clients against the sandboxes (tests/conformance/third_party; README, Development):
 ## bc-cli and python-odata against the BC sandbox, Airbyte's Dataverse source against the Dataverse
 ## sandbox. Their packages go into .venv-conformance and .venv-airbyte, never into .venv.
 CONFORMANCE_VENV := .venv-conformance
