@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devstack.bc import metadata
 from devstack.bc.api import JSON_TYPE, ApiRequest, ApiResponse, BcApi, error_response
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
@@ -200,8 +201,12 @@ class ApiEndpoint:
             return self.api.batch(api_request)
         if rest == "subscriptions" or rest.startswith("subscriptions("):
             return await self._subscriptions(api_request)
-        if not rest:
-            raise bad_request("Name a resource after /api/v2.0/, e.g. companies.")
+        if rest in ("", "$metadata"):
+            if request.method != "GET":
+                raise BcError(405, "BadRequest_MethodNotAllowed", f"Only GET is allowed on '/{rest}'.")
+            if rest:
+                return ApiResponse(200, metadata.edmx(), {"content-type": "application/xml"})
+            return ApiResponse(200, metadata.service_document(service_root))
         return self.api.handle(api_request)
 
     async def _subscriptions(self, request: ApiRequest) -> ApiResponse:

@@ -519,7 +519,7 @@ def _inspect_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
     have = {str(sub.get("resource", "")).lstrip("/").lower() for sub in subscriptions}
     missing = [
         f"{entity_set} ({company})"
-        for company, entity_set in bc_subscription_targets(rt.settings, mappings)
+        for company, entity_set in bc_subscription_targets(rt.settings, mappings, rt.bc)
         if f"api/v2.0/companies({company})/{entity_set}".lower() not in have
     ]
     if missing:
