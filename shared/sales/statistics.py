@@ -249,7 +249,23 @@ def customer_mapping(ms: MappingSet) -> EntityMapping:
 
 
 def push_statistics(rt: Runtime) -> StatisticsReport:
-    """The timer's and the on-demand action's entry point (`rt`: `shared.runtime.Runtime`)."""
+    """The timer's and the on-demand action's entry point (`rt`: `shared.runtime.Runtime`): every
+    configured company's customers, each from its own BC company, couplings and hashes."""
+    total = StatisticsReport()
+    for company in rt.companies:
+        report = _push_company(rt.for_company(company))
+        total.customers += report.customers
+        total.changed += report.changed
+        total.written += report.written
+        total.unchanged += report.unchanged
+        total.failed += report.failed
+        total.bc_requests += report.bc_requests
+        total.dataverse_requests += report.dataverse_requests
+        total.as_of = max(total.as_of, report.as_of)
+    return total
+
+
+def _push_company(rt: Runtime) -> StatisticsReport:
     pusher = StatisticsPusher(
         bc=rt.bc,
         dv=rt.dataverse,
