@@ -60,6 +60,12 @@ HOME_ROW = "home"
 COMPANY_ROWS_SECONDS = 600.0
 
 
+class CompanyNotConfiguredError(ServiceError):
+    """A company that is not in `BC_COMPANY_IDS` was asked for."""
+
+    http_status = 400
+
+
 class UnknownCompanyError(ServiceError):
     """A configured BC company has no `bcbi_company` row in Dataverse (set-up creates it)."""
 
@@ -124,7 +130,9 @@ class Runtime:
         root = self.root
         configured = next((c for c in root.companies if same_company(c, company)), None)
         if configured is None:
-            raise ServiceError(f"BC company {company} is not in BC_COMPANY_IDS")
+            raise CompanyNotConfiguredError(
+                f"BC company {company!r:.60} is not in BC_COMPANY_IDS ({', '.join(root.companies)})"
+            )
         if not root.multi_company:
             return root
         with _lock:

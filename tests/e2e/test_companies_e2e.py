@@ -169,3 +169,33 @@ def test_the_same_number_in_two_companies_stays_two_records_and_a_delete_touches
     assert companies[C].get(f"customers({in_c['id']})").status_code == 200
     assert runtime.get_runtime().for_company(C).couplings.get(CUSTOMER, "bc", in_c["id"]) is not None
     assert runtime.get_runtime().for_company(B).couplings.get(CUSTOMER, "bc", in_b["id"]) is None
+
+
+def test_removing_a_company_stops_it_and_says_what_stays_behind(
+    e2e: E2EStack, companies: dict[str, httpx.Client]
+) -> None:
+    kept = _create(companies[C], {"displayName": "Kept in C"})
+    account = _account_of(e2e, C, kept["id"])
+    e2e.settle()
+    os.environ["BC_COMPANY_IDS"] = f"{A},{B}"
+    runtime.reset()
+    report = run_setup(runtime.get_runtime(), ADMIN, couple_salespeople=False)
+    assert report.ok, report
+    removed = [line for line in report.updated if "no longer in BC_COMPANY_IDS: stopped" in line]
+    assert len(removed) == 1 and C in removed[0] and "couplings" in removed[0], report.updated
+    assert any(
+        "deleted: company no longer in BC_COMPANY_IDS" in line and C in line for line in report.updated
+    )
+    live = runtime.get_runtime().bc.list_subscriptions()
+    assert not [s for s in live if C in str(s.get("resource", "")).lower()]
+
+    companies[C].patch(
+        f"customers({kept['id']})", json={"displayName": "Changed after removal"}, headers={"If-Match": "*"}
+    )
+    e2e.settle()
+    assert e2e.dv_get("accounts", account["accountid"])["name"] == "Kept in C"  # type: ignore[index]
+    # What stays behind: the Dataverse row, tagged with C, and C's coupling under C's keys.
+    assert e2e.dv_get("accounts", account["accountid"])[COMPANY_VALUE] is not None  # type: ignore[index]
+    os.environ["BC_COMPANY_IDS"] = f"{A},{B},{C}"
+    runtime.reset()
+    assert runtime.get_runtime().for_company(C).couplings.get(CUSTOMER, "bc", kept["id"]) is not None
