@@ -61,20 +61,19 @@ def delta_poll(rt: Runtime, now: dt.datetime | None = None) -> PollReport:
     report = PollReport()
     now = now or dt.datetime.now(dt.UTC)
     gap = _recreate_missing_subscriptions(rt, report)
-    home = rt.for_company(rt.home_company)
-    views = [home, *(rt.for_company(c) for c in rt.companies if c.lower() != rt.home_company.lower())]
+    views = [rt.for_company(c) for c in rt.companies]
     for name in rt.mappings.sync_order():
         m = rt.mappings.entity(name)
-        for view in views:
-            try:
-                if m.writes_to("dv"):
+        try:
+            if m.writes_to("dv"):
+                for view in views:
                     _poll_bc(view, m, now, report)
                     _queue_sweep(view, m, now, report, gap=(view.company_id.lower(), m.bc.entity_set) in gap)
-                if m.writes_to("bc") and view is home:
-                    # Unscoped: the processor finds each change's company (`route`).
-                    _poll_dataverse(rt.root, m, report)
-            except WatermarkConflictError:
-                report.skipped.append(f"{view.scope}{name}: another instance polled it at the same time")
+            if m.writes_to("bc"):
+                # Once for all companies, unscoped: the processor finds each change's company (`route`).
+                _poll_dataverse(rt.root, m, report)
+        except WatermarkConflictError:
+            report.skipped.append(f"{name}: another instance polled it at the same time")
     return report
 
 

@@ -120,14 +120,23 @@ def route(rt: Runtime, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None
     if message.side == "bc" or not isinstance(message, SyncMessage):
         # BC-side messages without a company, and Dataverse bulk work queued without one, were
         # queued for the home company (before there were several).
-        return rt.for_company(rt.home_company), message.model_copy(update={"company": rt.home_company})
+        return _for(rt, rt.home_company, message)
     table = rt.mappings.entity(message.mapping).dataverse.table
     if table not in COMPANY_TABLES:
         copies = [message.model_copy(update={"company": c}) for c in rt.companies]
         rt.storage.enqueue(copies)
         return None
     company = _company_of_dataverse_row(rt, message)
-    if company is None:
+    return _for(rt, company, message) if company is not None else None
+
+
+def _for(rt: Runtime, company: str, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None:
+    if not any(same_company(company, c) for c in rt.companies):
+        # The home company was removed from the setting: what is its (untagged rows, messages from
+        # before there were several) is left alone, as any removed company's.
+        log.warning(
+            "%s message of BC company %s, which is no longer configured: dropped", message.mapping, company
+        )
         return None
     return rt.for_company(company), message.model_copy(update={"company": company})
 
