@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ from shared.companies import COMPANY_BIND, company_filter, key_prefix
 from shared.mapping.loader import load_mapping_set
 from shared.mapping.values import dataverse_id_for
 from shared.messages import BatchMessage, SyncMessage, pack
+from shared.sales.statistics import CustomerFigures, statistics_row
 from shared.store.couplings import CouplingStore, partition
 from shared.store.journal import Journal
 from shared.sync.engine import Engine
@@ -116,3 +118,16 @@ def test_a_company_tags_what_it_creates_and_reads_only_its_rows_of_tagged_tables
     untagged = _Client()
     DataverseGateway(untagged).create(account, {"name": "n"}, select=[], record_id=None)  # type: ignore[arg-type]
     assert untagged.created == [("accounts", {"name": "n"})]  # one company: nothing tagged
+
+
+def test_another_companys_statistics_row_never_overwrites_one_with_the_same_customer_number() -> None:
+    figures = CustomerFigures("c1", "C00010", "Adatum")
+    as_of = dt.date(2026, 3, 1)
+    home = statistics_row(figures, "a-home", as_of)
+    other, again = (
+        statistics_row(figures, "a-other", as_of, by_id=True),
+        statistics_row(figures, "a-other", as_of, by_id=True),
+    )
+    assert home["@odata.id"] == "bcs_customerstatistics(bcs_customerno='C00010')"  # as before
+    assert "@odata.id" not in other and other["bcs_customerstatisticid"] == again["bcs_customerstatisticid"]
+    assert other["bcs_accountid@odata.bind"] == "/accounts(a-other)"
