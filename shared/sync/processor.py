@@ -142,8 +142,13 @@ def _for(rt: Runtime, company: str, message: AnyMessage) -> tuple[Runtime, AnyMe
 
 
 def _company_of_dataverse_row(rt: Runtime, message: SyncMessage) -> str | None:
+    table = rt.mappings.entity(message.mapping).dataverse.table
+    # Any mapping of the same table counts: an account is announced to CUSTOMER and VENDOR alike,
+    # and the one that did not couple it must not pay a read to learn it is not its.
+    names = [m.name for m in rt.mappings.entities() if m.dataverse.table == table]
     for company in rt.companies:
-        if rt.for_company(company).couplings.get(message.mapping, "dv", message.id) is not None:
+        couplings = rt.for_company(company).couplings
+        if any(couplings.get(name, "dv", message.id) is not None for name in names):
             return company
     entity_set = rt.mappings.entity(message.mapping).dataverse.entity_set
     row = rt.dataverse.get(entity_set, message.id, select=[COMPANY_VALUE])

@@ -145,6 +145,27 @@ def test_an_account_created_in_sales_for_company_b_lands_only_in_b(
         )
 
 
+def test_a_change_in_sales_of_another_companys_account_costs_what_it_costs_with_one_company(
+    e2e: E2EStack, companies: dict[str, httpx.Client]
+) -> None:
+    customer = _create(companies[C], {"displayName": "Edited in Sales"})
+    account = _account_of(e2e, C, customer["id"])
+    e2e.settle()
+    before = e2e.service_requests()
+    e2e.dv_update("accounts", account["accountid"], {"telephone1": "+44 20 7946 0000"})
+
+    def changed() -> bool | None:
+        found = companies[C].get(f"customers({customer['id']})").json()
+        return True if found.get("phoneNumber") == "+44 20 7946 0000" else None
+
+    wait_for(changed, "the phone number to reach C's customer", 30)
+    e2e.settle()
+    spent = {k: v - before.get(k, 0) for k, v in e2e.service_requests().items() if v != before.get(k, 0)}
+    # Its company comes from its coupling (storage reads), not from an API request: read it, write
+    # BC; BC's notification of that write is read once and found to be an echo.
+    assert spent == {"DV GET accounts": 1, "BC PATCH customers": 1, "BC GET customers": 1}, spent
+
+
 def test_the_same_number_in_two_companies_stays_two_records_and_a_delete_touches_one(
     e2e: E2EStack, companies: dict[str, httpx.Client]
 ) -> None:
