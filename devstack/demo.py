@@ -14,6 +14,8 @@ from typing import Any
 
 from devstack.stack import INTEGRATION_TOKEN, Stack
 
+DATAVERSE_ADMIN_TOKEN = "admin-user"  # the sandbox's System Administrator (devstack/dataverse/config.py)
+
 DEMO_USERS = (
     ("jim-olive", "a1b2c3d4-0000-4000-8000-00000000a001", "Jim Olive", "jim.olive@contoso.example"),
     ("peter-saddow", "a1b2c3d4-0000-4000-8000-00000000a002", "Peter Saddow", "peter.saddow@contoso.example"),
@@ -65,11 +67,24 @@ def start_demo(stack: Stack) -> Iterator[str]:
 
     # The operator's set-up, as `bcsync setup` runs it: checks, registration, salespeople.
     rt = get_runtime()
-    admin = StaticTokenCredential(INTEGRATION_TOKEN)  # the sandboxes let this user register webhooks
-    report = run_setup(rt, AdminCredentials(dataverse=admin, bc=admin))
+    # Dataverse's System Administrator imports the solution; the BC sandbox lets the integration user
+    # create subscriptions.
+    admin = AdminCredentials(
+        dataverse=StaticTokenCredential(DATAVERSE_ADMIN_TOKEN), bc=StaticTokenCredential(INTEGRATION_TOKEN)
+    )
+    report = run_setup(rt, admin)
     coupled = [p.code for p in report.salespeople if p.status in ("coupled", "already_coupled")]
     missing = [f"{p.code} ({p.reason})" for p in report.salespeople if p.status == "not_coupled"]
     yield f"set-up: {len(report.created)} registrations created, {len(report.failed)} failed"
+    # What an administrator does next in the Power Platform admin center: give the salespeople the
+    # solution's roles that set-up listed as missing.
+    from devstack.dataverse.config import SALES_USER_ID
+    from shared.sales.solution import ROLE_AVAILABILITY, ROLE_USER
+
+    for user_id in (SALES_USER_ID, *(u[1] for u in DEMO_USERS)):
+        for role in (ROLE_USER, ROLE_AVAILABILITY):
+            dv_sandbox.assign_role(user_id, role)
+    yield f"security roles {ROLE_USER} and {ROLE_AVAILABILITY} given to sales-user and the demo users"
     yield f"salespeople coupled by e-mail: {', '.join(coupled) or 'none'}"
     yield f"salespeople not coupled (their customers fail, saying so): {', '.join(missing) or 'none'}"
     for name in rt.mappings.sync_order():

@@ -28,6 +28,7 @@ from shared.messages import SyncMessage
 from shared.runtime import Runtime, get_runtime
 from shared.store.couplings import Coupling
 from shared.sync.engine import Engine
+from tests.support import sales_solution
 
 T = TypeVar("T")
 
@@ -256,6 +257,7 @@ def running_stack(environment: Mapping[str, str] | None = None) -> Iterator[E2ES
             STARTUP_TIMEOUT,
         )
         rt = get_runtime()
+        sales_solution.install(stack.dataverse_app.state.sandbox)  # as `bcsync setup` leaves it
         dv_report = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
         bc_report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
         assert not dv_report.failed and not bc_report.failed, (dv_report, bc_report)

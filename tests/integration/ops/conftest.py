@@ -26,6 +26,7 @@ from devstack.stack import Stack, StackPorts, start_stack
 from shared import runtime
 from shared.runtime import Runtime
 from shared.store.tables import TABLES
+from tests.support import sales_solution
 from tests.support.jwt_keys import TEST_AUDIENCE, TEST_ISSUER, claims, jwks_document, key_pair, sign
 
 ADMIN_TOKEN = "admin-user"  # a Dataverse System Administrator / BC SUPER user in the sandboxes
@@ -82,7 +83,9 @@ class OpsStack:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.request(method, f"{self.base_url}/api/{path}", headers=headers, timeout=30, **kwargs)
 
-    def reset(self) -> None:
+    def reset(self, *, with_solution: bool = True) -> None:
+        """Both sandboxes as seeded; Dataverse with the Sales-side solution installed as set-up leaves
+        it, unless `with_solution` is False (an environment set-up has not touched)."""
         self.dv.reset()
         self.bc.reset()
         for user in (
@@ -90,6 +93,8 @@ class OpsStack:
             *SALES_USERS,
         ):
             self.dv.add_user(user)
+        if with_solution:
+            sales_solution.install(self.dv)
         storage = self.rt.storage
         for name in TABLES:
             table = storage.table(name)
