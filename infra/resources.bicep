@@ -186,6 +186,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     DATAVERSE_INTEGRATION_USER_ID: dataverseIntegrationUserId
     BC_API_URL: bcApiUrl
     BC_COMPANY_IDS: bcCompanyIds
+    BC_WEB_CLIENT_URL: '' // online: derived from BC_API_URL; on-premises: the web client's URL
     BC_WEBHOOK_CLIENT_STATE: '@Microsoft.KeyVault(SecretUri=${bcSecret.properties.secretUri})'
     SERVICE_PUBLIC_URL: publicUrl
     MAPPINGS_FILE: 'mappings/default.yaml'

@@ -232,6 +232,15 @@ class MemoryBc(_MemorySide):
         self._count("GET", f"{mapping.bc.entity_set}/contactsInformation")
         return [r for r in self.rows("contactsInformation").values() if r.get("relatedId") == bc_id]
 
+    # The web client of an online environment's company (one `companies` read, as the real gateway).
+    web_client_url: str | None = (
+        "https://businesscentral.dynamics.com/contoso/production/?company=CRONUS%20USA"
+    )
+
+    def web_client(self) -> str | None:
+        self._count("GET", "companies")
+        return self.web_client_url
+
 
 class MemoryDataverse(_MemorySide):
     side: Side = "dv"
