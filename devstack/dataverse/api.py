@@ -149,6 +149,15 @@ class WebApi:
             body = metadata_api.handle_relationships(path, request.query, tables, request.base_url)
             return ApiResponse.json(200, body)
         action = path.removeprefix("Microsoft.Dynamics.CRM.")
+        if action == "CreateEntities":
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            body = _json_body(request)
+            solution = request.query.get("SolutionUniqueName") or body.get("SolutionUniqueName")
+            created = self.customizer.create_entities(body, solution, request.caller)
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.CreateEntitiesResponse"
+            ids = [metadata.metadata_id(t.logical_name) for t in created]
+            return ApiResponse.json(200, {"@odata.context": context, "EntityIds": ids})
         if action in ("ImportSolutionAsync", "ImportSolution"):
             if request.method != "POST":
                 raise _method_not_allowed(request.method, path)

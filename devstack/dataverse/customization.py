@@ -70,6 +70,7 @@ _API_TYPES: dict[str, Kind] = {
     "BooleanAttributeMetadata": Kind.BOOL,
     "DateTimeAttributeMetadata": Kind.DATETIME,
     "PicklistAttributeMetadata": Kind.CHOICE,
+    "DoubleAttributeMetadata": Kind.DECIMAL,  # difference: stored as a decimal
 }
 _OPERATIONS = {"Read", "Write", "Create", "Delete"}
 
@@ -209,6 +210,18 @@ class Customizer:
             change_tracking=bool(body.get("ChangeTrackingEnabled", False)),
         )
         return self._create_table(spec)
+
+    def create_entities(self, body: Mapping[str, Any], solution: str | None, caller: Caller) -> list[Table]:
+        """`CreateEntities`: several tables (`Entities`, each a ComplexEntityMetadata) in one request."""
+        entities = body.get("Entities")
+        if not isinstance(entities, list) or not entities:
+            raise errors.bad_request(
+                "CreateEntities needs 'Entities': a list of ComplexEntityMetadata objects."
+            )
+        for entity in entities:
+            if not isinstance(entity, Mapping):
+                raise errors.bad_request("Each item of 'Entities' must be a ComplexEntityMetadata object.")
+        return [self.create_table_from_api(e, solution, caller) for e in entities]
 
     def create_attribute_from_api(
         self, table: Table, body: Mapping[str, Any], solution: str | None, caller: Caller
@@ -679,7 +692,9 @@ def _forms_from_xml(entity: ET.Element) -> list[dict[str, Any]]:
 def _column_from_api(body: Any) -> Column:
     if not isinstance(body, Mapping):
         raise errors.bad_request("Each attribute must be an AttributeMetadata object.")
+    # `ComplexStringAttributeMetadata` etc.: the same definitions, as `CreateEntities` takes them.
     odata_type = str(body.get("@odata.type") or "").lstrip("#").removeprefix("Microsoft.Dynamics.CRM.")
+    odata_type = odata_type.removeprefix("Complex")
     schema = _required(body, "SchemaName", odata_type or "AttributeMetadata")
     if odata_type == "LookupAttributeMetadata":
         raise errors.bad_request(
