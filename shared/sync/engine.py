@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import math
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -152,7 +153,9 @@ class Engine:
         self.resolver = LookupResolver(mappings, couplings, bc, dv)
         # (mapping, Dataverse id) -> the status text this process last wrote (None: emptied).
         self._status_shown: dict[tuple[str, str], str | None] = {}
-        self._had_error = False
+        # Per thread (the host runs several messages at once): whether the record being synced had a
+        # failure recorded before this sync, so its status column may need emptying.
+        self._local = threading.local()
 
     # ---------------------------------------------------------------------------- one record
     def sync_record(self, message: SyncMessage, *, force: bool = False) -> SyncResult:
@@ -201,7 +204,7 @@ class Engine:
         shown = self._status_shown.get((mapping.name, dv_id.lower()))
         if failed and shown == text:
             return
-        if not failed and shown is None and not self._had_error:
+        if not failed and shown is None and not getattr(self._local, "had_error", False):
             return
         try:
             self.set_status(mapping, dv_id, text)
@@ -230,7 +233,6 @@ class Engine:
         mapping = self.ms.entity(message.mapping)
         side: Side = message.side
         coupling = self.couplings.get(mapping.name, side, message.id)
-        self._had_error = coupling is not None and bool(coupling.last_error)
         if coupling is not None and coupling.skipped and not force:
             why = "record is skipped after repeated failures; retry it to resume"
             return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
@@ -314,7 +316,7 @@ class Engine:
     def _sync_once(self, mapping: EntityMapping, message: SyncMessage, force: bool) -> SyncResult:
         side: Side = message.side
         coupling = self.couplings.get(mapping.name, side, message.id)
-        self._had_error = coupling is not None and bool(coupling.last_error)
+        self._local.had_error = coupling is not None and bool(coupling.last_error)
         if coupling is not None and coupling.skipped and not force:
             why = "record is skipped after repeated failures; retry it to resume"
             return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id)
@@ -476,10 +478,10 @@ class Engine:
             bc_key=str(key) if key not in (None, "") else None, last_result="coupled",
         )  # fmt: skip
         try:
-            self.couplings.create(coupling)
+            coupling = self.couplings.create(coupling)
         except AlreadyCoupledError as exc:
             return SyncResult(Outcome.FAILED, str(exc), bc_id, dv_id, error=str(exc))
-        self._had_error = True  # a refusal may be showing: the status is emptied after this sync
+        self._local.had_error = True  # a refusal may be showing: the status is emptied after this sync
         from_bc = message.model_copy(update={"side": "bc", "id": bc_id})
         result = self._merge(mapping, coupling, from_bc, bc, dv)
         return replace(result, reason=f"coupled by the BC number typed in Sales; {result.reason}")
@@ -503,7 +505,7 @@ class Engine:
                 self.set_status(mapping, coupling.dv_id, None, **links)
             except ApiError as exc:
                 log.warning("could not clear the BC link of %s: %s", coupling.dv_id, exc)
-        self._had_error = False
+        self._local.had_error = False
         return SyncResult(Outcome.UNCOUPLED, why, coupling.bc_id, coupling.dv_id)
 
     def _candidates(

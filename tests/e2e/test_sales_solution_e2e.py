@@ -76,6 +76,7 @@ def test_a_salesperson_sees_quantity_on_hand_and_as_of(e2e: E2EStack) -> None:
 
 def test_typing_a_bc_number_couples_and_clearing_it_uncouples(e2e: E2EStack) -> None:
     tag = uuid.uuid4().hex[:6].upper()
+    invocations = len(e2e.stack.host.invocations)
     [bc_id] = e2e.bc.seed(
         "customers", [{"number": f"T{tag}", "displayName": f"Typed {tag}", "city": "Atlanta"}]
     )
@@ -117,3 +118,4 @@ def test_typing_a_bc_number_couples_and_clearing_it_uncouples(e2e: E2EStack) -> 
     e2e.settle()
     cleared = _account(e2e, account_id)
     assert cleared["bcs_bcurl"] is None and e2e.bc_get("customers", bc_id) is not None
+    assert not e2e.failures(invocations)  # refusals are outcomes, never a function that raised

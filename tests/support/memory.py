@@ -170,7 +170,7 @@ class _MemorySide:
         row = self.rows(self.entity_set(mapping)).get(record_id)
         if row is None:
             raise NotFoundError(f"{record_id} does not exist", status=404, url=url)
-        if row["@odata.etag"] != current["@odata.etag"]:
+        if current["@odata.etag"] != "*" and row["@odata.etag"] != current["@odata.etag"]:  # `If-Match: *`
             raise ConcurrencyError("the record changed since it was read", status=412, url=url)
         return row
 
