@@ -39,6 +39,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
     from shared.connectors.credentials import StaticTokenCredential
     from shared.ops.setup import AdminCredentials, run_setup
     from shared.runtime import get_runtime
+    from shared.sales.statistics import push_statistics
     from shared.sales.stock import refresh_stock
     from shared.sync import bulk
 
@@ -95,6 +96,8 @@ def start_demo(stack: Stack) -> Iterator[str]:
     # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
     stock = refresh_stock(rt)
     yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
+    statistics = push_statistics(rt)
+    yield f"customer statistics: {statistics.written} rows in bcs_customerstatistics (then every 30 minutes)"
     uncoupled = {p.code for p in report.salespeople if p.status == "not_coupled"}
     held = [c["displayName"] for c in bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
             if c.get("salespersonCode") in uncoupled]  # fmt: skip

@@ -90,8 +90,11 @@ def _refresh(rt: Runtime, m: EntityMapping, report: StockReport) -> None:
             [],
         )  # fmt: skip
         last = int(newest[0]["entryNumber"]) if newest else 0
+        read_at = dt.datetime.now(dt.UTC)
         rt.watermarks.set(Watermark(m.name, CURSOR_SIDE, str(last)))
         report.baselines.append(f"{m.name}: item ledger entries after {last}")
+        # The quantities the (initial) full sync brought are current up to here: say so once.
+        _stamp_as_of(rt, m, [dv for _, dv in rt.couplings.all_ids(m.name, "bc") if dv], read_at, report)
         return
     seen = int(mark.value or 0)
     numbers: dict[str, None] = {}
@@ -110,22 +113,16 @@ def _refresh(rt: Runtime, m: EntityMapping, report: StockReport) -> None:
     read_at = dt.datetime.now(dt.UTC)
     counts: Counter[str] = converge_bc_records(rt.engine, m, items, correlation_id=f"stock {seen + 1}-{last}")
     report.counts.update({f"{m.name} {k}": v for k, v in counts.items()})
-    _stamp_as_of(rt, m, items, read_at, report)
+    couplings = (rt.couplings.get(m.name, "bc", str(item["id"])) for item in items)
+    _stamp_as_of(rt, m, [c.dv_id for c in couplings if c is not None and c.dv_id], read_at, report)
     rt.watermarks.set(Watermark(m.name, CURSOR_SIDE, str(last), mark.etag))
 
 
 def _stamp_as_of(
-    rt: Runtime, m: EntityMapping, items: list[Record], read_at: dt.datetime, report: StockReport
+    rt: Runtime, m: EntityMapping, dv_ids: list[str], read_at: dt.datetime, report: StockReport
 ) -> None:
-    """`bcs_quantityasof` on the coupled products of `items` (products only: the solution's column)."""
-    if m.dataverse.table != AS_OF_TABLE:
-        return
-    dv_ids = []
-    for item in items:
-        coupling = rt.couplings.get(m.name, "bc", str(item["id"]))
-        if coupling is not None and coupling.dv_id:
-            dv_ids.append(coupling.dv_id)
-    if not dv_ids:
+    """`bcs_quantityasof` on these products (products only: the Sales solution's column)."""
+    if m.dataverse.table != AS_OF_TABLE or not dv_ids:
         return
     stamp = read_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     pk = m.dataverse.primary_key
