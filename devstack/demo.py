@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+
 from devstack.stack import INTEGRATION_TOKEN, Stack
 
 DATAVERSE_ADMIN_TOKEN = "admin-user"  # the sandbox's System Administrator (devstack/dataverse/config.py)
@@ -98,6 +100,22 @@ def start_demo(stack: Stack) -> Iterator[str]:
     yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
     statistics = push_statistics(rt)
     yield f"customer statistics: {statistics.written} rows in bcs_customerstatistics (then every 30 minutes)"
+    # Coupling from Sales: a BC customer the service has not seen yet, and a salesperson who types its
+    # number into a new account (the service couples them and brings BC's values).
+    [typed_id] = bc_sandbox.seed("customers", [{"displayName": "Fabrikam Typed Inc", "city": "Seattle"}])
+    number = bc_sandbox.get("customers", typed_id)["number"]
+    dv_api = stack.env["DATAVERSE_URL"] + "/api/data/v9.2/"
+    created = httpx.post(
+        dv_api + "accounts",
+        json={"name": "Fabrikam (lead)", "customertypecode": 3, "bcs_bcnumber": number},
+        headers={"Authorization": "Bearer sales-user", "Prefer": "return=representation"},
+        timeout=30,
+    )
+    created.raise_for_status()
+    yield (
+        f"coupling from Sales: sales-user typed BC number {number} into the new account 'Fabrikam (lead)' "
+        f"({created.json()['accountid']}); the service couples it and writes BC's name, link and status"
+    )
     uncoupled = {p.code for p in report.salespeople if p.status == "not_coupled"}
     held = [c["displayName"] for c in bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
             if c.get("salespersonCode") in uncoupled]  # fmt: skip
@@ -126,6 +144,16 @@ def _try_it(stack: Stack) -> Iterator[str]:
         f"-d '{{\"displayName\": \"Fabrikam Inc\"}}' '{bc}/companies({company})/customers'"
     )
     yield f"  curl -s -H 'Authorization: Bearer sales-user' '{dv}/accounts?$select=name,accountnumber&$top=3'"
+    yield (
+        f"  curl -s -H 'Authorization: Bearer sales-user' "
+        f"'{dv}/accounts?$select=name,bcs_bcnumber,bcs_bcurl,bcs_bccouplingstatus&$top=3'"
+        "   (BC number, link, status)"
+    )
+    yield f"  curl -s -H 'Authorization: Bearer sales-user' '{dv}/bcs_customerstatistics?$top=3'"
+    yield (
+        f"  curl -s -H 'Authorization: Bearer sales-user' "
+        f"'{dv}/products?$select=name,quantityonhand,bcs_quantityasof'"
+    )
     yield f"  curl -s -H 'Authorization: Bearer sales-user' '{bc}/companies({company})/itemLedgerEntries'"
     yield (
         f'  curl -s -X POST -H \'Content-Type: application/json\' -d \'{{"entries": [{{"itemNumber": '
