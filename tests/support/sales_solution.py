@@ -1,22 +1,5 @@
-"""The Sales-side solution in a Dataverse sandbox, as `bcsync setup` leaves it: imported (through the
-sandbox's own import path) and the integration user holding its two roles. For test stacks that do
-not run set-up; set-up's own import is tested in tests/integration/ops/test_ops_solution.py."""
+"""The Sales-side solution installed as set-up leaves it (see `devstack.sales_solution`)."""
 
-from __future__ import annotations
+from devstack.sales_solution import install, packed
 
-import functools
-from typing import Any
-
-from devstack.dataverse.config import INTEGRATION_USER_ID
-from shared.sales.solution import ROLE_ADMINISTRATOR, ROLE_USER, pack
-
-
-@functools.cache
-def packed() -> bytes:
-    return pack()
-
-
-def install(sandbox: Any, *, user_id: str = INTEGRATION_USER_ID) -> None:
-    sandbox.import_solution(packed())
-    for role in (ROLE_ADMINISTRATOR, ROLE_USER):
-        sandbox.assign_role(user_id, role)
+__all__ = ["install", "packed"]
