@@ -98,8 +98,10 @@ class BcGateway(Gateway, Protocol):
         select: Sequence[str] | None,
         filter: str | None = None,
         page_size: int | None = None,
+        expand: Sequence[str] | None = None,
     ) -> Iterator[Record]:
-        """Any entity set of the company (code tables, company contacts), not only mapped ones."""
+        """Any entity set of the company (code tables, company contacts), not only mapped ones;
+        `expand` names navigation properties read in the same request (`contactsInformation`)."""
         ...
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
@@ -185,6 +187,7 @@ class BusinessCentralGateway:
         select: Sequence[str] | None,
         filter: str | None = None,
         page_size: int | None = None,
+        expand: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         return self.client.query(
             self.company_id,
@@ -192,6 +195,7 @@ class BusinessCentralGateway:
             select=select,
             filter=filter,
             page_size=page_size or business_central.MAX_PAGE_SIZE,
+            expand=expand,
         )
 
     def modified_since(
