@@ -292,6 +292,20 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             return control_bad_request(str(exc))
         return JSONResponse({"created": len(ids), "ids": ids if len(ids) <= 1000 else None}, status_code=201)
 
+    async def add_company(request: Request) -> Response:
+        """A company as BC's admin center creates one (the API's `companies` is read-only), seeded
+        like the built-in ones; gone again after `/reset`."""
+        try:
+            body = await read_json(request)
+            company = sandbox.add_company(str(body["id"]), str(body["name"]), body.get("displayName"))
+        except KeyError as exc:
+            return control_bad_request(f'send {{"id": <guid>, "name": ..., "displayName"?}} (missing {exc})')
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(str(exc))
+        return JSONResponse(company, status_code=201)
+
     async def clock(request: Request) -> Response:
         if request.method == "POST":
             try:
@@ -356,6 +370,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/info", info, methods=["GET"]),
         Route("/reset", reset, methods=["POST"]),
         Route("/seed", seed, methods=["POST"]),
+        Route("/companies", add_company, methods=["POST"]),
         Route("/clock", clock, methods=["GET"]),
         Route("/clock/advance", clock, methods=["POST"]),
         Route("/limits", limits, methods=["GET", "PUT"]),

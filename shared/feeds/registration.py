@@ -193,11 +193,31 @@ def ensure_bc_subscriptions(
                     checked_at=now.isoformat(),
                 )
             )
+    configured = {c.lower() for c in settings.bc_company_ids}
+    for resource, sub in existing.items():
+        owner = _company_of(resource)
+        if owner is None or owner in configured:
+            continue
+        # A company removed from BC_COMPANY_IDS: its notifications would only be rejected until the
+        # subscription expired (3 days), so stop them now.
+        label = f"BC subscription {resource.rsplit('/', 1)[-1]} ({owner})"
+        try:
+            bc.delete_subscription(str(sub["subscriptionId"]), str(sub.get("@odata.etag", "*")))
+            report.updated.append(f"{label} deleted: company no longer in BC_COMPANY_IDS")
+        except ApiError as exc:
+            report.failed.append(f"{label}: could not delete it ({exc}); it expires by itself")
     if subscriptions is not None:
         # Subscriptions BC deleted (refused deliveries) or let expire are gone: forget them, so
         # status never shows the expiry of a subscription that does not exist.
         subscriptions.forget_bc_except(live)
     return report
+
+
+def _company_of(resource: str) -> str | None:
+    """The company id of a normalised `api/v2.0/companies(<id>)/<set>` resource."""
+    start = resource.find("companies(")
+    end = resource.find(")", start)
+    return resource[start + len("companies(") : end].lower() if start >= 0 and end > start else None
 
 
 def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:

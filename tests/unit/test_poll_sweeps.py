@@ -41,6 +41,7 @@ class _Rt:
     settings: _Settings = field(default_factory=_Settings)
     storage: _Storage = field(default_factory=_Storage)
     watermarks: WatermarkStore = field(default_factory=lambda: WatermarkStore(MemoryTable()))  # type: ignore[arg-type]
+    scope: str = ""  # the home company
 
 
 def _sweeps(rt: _Rt, now: dt.datetime, *, gap: bool = False) -> list[str | None]:

@@ -74,7 +74,10 @@ def _written_columns() -> set[tuple[str, str]]:
         if m.dataverse.status_column:
             written.add((m.dataverse.table, m.dataverse.status_column))
     figures = statistics.CustomerFigures("id", "10000", "Adatum", *([0.0] * len(statistics.FIGURES)))
-    row = statistics.statistics_row(figures, "acc", dt.date(2026, 1, 1))
+    row = {
+        **statistics.statistics_row(figures, "acc", dt.date(2026, 1, 1)),
+        **statistics.statistics_row(figures, "acc", dt.date(2026, 1, 1), by_id=True),
+    }
     for key in row:
         if not key.startswith("@"):
             written.add(("bcs_customerstatistic", key.removesuffix("@odata.bind")))
