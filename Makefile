@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench chaos conformance clean
+.PHONY: setup run test lint bench chaos conformance solution clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -35,6 +35,10 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench
+
+## The Sales-side Dataverse solution as an importable zip in dist/ (docs/sales-solution.md).
+solution: setup
+	$(PY) -m bcsync pack-solution --out dist
 
 ## Random edits on both sides under injected faults, two dev hosts, one killed with SIGKILL; then
 ## every coupled pair compared. Exit 1 on divergence, duplicates or lost updates. See bench/chaos.py.

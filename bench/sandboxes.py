@@ -9,7 +9,7 @@ import argparse
 import sys
 import threading
 
-from devstack import bc, dataverse
+from devstack import bc, dataverse, sales_solution
 from devstack.bc.config import BcSandboxConfig
 from devstack.serve import serve_in_thread
 
@@ -35,7 +35,9 @@ def main() -> int:
     bc_app = bc.create_app(config)
     if args.customers:
         bc_app.state.sandbox.seed_customers(args.customers)
-    servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dataverse.create_app(), args.dv_port)]
+    dv_app = dataverse.create_app()
+    sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
+    servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dv_app, args.dv_port)]
     print("ready", flush=True)
     try:
         sys.stdin.read()  # until the parent closes our stdin (or dies)
