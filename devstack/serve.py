@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 import time
@@ -20,10 +22,42 @@ class PortInUseError(RuntimeError):
         super().__init__(f"port {port} on {host} is already in use; stop what is using it or {move}")
 
 
+# Free ports come from below Linux's ephemeral range (32768-60999 by default). A port the kernel
+# picks with bind(0) lies in that range and is free only until some process's outgoing connection
+# takes it, which happened ("Address already in use") when test processes ran side by side. Each
+# pytest-xdist worker draws from its own slice, so two workers never hand out the same port.
+_PORTS = (20000, 32000)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def _port_slice() -> tuple[int, int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (_PORTS[1] - _PORTS[0]) // max(workers, 1)
+    low = _PORTS[0] + (index % max(workers, 1)) * size
+    return low, low + size
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, not handed out before by this process."""
+    low, high = _port_slice()
+    with _ports_lock:
+        if len(_handed_out) > (high - low) // 2:
+            _handed_out.clear()  # long-lived processes: the earliest ports are long closed
+        for _ in range(500):
+            port = random.randrange(low, high)
+            if port in _handed_out:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port between {low} and {high}: stop what listens there")
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
