@@ -21,7 +21,16 @@ from typing import Any, Literal
 
 from devstack.dataverse import errors
 from devstack.dataverse.errors import DataverseError
-from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Column, Kind, Table, build_tables
+from devstack.dataverse.schema import (
+    DOCUMENT_DETAILS,
+    DOCUMENT_TABLES,
+    TABLES_BY_LOGICAL_NAME,
+    Column,
+    Kind,
+    Table,
+    build_tables,
+    collection_navigation,
+)
 from devstack.sandbox_common.odata_query import Predicate, sort_rows
 
 LOOKUP_TYPE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -221,8 +230,12 @@ class Store:
     ) -> dict[str, Any]:
         data = self.table(entity_set)
         table = data.table
+        related = collection_navigation(table)
+        children = {k: v for k, v in body.items() if k in related} if isinstance(body, Mapping) else {}
         with self.transaction():
-            values = self.translate(table, body, creating=True)
+            values = self.translate(
+                table, {k: v for k, v in body.items() if k not in children}, creating=True
+            )
             pk_value = values.pop(table.primary_key, None) or record_id
             new_id = parse_guid(pk_value) if pk_value else str(uuid.uuid4())
             if new_id in data.rows:
@@ -235,7 +248,82 @@ class Store:
             self._put(data, new_id, row)
             target = {table.primary_key: new_id, **values}
             self._emit(ChangeEvent("Create", table, new_id, target, row, None, caller))
-            return row
+            for name, rows in children.items():
+                self._deep_insert(table, new_id, name, rows, related[name], caller)
+            if table.logical_name == "uomschedule" and row.get("baseuomname"):
+                # A unit group is created with its base unit, named by `baseuomname` (quantity 1).
+                base = {
+                    "name": row["baseuomname"],
+                    "quantity": 1.0,
+                    "isschedulebaseuom": True,
+                    "uomscheduleid@odata.bind": f"/uomschedules({new_id})",
+                }
+                self.create("uoms", base, caller)
+            self._recalculate(table, row, caller)
+            return self.tables[entity_set].rows[new_id]
+
+    def _deep_insert(
+        self,
+        table: Table,
+        parent_id: str,
+        name: str,
+        rows: Any,
+        relation: tuple[Table, Column],
+        caller: Caller,
+    ) -> None:
+        """Deep insert (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-entity-web-api
+        #create-related-table-rows-in-one-operation): each related row is created with its lookup
+        to the new row set, in the same transaction."""
+        child, column = relation
+        if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+            raise errors.bad_request(
+                f"The collection-valued navigation property '{name}' needs an array of objects."
+            )
+        bind = f"{column.name}@odata.bind"
+        for row in rows:
+            self.create(child.entity_set, {**row, bind: f"/{table.entity_set}({parent_id})"}, caller)
+
+    def _recalculate(self, table: Table, row: Mapping[str, Any], caller: Caller) -> None:
+        """Dataverse's system pricing: a detail's `baseamount` (quantity x price per unit) and
+        `extendedamount` (less the manual discount, plus tax), and its document's totals (sum of the
+        details' extended amounts, less the document discount). The document is updated as a system
+        recalculation does it: a new version and an Update event by the same caller."""
+        parent = DOCUMENT_DETAILS.get(table.logical_name)
+        if parent is not None:
+            parent_id = row.get(f"_{parent}id_value")
+            if parent_id:
+                parent_set = _set_of(parent)
+                document = self.tables[parent_set].rows.get(parent_id)
+                if document is not None:
+                    self._recalculate(self.tables[parent_set].table, document, caller)
+            return
+        detail = DOCUMENT_TABLES.get(table.logical_name)
+        if detail is None:
+            return
+        data = self.tables[table.entity_set]
+        if row[table.primary_key] not in data.rows:
+            return  # the document itself was deleted
+        lines = [
+            r
+            for r in self.tables[_set_of(detail)].rows.values()
+            if r.get(f"_{table.logical_name}id_value") == row[table.primary_key]
+        ]
+        items = round(sum(float(r.get("extendedamount") or 0) for r in lines), 2)
+        tax = round(sum(float(r.get("tax") or 0) for r in lines), 2)
+        totals = {
+            "totallineitemamount": items,
+            "totalamountlessfreight": round(items - tax - float(row.get("discountamount") or 0), 2),
+            "totaltax": tax,
+        }
+        totals["totalamount"] = round(totals["totalamountlessfreight"] + tax, 2)
+        if all(row.get(k) == v for k, v in totals.items()):
+            return
+        old = data.rows[row[table.primary_key]]
+        updated = {**old, **totals}
+        self._stamp(updated, caller, creating=False)
+        self._put(data, old[table.primary_key], updated)
+        target = {table.primary_key: old[table.primary_key], **totals}
+        self._emit(ChangeEvent("Update", table, old[table.primary_key], target, updated, old, caller))
 
     def update(
         self,
@@ -267,6 +355,9 @@ class Store:
         self._put(data, record_id, row)
         target = {table.primary_key: record_id, **values}
         self._emit(ChangeEvent("Update", table, record_id, target, row, old, caller))
+        if table.logical_name in DOCUMENT_DETAILS or "discountamount" in values:
+            self._recalculate(table, row, caller)
+            return data.rows[record_id]
         return row
 
     def upsert(
@@ -312,6 +403,15 @@ class Store:
             self._version += 1
             self._put(data, old[table.primary_key], None)
             self._emit(ChangeEvent("Delete", table, old[table.primary_key], {}, None, old, caller))
+            detail = DOCUMENT_TABLES.get(table.logical_name)
+            if detail is not None:
+                # A document's details go with it (the relationship's cascade delete).
+                column = f"_{table.logical_name}id_value"
+                for line in [
+                    r for r in self.tables[_set_of(detail)].rows.values() if r.get(column) == record_id
+                ]:
+                    self.delete(_set_of(detail), line[f"{detail}id"], caller)
+            self._recalculate(table, old, caller)
 
     def seed(self, entity_set: str, records: list[Mapping[str, Any]], caller: Caller) -> list[str]:
         """Bulk insert for tests and benchmarks: validated like a create, but no webhooks fire.
@@ -371,6 +471,12 @@ class Store:
         row["_modifiedby_value"] = caller.user_id
 
     def _derive(self, table: Table, row: dict[str, Any], values: Mapping[str, Any]) -> None:
+        if table.logical_name in DOCUMENT_DETAILS:
+            base = round(float(row.get("quantity") or 0) * float(row.get("priceperunit") or 0), 2)
+            row["baseamount"] = base
+            row["extendedamount"] = round(
+                base - float(row.get("manualdiscountamount") or 0) + float(row.get("tax") or 0), 2
+            )
         if "statecode" in values and "statuscode" not in values:
             row["statuscode"] = table.default_status.get(values["statecode"], row.get("statuscode"))
         if table.logical_name in {"contact", "systemuser"} and ({"firstname", "lastname"} & set(values)):

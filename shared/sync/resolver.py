@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.mapping.lookups import StaticLookups
@@ -41,6 +41,17 @@ class LookupResolver:
                 for key in lookup_keys(self.ms, mapping, side, record):  # type: ignore[arg-type]
                     self.resolve(lookups, key)
         return lookups
+
+    def add_lookups(
+        self, lookups: StaticLookups, mapping: EntityMapping, side: Side, records: Sequence[Record]
+    ) -> None:
+        """Add what `records` of `mapping` (a document's lines) refer to, and its code tables."""
+        for need in lookup_needs(self.ms, mapping):
+            if need.kind == "bc_reference":
+                lookups.add_reference(need.mapping, self._code_table(need.mapping, need.bc_entity_set))
+        for record in records:
+            for key in lookup_keys(self.ms, mapping, side, record):
+                self.resolve(lookups, key)
 
     def code_tables(self, mapping: EntityMapping) -> StaticLookups:
         """Lookups holding the BC code tables `mapping` translates through and nothing else."""

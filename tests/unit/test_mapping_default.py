@@ -16,6 +16,8 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "VENDOR",
         "CONTACT",
         "ITEM-PRODUCT",
+        "UNIT",
+        "SALES ORDER",
     ]
     assert isinstance(MS.get("PAYMENT TERMS"), OptionSetMapping)
     assert isinstance(MS.get("SHIPMENT METHOD"), OptionSetMapping)
