@@ -116,7 +116,9 @@ class LookupResolver:
     def _bc_id_for_key(self, mapping: EntityMapping, key: str, *, reload_on_miss: bool = True) -> str | None:
         """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
         index of the entity set is read in pages and cached: codes and numbers rarely change, and
-        one read serves every later lookup. A miss refreshes it at most once a minute."""
+        one read serves every later lookup. A miss refreshes it at most once a minute; a miss within
+        that minute (a customer created seconds ago, named by an invoice) asks BC for that key alone
+        (1 request), so a record never waits a minute for a key BC already has."""
 
         def load() -> dict[str, str]:
             rows = self.bc.query_set(mapping.bc.entity_set, select=["id", mapping.bc.key])
@@ -125,6 +127,12 @@ class LookupResolver:
         index: dict[str, str] = self._fresh(f"keys:{mapping.name}", load)
         if key not in index and reload_on_miss:
             index = self._fresh(f"keys:{mapping.name}", load, max_age=60)
+            if key not in index:
+                rows = self.bc.query_set(
+                    mapping.bc.entity_set, select=["id", mapping.bc.key], filter=eq(mapping.bc.key, key)
+                )
+                for row in rows:
+                    index[str(row[mapping.bc.key])] = str(row["id"])
         return index.get(key)
 
     # A person contact's `companyNumber` is its company contact's number. BC's API cannot list

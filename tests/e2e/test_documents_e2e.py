@@ -104,7 +104,7 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
         (li["lineObjectNumber"], li["quantity"], li["unitOfMeasureCode"])
         for li in bc_order["salesOrderLines"]
     ]
-    assert lines == [(item["number"], q, "PCS") for q in (2, 3, 5)]
+    assert sorted(lines) == [(item["number"], q, "PCS") for q in (2, 3, 5)]
     assert bc_order["totalAmountIncludingTax"] == 125  # BC's own total
     cost = diff(e2e.service_requests(), before)
     assert cost.get("BC POST salesOrders") == 1  # header and lines: one deep insert
@@ -116,10 +116,10 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
     assert [d["businesscentrallinenumber"] for d in _details(sales)] == [10000, 20000, 30000]
 
     # A line changed in BC comes back; Dataverse recomputes its own total.
-    second = bc_order["salesOrderLines"][1]
+    second = next(line for line in bc_order["salesOrderLines"] if line["quantity"] == 3)
     e2e.bc_update("salesOrderLines", second["id"], {"quantity": 4})
     wait_for(
-        lambda: [d["quantity"] for d in _details(_dv_order(e2e, order["salesorderid"]))] == [2, 4, 5],
+        lambda: sorted(d["quantity"] for d in _details(_dv_order(e2e, order["salesorderid"]))) == [2, 4, 5],
         "the BC line change in Sales",
     )
     e2e.settle()
@@ -129,8 +129,69 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
     shipped = e2e.control.post(f"{e2e.bc_url}/_sandbox/salesOrders/{coupling.bc_id}/ship")
     assert shipped.status_code == 204, shipped.text
     wait_for(
-        lambda: [d["quantityshipped"] for d in _details(_dv_order(e2e, order["salesorderid"]))] == [2, 4, 5],
+        lambda: all(
+            d["quantityshipped"] == d["quantity"] for d in _details(_dv_order(e2e, order["salesorderid"]))
+        ),
         "the shipped quantities in Sales",
     )
+    e2e.settle()
+    assert e2e.failures() == []
+
+
+def _dv_invoice(e2e: E2EStack, bc_id: str) -> dict[str, Any] | None:
+    coupling = e2e.coupling("POSTED SALES INVOICE", "bc", bc_id)
+    if coupling is None or not coupling.dv_id:
+        return None
+    response = e2e.dv_http.get(f"invoices({coupling.dv_id})", params={"$expand": "invoice_details"})
+    return dict(response.json()) if response.status_code == 200 else None
+
+
+def test_posting_an_invoice_in_bc_creates_the_sales_invoice_with_its_lines(e2e: E2EStack) -> None:
+    customer, account = _customer(e2e)
+    item, product = _item(e2e, price=40)
+    uom = _unit(e2e)
+    e2e.settle()
+    body = {
+        "customerNumber": customer["number"],
+        "salesInvoiceLines": [{"lineObjectNumber": item["number"], "quantity": q} for q in (1, 2)],
+    }
+    draft = e2e.bc_create("salesInvoices", body)
+    e2e.settle()
+    assert e2e.coupling("POSTED SALES INVOICE", "bc", draft["id"]) is None  # a draft is not posted
+
+    posted = e2e.bc_http.post(f"salesInvoices({draft['id']})/Microsoft.NAV.post")
+    assert posted.status_code == 204, posted.text
+    invoice = wait_for(lambda: _dv_invoice(e2e, draft["id"]), "the posted invoice in Sales")
+    e2e.settle()
+    invoice = _dv_invoice(e2e, draft["id"])
+    assert invoice is not None
+    assert (invoice["invoicenumber"], invoice["_customerid_value"], invoice["statecode"]) == (
+        draft["number"], account, 0,
+    )  # fmt: skip
+    details = sorted(invoice["invoice_details"], key=lambda d: d["lineitemnumber"])
+    shown = [(d["_productid_value"], d["_uomid_value"], d["quantity"], d["priceperunit"]) for d in details]
+    assert shown == [(product, uom, 1, 40), (product, uom, 2, 40)]
+    assert invoice["totalamount"] == 120  # Dataverse's own total from the details
+    assert e2e.failures() == []
+
+
+def test_ship_and_invoice_posts_the_order_whose_invoice_reaches_sales(e2e: E2EStack) -> None:
+    account = _customer(e2e)[1]
+    product = _item(e2e)[1]
+    uom = _unit(e2e)
+    e2e.settle()
+    order = _sales_order(e2e, account, product, uom, [1, 1])
+    e2e.settle()  # the draft's own notifications first (a draft is skipped)
+    e2e.dv_update("salesorders", order["salesorderid"], {"statecode": 1, "statuscode": 3})
+    coupling = e2e.wait_coupled(ORDER, "dv", order["salesorderid"])
+    e2e.settle()
+    response = e2e.bc_http.post(f"salesOrders({coupling.bc_id})/Microsoft.NAV.shipAndInvoice")
+    assert response.status_code == 204, response.text
+    [bc_invoice] = e2e.bc_find("salesInvoices", f"orderId eq {coupling.bc_id}")
+    invoice = wait_for(lambda: _dv_invoice(e2e, bc_invoice["id"]), "the order's invoice in Sales")
+    assert [d["quantity"] for d in invoice["invoice_details"]] == [1, 1]
+    # BC deleted the fully posted order: its coupling goes (deletion: remove_coupling); the Sales order stays.
+    wait_for(lambda: e2e.coupling(ORDER, "dv", order["salesorderid"]) is None, "the order's coupling removed")
+    assert e2e.dv_get("salesorders", order["salesorderid"]) is not None
     e2e.settle()
     assert e2e.failures() == []
