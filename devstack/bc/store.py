@@ -100,6 +100,8 @@ class Company:
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # entity set -> number/code -> id
     next_number: dict[str, int] = field(default_factory=dict)
+    # (line set, document id) -> ids of its lines: a document's lines without scanning every line.
+    lines_index: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -491,10 +493,16 @@ class BcStore:
             if old is not None:
                 keys.pop(old[entity.key].upper(), None)
             keys[record[entity.key].upper()] = record["id"]
+        if entity_set in LINE_SETS:
+            _index_line(company, entity_set, old, None)
+            _index_line(company, entity_set, record, record)
 
         def undo() -> None:
             if entity.key:
                 keys.pop(record[entity.key].upper(), None)
+            if entity_set in LINE_SETS:
+                _index_line(company, entity_set, record, None)
+                _index_line(company, entity_set, old, old)
             if old is None:
                 table.pop(record["id"], None)
             else:
@@ -510,11 +518,15 @@ class BcStore:
         table.pop(record["id"], None)
         if entity.key:
             keys.pop(record[entity.key].upper(), None)
+        if entity_set in LINE_SETS:
+            _index_line(company, entity_set, record, None)
 
         def undo() -> None:
             table[record["id"]] = record
             if entity.key:
                 keys[record[entity.key].upper()] = record["id"]
+            if entity_set in LINE_SETS:
+                _index_line(company, entity_set, record, record)
 
         self._record_undo(undo)
 
@@ -796,8 +808,9 @@ class BcStore:
     def _lines_of(
         self, company: Company, document_id: str, line_set: str = "salesOrderLines"
     ) -> list[dict[str, Any]]:
-        lines = [r for r in company.tables[line_set].values() if r["documentId"] == document_id]
-        return sorted(lines, key=lambda r: r["sequence"])
+        table = company.tables[line_set]
+        ids = company.lines_index.get((line_set, document_id), set())
+        return sorted((table[i] for i in ids if i in table), key=lambda r: r["sequence"])
 
     def lines_of(
         self, company_id: str, document_id: str, line_set: str = "salesOrderLines"
@@ -1167,3 +1180,16 @@ def _check_editable(document: EntitySet, header: Mapping[str, Any]) -> None:
             "Current value is 'Released'.",
             "Application_TestFieldError",
         )
+
+
+def _index_line(
+    company: Company, line_set: str, record: Mapping[str, Any] | None, present: Mapping[str, Any] | None
+) -> None:
+    """Add (`present` given) or remove `record` in its document's entry of the lines index."""
+    if record is None:
+        return
+    key = (line_set, record["documentId"])
+    if present is not None:
+        company.lines_index.setdefault(key, set()).add(record["id"])
+    else:
+        company.lines_index.get(key, set()).discard(record["id"])

@@ -134,6 +134,12 @@ class BcGateway(Gateway, Protocol):
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
 
+    def query_document_pages(
+        self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
+    ) -> Iterator[list[Record]]:
+        """Pages of documents, each with its lines (`$expand`)."""
+        ...
+
 
 class DvGateway(Gateway, Protocol):
     """Dataverse besides the common operations: reads by many ids and idempotent bulk creates."""
@@ -254,6 +260,15 @@ class BusinessCentralGateway:
             expand=[mapping.lines.bc.entity_set],
         )
         return dict(found) if found is not None else None
+
+    def query_document_pages(
+        self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
+    ) -> Iterator[list[Record]]:
+        assert mapping.lines is not None
+        return self.client.query_pages(
+            self.company_id, mapping.bc.entity_set, select=select, filter=filter,
+            expand=[mapping.lines.bc.entity_set], page_size=page_size,
+        )  # fmt: skip
 
     def create_document(
         self,

@@ -195,3 +195,42 @@ def test_ship_and_invoice_posts_the_order_whose_invoice_reaches_sales(e2e: E2ESt
     assert e2e.dv_get("salesorders", order["salesorderid"]) is not None
     e2e.settle()
     assert e2e.failures() == []
+
+
+def test_a_full_resync_brings_posted_invoices_in_bulk_and_lists_those_of_uncoupled_customers(
+    e2e: E2EStack,
+) -> None:
+    from shared.sync import bulk
+
+    customer = _customer(e2e)[0]
+    item = _item(e2e, price=5)[0]
+    _unit(e2e)
+    blocked = e2e.bc_create(
+        "customers", {"displayName": f"Blocked {_tag()}", "blocked": "Ship"}
+    )  # out of scope
+    e2e.settle()
+    invoices = e2e.bc.seed_posted_invoices(
+        [customer["number"], customer["number"], blocked["number"]], [item["number"]], 3, 4
+    )
+    before = e2e.service_requests()
+    run = bulk.run_full_resync(e2e.engine, "POSTED SALES INVOICE")
+    cost = diff(e2e.service_requests(), before)
+    assert run.status == "succeeded"
+    assert run.counts.get("inserted", 0) >= 2 and run.counts.get("skipped", 0) >= 1
+    skipped_number = e2e.bc_get("salesInvoices", invoices[2])["number"]  # type: ignore[index]
+    assert f"skipped (references not coupled): {skipped_number}" in run.message
+    for bc_id in invoices[:2]:
+        invoice = _dv_invoice(e2e, bc_id)
+        assert invoice is not None and sorted(d["quantity"] for d in invoice["invoice_details"]) == [
+            1,
+            2,
+            3,
+            4,
+        ]
+    assert _dv_invoice(e2e, invoices[2]) is None
+    # Bulk: one BC page, one UpsertMultiple of headers and one of details; nothing per invoice.
+    assert cost.get("DV POST invoices UpsertMultiple") == 1, cost
+    assert cost.get("DV POST invoicedetails UpsertMultiple") == 1, cost
+    assert not any(k.startswith("DV POST invoices") and "Upsert" not in k for k in cost), cost
+    journal = e2e.rt.journal.history("POSTED SALES INVOICE", "bc", invoices[2])
+    assert journal and journal[0].outcome == "skipped" and "CUSTOMER" in journal[0].reason
