@@ -35,8 +35,12 @@ FILTERED_TABLES = (
     "uom",
     "uomschedule",
     "pricelevel",
+    "quote",
+    "quotedetail",
     "salesorder",
+    "salesorderdetail",
     "invoice",
+    "invoicedetail",
     "opportunity",
     "bcs_customerstatistic",
 )

@@ -234,3 +234,42 @@ def test_a_full_resync_brings_posted_invoices_in_bulk_and_lists_those_of_uncoupl
     assert not any(k.startswith("DV POST invoices") and "Upsert" not in k for k in cost), cost
     journal = e2e.rt.journal.history("POSTED SALES INVOICE", "bc", invoices[2])
     assert journal and journal[0].outcome == "skipped" and "CUSTOMER" in journal[0].reason
+
+
+def test_a_quote_activated_in_sales_with_three_lines_appears_in_bc_with_the_same_lines(e2e: E2EStack) -> None:
+    customer, account = _customer(e2e)
+    item, product = _item(e2e, price=20)
+    uom = _unit(e2e)
+    e2e.settle()
+    quote = e2e.dv_create(
+        "quotes",
+        {
+            "name": f"Quote {_tag()}",
+            "customerid_account@odata.bind": f"/accounts({account})",
+            "quote_details": [
+                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
+                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
+                for q in (1, 2, 3)
+            ],
+        },
+    )  # fmt: skip
+    e2e.settle()
+    assert e2e.coupling("SALES QUOTE", "dv", quote["quoteid"]) is None  # a draft quote stays in Sales
+    e2e.dv_update("quotes", quote["quoteid"], {"statecode": 1, "statuscode": 3})  # activate
+    coupling = e2e.wait_coupled("SALES QUOTE", "dv", quote["quoteid"])
+    e2e.settle()
+    response = e2e.bc_http.get(f"salesQuotes({coupling.bc_id})", params={"$expand": "salesQuoteLines"})
+    assert response.status_code == 200, response.text
+    bc_quote = response.json()
+    assert bc_quote["customerNumber"] == customer["number"]
+    shown = sorted(
+        (li["lineObjectNumber"], li["quantity"], li["unitOfMeasureCode"])
+        for li in bc_quote["salesQuoteLines"]
+    )
+    assert shown == [(item["number"], q, "PCS") for q in (1, 2, 3)]
+    assert bc_quote["totalAmountIncludingTax"] == 120
+    numbers = sorted(
+        d["lineitemnumber"] for d in e2e.dv.rows("quotedetails") if d["_quoteid_value"] == quote["quoteid"]
+    )
+    assert numbers == [10000, 20000, 30000]  # BC's line numbers back on the Sales quote lines
+    assert e2e.failures() == []

@@ -19,6 +19,7 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "UNIT",
         "SALES ORDER",
         "POSTED SALES INVOICE",
+        "SALES QUOTE",
     ]
     assert isinstance(MS.get("PAYMENT TERMS"), OptionSetMapping)
     assert isinstance(MS.get("SHIPMENT METHOD"), OptionSetMapping)
