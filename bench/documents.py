@@ -144,7 +144,7 @@ def initial_sync(rt: Any, invoices: int, lines: int) -> None:
     _reset(rt)
     before = _peak_rss_mb()
     started = time.perf_counter()
-    run = bulk.run_full_resync(rt.engine, "POSTED SALES INVOICE")
+    run = bulk.run_full_resync(rt.engine, "POSTED INVOICE")
     elapsed = time.perf_counter() - started
     requests = _requests(rt)
     print(f"initial sync of {invoices:,} posted invoices with {invoices * lines:,} lines (empty Dataverse):")
@@ -155,7 +155,7 @@ def initial_sync(rt: Any, invoices: int, lines: int) -> None:
     print(f"  run message: {run.message[:300]}")
     _reset(rt)
     started = time.perf_counter()
-    second = bulk.run_full_resync(rt.engine, "POSTED SALES INVOICE")
+    second = bulk.run_full_resync(rt.engine, "POSTED INVOICE")
     print(f"second full resync: {time.perf_counter() - started:.1f} s, {second.counts}, "
           f"API requests {rt.bc.stats.total + rt.dataverse.stats.total}")  # fmt: skip
 

@@ -47,7 +47,7 @@ def test_the_demo_documents_flow_posted_invoices_to_sales_and_the_submitted_orde
     invoices = [i for i in e2e.bc.store.rows(e2e.company_id, "salesInvoices") if i["status"] == "Open"]
     assert len(invoices) >= DEMO_INVOICES
     for invoice in invoices[:DEMO_INVOICES]:
-        coupling = e2e.coupling("POSTED SALES INVOICE", "bc", invoice["id"])
+        coupling = e2e.coupling("POSTED INVOICE", "bc", invoice["id"])
         assert coupling is not None and coupling.dv_id, (invoice["number"], lines)
         detail_count = len(
             [d for d in e2e.dv.rows("invoicedetails") if d["_invoiceid_value"] == coupling.dv_id]

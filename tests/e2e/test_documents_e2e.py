@@ -139,7 +139,7 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
 
 
 def _dv_invoice(e2e: E2EStack, bc_id: str) -> dict[str, Any] | None:
-    coupling = e2e.coupling("POSTED SALES INVOICE", "bc", bc_id)
+    coupling = e2e.coupling("POSTED INVOICE", "bc", bc_id)
     if coupling is None or not coupling.dv_id:
         return None
     response = e2e.dv_http.get(f"invoices({coupling.dv_id})", params={"$expand": "invoice_details"})
@@ -157,7 +157,7 @@ def test_posting_an_invoice_in_bc_creates_the_sales_invoice_with_its_lines(e2e: 
     }
     draft = e2e.bc_create("salesInvoices", body)
     e2e.settle()
-    assert e2e.coupling("POSTED SALES INVOICE", "bc", draft["id"]) is None  # a draft is not posted
+    assert e2e.coupling("POSTED INVOICE", "bc", draft["id"]) is None  # a draft is not posted
 
     posted = e2e.bc_http.post(f"salesInvoices({draft['id']})/Microsoft.NAV.post")
     assert posted.status_code == 204, posted.text
@@ -213,7 +213,7 @@ def test_a_full_resync_brings_posted_invoices_in_bulk_and_lists_those_of_uncoupl
         [customer["number"], customer["number"], blocked["number"]], [item["number"]], 3, 4
     )
     before = e2e.service_requests()
-    run = bulk.run_full_resync(e2e.engine, "POSTED SALES INVOICE")
+    run = bulk.run_full_resync(e2e.engine, "POSTED INVOICE")
     cost = diff(e2e.service_requests(), before)
     assert run.status == "succeeded"
     assert run.counts.get("inserted", 0) >= 2 and run.counts.get("skipped", 0) >= 1
@@ -232,7 +232,7 @@ def test_a_full_resync_brings_posted_invoices_in_bulk_and_lists_those_of_uncoupl
     assert cost.get("DV POST invoices UpsertMultiple") == 1, cost
     assert cost.get("DV POST invoicedetails UpsertMultiple") == 1, cost
     assert not any(k.startswith("DV POST invoices") and "Upsert" not in k for k in cost), cost
-    journal = e2e.rt.journal.history("POSTED SALES INVOICE", "bc", invoices[2])
+    journal = e2e.rt.journal.history("POSTED INVOICE", "bc", invoices[2])
     assert journal and journal[0].outcome == "skipped" and "CUSTOMER" in journal[0].reason
 
 

@@ -18,7 +18,7 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "ITEM-PRODUCT",
         "UNIT",
         "SALES ORDER",
-        "POSTED SALES INVOICE",
+        "POSTED INVOICE",
         "SALES QUOTE",
     ]
     assert isinstance(MS.get("PAYMENT TERMS"), OptionSetMapping)
