@@ -5,20 +5,34 @@ Functions call `get_runtime()`; tests and the dev stack call `reset()` after cha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-from shared.connectors.retry import RequestBudget, RetryPolicy
+import httpx
+
+from shared.companies import (
+    COMPANY_ENTITY_SET,
+    COMPANY_EXTERNAL_ID,
+    COMPANY_PRIMARY_KEY,
+    home_company,
+    key_prefix,
+    same_company,
+)
+from shared.connectors.retry import Budget, RequestBudget, RetryPolicy
+from shared.errors import ServiceError
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
+from shared.store.request_budget import SharedRequestBudget
 from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
 from shared.store.subscriptions import SubscriptionStore
@@ -34,29 +48,114 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 # Per request, as the clients default to; set-up's checks pass a shorter one.
 CLIENT_TIMEOUT_SECONDS = 30.0
 
 Service = Literal["dataverse", "bc"]
 
 
+# Watermarks rows of the company registry (`shared.ops.setup`): PK `companies`, RowKey `home` (the
+# pinned home company, `Value`) and one row per company set-up has brought in (RowKey its id).
+COMPANIES_PARTITION = "companies"
+HOME_ROW = "home"
+# How long the list of Dataverse `bcbi_company` rows is trusted before it is asked again.
+COMPANY_ROWS_SECONDS = 600.0
+
+
+class CompanyNotConfiguredError(ServiceError):
+    """A company that is not in `BC_COMPANY_IDS` was asked for."""
+
+    http_status = 400
+
+
+class UnknownCompanyError(ServiceError):
+    """A configured BC company has no `bcbi_company` row in Dataverse (set-up creates it)."""
+
+    http_status = 409
+
+
 @dataclass
 class Runtime:
+    """The process's wiring. `get_runtime()` gives the home company's; `for_company(id)` another
+    company's view: the same settings, clients and request budget, its own storage scope (keys,
+    queued messages stamped with the company), BC company and Dataverse company tag."""
+
     settings: Settings
     storage: Storage
+    company: str | None = None  # None: the home company
+    parent: Runtime | None = field(default=None, repr=False)
+
+    @property
+    def root(self) -> Runtime:
+        return self.parent or self
+
+    @property
+    def companies(self) -> list[str]:
+        """The BC companies synchronized with this Dataverse environment (`BC_COMPANY_IDS`)."""
+        return list(self.settings.bc_company_ids)
+
+    @property
+    def multi_company(self) -> bool:
+        return len(self.settings.bc_company_ids) > 1
+
+    @cached_property
+    def home_company(self) -> str:
+        """The company untagged Dataverse rows and unprefixed storage keys belong to (`shared.companies`):
+        with one company that company; with several, the one set-up pinned, else the first."""
+        if self.parent is not None:
+            return self.parent.home_company
+        if not self.multi_company:
+            return self.companies[0]
+        return home_company(self.companies, self.pinned_home_company())
+
+    def pinned_home_company(self) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            row = self.storage.table(tables.WATERMARKS).get_entity(COMPANIES_PARTITION, HOME_ROW)
+        except ResourceNotFoundError:
+            return None
+        return str(row.get("Value") or "") or None
+
+    @property
+    def company_id(self) -> str:
+        """The BC company this view synchronizes."""
+        return self.company or self.home_company
+
+    @property
+    def scope(self) -> str:
+        """This company's storage key prefix: "" for the home company."""
+        return key_prefix(self.company_id, self.home_company) if self.multi_company else ""
+
+    def for_company(self, company: str) -> Runtime:
+        """The view of `company` (which must be configured). With one company: this runtime."""
+        root = self.root
+        configured = next((c for c in root.companies if same_company(c, company)), None)
+        if configured is None:
+            raise CompanyNotConfiguredError(
+                f"BC company {company!r:.60} is not in BC_COMPANY_IDS ({', '.join(root.companies)})"
+            )
+        if not root.multi_company:
+            return root
+        with _lock:
+            views = root.__dict__.setdefault("_views", {})
+            view = views.get(configured.lower())
+            if view is None:
+                storage = dataclasses.replace(root.storage, company=configured)
+                view = views[configured.lower()] = Runtime(root.settings, storage, configured, root)
+        return view
 
     @cached_property
     def couplings(self) -> CouplingStore:
-        return CouplingStore(self.storage.table(tables.COUPLINGS))
+        return CouplingStore(self.storage.table(tables.COUPLINGS), self.scope)
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.storage.table(tables.JOURNAL))
+        return Journal(self.storage.table(tables.JOURNAL), self.scope)
 
     @cached_property
     def watermarks(self) -> WatermarkStore:
-        return WatermarkStore(self.storage.table(tables.WATERMARKS))
+        return WatermarkStore(self.storage.table(tables.WATERMARKS), self.scope)
 
     @cached_property
     def subscriptions(self) -> SubscriptionStore:
@@ -64,18 +163,42 @@ class Runtime:
 
     @cached_property
     def statistics_hashes(self) -> StatisticsHashStore:
-        return StatisticsHashStore(self.storage.table(tables.WATERMARKS))
+        return StatisticsHashStore(self.storage.table(tables.WATERMARKS), self.scope)
 
     @cached_property
     def mappings(self) -> MappingSet:
+        if self.parent is not None:
+            return self.parent.mappings
         from shared.mapping.loader import load_mapping_set
 
         return load_mapping_set(self.settings.mappings_file)
 
-    @property
-    def company_id(self) -> str:
-        """The BC company synchronized with this Dataverse environment (the first configured)."""
-        return self.settings.bc_company_ids[0]
+    # -- Dataverse company rows ------------------------------------------------------------------
+    def dataverse_companies(self, *, refresh: bool = False) -> dict[str, str]:
+        """BC company id (lower case) -> its `bcbi_company` row id, asked at most every 10 minutes."""
+        root = self.root
+        cached = root.__dict__.get("_dv_companies")
+        if cached is not None and not refresh and time.monotonic() - cached[0] < COMPANY_ROWS_SECONDS:
+            return dict(cached[1])
+        rows = root.dataverse.query(COMPANY_ENTITY_SET, select=[COMPANY_PRIMARY_KEY, COMPANY_EXTERNAL_ID])
+        found = {
+            str(r.get(COMPANY_EXTERNAL_ID) or "").lower(): str(r[COMPANY_PRIMARY_KEY])
+            for r in rows
+            if r.get(COMPANY_EXTERNAL_ID)
+        }
+        root.__dict__["_dv_companies"] = (time.monotonic(), found)
+        return dict(found)
+
+    def dataverse_company_row(self) -> str:
+        """This company's `bcbi_company` row id (asked again once when not found)."""
+        key = self.company_id.lower()
+        row = self.dataverse_companies().get(key) or self.dataverse_companies(refresh=True).get(key)
+        if row is None:
+            raise UnknownCompanyError(
+                f"BC company {self.company_id} has no row in Dataverse's {COMPANY_ENTITY_SET} "
+                f"(bcbi_externalid = the company id); run `bcsync setup`, which creates it"
+            )
+        return row
 
     @cached_property
     def _azure_credential(self) -> TokenCredential:
@@ -83,35 +206,61 @@ class Runtime:
 
         return DefaultAzureCredential()
 
-    def integration_credential(self, service: Service) -> TokenCredential:
-        """The integration user's credential for `service`: its static token (sandboxes only, refused
-        by settings for non-loopback URLs) or the process's Azure credential (managed identity or
-        client secret)."""
-        s = self.settings
-        token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
-        if token:
-            from shared.connectors.credentials import StaticTokenCredential
-
-            return StaticTokenCredential(token)
-        return self._azure_credential
+    def integration_credential(self, service: Service) -> TokenCredential | httpx.Auth:
+        """The integration user's credential for `service`, by its sign-in mode: its static token
+        (sandboxes only, refused by settings for non-loopback URLs), the client credentials grant at
+        the customer's authority (`oauth`, on-premises), BC's web service access key (`basic`), or
+        the process's Azure credential (managed identity or client secret)."""
+        return integration_credential(self.settings, service, lambda: self._azure_credential)
 
     @cached_property
     def dataverse(self) -> DataverseClient:
-        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget())
+        if self.parent is not None:
+            return self.parent.dataverse  # one client, one request budget per process
+        return dataverse_client(
+            self.settings,
+            self.integration_credential("dataverse"),
+            budget=self.request_budget("dataverse"),
+            max_concurrent=self.settings.dataverse_concurrency_per_instance,
+        )
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget())
+        if self.parent is not None:
+            return self.parent.bc
+        return bc_client(
+            self.settings,
+            self.integration_credential("bc"),
+            budget=self.request_budget("bc"),
+            max_concurrent=self.settings.bc_concurrency_per_instance,
+        )
+
+    def request_budget(self, service: Service) -> SharedRequestBudget:
+        """The integration user's allowance on `service`, shared by every instance through storage;
+        an instance's share in memory while storage cannot be asked."""
+        share = max(1, REQUESTS_PER_WINDOW // self.settings.scale_out_max_instances)
+        return SharedRequestBudget(
+            self.storage.table(tables.REQUEST_BUDGET),
+            service,
+            max_requests=REQUESTS_PER_WINDOW,
+            window_seconds=WINDOW_SECONDS,
+            fallback=RequestBudget(max_requests=share, window_seconds=WINDOW_SECONDS),
+        )
 
     @cached_property
     def engine(self) -> Engine:
         from shared.sync.engine import Engine
-        from shared.sync.gateways import BusinessCentralGateway, DataverseGateway
+        from shared.sync.gateways import BusinessCentralGateway, CompanyTag, DataverseGateway
 
+        tag = (
+            CompanyTag(self.dataverse_company_row, same_company(self.company_id, self.home_company))
+            if self.multi_company
+            else None
+        )
         return Engine(
             mappings=self.mappings,
             bc=BusinessCentralGateway(self.bc, self.company_id),
-            dv=DataverseGateway(self.dataverse),
+            dv=DataverseGateway(self.dataverse, tag),
             couplings=self.couplings,
             journal=self.journal,
             enqueue=self._enqueue,
@@ -133,51 +282,91 @@ class Runtime:
     @cached_property
     def integration_user_id(self) -> str:
         """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
+        if self.parent is not None:
+            return self.parent.integration_user_id
         configured = self.settings.dataverse_integration_user_id
         return (configured or self.dataverse.whoami().user_id).lower()
+
+
+def integration_credential(
+    settings: Settings, service: Service, azure_credential: Callable[[], TokenCredential] | None = None
+) -> TokenCredential | httpx.Auth:
+    """See `Runtime.integration_credential`; `azure_credential` gives the process's Azure credential
+    (a new `DefaultAzureCredential` when not given)."""
+    from shared.connectors.credentials import ClientCredentialsGrant, OAuthSettings, StaticTokenCredential
+
+    s = settings
+    token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
+    if token:
+        return StaticTokenCredential(token)
+    if service == "bc" and s.bc_auth_mode == "basic":
+        assert s.bc_username and s.bc_web_service_access_key  # checked by the settings
+        return httpx.BasicAuth(s.bc_username, s.bc_web_service_access_key.get_secret_value())
+    mode = s.bc_auth_mode if service == "bc" else s.dataverse_auth_mode
+    if mode == "oauth":
+        authority = s.bc_authority if service == "bc" else s.dataverse_authority
+        client_id = s.bc_client_id if service == "bc" else s.dataverse_client_id
+        secret = s.bc_client_secret if service == "bc" else s.dataverse_client_secret
+        assert authority and client_id and secret  # checked by the settings
+        prefix = "BC" if service == "bc" else "DATAVERSE"
+        return ClientCredentialsGrant(OAuthSettings(prefix, authority, client_id, secret.get_secret_value()))
+    if azure_credential is not None:
+        return azure_credential()
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
 
 
 # The one place API clients are built from settings: the runtime's (with the request budget), and
 # set-up's (its quick connection checks, and the administrator's clients that register webhooks).
 def dataverse_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> DataverseClient:
     from shared.connectors.dataverse import DataverseClient
 
     return DataverseClient(
         settings.dataverse_api_url,
         credential,
-        scope=f"{settings.dataverse_url}/.default",
+        scope=settings.dataverse_token_scope,
         policy=policy,
         timeout=timeout,
         budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
 def bc_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> BusinessCentralClient:
     from shared.connectors.business_central import BusinessCentralClient
 
     return BusinessCentralClient(
-        settings.bc_api_url, credential, scope=BC_SCOPE, policy=policy, timeout=timeout, budget=budget
+        settings.bc_api_url,
+        credential,
+        scope=settings.bc_token_scope,
+        policy=policy,
+        timeout=timeout,
+        budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
-def _budget() -> RequestBudget:
-    # Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
-    # operator's own calls made with the same identity.
-    return RequestBudget(max_requests=5_800, window_seconds=300)
+# Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
+# operator's own calls made with the same identity.
+REQUESTS_PER_WINDOW = 5_800
+WINDOW_SECONDS = 300.0
 
 
 _lock = threading.Lock()

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devstack.bc import metadata
 from devstack.bc.api import JSON_TYPE, ApiRequest, ApiResponse, BcApi, error_response
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
@@ -77,7 +78,19 @@ class ServiceProtection:
         sandbox.counters.record(scope["method"], count_label(scope["path"]))
         request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if scheme.lower() == "basic" and sandbox.config.web_service_keys:
+            user = sandbox.user_for_web_service_key(token.strip())
+            if user is None:
+                # BC on-premises (NavUserPassword): a wrong user name or web service access key.
+                await _error(
+                    401,
+                    "The server has rejected the client credentials: the user name or the web service "
+                    "access key is not valid.",
+                    {"www-authenticate": 'Basic realm=""'},
+                )(scope, receive, send)
+                return
+        else:
+            user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             response = _error(
                 401,
@@ -88,9 +101,17 @@ class ServiceProtection:
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["user"] = user
+        sandbox.counters.opened(user)
+        try:
+            await self._limited(scope, receive, send, user)
+        finally:
+            sandbox.counters.closed(user)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, user: str) -> None:
+        sandbox = self.sandbox
         wait = sandbox.limiter.hit(user)
         if wait is not None:
-            sandbox.counters.record_throttled("rate")
+            sandbox.counters.record_throttled("rate", user)
             limit = sandbox.limiter.max_requests
             await _error(
                 429,
@@ -103,13 +124,17 @@ class ServiceProtection:
             async with sandbox.gate.enter(user):
                 await self.app(scope, receive, send)
         except GateRejected as rejected:
-            sandbox.counters.record_throttled(rejected.reason)
+            sandbox.counters.record_throttled(rejected.reason, user)
             if rejected.reason == "queue_timeout":
                 response = _error(
                     503,
                     "The request waited too long in the queue of concurrent requests.",
                     {"retry-after": retry_after_header(sandbox.gate.queue_timeout or 1)},
                 )
+            elif rejected.reason == "concurrency":
+                # Only with the queue switched off (max_queue 0): a strict mode for tests.
+                limit = sandbox.gate.max_concurrent
+                response = _error(429, f"Too many concurrent requests for user {user}: more than {limit}.")
             else:
                 response = _error(
                     429, f"Too many concurrent requests for user {user}; the request queue is full."
@@ -177,8 +202,12 @@ class ApiEndpoint:
             return self.api.batch(api_request)
         if rest == "subscriptions" or rest.startswith("subscriptions("):
             return await self._subscriptions(api_request)
-        if not rest:
-            raise bad_request("Name a resource after /api/v2.0/, e.g. companies.")
+        if rest in ("", "$metadata"):
+            if request.method != "GET":
+                raise BcError(405, "BadRequest_MethodNotAllowed", f"Only GET is allowed on '/{rest}'.")
+            if rest:
+                return ApiResponse(200, metadata.edmx(), {"content-type": "application/xml"})
+            return ApiResponse(200, metadata.service_document(service_root))
         return self.api.handle(api_request)
 
     async def _subscriptions(self, request: ApiRequest) -> ApiResponse:
@@ -263,6 +292,20 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             return control_bad_request(str(exc))
         return JSONResponse({"created": len(ids), "ids": ids if len(ids) <= 1000 else None}, status_code=201)
 
+    async def add_company(request: Request) -> Response:
+        """A company as BC's admin center creates one (the API's `companies` is read-only), seeded
+        like the built-in ones; gone again after `/reset`."""
+        try:
+            body = await read_json(request)
+            company = sandbox.add_company(str(body["id"]), str(body["name"]), body.get("displayName"))
+        except KeyError as exc:
+            return control_bad_request(f'send {{"id": <guid>, "name": ..., "displayName"?}} (missing {exc})')
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(str(exc))
+        return JSONResponse(company, status_code=201)
+
     async def clock(request: Request) -> Response:
         if request.method == "POST":
             try:
@@ -340,6 +383,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/info", info, methods=["GET"]),
         Route("/reset", reset, methods=["POST"]),
         Route("/seed", seed, methods=["POST"]),
+        Route("/companies", add_company, methods=["POST"]),
         Route("/clock", clock, methods=["GET"]),
         Route("/clock/advance", clock, methods=["POST"]),
         Route("/limits", limits, methods=["GET", "PUT"]),

@@ -6,6 +6,9 @@ data while the server runs in another thread.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,7 +17,7 @@ from devstack.bc import ledger
 from devstack.bc.clock import SandboxClock
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.seed_data import DEFAULT_COMPANY_ID, SECOND_COMPANY_ID, seed_company, seed_customers
-from devstack.bc.store import BcStore
+from devstack.bc.store import BcStore, normalize_guid
 from devstack.bc.webhooks import WebhookHub
 from devstack.sandbox_common.counters import RequestCounters
 from devstack.sandbox_common.faults import FaultInjector
@@ -57,6 +60,15 @@ class BcSandbox:
             seed_company(
                 self.store, company_id, name, display_name=display_name, with_samples=self.config.sample_data
             )
+
+    def add_company(self, company_id: str, name: str, display_name: str | None = None) -> dict[str, Any]:
+        """Another company, with the reference data (and samples) the built-in ones have."""
+        if normalize_guid(company_id, "the company id") in self.store.companies:
+            raise ValueError(f"company {company_id} exists already")
+        seed_company(
+            self.store, company_id, name, display_name=display_name, with_samples=self.config.sample_data
+        )
+        return dict(self.store.company(company_id).to_json())
 
     def reset(self) -> None:
         """Back to the state at start: data, subscriptions, deliveries, counters, faults, limits' windows."""
@@ -245,3 +257,14 @@ class BcSandbox:
 
     def user_for_token(self, token: str) -> str | None:
         return self.config.users.get(token)
+
+    def user_for_web_service_key(self, credentials: str) -> str | None:
+        """The BC user of `Basic base64(user:key)` when the key is that user's, else None."""
+        try:
+            name, _, key = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        known = self.config.web_service_keys.get(name)
+        if known is None or not hmac.compare_digest(known[0].encode(), key.encode()):
+            return None
+        return known[1]

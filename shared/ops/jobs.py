@@ -18,14 +18,19 @@ def run_delta_poll(past_due: bool = False) -> PollReport:
     report = delta_poll(rt)
     log.info("delta poll%s: %s", " (past due)" if past_due else "", report)
     # Stock moves touch no item record (BC's inventory is a FlowField): the item ledger tells.
-    stock = refresh_stock(rt)
-    log.info("stock from item ledger entries: %s", stock)
+    for company in rt.companies:
+        stock = refresh_stock(rt.for_company(company))
+        log.info("stock from item ledger entries (company %s): %s", company, stock)
     return report
 
 
 def run_nightly_resync(past_due: bool = False) -> list[str]:
     rt = get_runtime()
-    runs = [request_full_resync(rt.storage, name) for name in rt.mappings.sync_order()]
+    runs = [
+        request_full_resync(rt.for_company(company).storage, name)
+        for company in rt.companies
+        for name in rt.mappings.sync_order()
+    ]
     log.info("full resync%s queued for %d mappings", " (past due)" if past_due else "", len(runs))
     return runs
 

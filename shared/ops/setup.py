@@ -8,6 +8,9 @@
 4. With an administrator credential (used for this step only), what the service needs is registered:
    the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.feeds.registration`, which is
    idempotent). Without one, the report says what is missing.
+3b. Companies (`shared.ops.companies`): the home company is pinned; with several companies each has
+   its Dataverse company row; a company new since the last set-up gets its initial sync queued, a
+   removed one is stopped and the report says what stays behind.
 5. Person ownership: BC salespeople are coupled to Dataverse users by e-mail; the ones that cannot be
    coupled are listed with the reason (records they own fail to sync until they are).
 
@@ -27,6 +30,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from shared.connectors.credentials import AuthorityUnreachable, SignInError
 from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
 from shared.feeds.registration import (
@@ -40,6 +44,7 @@ from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
+from shared.ops.companies import bring_in_companies
 from shared.runtime import Runtime, bc_client, dataverse_client
 from shared.settings import Settings
 from shared.store.tables import TABLES
@@ -119,12 +124,30 @@ def run_setup(
     dv_ok = _check_dataverse(rt, mappings, report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
+    if bc_ok:
+        on_step("companies")
+        _companies(rt, mappings, report, dv_ok=dv_ok)
     on_step("registration")
     _register(rt, mappings, admin or AdminCredentials(), report, dv_ok=dv_ok, bc_ok=bc_ok)
     if couple_salespeople and dv_ok and bc_ok:
         on_step("salespeople")
-        _couple_salespeople(rt, mappings, report)
+        for company in rt.companies:  # salespeople are per company
+            _couple_salespeople(rt.for_company(company), mappings, report)
     return _finish(rt.settings, report)
+
+
+def _companies(rt: Runtime, mappings: MappingSet, report: SetupReport, *, dv_ok: bool) -> None:
+    """`shared.ops.companies`: pin the home company, Dataverse company rows, companies added/removed."""
+    try:
+        names = {str(c.get("id", "")).lower(): str(c.get("name") or "") for c in rt.bc.companies()}
+        outcome = bring_in_companies(rt, mappings, dv_ok=dv_ok, bc_names=names)
+    except (ApiError, AzureError) as exc:
+        report.failed.append(f"companies: {_first_line(exc)}")
+        return
+    report.existing.extend(outcome.existing)
+    report.created.extend(outcome.created + outcome.added)
+    report.updated.extend(outcome.removed)
+    report.checks.extend(Check(name, False, detail, fix) for name, detail, fix in outcome.failed)
 
 
 # ------------------------------------------------------------------------------------- mappings
@@ -182,7 +205,9 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
         try:
             who = dv.whoami()
         except (ApiError, AzureError) as exc:
-            detail, fix = explain_failure(exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL")
+            detail, fix = explain_failure(
+                exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", mode=s.dataverse_auth_mode
+            )
             report.checks.append(Check("Dataverse connection", False, detail, fix))
             return False
         report.checks.append(
@@ -305,7 +330,9 @@ def _check_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
         try:
             companies = bc.companies()
         except (ApiError, AzureError) as exc:
-            detail, fix = explain_failure(exc, "Business Central", s.bc_api_url, "BC_API_URL")
+            detail, fix = explain_failure(
+                exc, "Business Central", s.bc_api_url, "BC_API_URL", mode=s.bc_auth_mode
+            )
             report.checks.append(Check("Business Central connection", False, detail, fix))
             return False
         known = {
@@ -365,10 +392,13 @@ def _probe(
 
 
 def explain_failure(
-    exc: Exception, service: str, url: str, url_setting: str, *, what: str = "sign in"
+    exc: Exception, service: str, url: str, url_setting: str, *, what: str = "sign in", mode: str = "entra"
 ) -> tuple[str, str]:
     """(what is wrong, what to do) for a failed call as the integration user."""
-    credentials = "AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET (or the managed identity)"
+    credentials = _credential_settings(service, mode)
+    if isinstance(exc, (SignInError, AuthorityUnreachable)):
+        # The authority's own refusal, already naming the setting (wrong authority, scope, id, secret).
+        return (f"could not sign in to {service}: {exc.detail}", exc.fix)
     if isinstance(exc, ClientAuthenticationError):
         return (
             f"could not get a token for {service}: {_first_line(exc)}",
@@ -382,6 +412,19 @@ def explain_failure(
             if service == "Dataverse"
             else "the app is on BC's Microsoft Entra Applications page and granted API.ReadWrite.All"
         )
+        if mode == "basic":
+            return (
+                f"{service} rejected the user name or web service access key (401): {exc.message}",
+                f"check {credentials}: the key on the user's card in BC (Web Service Access Key), not "
+                "expired, and that the user is enabled",
+            )
+        if mode == "oauth":
+            scope = "BC_SCOPE" if service == "Business Central" else "DATAVERSE_SCOPE"
+            return (
+                f"{service} rejected the token the authority issued (401): {exc.message}",
+                f"check {scope}: the token must be issued for {service}'s own resource (its audience), "
+                f"and that {service} trusts that authority and knows the client as a user",
+            )
         return (
             f"{service} rejected the integration user's credentials (401): {exc.message}",
             f"check {credentials} (a wrong secret is refused here) and that {who}",
@@ -417,6 +460,16 @@ def explain_failure(
         f"{service} failed to {what}: {_first_line(exc)}",
         f"check {url_setting} and the service's health",
     )
+
+
+def _credential_settings(service: str, mode: str) -> str:
+    """The settings holding the integration user's credentials for `service`, by sign-in mode."""
+    prefix = "BC" if service == "Business Central" else "DATAVERSE"
+    if mode == "basic":
+        return "BC_USERNAME / BC_WEB_SERVICE_ACCESS_KEY"
+    if mode == "oauth":
+        return f"{prefix}_AUTHORITY / {prefix}_SCOPE / {prefix}_CLIENT_ID / {prefix}_CLIENT_SECRET"
+    return "AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET (or the managed identity)"
 
 
 # --------------------------------------------------------------------------------- registration
@@ -488,7 +541,7 @@ def _inspect_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
     have = {str(sub.get("resource", "")).lstrip("/").lower() for sub in subscriptions}
     missing = [
         f"{entity_set} ({company})"
-        for company, entity_set in bc_subscription_targets(rt.settings, mappings)
+        for company, entity_set in bc_subscription_targets(rt.settings, mappings, rt.bc)
         if f"api/v2.0/companies({company})/{entity_set}".lower() not in have
     ]
     if missing:

@@ -124,6 +124,9 @@ class Storage:
     queues: QueueServiceClient
     tables: TableServiceClient
     sync_queue_name: str = SYNC_QUEUE
+    # Set on a company's view of storage (`Runtime.for_company`): messages it sends without a
+    # company are that company's.
+    company: str | None = None
 
     def queue(self, name: str | None = None) -> QueueClient:
         """A queue client that base64-encodes on send and decodes on receive, like the host."""
@@ -180,6 +183,8 @@ class Storage:
         send failed, after trying them all. With `within` (seconds), give up waiting then: sends not
         started are cancelled, those under way are handed over in `EnqueueError.late`."""
         client = self.queue(queue)
+        if self.company is not None:
+            messages = [m if m.company else m.model_copy(update={"company": self.company}) for m in messages]
         bodies = [to_json(m) for m in messages]  # a message too large fails before anything is sent
 
         def send(body: str) -> None:

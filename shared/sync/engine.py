@@ -246,7 +246,14 @@ class Engine:
         found = self._candidates(mapping, side, source, lookups)
         candidates = [Candidate(r, already_coupled=c is not None) for r, c in found]
         plan = reconcile(
-            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+            self.ms,
+            mapping,
+            snapshot=None,
+            bc=bc,
+            dv=dv,
+            lookups=lookups,
+            candidates=candidates,
+            id_scope=self.couplings.scope,
         )
         ids: dict[Side, str | None] = {"bc": record_id(mapping, "bc", bc), "dv": record_id(mapping, "dv", dv)}
         if plan.couple_with is not None:
@@ -414,7 +421,14 @@ class Engine:
                 return self._settle_bc_create(mapping, coupling, source, record, message, why)
         candidates = [Candidate(record, already_coupled=coupling is not None) for record, coupling in found]
         plan = reconcile(
-            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+            self.ms,
+            mapping,
+            snapshot=None,
+            bc=bc,
+            dv=dv,
+            lookups=lookups,
+            candidates=candidates,
+            id_scope=self.couplings.scope,
         )
         return self._apply(mapping, plan, None, message, bc, dv, matched=[r for r, _ in found])
 
@@ -845,7 +859,11 @@ class Engine:
             if not ops:
                 continue
             answers = self.sides[side].write_lines(mapping, [op for op, _ in ops])  # type: ignore[index]
-            refused = next((a.error for a in answers if a.error is not None), None)
+            # A refused batch changes nothing; raise the line's own error, not the others' "rolled back".
+            errors = [a.error for a in answers if a.error is not None]
+            refused = next((e for e in errors if e.code != "TransactionRolledBack"), None) or next(
+                iter(errors), None
+            )
             if refused is not None:
                 raise refused
             for (op, index), answer in zip(ops, answers, strict=True):
