@@ -814,7 +814,7 @@ def build_tables() -> dict[str, Table]:
 
 
 BC_COMPANY_TABLES = frozenset(
-    {"account", "contact", "product", "pricelevel", "opportunity", "salesorder", "invoice"}
+    {"account", "contact", "product", "pricelevel", "opportunity", "quote", "salesorder", "invoice"}
 )
 
 
