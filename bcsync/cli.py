@@ -228,6 +228,41 @@ def _render_setup(report: Any) -> None:
         _lines([("-", escape(item)) for item in report.todo])
 
 
+# ---------------------------------------------------------------------------------------- solution
+@app.command("pack-solution")
+def pack_solution(
+    out: Annotated[Path, typer.Option(help="folder to write the zip into")] = Path("dist"),
+    source: Annotated[Path | None, typer.Option(help="the unpacked solution (default: solution/)")] = None,
+) -> None:
+    """Pack solution/ into the importable Dataverse solution zip (the same source gives the same bytes),
+    for an administrator who imports it by hand (docs/sales-solution.md); `setup` imports it itself."""
+    import hashlib
+
+    from shared.sales import solution
+
+    folder = source or solution.SOLUTION_DIR
+    try:
+        info = solution.read_info(folder)
+        data = solution.pack(folder)
+    except solution.SolutionSourceError as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / info.zip_name()
+    target.write_bytes(data)
+    result = {
+        "file": str(target),
+        "unique_name": info.unique_name,
+        "version": info.version,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if state.json:
+        console.print_json(json.dumps(result))
+    else:
+        console.print(f"{escape(str(target))}: {info.unique_name} {info.version}, {len(data)} bytes, "
+                      f"sha256 {result['sha256'][:16]}…")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ status
 @app.command()
 def status() -> None:

@@ -328,8 +328,12 @@ def _setup(report: Report) -> list[tuple[str, str]]:
 
     reset()
     rt = get_runtime()
-    admin = StaticTokenCredential(INTEGRATION_TOKEN)
-    setup = run_setup(rt, AdminCredentials(dataverse=admin, bc=admin))
+    # Dataverse's System Administrator imports the Sales solution; the BC sandbox lets the integration
+    # user create subscriptions.
+    admin = AdminCredentials(
+        dataverse=StaticTokenCredential("admin-user"), bc=StaticTokenCredential(INTEGRATION_TOKEN)
+    )
+    setup = run_setup(rt, admin)
     if setup.failed:
         raise RuntimeError(f"set-up failed: {setup.failed}")
     for name in rt.mappings.sync_order():

@@ -12,7 +12,7 @@ import argparse
 import sys
 import threading
 
-from devstack import bc, dataverse
+from devstack import bc, dataverse, sales_solution
 from devstack.bc.config import BcSandboxConfig
 from devstack.serve import serve_in_thread
 
@@ -42,7 +42,9 @@ def main() -> int:
         bc_app.state.sandbox.seed_customers(args.customers)
     if args.invoices:
         _seed_invoices(bc_app.state.sandbox, args.invoices, args.lines)
-    servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dataverse.create_app(), args.dv_port)]
+    dv_app = dataverse.create_app()
+    sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
+    servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dv_app, args.dv_port)]
     print("ready", flush=True)
     try:
         sys.stdin.read()  # until the parent closes our stdin (or dies)

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from devstack import bc, dataverse
+from devstack import bc, dataverse, sales_solution
 from devstack.azurite import start_azurite
 from devstack.bc import DEFAULT_COMPANY_ID
 from devstack.serve import serve_in_thread
@@ -26,6 +26,7 @@ def main() -> int:
     args = parser.parse_args()
     azurite = start_azurite()
     bc_app, dv_app = bc.create_app(), dataverse.create_app()
+    sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
     servers = [serve_in_thread(bc_app), serve_in_thread(dv_app)]
     sandbox = bc_app.state.sandbox
     try:

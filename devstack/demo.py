@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+
 from devstack.stack import INTEGRATION_TOKEN, Stack
+
+DATAVERSE_ADMIN_TOKEN = "admin-user"  # the sandbox's System Administrator (devstack/dataverse/config.py)
 
 DEMO_USERS = (
     ("jim-olive", "a1b2c3d4-0000-4000-8000-00000000a001", "Jim Olive", "jim.olive@contoso.example"),
@@ -39,6 +43,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
     from shared.connectors.credentials import StaticTokenCredential
     from shared.ops.setup import AdminCredentials, run_setup
     from shared.runtime import get_runtime
+    from shared.sales.statistics import push_statistics
     from shared.sales.stock import refresh_stock
     from shared.sync import bulk
 
@@ -71,11 +76,24 @@ def start_demo(stack: Stack) -> Iterator[str]:
 
     # The operator's set-up, as `bcsync setup` runs it: checks, registration, salespeople.
     rt = get_runtime()
-    admin = StaticTokenCredential(INTEGRATION_TOKEN)  # the sandboxes let this user register webhooks
-    report = run_setup(rt, AdminCredentials(dataverse=admin, bc=admin))
+    # Dataverse's System Administrator imports the solution; the BC sandbox lets the integration user
+    # create subscriptions.
+    admin = AdminCredentials(
+        dataverse=StaticTokenCredential(DATAVERSE_ADMIN_TOKEN), bc=StaticTokenCredential(INTEGRATION_TOKEN)
+    )
+    report = run_setup(rt, admin)
     coupled = [p.code for p in report.salespeople if p.status in ("coupled", "already_coupled")]
     missing = [f"{p.code} ({p.reason})" for p in report.salespeople if p.status == "not_coupled"]
     yield f"set-up: {len(report.created)} registrations created, {len(report.failed)} failed"
+    # What an administrator does next in the Power Platform admin center: give the salespeople the
+    # solution's roles that set-up listed as missing.
+    from devstack.dataverse.config import SALES_USER_ID
+    from shared.sales.solution import ROLE_AVAILABILITY, ROLE_USER
+
+    for user_id in (SALES_USER_ID, *(u[1] for u in DEMO_USERS)):
+        for role in (ROLE_USER, ROLE_AVAILABILITY):
+            dv_sandbox.assign_role(user_id, role)
+    yield f"security roles {ROLE_USER} and {ROLE_AVAILABILITY} given to sales-user and the demo users"
     yield f"salespeople coupled by e-mail: {', '.join(coupled) or 'none'}"
     yield f"salespeople not coupled (their customers fail, saying so): {', '.join(missing) or 'none'}"
     for name in rt.mappings.sync_order():
@@ -87,6 +105,24 @@ def start_demo(stack: Stack) -> Iterator[str]:
     # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
     stock = refresh_stock(rt)
     yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
+    statistics = push_statistics(rt)
+    yield f"customer statistics: {statistics.written} rows in bcs_customerstatistics (then every 30 minutes)"
+    # Coupling from Sales: a BC customer the service has not seen yet, and a salesperson who types its
+    # number into a new account (the service couples them and brings BC's values).
+    [typed_id] = bc_sandbox.seed("customers", [{"displayName": "Fabrikam Typed Inc", "city": "Seattle"}])
+    number = bc_sandbox.get("customers", typed_id)["number"]
+    dv_api = stack.env["DATAVERSE_URL"] + "/api/data/v9.2/"
+    created = httpx.post(
+        dv_api + "accounts",
+        json={"name": "Fabrikam (lead)", "customertypecode": 3, "bcs_bcnumber": number},
+        headers={"Authorization": "Bearer sales-user", "Prefer": "return=representation"},
+        timeout=30,
+    )
+    created.raise_for_status()
+    yield (
+        f"coupling from Sales: sales-user typed BC number {number} into the new account 'Fabrikam (lead)' "
+        f"({created.json()['accountid']}); the service couples it and writes BC's name, link and status"
+    )
     uncoupled = {p.code for p in report.salespeople if p.status == "not_coupled"}
     held = [c["displayName"] for c in bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
             if c.get("salespersonCode") in uncoupled]  # fmt: skip
@@ -157,6 +193,16 @@ def _try_it(stack: Stack) -> Iterator[str]:
         f"-d '{{\"displayName\": \"Fabrikam Inc\"}}' '{bc}/companies({company})/customers'"
     )
     yield f"  curl -s -H 'Authorization: Bearer sales-user' '{dv}/accounts?$select=name,accountnumber&$top=3'"
+    yield (
+        f"  curl -s -H 'Authorization: Bearer sales-user' "
+        f"'{dv}/accounts?$select=name,bcs_bcnumber,bcs_bcurl,bcs_bccouplingstatus&$top=3'"
+        "   (BC number, link, status)"
+    )
+    yield f"  curl -s -H 'Authorization: Bearer sales-user' '{dv}/bcs_customerstatistics?$top=3'"
+    yield (
+        f"  curl -s -H 'Authorization: Bearer sales-user' "
+        f"'{dv}/products?$select=name,quantityonhand,bcs_quantityasof'"
+    )
     yield f"  curl -s -H 'Authorization: Bearer sales-user' '{bc}/companies({company})/itemLedgerEntries'"
     yield (
         f'  curl -s -X POST -H \'Content-Type: application/json\' -d \'{{"entries": [{{"itemNumber": '

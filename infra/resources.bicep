@@ -192,6 +192,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     DATAVERSE_AUTH_MODE: 'entra' // online; on-premises: docs/deploy.md#on-premises-business-central-and-dynamics-365-sales
     BC_API_URL: bcApiUrl
     BC_COMPANY_IDS: bcCompanyIds
+    BC_WEB_CLIENT_URL: '' // online: derived from BC_API_URL; on-premises: the web client's URL
     BC_AUTH_MODE: 'entra' // online; on-premises (oauth, basic): docs/deploy.md
     BC_WEBHOOK_CLIENT_STATE: '@Microsoft.KeyVault(SecretUri=${bcSecret.properties.secretUri})'
     SERVICE_PUBLIC_URL: publicUrl

@@ -259,7 +259,7 @@ class Runtime:
         )
         return Engine(
             mappings=self.mappings,
-            bc=BusinessCentralGateway(self.bc, self.company_id),
+            bc=BusinessCentralGateway(self.bc, self.company_id, self.settings.bc_web_client_url),
             dv=DataverseGateway(self.dataverse, tag),
             couplings=self.couplings,
             journal=self.journal,

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         validation_alias="BC_COMPANY_IDS", min_length=1, description="comma-separated BC company ids (GUIDs)"
     )
     bc_static_token: str | None = Field(default=None, validation_alias="BC_STATIC_TOKEN")
+    bc_web_client_url: str | None = Field(
+        default=None,
+        validation_alias="BC_WEB_CLIENT_URL",
+        description="the BC web client's base URL for 'Open in Business Central' links, e.g. "
+        "https://bc.contoso.local/BC/ (on-premises); empty: derived from BC_API_URL",
+    )
     # `entra`: BC online (scope https://api.businesscentral.dynamics.com/.default, azure-identity).
     # `oauth`: BC on-premises with the customer's Entra ID / AD FS authority and BC_SCOPE.
     # `basic`: BC on-premises, a user name and its web service access key (HTTPS only).
@@ -311,9 +317,13 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("dataverse_url", "bc_api_url", "public_url")
+    @field_validator("dataverse_url", "bc_api_url", "public_url", "bc_web_client_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.field_name == "bc_web_client_url" and not value:
+            return None  # optional: derived from BC_API_URL
+        if value is None:
+            raise ValueError("expected an absolute http(s) URL")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected an absolute http(s) URL")

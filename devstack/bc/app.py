@@ -28,6 +28,7 @@ from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
 from devstack.bc.errors import BcError, bad_request, code_for_status, error_body
 from devstack.bc.posting import ship_order
 from devstack.bc.sandbox import BcSandbox, user_id
+from devstack.bc.web_client import web_client_routes
 from devstack.sandbox_common.control import bad_request as control_bad_request
 from devstack.sandbox_common.control import control_routes, read_json
 from devstack.sandbox_common.faults import CONTROL_PREFIX, FaultMiddleware
@@ -420,6 +421,7 @@ def create_app(config: BcSandboxConfig | None = None) -> Starlette:
             Mount(
                 "/_sandbox", routes=control_routes(sandbox.faults, sandbox.counters, _sandbox_routes(sandbox))
             ),
+            *web_client_routes(sandbox),
             Mount("", app=api_stack),
         ],
         lifespan=lifespan,

@@ -18,10 +18,11 @@ from urllib.parse import quote, unquote
 
 from devstack.dataverse import errors, metadata, metadata_api
 from devstack.dataverse.bulk_delete import BulkDeleteJobs
+from devstack.dataverse.customization import Customizer
 from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.expand import Expansion, parse_expand
 from devstack.dataverse.query_functions import build_query_functions
-from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Kind, Table
+from devstack.dataverse.schema import Kind, Table
 from devstack.dataverse.store import LOOKUP_TYPE, Caller, Store, UpsertMode, etag, parse_key
 from devstack.sandbox_common.odata_query import (
     Predicate,
@@ -105,16 +106,20 @@ class WebApi:
         token_expiry: Callable[[], dt.timedelta],
         whoami: Callable[[Caller], dict[str, Any]],
         bulk_delete_delay: Callable[[], float] = lambda: 5.0,
+        solution_import_delay: Callable[[], float] = lambda: 5.0,
     ) -> None:
         self.store = store
         self.bulk_delete = BulkDeleteJobs(store, bulk_delete_delay)
+        self.customizer = Customizer(store, solution_import_delay)
         self.max_page_size = max_page_size
         self._token_expiry = token_expiry
         self._whoami = whoami
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         try:
-            self.bulk_delete.run_due()  # asynchronous jobs run between requests, on the sandbox clock
+            # Asynchronous jobs run between requests, on the sandbox clock.
+            self.bulk_delete.run_due()
+            self.customizer.run_due()
             return self._dispatch(request)
         except DataverseError as exc:
             return ApiResponse.error(exc)
@@ -134,8 +139,36 @@ class WebApi:
             headers = {"Content-Type": "application/xml", "OData-Version": "4.0"}
             return ApiResponse(200, headers, metadata.csdl(tables).encode())
         if path.startswith("EntityDefinitions"):
+            if request.method == "POST":
+                return self._define(request, path, tables)
             body = metadata_api.handle(request.method, path, request.query, tables, request.base_url)
             return ApiResponse.json(200, body)
+        if path.startswith("RelationshipDefinitions"):
+            if request.method != "GET":
+                raise _method_not_allowed(request.method, "RelationshipDefinitions")
+            body = metadata_api.handle_relationships(path, request.query, tables, request.base_url)
+            return ApiResponse.json(200, body)
+        action = path.removeprefix("Microsoft.Dynamics.CRM.")
+        if action == "CreateEntities":
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            body = _json_body(request)
+            solution = request.query.get("SolutionUniqueName") or body.get("SolutionUniqueName")
+            created = self.customizer.create_entities(body, solution, request.caller)
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.CreateEntitiesResponse"
+            ids = [metadata.metadata_id(t.logical_name) for t in created]
+            return ApiResponse.json(200, {"@odata.context": context, "EntityIds": ids})
+        if action in ("ImportSolutionAsync", "ImportSolution"):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            if action == "ImportSolution":
+                self.customizer.import_now(_json_body(request), request.caller)
+                return ApiResponse(204, {"OData-Version": "4.0"})
+            async_id, job_key = self.customizer.import_async(_json_body(request), request.caller)
+            context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.ImportSolutionAsyncResponse"
+            return ApiResponse.json(
+                200, {"@odata.context": context, "AsyncOperationId": async_id, "ImportJobKey": job_key}
+            )
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)
@@ -156,7 +189,14 @@ class WebApi:
         data = self.store.table(entity_set)
         table = data.table
         method = request.method
+        self.customizer.authorize(request.caller, table, _operations(method, rest, key_text))
         if rest is not None:
+            if (
+                entity_set == "systemusers"
+                and key_text is not None
+                and rest == "systemuserroles_association/$ref"
+            ):
+                return self._assign_role(request, table, key_text)
             if key_text is None and rest == "$count" and method == "GET":
                 return self._count(request, table)
             action = rest.removeprefix("Microsoft.Dynamics.CRM.")
@@ -179,6 +219,52 @@ class WebApi:
         if method == "DELETE":
             return self._delete(request, table, key)
         raise _method_not_allowed(method, f"{entity_set}({key_text})")
+
+    # --- customization ----------------------------------------------------------------------------
+
+    def _define(self, request: ApiRequest, path: str, tables: list[Table]) -> ApiResponse:
+        """POST EntityDefinitions (a table), .../Attributes (a column), .../Keys (an alternate key)."""
+        match = metadata_api.PATH.match(path)
+        if not match or match.group("akey") or match.group("cast"):
+            raise errors.bad_request(f"The sandbox does not implement POST on {path}.")
+        solution = request.headers.get("mscrm.solutionuniquename")
+        body = _json_body(request)
+        base = f"{request.base_url}EntityDefinitions"
+        if match.group("key") is None:
+            if match.group("nav"):
+                raise errors.segment_not_found(match.group("nav"))
+            table = self.customizer.create_table_from_api(body, solution, request.caller)
+            location = f"{base}({metadata.metadata_id(table.logical_name)})"
+        else:
+            table = metadata_api.find_table(match.group("key"), tables)
+            table_id = metadata.metadata_id(table.logical_name)
+            if match.group("nav") == "Attributes":
+                column = self.customizer.create_attribute_from_api(table, body, solution, request.caller)
+                location = (
+                    f"{base}({table_id})/Attributes({metadata.metadata_id(table.logical_name, column.name)})"
+                )
+            elif match.group("nav") == "Keys":
+                key = self.customizer.create_key_from_api(table, body, solution, request.caller)
+                location = f"{base}({table_id})/Keys({metadata.metadata_id(table.logical_name, 'key', *key)})"
+            else:
+                raise errors.bad_request(
+                    "An existing table is changed with PUT, which the sandbox does not implement; "
+                    "POST creates its columns (.../Attributes) and keys (.../Keys)."
+                )
+        return ApiResponse(204, {"OData-Version": "4.0", "OData-EntityId": location})
+
+    def _assign_role(self, request: ApiRequest, table: Table, key_text: str) -> ApiResponse:
+        """`POST systemusers(<id>)/systemuserroles_association/$ref` `{"@odata.id": ".../roles(<id>)"}`."""
+        if request.method != "POST":
+            raise _method_not_allowed(request.method, "systemuserroles_association/$ref")
+        self.customizer.require_administrator(request.caller, "Assigning a security role")
+        reference = str(_json_body(request).get("@odata.id") or "")
+        found = re.search(r"roles\(([0-9a-fA-F-]{36})\)$", reference)
+        if not found:
+            raise errors.bad_request('The body must be {"@odata.id": "<url>/roles(<roleid>)"}.')
+        user_id = str(parse_key(unquote(key_text), table).get(table.primary_key))
+        self.customizer.assign_role(user_id, found.group(1), request.caller)
+        return ApiResponse(204, {"OData-Version": "4.0"})
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -343,10 +429,10 @@ class WebApi:
     def _prepare(self, request: ApiRequest, table: Table) -> list[_Prepared]:
         """`$expand` parsed and its nested options compiled once (a bad one is a 400 even with no rows)."""
         prepared: list[_Prepared] = []
-        for item in _expansions(request, table):
+        for item in _expansions(request, table, self.store.table_by_logical_name):
             nested = _options_request(request, item.options)
             if not item.collection:
-                fixed = TABLES_BY_LOGICAL_NAME.get(item.target or item.column.targets[0])
+                fixed = self.store.table_by_logical_name(item.target or item.column.targets[0])
                 select = _select(nested, fixed) if fixed is not None else None
                 prepared.append(_Prepared(item, select, None, [], 0))
                 continue
@@ -394,7 +480,7 @@ class WebApi:
         actual = row.get(wire + LOOKUP_TYPE) or item.column.targets[0]
         if not value or (item.target is not None and actual != item.target):
             return None  # `parentcustomerid_account` of a row whose customer is a contact: null
-        target_table = TABLES_BY_LOGICAL_NAME.get(str(actual))
+        target_table = self.store.table_by_logical_name(str(actual))
         target = self.store.get(target_table.entity_set, value) if target_table else None
         if target is None or target_table is None:
             return None
@@ -574,6 +660,22 @@ class _Prepared:
 # --- helpers --------------------------------------------------------------------------------------
 
 
+def _operations(method: str, rest: str | None, key_text: str | None) -> tuple[str, ...]:
+    """The privileges a request needs on its table (Append/AppendTo are not checked: difference)."""
+    if method == "GET":
+        return ("Read",)
+    if method == "DELETE":
+        return ("Delete",)
+    if method == "PATCH":
+        return ("Write", "Create")  # an upsert may create
+    action = (rest or "").removeprefix("Microsoft.Dynamics.CRM.")
+    if action == "UpdateMultiple":
+        return ("Write",)
+    if action == "UpsertMultiple":
+        return ("Create", "Write")
+    return ("Create",)
+
+
 def _method_not_allowed(method: str, path: str) -> DataverseError:
     return DataverseError(405, f"The HTTP method '{method}' is not allowed on '{path}'.", "0x80060888")
 
@@ -608,9 +710,9 @@ def _related_to(own_id: str, wire: str, logical_name: str, extra: Predicate | No
     return matches
 
 
-def _expansions(request: ApiRequest, table: Table) -> list[Expansion]:
+def _expansions(request: ApiRequest, table: Table, resolve: Callable[[str], Table | None]) -> list[Expansion]:
     text = request.query.get("$expand")
-    return parse_expand(text, table) if text and text.strip() else []
+    return parse_expand(text, table, resolve) if text and text.strip() else []
 
 
 def _options_request(request: ApiRequest, options: Mapping[str, str]) -> ApiRequest:

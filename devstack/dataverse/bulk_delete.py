@@ -19,7 +19,7 @@ from typing import Any
 
 from devstack.dataverse import errors
 from devstack.dataverse.errors import DataverseError
-from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Table
+from devstack.dataverse.schema import Table
 from devstack.dataverse.store import Caller, Store, utc_iso
 from devstack.sandbox_common.odata_query import Predicate, compare_values, parse_instant
 
@@ -61,7 +61,7 @@ class BulkDeleteJobs:
             raise errors.bad_request(
                 "BulkDelete needs a non-empty 'QuerySet' array of QueryExpression objects."
             )
-        queries = [_compile(query, index) for index, query in enumerate(query_set)]
+        queries = [_compile(self.store, query, index) for index, query in enumerate(query_set)]
         name = body.get("JobName")
         if not isinstance(name, str) or not name:
             raise errors.bad_request("BulkDelete needs 'JobName' (the name of the asynchronous job).")
@@ -120,10 +120,10 @@ class BulkDeleteJobs:
         self.store.update("asyncoperations", job.job_id, result, job.caller)
 
 
-def _compile(query: Any, index: int) -> tuple[Table, Predicate]:
+def _compile(store: Store, query: Any, index: int) -> tuple[Table, Predicate]:
     if not isinstance(query, Mapping) or not isinstance(query.get("EntityName"), str):
         raise errors.bad_request(f"QuerySet[{index}] must be a QueryExpression with 'EntityName'.")
-    table = TABLES_BY_LOGICAL_NAME.get(query["EntityName"])
+    table = store.table_by_logical_name(query["EntityName"])
     if table is None:
         raise errors.bad_request(f"QuerySet[{index}]: the table '{query['EntityName']}' does not exist.")
     criteria = query.get("Criteria") or {}

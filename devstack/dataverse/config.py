@@ -113,6 +113,9 @@ class DataverseSandboxConfig:
     # A BulkDelete job waits this long (sandbox clock) before it runs; real jobs wait for the
     # asynchronous service, typically seconds to minutes.
     bulk_delete_delay_seconds: float = 5.0
+    # An ImportSolutionAsync job waits this long (sandbox clock) before it runs; real imports take
+    # from seconds to minutes depending on the solution.
+    solution_import_delay_seconds: float = 5.0
     # Seed currencies, the default unit schedule and price list so `create_app()` is ready to use.
     seed_reference_data: bool = True
 

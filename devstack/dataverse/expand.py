@@ -9,6 +9,7 @@ Anything else (nested `$expand`, `$count`, `$skip`, `$levels`, unknown propertie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from devstack.dataverse import errors
@@ -51,9 +52,11 @@ def split_top_level(text: str, separator: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_expand(text: str, table: Table) -> list[Expansion]:
+def parse_expand(
+    text: str, table: Table, resolve: Callable[[str], Table | None] | None = None
+) -> list[Expansion]:
     single = single_navigation(table)
-    collections = collection_navigation(table)
+    collections = collection_navigation(table, resolve) if resolve else collection_navigation(table)
     result: list[Expansion] = []
     for item in split_top_level(text, ","):
         name, _, rest = item.partition("(")

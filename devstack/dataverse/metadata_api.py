@@ -15,10 +15,10 @@ from typing import Any
 
 from devstack.dataverse import errors, metadata
 from devstack.dataverse.expand import split_top_level
-from devstack.dataverse.schema import Column, Kind, Table
+from devstack.dataverse.schema import RELATIONSHIPS, Column, Kind, Table
 from devstack.sandbox_common.odata_query import QueryError, UnknownPropertyError, compile_filter, parse_select
 
-_PATH = re.compile(
+PATH = re.compile(
     r"^EntityDefinitions(?:\((?P<key>[^)]*)\))?"
     r"(?:/(?P<nav>Attributes|Keys)(?:\((?P<akey>[^)]*)\))?(?:/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+))?)?$"
 )
@@ -55,10 +55,10 @@ def handle(method: str, path: str, query: Mapping[str, str], tables: Sequence[Ta
     """The JSON answer to a GET on an `EntityDefinitions` path (raises `DataverseError`)."""
     if method != "GET":
         raise errors.bad_request(
-            f"The sandbox does not implement {method} on {path.split('(')[0].split('/')[0]}: its tables, "
-            "columns and keys are defined in devstack/dataverse/schema.py and cannot be changed over the API."
+            f"The sandbox does not implement {method} on {path}: it creates tables (POST EntityDefinitions), "
+            "columns (POST .../Attributes) and alternate keys (POST .../Keys), and changes nothing else."
         )
-    match = _PATH.match(path)
+    match = PATH.match(path)
     if not match:
         raise errors.segment_not_found(path)
     for name in query:
@@ -76,7 +76,7 @@ def handle(method: str, path: str, query: Mapping[str, str], tables: Sequence[Ta
             "@odata.context": context + "EntityDefinitions",
             "value": [_entity_row(t, query) for t in kept],
         }
-    table = _find_table(match.group("key"), tables)
+    table = find_table(match.group("key"), tables)
     nav, akey, cast = match.group("nav"), match.group("akey"), match.group("cast")
     if nav is None:
         return {"@odata.context": context + "EntityDefinitions/$entity", **_entity_row(table, query)}
@@ -126,7 +126,7 @@ def _attribute_rows(table: Table, columns: Sequence[Column], query: Mapping[str,
     return [_attribute_row(table, c, query) for c in _matching(columns, full, query, "AttributeMetadata")]
 
 
-def _find_table(key: str, tables: Sequence[Table]) -> Table:
+def find_table(key: str, tables: Sequence[Table]) -> Table:
     logical = _LOGICAL_KEY.match(key)
     for table in tables:
         if (logical and table.logical_name == logical.group("name")) or (
@@ -217,3 +217,83 @@ def _attribute_row(table: Table, column: Column, query: Mapping[str, str]) -> Js
         option_set = metadata.option_set(table, column)
         row["OptionSet"] = _project(option_set, expansions["OptionSet"], "OptionSetMetadata")
     return row
+
+
+# --- RelationshipDefinitions ---------------------------------------------------------------------
+
+_RELATIONSHIP_PATH = re.compile(
+    r"^RelationshipDefinitions(?:\((?P<key>[^)]*)\))?(?:/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+))?$"
+)
+_SCHEMA_KEY = re.compile(r"^SchemaName='(?P<name>[^']*)'$")
+
+
+def relationship_rows(tables: Sequence[Table]) -> list[Json]:
+    """OneToManyRelationshipMetadata of the relationships the sandbox knows: the standard ones
+    (`schema.RELATIONSHIPS`) and one per lookup of a table created at run time."""
+    known = {t.logical_name: t for t in tables}
+    rows: list[Json] = []
+    for (referencing, column_name, referenced), name in sorted(RELATIONSHIPS.items(), key=lambda i: i[1]):
+        if referencing in known and referenced in known:
+            rows.append(_relationship(name, referencing, column_name, referenced, known[referenced]))
+    for table in tables:
+        if not table.enforce_privileges:
+            continue
+        for column in table.columns.values():
+            if column.kind is Kind.LOOKUP and not column.read_only and column.name != "ownerid":
+                for target in column.targets:
+                    if target in known:
+                        name = f"{target}_{table.logical_name}_{column.name}"
+                        rows.append(
+                            _relationship(name, table.logical_name, column.name, target, known[target])
+                        )
+    return rows
+
+
+def _relationship(name: str, referencing: str, column: str, referenced: str, target: Table) -> Json:
+    return {
+        "@odata.type": "#Microsoft.Dynamics.CRM.OneToManyRelationshipMetadata",
+        "MetadataId": metadata.metadata_id("relationship", name),
+        "SchemaName": name,
+        "RelationshipType": "OneToManyRelationship",
+        "IsCustomRelationship": referencing.startswith("bcs_") or column.startswith("bcs_"),
+        "ReferencedEntity": referenced,
+        "ReferencedAttribute": target.primary_key,
+        "ReferencingEntity": referencing,
+        "ReferencingAttribute": column,
+        "ReferencedEntityNavigationPropertyName": name,
+        "ReferencingEntityNavigationPropertyName": column,
+    }
+
+
+def handle_relationships(path: str, query: Mapping[str, str], tables: Sequence[Table], base_url: str) -> Json:
+    match = _RELATIONSHIP_PATH.match(path)
+    if not match:
+        raise errors.segment_not_found(path)
+    cast = match.group("cast")
+    if cast is not None and cast not in ("OneToManyRelationshipMetadata", "RelationshipMetadataBase"):
+        raise errors.segment_not_found(f"Microsoft.Dynamics.CRM.{cast}")
+    for name in query:
+        if name not in ("$select", "$filter") and not name.startswith("@"):
+            raise errors.bad_request(
+                f"The query option '{name}' is not supported on RelationshipDefinitions by the sandbox "
+                "(supported: $filter, $select)."
+            )
+    rows = relationship_rows(tables)
+    context = f"{base_url}$metadata#RelationshipDefinitions"
+    key = match.group("key")
+    if key is None:
+        kept = _matching(rows, rows, query, "RelationshipMetadataBase")
+        return {
+            "@odata.context": context,
+            "value": [_project(r, query, "RelationshipMetadataBase") for r in kept],
+        }
+    by_name = _SCHEMA_KEY.match(key)
+    for row in rows:
+        if (by_name and row["SchemaName"] == by_name.group("name")) or (
+            not by_name and row["MetadataId"] == key.strip().lower()
+        ):
+            return {
+                "@odata.context": context + "/$entity",
+                **_project(row, query, "RelationshipMetadataBase"),
+            }
+    raise errors.DataverseError(404, f"Could not find relationship with key {key}.", "0x80040217")

@@ -14,7 +14,9 @@ from typing import Any
 from devstack.dataverse import config as defaults
 from devstack.dataverse.api import WebApi
 from devstack.dataverse.config import DataverseSandboxConfig, SandboxUser
-from devstack.dataverse.store import Caller, Store
+from devstack.dataverse.customization import SYSTEM_ADMINISTRATOR, SYSTEM_ADMINISTRATOR_ROLE_ID
+from devstack.dataverse.schema import build_tables
+from devstack.dataverse.store import Caller, Store, TableData
 from devstack.dataverse.webhooks import WebhookDispatcher, check_loopback_url
 from devstack.sandbox_common.counters import RequestCounters
 from devstack.sandbox_common.faults import FaultInjector
@@ -42,7 +44,6 @@ FILTERED_TABLES = (
     "invoice",
     "invoicedetail",
     "opportunity",
-    "bcs_customerstatistic",
 )
 
 
@@ -80,6 +81,7 @@ class DataverseSandbox:
             token_expiry=lambda: dt.timedelta(days=self.config.change_tracking_expiry_days),
             whoami=self.whoami,
             bulk_delete_delay=lambda: self.config.bulk_delete_delay_seconds,
+            solution_import_delay=lambda: self.config.solution_import_delay_seconds,
         )
         self._seed_defaults()
 
@@ -182,19 +184,67 @@ class DataverseSandbox:
         """Empty every table, forget deliveries, faults, counters and limit windows; re-seed defaults."""
         self.webhooks.flush(timeout=5)
         with self.store.lock:
-            for data in self.store.tables.values():
-                data.rows.clear()
-                data.keys.clear()
-                data.log_versions.clear()
-                data.log_ids.clear()
-                data.sorted_ids = None
+            # Back to the built-in tables: what solutions and metadata writes added is gone.
+            self.store.tables = {s: TableData(t) for s, t in build_tables().items()}
         self.webhooks.clear()
         self.injector.clear()
         self.api.bulk_delete.clear()
+        self.api.customizer.clear()
         self.counters.reset()
         self.request_limiter.reset()
         self.execution_limiter.reset()
         self._seed_defaults()
+
+    def _seed_customization(self, system: Caller) -> None:
+        """What every environment has: the default publisher and solution, and the System
+        Administrator role, held by the administrator user (`admin-user`)."""
+        publisher_id = "d21aab71-79e7-11dd-8874-00188b01e34f"
+        self.store.seed(
+            "publishers",
+            [{"publisherid": publisher_id, "uniquename": f"DefaultPublisher{self.config.org_name}",
+              "friendlyname": f"Default Publisher for {self.config.org_name}", "customizationprefix": "new",
+              "customizationoptionvalueprefix": 10000}],
+            system,
+        )  # fmt: skip
+        self.store.seed(
+            "solutions",
+            [{"solutionid": "fd140aaf-4df4-11dd-bd17-0019b9312238", "uniquename": "Default",
+              "friendlyname": "Default Solution", "version": "1.0", "ismanaged": False, "isvisible": False,
+              "_publisherid_value": publisher_id}],
+            system,
+        )  # fmt: skip
+        self.store.seed(
+            "roles",
+            [{"roleid": SYSTEM_ADMINISTRATOR_ROLE_ID, "name": SYSTEM_ADMINISTRATOR,
+              "_businessunitid_value": self.config.business_unit_id}],
+            system,
+        )  # fmt: skip
+        admins = [u for u in self.config.users if u.systemuserid == defaults.ADMIN_USER_ID]
+        self.store.seed(
+            "systemuserrolescollection",
+            [{"systemuserid": u.systemuserid, "roleid": SYSTEM_ADMINISTRATOR_ROLE_ID} for u in admins],
+            system,
+        )
+
+    # --- customization ----------------------------------------------------------------------------
+
+    def import_solution(self, data: bytes) -> None:
+        """Import a solution zip now, as an administrator's `ImportSolution` does (for test set-ups)."""
+        import base64
+
+        admin = Caller(defaults.ADMIN_USER_ID, self.config.business_unit_id)
+        body = {"CustomizationFile": base64.b64encode(data).decode()}
+        self.api.customizer.import_now(body, admin)
+
+    def assign_role(self, user_id: str, role_name: str) -> None:
+        """Give a user a role by name (as `POST systemusers(<id>)/systemuserroles_association/$ref`)."""
+        roles = [r for r in self.rows("roles") if r.get("name") == role_name]
+        if not roles:
+            raise ValueError(
+                f"no security role named {role_name!r}: import the solution that defines it first"
+            )
+        admin = Caller(defaults.ADMIN_USER_ID, self.config.business_unit_id)
+        self.api.customizer.assign_role(user_id, str(roles[0]["roleid"]), admin)
 
     def close(self) -> None:
         self.webhooks.stop()
@@ -230,6 +280,7 @@ class DataverseSandbox:
             ],
             system,
         )
+        self._seed_customization(system)
         organization = {"organizationid": self.config.organization_id, "name": self.config.org_name}
         if not self.config.seed_reference_data:
             self.store.seed("organizations", [organization], system)

@@ -8,6 +8,7 @@ A lookup column `x` is read as `_x_value` and written through a navigation prope
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -38,6 +39,9 @@ class Column:
     # Customer-type lookups (`parentcustomerid`) bind through `<name>_<target>`; simple lookups and
     # owner bind through `<name>`.
     per_target_navigation: bool = False
+    # Set for columns created through metadata or a solution: their schema and display names.
+    schema_name: str = ""
+    display_name: str = ""
 
     @property
     def wire_name(self) -> str:
@@ -55,6 +59,12 @@ class Table:
     change_tracking: bool = True
     # state -> default status (set when a write changes statecode without statuscode)
     default_status: dict[int, int] = field(default_factory=dict)
+    # Tables created through metadata or a solution: their schema and display names, and whether the
+    # caller's security roles are checked on each request (`customization.py`).
+    schema_name: str = ""
+    display_name: str = ""
+    display_collection_name: str = ""
+    enforce_privileges: bool = False
 
     @property
     def type_name(self) -> str:
@@ -305,8 +315,9 @@ def _table(
     status: dict[int, str] | None = None,
     default_status: dict[int, int] | None = None,
     change_tracking: bool = True,
+    primary_key: str = "",
 ) -> Table:
-    primary_key = f"{logical_name}id"
+    primary_key = primary_key or f"{logical_name}id"
     all_columns = [guid(primary_key), *columns, *_system(owned=owned, state=state, status=status)]
     return Table(
         logical_name=logical_name,
@@ -319,6 +330,8 @@ def _table(
         default_status=default_status or {},
     )
 
+
+build_table = _table  # for tables created at run time (metadata, solution import)
 
 _ACTIVE: dict[str, Any] = {
     "state": ACTIVE_INACTIVE,
@@ -677,26 +690,92 @@ def build_tables() -> dict[str, Table]:
             status={1: "In Progress", 2: "On Hold", 3: "Won", 4: "Canceled", 5: "Out-Sold"},
             default_status={0: 1, 1: 3, 2: 4},
         ),
+        # Solutions, publishers, import jobs, security roles and forms: what a solution import creates
+        # or reads (https://learn.microsoft.com/power-apps/developer/data-platform/reference/entities/solution
+        # and the publisher, importjob, role, systemuserroles and systemform references).
         _table(
-            "bcs_customerstatistic",
-            "bcs_customerstatistics",
-            "bcs_name",
+            "publisher",
+            "publishers",
+            "friendlyname",
             [
-                text("bcs_name", 100),
-                text("bcs_customerno", 20),
-                lookup("bcs_accountid", "account"),
-                money("bcs_balance"),
-                money("bcs_outstandingorders"),
-                money("bcs_shippednotinvoiced"),
-                money("bcs_outstandinginvoices"),
-                money("bcs_totalsales"),
-                money("bcs_overdueamount"),
-                money("bcs_creditlimit"),
-                date("bcs_asofdate"),
-                lookup("transactioncurrencyid", "transactioncurrency"),
+                text("uniquename", 256),
+                text("friendlyname", 256),
+                text("customizationprefix", 8),
+                integer("customizationoptionvalueprefix"),
+                memo("description"),
             ],
-            keys=(("bcs_customerno",),),
-            **_ACTIVE,
+            keys=(("uniquename",),),
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "solution",
+            "solutions",
+            "friendlyname",
+            [
+                text("uniquename", 256),
+                text("friendlyname", 256),
+                text("version", 256),
+                boolean("ismanaged"),
+                boolean("isvisible"),
+                datetime("installedon"),
+                memo("description"),
+                lookup("publisherid", "publisher"),
+            ],
+            keys=(("uniquename",),),
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "importjob",
+            "importjobs",
+            "name",
+            [
+                text("name", 256),
+                text("solutionname", 256),
+                guid("solutionid"),
+                decimal("progress"),
+                datetime("startedon"),
+                datetime("completedon"),
+                text("data", 1_073_741_823),
+                text("operationcontext", 256),
+            ],
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "role",
+            "roles",
+            "name",
+            [text("name", 100), lookup("businessunitid", "businessunit"), guid("roleidunique")],
+            owned=False,
+            change_tracking=False,
+        ),
+        _table(
+            "systemuserroles",
+            "systemuserrolescollection",
+            "systemuserroleid",
+            [guid("systemuserid"), guid("roleid")],
+            owned=False,
+            change_tracking=False,
+            primary_key="systemuserroleid",
+        ),
+        _table(
+            "systemform",
+            "systemforms",
+            "name",
+            [
+                text("name", 100),
+                text("objecttypecode", 100),
+                choice(
+                    "type",
+                    {0: "Dashboard", 2: "Main", 6: "Quick View Form", 7: "Quick Create", 11: "Card"},
+                ),
+                text("formxml", 1_073_741_823),
+                memo("description"),
+            ],
+            owned=False,
+            change_tracking=False,
         ),
         # Plug-in registration tables: not change-tracked.
         _table(
@@ -857,11 +936,14 @@ def single_navigation(table: Table) -> dict[str, tuple[Column, str]]:
     return result
 
 
-def collection_navigation(table: Table) -> dict[str, tuple[Table, Column]]:
-    """Collection-valued navigation properties of `table` -> (referencing table, its lookup column)."""
+def collection_navigation(
+    table: Table, resolve: Callable[[str], Table | None] = TABLES_BY_LOGICAL_NAME.get
+) -> dict[str, tuple[Table, Column]]:
+    """Collection-valued navigation properties of `table` -> (referencing table, its lookup column);
+    `resolve` finds a table's current definition (a store's, with columns added at run time)."""
     result: dict[str, tuple[Table, Column]] = {}
     for (referencing, column_name, referenced), name in RELATIONSHIPS.items():
         if referenced == table.logical_name:
-            other = TABLES_BY_LOGICAL_NAME[referencing]
+            other = resolve(referencing) or TABLES_BY_LOGICAL_NAME[referencing]
             result[name] = (other, other.lookup_by_name()[column_name])
     return result

@@ -107,6 +107,28 @@ class Store:
             raise errors.segment_not_found(entity_set)
         return data
 
+    def table_by_logical_name(self, logical_name: str) -> Table | None:
+        with self.lock:
+            return next((d.table for d in self.tables.values() if d.table.logical_name == logical_name), None)
+
+    def define_table(self, table: Table) -> None:
+        """Add a table, or replace the definition of one (new columns, keys); rows are kept and the
+        alternate keys re-indexed (a duplicate under a new key refuses the change)."""
+        with self.lock:
+            data = self.tables.get(table.entity_set)
+            if data is None:
+                self.tables[table.entity_set] = TableData(table)
+                return
+            old_table, old_keys = data.table, data.keys
+            data.table, data.keys = table, {}
+            try:
+                for record_id, row in data.rows.items():
+                    self._check_keys(data, record_id, row)
+                    self._index(data, record_id, row)
+            except DataverseError:
+                data.table, data.keys = old_table, old_keys
+                raise
+
     def current_version(self) -> int:
         with self.lock:
             return self._version

@@ -16,6 +16,7 @@ https://learn.microsoft.com/power-apps/developer/data-platform/webapi/overview
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -110,6 +111,10 @@ TABLES: dict[str, TableInfo] = {
             "sdkmessageprocessingstepimageid",
         ),
         TableInfo("asyncoperations", "asyncoperation", "asyncoperationid"),
+        TableInfo("solutions", "solution", "solutionid"),
+        TableInfo("importjobs", "importjob", "importjobid"),
+        TableInfo("roles", "role", "roleid"),
+        TableInfo("systemuserrolescollection", "systemuserroles", "systemuserroleid"),
     )
 }
 
@@ -686,6 +691,69 @@ class DataverseClient:
             replace(part, version_checked=any(k.lower() == "if-match" for k in request.headers))
             for part, request in zip(parts, requests, strict=True)
         ]
+
+    # --- solutions and security roles -------------------------------------------------------------
+
+    def installed_solution(self, unique_name: str) -> dict[str, Any] | None:
+        """The `solutions` row of `unique_name` (id, version), or None when it is not installed."""
+        rows = list(
+            self.query(
+                "solutions",
+                select=["solutionid", "uniquename", "version", "ismanaged"],
+                filter=odata.eq("uniquename", unique_name),
+            )
+        )
+        return rows[0] if rows else None
+
+    def import_solution_async(self, data: bytes, import_job_id: str, *, overwrite: bool = True) -> str:
+        """`ImportSolutionAsync` (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/reference/importsolutionasync);
+        returns the id of the asynchronous operation. The import job's result is in `importjobs(<id>)`."""
+        body = {
+            "OverwriteUnmanagedCustomizations": overwrite,
+            "PublishWorkflows": True,
+            "CustomizationFile": base64.b64encode(data).decode(),
+            "ImportJobId": odata.guid(import_job_id),
+        }
+        # Not retried blindly: a second POST with the same ImportJobId is refused; the caller reads the job.
+        answer = self._send("POST", "ImportSolutionAsync", kind="ImportSolutionAsync", json_body=body)
+        return str(answer.json()["AsyncOperationId"])
+
+    def async_operation(self, operation_id: str) -> dict[str, Any]:
+        url = f"asyncoperations({odata.guid(operation_id)})?$select=statecode,statuscode,message,completedon"
+        return dict(self._send("GET", url, kind="asyncoperations").json())
+
+    def import_job(self, job_id: str) -> dict[str, Any] | None:
+        return self.get("importjobs", job_id, select=["progress", "data", "completedon", "solutionname"])
+
+    def roles_named(self, names: Sequence[str]) -> dict[str, str]:
+        """Security role name -> role id, for the names that exist (root business unit's copies)."""
+        rows = self.query("roles", select=["roleid", "name"], filter=odata.dataverse_in("name", names))
+        return {str(r["name"]): str(r["roleid"]).lower() for r in rows}
+
+    def role_holders(self, role_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Role id -> ids of the users holding it (`systemuserroles`, one query)."""
+        result: dict[str, set[str]] = {r: set() for r in role_ids}
+        if not role_ids:
+            return result
+        rows = self.query(
+            "systemuserrolescollection",
+            select=["systemuserid", "roleid"],
+            filter=odata.dataverse_in("roleid", list(role_ids)),
+        )
+        for row in rows:
+            result.setdefault(str(row["roleid"]).lower(), set()).add(str(row["systemuserid"]).lower())
+        return result
+
+    def assign_role(self, user_id: str, role_id: str) -> None:
+        """Associate a security role with a user (idempotent in Dataverse)."""
+        reference = {"@odata.id": f"{self.base_url}roles({odata.guid(role_id)})"}
+        self._send(
+            "POST",
+            f"systemusers({odata.guid(user_id)})/systemuserroles_association/$ref",
+            kind="systemuserroles",
+            json_body=reference,
+            idempotent=True,
+        )
 
     # --- webhook registration ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote
 
 Record = Mapping[str, Any]
 
@@ -27,6 +28,10 @@ class Lookups(Protocol):
         """BC's code table of an option-set mapping (None: not loaded)."""
         ...
 
+    def bc_web_link(self, page: int, number: str) -> str | None:
+        """The BC web client URL opening the record `number` on card `page` (None: no web client known)."""
+        ...
+
 
 @dataclass
 class StaticLookups:
@@ -34,6 +39,8 @@ class StaticLookups:
 
     couplings: dict[str, dict[str, str]] = field(default_factory=dict)  # mapping -> {bc key: dataverse id}
     references: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # mapping -> BC records
+    # The BC web client with the company, e.g. https://businesscentral.dynamics.com/<tenant>/<env>/?company=X
+    web_client: str | None = None
 
     def couple(self, mapping: str, bc_key: str, dataverse_id: str) -> StaticLookups:
         self.couplings.setdefault(mapping, {})[bc_key] = dataverse_id.lower()
@@ -55,3 +62,15 @@ class StaticLookups:
 
     def bc_reference(self, mapping: str) -> Sequence[Record] | None:
         return self.references.get(mapping)
+
+    def bc_web_link(self, page: int, number: str) -> str | None:
+        return web_client_link(self.web_client, page, number) if self.web_client else None
+
+
+def web_client_link(web_client: str, page: int, number: str) -> str:
+    """A deep link to a card page filtered on `No.`, in the web client URL syntax BC documents
+    (https://learn.microsoft.com/dynamics365/business-central/dev-itpro/developer/devenv-web-client-urls):
+    `<web client>?company=<name>&page=<id>&filter='No.' IS '<number>'`."""
+    value = number.replace("'", "''")
+    condition = quote(f"'No.' IS '{value}'", safe="'.")
+    return f"{web_client}&page={page}&filter={condition}"

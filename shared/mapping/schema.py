@@ -114,6 +114,13 @@ class FieldMapping(_Strict):
     failed_lookup_message: str | None = Field(
         None, description="Error text when the lookup is not coupled; `{value}` is replaced by the value."
     )
+    bc_card_page: int | None = Field(
+        None,
+        ge=1,
+        description="Write to Dataverse a link that opens the BC record on this card page of the BC web "
+        "client (21 Customer Card, 26 Vendor Card, 5050 Contact Card, 30 Item Card), filtered on `No.` = "
+        "the value of `bc` (the record's number). One-way to Dataverse.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FieldMapping:
@@ -149,6 +156,11 @@ class FieldMapping(_Strict):
             raise ValueError(
                 "`person_name` reads the full name from `dv` (e.g. fullname) and writes firstname/lastname"
             )
+        if self.bc_card_page is not None and (
+            self.direction != "to_dataverse" or self.bc is None or self.dv is None
+        ):
+            raise ValueError("`bc_card_page` writes a link to Dataverse: give `bc` (the number), `dv` and "
+                             "`direction: to_dataverse`")  # fmt: skip
         if not self.key:
             object.__setattr__(self, "key", self.bc or self.dv)
         return self
@@ -187,6 +199,17 @@ class DataverseSide(_Strict):
     primary_key: str = Field("", description="Defaults to `<table>id`.")
     filter: list[FilterClause] = Field(default_factory=list, description="Records in scope (AND).")
     modified_field: str = "modifiedon"
+    couple_by_column: str | None = Field(
+        None,
+        description="Column where a Sales user types the BC record's `bc.key` (its number) into an "
+        "uncoupled record to couple it with that BC record; clearing it uncouples. Map it from `bc.key` "
+        "too (to_dataverse) so it shows the coupled number.",
+    )
+    status_column: str | None = Field(
+        None,
+        description="Text column where the service says why the record is not in sync with BC (empty when "
+        "it is), so a salesperson sees it on the form.",
+    )
 
     @model_validator(mode="after")
     def _default_pk(self) -> DataverseSide:

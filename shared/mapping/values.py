@@ -198,6 +198,11 @@ def translate(
     """
     source: Side = other(target)
     value = _normalise(f, side_type(ms, f, source), value)
+    if f.bc_card_page is not None:
+        link = (
+            lookups.bc_web_link(f.bc_card_page, str(value)) if value is not None and target == "dv" else None
+        )
+        return _fit(f, side_type(ms, f, target), target, link)
     if value is not None and f.value_map is not None:
         value = _through_value_map(mapping, f, target, value)
     lookup = lookup_target(ms, f)

@@ -17,21 +17,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
-from shared.mapping.values import other
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
 from shared.odata import eq
 from shared.runtime import Runtime
 from shared.store.couplings import UNSYNCED_RESULTS, AlreadyCoupledError, Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.sync import bulk
-from shared.sync.engine import MAX_TRANSIENT_REQUEUES, RequeueError, SyncResult, audit
-from shared.sync.reconcile import Snapshot, take_snapshot
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, RequeueError, SyncResult, audit, base_preferring
+from shared.sync.reconcile import Snapshot
 from shared.timestamps import iso_ms, parse_iso
 
 SIDES: tuple[Side, Side] = ("bc", "dv")
@@ -341,22 +340,8 @@ def _read_pair(
 def _base_preferring(
     rt: Runtime, m: EntityMapping, prefer: Side, bc: dict[str, Any], dv: dict[str, Any]
 ) -> Snapshot:
-    """A merge base under which `prefer`'s values win: the other side's current values are the base (so
-    nothing there counts as changed) and `prefer` has none (so each of its non-empty values is news,
-    reconcile's rule for a field missing from the base). Used for "sync after coupling" and for a
-    one-off sync in a chosen direction."""
-    current = take_snapshot(rt.mappings, m, bc, dv)
-    # Only what may flow from `prefer` is news: a field that flows the other way only keeps its
-    # current value as the base, so `prefer`'s value stays instead of being "restored" over it
-    # (SALESPEOPLE is to_bc: coupled with sync_from bc, the salesperson keeps BC's name).
-    target = other(prefer)
-    fields = {f.key: f for f in m.fields}
-    current[prefer] = {
-        key: value
-        for key, value in current[prefer].items()
-        if not (m.writes_to(target) and key in fields and fields[key].writes_to(target))
-    }
-    return current
+    """See `engine.base_preferring` (coupling by a number typed in Sales uses the same base)."""
+    return cast(Snapshot, base_preferring(rt.mappings, m, prefer, bc, dv))
 
 
 def uncouple(rt: Runtime, mapping_name: str, side: Side, record_id: str) -> dict[str, Any]:

@@ -5,9 +5,11 @@
 3. Both connections work *as the integration user*, with a message that says precisely what is wrong:
    unreachable URL, bad credentials, a disabled user, a missing security role / permission on a mapped
    table, an unknown BC company.
-4. With an administrator credential (used for this step only), what the service needs is registered:
-   the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.feeds.registration`, which is
-   idempotent). Without one, the report says what is missing.
+4. With an administrator credential (used for this step only), what the service needs is installed and
+   registered: the Sales-side Dataverse solution (imported when missing or older, `shared.sales.solution`),
+   the integration user's two security roles, the Dataverse webhook endpoint and its steps, the BC
+   subscriptions (`shared.feeds.registration`, which is idempotent). Without one, the report says what is
+   missing. Users who lack the Integration User or Product Availability User role are listed.
 3b. Companies (`shared.ops.companies`): the home company is pinned; with several companies each has
    its Dataverse company row; a company new since the last set-up gets its initial sync queued, a
    removed one is stopped and the report says what stays behind.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.ops.companies import bring_in_companies
 from shared.runtime import Runtime, bc_client, dataverse_client
+from shared.sales import solution
 from shared.settings import Settings
 from shared.store.tables import TABLES
 from shared.sync import bulk
@@ -60,6 +64,12 @@ CHECK_TIMEOUT_SECONDS = 10.0
 # user-permissions/client-errors; BC docs "troubleshoot synchronization errors").
 MISSING_PRIVILEGE_CODE = "0x80040220"
 DISABLED_USER_CODE = "0x80040225"
+# The solution import is an asynchronous job: poll its asyncoperation (statecode 3 = Completed,
+# statuscode 30 = Succeeded) every few seconds; a large import can take many minutes.
+SOLUTION_POLL_SECONDS = 2.0
+SOLUTION_IMPORT_TIMEOUT_SECONDS = 1800.0
+ASYNC_COMPLETED = 3
+ASYNC_SUCCEEDED = 30
 
 
 @dataclass
@@ -87,6 +97,8 @@ class SetupReport:
     updated: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     salespeople: list[SalespersonCoupling] = field(default_factory=list)
+    # Sales security role -> the licensed, enabled users who do not hold it.
+    roles: dict[str, list[str]] = field(default_factory=dict)
     todo: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +134,9 @@ def run_setup(
     _provision_storage(rt, report)
     on_step("Dataverse connection")
     dv_ok = _check_dataverse(rt, mappings, report)
+    if dv_ok:
+        on_step("Dataverse solution")
+        dv_ok = _ensure_solution(rt, admin or AdminCredentials(), report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
     if bc_ok:
@@ -316,8 +331,8 @@ def _check_local_currency(
 
 
 def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:
+    # The solution's own table (customer statistics) is checked after the solution step.
     tables = {m.dataverse.entity_set: m.dataverse.table for m in mappings.entities()}
-    tables["bcs_customerstatistics"] = "bcs_customerstatistic (customer statistics)"
     return sorted(tables.items())
 
 
@@ -460,6 +475,155 @@ def explain_failure(
         f"{service} failed to {what}: {_first_line(exc)}",
         f"check {url_setting} and the service's health",
     )
+
+
+# ------------------------------------------------------------------------------------- solution
+def _ensure_solution(rt: Runtime, admin: AdminCredentials, report: SetupReport) -> bool:
+    """Import the Sales-side solution when it is missing or older (with the administrator credential),
+    then check the security roles. False when the service cannot work yet (the report says why)."""
+    s = rt.settings
+    info = solution.read_info()
+    label = f"Dataverse solution {info.unique_name}"
+    try:
+        installed = rt.dataverse.installed_solution(info.unique_name)
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read solutions"
+        )
+        report.checks.append(Check(label, False, detail, fix))
+        return False
+    have = str(installed.get("version")) if installed else None
+    if have is not None and solution.version_tuple(have) >= info.version_tuple:
+        report.existing.append(f"{label} {have}")
+    elif admin.dataverse is None:
+        state = f"version {have} is installed, {info.version} is needed" if have else "is not installed"
+        report.checks.append(
+            Check(
+                label,
+                False,
+                f"{info.unique_name} {state}: the customer statistics, Business Central numbers and links, "
+                "coupling status and security roles it adds are missing, so syncing fails",
+                "run `bcsync setup` with a Dataverse administrator (`--admin-device-code`), or import "
+                f"`bcsync solution pack`'s {info.zip_name()} by hand (docs/sales-solution.md)",
+            )
+        )
+        return False
+    else:
+        dv_admin = dataverse_client(s, admin.dataverse)
+        try:
+            problem = _import_solution(dv_admin, info)
+        except (ApiError, AzureError) as exc:
+            problem = _first_line(exc)
+        finally:
+            dv_admin.close()
+        if problem:
+            report.failed.append(f"{label} {info.version} import: {problem}")
+            report.checks.append(
+                Check(label, False, f"the import failed: {problem}", "fix what it says and run setup again")
+            )
+            return False
+        (report.updated if have else report.created).append(
+            f"{label} {info.version} (imported{f' over {have}' if have else ''})"
+        )
+    return _check_roles(rt, admin, report)
+
+
+def _import_solution(dv: DataverseClient, info: solution.SolutionInfo) -> str:
+    """Import the packed solution and wait for its asynchronous job; '' on success, else why not."""
+    job_id = str(uuid.uuid4())
+    operation_id = dv.import_solution_async(solution.pack(), job_id)
+    deadline = time.monotonic() + SOLUTION_IMPORT_TIMEOUT_SECONDS
+    while True:
+        operation = dv.async_operation(operation_id)
+        if operation.get("statecode") == ASYNC_COMPLETED:
+            break
+        if time.monotonic() > deadline:
+            return (
+                f"the import job {operation_id} did not finish within "
+                f"{SOLUTION_IMPORT_TIMEOUT_SECONDS:.0f} s; "
+                "see Solutions > Solution history in the Power Platform admin center, then run setup again"
+            )
+        time.sleep(SOLUTION_POLL_SECONDS)
+    job = dv.import_job(job_id) or {}
+    if operation.get("statuscode") == ASYNC_SUCCEEDED and 'result="failure"' not in str(
+        job.get("data") or ""
+    ):
+        return ""
+    return str(operation.get("message") or job.get("data") or "the import job failed")
+
+
+def _check_roles(rt: Runtime, admin: AdminCredentials, report: SetupReport) -> bool:
+    """The integration user holds Integration Administrator and Integration User (assigned with the
+    administrator credential when it does not); list the users who lack Integration User or Product
+    Availability User."""
+    dv = rt.dataverse
+    wanted = (solution.ROLE_ADMINISTRATOR, solution.ROLE_USER, solution.ROLE_AVAILABILITY)
+    try:
+        roles = dv.roles_named(wanted)
+        integration_user = (rt.settings.dataverse_integration_user_id or dv.whoami().user_id).lower()
+        holders = dv.role_holders(list(roles.values()))
+        users = list(
+            dv.query(
+                "systemusers",
+                select=["systemuserid", "fullname", "isdisabled", "islicensed", "isintegrationuser",
+                        "applicationid"],
+            )
+        )  # fmt: skip
+    except (ApiError, AzureError) as exc:
+        report.failed.append(f"security roles: {_first_line(exc)}")
+        return False
+    missing_roles = [r for r in wanted if r not in roles]
+    if missing_roles:
+        report.checks.append(
+            Check(
+                "security roles",
+                False,
+                f"the solution's roles {', '.join(missing_roles)} do not exist",
+                "import the solution again (run setup with a Dataverse administrator)",
+            )
+        )
+        return False
+    lacking = [
+        r
+        for r in (solution.ROLE_ADMINISTRATOR, solution.ROLE_USER)
+        if integration_user not in holders[roles[r]]
+    ]
+    if lacking and admin.dataverse is not None:
+        dv_admin = dataverse_client(rt.settings, admin.dataverse)
+        try:
+            for role in lacking:
+                dv_admin.assign_role(integration_user, roles[role])
+                report.created.append(f"security role {role} for the integration user")
+            lacking = []
+        except (ApiError, AzureError) as exc:
+            report.failed.append(f"assigning the integration user's roles: {_first_line(exc)}")
+        finally:
+            dv_admin.close()
+    ok = not lacking
+    both = [solution.ROLE_ADMINISTRATOR, solution.ROLE_USER]
+    report.checks.append(
+        Check(
+            "integration user's security roles",
+            ok,
+            f"{'holds' if ok else 'lacks'} {', '.join(lacking or both)}",
+            ""
+            if ok
+            else "run setup with a Dataverse administrator, or assign the roles to the application user "
+            "in the Power Platform admin center (Users > Application users > Manage security roles)",
+        )
+    )
+    people = [u for u in users if _user_problem(u) is None]
+    for role in (solution.ROLE_USER, solution.ROLE_AVAILABILITY):
+        without = sorted(str(u.get("fullname") or u["systemuserid"]) for u in people
+                         if str(u["systemuserid"]).lower() not in holders[roles[role]])  # fmt: skip
+        report.roles[role] = without
+        if without:
+            report.todo.append(
+                f"give the Dataverse security role {role} to the users who need it (lacking now: "
+                f"{', '.join(without)}); a user without it cannot "
+                + ("see customer statistics" if role == solution.ROLE_USER else "see product availability")
+            )
+    return ok
 
 
 def _credential_settings(service: str, mode: str) -> str:

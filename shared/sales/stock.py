@@ -14,6 +14,10 @@ minutes; this does it at every delta poll (default every 2 minutes):
 3. converged like a BC `collection` (`shared.sync.bulk.converge_bc_records`): the coupled products
    read with one `$batch` and written with `$batch` PATCHes, only where the value differs.
 
+4. the "as of" time: the coupled products of those items get `bcs_quantityasof` = when their quantity
+   was read, with `UpdateMultiple` (1 request per 1,000 products), when the table has the column
+   (the Sales solution adds it): a salesperson sees how fresh the quantity on hand is.
+
 The cursor moves only after the items were converged, so a failure reads the same entries again
 next time. The first run sets the cursor to the newest entry: the full resync brings the current
 stock across.
@@ -21,6 +25,7 @@ stock across.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,6 +46,9 @@ CURSOR_SIDE = "bc-ledger"
 LEDGER_FLOWFIELDS = {"items": frozenset({"inventory"})}
 ITEMS_PER_FILTER = 50  # `number eq 'X' or …` clauses per request: far inside URL limits
 FULL_READ_ABOVE = 1000  # more items than this moved: read the whole item table in pages instead
+# When the quantity on hand was read from BC (a column of the Sales solution, solution/Entities/Product).
+AS_OF_TABLE = "product"
+AS_OF_COLUMN = "bcs_quantityasof"
 
 
 @dataclass
@@ -50,6 +58,7 @@ class StockReport:
     counts: dict[str, int] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    stamped: int = 0  # products whose "as of" time was set
 
 
 def stock_mappings(ms: MappingSet) -> list[EntityMapping]:
@@ -81,8 +90,11 @@ def _refresh(rt: Runtime, m: EntityMapping, report: StockReport) -> None:
             [],
         )  # fmt: skip
         last = int(newest[0]["entryNumber"]) if newest else 0
+        read_at = dt.datetime.now(dt.UTC)
         rt.watermarks.set(Watermark(m.name, CURSOR_SIDE, str(last)))
         report.baselines.append(f"{m.name}: item ledger entries after {last}")
+        # The quantities the (initial) full sync brought are current up to here: say so once.
+        _stamp_as_of(rt, m, [dv for _, dv in rt.couplings.all_ids(m.name, "bc") if dv], read_at, report)
         return
     seen = int(mark.value or 0)
     numbers: dict[str, None] = {}
@@ -98,9 +110,29 @@ def _refresh(rt: Runtime, m: EntityMapping, report: StockReport) -> None:
         return
     items = _read_items(rt, m, list(numbers))
     report.items += len(items)
+    read_at = dt.datetime.now(dt.UTC)
     counts: Counter[str] = converge_bc_records(rt.engine, m, items, correlation_id=f"stock {seen + 1}-{last}")
     report.counts.update({f"{m.name} {k}": v for k, v in counts.items()})
+    couplings = (rt.couplings.get(m.name, "bc", str(item["id"])) for item in items)
+    _stamp_as_of(rt, m, [c.dv_id for c in couplings if c is not None and c.dv_id], read_at, report)
     rt.watermarks.set(Watermark(m.name, CURSOR_SIDE, str(last), mark.etag))
+
+
+def _stamp_as_of(
+    rt: Runtime, m: EntityMapping, dv_ids: list[str], read_at: dt.datetime, report: StockReport
+) -> None:
+    """`bcs_quantityasof` on these products (products only: the Sales solution's column)."""
+    if m.dataverse.table != AS_OF_TABLE or not dv_ids:
+        return
+    stamp = read_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    pk = m.dataverse.primary_key
+    results = rt.dataverse.update_multiple(
+        m.dataverse.entity_set, [{pk: dv_id, AS_OF_COLUMN: stamp} for dv_id in dv_ids]
+    )
+    report.stamped += sum(1 for r in results if r.ok)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        log.warning("could not set %s on %d products: %s", AS_OF_COLUMN, len(failed), failed[0].error)
 
 
 def _read_items(rt: Runtime, m: EntityMapping, numbers: list[str]) -> list[Record]:

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import math
 import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,6 +47,7 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import MissingLookup, by_side, other
 from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
+from shared.odata import eq
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.documents import (
@@ -80,6 +82,8 @@ from shared.sync.resolver import LookupResolver
 from shared.timestamps import iso_ms, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
+# The status column's length in the Sales solution (solution/Entities/*/Entity.xml, bcs_BCCouplingStatus).
+STATUS_MAX_LENGTH = 1000
 
 MAX_RACE_RETRIES = 4  # re-read and re-reconcile after a lost race (ETag) at most this often
 MAX_DEFERRALS = 6  # a record waiting for its lookup target is retried this often, then fails
@@ -159,6 +163,11 @@ class Engine:
         self.enqueue = enqueue
         self.clock = clock
         self.resolver = LookupResolver(mappings, couplings, bc, dv)
+        # (mapping, Dataverse id) -> the status text this process last wrote (None: emptied).
+        self._status_shown: dict[tuple[str, str], str | None] = {}
+        # Per thread (the host runs several messages at once): whether the record being synced had a
+        # failure recorded before this sync, so its status column may need emptying.
+        self._local = threading.local()
 
     # ---------------------------------------------------------------------------- one record
     def sync_record(self, message: SyncMessage, *, force: bool = False) -> SyncResult:
@@ -189,9 +198,38 @@ class Engine:
             bc_id, dv_id = by_side(message.side, message.id, None)
             self._journal(mapping, message, SyncResult("error", "raised to the host", bc_id, dv_id, error), 0)
             raise
+        self._show_status(mapping, message, result)
         result_requests = self.requests_in_this_thread() - requests_before
         self._journal(mapping, message, result, result_requests)
         return result
+
+    # ------------------------------------------------------------------- what Sales shows
+    def _show_status(self, mapping: EntityMapping, message: SyncMessage, result: SyncResult) -> None:
+        """The mapping's `status_column` says why a record is not in sync (the failure's sentence) and
+        is emptied once it is: written only when that changes (1 request), never for routine syncs."""
+        column = mapping.dataverse.status_column
+        dv_id = result.dv_id or (message.id if message.side == "dv" else None)
+        if column is None or dv_id is None or result.outcome == Outcome.DEFERRED:
+            return
+        failed = result.outcome in (Outcome.FAILED, Outcome.SKIPPED) and bool(result.error)
+        text = (result.error or "")[:STATUS_MAX_LENGTH] if failed else None
+        shown = self._status_shown.get((mapping.name, dv_id.lower()))
+        if failed and shown == text:
+            return
+        if not failed and shown is None and not getattr(self._local, "had_error", False):
+            return
+        try:
+            self.set_status(mapping, dv_id, text)
+        except ApiError as exc:  # the sync's own outcome stands; the next sync shows it again
+            log.warning("could not write %s on %s: %s", column, dv_id, exc)
+
+    def set_status(self, mapping: EntityMapping, dv_id: str, text: str | None, **extra: Any) -> None:
+        column = mapping.dataverse.status_column
+        if column is None:
+            return
+        pk = mapping.dataverse.primary_key
+        self.dv.update(mapping, {pk: dv_id, "@odata.etag": "*"}, {column: text, **extra}, select=[pk])
+        self._status_shown[(mapping.name, dv_id.lower())] = text
 
     def preview(
         self,
@@ -241,6 +279,9 @@ class Engine:
         if not in_scope(mapping, side, source):
             why = f"{side} record is out of scope ({scope_filter(mapping, side)})"
             return SyncResult(Outcome.SKIPPED, why, dry_run=True)
+        typed = typed_number(mapping, side, source)
+        if typed is not None:
+            return self._couple_typed(mapping, message, source, typed)
         bc, dv = by_side(side, source, None)
         lookups = self.resolver.lookups_for(mapping, bc, dv)
         found = self._candidates(mapping, side, source, lookups)
@@ -296,6 +337,7 @@ class Engine:
     def _sync_once(self, mapping: EntityMapping, message: SyncMessage, force: bool) -> SyncResult:
         side: Side = message.side
         coupling = self.couplings.get(mapping.name, side, message.id)
+        self._local.had_error = coupling is not None and bool(coupling.last_error)
         if coupling is not None and coupling.skipped and not force:
             why = "record is skipped after repeated failures; retry it to resume"
             return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id)
@@ -312,6 +354,8 @@ class Engine:
         if coupling is None:
             return self._sync_uncoupled(mapping, side, message, source)
 
+        if side == "dv" and source is not None and self._number_cleared(mapping, coupling, source):
+            return self._uncouple_cleared(mapping, coupling)
         if source is not None and not force and self._is_echo(mapping, coupling, side, source):
             return SyncResult(Outcome.UNCHANGED, f"{side} values equal the last synced snapshot (echo)",
                               coupling.bc_id, coupling.dv_id)  # fmt: skip
@@ -410,6 +454,9 @@ class Engine:
             return SyncResult(
                 Outcome.SKIPPED, f"{side} record is out of scope ({scope_filter(mapping, side)})"
             )
+        typed = typed_number(mapping, side, source)
+        if typed is not None:
+            return self._couple_typed(mapping, message, source, typed)
         bc, dv = by_side(side, source, None)
         lookups = self.resolver.lookups_for(mapping, bc, dv)
         found = self._candidates(mapping, side, source, lookups)
@@ -431,6 +478,65 @@ class Engine:
             id_scope=self.couplings.scope,
         )
         return self._apply(mapping, plan, None, message, bc, dv, matched=[r for r, _ in found])
+
+    def _couple_typed(
+        self, mapping: EntityMapping, message: SyncMessage, dv: Record, typed: str
+    ) -> SyncResult:
+        """A Sales user typed a BC number into an uncoupled record: couple it with that BC record and
+        synchronize from BC (as "couple, then synchronize after coupling"); refused, with the reason
+        in the status column, when there is no such BC record or it is coupled to another record."""
+        column, entity = mapping.dataverse.couple_by_column, mapping.bc.entity_set
+        dv_id = str(dv[mapping.dataverse.primary_key])
+        rows = self._first_page(
+            mapping, "bc", eq(mapping.bc.key, typed), select_fields(self.ms, mapping, "bc"), top=1
+        )
+        if not rows:
+            why = (f"{mapping.name}: no BC {entity} has {mapping.bc.key} {typed!r} (typed into {column}); "
+                   "correct the number, or clear it to let the record sync on its own")  # fmt: skip
+            return SyncResult(Outcome.FAILED, why, None, dv_id, error=why)
+        bc = rows[0]
+        bc_id = str(bc["id"])
+        other_pair = self.couplings.get(mapping.name, "bc", bc_id)
+        if other_pair is not None:
+            why = (f"{mapping.name}: BC {entity} {typed} is already coupled to Dataverse "
+                   f"{mapping.dataverse.table} {other_pair.dv_id}; clear its {column} first to couple "
+                   "it here")  # fmt: skip
+            return SyncResult(Outcome.FAILED, why, None, dv_id, error=why)
+        key = bc.get(mapping.bc.key)
+        coupling = Coupling(
+            mapping.name, bc_id, dv_id, snapshot=base_preferring(self.ms, mapping, "bc", bc, dv),
+            bc_key=str(key) if key not in (None, "") else None, last_result="coupled",
+        )  # fmt: skip
+        try:
+            coupling = self.couplings.create(coupling)
+        except AlreadyCoupledError as exc:
+            return SyncResult(Outcome.FAILED, str(exc), bc_id, dv_id, error=str(exc))
+        self._local.had_error = True  # a refusal may be showing: the status is emptied after this sync
+        from_bc = message.model_copy(update={"side": "bc", "id": bc_id})
+        result = self._merge(mapping, coupling, from_bc, bc, dv)
+        return replace(result, reason=f"coupled by the BC number typed in Sales; {result.reason}")
+
+    def _number_cleared(self, mapping: EntityMapping, coupling: Coupling, dv: Record) -> bool:
+        """The coupled record's `couple_by_column` was emptied in Sales (it held a number before)."""
+        column = mapping.dataverse.couple_by_column
+        if column is None or column not in dv or dv.get(column) not in (None, ""):
+            return False
+        key = next((f.key for f in mapping.fields if f.dv == column), None)
+        before = ((coupling.snapshot or {}).get("dv") or {}).get(key) if key else None
+        return before not in (None, "")
+
+    def _uncouple_cleared(self, mapping: EntityMapping, coupling: Coupling) -> SyncResult:
+        self.couplings.delete(coupling)
+        number = coupling.bc_key or coupling.bc_id
+        why = f"uncoupled from BC {mapping.bc.entity_set} {number}: its number was cleared in Sales"
+        links = {f.dv: None for f in mapping.fields if f.bc_card_page is not None and f.dv}
+        if mapping.dataverse.status_column and coupling.dv_id:
+            try:
+                self.set_status(mapping, coupling.dv_id, None, **links)
+            except ApiError as exc:
+                log.warning("could not clear the BC link of %s: %s", coupling.dv_id, exc)
+        self._local.had_error = False
+        return SyncResult(Outcome.UNCOUPLED, why, coupling.bc_id, coupling.dv_id)
 
     def _candidates(
         self, mapping: EntityMapping, side: Side, record: Record, lookups: StaticLookups
@@ -1188,6 +1294,34 @@ def count_failure(coupling: Coupling, error: str, since: str | None = None) -> C
     if repeated:
         coupling.skipped = True
     return coupling
+
+
+def typed_number(mapping: EntityMapping, side: Side, record: Record) -> str | None:
+    """The BC number a Sales user typed into an uncoupled record's `couple_by_column`, if any."""
+    column = mapping.dataverse.couple_by_column
+    if side != "dv" or column is None:
+        return None
+    value = str(record.get(column) or "").strip()
+    return value or None
+
+
+def base_preferring(ms: MappingSet, m: EntityMapping, prefer: Side, bc: Record, dv: Record) -> Any:
+    """A merge base under which `prefer`'s values win: the other side's current values are the base (so
+    nothing there counts as changed) and `prefer` has none (so each of its non-empty values is news,
+    reconcile's rule for a field missing from the base). Used for "sync after coupling" and for a
+    one-off sync in a chosen direction."""
+    current = take_snapshot(ms, m, bc, dv)
+    # Only what may flow from `prefer` is news: a field that flows the other way only keeps its
+    # current value as the base, so `prefer`'s value stays instead of being "restored" over it
+    # (SALESPEOPLE is to_bc: coupled with sync_from bc, the salesperson keeps BC's name).
+    target = other(prefer)
+    fields = {f.key: f for f in m.fields}
+    current[prefer] = {
+        key: value
+        for key, value in current[prefer].items()
+        if not (m.writes_to(target) and key in fields and fields[key].writes_to(target))
+    }
+    return current
 
 
 def _users(bc: Record | None, dv: Record | None) -> dict[str, str]:

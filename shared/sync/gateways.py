@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
 from shared.companies import COMPANY_BIND, COMPANY_ENTITY_SET, COMPANY_TABLES, company_filter
 from shared.connectors import business_central, dataverse
@@ -143,6 +144,10 @@ class BcGateway(Gateway, Protocol):
         """Pages of documents, each with its lines (`$expand`)."""
         ...
 
+    def web_client(self) -> str | None:
+        """The BC web client URL with this company (`...?company=<name>`), for links; None if unknown."""
+        ...
+
 
 class DvGateway(Gateway, Protocol):
     """Dataverse besides the common operations: reads by many ids and idempotent bulk creates."""
@@ -156,13 +161,39 @@ class DvGateway(Gateway, Protocol):
     ) -> list[ItemResult]: ...
 
 
+def web_client_base(api_url: str) -> str | None:
+    """The web client of an online API URL: `https://api.businesscentral.dynamics.com/v2.0/<tenant>/<env>
+    /api/v2.0` -> `https://businesscentral.dynamics.com/<tenant>/<env>/` (the sandbox: same host). None
+    for an on-premises URL without `/v2.0/<tenant>/<env>/` (set BC_WEB_CLIENT_URL)."""
+    parts = urlsplit(api_url)
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) < 3 or segments[0] != "v2.0":
+        return None
+    host = (
+        parts.netloc.removeprefix("api.") if parts.netloc.startswith("api.businesscentral.") else parts.netloc
+    )
+    return f"{parts.scheme}://{host}/{segments[1]}/{segments[2]}/"
+
+
 # ------------------------------------------------------------------------------------- adapters
 class BusinessCentralGateway:
     side: Side = "bc"
 
-    def __init__(self, client: BusinessCentralClient, company_id: str) -> None:
+    def __init__(
+        self, client: BusinessCentralClient, company_id: str, web_client_url: str | None = None
+    ) -> None:
         self.client = client
         self.company_id = company_id
+        # The web client's base URL (BC_WEB_CLIENT_URL, on-premises); derived from the API URL if None.
+        self.web_client_url = web_client_url
+
+    def web_client(self) -> str | None:
+        base = self.web_client_url or web_client_base(self.client.base_url)
+        if base is None:
+            return None
+        names = {str(c.get("id", "")).lower(): str(c.get("name") or "") for c in self.client.companies()}
+        name = names.get(self.company_id.lower())
+        return f"{base.rstrip('/')}/?company={quote(name, safe='')}" if name else None
 
     def table(self, mapping: EntityMapping) -> str:
         return mapping.bc.entity_set

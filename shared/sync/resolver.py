@@ -59,6 +59,8 @@ class LookupResolver:
         for need in lookup_needs(self.ms, mapping):
             if need.kind == "bc_reference":
                 lookups.add_reference(need.mapping, self._code_table(need.mapping, need.bc_entity_set))
+        if any(f.bc_card_page is not None for f in mapping.fields):
+            lookups.web_client = self._fresh("web_client", self.bc.web_client)
         return lookups
 
     def resolve(self, lookups: StaticLookups, key: LookupKey) -> None:

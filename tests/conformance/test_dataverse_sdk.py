@@ -144,3 +144,42 @@ def test_table_and_column_metadata(sdk: DataverseClient, sandbox: DataverseSandb
     # A picklist given by label: the SDK reads the option set (PicklistAttributeMetadata cast) to map it.
     account_id = sdk.records.create("account", {"name": "Labelled", "paymenttermscode": "Net 45"})
     assert sandbox.get("accounts", account_id)["paymenttermscode"] == 3  # type: ignore[index]
+
+
+class AdminToken:
+    """The sandbox's System Administrator: creating tables, columns and keys needs the role."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("admin-user", int(time.time()) + 3600)
+
+
+def test_create_a_table_with_a_column_and_an_alternate_key(
+    tls_server: tuple[ServerHandle, DataverseSandbox], sandbox: DataverseSandbox
+) -> None:
+    with DataverseClient(tls_server[0].url, AdminToken()) as admin:
+        created = admin.tables.create(
+            "new_Gadget",
+            {"new_Code": {"type": "string", "max_length": 40}, "new_Weight": "decimal"},
+            solution="Default",
+            display_name="Gadget",
+        )
+        assert created["entity_set_name"] == "new_gadgets"
+        admin.tables.add_columns("new_Gadget", {"new_Colour": "string"})
+        key = admin.tables.create_alternate_key("new_Gadget", "new_gadget_code_key", ["new_code"])
+        assert key.key_attributes == ["new_code"]
+        info = admin.tables.get("new_Gadget")
+        assert info is not None and info["entity_set_name"] == "new_gadgets"
+        admin.records.upsert(
+            "new_gadget", [UpsertItem(alternate_key={"new_code": "G-1"}, record={"new_colour": "red"})]
+        )
+        admin.records.upsert(
+            "new_gadget", [UpsertItem(alternate_key={"new_code": "G-1"}, record={"new_weight": 2.5})]
+        )
+    rows = sandbox.rows("new_gadgets")
+    assert [(r["new_code"], r["new_colour"], r["new_weight"]) for r in rows] == [("G-1", "red", 2.5)]
+    # The integration user holds no role on the new table: Dataverse's privilege error.
+    with (
+        DataverseClient(tls_server[0].url, SandboxToken()) as user,
+        pytest.raises(Exception, match="prvRead"),
+    ):
+        list(user.records.list("new_gadget"))

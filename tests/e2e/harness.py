@@ -28,6 +28,7 @@ from shared.messages import SyncMessage
 from shared.runtime import Runtime, get_runtime
 from shared.store.couplings import Coupling
 from shared.sync.engine import Engine
+from tests.support import sales_solution
 
 T = TypeVar("T")
 
@@ -238,7 +239,9 @@ def _distinct_ports(count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_stack(environment: Mapping[str, str] | None = None) -> Iterator[E2EStack]:
+def running_stack(
+    environment: Mapping[str, str] | None = None, *, with_solution: bool = True
+) -> Iterator[E2EStack]:
     """Start the stack on free ports, register the webhooks, yield; stop and restore the
     process's environment afterwards (the runtime is process-wide: one stack at a time)."""
     saved = dict(os.environ)
@@ -256,6 +259,8 @@ def running_stack(environment: Mapping[str, str] | None = None) -> Iterator[E2ES
             STARTUP_TIMEOUT,
         )
         rt = get_runtime()
+        if with_solution:  # as `bcsync setup` leaves it (without: as a fresh environment)
+            sales_solution.install(stack.dataverse_app.state.sandbox)
         dv_report = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
         bc_report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
         assert not dv_report.failed and not bc_report.failed, (dv_report, bc_report)

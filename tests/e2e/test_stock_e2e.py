@@ -124,10 +124,16 @@ def test_many_items_moved_are_read_and_written_in_bulk(
     assert (report.entries, report.items) == (count + 1, count)
     assert report.counts == {f"{ITEM} modified": count}
     # 1 ledger page, 3 item reads of 50 numbers (or 1 page of all items), 1 $batch reading the
-    # products, 1 $batch writing them.
+    # products, 1 $batch writing them, 1 UpdateMultiple setting their "as of" time.
     item_reads = 3 if count <= full_read_above else 1
-    assert spent == {"BC GET itemLedgerEntries": 1, "BC GET items": item_reads, "DV POST $batch": 2}, spent
-    products = {p["productnumber"]: p["quantityonhand"] for p in e2e.dv.rows("products")}
-    assert products[f"S{tag}000"] == 5 and products[f"S{tag}119"] == 120
+    assert spent == {
+        "BC GET itemLedgerEntries": 1,
+        "BC GET items": item_reads,
+        "DV POST $batch": 2,
+        "DV POST products UpdateMultiple": 1,
+    }, spent
+    rows = {p["productnumber"]: p for p in e2e.dv.rows("products")}
+    assert rows[f"S{tag}000"]["quantityonhand"] == 5 and rows[f"S{tag}119"]["quantityonhand"] == 120
+    assert report.stamped == count and all(rows[f"S{tag}{n:03d}"]["bcs_quantityasof"] for n in range(count))
     e2e.settle()
     assert not e2e.failures()

@@ -170,7 +170,7 @@ class _MemorySide:
         row = self.rows(self.entity_set(mapping)).get(record_id)
         if row is None:
             raise NotFoundError(f"{record_id} does not exist", status=404, url=url)
-        if row["@odata.etag"] != current["@odata.etag"]:
+        if current["@odata.etag"] != "*" and row["@odata.etag"] != current["@odata.etag"]:  # `If-Match: *`
             raise ConcurrencyError("the record changed since it was read", status=412, url=url)
         return row
 
@@ -236,6 +236,15 @@ class MemoryBc(_MemorySide):
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]:
         self._count("GET", f"{mapping.bc.entity_set}/contactsInformation")
         return [r for r in self.rows("contactsInformation").values() if r.get("relatedId") == bc_id]
+
+    # The web client of an online environment's company (one `companies` read, as the real gateway).
+    web_client_url: str | None = (
+        "https://businesscentral.dynamics.com/contoso/production/?company=CRONUS%20USA"
+    )
+
+    def web_client(self) -> str | None:
+        self._count("GET", "companies")
+        return self.web_client_url
 
 
 class MemoryDataverse(_MemorySide):

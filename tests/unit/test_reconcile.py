@@ -96,6 +96,8 @@ def dv_account(**changes: Any) -> dict[str, Any]:
         "address1_freighttermscode": None,
         "creditlimit": 1000.0,
         "customertypecode": 3,
+        "bcs_bcnumber": "C0001",
+        "bcs_bcurl": None,
         "statecode": 0,
         "_ownerid_value": JO_USER,
         "modifiedon": "2024-05-01T10:00:00Z",
@@ -782,7 +784,7 @@ def test_a_dataverse_contact_gets_its_account_s_company_contact_number_in_bc() -
         "emailaddress1": "ann@adatum.example", "_parentcustomerid_value": account, "statecode": 0,
         "address1_line1": None, "address1_line2": None, "address1_postalcode": None, "address1_city": None,
         "address1_country": None, "address1_stateorprovince": None, "telephone1": None, "mobilephone": None,
-        "websiteurl": None, "modifiedon": "2024-01-01T00:00:00Z",
+        "websiteurl": None, "modifiedon": "2024-01-01T00:00:00Z", "bcs_bcnumber": None, "bcs_bcurl": None,
     }  # fmt: skip
     lookups = StaticLookups().couple(lookup_space("CUSTOMER", company_contact=True), "CT000001", account)
     plan = reconcile(MS, contact, snapshot=None, bc=None, dv=dv, lookups=lookups)

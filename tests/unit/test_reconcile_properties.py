@@ -54,7 +54,7 @@ DV = {
     "emailaddress1": "ann@adatum.example", "websiteurl": None, "telephone1": None,
     "_transactioncurrencyid_value": USD, "paymenttermscode": 1, "address1_freighttermscode": None,
     "creditlimit": 1000.0, "customertypecode": 3, "statecode": 0, "_ownerid_value": JO_USER,
-    "modifiedon": "2024-05-01T10:00:00Z",
+    "modifiedon": "2024-05-01T10:00:00Z", "bcs_bcnumber": "C0001", "bcs_bcurl": None,
 }  # fmt: skip
 BASE = take_snapshot(MS, CUSTOMER, BC, DV)
 

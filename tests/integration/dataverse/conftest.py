@@ -124,3 +124,15 @@ def http(base_url: str) -> Iterator[httpx.Client]:
     }
     with httpx.Client(base_url=base_url, headers=headers, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+def with_solution(sandbox: DataverseSandbox) -> DataverseSandbox:
+    """The Sales-side solution imported (as set-up does) and the integration user given its roles."""
+    from devstack.dataverse.config import INTEGRATION_USER_ID
+    from shared.sales.solution import ROLE_ADMINISTRATOR, ROLE_USER, pack
+
+    sandbox.import_solution(pack())
+    for role in (ROLE_ADMINISTRATOR, ROLE_USER):
+        sandbox.assign_role(INTEGRATION_USER_ID, role)
+    return sandbox

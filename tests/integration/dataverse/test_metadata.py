@@ -142,8 +142,8 @@ def test_expand_attributes_and_keys(http: httpx.Client, sandbox: DataverseSandbo
             400,
             "OptionSet",
         ),
-        ("POST", "EntityDefinitions", 400, "EntityDefinitions"),
-        ("GET", "RelationshipDefinitions", 404, "RelationshipDefinitions"),
+        ("PATCH", "EntityDefinitions(LogicalName='account')", 400, "EntityDefinitions"),
+        ("GET", "RelationshipDefinitions?$top=1", 400, "$top"),
     ],
 )
 def test_metadata_refusals(

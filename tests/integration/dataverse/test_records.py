@@ -133,7 +133,8 @@ def test_alternate_key_values_are_unique(client: DataverseClient) -> None:
         client.create("products", {"name": "Two", "productnumber": "k1"})  # case-insensitive collation
 
 
-def test_lookups_bind_and_read_back(client: DataverseClient, sandbox: DataverseSandbox) -> None:
+def test_lookups_bind_and_read_back(client: DataverseClient, with_solution: DataverseSandbox) -> None:
+    sandbox = with_solution
     account = client.create("accounts", {"name": "Parent"})
     contact = client.create(
         "contacts",

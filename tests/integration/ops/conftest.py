@@ -26,6 +26,7 @@ from devstack.stack import Stack, StackPorts, start_stack
 from shared import runtime
 from shared.runtime import Runtime
 from shared.store.tables import TABLES
+from tests.support import sales_solution
 from tests.support.jwt_keys import TEST_AUDIENCE, TEST_ISSUER, claims, jwks_document, key_pair, sign
 
 ADMIN_TOKEN = "admin-user"  # a Dataverse System Administrator / BC SUPER user in the sandboxes
@@ -102,7 +103,9 @@ class OpsStack:
         invocations = self.stack.host.invocations
         return invocations[-1].started if invocations else None
 
-    def reset(self) -> None:
+    def reset(self, *, with_solution: bool = True) -> None:
+        """Both sandboxes as seeded; Dataverse with the Sales-side solution installed as set-up leaves
+        it, unless `with_solution` is False (an environment set-up has not touched)."""
         self.settle()
         self.dv.reset()
         self.bc.reset()
@@ -111,6 +114,8 @@ class OpsStack:
             *SALES_USERS,
         ):
             self.dv.add_user(user)
+        if with_solution:
+            sales_solution.install(self.dv)
         storage = self.rt.storage
         for name in TABLES:
             table = storage.table(name)

@@ -1,0 +1,54 @@
+"""A fresh `make run` (its demo, on a Dataverse without the Sales solution): set-up imports the solution,
+and a salesperson sees through the Web API an account with its statistics row, BC number and a working
+link, a product with quantity on hand and its as-of time, and the account coupled by a typed number."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from devstack.demo import start_demo
+from tests.e2e.harness import E2EStack, running_stack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fresh() -> Iterator[E2EStack]:
+    with running_stack(with_solution=False) as stack:
+        yield stack
+
+
+def test_a_fresh_make_run_shows_the_sales_side_to_a_salesperson(fresh: E2EStack) -> None:
+    assert fresh.dv_http.get("bcs_customerstatistics").status_code == 404  # no solution before set-up
+    lines = list(start_demo(fresh.stack))
+    solutions = fresh.dv_http.get("solutions?$filter=uniquename eq 'BusinessCentralSync'&$select=version")
+    assert [s["version"] for s in solutions.json()["value"]] == ["1.0.0.0"], lines
+    fresh.settle()
+
+    statistics = fresh.dv_http.get(
+        "bcs_customerstatistics?$select=bcs_customerno,_bcs_accountid_value,bcs_asofdate"
+    )
+    assert statistics.status_code == 200, statistics.text
+    row = statistics.json()["value"][0]
+    account = fresh.dv_http.get(
+        f"accounts({row['_bcs_accountid_value']})?$select=name,bcs_bcnumber,bcs_bcurl,bcs_bccouplingstatus"
+    ).json()
+    assert account["bcs_bcnumber"] == row["bcs_customerno"] and row["bcs_asofdate"]
+    card = httpx.get(account["bcs_bcurl"], timeout=10)
+    assert card.status_code == 200 and row["bcs_customerno"] in card.text
+
+    products = fresh.dv_http.get("products?$select=name,quantityonhand,bcs_quantityasof").json()["value"]
+    assert products and all(p["bcs_quantityasof"] for p in products)
+    assert {p["quantityonhand"] for p in products} >= {24, 118}  # the demo's stock of I00010, I00020
+
+    def typed() -> dict[str, object] | None:
+        rows = fresh.dv_http.get(
+            "accounts?$filter=bcs_bcnumber ne null and name eq 'Fabrikam Typed Inc'"
+        ).json()
+        return rows["value"][0] if rows["value"] else None
+
+    coupled = wait_for(typed, "the account coupled by its typed number")
+    assert coupled["bcs_bcurl"] and coupled["bcs_bccouplingstatus"] is None

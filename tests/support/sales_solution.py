@@ -1,0 +1,5 @@
+"""The Sales-side solution installed as set-up leaves it (see `devstack.sales_solution`)."""
+
+from devstack.sales_solution import install, packed
+
+__all__ = ["install", "packed"]

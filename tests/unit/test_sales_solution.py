@@ -1,0 +1,154 @@
+"""The Sales-side solution: packed deterministically into a zip any zip tool opens, with well-formed
+XML, declaring every `bcs_` column the service writes (derived from the mappings and the code), and
+the BC web client links the service writes into it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import shutil
+import zipfile
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from shared.mapping.loader import load_mapping_set
+from shared.mapping.lookups import StaticLookups, web_client_link
+from shared.sales import statistics, stock
+from shared.sales.solution import (
+    ROLE_ADMINISTRATOR,
+    ROLE_AVAILABILITY,
+    ROLE_USER,
+    SOLUTION_DIR,
+    SolutionSourceError,
+    declared,
+    missing_columns,
+    pack,
+    read_info,
+)
+from shared.sync.gateways import web_client_base
+from shared.sync.reconcile import reconcile
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "default.yaml"
+
+
+def test_the_same_source_packs_to_the_same_bytes_wherever_it_is(tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(SOLUTION_DIR, copy)
+    assert pack() == pack() == pack(copy)
+    (copy / "Other" / "Solution.xml").write_text(
+        (copy / "Other" / "Solution.xml").read_text().replace("<Version>1.0.0.0<", "<Version>1.0.0.1<")
+    )
+    assert pack(copy) != pack()
+
+
+def test_the_zip_opens_and_every_file_is_well_formed_xml() -> None:
+    with zipfile.ZipFile(io.BytesIO(pack())) as archive:
+        assert archive.testzip() is None
+        assert sorted(archive.namelist()) == ["[Content_Types].xml", "customizations.xml", "solution.xml"]
+        for name in archive.namelist():
+            ET.fromstring(archive.read(name))  # raises on malformed XML
+    info = read_info()
+    assert (info.unique_name, info.publisher, info.prefix) == ("BusinessCentralSync", "bcsync", "bcs")
+    assert info.zip_name() == f"BusinessCentralSync_{info.version.replace('.', '_')}.zip"
+
+
+def test_a_broken_source_file_is_named(tmp_path: Path) -> None:
+    copy = tmp_path / "solution"
+    shutil.copytree(SOLUTION_DIR, copy)
+    broken = copy / "Entities" / "Account" / "Entity.xml"
+    broken.write_text("<Entity><unclosed></Entity>")
+    with pytest.raises(SolutionSourceError, match=r"Account/Entity\.xml"):
+        pack(copy)
+
+
+def _written_columns() -> set[tuple[str, str]]:
+    """(table, column) the service writes to Dataverse that only the solution can add (`bcs_`)."""
+    ms = load_mapping_set(str(MAPPINGS))
+    written: set[tuple[str, str]] = set()
+    for m in ms.entities():
+        for f in m.fields:
+            if f.dv and f.writes_to("dv"):
+                written.add((m.dataverse.table, f.dv))
+        if m.dataverse.status_column:
+            written.add((m.dataverse.table, m.dataverse.status_column))
+    figures = statistics.CustomerFigures("id", "10000", "Adatum", *([0.0] * len(statistics.FIGURES)))
+    row = {
+        **statistics.statistics_row(figures, "acc", dt.date(2026, 1, 1)),
+        **statistics.statistics_row(figures, "acc", dt.date(2026, 1, 1), by_id=True),
+    }
+    for key in row:
+        if not key.startswith("@"):
+            written.add(("bcs_customerstatistic", key.removesuffix("@odata.bind")))
+    written.add((stock.AS_OF_TABLE, stock.AS_OF_COLUMN))
+    return {(t, c) for t, c in written if c.startswith("bcs_") or t.startswith("bcs_")}
+
+
+def test_every_column_the_service_writes_is_declared_in_the_solution() -> None:
+    written = _written_columns()
+    # The derivation finds what it must: a sanity check that it reads the mappings and the code.
+    expected = {("account", "bcs_bcnumber"), ("account", "bcs_bcurl"), ("product", "bcs_quantityasof"),
+                ("bcs_customerstatistic", "bcs_accountid"), ("contact", "bcs_bccouplingstatus")}  # fmt: skip
+    assert expected <= written
+    solution = declared(pack())
+    assert missing_columns(solution.columns, written) == []
+    assert solution.keys["bcs_customerstatistic"] == [("bcs_customerno",)]
+    assert solution.forms["bcs_customerstatistic"] == ["quick"] and solution.forms["account"] == ["main"]
+
+
+def test_missing_columns_names_what_is_not_declared() -> None:
+    assert missing_columns(
+        {"account": {"bcs_bcnumber"}}, [("account", "bcs_x"), ("account", "bcs_bcnumber")]
+    ) == ["account.bcs_x"]
+
+
+def test_the_roles_hold_exactly_what_each_needs() -> None:
+    roles = declared(pack()).roles
+    user, availability, admin = roles[ROLE_USER], roles[ROLE_AVAILABILITY], roles[ROLE_ADMINISTRATOR]
+    assert all(p.startswith("prvRead") for p in user | availability)  # readers only
+    assert "prvReadbcs_CustomerStatistic" in user and "prvReadProduct" in availability
+    assert "prvReadbcs_CustomerStatistic" not in availability  # availability is not statistics
+    # The service (Integration Administrator) may write what it writes, and delete nothing but statistics.
+    for table in ("Account", "Contact", "Product", "bcs_CustomerStatistic"):
+        assert {f"prvRead{table}", f"prvWrite{table}", f"prvCreate{table}"} <= admin
+    assert {p for p in admin if p.startswith("prvDelete")} == {"prvDeletebcs_CustomerStatistic"}
+
+
+@pytest.mark.parametrize(
+    ("api_url", "web_client"),
+    [
+        (
+            "https://api.businesscentral.dynamics.com/v2.0/contoso-tenant/Production/api/v2.0",
+            "https://businesscentral.dynamics.com/contoso-tenant/Production/",
+        ),
+        (
+            "http://127.0.0.1:7082/v2.0/contoso/production/api/v2.0",
+            "http://127.0.0.1:7082/contoso/production/",
+        ),
+        ("https://bc.contoso.local:7048/BC/api/v2.0", None),  # on-premises: BC_WEB_CLIENT_URL
+    ],
+)
+def test_the_web_client_is_derived_from_the_api_url(api_url: str, web_client: str | None) -> None:
+    assert web_client_base(api_url) == web_client
+
+
+def test_a_link_opens_the_card_filtered_on_the_number() -> None:
+    base = "https://businesscentral.dynamics.com/t/Production/?company=CRONUS%20USA%2C%20Inc."
+    assert web_client_link(base, 21, "C'10") == f"{base}&page=21&filter='No.'%20IS%20'C''10'"
+
+
+def test_reconcile_writes_the_number_and_the_link_to_dataverse() -> None:
+    ms = load_mapping_set(str(MAPPINGS))
+    item = ms.entity("ITEM-PRODUCT")
+    bc = {"id": "11111111-1111-1111-1111-111111111111", "number": "1896-S", "displayName": "Athens Desk",
+          "unitPrice": 1000, "unitCost": 780, "inventory": 3, "baseUnitOfMeasureCode": None, "blocked": False,
+          "lastModifiedDateTime": "2024-01-01T00:00:00Z"}  # fmt: skip
+    lookups = StaticLookups(web_client="https://businesscentral.dynamics.com/t/e/?company=CRONUS")
+    plan = reconcile(ms, item, snapshot=None, bc=bc, dv=None, lookups=lookups)
+    assert plan.dv_write is not None
+    body = plan.dv_write.body
+    assert body["bcs_bcnumber"] == "1896-S"
+    assert body["bcs_bcurl"] == f"{lookups.web_client}&page=30&filter='No.'%20IS%20'1896-S'"
+    without = reconcile(ms, item, snapshot=None, bc=bc, dv=None, lookups=StaticLookups())
+    assert without.dv_write is not None and without.dv_write.body.get("bcs_bcurl") is None
