@@ -14,6 +14,7 @@ BENCHMARKS = [
     ["bench.initial_sync", "--customers", "100000"],
     ["bench.stock", "--items", "20000", "--moved", "5000"],
     ["bench.bare_collection", "--customers", "100000", "--changes", "1500", "--deletes", "10"],
+    ["bench.documents", "--invoices", "10000", "--lines", "10", "--order-lines", "50"],
 ]
 
 

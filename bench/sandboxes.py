@@ -1,6 +1,9 @@
 """Both sandboxes in their own process, so a benchmark measures the service's memory, not theirs.
 
-`python -m bench.sandboxes --bc-port P --dv-port Q [--customers N]` prints `ready` when it listens.
+`python -m bench.sandboxes --bc-port P --dv-port Q [--customers N] [--invoices N --lines L]` prints
+`ready` when it listens. With `--invoices`: 100 customers (one more, blocked for shipping, so out of
+CUSTOMER's scope: its invoices cannot be coupled), 20 items, and N posted invoices of L lines, every
+100th of the blocked customer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ def main() -> int:
     parser.add_argument("--bc-port", type=int, required=True)
     parser.add_argument("--dv-port", type=int, required=True)
     parser.add_argument("--customers", type=int, default=0)
+    parser.add_argument("--invoices", type=int, default=0)
+    parser.add_argument("--lines", type=int, default=10)
     parser.add_argument("--coalesce", type=float, default=30.0, help="BC notification window, seconds")
     parser.add_argument(
         "--bc-users", default="", help="more BC users, comma-separated: each token is also the user name"
@@ -35,6 +40,8 @@ def main() -> int:
     bc_app = bc.create_app(config)
     if args.customers:
         bc_app.state.sandbox.seed_customers(args.customers)
+    if args.invoices:
+        _seed_invoices(bc_app.state.sandbox, args.invoices, args.lines)
     dv_app = dataverse.create_app()
     sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
     servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dv_app, args.dv_port)]
@@ -45,6 +52,20 @@ def main() -> int:
         for server in servers:
             server.stop()
     return 0
+
+
+def _seed_invoices(sandbox: bc.BcSandbox, invoices: int, lines: int) -> None:
+    store, company = sandbox.store, sandbox.company_id
+    customers = [store.get(company, "customers", i)["number"] for i in sandbox.seed_customers(100)]
+    [blocked] = sandbox.seed("customers", [{"displayName": "Blocked Customer", "blocked": "Ship"}])
+    items = [f"B{n:04d}" for n in range(20)]
+    sandbox.seed("items", [
+        {"number": n, "displayName": f"Bench item {n}", "unitPrice": 10 + i, "baseUnitOfMeasureCode": "PCS"}
+        for i, n in enumerate(items)
+    ])  # fmt: skip
+    uncoupled = store.get(company, "customers", blocked)["number"]
+    customers = [uncoupled if n % 100 == 99 else customers[n % 100] for n in range(100)]
+    sandbox.seed_posted_invoices(customers, items, invoices, lines)
 
 
 if __name__ == "__main__":

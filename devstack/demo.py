@@ -28,6 +28,8 @@ DEMO_CUSTOMERS = 40
 DEMO_OF_CUSTOMERS = ("Falls Outdoor Supplies", "Otis Bikes")
 # Person contacts of the first demo customers, each under its customer's company contact, as in BC.
 DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen")
+DEMO_INVOICES = 3
+DEMO_INVOICE_CUSTOMERS = ("Adatum Corporation", "Trey Research")
 DEMO_STOCK = (
     {"itemNumber": "I00010", "quantity": 30, "entryType": "Purchase", "documentNumber": "107001"},
     {"itemNumber": "I00010", "quantity": -6, "entryType": "Sale", "documentNumber": "102001"},
@@ -61,6 +63,10 @@ def start_demo(stack: Stack) -> Iterator[str]:
     bc_sandbox.seed("customers", [{"displayName": n, "salespersonCode": "OF"} for n in DEMO_OF_CUSTOMERS])
     # Opening stock, posted as BC posts it (item ledger entries); `inventory` is their sum.
     bc_sandbox.post_item_entries(DEMO_STOCK, user="SEED")
+    # Posted sales invoices of the sample customers: the initial sync brings them to Sales with lines.
+    samples = [c["number"] for c in bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
+               if c["displayName"] in DEMO_INVOICE_CUSTOMERS]  # fmt: skip
+    bc_sandbox.seed_posted_invoices(samples, ["I00010", "I00020"], DEMO_INVOICES, 2)
     yield (
         f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
         f"{len(DEMO_PEOPLE)} of their contacts, {len(DEMO_OF_CUSTOMERS)} customers of salesperson OF, "
@@ -95,6 +101,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
             continue
         run = bulk.run_full_resync(rt.engine, name)
         yield f"initial sync {name}: {_counts(run.counts)}"
+    yield from _demo_orders(stack, rt)
     # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
     stock = refresh_stock(rt)
     yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
@@ -125,6 +132,48 @@ def start_demo(stack: Stack) -> Iterator[str]:
             "(`python -m bcsync errors CUSTOMER` shows why)"
         )
     yield from _try_it(stack)
+
+
+def _demo_orders(stack: Stack, rt: Any) -> Iterator[str]:
+    """Two Sales orders of the first sample customer, entered by a Sales user: one submitted (it becomes
+    a BC sales order with its lines within seconds), one still a draft (not BC's business yet)."""
+    import httpx
+
+    bc_sandbox = stack.bc_app.state.sandbox
+    rows = bc_sandbox.store.rows(bc_sandbox.company_id, "customers")
+    customer = next(c for c in rows if c["displayName"] == DEMO_INVOICE_CUSTOMERS[0])
+    account = rt.couplings.get("CUSTOMER", "bc", customer["id"])
+    items = {i["number"]: i for i in bc_sandbox.store.rows(bc_sandbox.company_id, "items")}
+    products = [rt.couplings.get("ITEM-PRODUCT", "bc", items[n]["id"]) for n in ("I00010", "I00020")]
+    unit = next(
+        u for u in bc_sandbox.store.rows(bc_sandbox.company_id, "unitsOfMeasure") if u["code"] == "PCS"
+    )
+    uom = rt.couplings.get("UNIT", "bc", unit["id"])
+    if account is None or uom is None or None in products:
+        yield "sales orders: not created (the sample customer, items or unit are not coupled)"
+        return
+    base = stack.env["DATAVERSE_URL"] + "/api/data/v9.2/"
+    made = []
+    with httpx.Client(base_url=base, headers={"Authorization": "Bearer sales-user"}, timeout=30) as dv:
+        for name, submit in (("Desks for Atlanta", True), ("Chairs (draft)", False)):
+            details = [
+                {"productid@odata.bind": f"/products({p.dv_id})", "uomid@odata.bind": f"/uoms({uom.dv_id})",
+                 "quantity": q, "priceperunit": 100.0, "ispriceoverridden": True}
+                for p, q in zip(products, (2, 4), strict=True) if p is not None
+            ]  # fmt: skip
+            body = {"name": name, "customerid_account@odata.bind": f"/accounts({account.dv_id})",
+                    "order_details": details}  # fmt: skip
+            created = dv.post("salesorders", json=body, headers={"Prefer": "return=representation"})
+            created.raise_for_status()
+            if submit:
+                order_id = created.json()["salesorderid"]
+                dv.patch(f"salesorders({order_id})", json={"statecode": 1, "statuscode": 3},
+                         headers={"If-Match": "*"}).raise_for_status()  # fmt: skip
+            made.append(name)
+    yield (
+        f"sales orders entered in Sales by a user: {', '.join(made)}; the submitted one becomes a BC "
+        "sales order with its lines, the draft does not"
+    )
 
 
 def _counts(counts: dict[str, Any]) -> str:

@@ -21,11 +21,14 @@ from devstack.bc.entities import (
     COMPANIES,
     CONTACTS_INFORMATION,
     ENTITY_SETS,
+    LINE_SETS,
+    LINES_OF,
     READ_ONLY_SETS,
     WEBHOOK_SUPPORTED_RESOURCES,
     EntitySet,
 )
 from devstack.bc.errors import BcError, bad_request, record_not_found, resource_not_found
+from devstack.bc.posting import run_action
 from devstack.bc.queries import (
     QueryOptions,
     count_rows,
@@ -37,14 +40,14 @@ from devstack.bc.queries import (
 )
 from devstack.bc.store import BcStore, normalize_guid
 
-SEGMENT_RE = re.compile(r"^([A-Za-z$]+)(?:\(([^()]*)\))?$")
+SEGMENT_RE = re.compile(r"^([A-Za-z$][A-Za-z$.]*)(?:\(([^()]*)\))?$")
 JSON_TYPE = "application/json; odata.metadata=minimal"
 
 
 # BC's line pages (page 30044 "APIV2 - Sales Order Lines", OnFindRecord) load lines only for an `id` or
 # `documentId` filter (the navigation from the order sets the latter); without either they raise an Error().
 _LINE_FILTER = re.compile(r"\b(?:id|documentId)\s+(?:eq|ne|gt|ge|lt|le)\s", re.IGNORECASE)
-LINE_SETS = frozenset({"salesOrderLines"})
+
 
 # The filter BC's "APIV2 - Contacts Information" page needs to load rows: relatedId and relatedType.
 _RELATED_FILTER = re.compile(r"(?=.*\brelatedId\s+eq\s)(?=.*\brelatedType\s+eq\s)", re.IGNORECASE | re.DOTALL)
@@ -195,9 +198,13 @@ class BcApi:
         if entity.name in BUSINESS_RELATIONS and name == CONTACTS_INFORMATION.name:
             path = f"{entity.name}({parent['id']})/{name}"
             return self._contacts_information(request, company_id, path, key, (entity.name, parent["id"]))
-        if entity.name != "salesOrders" or name != "salesOrderLines":
+        if name.startswith("Microsoft.NAV.") and key is None:
+            self._only(request, "POST")
+            run_action(self.store, company_id, entity.name, parent["id"], name, request.user)
+            return ApiResponse(204)
+        if LINES_OF.get(entity.name) != name:
             raise resource_not_found(name)
-        lines = ENTITY_SETS["salesOrderLines"]
+        lines = ENTITY_SETS[name]
         if key is None:
             return self._collection(request, company_id, lines, parent_id=parent["id"])
         line = self.store.get(company_id, lines.name, normalize_guid(key))
@@ -214,10 +221,19 @@ class BcApi:
         self._only(request, "GET", *(() if entity.name in READ_ONLY_SETS else ("POST",)))
         context = f"{request.service_root}/$metadata#companies({company_id})/{entity.name}"
         if request.method == "POST":
-            record = self.store.create(
-                company_id, entity.name, _body(request), request.user, parent_id=parent_id
+            body = _body(request)
+            deep = next(
+                (n for n in entity.expands if n in LINE_SETS and isinstance(body, dict) and n in body), None
             )
+            if deep is not None:
+                record, _lines = self.store.create_document(
+                    company_id, entity.name, body, request.user, lines_set=deep
+                )
+            else:
+                record = self.store.create(company_id, entity.name, body, request.user, parent_id=parent_id)
             created = {"@odata.context": context + "/$entity", **to_wire(entity, record)}
+            expand = parse_options(entity, {k: v for k, v in request.params.items() if k == "$expand"}).expand
+            self._expand(company_id, entity, expand, [record], [created])
             location = f"{request.service_root}/companies({company_id})/{entity.name}({record['id']})"
             return ApiResponse(201, created, {"etag": record["_etag"], "location": location})
         self._require_document_filter(request, entity, parent_id)
@@ -352,11 +368,12 @@ class BcApi:
             for record, wire in zip(records, wires, strict=True):
                 rows = self.store.contacts_information(company_id, (entity.name, record["id"]))
                 wire[info.name] = [to_wire_computed(info, row) for row in rows]
-        if "salesOrderLines" in expand:
-            lines = ENTITY_SETS["salesOrderLines"]
+        line_set = LINES_OF.get(entity.name)
+        if line_set is not None and line_set in expand:
+            lines = ENTITY_SETS[line_set]
             for record, wire in zip(records, wires, strict=True):
-                wire["salesOrderLines"] = [
-                    to_wire(lines, line) for line in self.store.lines_of(company_id, record["id"])
+                wire[line_set] = [
+                    to_wire(lines, line) for line in self.store.lines_of(company_id, record["id"], line_set)
                 ]
 
     # --- $batch -----------------------------------------------------------------------------------

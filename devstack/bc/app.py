@@ -26,6 +26,7 @@ from devstack.bc.api import JSON_TYPE, ApiRequest, ApiResponse, BcApi, error_res
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
 from devstack.bc.errors import BcError, bad_request, code_for_status, error_body
+from devstack.bc.posting import ship_order
 from devstack.bc.sandbox import BcSandbox, user_id
 from devstack.bc.web_client import web_client_routes
 from devstack.sandbox_common.control import bad_request as control_bad_request
@@ -360,6 +361,19 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             {"posted": len(posted), "entryNumbers": [e["entryNumber"] for e in posted]}, status_code=201
         )
 
+    async def ship(request: Request) -> Response:
+        """A user's Post > Ship of a sales order in the client (API v2.0 has only shipAndInvoice)."""
+        try:
+            body = await read_json(request) if await request.body() else {}
+            order_id = request.path_params["order_id"]
+            company = body.get("company_id") or sandbox.company_id
+            ship_order(sandbox.store, company, order_id, "SANDBOX USER")
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(str(exc))
+        return Response(status_code=204)
+
     async def changes(request: Request) -> Response:
         since = int(request.query_params.get("since", "0"))
         return JSONResponse(
@@ -380,6 +394,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/webhooks/deliveries", deliveries, methods=["GET", "DELETE"]),
         Route("/changes", changes, methods=["GET"]),
         Route("/itemLedgerEntries/post", post_entries, methods=["POST"]),
+        Route("/salesOrders/{order_id}/ship", ship, methods=["POST"]),
     ]
 
 

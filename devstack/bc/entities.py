@@ -117,13 +117,15 @@ def _address(prefix: str = "") -> tuple[Field, ...]:
     def n(name: str) -> str:
         return prefix + name[0].upper() + name[1:] if prefix else name
 
+    # Document pages (APIV2 - Sales Orders/Quotes/Invoices) name the post code `sellToPostCode`,
+    # `billToPostCode`, `shipToPostCode`; master data pages name it `postalCode`.
     return (
         _text(n("addressLine1")),
         _text(n("addressLine2"), 50),
         _text(n("city"), 30),
         _text(n("state"), 30),
         _code(n("country"), 10),
-        _code(n("postalCode"), 20),
+        _code(n("postCode") if prefix else "postalCode", 20),
     )
 
 
@@ -341,10 +343,14 @@ def _document_header(*extra: Field, date_field: str) -> tuple[Field, ...]:
         _guid("customerId"),
         _code("customerNumber"),
         _text("customerName", read_only=True),
-        _text("billToName", read_only=True),
+        _text("billToName"),
         _guid("billToCustomerId"),
         _code("billToCustomerNumber"),
+        _text("shipToName"),
+        _text("shipToContact"),
         *_address("sellTo"),
+        *_address("billTo"),
+        *_address("shipTo"),
         _guid("currencyId"),
         _code("currencyCode", 10),
         _guid("paymentTermsId"),
@@ -368,19 +374,23 @@ SALES_QUOTES = EntitySet(
     _document_header(
         Field("status", STR, "Draft", options=("Draft", "Sent", "Accepted", "Expired"), read_only=True),
         _date("validUntilDate"),
+        _code("opportunityNumber"),
         date_field="documentDate",
     ),
     key="number",
     number_prefix="S-QUO",
+    expands=("salesQuoteLines",),
 )
 
+# APIV2 - Sales Orders: `status` is the Sales Order Entity Buffer's (Draft, In Review, Open, Released).
 SALES_ORDERS = EntitySet(
     "salesOrders",
     "Sales Order",
     _document_header(
         _bool("fullyShipped", read_only=True),
         _date("requestedDeliveryDate"),
-        Field("status", STR, "Draft", options=("Draft", "In Review", "Open"), read_only=True),
+        _bool("partialShipping"),
+        Field("status", STR, "Draft", options=("Draft", "In Review", "Open", "Released"), read_only=True),
         date_field="orderDate",
     ),
     key="number",
@@ -388,32 +398,45 @@ SALES_ORDERS = EntitySet(
     expands=("salesOrderLines",),
 )
 
-SALES_ORDER_LINES = EntitySet(
+
+def _document_lines(name: str, parent: str, *extra: Field) -> EntitySet:
+    """A document's lines (APIV2 - Sales Quote/Order/Invoice Lines): amounts computed by BC."""
+    return EntitySet(
+        name,
+        "Sales Line",
+        (
+            _id(),
+            _guid("documentId"),
+            _num("sequence"),
+            _guid("itemId"),
+            _guid("accountId"),
+            Field("lineType", STR, "Item", options=("Comment", "Account", "Item", "Resource", "Charge")),
+            _code("lineObjectNumber"),
+            _text("description"),
+            _code("unitOfMeasureCode", 10),
+            _num("quantity"),
+            _num("unitPrice"),
+            _num("discountAmount"),
+            _num("discountPercent"),
+            _num("amountExcludingTax", read_only=True),
+            _num("totalTaxAmount", read_only=True),
+            _num("amountIncludingTax", read_only=True),
+            _date("shipmentDate"),
+            *extra,
+            _modified(),
+        ),
+        parent=parent,
+    )
+
+
+SALES_QUOTE_LINES = _document_lines("salesQuoteLines", "salesQuotes")
+SALES_ORDER_LINES = _document_lines(
     "salesOrderLines",
-    "Sales Line",
-    (
-        _id(),
-        _guid("documentId"),
-        _num("sequence"),
-        _guid("itemId"),
-        _guid("accountId"),
-        Field("lineType", STR, "Item", options=("Comment", "Account", "Item", "Resource", "Charge")),
-        _code("lineObjectNumber"),
-        _text("description"),
-        _code("unitOfMeasureCode", 10),
-        _num("quantity"),
-        _num("unitPrice"),
-        _num("discountAmount"),
-        _num("discountPercent"),
-        _num("amountExcludingTax", read_only=True),
-        _num("totalTaxAmount", read_only=True),
-        _num("amountIncludingTax", read_only=True),
-        _date("shipmentDate"),
-        _num("shippedQuantity", read_only=True),
-        _modified(),
-    ),
-    parent="salesOrders",
+    "salesOrders",
+    _num("shippedQuantity", read_only=True),
+    _num("invoicedQuantity", read_only=True),
 )
+SALES_INVOICE_LINES = _document_lines("salesInvoiceLines", "salesInvoices")
 
 SALES_INVOICES = EntitySet(
     "salesInvoices",
@@ -434,6 +457,7 @@ SALES_INVOICES = EntitySet(
     ),
     key="number",
     number_prefix="S-INV",
+    expands=("salesInvoiceLines",),
 )
 
 # `itemLedgerEntries` (page 30069 "APIV2 - Item Ledger Entries"): read-only (Editable = false, no
@@ -479,14 +503,23 @@ ENTITY_SETS: dict[str, EntitySet] = {
         SHIPMENT_METHODS,
         SALESPEOPLE_PURCHASERS,
         SALES_QUOTES,
+        SALES_QUOTE_LINES,
         SALES_ORDERS,
         SALES_ORDER_LINES,
         SALES_INVOICES,
+        SALES_INVOICE_LINES,
         ITEM_LEDGER_ENTRIES,
     )
 }
 
 DOCUMENT_SETS = frozenset({"salesQuotes", "salesOrders", "salesInvoices"})
+# Document entity set -> its line set (the header's navigation property of the same name).
+LINES_OF = {
+    "salesQuotes": "salesQuoteLines",
+    "salesOrders": "salesOrderLines",
+    "salesInvoices": "salesInvoiceLines",
+}
+LINE_SETS = frozenset(LINES_OF.values())
 
 # Contact business relations (BC table 5054 "Contact Business Relation"): a customer or vendor is
 # linked to its company contact, created with it (Marketing Setup "Bus. Rel. Code for Customers").

@@ -27,6 +27,7 @@ from devstack.bc.entities import (
     DATETIME,
     ENTITY_SETS,
     GUID,
+    LINES_OF,
     NUM,
     EntitySet,
     Field,
@@ -46,7 +47,7 @@ _EDM = {
 _NAVIGATION: dict[str, tuple[EntitySet, bool]] = {
     "customerFinancialDetail": (CUSTOMER_FINANCIAL_DETAIL, False),
     "contactsInformation": (CONTACTS_INFORMATION, True),
-    "salesOrderLines": (ENTITY_SETS["salesOrderLines"], True),
+    **{lines: (ENTITY_SETS[lines], True) for lines in LINES_OF.values()},
 }
 
 

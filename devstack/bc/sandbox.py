@@ -105,6 +105,37 @@ class BcSandbox:
             company_contacts=company_contacts,
         )
 
+    def seed_posted_invoices(
+        self,
+        customers: list[str],
+        items: list[str],
+        count: int,
+        lines: int,
+        *,
+        company_id: str | None = None,
+    ) -> list[str]:
+        """`count` posted sales invoices of `lines` lines each (customer and item numbers taken in
+        turn), created as BC's posting does: header and lines, then status Open. No notifications."""
+        company = company_id or self.company_id
+        ids: list[str] = []
+        with self.store.quiet(), self.store.transaction():
+            for n in range(count):
+                body = {
+                    "customerNumber": customers[n % len(customers)],
+                    "salesInvoiceLines": [
+                        {"lineObjectNumber": items[(n + k) % len(items)], "quantity": 1 + k % 5}
+                        for k in range(lines)
+                    ],
+                }
+                invoice, _ = self.store.create_document(
+                    company, "salesInvoices", body, "SEED", lines_set="salesInvoiceLines"
+                )
+                posted = {"status": "Open", "remainingAmount": invoice["totalAmountIncludingTax"]}
+                ids.append(
+                    self.store.system_update(company, "salesInvoices", invoice["id"], posted, "SEED")["id"]
+                )
+        return ids
+
     def seed(
         self, entity_set: str, records: Iterable[Mapping[str, Any]], *, company_id: str | None = None
     ) -> list[str]:

@@ -36,6 +36,8 @@ from devstack.bc.entities import (
     DOCUMENT_SETS,
     ENTITY_SETS,
     GUID,
+    LINE_SETS,
+    LINES_OF,
     NO_BUSINESS_RELATION,
     NO_RELATION,
     NUM,
@@ -108,6 +110,8 @@ class Company:
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # entity set -> number/code -> id
     next_number: dict[str, int] = field(default_factory=dict)
+    # (line set, document id) -> ids of its lines: a document's lines without scanning every line.
+    lines_index: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -292,6 +296,25 @@ class BcStore:
             self._after_write(company, entity, record, user)
             return record
 
+    def create_document(
+        self, company_id: str, entity_set: str, body: Mapping[str, Any], user: str, *, lines_set: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Deep insert: the header and its lines in one transaction (a refused line refuses all).
+
+        BC's API pages insert the header (`DelayedInsert`), then each line through the lines page
+        with the header's id as `documentId`; the line rules (item, unit price, amounts) and the
+        header totals are those of single inserts."""
+        lines = body.get(lines_set)
+        if not isinstance(lines, list) or not all(isinstance(line, Mapping) for line in lines):
+            raise bad_request(f"'{lines_set}' must be an array of objects.", "BadRequest")
+        header_body = {k: v for k, v in body.items() if k != lines_set}
+        with self.transaction():
+            header = self.create(company_id, entity_set, header_body, user)
+            created = [
+                self.create(company_id, lines_set, line, user, parent_id=header["id"]) for line in lines
+            ]
+            return self.get(company_id, entity_set, header["id"]), created
+
     def update(
         self,
         company_id: str,
@@ -323,20 +346,48 @@ class BcStore:
             self._after_write(company, entity, record, user, previous=current)
             return record
 
+    def system_update(
+        self, company_id: str, entity_set: str, record_id: str, values: Mapping[str, Any], user: str
+    ) -> dict[str, Any]:
+        """A write by BC's own code (posting): read-only fields included, no API rules; a new ETag
+        and a notification like any modify. A line's change updates its document's totals."""
+        entity = ENTITY_SETS[entity_set]
+        with self.transaction():
+            company = self.company(company_id)
+            current = company.tables[entity_set][normalize_guid(record_id)]
+            record = {**current, **values}
+            if _visible(record) == _visible(current):
+                return current
+            self._stamp(record, current["_ms"], user)
+            self._put(company, entity_set, record)
+            self._emit(company, entity_set, record, "updated", user)
+            self._after_write(company, entity, record, user, previous=current)
+            return record
+
     def delete(
-        self, company_id: str, entity_set: str, record_id: str, user: str, *, if_match: str | None
+        self,
+        company_id: str,
+        entity_set: str,
+        record_id: str,
+        user: str,
+        *,
+        if_match: str | None,
+        system: bool = False,
     ) -> None:
+        """`system`: BC's own deletion (a posted order, a quote made into an order): no API checks."""
         entity = ENTITY_SETS[entity_set]
         with self.transaction():
             company = self.company(company_id)
             current = self._checked_current(entity, company, record_id, if_match)
-            self._check_deletable(company, entity, current)
+            if not system:
+                self._check_deletable(company, entity, current)
             self._remove(company, entity_set, current)
             deleted_ms = max(self.clock.now_ms(), current["_ms"] + 1)
             self._emit(company, entity_set, {**current, "_ms": deleted_ms}, "deleted", user)
-            if entity.name == "salesOrders":
-                for line in self._lines_of(company, current["id"]):
-                    self._remove(company, "salesOrderLines", line)
+            line_set = LINES_OF.get(entity.name)
+            if line_set is not None:
+                for line in self._lines_of(company, current["id"], line_set):
+                    self._remove(company, line_set, line)
             self._after_write(company, entity, current, user, previous=current, deleted=True)
 
     def seed(
@@ -456,10 +507,16 @@ class BcStore:
             if old is not None:
                 keys.pop(old[entity.key].upper(), None)
             keys[record[entity.key].upper()] = record["id"]
+        if entity_set in LINE_SETS:
+            _index_line(company, entity_set, old, None)
+            _index_line(company, entity_set, record, record)
 
         def undo() -> None:
             if entity.key:
                 keys.pop(record[entity.key].upper(), None)
+            if entity_set in LINE_SETS:
+                _index_line(company, entity_set, record, None)
+                _index_line(company, entity_set, old, old)
             if old is None:
                 table.pop(record["id"], None)
             else:
@@ -475,11 +532,15 @@ class BcStore:
         table.pop(record["id"], None)
         if entity.key:
             keys.pop(record[entity.key].upper(), None)
+        if entity_set in LINE_SETS:
+            _index_line(company, entity_set, record, None)
 
         def undo() -> None:
             table[record["id"]] = record
             if entity.key:
                 keys[record[entity.key].upper()] = record["id"]
+            if entity_set in LINE_SETS:
+                _index_line(company, entity_set, record, record)
 
         self._record_undo(undo)
 
@@ -534,9 +595,11 @@ class BcStore:
         elif entity.name == "items":
             self._check_unit_of_measure(company, record, changed)
         elif entity.name in DOCUMENT_SETS:
+            if previous is not None:
+                _check_editable(entity, previous)
             self._apply_document_rules(company, entity, record, changed, creating)
-        elif entity.name == "salesOrderLines":
-            self._apply_line_rules(company, record, changed, creating)
+        elif entity.name in LINE_SETS:
+            self._apply_line_rules(company, entity, record, changed, creating)
 
     def _check_ref_id(
         self,
@@ -669,7 +732,11 @@ class BcStore:
     ) -> None:
         # As BC does when the sell-to customer is validated: the document takes the customer's data.
         record["customerId"], record["customerNumber"] = customer["id"], customer["number"]
-        record["customerName"] = record["billToName"] = customer["displayName"]
+        record["customerName"] = customer["displayName"]
+        if "billToName" not in changed:
+            record["billToName"] = customer["displayName"]
+        if "shipToName" not in changed:
+            record["shipToName"] = customer["displayName"]
         record["billToCustomerId"], record["billToCustomerNumber"] = customer["id"], customer["number"]
         for source, target in (
             ("addressLine1", "sellToAddressLine1"),
@@ -677,7 +744,19 @@ class BcStore:
             ("city", "sellToCity"),
             ("state", "sellToState"),
             ("country", "sellToCountry"),
-            ("postalCode", "sellToPostalCode"),
+            ("postalCode", "sellToPostCode"),
+            ("addressLine1", "billToAddressLine1"),
+            ("addressLine2", "billToAddressLine2"),
+            ("city", "billToCity"),
+            ("state", "billToState"),
+            ("country", "billToCountry"),
+            ("postalCode", "billToPostCode"),
+            ("addressLine1", "shipToAddressLine1"),
+            ("addressLine2", "shipToAddressLine2"),
+            ("city", "shipToCity"),
+            ("state", "shipToState"),
+            ("country", "shipToCountry"),
+            ("postalCode", "shipToPostCode"),
             ("currencyCode", "currencyCode"),
             ("paymentTermsId", "paymentTermsId"),
             ("shipmentMethodId", "shipmentMethodId"),
@@ -691,15 +770,18 @@ class BcStore:
             record["currencyId"] = customer["currencyId"]
 
     def _apply_line_rules(
-        self, company: Company, record: dict[str, Any], changed: set[str], creating: bool
+        self, company: Company, entity: EntitySet, record: dict[str, Any], changed: set[str], creating: bool
     ) -> None:
-        header = company.tables["salesOrders"].get(record["documentId"])
+        assert entity.parent is not None
+        parent = ENTITY_SETS[entity.parent]
+        header = company.tables[parent.name].get(record["documentId"])
         if header is None:
             raise bad_request(
-                'The "documentId" does not match to a Sales Order.', "Application_DialogException"
+                f'The "documentId" does not match to a {parent.caption}.', "Application_DialogException"
             )
+        _check_editable(parent, header)
         if creating and "sequence" not in changed:
-            lines = self._lines_of(company, header["id"])
+            lines = self._lines_of(company, header["id"], entity.name)
             record["sequence"] = max((line["sequence"] for line in lines), default=0) + 10000
         if record["lineType"] == "Item":
             item = self._line_item(company, record, changed)
@@ -737,13 +819,18 @@ class BcStore:
             return item
         return None
 
-    def _lines_of(self, company: Company, document_id: str) -> list[dict[str, Any]]:
-        lines = [r for r in company.tables["salesOrderLines"].values() if r["documentId"] == document_id]
-        return sorted(lines, key=lambda r: r["sequence"])
+    def _lines_of(
+        self, company: Company, document_id: str, line_set: str = "salesOrderLines"
+    ) -> list[dict[str, Any]]:
+        table = company.tables[line_set]
+        ids = company.lines_index.get((line_set, document_id), set())
+        return sorted((table[i] for i in ids if i in table), key=lambda r: r["sequence"])
 
-    def lines_of(self, company_id: str, document_id: str) -> list[dict[str, Any]]:
+    def lines_of(
+        self, company_id: str, document_id: str, line_set: str = "salesOrderLines"
+    ) -> list[dict[str, Any]]:
         with self.lock:
-            return self._lines_of(self.company(company_id), document_id)
+            return self._lines_of(self.company(company_id), document_id, line_set)
 
     def _after_write(
         self,
@@ -763,21 +850,27 @@ class BcStore:
             self._update_persons(company, record, user, previous=previous, deleted=deleted)
             return
         # A line change changes the header's totals and notifies the header (docs/bc-sandbox.md#sources).
-        if entity.name != "salesOrderLines":
+        if entity.name not in LINE_SETS or entity.parent is None:
             return
-        header = company.tables["salesOrders"].get(record["documentId"])
+        header = company.tables[entity.parent].get(record["documentId"])
         if header is None:
             return
-        lines = self._lines_of(company, header["id"])
+        lines = self._lines_of(company, header["id"], entity.name)
         updated = dict(header)
         updated["totalAmountExcludingTax"] = round(sum(line["amountExcludingTax"] for line in lines), 2)
         updated["totalAmountIncludingTax"] = round(sum(line["amountIncludingTax"] for line in lines), 2)
         updated["totalTaxAmount"] = 0
         self._stamp(updated, header["_ms"], user)
-        self._put(company, "salesOrders", updated)
-        self._emit(company, "salesOrders", updated, "updated", user)
+        self._put(company, entity.parent, updated)
+        self._emit(company, entity.parent, updated, "updated", user)
 
     def _check_deletable(self, company: Company, entity: EntitySet, record: Mapping[str, Any]) -> None:
+        if entity.name in DOCUMENT_SETS:
+            _check_editable(entity, record)
+        if entity.name in LINE_SETS and entity.parent is not None:
+            header = company.tables[entity.parent].get(record["documentId"])
+            if header is not None:
+                _check_editable(ENTITY_SETS[entity.parent], header)
         if entity.name == "items":
             # BC's MoveEntries (run on Item.OnDelete) refuses an item with ledger entries in an open year.
             if any(e["itemNumber"] == record["number"] for e in company.tables["itemLedgerEntries"].values()):
@@ -1126,3 +1219,32 @@ def _coerce(entity: EntitySet, spec: Field, value: Any) -> Any:
             "Application_StringExceededLength",
         )
     return value.upper() if spec.code else value
+
+
+def _check_editable(document: EntitySet, header: Mapping[str, Any]) -> None:
+    """BC refuses changes to a posted invoice (APIV2 - Sales Invoices: `CannotModifyPostedInvioceErr`)
+    and to the lines of a released order (Sales Line's `TestStatusOpen`: a TestField on the header's
+    Status). The error codes are the sandbox's choice (docs/bc-sandbox.md)."""
+    if document.name == "salesInvoices" and header["status"] not in ("Draft", "In Review"):
+        raise bad_request(
+            "The invoice has been posted and can no longer be modified.", "Application_DialogException"
+        )
+    if document.name == "salesOrders" and header["status"] == "Released":
+        raise bad_request(
+            f"Status must be equal to 'Open'  in Sales Header: Document Type=Order, No.={header['number']}. "
+            "Current value is 'Released'.",
+            "Application_TestFieldError",
+        )
+
+
+def _index_line(
+    company: Company, line_set: str, record: Mapping[str, Any] | None, present: Mapping[str, Any] | None
+) -> None:
+    """Add (`present` given) or remove `record` in its document's entry of the lines index."""
+    if record is None:
+        return
+    key = (line_set, record["documentId"])
+    if present is not None:
+        company.lines_index.setdefault(key, set()).add(record["id"])
+    else:
+        company.lines_index.get(key, set()).discard(record["id"])

@@ -37,8 +37,12 @@ FILTERED_TABLES = (
     "uom",
     "uomschedule",
     "pricelevel",
+    "quote",
+    "quotedetail",
     "salesorder",
+    "salesorderdetail",
     "invoice",
+    "invoicedetail",
     "opportunity",
 )
 

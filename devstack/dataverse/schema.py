@@ -98,8 +98,8 @@ def memo(name: str) -> Column:
     return Column(name, Kind.STRING, max_length=2000)
 
 
-def money(name: str) -> Column:
-    return Column(name, Kind.MONEY)
+def money(name: str, *, read_only: bool = False) -> Column:
+    return Column(name, Kind.MONEY, read_only=read_only)
 
 
 def decimal(name: str) -> Column:
@@ -190,6 +190,60 @@ SALESORDER_STATUSES = {
     100003: "Invoiced",
 }
 INVOICE_STATES = {0: "Active", 1: "Closed", 2: "Paid", 3: "Canceled"}
+# Quote: Draft (0), Active (1), Won (2), Closed (3) with their status reasons (quote table reference).
+QUOTE_STATES = {0: "Draft", 1: "Active", 2: "Won", 3: "Closed"}
+QUOTE_STATUSES = {
+    1: "In Progress",
+    2: "In Progress",
+    3: "Open",
+    4: "Won",
+    5: "Lost",
+    6: "Canceled",
+    7: "Revised",
+}
+PRODUCT_TYPES = {
+    1: "Product",
+    2: "Bundle",
+    3: "Required Bundle Product",
+    4: "Optional Bundle Product",
+    5: "Project-based Service",
+}
+
+
+def document_totals() -> list[Column]:
+    """A sales document's totals: Dataverse computes them from the details (read-only here as there:
+    a value written is recomputed)."""
+    return [
+        money("totallineitemamount", read_only=True),
+        money("totalamountlessfreight", read_only=True),
+        money("totaltax", read_only=True),
+        money("totalamount", read_only=True),
+    ]
+
+
+def document_detail(parent: str) -> list[Column]:
+    """The columns a quote, order and invoice detail share; `baseamount` and `extendedamount` are
+    computed (quantity x price per unit, less the manual discount, plus tax)."""
+    return [
+        text("productdescription", 500),
+        decimal("quantity"),
+        money("priceperunit"),
+        money("baseamount", read_only=True),
+        money("extendedamount", read_only=True),
+        money("manualdiscountamount"),
+        money("tax"),
+        boolean("ispriceoverridden"),
+        boolean("isproductoverridden"),
+        integer("lineitemnumber"),
+        date("requestdeliveryby"),
+        choice("producttypecode", PRODUCT_TYPES),
+        lookup(f"{parent}id", parent),
+        lookup("productid", "product"),
+        lookup("uomid", "uom"),
+        lookup("transactioncurrencyid", "transactioncurrency"),
+    ]
+
+
 OPPORTUNITY_STATES = {0: "Open", 1: "Won", 2: "Lost"}
 SERVICEENDPOINT_CONTRACTS = {
     1: "OneWay",
@@ -497,8 +551,7 @@ def build_tables() -> dict[str, Table]:
                 text("name", 300),
                 text("ordernumber", 100),
                 text("businesscentralordernumber", 100),
-                money("totalamount"),
-                money("totalamountlessfreight"),
+                *document_totals(),
                 money("discountamount"),
                 decimal("discountpercentage"),
                 choice("paymenttermscode", PAYMENT_TERMS),
@@ -515,6 +568,7 @@ def build_tables() -> dict[str, Table]:
                 lookup("pricelevelid", "pricelevel"),
                 lookup("transactioncurrencyid", "transactioncurrency"),
                 lookup("opportunityid", "opportunity"),
+                lookup("quoteid", "quote"),
             ],
             state=SALESORDER_STATES,
             status=SALESORDER_STATUSES,
@@ -525,30 +579,53 @@ def build_tables() -> dict[str, Table]:
             "salesorderdetails",
             "productdescription",
             [
-                text("productdescription", 500),
-                decimal("quantity"),
+                *document_detail("salesorder"),
                 decimal("quantityshipped"),
-                money("priceperunit"),
-                money("baseamount"),
-                money("extendedamount"),
-                money("manualdiscountamount"),
-                boolean("ispriceoverridden"),
+                decimal("quantitybackordered"),
+                decimal("quantitycancelled"),
                 integer("businesscentrallinenumber"),
+            ],
+            owned=False,
+        ),
+        _table(
+            "quote",
+            "quotes",
+            "name",
+            [
+                text("name", 300),
+                text("quotenumber", 100),
+                *document_totals(),
+                money("discountamount"),
+                decimal("discountpercentage"),
+                choice("paymenttermscode", PAYMENT_TERMS),
+                choice("shippingmethodcode", SHIPPING_METHODS),
+                choice("freighttermscode", FREIGHT_TERMS),
+                date("effectivefrom"),
+                date("effectiveto"),
                 date("requestdeliveryby"),
-                choice(
-                    "producttypecode",
-                    {
-                        1: "Product",
-                        2: "Bundle",
-                        3: "Required Bundle Product",
-                        4: "Optional Bundle Product",
-                        5: "Project-based Service",
-                    },
-                ),
-                lookup("salesorderid", "salesorder"),
-                lookup("productid", "product"),
-                lookup("uomid", "uom"),
+                memo("description"),
+                *address("shipto"),
+                text("shipto_name", 200),
+                *address("billto"),
+                text("billto_name", 200),
+                lookup("customerid", "account", "contact", per_target=True),
+                lookup("pricelevelid", "pricelevel"),
                 lookup("transactioncurrencyid", "transactioncurrency"),
+                lookup("opportunityid", "opportunity"),
+            ],
+            state=QUOTE_STATES,
+            status=QUOTE_STATUSES,
+            default_status={0: 1, 1: 3, 2: 4, 3: 5},
+        ),
+        _table(
+            "quotedetail",
+            "quotedetails",
+            "productdescription",
+            [
+                *document_detail("quote"),
+                # BC's integration solution adds availability to quote lines; the Sales app shows it
+                # when the line is added (see docs/dataverse-sandbox.md).
+                decimal("bcs_availablequantity"),
             ],
             owned=False,
         ),
@@ -559,8 +636,7 @@ def build_tables() -> dict[str, Table]:
             [
                 text("name", 300),
                 text("invoicenumber", 100),
-                money("totalamount"),
-                money("totalamountlessfreight"),
+                *document_totals(),
                 money("discountamount"),
                 date("duedate"),
                 date("datedelivered"),
@@ -588,6 +664,13 @@ def build_tables() -> dict[str, Table]:
                 100003: "Canceled",
             },
             default_status={0: 1, 1: 100001, 2: 100001, 3: 100003},
+        ),
+        _table(
+            "invoicedetail",
+            "invoicedetails",
+            "productdescription",
+            [*document_detail("invoice"), decimal("quantityshipped")],
+            owned=False,
         ),
         _table(
             "opportunity",
@@ -810,11 +893,14 @@ def build_tables() -> dict[str, Table]:
 
 
 BC_COMPANY_TABLES = frozenset(
-    {"account", "contact", "product", "pricelevel", "opportunity", "salesorder", "invoice"}
+    {"account", "contact", "product", "pricelevel", "opportunity", "quote", "salesorder", "invoice"}
 )
 
 
 TABLES = build_tables()
+# Sales documents and their details: Dataverse computes the details' amounts and the documents' totals.
+DOCUMENT_TABLES = {"quote": "quotedetail", "salesorder": "salesorderdetail", "invoice": "invoicedetail"}
+DOCUMENT_DETAILS = {detail: document for document, detail in DOCUMENT_TABLES.items()}
 TABLES_BY_LOGICAL_NAME = {t.logical_name: t for t in TABLES.values()}
 
 # One-to-many relationships by (referencing table, lookup column, referenced table): the schema name,
@@ -829,6 +915,8 @@ RELATIONSHIPS: dict[tuple[str, str, str], str] = {
     ("salesorder", "customerid", "account"): "order_customer_accounts",
     ("salesorder", "customerid", "contact"): "order_customer_contacts",
     ("salesorderdetail", "salesorderid", "salesorder"): "order_details",
+    ("quotedetail", "quoteid", "quote"): "quote_details",
+    ("invoicedetail", "invoiceid", "invoice"): "invoice_details",
     ("productpricelevel", "productid", "product"): "product_price_levels",
     ("productpricelevel", "pricelevelid", "pricelevel"): "price_level_product_price_levels",
 }

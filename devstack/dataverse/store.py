@@ -21,7 +21,16 @@ from typing import Any, Literal
 
 from devstack.dataverse import errors
 from devstack.dataverse.errors import DataverseError
-from devstack.dataverse.schema import TABLES_BY_LOGICAL_NAME, Column, Kind, Table, build_tables
+from devstack.dataverse.schema import (
+    DOCUMENT_DETAILS,
+    DOCUMENT_TABLES,
+    TABLES_BY_LOGICAL_NAME,
+    Column,
+    Kind,
+    Table,
+    build_tables,
+    collection_navigation,
+)
 from devstack.sandbox_common.odata_query import Predicate, sort_rows
 
 LOOKUP_TYPE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -243,8 +252,12 @@ class Store:
     ) -> dict[str, Any]:
         data = self.table(entity_set)
         table = data.table
+        related = collection_navigation(table)
+        children = {k: v for k, v in body.items() if k in related} if isinstance(body, Mapping) else {}
         with self.transaction():
-            values = self.translate(table, body, creating=True)
+            values = self.translate(
+                table, {k: v for k, v in body.items() if k not in children}, creating=True
+            )
             pk_value = values.pop(table.primary_key, None) or record_id
             new_id = parse_guid(pk_value) if pk_value else str(uuid.uuid4())
             if new_id in data.rows:
@@ -257,7 +270,99 @@ class Store:
             self._put(data, new_id, row)
             target = {table.primary_key: new_id, **values}
             self._emit(ChangeEvent("Create", table, new_id, target, row, None, caller))
-            return row
+            for name, rows in children.items():
+                self._deep_insert(table, new_id, name, rows, related[name], caller)
+            if table.logical_name == "uomschedule" and row.get("baseuomname"):
+                # A unit group is created with its base unit, named by `baseuomname` (quantity 1).
+                base = {
+                    "name": row["baseuomname"],
+                    "quantity": 1.0,
+                    "isschedulebaseuom": True,
+                    "uomscheduleid@odata.bind": f"/uomschedules({new_id})",
+                }
+                self.create("uoms", base, caller)
+            self._recalculate(table, row, caller)
+            return self.tables[entity_set].rows[new_id]
+
+    def _deep_insert(
+        self,
+        table: Table,
+        parent_id: str,
+        name: str,
+        rows: Any,
+        relation: tuple[Table, Column],
+        caller: Caller,
+    ) -> None:
+        """Deep insert (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-entity-web-api
+        #create-related-table-rows-in-one-operation): each related row is created with its lookup
+        to the new row set, in the same transaction."""
+        child, column = relation
+        if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+            raise errors.bad_request(
+                f"The collection-valued navigation property '{name}' needs an array of objects."
+            )
+        bind = f"{column.name}@odata.bind"
+        for row in rows:
+            self.create(child.entity_set, {**row, bind: f"/{table.entity_set}({parent_id})"}, caller)
+
+    def _recalculate(
+        self,
+        table: Table,
+        row: Mapping[str, Any] | None,
+        caller: Caller,
+        old: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Dataverse's system pricing: a detail's `baseamount` (quantity x price per unit) and
+        `extendedamount` (less the manual discount, plus tax), and its document's totals (sum of the
+        details' extended amounts, less the document discount). A detail written (`row`; None when
+        deleted) moves its document's totals by the difference to `old`, so a write costs the same
+        for a document of 100,000 lines. The document is updated as a system recalculation does it:
+        a new version and an Update event by the same caller."""
+        parent = DOCUMENT_DETAILS.get(table.logical_name)
+        if parent is not None:
+            column = f"_{parent}id_value"
+            for detail, sign in ((old, -1.0), (row, 1.0)):
+                document_id = (detail or {}).get(column)
+                if not document_id:
+                    continue
+                data = self.tables[_set_of(parent)]
+                document = data.rows.get(document_id)
+                if document is not None:
+                    items = float(document.get("totallineitemamount") or 0)
+                    tax = float(document.get("totaltax") or 0)
+                    items += sign * float(detail.get("extendedamount") or 0)  # type: ignore[union-attr]
+                    tax += sign * float(detail.get("tax") or 0)  # type: ignore[union-attr]
+                    self._set_totals(data, document, items, tax, caller)
+            return
+        if row is not None and table.logical_name in DOCUMENT_TABLES:
+            data = self.tables[table.entity_set]
+            document = data.rows.get(row[table.primary_key])
+            if document is not None:
+                items, tax = (
+                    float(document.get("totallineitemamount") or 0),
+                    float(document.get("totaltax") or 0),
+                )
+                self._set_totals(data, document, items, tax, caller)
+
+    def _set_totals(
+        self, data: TableData, document: dict[str, Any], items: float, tax: float, caller: Caller
+    ) -> None:
+        table = data.table
+        totals = {
+            "totallineitemamount": round(items, 2),
+            "totalamountlessfreight": round(items - tax - float(document.get("discountamount") or 0), 2),
+            "totaltax": round(tax, 2),
+        }
+        totals["totalamount"] = round(totals["totalamountlessfreight"] + tax, 2)
+        if all(document.get(k) == v for k, v in totals.items()):
+            return
+        updated = {**document, **totals}
+        self._stamp(updated, caller, creating=False)
+        self._put(data, document[table.primary_key], updated)
+        target = {table.primary_key: document[table.primary_key], **totals}
+        self._emit(
+            ChangeEvent("Update", table, document[table.primary_key], target, updated, document, caller)
+        )
 
     def update(
         self,
@@ -289,6 +394,9 @@ class Store:
         self._put(data, record_id, row)
         target = {table.primary_key: record_id, **values}
         self._emit(ChangeEvent("Update", table, record_id, target, row, old, caller))
+        if table.logical_name in DOCUMENT_DETAILS or "discountamount" in values:
+            self._recalculate(table, row, caller, old=old)
+            return data.rows[record_id]
         return row
 
     def upsert(
@@ -334,6 +442,16 @@ class Store:
             self._version += 1
             self._put(data, old[table.primary_key], None)
             self._emit(ChangeEvent("Delete", table, old[table.primary_key], {}, None, old, caller))
+            detail = DOCUMENT_TABLES.get(table.logical_name)
+            if detail is not None:
+                # A document's details go with it (the relationship's cascade delete).
+                column = f"_{table.logical_name}id_value"
+                for line in [
+                    r for r in self.tables[_set_of(detail)].rows.values() if r.get(column) == record_id
+                ]:
+                    self.delete(_set_of(detail), line[f"{detail}id"], caller)
+            if table.logical_name in DOCUMENT_DETAILS:
+                self._recalculate(table, None, caller, old=old)
 
     def seed(self, entity_set: str, records: list[Mapping[str, Any]], caller: Caller) -> list[str]:
         """Bulk insert for tests and benchmarks: validated like a create, but no webhooks fire.
@@ -393,6 +511,12 @@ class Store:
         row["_modifiedby_value"] = caller.user_id
 
     def _derive(self, table: Table, row: dict[str, Any], values: Mapping[str, Any]) -> None:
+        if table.logical_name in DOCUMENT_DETAILS:
+            base = round(float(row.get("quantity") or 0) * float(row.get("priceperunit") or 0), 2)
+            row["baseamount"] = base
+            row["extendedamount"] = round(
+                base - float(row.get("manualdiscountamount") or 0) + float(row.get("tax") or 0), 2
+            )
         if "statecode" in values and "statuscode" not in values:
             row["statuscode"] = table.default_status.get(values["statecode"], row.get("statuscode"))
         if table.logical_name in {"contact", "systemuser"} and ({"firstname", "lastname"} & set(values)):

@@ -283,9 +283,24 @@ class BusinessCentralClient:
 
     # --- writes -----------------------------------------------------------------------------------
 
-    def create(self, company_id: str, entity_set: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        """POST; 201 with the created record. Not re-sent after an ambiguous failure."""
-        response = self._send("POST", self._url(company_id, entity_set), kind=entity_set, json=dict(record))
+    def create(
+        self,
+        company_id: str,
+        entity_set: str,
+        record: Mapping[str, Any],
+        *,
+        expand: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """POST; 201 with the created record. Not re-sent after an ambiguous failure. A document POSTed
+        with its lines (`salesOrderLines: [...]`, a deep insert) is created with them in one request;
+        `expand` returns them, with the ids BC gave them."""
+        response = self._send(
+            "POST",
+            self._url(company_id, entity_set),
+            kind=entity_set,
+            json=dict(record),
+            params=_query_params(expand=expand) or None,
+        )
         return dict(response.json())
 
     def update(
@@ -469,8 +484,9 @@ class BusinessCentralClient:
     # --- plumbing ---------------------------------------------------------------------------------
 
     def _send(self, method: str, url: str, *, kind: str, **kwargs: Any) -> httpx.Response:
-        if kwargs.get("headers") is None:
-            kwargs.pop("headers", None)
+        for name in ("headers", "params"):
+            if kwargs.get(name) is None:
+                kwargs.pop(name, None)
         return self._transport.send(method, url, kind=kind, auth=self._auth, **kwargs)
 
     def _url(self, company_id: str, entity_set: str, record_id: str | None = None) -> str:

@@ -95,6 +95,9 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("salesorders", "salesorder", "salesorderid"),
         TableInfo("salesorderdetails", "salesorderdetail", "salesorderdetailid"),
         TableInfo("invoices", "invoice", "invoiceid"),
+        TableInfo("invoicedetails", "invoicedetail", "invoicedetailid"),
+        TableInfo("quotes", "quote", "quoteid"),
+        TableInfo("quotedetails", "quotedetail", "quotedetailid"),
         TableInfo("opportunities", "opportunity", "opportunityid"),
         TableInfo("bcs_customerstatistics", "bcs_customerstatistic", "bcs_customerstatisticid"),
         TableInfo("bcbi_companies", "bcbi_company", "bcbi_companyid"),
@@ -350,10 +353,16 @@ class DataverseClient:
         return WhoAmI(data["UserId"], data["BusinessUnitId"], data["OrganizationId"])
 
     def get(
-        self, entity_set: str, record_id: str, select: Sequence[str] | None = None
+        self,
+        entity_set: str,
+        record_id: str,
+        select: Sequence[str] | None = None,
+        *,
+        expand: str | None = None,
     ) -> dict[str, Any] | None:
-        """One record with its `@odata.etag`; None when it does not exist."""
-        url = f"{entity_set}({odata.guid(record_id)}){_options(select=select)}"
+        """One record with its `@odata.etag`; None when it does not exist. `expand`: a `$expand`
+        value such as `order_details($select=quantity)` (a document with its lines in one request)."""
+        url = f"{entity_set}({odata.guid(record_id)}){_options(select=select, expand=expand)}"
         try:
             return dict(self._send("GET", url, kind=entity_set).json())
         except NotFoundError:
@@ -936,10 +945,13 @@ def _options(
     select: Sequence[str] | None = None,
     filter: str | None = None,
     orderby: Sequence[str] | str | None = None,
+    expand: str | None = None,
 ) -> str:
     options = []
     if select:
         options.append("$select=" + ",".join(select))
+    if expand:
+        options.append("$expand=" + quote(expand, safe="(),=$;"))
     if filter:
         options.append("$filter=" + quote(filter, safe="(),='"))
     if orderby:

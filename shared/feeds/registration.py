@@ -66,6 +66,10 @@ def filtering_attributes(mapping: EntityMapping) -> list[str]:
     notify too and are dropped at the webhook by their initiating user, at no API cost."""
     columns = {f.dv for f in mapping.fields if f.dv and not f.has_constant}
     columns |= {c.field.removeprefix("_").removesuffix("_value") for c in mapping.dataverse.filter}
+    if mapping.lines is not None:
+        # A detail added, changed or removed in Sales changes its document's totals, which Dataverse
+        # recalculates with an Update of the document: that Update is the document's notification.
+        columns |= {"totalamount", "totallineitemamount"}
     return sorted(columns)
 
 

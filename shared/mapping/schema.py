@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 Side = Literal["bc", "dv"]
 Direction = Literal["bidirectional", "to_dataverse", "to_bc"]
@@ -228,6 +228,50 @@ class OwnerSection(_Strict):
     )
 
 
+class LinesBcSide(_Strict):
+    entity_set: str = Field(
+        description="BC API v2.0 line entity set, also the header's navigation property (`salesOrderLines`)."
+    )
+    parent_field: str = Field("documentId", description="The line field holding its header's `id`.")
+
+
+class LinesDataverseSide(_Strict):
+    table: str = Field(description="Logical name of the line table, e.g. `salesorderdetail`.")
+    entity_set: str = Field(description="Web API entity set of the lines, e.g. `salesorderdetails`.")
+    navigation: str = Field(
+        description="The header's collection-valued navigation property to its lines (`order_details`)."
+    )
+    parent: str = Field(description="The line's lookup column to its header (`salesorderid`).")
+    primary_key: str = Field("", description="Defaults to `<table>id`.")
+
+    @model_validator(mode="after")
+    def _default_pk(self) -> LinesDataverseSide:
+        if not self.primary_key:
+            object.__setattr__(self, "primary_key", f"{self.table}id")
+        return self
+
+
+class LinesSection(_Strict):
+    """A document's lines: read, merged and written with their header as one unit. Each line pair has
+    an identity of its own (kept on the document's coupling); header totals are never mapped (each
+    system computes them from its lines)."""
+
+    bc: LinesBcSide
+    dataverse: LinesDataverseSide
+    direction: Direction | None = Field(
+        None,
+        description="Defaults to the header mapping's direction; lines are created, changed and "
+        "removed in this direction.",
+    )
+    fields: list[FieldMapping]
+
+
+# Header columns each system computes from the lines (BC's totals, Dataverse's `totalamount`...): a
+# document mapping that mapped them would write a value the other system recomputes at once.
+COMPUTED_TOTALS_BC = ("totalAmountExcludingTax", "totalAmountIncludingTax", "totalTaxAmount")
+COMPUTED_TOTALS_DV = ("totalamount", "totalamountlessfreight", "totallineitemamount", "totaltax")
+
+
 class EntityMapping(_Strict):
     """Records that sync between a BC entity set and a Dataverse table."""
 
@@ -238,6 +282,11 @@ class EntityMapping(_Strict):
     direction: Direction = "bidirectional"
     only_coupled: bool = Field(
         False, description="Uncoupled records are only matched, never created on the other side."
+    )
+    creates: Direction | None = Field(
+        None,
+        description="Which way records are created (default: the mapping's direction). Sales orders: "
+        "`to_bc` (an order submitted in Sales becomes a BC order; BC's orders are not created in Sales).",
     )
     conflict: ConflictPolicy = "none"
     deletion: DeletionPolicy = "none"
@@ -253,9 +302,21 @@ class EntityMapping(_Strict):
         description="Currencies: a blank BC code in a lookup means settings.bc_local_currency_code.",
     )
     fields: list[FieldMapping]
+    lines: LinesSection | None = Field(
+        None, description="Document lines synchronized with the header as one unit (see docs/mappings.md)."
+    )
+    _line_cache: EntityMapping | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> EntityMapping:
+        if self.lines is not None:
+            totals = [f.key for f in self.fields if f.bc in COMPUTED_TOTALS_BC or f.dv in COMPUTED_TOTALS_DV]
+            if totals:
+                raise ValueError(
+                    f"document header totals are computed by each system from the lines and are never "
+                    f"written; remove the fields {totals}"
+                )
+            self.line_mapping()  # the lines' own checks (keys, directions)
         keys = [f.key for f in self.fields]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
@@ -277,6 +338,40 @@ class EntityMapping(_Strict):
         return self.direction == "bidirectional" or self.direction == (
             "to_dataverse" if side == "dv" else "to_bc"
         )
+
+    def creates_on(self, side: Side) -> bool:
+        """Whether an uncoupled record of the other side is created on `side`."""
+        creates = self.creates or self.direction
+        return self.writes_to(side) and creates in (
+            "bidirectional",
+            "to_dataverse" if side == "dv" else "to_bc",
+        )
+
+    def line_mapping(self) -> EntityMapping:
+        """The lines as an entity mapping of their own (never in the mapping set, never synced alone):
+        `reconcile` merges each line pair with it, a line missing on one side is removed on the other."""
+        if self.lines is None:
+            raise KeyError(f"mapping {self.name} has no lines")
+        cached = self._line_cache
+        if cached is None:
+            lines = self.lines
+            cached = EntityMapping.model_validate(
+                {
+                    "name": f"{self.name} LINES",
+                    "bc": {"entity_set": lines.bc.entity_set, "key": "id"},
+                    "dataverse": {
+                        "table": lines.dataverse.table,
+                        "entity_set": lines.dataverse.entity_set,
+                        "primary_key": lines.dataverse.primary_key,
+                    },
+                    "direction": lines.direction or self.direction,
+                    "conflict": self.conflict,
+                    "deletion": "propagate",
+                    "fields": [f.model_dump(exclude_unset=True) for f in lines.fields],
+                }
+            )
+            self._line_cache = cached
+        return cached
 
 
 class OptionSetBcSide(_Strict):
@@ -363,7 +458,7 @@ class MappingSet(_Strict):
             for dep in m.depends_on:
                 if dep not in names:
                     raise ValueError(f"mapping {m.name}: depends_on names unknown mapping {dep!r}")
-            for f in m.fields:
+            for f in [*m.fields, *(m.lines.fields if m.lines else [])]:
                 if f.lookup is not None and f.lookup not in names:
                     raise ValueError(
                         f"mapping {m.name}, field {f.key!r}: lookup names unknown mapping {f.lookup!r}"
@@ -419,7 +514,8 @@ class MappingSet(_Strict):
         active = {e.name for e in self.entities()} | {
             o.name for o in self.mappings if isinstance(o, OptionSetMapping)
         }
-        deps = list(m.depends_on) + [f.lookup for f in m.fields if f.lookup is not None]
+        fields = [*m.fields, *(m.lines.fields if m.lines else [])]
+        deps = list(m.depends_on) + [f.lookup for f in fields if f.lookup is not None]
         return [d for d in dict.fromkeys(deps) if d in active and d != name]
 
     def sync_order(self) -> list[str]:

@@ -39,6 +39,7 @@ from shared.messages import ChunkMessage, ScanMessage, SyncMessage
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry, RunSummary
 from shared.store.storage import Storage
+from shared.sync.bulk_documents import converge_bc_documents, run_document_resync
 from shared.sync.engine import (
     Engine,
     SyncResult,
@@ -132,6 +133,8 @@ def run_full_resync(
     after each chunk (a caller in this process needs no polling of the journal). A dry run tells
     `on_record` each record it would touch (`dry_run_item`) and keeps the first ones in `run.sample`."""
     m = engine.ms.entity(mapping_name)
+    if m.lines is not None:
+        return run_document_resync(engine, m, dry_run=dry_run, run_id=run_id)
     run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
     engine.journal.save_run(run)
     requests_before = engine.requests_in_this_thread()
@@ -245,7 +248,10 @@ def converge_bc_records(
     engine: Engine, m: EntityMapping, changed: list[Record], correlation_id: str
 ) -> Counter[str]:
     """BC records just read (with `select_fields`) converged in bulk: their coupled counterparts
-    read with one `$batch`, the writes sent in bulk; uncoupled records take the one-record path."""
+    read with one `$batch`, the writes sent in bulk; uncoupled records take the one-record path.
+    Documents are converged one by one, each with its lines (`bulk_documents`)."""
+    if m.lines is not None:
+        return converge_bc_documents(engine, m, [str(r["id"]) for r in changed], correlation_id)
     pairs: list[Pair] = []
     coupled_dv: dict[str, Pair] = {}
     for record in changed:

@@ -40,6 +40,7 @@ from shared.mapping.queries import (
     match_queries,
     primary_key,
     record_id,
+    scope_clauses,
     scope_filter,
     select_fields,
 )
@@ -49,7 +50,18 @@ from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
 from shared.odata import eq
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
-from shared.sync.gateways import BcGateway, DvGateway, Gateway, Record
+from shared.sync.documents import (
+    DocumentPlan,
+    LinePlan,
+    LineState,
+    describe_writes,
+    document_snapshot,
+    lines_of,
+    reconcile_document,
+    side_state,
+    stored_state,
+)
+from shared.sync.gateways import BcGateway, DvGateway, Gateway, LineWrite, Record
 from shared.sync.reconcile import (
     Candidate,
     FieldChange,
@@ -239,6 +251,8 @@ class Engine:
         if coupling is not None and coupling.state == "pending_bc":
             why = "its BC record is being created; a real sync finishes that first"
             return SyncResult(Outcome.DEFERRED, why, coupling.bc_id, coupling.dv_id, dry_run=True)
+        if mapping.lines is not None:
+            return self._preview_document(mapping, coupling, message, snapshot, counterpart_id)
         source = self.read(mapping, side, message.id)
         if coupling is None and snapshot is None:
             return self._preview_uncoupled(mapping, side, message, source)
@@ -327,6 +341,8 @@ class Engine:
         if coupling is not None and coupling.skipped and not force:
             why = "record is skipped after repeated failures; retry it to resume"
             return SyncResult(Outcome.SKIPPED, why, coupling.bc_id, coupling.dv_id)
+        if mapping.lines is not None:
+            return self._sync_document(mapping, coupling, message, force)
         if coupling is not None and coupling.state == "pending_bc":
             return self._finish_pending_bc_create(mapping, coupling, message)
 
@@ -537,12 +553,17 @@ class Engine:
 
     def _coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_id: str) -> str | None:
         """A mapping sharing this table (CUSTOMER and VENDOR both map accounts) that has coupled
-        the record: then it is not this mapping's, and no API request is needed to say so."""
+        the record: then it is not this mapping's, and no API request is needed to say so. Only
+        mappings that split the table by scope are alternatives: a BC unit is coupled both to its
+        unit group (UNIT OF MEASURE) and to that group's base unit (UNIT)."""
         table = self.sides[side].table
+        if not scope_clauses(mapping, side):
+            return None
         for sibling in self.ms.entities():
             if (
                 sibling.name != mapping.name
                 and table(sibling) == table(mapping)
+                and scope_clauses(sibling, side)
                 and self.couplings.get(sibling.name, side, record_id)
             ):
                 return sibling.name
@@ -746,6 +767,346 @@ class Engine:
         planned = pending.snapshot.get("bc", {})
         values = take_snapshot(self.ms, mapping, record, None)["bc"]
         return bool(planned) and all(values.get(k) == v for k, v in planned.items() if v is not None)
+
+    # ------------------------------------------------------------------------------- documents
+    def read_document(self, mapping: EntityMapping, side: Side, record_id: str | None) -> Record | None:
+        """A document with its lines: 1 request."""
+        if not record_id:
+            return None
+        return self.sides[side].get_document(mapping, record_id, select=select_fields(self.ms, mapping, side))
+
+    def _document_lookups(
+        self, mapping: EntityMapping, bc: Record | None, dv: Record | None
+    ) -> StaticLookups:
+        lookups = self.resolver.lookups_for(mapping, bc, dv)
+        lm = mapping.line_mapping()
+        self.resolver.add_lookups(lookups, lm, "bc", lines_of(mapping, "bc", bc))
+        self.resolver.add_lookups(lookups, lm, "dv", lines_of(mapping, "dv", dv))
+        return lookups
+
+    def _preview_document(
+        self,
+        mapping: EntityMapping,
+        coupling: Coupling | None,
+        message: SyncMessage,
+        snapshot: Snapshot | None,
+        counterpart_id: str | None,
+    ) -> SyncResult:
+        """A dry run of a document: the header's and every line's plan, nothing written."""
+        side: Side = message.side
+        source = self.read_document(mapping, side, message.id)
+        other_id = coupling.id_on(other(side)) if coupling is not None else counterpart_id
+        counterpart = self.read_document(mapping, other(side), other_id) if other_id else None
+        bc, dv = by_side(side, source, counterpart)
+        base = snapshot if snapshot is not None else coupling.snapshot if coupling is not None else None
+        if base is None and counterpart is not None:
+            base = None  # a chosen pair that is not coupled: decided as uncoupled from the source
+            bc, dv = by_side(side, source, None)
+        plan = reconcile_document(
+            self.ms, mapping, snapshot=base, bc=bc, dv=dv, lookups=self._document_lookups(mapping, bc, dv)
+        )
+        ids: dict[Side, str | None] = {side: message.id, other(side): other_id}
+        words = describe_writes(mapping, plan)
+        steps = "; ".join(f"{SIDE_LABEL[s]}: {', '.join(w)}" for s, w in words.items() if w)
+        reason = plan.reason + (f" [plan: {steps}]" if steps else "")
+        return SyncResult(
+            plan.outcome, reason, ids["bc"], ids["dv"], error=plan.error or "",
+            fields=_document_fields(plan), changes=plan.changes(), dry_run=True,
+        )  # fmt: skip
+
+    def _sync_document(
+        self, mapping: EntityMapping, coupling: Coupling | None, message: SyncMessage, force: bool
+    ) -> SyncResult:
+        """A document and its lines as one unit: read each side with its lines (1 request each), decide
+        header and lines together, write each side's header (1) and its lines in one atomic batch (1)."""
+        side: Side = message.side
+        if coupling is not None and coupling.state == "pending_bc":
+            return self._finish_pending_document(mapping, coupling, message)
+        if coupling is None:
+            sibling = self._coupled_elsewhere(mapping, side, message.id)
+            if sibling is not None:
+                return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
+        source = self.read_document(mapping, side, message.id)
+        counterpart: Record | None = None
+        if coupling is None:
+            if source is None:
+                why = f"{side} record {message.id} does not exist and is not coupled"
+                return SyncResult(Outcome.SKIPPED, why)
+            if not in_scope(mapping, side, source):
+                why = f"{side} record is out of scope ({scope_filter(mapping, side)})"
+                return SyncResult(Outcome.SKIPPED, why)
+        else:
+            if (
+                source is not None
+                and not force
+                and coupling.last_result in _SETTLED
+                and side_state(self.ms, mapping, side, source) == stored_state(coupling.snapshot, side)
+            ):
+                why = f"{side} header and lines equal the last synced snapshot (echo)"
+                return SyncResult(Outcome.UNCHANGED, why, coupling.bc_id, coupling.dv_id)
+            counterpart = self.read_document(mapping, other(side), coupling.id_on(other(side)))
+        bc, dv = by_side(side, source, counterpart)
+        plan = reconcile_document(
+            self.ms, mapping, snapshot=coupling.snapshot if coupling else None, bc=bc, dv=dv,
+            lookups=self._document_lookups(mapping, bc, dv),
+        )  # fmt: skip
+        return self._apply_document(mapping, plan, coupling, message, bc, dv)
+
+    def _apply_document(
+        self,
+        mapping: EntityMapping,
+        plan: DocumentPlan,
+        coupling: Coupling | None,
+        message: SyncMessage,
+        bc: Record | None,
+        dv: Record | None,
+    ) -> SyncResult:
+        bc_id = coupling.bc_id if coupling else record_id(mapping, "bc", bc)
+        dv_id = coupling.dv_id if coupling else record_id(mapping, "dv", dv)
+        if plan.outcome == Outcome.DEFERRED:
+            return self._defer(mapping, plan.as_plan(), coupling, message, bc_id, dv_id)
+        if plan.outcome == Outcome.FAILED:
+            return self._fail(mapping, coupling, message, plan.error or plan.reason, bc_id, dv_id)
+        if plan.outcome == Outcome.SKIPPED:
+            return SyncResult(Outcome.SKIPPED, plan.reason, bc_id, dv_id)
+        header = plan.header
+        if header.uncouple or header.outcome in (Outcome.DELETED, Outcome.UNCOUPLED):
+            # The document itself was deleted on one side: its lines go with it.
+            for side, record in (("bc", bc), ("dv", dv)):
+                write = header.write_on(side)  # type: ignore[arg-type]
+                if write is not None and write.kind == "delete" and record is not None:
+                    self.sides[side].delete(mapping, record)  # type: ignore[index]
+            if coupling is not None:
+                self.couplings.delete(coupling)
+            return planned_result(header, bc_id, dv_id, bc, dv)
+        if header.bc_write is not None and header.bc_write.kind == "create":
+            return self._create_document_in_bc(mapping, plan, coupling, message, dv)
+        if header.dv_write is not None and header.dv_write.kind == "create":
+            assert bc is not None
+            return self._create_document_in_dv(mapping, plan, message, bc)
+        if coupling is None:
+            return SyncResult(Outcome.SKIPPED, plan.reason or "nothing to do for an uncoupled document")
+        return self._write_document(mapping, plan, coupling, message, bc, dv)
+
+    def _write_document(
+        self,
+        mapping: EntityMapping,
+        plan: DocumentPlan,
+        coupling: Coupling,
+        message: SyncMessage,
+        bc: Record | None,
+        dv: Record | None,
+        *,
+        outcome: Outcome | None = None,
+    ) -> SyncResult:
+        """Header first (a line write changes the header's totals and ETag), then the lines of each side
+        in one atomic batch. A refused batch changes nothing; the error fails or retries the document."""
+        assert mapping.lines is not None and coupling.bc_id and coupling.dv_id
+        header = plan.header
+        bc_after = self._write(mapping, "bc", header.bc_write, bc)
+        dv_after = self._write(mapping, "dv", header.dv_write, dv)
+        states = self._write_lines(mapping, plan, coupling.bc_id, coupling.dv_id, bc, dv)
+        snapshot = (
+            header.snapshot or {"bc": {}, "dv": {}}
+            if plan.outcome == Outcome.CONFLICT
+            else take_snapshot(self.ms, mapping, bc_after, dv_after)
+        )
+        error = plan.error or "" if plan.outcome == Outcome.CONFLICT else ""
+        self._store_coupling(
+            mapping, coupling, coupling.bc_id, coupling.dv_id, bc_after, dv_after,
+            document_snapshot(snapshot, states), plan.outcome, error,
+        )  # fmt: skip
+        return SyncResult(
+            outcome or plan.outcome, plan.reason, coupling.bc_id, coupling.dv_id, error=error,
+            fields=_document_fields(plan), changes=plan.changes(), users=_users(bc, dv),
+        )  # fmt: skip
+
+    def _write_lines(
+        self,
+        mapping: EntityMapping,
+        plan: DocumentPlan,
+        bc_id: str,
+        dv_id: str,
+        bc: Record | None,
+        dv: Record | None,
+    ) -> list[LineState]:
+        """Carry out the line plans (one batch per side) and return the line couplings after them."""
+        assert mapping.lines is not None
+        lines = mapping.lines
+        current: dict[str, dict[str, Record]] = {
+            "bc": {str(line["id"]): line for line in lines_of(mapping, "bc", bc)},
+            "dv": {str(line[lines.dataverse.primary_key]): line for line in lines_of(mapping, "dv", dv)},
+        }
+        states = [
+            LineState(lp.bc_id, lp.dv_id, lp.plan.snapshot or {"bc": {}, "dv": {}}) for lp in plan.lines
+        ]
+        for side in ("bc", "dv"):
+            ops: list[tuple[LineWrite, int]] = []
+            for index, lp in enumerate(plan.lines):
+                write = lp.plan.write_on(side)  # type: ignore[arg-type]
+                if write is None:
+                    continue
+                body = dict(write.body)
+                line_id = lp.bc_id if side == "bc" else lp.dv_id
+                if write.kind == "create":
+                    if side == "bc":
+                        body[lines.bc.parent_field] = bc_id
+                    else:
+                        body.pop(lines.dataverse.primary_key, None)
+                        body[f"{lines.dataverse.parent}@odata.bind"] = (
+                            f"/{mapping.dataverse.entity_set}({dv_id})"
+                        )
+                    ops.append((LineWrite("create", None, body, write.record_id), index))
+                else:
+                    record = current[side].get(str(line_id))  # type: ignore[index]
+                    if record is None:
+                        continue  # already gone
+                    ops.append((LineWrite(write.kind, record, body), index))
+            if not ops:
+                continue
+            answers = self.sides[side].write_lines(mapping, [op for op, _ in ops])  # type: ignore[index]
+            # A refused batch changes nothing; raise the line's own error, not the others' "rolled back".
+            errors = [a.error for a in answers if a.error is not None]
+            refused = next((e for e in errors if e.code != "TransactionRolledBack"), None) or next(
+                iter(errors), None
+            )
+            if refused is not None:
+                raise refused
+            for (op, index), answer in zip(ops, answers, strict=True):
+                state = states[index]
+                if op.kind == "delete":
+                    state.bc_id = state.dv_id = None
+                elif op.kind == "create" and side == "bc":
+                    state.bc_id = str((answer.record or {}).get("id") or "") or None
+                elif op.kind == "create":
+                    state.dv_id = op.record_id
+        return [s for s in states if s.bc_id and s.dv_id and not plan_uncouples(plan, s)]
+
+    def _create_document_in_dv(
+        self, mapping: EntityMapping, plan: DocumentPlan, message: SyncMessage, bc: Record
+    ) -> SyncResult:
+        """Deep insert with deterministic ids (header and lines): a retried create finds them. 1 request."""
+        header = plan.header
+        assert header.dv_write is not None and header.dv_write.record_id
+        creates = [lp for lp in plan.lines if lp.plan.dv_write is not None]
+        created = self.dv.create_document(
+            mapping, header.dv_write.body, [lp.plan.dv_write.body for lp in creates if lp.plan.dv_write],
+            select=select_fields(self.ms, mapping, "dv"), record_id=header.dv_write.record_id,
+        )  # fmt: skip
+        states = [
+            LineState(lp.bc_id, lp.plan.dv_write.record_id, lp.plan.snapshot or {"bc": {}, "dv": {}})
+            for lp in creates
+            if lp.plan.dv_write is not None
+        ]
+        bc_id, dv_id = str(bc["id"]), str(header.dv_write.record_id)
+        snapshot = document_snapshot(take_snapshot(self.ms, mapping, bc, created), states)
+        self._store_coupling(mapping, None, bc_id, dv_id, bc, created, snapshot, Outcome.INSERTED, "")
+        return SyncResult(
+            Outcome.INSERTED, plan.reason, bc_id, dv_id, fields=_document_fields(plan), changes=plan.changes()
+        )
+
+    def _create_document_in_bc(
+        self,
+        mapping: EntityMapping,
+        plan: DocumentPlan,
+        coupling: Coupling | None,
+        message: SyncMessage,
+        dv: Record | None,
+    ) -> SyncResult:
+        """Deep insert (1 request): BC creates the header and every line, numbers them and computes the
+        amounts. As for any BC create, a pending coupling is written first (BC assigns the ids)."""
+        header = plan.header
+        assert header.bc_write is not None and dv is not None
+        dv_id = record_id(mapping, "dv", dv)
+        assert dv_id is not None
+        pending = coupling or Coupling(mapping.name, None, dv_id)
+        pending.state, pending.pending_since, pending.snapshot = (
+            "pending_bc",
+            iso_ms(self.clock()),
+            header.snapshot,
+        )
+        pending.last_result = "pending"
+        pending = self.couplings.create(pending) if coupling is None else self.couplings.save(pending)
+        creates = [lp for lp in plan.lines if lp.plan.bc_write is not None]
+        try:
+            created = self.bc.create_document(
+                mapping, header.bc_write.body, [lp.plan.bc_write.body for lp in creates if lp.plan.bc_write],
+                select=select_fields(self.ms, mapping, "bc"), record_id=None,
+            )  # fmt: skip
+        except FatalApiError:
+            self.couplings.delete(pending)
+            raise
+        return self._settle_document_create(mapping, pending, plan, creates, created, dv, message)
+
+    def _settle_document_create(
+        self,
+        mapping: EntityMapping,
+        pending: Coupling,
+        plan: DocumentPlan,
+        creates: Sequence[LinePlan],
+        created: Record,
+        dv: Record,
+        message: SyncMessage,
+    ) -> SyncResult:
+        """Couple the document and its lines (BC keeps the order of a deep insert's lines), with the
+        planned values as the merge base, then bring back what BC filled in (its number, line numbers,
+        prices it computed): 2 more Dataverse requests (header, lines batch), only when BC added something."""
+        assert pending.dv_id is not None
+        bc_lines = lines_of(mapping, "bc", created)
+        states = [
+            LineState(str(line["id"]), lp.dv_id, lp.plan.snapshot or {"bc": {}, "dv": {}})
+            for lp, line in zip(creates, bc_lines, strict=False)
+        ]
+        planned = plan.header.snapshot or take_snapshot(self.ms, mapping, created, dv)
+        bc_id = str(created["id"])
+        snapshot = document_snapshot(planned, states)
+        coupling = self._store_coupling(
+            mapping, pending, bc_id, pending.dv_id, created, dv, snapshot, Outcome.INSERTED, ""
+        )
+        follow = reconcile_document(
+            self.ms, mapping, snapshot=snapshot, bc=created, dv=dv,
+            lookups=self._document_lookups(mapping, created, dv),
+        )  # fmt: skip
+        changes = plan.changes()
+        if follow.header.writes or follow.line_writes:
+            result = self._write_document(
+                mapping, follow, coupling, message, created, dv, outcome=Outcome.INSERTED
+            )
+            changes += result.changes
+        return SyncResult(
+            Outcome.INSERTED, plan.reason, bc_id, pending.dv_id, fields=_document_fields(plan),
+            changes=changes, users=_users(None, dv),
+        )  # fmt: skip
+
+    def _finish_pending_document(
+        self, mapping: EntityMapping, pending: Coupling, message: SyncMessage
+    ) -> SyncResult:
+        """A previous attempt wrote the pending row and may or may not have created the BC document."""
+        assert pending.dv_id is not None
+        dv = self.read_document(mapping, "dv", pending.dv_id)
+        if dv is None:
+            self.couplings.delete(pending)
+            why = "Dataverse document vanished while its BC copy was pending"
+            return SyncResult(Outcome.SKIPPED, why, None, pending.dv_id)
+        plan = reconcile_document(
+            self.ms, mapping, snapshot=None, bc=None, dv=dv, lookups=self._document_lookups(mapping, None, dv)
+        )
+        adopted = self._adoptable_bc_record(mapping, pending)
+        if adopted is not None:
+            document = self.read_document(mapping, "bc", str(adopted["id"]))
+            if document is not None:
+                creates = [lp for lp in plan.lines if lp.plan.bc_write is not None]
+                return self._settle_document_create(mapping, pending, plan, creates, document, dv, message)
+        waited = self.clock() - parse_iso(pending.pending_since or iso_ms(self.clock()))
+        if waited < PENDING_CREATE_GRACE:
+            delay = math.ceil((PENDING_CREATE_GRACE - waited).total_seconds())
+            raise RequeueError(
+                message, max(1, delay), "the BC create of this document may still be in flight"
+            )
+        if plan.header.bc_write is None or plan.header.bc_write.kind != "create":
+            self.couplings.delete(pending)
+            return self._apply_document(mapping, plan, None, message, None, dv)
+        return self._create_document_in_bc(mapping, plan, pending, message, dv)
 
     # ---------------------------------------------------------------------------------- writes
     def _write(
@@ -1023,3 +1384,19 @@ def refusal(exc: ApiError, verb: str = "refused") -> str:
 
 def _fields(plan: Plan) -> list[str]:
     return sorted({key for w in plan.writes for key in w.fields})
+
+
+SIDE_LABEL = {"bc": "BC", "dv": "Dataverse"}
+
+
+def _document_fields(plan: DocumentPlan) -> list[str]:
+    """Header fields written, and `line <n>.<field>` for each line field written."""
+    keys = set(_fields(plan.header))
+    for lp in plan.lines:
+        keys |= {f"line {lp.position}.{key}" for key in _fields(lp.plan)}
+    return sorted(keys)
+
+
+def plan_uncouples(plan: DocumentPlan, state: LineState) -> bool:
+    """Whether the line pair of `state` is removed by its plan (deleted on one side)."""
+    return any(lp.plan.uncouple and lp.bc_id == state.bc_id and lp.dv_id == state.dv_id for lp in plan.lines)

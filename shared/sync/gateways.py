@@ -84,6 +84,37 @@ class Gateway(Protocol):
 
     def requests_in_this_thread(self) -> int: ...
 
+    # Documents (a mapping with `lines`): the header with its lines, in one request each way.
+    def get_document(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        """The header with its lines under the lines' navigation property."""
+        ...
+
+    def create_document(
+        self,
+        mapping: EntityMapping,
+        body: Mapping[str, Any],
+        lines: Sequence[Mapping[str, Any]],
+        *,
+        select: Sequence[str],
+        record_id: str | None,
+    ) -> Record:
+        """Deep insert: the header and its lines in one request; the answer holds the lines."""
+        ...
+
+    def write_lines(self, mapping: EntityMapping, operations: Sequence[LineWrite]) -> list[WriteResult]:
+        """Line creates, updates and deletes of one document, all or nothing, in one request."""
+        ...
+
+
+@dataclass(frozen=True)
+class LineWrite:
+    """One line write of a document: `current` (as read) for an update or delete, None for a create."""
+
+    kind: str  # create, update, delete
+    current: Record | None
+    body: Mapping[str, Any]
+    record_id: str | None = None  # Dataverse create: the deterministic id
+
 
 class BcGateway(Gateway, Protocol):
     """Business Central besides the common operations: what its lookups and change scans need."""
@@ -106,6 +137,12 @@ class BcGateway(Gateway, Protocol):
         ...
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
+
+    def query_document_pages(
+        self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
+    ) -> Iterator[list[Record]]:
+        """Pages of documents, each with its lines (`$expand`)."""
+        ...
 
     def web_client(self) -> str | None:
         """The BC web client URL with this company (`...?company=<name>`), for links; None if unknown."""
@@ -249,6 +286,69 @@ class BusinessCentralGateway:
     def requests_in_this_thread(self) -> int:
         return int(self.client.stats.in_this_thread)
 
+    def get_document(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        assert mapping.lines is not None
+        found = self.client.get(
+            self.company_id,
+            mapping.bc.entity_set,
+            record_id,
+            select=select,
+            expand=[mapping.lines.bc.entity_set],
+        )
+        return dict(found) if found is not None else None
+
+    def query_document_pages(
+        self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
+    ) -> Iterator[list[Record]]:
+        assert mapping.lines is not None
+        return self.client.query_pages(
+            self.company_id, mapping.bc.entity_set, select=select, filter=filter,
+            expand=[mapping.lines.bc.entity_set], page_size=page_size,
+        )  # fmt: skip
+
+    def create_document(
+        self,
+        mapping: EntityMapping,
+        body: Mapping[str, Any],
+        lines: Sequence[Mapping[str, Any]],
+        *,
+        select: Sequence[str],
+        record_id: str | None,
+    ) -> Record:
+        assert mapping.lines is not None
+        if record_id is not None:
+            raise ValueError("Business Central assigns record ids; a create cannot choose one")
+        nav = mapping.lines.bc.entity_set
+        created = self.client.create(
+            self.company_id,
+            mapping.bc.entity_set,
+            {**body, nav: [dict(line) for line in lines]},
+            expand=[nav],
+        )
+        return dict(created)
+
+    def write_lines(self, mapping: EntityMapping, operations: Sequence[LineWrite]) -> list[WriteResult]:
+        """One atomic JSON `$batch` (`Isolation: snapshot`): a refused line changes nothing."""
+        assert mapping.lines is not None
+        entity_set = mapping.lines.bc.entity_set
+        batch = [
+            BatchOperation(
+                {"create": "POST", "update": "PATCH", "delete": "DELETE"}[op.kind],
+                entity_set,
+                None if op.current is None else str(op.current["id"]),
+                dict(op.body) if op.kind != "delete" else None,
+                None if op.current is None else op.current["@odata.etag"],
+            )
+            for op in operations
+        ]
+        results: list[WriteResult] = []
+        for start in range(0, len(batch), business_central.MAX_BATCH_OPERATIONS):
+            answers = self.client.batch(
+                self.company_id, batch[start : start + business_central.MAX_BATCH_OPERATIONS], atomic=True
+            )
+            results += [WriteResult(answer.body if answer.ok else None, answer.error) for answer in answers]
+        return results
+
 
 @dataclass(frozen=True)
 class CompanyTag:
@@ -385,6 +485,62 @@ class DataverseGateway:
         return self.client.upsert_multiple(
             mapping.dataverse.entity_set, [self._stamped(mapping, b) for b in bodies]
         )
+
+    def get_document(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        assert mapping.lines is not None
+        found = self.client.get(
+            mapping.dataverse.entity_set, record_id, select=select, expand=mapping.lines.dataverse.navigation
+        )
+        return dict(found) if found is not None else None
+
+    def create_document(
+        self,
+        mapping: EntityMapping,
+        body: Mapping[str, Any],
+        lines: Sequence[Mapping[str, Any]],
+        *,
+        select: Sequence[str],
+        record_id: str | None,
+    ) -> Record:
+        """Deep insert: the lines go in the header's collection-valued navigation property."""
+        assert mapping.lines is not None
+        nav = mapping.lines.dataverse.navigation
+        return dict(
+            self.client.create(
+                mapping.dataverse.entity_set,
+                {**body, nav: [dict(line) for line in lines]},
+                record_id=record_id,
+                select=select,
+            )
+        )
+
+    def write_lines(self, mapping: EntityMapping, operations: Sequence[LineWrite]) -> list[WriteResult]:
+        """One `$batch` change set (atomic): a refused line changes nothing."""
+        assert mapping.lines is not None
+        entity_set = mapping.lines.dataverse.entity_set
+        pk = mapping.lines.dataverse.primary_key
+        requests = []
+        for op in operations:
+            if op.kind == "create":
+                body = {pk: op.record_id, **op.body} if op.record_id else dict(op.body)
+                requests.append(BatchRequest("POST", entity_set, body))
+            elif op.kind == "update":
+                assert op.current is not None
+                url = f"{entity_set}({op.current[pk]})"
+                requests.append(
+                    BatchRequest("PATCH", url, dict(op.body), {"If-Match": op.current["@odata.etag"]})
+                )
+            else:
+                assert op.current is not None
+                url = f"{entity_set}({op.current[pk]})"
+                requests.append(BatchRequest("DELETE", url, None, {"If-Match": op.current["@odata.etag"]}))
+        if not requests:
+            return []
+        responses = self.client.batch(requests, continue_on_error=False, change_set=True)
+        return [
+            WriteResult(dict(r.body) if r.ok and isinstance(r.body, dict) else None, r.error())
+            for r in responses
+        ]
 
     def requests_in_this_thread(self) -> int:
         return int(self.client.stats.in_this_thread)

@@ -554,6 +554,12 @@ class _Ctx:
                 f"{self.mapping.direction}: "
                 f"it never creates {SIDE_NAME[target]} records",
             )
+        if not self.mapping.creates_on(target):
+            return Plan(
+                Outcome.SKIPPED,
+                f"{self.mapping.name} creates records {self.mapping.creates} only: "
+                f"a {SIDE_NAME[source]} record is not created in {SIDE_NAME[target]}",
+            )
         return self.create(source, record, Outcome.INSERTED, previous=None)
 
     def _match(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.mapping.lookups import StaticLookups
@@ -41,6 +41,17 @@ class LookupResolver:
                 for key in lookup_keys(self.ms, mapping, side, record):  # type: ignore[arg-type]
                     self.resolve(lookups, key)
         return lookups
+
+    def add_lookups(
+        self, lookups: StaticLookups, mapping: EntityMapping, side: Side, records: Sequence[Record]
+    ) -> None:
+        """Add what `records` of `mapping` (a document's lines) refer to, and its code tables."""
+        for need in lookup_needs(self.ms, mapping):
+            if need.kind == "bc_reference":
+                lookups.add_reference(need.mapping, self._code_table(need.mapping, need.bc_entity_set))
+        for record in records:
+            for key in lookup_keys(self.ms, mapping, side, record):
+                self.resolve(lookups, key)
 
     def code_tables(self, mapping: EntityMapping) -> StaticLookups:
         """Lookups holding the BC code tables `mapping` translates through and nothing else."""
@@ -107,7 +118,9 @@ class LookupResolver:
     def _bc_id_for_key(self, mapping: EntityMapping, key: str, *, reload_on_miss: bool = True) -> str | None:
         """BC id of the record whose key field (a code, a number) is `key`. The whole key->id
         index of the entity set is read in pages and cached: codes and numbers rarely change, and
-        one read serves every later lookup. A miss refreshes it at most once a minute."""
+        one read serves every later lookup. A miss refreshes it at most once a minute; a miss within
+        that minute (a customer created seconds ago, named by an invoice) asks BC for that key alone
+        (1 request), so a record never waits a minute for a key BC already has."""
 
         def load() -> dict[str, str]:
             rows = self.bc.query_set(mapping.bc.entity_set, select=["id", mapping.bc.key])
@@ -116,6 +129,12 @@ class LookupResolver:
         index: dict[str, str] = self._fresh(f"keys:{mapping.name}", load)
         if key not in index and reload_on_miss:
             index = self._fresh(f"keys:{mapping.name}", load, max_age=60)
+            if key not in index:
+                rows = self.bc.query_set(
+                    mapping.bc.entity_set, select=["id", mapping.bc.key], filter=eq(mapping.bc.key, key)
+                )
+                for row in rows:
+                    index[str(row[mapping.bc.key])] = str(row["id"])
         return index.get(key)
 
     # A person contact's `companyNumber` is its company contact's number. BC's API cannot list

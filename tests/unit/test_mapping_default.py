@@ -16,6 +16,10 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "VENDOR",
         "CONTACT",
         "ITEM-PRODUCT",
+        "UNIT",
+        "SALES ORDER",
+        "POSTED INVOICE",
+        "SALES QUOTE",
     ]
     assert isinstance(MS.get("PAYMENT TERMS"), OptionSetMapping)
     assert isinstance(MS.get("SHIPMENT METHOD"), OptionSetMapping)

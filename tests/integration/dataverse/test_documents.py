@@ -1,0 +1,67 @@
+"""Sales documents in the Dataverse sandbox: deep insert of a document with its details, amounts and
+totals Dataverse computes from the details, the details read with their document in one request,
+and a unit group created with its base unit."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.dataverse import DataverseSandbox
+from shared.connectors.dataverse import DataverseClient
+
+pytestmark = pytest.mark.integration
+
+
+def _order(client: DataverseClient, sandbox: DataverseSandbox) -> dict:
+    [account] = sandbox.seed("accounts", [{"name": "Fabrikam"}])
+    body = {
+        "name": "Desks",
+        "customerid_account@odata.bind": f"/accounts({account})",
+        "order_details": [
+            {"productdescription": "Desk", "quantity": 2, "priceperunit": 100.0, "ispriceoverridden": True},
+            {"productdescription": "Chair", "quantity": 4, "priceperunit": 25.5, "manualdiscountamount": 2},
+        ],
+    }
+    return client.create("salesorders", body, select=["salesorderid", "totalamount"])
+
+
+def test_deep_insert_creates_the_details_and_dataverse_computes_amounts_and_totals(
+    client: DataverseClient, sandbox: DataverseSandbox
+) -> None:
+    requests = client.stats.total
+    order = _order(client, sandbox)
+    assert client.stats.total - requests == 1
+    assert order["totalamount"] == 200 + 102 - 2
+    read = client.get(
+        "salesorders", order["salesorderid"], ["totalamount", "totallineitemamount"],
+        expand="order_details($select=quantity,baseamount,extendedamount)",
+    )  # fmt: skip
+    assert read is not None
+    details = sorted(read["order_details"], key=lambda d: d["quantity"])
+    assert [(d["baseamount"], d["extendedamount"]) for d in details] == [(200, 200), (102, 100)]
+    assert read["totallineitemamount"] == 300
+
+
+def test_a_detail_change_or_removal_recalculates_its_document(
+    client: DataverseClient, sandbox: DataverseSandbox
+) -> None:
+    order = _order(client, sandbox)
+    read = client.get("salesorders", order["salesorderid"], expand="order_details($select=quantity)")
+    assert read is not None
+    first, second = sorted(read["order_details"], key=lambda d: d["quantity"])
+    client.update("salesorderdetails", first["salesorderdetailid"], {"quantity": 3}, etag="*")
+    assert client.get("salesorders", order["salesorderid"], ["totalamount"])["totalamount"] == 400  # type: ignore[index]
+    client.delete("salesorderdetails", second["salesorderdetailid"])
+    assert client.get("salesorders", order["salesorderid"], ["totalamount"])["totalamount"] == 300  # type: ignore[index]
+    # Totals are Dataverse's: a value written for them is recomputed, never stored.
+    client.update("salesorders", order["salesorderid"], {"totalamount": 1}, etag="*")
+    assert client.get("salesorders", order["salesorderid"], ["totalamount"])["totalamount"] == 300  # type: ignore[index]
+
+
+def test_a_unit_group_is_created_with_its_base_unit(client: DataverseClient) -> None:
+    group = client.create("uomschedules", {"name": "BOX", "baseuomname": "BOX"}, select=["uomscheduleid"])
+    units = list(
+        client.query("uoms", select=["name", "quantity", "isschedulebaseuom"],
+                     filter=f"_uomscheduleid_value eq {group['uomscheduleid']}")
+    )  # fmt: skip
+    assert [(u["name"], u["quantity"], u["isschedulebaseuom"]) for u in units] == [("BOX", 1, True)]
