@@ -46,6 +46,9 @@ class _Message(BaseModel):
     correlation_id: str = Field(default_factory=_correlation_id, max_length=100)
     # How often this work was put back for later (transient errors, waiting for a dependency).
     attempt: int = Field(default=0, ge=0, le=1000)
+    # W3C `traceparent` of the span that queued it (shared/telemetry.py), so the processor's span joins
+    # the webhook's or poll's trace; absent in messages queued without telemetry, or before it existed.
+    trace: str | None = Field(default=None, max_length=55)
 
 
 class SyncMessage(_Message):

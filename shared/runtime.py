@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
+from shared import telemetry
 from shared.connectors.retry import RequestBudget, RetryPolicy
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
@@ -97,11 +98,11 @@ class Runtime:
 
     @cached_property
     def dataverse(self) -> DataverseClient:
-        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget())
+        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget("dv"))
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget())
+        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget("bc"))
 
     @cached_property
     def engine(self) -> Engine:
@@ -174,10 +175,12 @@ def bc_client(
     )
 
 
-def _budget() -> RequestBudget:
+def _budget(side: str) -> RequestBudget:
     # Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
     # operator's own calls made with the same identity.
-    return RequestBudget(max_requests=5_800, window_seconds=300)
+    budget = RequestBudget(max_requests=5_800, window_seconds=300)
+    telemetry.observe("bcsync.api.budget_left", lambda: [(budget.left(), {"side": side})])
+    return budget
 
 
 _lock = threading.Lock()
@@ -185,7 +188,9 @@ _lock = threading.Lock()
 
 @functools.cache
 def _build() -> Runtime:
-    return Runtime(get_settings(), get_storage())
+    settings = get_settings()
+    telemetry.configure(settings)
+    return Runtime(settings, get_storage())
 
 
 def get_runtime() -> Runtime:
@@ -201,3 +206,4 @@ def reset() -> None:
         _build.cache_clear()
         get_settings.cache_clear()
         storage_cache.cache_clear()
+        telemetry.shutdown()

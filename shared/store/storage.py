@@ -23,6 +23,7 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
+from shared import telemetry
 from shared.errors import ServiceError
 from shared.messages import AnyMessage, to_json
 from shared.store.tables import TABLES
@@ -180,6 +181,10 @@ class Storage:
         send failed, after trying them all. With `within` (seconds), give up waiting then: sends not
         started are cancelled, those under way are handed over in `EnqueueError.late`."""
         client = self.queue(queue)
+        # Each message carries the current trace, so its processing joins it (shared/telemetry.py).
+        trace = telemetry.traceparent()
+        if trace is not None:
+            messages = [m.model_copy(update={"trace": trace}) for m in messages]
         bodies = [to_json(m) for m in messages]  # a message too large fails before anything is sent
 
         def send(body: str) -> None:

@@ -32,6 +32,8 @@ BASE_MODULES = {
     "shared.auth",
     "shared.odata",
     "shared.errors",
+    "shared.telemetry",
+    "shared.telemetry_file",
 }
 
 
