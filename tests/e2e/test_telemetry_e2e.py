@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from devstack.traces import render
 from shared import telemetry
 from tests.e2e.harness import E2EStack, wait_for
 
@@ -89,6 +90,11 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
     # The API request and the coupling write are children of the processing span.
     assert by_id[write["parent_id"]]["name"] == "process message"
     assert by_id[coupling_write["parent_id"]]["name"] == "process message"
+
+    # `python -m devstack traces` (what `make run` points to) shows it as a tree, webhook first.
+    tree = render([line for line in lines if line["signal"] != "span" or line in trace], last=1)
+    assert tree[1].strip().startswith("bc webhook")
+    assert any(row.strip().startswith("Dataverse PATCH accounts") for row in tree), tree
 
     # Logs carry the trace id: the processor's line about this change is in this trace.
     logs = [line for line in lines if line["signal"] == "log" and line.get("trace_id") == trace_id]
