@@ -227,12 +227,9 @@ def _overview(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     status = ops.status(rt)
     rows = []
     for m in status.mappings:
-        unsynced = m.failed + m.conflicts + m.retrying + max(0, m.skipped - m.failed)
-        link = (
-            f'<a href="{BASE}/errors?{urlencode({"mapping": m.mapping})}">{unsynced} not in sync</a>'
-            if unsynced
-            else "in sync"
-        )
+        errors = f"{BASE}/errors?{urlencode({'mapping': m.mapping})}"
+        unsynced = m.failed or m.conflicts or m.retrying or m.skipped or m.oldest_unsynced_change
+        link = f'<a href="{_e(errors)}">{_e(m.mapping)}: records not in sync</a>' if unsynced else "in sync"
         last = m.last_run
         last_text = f"{last.kind} {last.status} {_when(last.started)}" if last else "–"
         rows.append(

@@ -110,8 +110,9 @@ def test_the_page_shows_a_failing_record_and_retrying_it_makes_it_sync(
     overview = browser.body_text()
     assert "Status per mapping" in overview and "Running resyncs" in overview and "Subscriptions" in overview
     assert "customers" in overview  # the BC subscription of customers, with its expiry
+    browser.screenshot(tmp_path / "overview.png")
     link = browser.find("a[href*='errors?mapping=CUSTOMER']")
-    assert "not in sync" in browser.text(link)
+    assert browser.text(link) == "CUSTOMER: records not in sync"
     browser.click(link)
 
     card = browser.find(f"article[aria-label='CUSTOMER {number}']")

@@ -156,3 +156,34 @@ def test_what_a_request_says_is_escaped_on_the_page() -> None:
     assert answer.status == 404 and "<script>" not in answer.body and "&lt;script&gt;" in answer.body
     notice = operator_page._notice({"outcome": "<i>x</i>", "record": "r", "mapping": "M"})
     assert "<i>" not in notice and "&lt;i&gt;" in notice
+
+
+def test_the_status_page_shows_running_resyncs_with_progress_and_subscription_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from shared.store.journal import RunSummary
+    from shared.store.subscriptions import BcSubscription
+
+    status = operations.ServiceStatus(
+        [operations.MappingStatus("CUSTOMER", 40, 1, 0, None, "2026-12-01T18:00:00Z", {}, None, 0)], 3, 0
+    )
+    run = RunSummary("run-1", "CUSTOMER", "full_resync", "2026-12-01T18:00:00Z", status="running", total=400,
+                     done=100)  # fmt: skip
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=5)).isoformat()
+    subscription = BcSubscription("s1", "company", "customers", "companies(x)/customers", soon, soon)
+    monkeypatch.setattr(operations, "status", lambda rt: status)
+    monkeypatch.setattr(operations, "list_runs", lambda rt, mapping, limit: [run])
+    rt = SimpleNamespace(subscriptions=SimpleNamespace(bc_subscriptions=lambda: [subscription]))
+    answer = page(
+        "GET", "manage/ui", {"Authorization": f"Bearer {token('Integration.User')}"}, runtime=lambda: rt
+    )
+    assert answer.status == 200
+    assert '<progress id="run-run-1" max="400" value="100">25 %</progress>' in answer.body
+    assert '<label for="run-run-1">CUSTOMER full_resync running: 100 of 400 (25 %)' in answer.body
+    assert "<td>customers</td>" not in answer.body and '<th scope="row">customers</th>' in answer.body
+    assert "in 5 h" in answer.body
+    assert 'href="/api/manage/ui/errors?mapping=CUSTOMER">CUSTOMER: records not in sync</a>' in answer.body
+    assert "<strong>3</strong> waiting" in answer.body
