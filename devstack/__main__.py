@@ -61,14 +61,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     from devstack.bc.config import BcSandboxConfig
 
     telemetry = _telemetry_environment(args.port)
-    stack = start_stack(
-        ports,
-        # Real BC waits 30 s before notifying; the demo waits 2 s so a change is seen at once.
-        bc_config=BcSandboxConfig(coalesce_seconds=2.0),
-        function_key=os.environ.get("FUNCTIONS_KEY"),
-        master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
-        environment=telemetry,
-    )
+    entra = None
+    if not any(os.environ.get(name) for name in ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL")):
+        from devstack.entra import start_local_entra
+
+        entra = start_local_entra()  # the admin API and the operator page open to a local token
+    try:
+        stack = start_stack(
+            ports,
+            # Real BC waits 30 s before notifying; the demo waits 2 s so a change is seen at once.
+            bc_config=BcSandboxConfig(coalesce_seconds=2.0),
+            function_key=os.environ.get("FUNCTIONS_KEY"),
+            master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
+            environment={**telemetry, **(entra.settings if entra else {})},
+        )
+    except BaseException:
+        if entra is not None:
+            entra.stop()
+        raise
     try:
         if not args.no_demo:
             from devstack.demo import start_demo
@@ -77,6 +87,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 print(line, flush=True)
         print(BANNER)
         rows = stack.describe()
+        host = stack.host_server.url if stack.host_server else f"http://127.0.0.1:{args.port}"
+        if entra is not None:
+            token_file = _telemetry_path(args.port).parent / "operator-token.txt"
+            token_file.write_text(entra.token() + "\n")
+            token_file.chmod(0o600)
+            rows.append(("Operator page", f"{host}/api/manage/ui  (sign in with the token in {token_file})"))
+        else:
+            rows.append(("Operator page", f"{host}/api/manage/ui"))
         if "TELEMETRY_FILE" in telemetry:
             path = telemetry["TELEMETRY_FILE"]
             rows.append(("Traces of the last changes", f"python -m devstack traces {path}"))
@@ -85,6 +103,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping...", flush=True)
         stack.stop()
+        if entra is not None:
+            entra.stop()
     return 0
 
 

@@ -4,6 +4,7 @@ every process it started."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,19 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
         ).json()["value"]
         stock = {p["productnumber"]: p["quantityonhand"] for p in products}
         assert (stock.get("I00010"), stock.get("I00020")) == (24, 118), stock
+        # The operator page opens to the local token `up` printed; the traces of the demo's sync are there.
+        printed = "".join(lines)
+        page, token_file = re.search(
+            r"Operator page\s+(\S+)\s+\(sign in with the token in (\S+)\)", printed
+        ).groups()  # type: ignore[union-attr]
+        token = Path(token_file).read_text().strip()
+        status = httpx.get(page, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert status.status_code == 200 and "Status per mapping" in status.text, status.text[:500]
+        assert httpx.get(page, timeout=30).status_code == 401  # no token: the sign-in form
+        telemetry = re.search(r"python -m devstack traces (\S+)", printed).group(1)  # type: ignore[union-attr]
+        command = [sys.executable, "-m", "devstack", "traces", telemetry, "--last", "50"]
+        traces = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert traces.returncode == 0 and "process message" in traces.stdout, traces.stdout[-2000:]
         started = _children(proc.pid)
         assert started, "up should have started Azurite as a child process"
     finally:
