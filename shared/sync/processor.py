@@ -104,9 +104,12 @@ def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: A
             # From the notification (or poll) that saw the change to the write on the other side.
             latency = telemetry.seconds_since(message.observed)
             telemetry.record("bcsync.sync.latency", latency, mapping=message.mapping)
+        # Not `result.error`: it can quote a record's values (a conflict's two values, a refusal's text),
+        # and logs are exported (shared/telemetry.py); `bcsync errors` and the journal keep it.
+        said = "not in sync: the reason is in `bcsync errors`" if result.error else result.reason
         log.info(
             "%s %s:%s -> %s %s", message.mapping, getattr(message, "side", ""), getattr(message, "id", ""),
-            result.outcome, result.error or result.reason,
+            result.outcome, said,
         )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ message. The end-to-end trace of a change is tests/e2e/test_telemetry_e2e.py."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -171,3 +172,28 @@ print("ok")
     )
     result = _run(code, APPLICATIONINSIGHTS_CONNECTION_STRING=connection)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_processor_logs_no_record_values(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its log line is exported with the trace: a conflict's error quotes both values, so it is left out.
+    from types import SimpleNamespace
+
+    from shared.mapping.loader import load_mapping_set
+    from shared.messages import to_json
+    from shared.sync import processor
+    from shared.sync.engine import SyncResult
+
+    error = "field 'phoneNumber' changed on both sides: BC phoneNumber = '+1 404 555 0111'"
+    result = SyncResult("conflict", "phoneNumber changed on both sides", "b", "d", error=error)
+    runtime = SimpleNamespace(
+        mappings=load_mapping_set("mappings/default.yaml"),
+        engine=SimpleNamespace(sync_record=lambda m: result),
+    )
+    monkeypatch.setattr(processor, "get_runtime", lambda: runtime)
+    guid = "6d81597f-0f9f-e711-8122-000d3aa2331c"
+    with caplog.at_level(logging.INFO, logger="shared.sync.processor"):
+        processor.process_message(to_json(SyncMessage(mapping="CUSTOMER", side="bc", id=guid)).encode())
+    assert f"CUSTOMER bc:{guid} -> conflict" in caplog.text
+    assert "555 0111" not in caplog.text and "bcsync errors" in caplog.text
