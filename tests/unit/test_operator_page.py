@@ -53,7 +53,15 @@ def test_without_a_token_the_page_asks_to_sign_in() -> None:
     assert "<script" not in answer.body  # no JavaScript
 
 
-def test_closed_until_auth_is_configured() -> None:
+def test_closed_until_auth_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "AUTH_ISSUER",
+        "AUTH_AUDIENCE",
+        "AUTH_JWKS_URL",
+        "DATAVERSE_STATIC_TOKEN",
+        "BC_STATIC_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)  # a stack of an earlier test may have left them set
     settings = Settings.model_validate(
         {"DATAVERSE_URL": "https://contoso.crm.dynamics.com",
          "BC_API_URL": "https://api.businesscentral.dynamics.com/v2.0/t/production/api/v2.0",
