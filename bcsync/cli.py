@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +73,16 @@ def _options(
     ] = None,
 ) -> None:
     state.json = as_json
+    _take_width_from_environment()
     _load_settings_file(settings_file or Path("local.settings.json"), explicit=settings_file is not None)
+
+
+def _take_width_from_environment() -> None:
+    """Rich reads COLUMNS once, when the console is built (at import): read it again per command, so
+    one process running several commands (a test session, a notebook) gets the width each one asks for."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        console.width = errors.width = int(columns)
 
 
 def _load_settings_file(path: Path, *, explicit: bool) -> None:

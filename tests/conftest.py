@@ -7,9 +7,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from devstack.azurite import Azurite, start_azurite
 from shared.store.storage import Storage, storage_from_connection_string
+
+# `make test` runs the suite in parallel processes on machines with two cores: a per-example deadline
+# would measure the machine's load, not the code (a 200 ms deadline failed at 314 ms that way).
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")

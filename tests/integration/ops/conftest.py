@@ -82,7 +82,28 @@ class OpsStack:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.request(method, f"{self.base_url}/api/{path}", headers=headers, timeout=30, **kwargs)
 
+    def settle(self, timeout: float = 30.0, quiet: float = 0.4) -> None:
+        """Wait until Dataverse has sent its notifications and the dev host has run nothing for `quiet`
+        seconds: a message still in flight when a test ends would otherwise land in the next test's
+        freshly cleared tables (seen as one coupling too many on a busy machine). BC's notifications
+        wait out their coalescing window; the sandbox's reset drops the pending ones."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.dv.webhooks.flush(timeout=timeout)
+            before = self._last_invocation()
+            time.sleep(quiet)
+            queue = self.rt.storage.queue(self.rt.storage.sync_queue_name)
+            depth = int(queue.get_queue_properties().approximate_message_count or 0)
+            if depth == 0 and self._last_invocation() == before:
+                return
+            assert time.monotonic() < deadline, f"the dev host did not settle within {timeout:.0f} s"
+
+    def _last_invocation(self) -> float | None:
+        invocations = self.stack.host.invocations
+        return invocations[-1].started if invocations else None
+
     def reset(self) -> None:
+        self.settle()
         self.dv.reset()
         self.bc.reset()
         for user in (

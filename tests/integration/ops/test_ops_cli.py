@@ -46,7 +46,10 @@ def test_couple_sync_history_uncouple(salespeople_coupled: OpsStack) -> None:
     assert ops.bc.get("customers", bc_id)["phoneNumber"] == "+1 404 555 0100"
 
     entries = bcsync_json("history", "CUSTOMER", "--bc", bc_id)
-    assert [e["outcome"] for e in entries][:2] == ["modified", "modified"]
+    # The dev host also gets Dataverse's notification of the phone change and may journal it, as an
+    # echo, after the command did the work: the two changes are what the history must show.
+    changes = [e["outcome"] for e in entries if e["outcome"] != "unchanged"]
+    assert changes[:2] == ["modified", "modified"], entries
     table = bcsync("history", "CUSTOMER", "--dv", dv_id)
     assert "phoneNumber" in table.output
 

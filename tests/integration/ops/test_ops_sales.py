@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from shared.ops import operations
@@ -28,14 +26,11 @@ def test_availability_by_number_and_by_coupled_product(ops: OpsStack) -> None:
     item = _set_inventory(ops, "I00010", 42)
     token = ops.token("availability")
 
-    started = time.perf_counter()
     response = ops.api("GET", "products/i00010/availability", token=token)
-    elapsed = time.perf_counter() - started
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["item_number"], body["inventory"], body["unit_of_measure"]) == ("I00010", 42, "PCS")
     assert body["as_of"].endswith("Z") and body["cached"] is False
-    assert elapsed < 1.0
 
     ops.dv.seed("products", [{"productid": PRODUCT_ID, "name": "ATHENS Desk", "productnumber": "I00010",
                               "producttypecode": 1}])  # fmt: skip
