@@ -304,12 +304,12 @@ def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry
     """Providers of our own (not the process-wide globals), so the dev stack and tests can start and
     stop telemetry more than once in a process."""
     from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = Resource.create({"service.name": "bc-dataverse-sync"})
     if kind == "otlp":
@@ -325,9 +325,12 @@ def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry
         from shared import telemetry_file
 
         sink = telemetry_file.JsonLinesFile(str(settings.telemetry_file))
-        span_processor = SimpleSpanProcessor(telemetry_file.SpanFileExporter(sink))
+        # Batched, off the request path like the other exporters (`flush()` writes what is pending).
+        span_processor = BatchSpanProcessor(telemetry_file.SpanFileExporter(sink), schedule_delay_millis=1000)
         reader = PeriodicExportingMetricReader(telemetry_file.MetricFileExporter(sink), 60_000)
-        log_processor = SimpleLogRecordProcessor(telemetry_file.LogFileExporter(sink))
+        log_processor = BatchLogRecordProcessor(
+            telemetry_file.LogFileExporter(sink), schedule_delay_millis=1000
+        )
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(span_processor)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
