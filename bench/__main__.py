@@ -10,6 +10,7 @@ BENCHMARKS = [
     ["bench.bench_bc_client"],
     ["bench.webhook_burst", "--entries", "1000"],
     ["bench.latency", "--rate", "20", "--seconds", "60"],
+    ["bench.scale_out", "--rate", "30", "--seconds", "300", "--hosts", "3"],
     ["bench.initial_sync", "--customers", "100000"],
     ["bench.stock", "--items", "20000", "--moved", "5000"],
     ["bench.bare_collection", "--customers", "100000", "--changes", "1500", "--deletes", "10"],

@@ -13,8 +13,13 @@ param bcWebhookClientState string
 param dataverseIntegrationUserId string
 param authAudience string
 
-@description('Upper bound of instances: each keeps its own request budget against the per-user API limits (README, Performance).')
-param maximumInstanceCount int = 10
+// The instances share the integration user's request budget through storage, but each keeps its
+// own share of BC's 5 concurrent requests per user (at least one), so more than 5 instances could
+// exceed it: docs/deploy.md#scale-out. Also given to the code as SCALE_OUT_MAX_INSTANCES.
+@description('Most instances at once (Flex Consumption maximumInstanceCount; the platform allows 1-1000): at most 5, BC\'s concurrent requests per user.')
+@minValue(1)
+@maxValue(5)
+param maximumInstanceCount int = 3
 
 var functionAppName = 'func-bcsync-${resourceToken}'
 var deploymentContainer = 'app-package-${resourceToken}'
@@ -184,8 +189,10 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     DATAVERSE_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${dataverseSecret.properties.secretUri})'
     DATAVERSE_WEBHOOK_SECRET_NAME: 'x-bcsync-key'
     DATAVERSE_INTEGRATION_USER_ID: dataverseIntegrationUserId
+    DATAVERSE_AUTH_MODE: 'entra' // online; on-premises: docs/deploy.md#on-premises-business-central-and-dynamics-365-sales
     BC_API_URL: bcApiUrl
     BC_COMPANY_IDS: bcCompanyIds
+    BC_AUTH_MODE: 'entra' // online; on-premises (oauth, basic): docs/deploy.md
     BC_WEBHOOK_CLIENT_STATE: '@Microsoft.KeyVault(SecretUri=${bcSecret.properties.secretUri})'
     SERVICE_PUBLIC_URL: publicUrl
     MAPPINGS_FILE: 'mappings/default.yaml'
@@ -194,6 +201,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     SUBSCRIPTION_UPKEEP_SCHEDULE: '0 0 */12 * * *'
     STATISTICS_SCHEDULE: '0 */30 * * * *'
     BC_SWEEP_MINUTES: '10'
+    SCALE_OUT_MAX_INSTANCES: string(maximumInstanceCount)
     AUTH_ISSUER: '${tenantAuthority}/v2.0'
     AUTH_AUDIENCE: authAudience
     AUTH_JWKS_URL: '${tenantAuthority}/discovery/v2.0/keys'

@@ -8,18 +8,21 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
+import httpx
+
 from shared import telemetry
-from shared.connectors.retry import RequestBudget, RetryPolicy
+from shared.connectors.retry import Budget, RequestBudget, RetryPolicy
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
+from shared.store.request_budget import SharedRequestBudget
 from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
 from shared.store.subscriptions import SubscriptionStore
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BC_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 # Per request, as the clients default to; set-up's checks pass a shorter one.
 CLIENT_TIMEOUT_SECONDS = 30.0
 
@@ -84,25 +86,45 @@ class Runtime:
 
         return DefaultAzureCredential()
 
-    def integration_credential(self, service: Service) -> TokenCredential:
-        """The integration user's credential for `service`: its static token (sandboxes only, refused
-        by settings for non-loopback URLs) or the process's Azure credential (managed identity or
-        client secret)."""
-        s = self.settings
-        token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
-        if token:
-            from shared.connectors.credentials import StaticTokenCredential
-
-            return StaticTokenCredential(token)
-        return self._azure_credential
+    def integration_credential(self, service: Service) -> TokenCredential | httpx.Auth:
+        """The integration user's credential for `service`, by its sign-in mode: its static token
+        (sandboxes only, refused by settings for non-loopback URLs), the client credentials grant at
+        the customer's authority (`oauth`, on-premises), BC's web service access key (`basic`), or
+        the process's Azure credential (managed identity or client secret)."""
+        return integration_credential(self.settings, service, lambda: self._azure_credential)
 
     @cached_property
     def dataverse(self) -> DataverseClient:
-        return dataverse_client(self.settings, self.integration_credential("dataverse"), budget=_budget("dv"))
+        return dataverse_client(
+            self.settings,
+            self.integration_credential("dataverse"),
+            budget=self.request_budget("dataverse"),
+            max_concurrent=self.settings.dataverse_concurrency_per_instance,
+        )
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
-        return bc_client(self.settings, self.integration_credential("bc"), budget=_budget("bc"))
+        return bc_client(
+            self.settings,
+            self.integration_credential("bc"),
+            budget=self.request_budget("bc"),
+            max_concurrent=self.settings.bc_concurrency_per_instance,
+        )
+
+    def request_budget(self, service: Service) -> SharedRequestBudget:
+        """The integration user's allowance on `service`, shared by every instance through storage;
+        an instance's share in memory while storage cannot be asked."""
+        share = max(1, REQUESTS_PER_WINDOW // self.settings.scale_out_max_instances)
+        budget = SharedRequestBudget(
+            self.storage.table(tables.REQUEST_BUDGET),
+            service,
+            max_requests=REQUESTS_PER_WINDOW,
+            window_seconds=WINDOW_SECONDS,
+            fallback=RequestBudget(max_requests=share, window_seconds=WINDOW_SECONDS),
+        )
+        side = "dv" if service == "dataverse" else "bc"
+        telemetry.observe("bcsync.api.budget_left", lambda: [(budget.left(), {"side": side})])
+        return budget
 
     @cached_property
     def engine(self) -> Engine:
@@ -138,49 +160,85 @@ class Runtime:
         return (configured or self.dataverse.whoami().user_id).lower()
 
 
+def integration_credential(
+    settings: Settings, service: Service, azure_credential: Callable[[], TokenCredential] | None = None
+) -> TokenCredential | httpx.Auth:
+    """See `Runtime.integration_credential`; `azure_credential` gives the process's Azure credential
+    (a new `DefaultAzureCredential` when not given)."""
+    from shared.connectors.credentials import ClientCredentialsGrant, OAuthSettings, StaticTokenCredential
+
+    s = settings
+    token = s.dataverse_static_token if service == "dataverse" else s.bc_static_token
+    if token:
+        return StaticTokenCredential(token)
+    if service == "bc" and s.bc_auth_mode == "basic":
+        assert s.bc_username and s.bc_web_service_access_key  # checked by the settings
+        return httpx.BasicAuth(s.bc_username, s.bc_web_service_access_key.get_secret_value())
+    mode = s.bc_auth_mode if service == "bc" else s.dataverse_auth_mode
+    if mode == "oauth":
+        authority = s.bc_authority if service == "bc" else s.dataverse_authority
+        client_id = s.bc_client_id if service == "bc" else s.dataverse_client_id
+        secret = s.bc_client_secret if service == "bc" else s.dataverse_client_secret
+        assert authority and client_id and secret  # checked by the settings
+        prefix = "BC" if service == "bc" else "DATAVERSE"
+        return ClientCredentialsGrant(OAuthSettings(prefix, authority, client_id, secret.get_secret_value()))
+    if azure_credential is not None:
+        return azure_credential()
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
 # The one place API clients are built from settings: the runtime's (with the request budget), and
 # set-up's (its quick connection checks, and the administrator's clients that register webhooks).
 def dataverse_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> DataverseClient:
     from shared.connectors.dataverse import DataverseClient
 
     return DataverseClient(
         settings.dataverse_api_url,
         credential,
-        scope=f"{settings.dataverse_url}/.default",
+        scope=settings.dataverse_token_scope,
         policy=policy,
         timeout=timeout,
         budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
 def bc_client(
     settings: Settings,
-    credential: TokenCredential,
+    credential: TokenCredential | httpx.Auth,
     *,
     policy: RetryPolicy | None = None,
     timeout: float = CLIENT_TIMEOUT_SECONDS,
-    budget: RequestBudget | None = None,
+    budget: Budget | None = None,
+    max_concurrent: int | None = None,
 ) -> BusinessCentralClient:
     from shared.connectors.business_central import BusinessCentralClient
 
     return BusinessCentralClient(
-        settings.bc_api_url, credential, scope=BC_SCOPE, policy=policy, timeout=timeout, budget=budget
+        settings.bc_api_url,
+        credential,
+        scope=settings.bc_token_scope,
+        policy=policy,
+        timeout=timeout,
+        budget=budget,
+        max_concurrent=max_concurrent,
     )
 
 
-def _budget(side: str) -> RequestBudget:
-    # Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
-    # operator's own calls made with the same identity.
-    budget = RequestBudget(max_requests=5_800, window_seconds=300)
-    telemetry.observe("bcsync.api.budget_left", lambda: [(budget.left(), {"side": side})])
-    return budget
+# Both services allow 6,000 requests per 5 minutes per user; keep a little headroom for the
+# operator's own calls made with the same identity.
+REQUESTS_PER_WINDOW = 5_800
+WINDOW_SECONDS = 300.0
 
 
 _lock = threading.Lock()

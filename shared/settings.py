@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ServiceError
@@ -33,6 +41,11 @@ QUEUE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 POISON_SUFFIX_LENGTH = len("-poison")
 # An HTTP header / query parameter name (RFC 9110 token): what Dataverse can send the secret under.
 TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Service protection per user, whatever number of callers share it (docs/architecture.md#request-budget):
+# BC online runs 5 requests of a user at once (more wait in a queue), Dataverse 52 (more get 429).
+BC_MAX_CONCURRENT_PER_USER = 5
+DATAVERSE_MAX_CONCURRENT_PER_USER = 52
+BC_ONLINE_SCOPE = "https://api.businesscentral.dynamics.com/.default"
 
 
 class SettingsError(ServiceError, RuntimeError):
@@ -127,6 +140,18 @@ class Settings(BaseSettings):
     dataverse_integration_user_id: str | None = Field(
         default=None, validation_alias="DATAVERSE_INTEGRATION_USER_ID"
     )
+    # `entra`: Dataverse online, a token from azure-identity (managed identity / service principal).
+    # `oauth`: Dynamics 365 Sales on-premises (Internet-facing deployment): the client credentials
+    # grant at the customer's AD FS (or Entra ID) authority, for the resource DATAVERSE_SCOPE.
+    dataverse_auth_mode: Literal["entra", "oauth"] = Field(
+        default="entra", validation_alias="DATAVERSE_AUTH_MODE"
+    )
+    dataverse_authority: str | None = Field(default=None, validation_alias="DATAVERSE_AUTHORITY")
+    dataverse_scope: str | None = Field(default=None, validation_alias="DATAVERSE_SCOPE")
+    dataverse_client_id: str | None = Field(default=None, validation_alias="DATAVERSE_CLIENT_ID")
+    dataverse_client_secret: SecretStr | None = Field(
+        default=None, validation_alias="DATAVERSE_CLIENT_SECRET"
+    )
 
     # --- Business Central ----------------------------------------------------------------------
     bc_api_url: str = Field(
@@ -137,6 +162,18 @@ class Settings(BaseSettings):
         validation_alias="BC_COMPANY_IDS", min_length=1, description="comma-separated BC company ids (GUIDs)"
     )
     bc_static_token: str | None = Field(default=None, validation_alias="BC_STATIC_TOKEN")
+    # `entra`: BC online (scope https://api.businesscentral.dynamics.com/.default, azure-identity).
+    # `oauth`: BC on-premises with the customer's Entra ID / AD FS authority and BC_SCOPE.
+    # `basic`: BC on-premises, a user name and its web service access key (HTTPS only).
+    bc_auth_mode: Literal["entra", "oauth", "basic"] = Field(default="entra", validation_alias="BC_AUTH_MODE")
+    bc_authority: str | None = Field(default=None, validation_alias="BC_AUTHORITY")
+    bc_scope: str | None = Field(default=None, validation_alias="BC_SCOPE")
+    bc_client_id: str | None = Field(default=None, validation_alias="BC_CLIENT_ID")
+    bc_client_secret: SecretStr | None = Field(default=None, validation_alias="BC_CLIENT_SECRET")
+    bc_username: str | None = Field(default=None, validation_alias="BC_USERNAME")
+    bc_web_service_access_key: SecretStr | None = Field(
+        default=None, validation_alias="BC_WEB_SERVICE_ACCESS_KEY"
+    )
     bc_webhook_client_state: str = Field(
         validation_alias="BC_WEBHOOK_CLIENT_STATE",
         min_length=16,
@@ -159,6 +196,10 @@ class Settings(BaseSettings):
     # How often the delta poll queues the sweep of BC's ids that finds deletions no notification
     # reported (contacts and salespeople have no webhooks); 0 = at every poll.
     bc_sweep_minutes: float = Field(default=10.0, ge=0, validation_alias="BC_SWEEP_MINUTES")
+    # The most instances the deployment may run at once (Flex Consumption `maximumInstanceCount`,
+    # `functionAppScaleLimit` on the other plans): each instance sends at most its share of BC's
+    # concurrent requests per user. The request budget is shared through storage whatever this is.
+    scale_out_max_instances: int = Field(default=1, ge=1, validation_alias="SCALE_OUT_MAX_INSTANCES")
 
     # --- callers of the admin/data API (Entra ID) ----------------------------------------------
     auth_issuer: str | None = Field(default=None, validation_alias="AUTH_ISSUER")
@@ -214,6 +255,23 @@ class Settings(BaseSettings):
         except ScheduleError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @field_validator("bc_authority", "dataverse_authority")
+    @classmethod
+    def _authority_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "expected the authority's absolute https URL: "
+                "https://login.microsoftonline.com/<tenant id>/v2.0 (Entra ID) or https://<AD FS host>/adfs"
+            )
+        if parts.scheme == "http" and not is_loopback_url(value):
+            raise ValueError(
+                "the client secret is sent to the authority: use https (plain http only for loopback)"
+            )
+        return value.rstrip("/")
 
     @field_validator("auth_jwks_url")
     @classmethod
@@ -290,15 +348,84 @@ class Settings(BaseSettings):
         ):
             if token and not is_loopback_url(url):
                 problems.append(f"{name}: for the local sandboxes only; remove it to use azure-identity")
+        problems.extend(self._sign_in_problems())
+        if self.scale_out_max_instances > BC_MAX_CONCURRENT_PER_USER:
+            problems.append(
+                f"SCALE_OUT_MAX_INSTANCES: {self.scale_out_max_instances} instances with one BC request "
+                f"each would exceed BC's {BC_MAX_CONCURRENT_PER_USER} concurrent requests per user; "
+                f"bound the deployment to at most {BC_MAX_CONCURRENT_PER_USER} instances "
+                "(maximumInstanceCount / functionAppScaleLimit) and set the same number here"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _sign_in_problems(self) -> list[str]:
+        """`NAME: why` for each setting the chosen sign-in modes need and do not have."""
+        problems = []
+        needed: list[tuple[str, object]] = []
+        if self.bc_auth_mode == "oauth":
+            needed += [
+                ("BC_AUTHORITY", self.bc_authority),
+                ("BC_SCOPE", self.bc_scope),
+                ("BC_CLIENT_ID", self.bc_client_id),
+                ("BC_CLIENT_SECRET", self.bc_client_secret),
+            ]
+        if self.bc_auth_mode == "basic":
+            needed += [
+                ("BC_USERNAME", self.bc_username),
+                ("BC_WEB_SERVICE_ACCESS_KEY", self.bc_web_service_access_key),
+            ]
+            if urlsplit(self.bc_api_url).scheme != "https":
+                problems.append(
+                    "BC_API_URL: BC_AUTH_MODE=basic sends the web service access key with every request, so "
+                    f"it is refused over plain http ({self.bc_api_url}); use BC's https address (the server "
+                    "instance's SSL certificate)"
+                )
+        if self.dataverse_auth_mode == "oauth":
+            needed += [("DATAVERSE_AUTHORITY", self.dataverse_authority),
+                       ("DATAVERSE_CLIENT_ID", self.dataverse_client_id),
+                       ("DATAVERSE_CLIENT_SECRET", self.dataverse_client_secret)]  # fmt: skip
+        for name, value in needed:
+            if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                mode = "BC_AUTH_MODE" if name.startswith("BC_") else "DATAVERSE_AUTH_MODE"
+                chosen = self.bc_auth_mode if name.startswith("BC_") else self.dataverse_auth_mode
+                problems.append(f"{name}: required with {mode}={chosen}")
+        static = (
+            ("BC_STATIC_TOKEN", self.bc_auth_mode, self.bc_static_token),
+            ("DATAVERSE_STATIC_TOKEN", self.dataverse_auth_mode, self.dataverse_static_token),
+        )
+        for name, mode, token in static:
+            if token and mode != "entra":
+                problems.append(
+                    f"{name}: a sandbox token cannot be combined with the {mode} sign-in; remove one"
+                )
+        return problems
+
+    @property
+    def bc_token_scope(self) -> str:
+        return self.bc_scope or BC_ONLINE_SCOPE
+
+    @property
+    def dataverse_token_scope(self) -> str:
+        if self.dataverse_auth_mode == "oauth":
+            return self.dataverse_scope or self.dataverse_url
+        return self.dataverse_scope or f"{self.dataverse_url}/.default"
 
     def missing_auth_settings(self) -> list[str]:
         """The caller-token settings not set: the admin/data API stays closed until they are."""
         wanted = (("AUTH_ISSUER", self.auth_issuer), ("AUTH_AUDIENCE", self.auth_audience),
                   ("AUTH_JWKS_URL", self.auth_jwks_url))  # fmt: skip
         return [name for name, value in wanted if not value]
+
+    @property
+    def bc_concurrency_per_instance(self) -> int:
+        """BC requests one instance may have in flight: its share of BC's per-user limit."""
+        return max(1, BC_MAX_CONCURRENT_PER_USER // self.scale_out_max_instances)
+
+    @property
+    def dataverse_concurrency_per_instance(self) -> int:
+        return max(1, DATAVERSE_MAX_CONCURRENT_PER_USER // self.scale_out_max_instances)
 
     @property
     def dataverse_api_url(self) -> str:

@@ -76,7 +76,19 @@ class ServiceProtection:
         sandbox.counters.record(scope["method"], count_label(scope["path"]))
         request = Request(scope)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if scheme.lower() == "basic" and sandbox.config.web_service_keys:
+            user = sandbox.user_for_web_service_key(token.strip())
+            if user is None:
+                # BC on-premises (NavUserPassword): a wrong user name or web service access key.
+                await _error(
+                    401,
+                    "The server has rejected the client credentials: the user name or the web service "
+                    "access key is not valid.",
+                    {"www-authenticate": 'Basic realm=""'},
+                )(scope, receive, send)
+                return
+        else:
+            user = sandbox.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             response = _error(
                 401,
@@ -87,9 +99,17 @@ class ServiceProtection:
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["user"] = user
+        sandbox.counters.opened(user)
+        try:
+            await self._limited(scope, receive, send, user)
+        finally:
+            sandbox.counters.closed(user)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, user: str) -> None:
+        sandbox = self.sandbox
         wait = sandbox.limiter.hit(user)
         if wait is not None:
-            sandbox.counters.record_throttled("rate")
+            sandbox.counters.record_throttled("rate", user)
             limit = sandbox.limiter.max_requests
             await _error(
                 429,
@@ -102,13 +122,17 @@ class ServiceProtection:
             async with sandbox.gate.enter(user):
                 await self.app(scope, receive, send)
         except GateRejected as rejected:
-            sandbox.counters.record_throttled(rejected.reason)
+            sandbox.counters.record_throttled(rejected.reason, user)
             if rejected.reason == "queue_timeout":
                 response = _error(
                     503,
                     "The request waited too long in the queue of concurrent requests.",
                     {"retry-after": retry_after_header(sandbox.gate.queue_timeout or 1)},
                 )
+            elif rejected.reason == "concurrency":
+                # Only with the queue switched off (max_queue 0): a strict mode for tests.
+                limit = sandbox.gate.max_concurrent
+                response = _error(429, f"Too many concurrent requests for user {user}: more than {limit}.")
             else:
                 response = _error(
                     429, f"Too many concurrent requests for user {user}; the request queue is full."

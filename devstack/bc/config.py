@@ -22,6 +22,9 @@ class BcSandboxConfig:
     tenant: str = "contoso"
     environment: str = "production"
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))  # bearer token -> user
+    # On-premises basic authentication: user name -> (web service access key, BC user). Empty: none
+    # accepted, as BC online (access keys are not supported there since 2022).
+    web_service_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     sample_data: bool = True  # a couple of customers and items besides the reference data
 
     max_page_size: int = 20_000

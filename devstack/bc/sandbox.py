@@ -6,6 +6,9 @@ data while the server runs in another thread.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -214,3 +217,14 @@ class BcSandbox:
 
     def user_for_token(self, token: str) -> str | None:
         return self.config.users.get(token)
+
+    def user_for_web_service_key(self, credentials: str) -> str | None:
+        """The BC user of `Basic base64(user:key)` when the key is that user's, else None."""
+        try:
+            name, _, key = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        known = self.config.web_service_keys.get(name)
+        if known is None or not hmac.compare_digest(known[0].encode(), key.encode()):
+            return None
+        return known[1]

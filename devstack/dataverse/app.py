@@ -74,13 +74,22 @@ class ServiceProtectionMiddleware:
             await _send(send, ApiResponse.error(DataverseError(403, message, "0x80040225")))
             return
         key = user.systemuserid
+        sandbox.counters.opened(key)
+        try:
+            await self._limited(scope, receive, send, user)
+        finally:
+            sandbox.counters.closed(key)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, user: Any) -> None:
+        sandbox = self.sandbox
+        key = user.systemuserid
         wait = sandbox.request_limiter.hit(key)
         reason = "requests"
         if wait is None:
             wait = sandbox.execution_limiter.over(key)
             reason = "execution"
         if wait is not None:
-            await self._throttle(send, reason, wait)
+            await self._throttle(send, reason, wait, key)
             return
         scope[USER_SCOPE_KEY] = user
         remaining = max(0, int(sandbox.request_limiter.max_requests - sandbox.request_limiter.total(key)))
@@ -89,11 +98,11 @@ class ServiceProtectionMiddleware:
             async with sandbox.gate.enter(key):
                 await self.app(scope, receive, _with_headers(send, remaining))
         except GateRejected:
-            await self._throttle(send, "concurrency", 1.0)
+            await self._throttle(send, "concurrency", 1.0, key)
         finally:
             sandbox.execution_limiter.add(key, (time.perf_counter() - started) * 1000)
 
-    async def _throttle(self, send: Send, reason: str, wait: float) -> None:
+    async def _throttle(self, send: Send, reason: str, wait: float, user: str) -> None:
         config = self.sandbox.config
         code, template = _LIMIT_ERRORS[reason]
         message = template.format(
@@ -102,7 +111,7 @@ class ServiceProtectionMiddleware:
             max_ms=f"{int(config.max_execution_ms):,}",
             max_concurrent=config.max_concurrent,
         )
-        self.sandbox.counters.record_throttled(reason)
+        self.sandbox.counters.record_throttled(reason, user)
         error = DataverseError(429, message, code, {"Retry-After": retry_after_header(wait)})
         await _send(send, ApiResponse.error(error))
 

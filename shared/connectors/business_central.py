@@ -38,7 +38,7 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, Budget, RequestStats, RetryPolicy, parse_retry_after
 from shared.errors import ServiceError
 
 SERVICE = "business_central"
@@ -122,22 +122,30 @@ class BusinessCentralClient:
     def __init__(
         self,
         base_url: str,
-        credential: TokenCredential,
+        credential: TokenCredential | httpx.Auth,
         *,
         scope: str = DEFAULT_SCOPE,
         policy: RetryPolicy | None = None,
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        budget: RequestBudget | None = None,
+        budget: Budget | None = None,
+        max_concurrent: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._origin = _origin(self.base_url)
         self._owns_http = http is None
         self._http = http or httpx.Client(timeout=timeout)
-        self._auth = BearerTokenAuth(credential, scope)
+        # httpx.Auth: BC on-premises' basic authentication with a web service access key.
+        self._auth = credential if isinstance(credential, httpx.Auth) else BearerTokenAuth(credential, scope)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=policy, sleep=sleep, budget=budget
+            self._http,
+            service=SERVICE,
+            map_error=map_error,
+            policy=policy,
+            sleep=sleep,
+            budget=budget,
+            max_concurrent=max_concurrent,
         )
 
     @property

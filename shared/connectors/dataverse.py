@@ -43,7 +43,7 @@ from shared.connectors.errors import (
     TransientError,
     ValidationError,
 )
-from shared.connectors.retry import ApiTransport, RequestBudget, RequestStats, RetryPolicy, parse_retry_after
+from shared.connectors.retry import ApiTransport, Budget, RequestStats, RetryPolicy, parse_retry_after
 from shared.odata import Scalar
 
 SERVICE = "dataverse"
@@ -260,14 +260,15 @@ class DataverseClient:
     def __init__(
         self,
         base_url: str,
-        credential: TokenCredential,
+        credential: TokenCredential | httpx.Auth,
         *,
         scope: str | None = None,
         policy: RetryPolicy | None = None,
         timeout: float = 30.0,
         http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        budget: RequestBudget | None = None,
+        budget: Budget | None = None,
+        max_concurrent: int | None = None,
         bulk_chunk_size: int = BULK_CHUNK_SIZE,
     ) -> None:
         if not base_url.endswith("/"):
@@ -280,10 +281,20 @@ class DataverseClient:
         self.base_url = base_url
         self.policy = policy or RetryPolicy()
         self.bulk_chunk_size = bulk_chunk_size
-        self._auth = BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
+        self._auth = (
+            credential
+            if isinstance(credential, httpx.Auth)
+            else BearerTokenAuth(credential, scope or f"{parts.scheme}://{parts.netloc}/.default")
+        )
         self._http = http or httpx.Client(timeout=timeout)
         self._transport = ApiTransport(
-            self._http, service=SERVICE, map_error=map_error, policy=self.policy, sleep=sleep, budget=budget
+            self._http,
+            service=SERVICE,
+            map_error=map_error,
+            policy=self.policy,
+            sleep=sleep,
+            budget=budget,
+            max_concurrent=max_concurrent,
         )
 
     @property

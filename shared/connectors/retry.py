@@ -14,6 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
@@ -84,11 +85,19 @@ class RequestStats:
         self.throttled = 0
 
 
+class Budget(Protocol):
+    """What the transport asks before each request: `acquire` returns when one more request fits
+    the integration user's allowance (waiting if it must)."""
+
+    def acquire(self) -> None: ...
+
+
 class RequestBudget:
     """Client-side sliding window under the service's per-user limit (both BC and Dataverse allow
     6,000 requests per 5 minutes): when the window is full, `acquire` waits for the oldest request
-    to leave it instead of sending a request the server would answer with 429. Per process, so
-    several instances should share the limit through smaller budgets."""
+    to leave it instead of sending a request the server would answer with 429. Per process: the
+    runtime shares the limit across instances with `shared.store.request_budget.SharedRequestBudget`,
+    which falls back to one of these (an instance's share) when storage cannot be asked."""
 
     def __init__(
         self,
@@ -139,10 +148,15 @@ class ApiTransport:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        budget: RequestBudget | None = None,
+        budget: Budget | None = None,
+        max_concurrent: int | None = None,
     ) -> None:
         self.client = client
         self.budget = budget
+        # Requests of this process in flight at once (BC: 5 per user across every instance, see
+        # docs/architecture.md#request-budget); waiting for a slot never counts against a retry.
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
         self.service = service
         self.map_error = map_error
         self.policy = policy or RetryPolicy()
@@ -205,7 +219,7 @@ class ApiTransport:
             telemetry.count("bcsync.api.requests", side=_SIDES.get(self.service, (self.service,))[0])
             reached_server = True
             try:
-                response = self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+                response = self._request(method, url, kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Never reached the server: always safe to send again.
                 reached_server = False
@@ -244,6 +258,12 @@ class ApiTransport:
             self.stats.retries += 1
             self._local.retries = getattr(self._local, "retries", 0) + 1
             self._sleep(wait)
+
+    def _request(self, method: str, url: str, kwargs: dict[str, object]) -> httpx.Response:
+        if self._slots is None:
+            return self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        with self._slots:  # held while the request is on the wire, released before any backoff
+            return self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
 
 def _certainly_not_processed(error: RetriableApiError) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 
+from shared.connectors.credentials import AuthorityUnreachable, SignInError
 from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
 from shared.feeds.registration import (
@@ -182,7 +183,9 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
         try:
             who = dv.whoami()
         except (ApiError, AzureError) as exc:
-            detail, fix = explain_failure(exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL")
+            detail, fix = explain_failure(
+                exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", mode=s.dataverse_auth_mode
+            )
             report.checks.append(Check("Dataverse connection", False, detail, fix))
             return False
         report.checks.append(
@@ -305,7 +308,9 @@ def _check_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> bool:
         try:
             companies = bc.companies()
         except (ApiError, AzureError) as exc:
-            detail, fix = explain_failure(exc, "Business Central", s.bc_api_url, "BC_API_URL")
+            detail, fix = explain_failure(
+                exc, "Business Central", s.bc_api_url, "BC_API_URL", mode=s.bc_auth_mode
+            )
             report.checks.append(Check("Business Central connection", False, detail, fix))
             return False
         known = {
@@ -365,10 +370,13 @@ def _probe(
 
 
 def explain_failure(
-    exc: Exception, service: str, url: str, url_setting: str, *, what: str = "sign in"
+    exc: Exception, service: str, url: str, url_setting: str, *, what: str = "sign in", mode: str = "entra"
 ) -> tuple[str, str]:
     """(what is wrong, what to do) for a failed call as the integration user."""
-    credentials = "AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET (or the managed identity)"
+    credentials = _credential_settings(service, mode)
+    if isinstance(exc, (SignInError, AuthorityUnreachable)):
+        # The authority's own refusal, already naming the setting (wrong authority, scope, id, secret).
+        return (f"could not sign in to {service}: {exc.detail}", exc.fix)
     if isinstance(exc, ClientAuthenticationError):
         return (
             f"could not get a token for {service}: {_first_line(exc)}",
@@ -382,6 +390,19 @@ def explain_failure(
             if service == "Dataverse"
             else "the app is on BC's Microsoft Entra Applications page and granted API.ReadWrite.All"
         )
+        if mode == "basic":
+            return (
+                f"{service} rejected the user name or web service access key (401): {exc.message}",
+                f"check {credentials}: the key on the user's card in BC (Web Service Access Key), not "
+                "expired, and that the user is enabled",
+            )
+        if mode == "oauth":
+            scope = "BC_SCOPE" if service == "Business Central" else "DATAVERSE_SCOPE"
+            return (
+                f"{service} rejected the token the authority issued (401): {exc.message}",
+                f"check {scope}: the token must be issued for {service}'s own resource (its audience), "
+                f"and that {service} trusts that authority and knows the client as a user",
+            )
         return (
             f"{service} rejected the integration user's credentials (401): {exc.message}",
             f"check {credentials} (a wrong secret is refused here) and that {who}",
@@ -417,6 +438,16 @@ def explain_failure(
         f"{service} failed to {what}: {_first_line(exc)}",
         f"check {url_setting} and the service's health",
     )
+
+
+def _credential_settings(service: str, mode: str) -> str:
+    """The settings holding the integration user's credentials for `service`, by sign-in mode."""
+    prefix = "BC" if service == "Business Central" else "DATAVERSE"
+    if mode == "basic":
+        return "BC_USERNAME / BC_WEB_SERVICE_ACCESS_KEY"
+    if mode == "oauth":
+        return f"{prefix}_AUTHORITY / {prefix}_SCOPE / {prefix}_CLIENT_ID / {prefix}_CLIENT_SECRET"
+    return "AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET (or the managed identity)"
 
 
 # --------------------------------------------------------------------------------- registration

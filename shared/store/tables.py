@@ -10,5 +10,6 @@ COUPLINGS = "Couplings"
 JOURNAL = "SyncJournal"
 WATERMARKS = "Watermarks"  # poll watermarks, and the statistics hashes in partition `statistics`
 SUBSCRIPTIONS = "Subscriptions"
+REQUEST_BUDGET = "RequestBudget"  # the integration user's requests, shared by every instance
 
-TABLES: tuple[str, ...] = (COUPLINGS, JOURNAL, WATERMARKS, SUBSCRIPTIONS)
+TABLES: tuple[str, ...] = (COUPLINGS, JOURNAL, WATERMARKS, SUBSCRIPTIONS, REQUEST_BUDGET)

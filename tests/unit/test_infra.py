@@ -23,6 +23,22 @@ NOT_IN_AZURE = {
     "BC_STATIC_TOKEN": "accepted only for loopback sandboxes",
     "AZURE_TENANT_ID": "a service principal's; the system-assigned managed identity needs none",
     "AZURE_CLIENT_ID": "a service principal's; the system-assigned managed identity needs none",
+    **{
+        name: "on-premises sign-in only (BC_AUTH_MODE / DATAVERSE_AUTH_MODE oauth or basic, docs/deploy.md); "
+        "the template deploys the online mode"
+        for name in (
+            "BC_AUTHORITY",
+            "BC_SCOPE",
+            "BC_CLIENT_ID",
+            "BC_CLIENT_SECRET",
+            "BC_USERNAME",
+            "BC_WEB_SERVICE_ACCESS_KEY",
+            "DATAVERSE_AUTHORITY",
+            "DATAVERSE_SCOPE",
+            "DATAVERSE_CLIENT_ID",
+            "DATAVERSE_CLIENT_SECRET",
+        )
+    },
 }
 # What the platform reads, not the code's settings.
 PLATFORM = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
@@ -36,6 +52,7 @@ SAMPLES = {
     "DATAVERSE_INTEGRATION_USER_ID": "",
     "AzureWebJobsStorage__accountName": "stbcsyncabc",
     "SERVICE_PUBLIC_URL": "https://func-bcsync-abc.azurewebsites.net",
+    "SCALE_OUT_MAX_INSTANCES": "3",
     "AUTH_ISSUER": "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
     "AUTH_AUDIENCE": "api://bc-dataverse-sync",
     "AUTH_JWKS_URL": "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/discovery/v2.0/keys",
@@ -94,3 +111,16 @@ def test_what_the_template_sets_passes_the_settings_validation(monkeypatch: pyte
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert settings.storage_account_name == "stbcsyncabc" and not settings.missing_auth_settings()
+
+
+def test_the_instance_bound_is_the_one_the_code_divides_bcs_concurrency_by() -> None:
+    """`maximumInstanceCount` bounds scale-out and is what SCALE_OUT_MAX_INSTANCES says, within BC's
+    5 concurrent requests per user (one each at least), so the instances together stay within it."""
+    text = TEMPLATE.read_text()
+    assert "scaleAndConcurrency: { maximumInstanceCount: maximumInstanceCount" in text
+    assert "SCALE_OUT_MAX_INSTANCES: string(maximumInstanceCount)" in text
+    bound = re.search(r"@maxValue\((\d+)\)\nparam maximumInstanceCount int = (\d+)", text)
+    assert bound, "maximumInstanceCount has no @maxValue"
+    from shared.settings import BC_MAX_CONCURRENT_PER_USER
+
+    assert int(bound.group(1)) == BC_MAX_CONCURRENT_PER_USER and int(bound.group(2)) <= int(bound.group(1))

@@ -202,3 +202,34 @@ def test_transport_consults_the_budget_before_every_request() -> None:
     for _ in range(3):
         t.send("GET", "/x")
     assert len(calls) == len(seen) == 3
+
+
+def test_transport_keeps_at_most_max_concurrent_requests_on_the_wire() -> None:
+    import threading
+    import time
+
+    lock = threading.Lock()
+    open_now = [0, 0]  # in flight, most at once
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        with lock:
+            open_now[0] += 1
+            open_now[1] = max(open_now[1], open_now[0])
+        time.sleep(0.02)
+        with lock:
+            open_now[0] -= 1
+        return httpx.Response(200)
+
+    t = ApiTransport(
+        httpx.Client(transport=httpx.MockTransport(handler), base_url="http://test"),
+        service="test",
+        map_error=map_error,
+        max_concurrent=2,
+    )
+    threads = [threading.Thread(target=lambda: [t.send("GET", "/x") for _ in range(3)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert t.stats.total == 24
+    assert open_now[1] == 2  # never more, and the limit was reached (the threads did overlap)

@@ -80,3 +80,17 @@ def test_storage_is_required(env: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "AzureWebJobsStorage" in info.value.problems
+
+
+def test_each_instance_keeps_its_share_of_bcs_five_concurrent_requests(env: pytest.MonkeyPatch) -> None:
+    env.delenv("SCALE_OUT_MAX_INSTANCES", raising=False)
+    _set(env, VALID)
+    single = load_settings()
+    assert (single.bc_concurrency_per_instance, single.dataverse_concurrency_per_instance) == (5, 52)
+    _set(env, {"SCALE_OUT_MAX_INSTANCES": "3"})
+    three = load_settings()
+    assert (three.bc_concurrency_per_instance, three.dataverse_concurrency_per_instance) == (1, 17)
+    _set(env, {"SCALE_OUT_MAX_INSTANCES": "6"})
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "at most 5 instances" in info.value.problems["SCALE_OUT_MAX_INSTANCES"]

@@ -43,6 +43,17 @@ def test_concurrency_queue_full_is_429_and_queue_timeout_is_503(bc: Bc) -> None:
     assert throttled == {"queue_full": 1, "queue_timeout": 1}
 
 
+def test_without_the_queue_a_sixth_concurrent_request_is_429_and_the_peak_is_counted(bc: Bc) -> None:
+    # The strict mode bench.scale_out runs in: BC's 5 concurrent requests per user, no queue.
+    bc.sandbox.set_limits(max_queue=0)
+    bc.sandbox.faults.add({"action": "latency", "seconds": 0.5, "times": 0})
+    responses = _concurrent_gets(bc, 6)
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [429]
+    assert "more than 5" in next(r for r in responses if r.status_code == 429).json()["error"]["message"]
+    user = bc.sandbox.counters.snapshot()["users"]["INTEGRATION"]
+    assert user == {"requests": 6, "throttled": 1, "peak_concurrent": 6}  # as the caller sent them
+
+
 def test_queued_requests_run_when_a_slot_frees(bc: Bc) -> None:
     bc.sandbox.set_limits(max_concurrent=1, max_queue=5, queue_timeout_seconds=5)
     bc.sandbox.faults.add({"action": "latency", "seconds": 0.1, "times": 0})

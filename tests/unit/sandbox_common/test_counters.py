@@ -21,6 +21,7 @@ def test_snapshot_is_json_ready_and_reset_clears() -> None:
         "total": 3,
         "throttled": {"rate": 1},
         "webhooks": {"delivered": 1},
+        "users": {},
     }
     assert json.loads(json.dumps(snapshot)) == snapshot
     counters.reset()
@@ -40,3 +41,22 @@ def test_counting_is_thread_safe() -> None:
     for t in threads:
         t.join()
     assert counters.snapshot()["total"] == 40_000
+
+
+def test_per_user_requests_refusals_and_the_most_open_at_once() -> None:
+    counters = RequestCounters()
+    for _ in range(3):
+        counters.opened("INTEGRATION")
+    counters.record_throttled("concurrency", "INTEGRATION")
+    for _ in range(3):
+        counters.closed("INTEGRATION")
+    counters.opened("INTEGRATION")
+    counters.opened("SALES")
+    assert counters.snapshot()["users"] == {
+        "INTEGRATION": {"requests": 4, "throttled": 1, "peak_concurrent": 3},
+        "SALES": {"requests": 1, "throttled": 0, "peak_concurrent": 1},
+    }
+    counters.reset()  # requests still open count towards the next peak
+    counters.opened("INTEGRATION")
+    expected = {"requests": 1, "throttled": 0, "peak_concurrent": 2}
+    assert counters.snapshot()["users"]["INTEGRATION"] == expected
