@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.connectors.errors import ApiError
+from shared.errors import ServiceError
 from shared.ops import operations as ops
 from shared.runtime import Runtime, get_runtime
 from shared.settings import SettingsError, fill_environ_from_settings_file
@@ -60,6 +61,7 @@ DryRunOption = Annotated[
 
 class _State:
     json = False
+    company: str | None = None
 
 
 state = _State()
@@ -71,8 +73,13 @@ def _options(
     settings_file: Annotated[
         Path | None, typer.Option("--settings", help="local.settings.json whose Values fill unset settings")
     ] = None,
+    company: Annotated[
+        str | None,
+        typer.Option("--company", help="the BC company (id) to act on; default: the home company"),
+    ] = None,
 ) -> None:
     state.json = as_json
+    state.company = company
     _take_width_from_environment()
     _load_settings_file(settings_file or Path("local.settings.json"), explicit=settings_file is not None)
 
@@ -97,8 +104,11 @@ def _load_settings_file(path: Path, *, explicit: bool) -> None:
 
 def _runtime() -> Runtime:
     try:
-        return get_runtime()
+        rt = get_runtime()
+        return rt.for_company(state.company) if state.company else rt
     except SettingsError as exc:
+        _fail(str(exc), code=2)
+    except ServiceError as exc:
         _fail(str(exc), code=2)
 
 

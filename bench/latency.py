@@ -13,7 +13,9 @@ Also reported: API requests per change (what the service sent to BC and Datavers
 number of changes), echoes dropped without a request, and 429 answers (the sandboxes run the real
 service-protection limits: 6,000 requests per 5 minutes per user).
 
-`python -m bench.latency [--rate 20] [--seconds 60]`
+`python -m bench.latency [--rate 20] [--seconds 60] [--companies 2]` (`--companies 2`: two BC companies
+with one Dataverse, so every message carries its company and Dataverse rows their company tag; the
+changes are made in the first).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="changes per second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--companies", type=int, choices=(1, 2), default=1, help="BC companies synchronized")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     azurite = start_azurite()
@@ -57,14 +60,15 @@ def main() -> int:
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("sandboxes did not start")
-        from devstack.bc import DEFAULT_COMPANY_ID
+        from devstack.bc import DEFAULT_COMPANY_ID, SECOND_COMPANY_ID
 
         bc_url = f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0"
         os.environ.update({
             "AzureWebJobsStorage": azurite.connection_string, "SYNC_QUEUE_NAME": "sync-requests",
             "DATAVERSE_URL": f"http://127.0.0.1:{dv_port}", "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
             "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": bc_url, "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID),
+            "BC_API_URL": bc_url,
+            "BC_COMPANY_IDS": ",".join([DEFAULT_COMPANY_ID, SECOND_COMPANY_ID][: args.companies]),
             "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
             "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
             "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{host_port}",
@@ -81,6 +85,13 @@ def main() -> int:
             host_port, host_json_overrides={"extensions": {"queues": {"maxPollingInterval": "00:00:00.1"}}}
         )
         rt = get_runtime()
+        if rt.multi_company:
+            from shared.ops.companies import bring_in_companies
+
+            # What set-up does: pin the home company, create the Dataverse company rows (and queue
+            # the second company's initial sync, which the host runs now).
+            bring_in_companies(rt, rt.mappings, dv_ok=True, bc_names={})
+            rt = rt.for_company(DEFAULT_COMPANY_ID)
         ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
         ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings)
         bulk.run_full_resync(rt.engine, "CURRENCY")

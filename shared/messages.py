@@ -46,6 +46,10 @@ class _Message(BaseModel):
     correlation_id: str = Field(default_factory=_correlation_id, max_length=100)
     # How often this work was put back for later (transient errors, waiting for a dependency).
     attempt: int = Field(default=0, ge=0, le=1000)
+    # The BC company (its id) whose record this is. None: a BC-side message of the home company
+    # (every message queued before companies were added), or a Dataverse change whose company the
+    # processor finds from the coupling or the record's company column.
+    company: str | None = Field(default=None, min_length=1, max_length=40)
     # W3C `traceparent` of the span that queued it (shared/telemetry.py), so the processor's span joins
     # the webhook's or poll's trace; absent in messages queued without telemetry, or before it existed.
     trace: str | None = Field(default=None, max_length=55)
@@ -116,6 +120,7 @@ class BatchMessage(_Message):
                 reason=self.reason,
                 observed=self.observed,
                 correlation_id=self.correlation_id,
+                company=self.company,
             )
             for c in self.changes
         ]
@@ -128,13 +133,13 @@ _adapter: TypeAdapter[AnyMessage] = TypeAdapter(QueueMessage)
 
 def pack(messages: Sequence[AnyMessage]) -> list[tuple[AnyMessage, list[int]]]:
     """The messages as they go on the queue, each with the positions of the input messages it
-    carries: `SyncMessage`s of one mapping and side (in order) become `BatchMessage`s that fit the
+    carries: `SyncMessage`s of one company, mapping and side (in order) become `BatchMessage`s that fit the
     size limit; a group of one stays as it is, and other kinds pass through."""
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str | None, str, str], list[int]] = {}
     out: list[tuple[AnyMessage, list[int]]] = []
     for index, message in enumerate(messages):
         if isinstance(message, SyncMessage):
-            groups.setdefault((message.mapping, message.side), []).append(index)
+            groups.setdefault((message.company, message.mapping, message.side), []).append(index)
         else:
             out.append((message, [index]))
     for positions in groups.values():
@@ -147,7 +152,7 @@ def pack(messages: Sequence[AnyMessage]) -> list[tuple[AnyMessage, list[int]]]:
             changes = [_change_of(messages[i]) for i in part]
             batch = BatchMessage(
                 mapping=first.mapping, side=first.side, changes=changes, reason=first.reason,
-                observed=first.observed, correlation_id=first.correlation_id,
+                observed=first.observed, correlation_id=first.correlation_id, company=first.company,
             )  # fmt: skip
             out.append((batch, part))
     return out

@@ -5,18 +5,29 @@ Functions call `get_runtime()`; tests and the dev stack call `reset()` after cha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import httpx
 
 from shared import telemetry
+from shared.companies import (
+    COMPANY_ENTITY_SET,
+    COMPANY_EXTERNAL_ID,
+    COMPANY_PRIMARY_KEY,
+    home_company,
+    key_prefix,
+    same_company,
+)
 from shared.connectors.retry import Budget, RequestBudget, RetryPolicy
+from shared.errors import ServiceError
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
@@ -44,22 +55,108 @@ CLIENT_TIMEOUT_SECONDS = 30.0
 Service = Literal["dataverse", "bc"]
 
 
+# Watermarks rows of the company registry (`shared.ops.setup`): PK `companies`, RowKey `home` (the
+# pinned home company, `Value`) and one row per company set-up has brought in (RowKey its id).
+COMPANIES_PARTITION = "companies"
+HOME_ROW = "home"
+# How long the list of Dataverse `bcbi_company` rows is trusted before it is asked again.
+COMPANY_ROWS_SECONDS = 600.0
+
+
+class CompanyNotConfiguredError(ServiceError):
+    """A company that is not in `BC_COMPANY_IDS` was asked for."""
+
+    http_status = 400
+
+
+class UnknownCompanyError(ServiceError):
+    """A configured BC company has no `bcbi_company` row in Dataverse (set-up creates it)."""
+
+    http_status = 409
+
+
 @dataclass
 class Runtime:
+    """The process's wiring. `get_runtime()` gives the home company's; `for_company(id)` another
+    company's view: the same settings, clients and request budget, its own storage scope (keys,
+    queued messages stamped with the company), BC company and Dataverse company tag."""
+
     settings: Settings
     storage: Storage
+    company: str | None = None  # None: the home company
+    parent: Runtime | None = field(default=None, repr=False)
+
+    @property
+    def root(self) -> Runtime:
+        return self.parent or self
+
+    @property
+    def companies(self) -> list[str]:
+        """The BC companies synchronized with this Dataverse environment (`BC_COMPANY_IDS`)."""
+        return list(self.settings.bc_company_ids)
+
+    @property
+    def multi_company(self) -> bool:
+        return len(self.settings.bc_company_ids) > 1
+
+    @cached_property
+    def home_company(self) -> str:
+        """The company untagged Dataverse rows and unprefixed storage keys belong to (`shared.companies`):
+        with one company that company; with several, the one set-up pinned, else the first."""
+        if self.parent is not None:
+            return self.parent.home_company
+        if not self.multi_company:
+            return self.companies[0]
+        return home_company(self.companies, self.pinned_home_company())
+
+    def pinned_home_company(self) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            row = self.storage.table(tables.WATERMARKS).get_entity(COMPANIES_PARTITION, HOME_ROW)
+        except ResourceNotFoundError:
+            return None
+        return str(row.get("Value") or "") or None
+
+    @property
+    def company_id(self) -> str:
+        """The BC company this view synchronizes."""
+        return self.company or self.home_company
+
+    @property
+    def scope(self) -> str:
+        """This company's storage key prefix: "" for the home company."""
+        return key_prefix(self.company_id, self.home_company) if self.multi_company else ""
+
+    def for_company(self, company: str) -> Runtime:
+        """The view of `company` (which must be configured). With one company: this runtime."""
+        root = self.root
+        configured = next((c for c in root.companies if same_company(c, company)), None)
+        if configured is None:
+            raise CompanyNotConfiguredError(
+                f"BC company {company!r:.60} is not in BC_COMPANY_IDS ({', '.join(root.companies)})"
+            )
+        if not root.multi_company:
+            return root
+        with _lock:
+            views = root.__dict__.setdefault("_views", {})
+            view = views.get(configured.lower())
+            if view is None:
+                storage = dataclasses.replace(root.storage, company=configured)
+                view = views[configured.lower()] = Runtime(root.settings, storage, configured, root)
+        return view
 
     @cached_property
     def couplings(self) -> CouplingStore:
-        return CouplingStore(self.storage.table(tables.COUPLINGS))
+        return CouplingStore(self.storage.table(tables.COUPLINGS), self.scope)
 
     @cached_property
     def journal(self) -> Journal:
-        return Journal(self.storage.table(tables.JOURNAL))
+        return Journal(self.storage.table(tables.JOURNAL), self.scope)
 
     @cached_property
     def watermarks(self) -> WatermarkStore:
-        return WatermarkStore(self.storage.table(tables.WATERMARKS))
+        return WatermarkStore(self.storage.table(tables.WATERMARKS), self.scope)
 
     @cached_property
     def subscriptions(self) -> SubscriptionStore:
@@ -67,18 +164,42 @@ class Runtime:
 
     @cached_property
     def statistics_hashes(self) -> StatisticsHashStore:
-        return StatisticsHashStore(self.storage.table(tables.WATERMARKS))
+        return StatisticsHashStore(self.storage.table(tables.WATERMARKS), self.scope)
 
     @cached_property
     def mappings(self) -> MappingSet:
+        if self.parent is not None:
+            return self.parent.mappings
         from shared.mapping.loader import load_mapping_set
 
         return load_mapping_set(self.settings.mappings_file)
 
-    @property
-    def company_id(self) -> str:
-        """The BC company synchronized with this Dataverse environment (the first configured)."""
-        return self.settings.bc_company_ids[0]
+    # -- Dataverse company rows ------------------------------------------------------------------
+    def dataverse_companies(self, *, refresh: bool = False) -> dict[str, str]:
+        """BC company id (lower case) -> its `bcbi_company` row id, asked at most every 10 minutes."""
+        root = self.root
+        cached = root.__dict__.get("_dv_companies")
+        if cached is not None and not refresh and time.monotonic() - cached[0] < COMPANY_ROWS_SECONDS:
+            return dict(cached[1])
+        rows = root.dataverse.query(COMPANY_ENTITY_SET, select=[COMPANY_PRIMARY_KEY, COMPANY_EXTERNAL_ID])
+        found = {
+            str(r.get(COMPANY_EXTERNAL_ID) or "").lower(): str(r[COMPANY_PRIMARY_KEY])
+            for r in rows
+            if r.get(COMPANY_EXTERNAL_ID)
+        }
+        root.__dict__["_dv_companies"] = (time.monotonic(), found)
+        return dict(found)
+
+    def dataverse_company_row(self) -> str:
+        """This company's `bcbi_company` row id (asked again once when not found)."""
+        key = self.company_id.lower()
+        row = self.dataverse_companies().get(key) or self.dataverse_companies(refresh=True).get(key)
+        if row is None:
+            raise UnknownCompanyError(
+                f"BC company {self.company_id} has no row in Dataverse's {COMPANY_ENTITY_SET} "
+                f"(bcbi_externalid = the company id); run `bcsync setup`, which creates it"
+            )
+        return row
 
     @cached_property
     def _azure_credential(self) -> TokenCredential:
@@ -95,6 +216,8 @@ class Runtime:
 
     @cached_property
     def dataverse(self) -> DataverseClient:
+        if self.parent is not None:
+            return self.parent.dataverse  # one client, one request budget per process
         return dataverse_client(
             self.settings,
             self.integration_credential("dataverse"),
@@ -104,6 +227,8 @@ class Runtime:
 
     @cached_property
     def bc(self) -> BusinessCentralClient:
+        if self.parent is not None:
+            return self.parent.bc
         return bc_client(
             self.settings,
             self.integration_credential("bc"),
@@ -129,12 +254,17 @@ class Runtime:
     @cached_property
     def engine(self) -> Engine:
         from shared.sync.engine import Engine
-        from shared.sync.gateways import BusinessCentralGateway, DataverseGateway
+        from shared.sync.gateways import BusinessCentralGateway, CompanyTag, DataverseGateway
 
+        tag = (
+            CompanyTag(self.dataverse_company_row, same_company(self.company_id, self.home_company))
+            if self.multi_company
+            else None
+        )
         return Engine(
             mappings=self.mappings,
             bc=BusinessCentralGateway(self.bc, self.company_id),
-            dv=DataverseGateway(self.dataverse),
+            dv=DataverseGateway(self.dataverse, tag),
             couplings=self.couplings,
             journal=self.journal,
             enqueue=self._enqueue,
@@ -156,6 +286,8 @@ class Runtime:
     @cached_property
     def integration_user_id(self) -> str:
         """The Dataverse systemuserid we write as: configured, or asked once with WhoAmI."""
+        if self.parent is not None:
+            return self.parent.integration_user_id
         configured = self.settings.dataverse_integration_user_id
         return (configured or self.dataverse.whoami().user_id).lower()
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from devstack.bc import metadata
 from devstack.bc.api import JSON_TYPE, ApiRequest, ApiResponse, BcApi, error_response
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.entities import COMPUTED_SETS, ENTITY_SETS
@@ -200,8 +201,12 @@ class ApiEndpoint:
             return self.api.batch(api_request)
         if rest == "subscriptions" or rest.startswith("subscriptions("):
             return await self._subscriptions(api_request)
-        if not rest:
-            raise bad_request("Name a resource after /api/v2.0/, e.g. companies.")
+        if rest in ("", "$metadata"):
+            if request.method != "GET":
+                raise BcError(405, "BadRequest_MethodNotAllowed", f"Only GET is allowed on '/{rest}'.")
+            if rest:
+                return ApiResponse(200, metadata.edmx(), {"content-type": "application/xml"})
+            return ApiResponse(200, metadata.service_document(service_root))
         return self.api.handle(api_request)
 
     async def _subscriptions(self, request: ApiRequest) -> ApiResponse:
@@ -286,6 +291,20 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             return control_bad_request(str(exc))
         return JSONResponse({"created": len(ids), "ids": ids if len(ids) <= 1000 else None}, status_code=201)
 
+    async def add_company(request: Request) -> Response:
+        """A company as BC's admin center creates one (the API's `companies` is read-only), seeded
+        like the built-in ones; gone again after `/reset`."""
+        try:
+            body = await read_json(request)
+            company = sandbox.add_company(str(body["id"]), str(body["name"]), body.get("displayName"))
+        except KeyError as exc:
+            return control_bad_request(f'send {{"id": <guid>, "name": ..., "displayName"?}} (missing {exc})')
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(str(exc))
+        return JSONResponse(company, status_code=201)
+
     async def clock(request: Request) -> Response:
         if request.method == "POST":
             try:
@@ -350,6 +369,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/info", info, methods=["GET"]),
         Route("/reset", reset, methods=["POST"]),
         Route("/seed", seed, methods=["POST"]),
+        Route("/companies", add_company, methods=["POST"]),
         Route("/clock", clock, methods=["GET"]),
         Route("/clock/advance", clock, methods=["POST"]),
         Route("/limits", limits, methods=["GET", "PUT"]),

@@ -156,7 +156,7 @@ CUSTOMERS = EntitySet(
     ),
     key="number",
     number_prefix="C",
-    expands=("customerFinancialDetail",),
+    expands=("customerFinancialDetail", "contactsInformation"),
 )
 
 VENDORS = EntitySet(
@@ -183,6 +183,7 @@ VENDORS = EntitySet(
     ),
     key="number",
     number_prefix="V",
+    expands=("contactsInformation",),
 )
 
 CONTACTS = EntitySet(
@@ -193,6 +194,9 @@ CONTACTS = EntitySet(
         _code("number"),
         Field("type", STR, "Company", options=("Company", "Person")),
         _text("displayName"),
+        # In the v2.0 contact resource reference; not in every BCApps version of page 30071 (unverified
+        # which release added it). Contact."Job Title" is Text[30].
+        _text("jobTitle", 30),
         _code("companyNumber"),
         _text("companyName", read_only=True),
         # BC's enum "Contact Business Relation": "None" without a relation (set on insert), else the
@@ -206,6 +210,9 @@ CONTACTS = EntitySet(
         _text("searchName", read_only=True),
         _bool("privacyBlocked"),
         _text("taxRegistrationNumber", 20),
+        # Page 30071: "Date of Last Interaction" (a FlowField over interaction log entries), Editable = false.
+        # No interactions are modelled, so it stays the empty date.
+        _date("lastInteractionDate", read_only=True),
         _modified(),
     ),
     key="number",
@@ -229,9 +236,15 @@ ITEMS = EntitySet(
         _num("unitPrice"),
         _bool("priceIncludesTax"),
         _num("unitCost"),
+        # Page 30008 "APIV2 - Items": tax group and the two posting groups, each as id and code.
+        _guid("taxGroupId"),
         _code("taxGroupCode"),
         _guid("baseUnitOfMeasureId"),
         _code("baseUnitOfMeasureCode", 10),
+        _guid("generalProductPostingGroupId"),
+        _code("generalProductPostingGroupCode"),
+        _guid("inventoryPostingGroupId"),
+        _code("inventoryPostingGroupCode"),
         _modified(),
     ),
     key="number",
@@ -280,6 +293,14 @@ PAYMENT_TERMS = EntitySet(
         _bool("calculateDiscountOnCreditMemos"),
         _modified(),
     ),
+    key="code",
+)
+
+# Page 30024 "APIV2 - Item Categories" (webhook-supported).
+ITEM_CATEGORIES = EntitySet(
+    "itemCategories",
+    "Item Category",
+    (_id(), _code("code"), _text("displayName", 100), _modified()),
     key="code",
 )
 
@@ -451,6 +472,7 @@ ENTITY_SETS: dict[str, EntitySet] = {
         VENDORS,
         CONTACTS,
         ITEMS,
+        ITEM_CATEGORIES,
         CURRENCIES,
         UNITS_OF_MEASURE,
         PAYMENT_TERMS,
@@ -529,6 +551,20 @@ WEBHOOK_SUPPORTED_RESOURCES = EntitySet(
     "Webhook Supported Resource",
     (Field("resource", STR, "", max_length=2048, read_only=True),),
     key="resource",
+)
+
+# `customerFinancialDetail` (page 30057 "APIV2 - Cust. Financial Details"): read-only, one per customer,
+# reached as `customers(id)/customerFinancialDetail` or `$expand`; computed in `BcStore.financial_details`.
+CUSTOMER_FINANCIAL_DETAIL = EntitySet(
+    "customerFinancialDetails",
+    "Customer Financial Detail",
+    (
+        _id(),
+        Field("number", STR, "", max_length=20, code=True, read_only=True),
+        _num("balance", read_only=True),
+        _num("totalSalesExcludingTax", read_only=True),
+        _num("overdueAmount", read_only=True),
+    ),
 )
 
 # Entity sets served but computed (GET only).

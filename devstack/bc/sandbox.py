@@ -17,7 +17,7 @@ from devstack.bc import ledger
 from devstack.bc.clock import SandboxClock
 from devstack.bc.config import BcSandboxConfig
 from devstack.bc.seed_data import DEFAULT_COMPANY_ID, SECOND_COMPANY_ID, seed_company, seed_customers
-from devstack.bc.store import BcStore
+from devstack.bc.store import BcStore, normalize_guid
 from devstack.bc.webhooks import WebhookHub
 from devstack.sandbox_common.counters import RequestCounters
 from devstack.sandbox_common.faults import FaultInjector
@@ -60,6 +60,15 @@ class BcSandbox:
             seed_company(
                 self.store, company_id, name, display_name=display_name, with_samples=self.config.sample_data
             )
+
+    def add_company(self, company_id: str, name: str, display_name: str | None = None) -> dict[str, Any]:
+        """Another company, with the reference data (and samples) the built-in ones have."""
+        if normalize_guid(company_id, "the company id") in self.store.companies:
+            raise ValueError(f"company {company_id} exists already")
+        seed_company(
+            self.store, company_id, name, display_name=display_name, with_samples=self.config.sample_data
+        )
+        return dict(self.store.company(company_id).to_json())
 
     def reset(self) -> None:
         """Back to the state at start: data, subscriptions, deliveries, counters, faults, limits' windows."""

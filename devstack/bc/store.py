@@ -14,7 +14,9 @@ committed changes go to the change log and to listeners (the webhook hub) after 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
+import json
 import re
 import threading
 import uuid
@@ -30,6 +32,7 @@ from devstack.bc.entities import (
     BUSINESS_RELATIONS,
     COMPANY_CONTACT_FIELDS,
     DATE,
+    DATETIME,
     DOCUMENT_SETS,
     ENTITY_SETS,
     GUID,
@@ -45,7 +48,14 @@ from devstack.bc.errors import BcError, bad_request, entity_changed, missing_if_
 
 CHANGE_LOG_SIZE = 100_000
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_EDM_TYPES = {STR: "Edm.String", NUM: "Edm.Decimal", BOOL: "Edm.Boolean", GUID: "Edm.Guid", DATE: "Edm.Date"}
+EDM_TYPES = {
+    STR: "Edm.String",
+    NUM: "Edm.Decimal",
+    BOOL: "Edm.Boolean",
+    GUID: "Edm.Guid",
+    DATE: "Edm.Date",
+    DATETIME: "Edm.DateTimeOffset",
+}
 
 
 _STAMP_KEYS = frozenset({"_ms", "lastModifiedDateTime", "_etag", "_by"})
@@ -378,11 +388,15 @@ class BcStore:
                     f"The property '{name}' does not exist on type '{entity.type_name}'. "
                     "Make sure to only use property names that are defined by the type."
                 )
-            coerced = _coerce(entity, spec, value)
+            coerced = _coerce(entity, spec, _null_as_default(spec, value))
             if spec.read_only:
-                if coerced == record.get(name):
-                    continue  # sending back an unchanged read-only value is harmless
-                raise bad_request(f"The property '{name}' is read-only and cannot be modified.")
+                if _same_value(spec, coerced, record.get(name)):
+                    continue  # a record read and sent back whole: the unchanged read-only values are ignored
+                # BC's words for a write to a non-editable page control (as reported by integrators;
+                # the code is unverified).
+                raise bad_request(
+                    f"Control '{name}' is read-only. Leave it out of the body or send its current value."
+                )
             record[name] = coerced
             changed.add(name)
         return changed
@@ -1042,8 +1056,49 @@ def _related_value_not_found(entity: EntitySet, name: str, value: str, target: s
     )
 
 
+def json_literal(value: Any) -> str:
+    """A value as the client wrote it in JSON (`null`, `true`, `12.5`), for error messages."""
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _null_as_default(spec: Field, value: Any) -> Any:
+    """JSON null: an `Edm.String` property is nullable in the sandbox's `$metadata` and null stores the
+    empty text (AL text is never null); the other types are `Nullable="false"`, so null is refused with
+    the OData library's words (unverified: BC's answer to null)."""
+    if value is not None:
+        return value
+    if spec.kind == STR:
+        return ""
+    edm = EDM_TYPES.get(spec.kind, "Edm.String")
+    raise bad_request(
+        f"A null value was found for the property named '{spec.name}', which has the expected type "
+        f"'{edm}[Nullable=False]'. The expected type '{edm}[Nullable=False]' does not allow null values."
+    )
+
+
+def _same_value(spec: Field, new: Any, current: Any) -> bool:
+    if spec.kind == DATETIME and isinstance(new, str) and isinstance(current, str):
+        return _parse_datetime(new) == _parse_datetime(current)
+    return bool(new == current)
+
+
+def _parse_datetime(text: str) -> dt.datetime | None:
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 def _coerce(entity: EntitySet, spec: Field, value: Any) -> Any:
     """Check a JSON value against the field's kind; returns the stored form."""
+    if spec.kind == DATETIME:
+        if not isinstance(value, str) or _parse_datetime(value) is None:
+            raise bad_request(
+                f"Cannot convert the literal '{json_literal(value)}' to the expected type "
+                f"'Edm.DateTimeOffset' of the property '{spec.name}'."
+            )
+        return value
     ok = (
         (spec.kind in (STR, GUID, DATE) and isinstance(value, str))
         or (spec.kind == NUM and isinstance(value, int | float) and not isinstance(value, bool))
@@ -1051,8 +1106,8 @@ def _coerce(entity: EntitySet, spec: Field, value: Any) -> Any:
     )
     if not ok:
         raise bad_request(
-            f"Cannot convert the literal '{value}' to the expected type "
-            f"'{_EDM_TYPES.get(spec.kind, 'Edm.String')}' of the property '{spec.name}'."
+            f"Cannot convert the literal '{json_literal(value)}' to the expected type "
+            f"'{EDM_TYPES.get(spec.kind, 'Edm.String')}' of the property '{spec.name}'."
         )
     if spec.kind == GUID:
         return normalize_guid(value, spec.name)

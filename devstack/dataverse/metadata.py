@@ -51,6 +51,13 @@ def entity(table: Table) -> dict[str, Any]:
         "TableType": "Standard",
         "OwnershipType": "UserOwned" if "_ownerid_value" in table.columns else "OrganizationOwned",
         "ChangeTrackingEnabled": table.change_tracking,
+        # A BooleanManagedProperty: clients (Airbyte's Dataverse source) read `.Value` before relying on
+        # delta links. Tables without change tracking here are system tables that cannot enable it.
+        "CanChangeTrackingBeEnabled": {
+            "Value": table.change_tracking,
+            "CanBeChanged": table.change_tracking,
+            "ManagedPropertyLogicalName": "canchangetrackingbeenabled",
+        },
     }
 
 
@@ -105,10 +112,15 @@ def attribute(table: Table, column: Column) -> dict[str, Any]:
     }
     if column.kind is Kind.STRING:
         result["MaxLength"] = column.max_length
+    # DateTimeAttributeMetadata.DateTimeBehavior: how the column stores time zones (docs: "Behavior and
+    # format of the date and time column"); the sandbox's date-and-time columns are UserLocal, as
+    # Dataverse's createdon/modifiedon, and its date columns DateOnly.
     if column.kind is Kind.DATETIME:
         result["Format"] = "DateAndTime"
+        result["DateTimeBehavior"] = {"Value": "UserLocal"}
     if column.kind is Kind.DATE:
         result["Format"] = "DateOnly"
+        result["DateTimeBehavior"] = {"Value": "DateOnly"}
     if column.kind is Kind.LOOKUP:
         result["Targets"] = list(column.targets)
     return result

@@ -305,7 +305,8 @@ def build_tables() -> dict[str, Table]:
                 lookup("primarycontactid", "contact"),
                 lookup("parentaccountid", "account"),
             ],
-            keys=(("accountnumber",),),
+            # No alternate key: Dataverse defines none on account, and two BC companies may each
+            # have a customer with the same number (two accounts).
             **_ACTIVE,
         ),
         _table(
@@ -711,8 +712,27 @@ def build_tables() -> dict[str, Table]:
             status=ASYNC_STATUSES,
             default_status={0: 0, 1: 10, 2: 20, 3: 30},
         ),
+        # The Business Central integration solution's company table (BCApps `CDS Company`, table 5393,
+        # ExternalName `bcbi_company`): one row per BC company synchronized with this environment.
+        _table(
+            "bcbi_company",
+            "bcbi_companies",
+            "bcbi_name",
+            [text("bcbi_name", 30), text("bcbi_externalid", 36)],
+        ),
     ]
+    # ... and the company lookup it adds to the tables BC's connector synchronizes per company
+    # (BCApps CRMAccount/CRMContact/CRMProduct/... `.Table.al`, field CompanyId, `bcbi_companyid`).
+    company = lookup("bcbi_companyid", "bcbi_company")
+    for table in tables:
+        if table.logical_name in BC_COMPANY_TABLES:
+            table.columns[company.wire_name] = company
     return {t.entity_set: t for t in tables}
+
+
+BC_COMPANY_TABLES = frozenset(
+    {"account", "contact", "product", "pricelevel", "opportunity", "salesorder", "invoice"}
+)
 
 
 TABLES = build_tables()

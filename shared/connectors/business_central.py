@@ -47,7 +47,8 @@ MAX_PAGE_SIZE = 20_000
 MAX_BATCH_OPERATIONS = 100
 
 # The v2.0 resources BC sends webhooks for, listed on the webhooks page (module docstring);
-# contacts and salespeoplePurchasers are not among them and must be polled.
+# contacts and salespeoplePurchasers are not among them and must be polled. The service asks BC itself
+# (`webhook_supported_entity_sets`); this list is the fallback for a BC without that page.
 WEBHOOK_SUPPORTED_ENTITY_SETS: frozenset[str] = frozenset(
     {
         "accounts", "companyInformation", "countriesRegions", "currencies", "customerPaymentJournals",
@@ -56,6 +57,8 @@ WEBHOOK_SUPPORTED_ENTITY_SETS: frozenset[str] = frozenset(
         "salesInvoices", "salesOrders", "salesQuotes", "shipmentMethods", "unitsOfMeasure", "vendors",
     }
 )  # fmt: skip
+
+WEBHOOK_SETS_TTL_SECONDS = 12 * 3600
 
 _NOT_FOUND_CODES = frozenset(
     {"BadRequest_NotFound", "BadRequest_ResourceNotFound", "Internal_RecordNotFound"}
@@ -147,6 +150,8 @@ class BusinessCentralClient:
             budget=budget,
             max_concurrent=max_concurrent,
         )
+        self._clock = time.monotonic
+        self._webhook_sets: dict[str, tuple[float, frozenset[str]]] = {}
 
     @property
     def stats(self) -> RequestStats:
@@ -359,7 +364,21 @@ class BusinessCentralClient:
             idempotent=safe,
         )
         by_id = {str(r.get("id")): r for r in response.json().get("responses", [])}
-        return [self._batch_result(by_id.get(str(index))) for index in range(len(operations))]
+        results = [self._batch_result(by_id.get(str(index))) for index in range(len(operations))]
+        failed = next((index for index, result in enumerate(results) if not result.ok), None)
+        if not atomic or failed is None:
+            return results
+        # BC rolls the whole transaction back yet answers the operations that had succeeded with their
+        # 200/201/204 (Microsoft's use-odata-batch example): none of them took effect.
+        rolled_back = ApiError(
+            f"rolled back: operation {failed} of the transactional $batch failed, so none was applied",
+            status=424,
+            code="TransactionRolledBack",
+            service=SERVICE,
+        )
+        return [
+            result if not result.ok else BatchResult(result.status, None, rolled_back) for result in results
+        ]
 
     def _batch_result(self, entry: Mapping[str, Any] | None) -> BatchResult:
         if entry is None:
@@ -414,6 +433,34 @@ class BusinessCentralClient:
                 kind="subscriptions",
                 headers={"If-Match": _required_etag(etag)},
             )
+
+    def webhook_supported_entity_sets(self, company_id: str) -> frozenset[str]:
+        """The v2.0 entity sets BC accepts subscriptions for in this company: the runtime API's
+        `webhookSupportedResources` (BC's page 5460 "Webhook Supported Resources", rows such as
+        `v2.0/customers`; other publishers' pages are `<publisher>/<group>/<version>/<set>` and left
+        out). Asked once per company every WEBHOOK_SETS_TTL_SECONDS (the list changes only when BC's
+        apps do); a BC without the page (404) gets the documented list."""
+        cached = self._webhook_sets.get(company_id)
+        if cached is not None and self._clock() - cached[0] < WEBHOOK_SETS_TTL_SECONDS:
+            return cached[1]
+        url = f"{self._runtime_url()}/companies({odata.guid(company_id)})/webhookSupportedResources"
+        try:
+            rows = self._send("GET", url, kind="webhookSupportedResources").json().get("value", [])
+            prefix = "v2.0/"
+            sets = frozenset(
+                resource.removeprefix(prefix)
+                for resource in (str(row.get("resource", "")) for row in rows if isinstance(row, Mapping))
+                if resource.startswith(prefix) and _ENTITY_SET_RE.match(resource.removeprefix(prefix))
+            )
+        except NotFoundError:
+            sets = WEBHOOK_SUPPORTED_ENTITY_SETS
+        self._webhook_sets[company_id] = (self._clock(), sets)
+        return sets
+
+    def _runtime_url(self) -> str:
+        """`.../api/microsoft/runtime/v1.0` next to the standard API's `.../api/v2.0`."""
+        root = self.base_url.removesuffix("/v2.0").removesuffix("/api")
+        return f"{root}/api/microsoft/runtime/v1.0"
 
     def list_subscriptions(self) -> list[dict[str, Any]]:
         response = self._send("GET", f"{self.base_url}/subscriptions", kind="subscriptions")

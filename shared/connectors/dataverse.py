@@ -96,6 +96,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("invoices", "invoice", "invoiceid"),
         TableInfo("opportunities", "opportunity", "opportunityid"),
         TableInfo("bcs_customerstatistics", "bcs_customerstatistic", "bcs_customerstatisticid"),
+        TableInfo("bcbi_companies", "bcbi_company", "bcbi_companyid"),
         TableInfo("serviceendpoints", "serviceendpoint", "serviceendpointid"),
         TableInfo("sdkmessages", "sdkmessage", "sdkmessageid"),
         TableInfo("sdkmessagefilters", "sdkmessagefilter", "sdkmessagefilterid"),

@@ -231,11 +231,15 @@ def handle_bc_webhook(
 
     messages: list[QueueItem] = []
     keys: list[tuple[str, ...]] = []
-    # (mapping, record id) -> position of its message, to fold later entries for the record into it
-    position: dict[tuple[str, str], int] = {}
+    # (company, mapping, record id) -> position of its message, to fold later entries for the record
+    # into it (BC copies SystemIds with a company, so an id is only unique within one)
+    position: dict[tuple[str, str, str], int] = {}
+    # With several companies each message names its own; with one, messages stay as they were.
+    several = len(config.company_ids) > 1
     in_this_call: set[str] = set()
     duplicates = merged = 0
     for note in batch.accepted:
+        company = note.company_id if several else None
         for name in by_entity_set[note.entity_set]:
             key = _bc_key(note, name)
             if key in in_this_call or seen(key):
@@ -245,23 +249,27 @@ def handle_bc_webhook(
             if note.change_type == "collection":
                 since = note.collection_modified_after
                 messages.append(
-                    ScanMessage(mapping=name, side="bc", since=since, reason="bc collection")
+                    ScanMessage(mapping=name, side="bc", since=since, reason="bc collection", company=company)
                     if since is not None
                     # The bare collection: something in the set changed or was deleted.
                     else ScanMessage(
-                        mapping=name, side="bc", sweep="all", reason="bc collection with deletes"
+                        mapping=name,
+                        side="bc",
+                        sweep="all",
+                        reason="bc collection with deletes",
+                        company=company,
                     )
                 )
                 keys.append((key,))
                 continue
             assert note.record_id is not None
-            earlier = position.get((name, note.record_id))
+            earlier = position.get((note.company_id, name, note.record_id))
             if earlier is not None:
                 merged += 1
                 messages[earlier] = _folded(messages[earlier], note)
                 keys[earlier] = (*keys[earlier], key)
                 continue
-            position[(name, note.record_id)] = len(messages)
+            position[(note.company_id, name, note.record_id)] = len(messages)
             messages.append(
                 SyncMessage(
                     mapping=name,
@@ -270,6 +278,7 @@ def handle_bc_webhook(
                     change=note.change_type,
                     modified=iso_ms(note.last_modified),
                     reason="bc webhook",
+                    company=company,
                 )
             )
             keys.append((key,))

@@ -55,17 +55,23 @@ class PollReport:
 
 
 def delta_poll(rt: Runtime, now: dt.datetime | None = None) -> PollReport:
+    """BC is polled per company (each with its own watermarks, report keys `<company id>:<mapping>`
+    for all but the home company); Dataverse once, its changes routed to their company by the
+    processor."""
     report = PollReport()
     now = now or dt.datetime.now(dt.UTC)
     gap = _recreate_missing_subscriptions(rt, report)
+    views = [rt.for_company(c) for c in rt.companies]
     for name in rt.mappings.sync_order():
         m = rt.mappings.entity(name)
         try:
             if m.writes_to("dv"):
-                _poll_bc(rt, m, now, report)
-                _queue_sweep(rt, m, now, report, gap=m.bc.entity_set in gap)
+                for view in views:
+                    _poll_bc(view, m, now, report)
+                    _queue_sweep(view, m, now, report, gap=(view.company_id.lower(), m.bc.entity_set) in gap)
             if m.writes_to("bc"):
-                _poll_dataverse(rt, m, report)
+                # Once for all companies, unscoped: the processor finds each change's company (`route`).
+                _poll_dataverse(rt.root, m, report)
         except WatermarkConflictError:
             report.skipped.append(f"{name}: another instance polled it at the same time")
     return report
@@ -75,7 +81,7 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
     mark = rt.watermarks.get(m.name, "bc")
     if mark is None:
         rt.watermarks.set(Watermark(m.name, "bc", iso_ms(now)))
-        report.baselines.append(f"{m.name}/bc")
+        report.baselines.append(f"{rt.scope}{m.name}/bc")
         return
     since = parse_iso(mark.value)
     messages: list[SyncMessage] = []
@@ -99,11 +105,12 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
     # and the echo check make a re-read harmless).
     rt.watermarks.set(Watermark(m.name, "bc", iso_ms(min(newest, now)), mark.etag))
     rt.storage.enqueue(messages)
-    report.enqueued[f"{m.name}/bc"] = len(messages)
+    report.enqueued[f"{rt.scope}{m.name}/bc"] = len(messages)
 
 
-def _recreate_missing_subscriptions(rt: Runtime, report: PollReport) -> set[str]:
-    """Entity sets whose BC subscription was gone (now re-created): notifications of the gap are lost."""
+def _recreate_missing_subscriptions(rt: Runtime, report: PollReport) -> set[tuple[str, str]]:
+    """(company, entity set) whose BC subscription was gone (now re-created): notifications of the
+    gap are lost."""
     try:
         missing = missing_bc_subscriptions(rt.bc, rt.settings, rt.mappings)
         if not missing:
@@ -115,7 +122,7 @@ def _recreate_missing_subscriptions(rt: Runtime, report: PollReport) -> set[str]
     report.recreated.extend(upkeep.created)
     report.skipped.extend(upkeep.failed)
     log.warning("BC subscriptions were missing (%s); re-created: %s", missing, upkeep.created)
-    return {entity_set for company, entity_set in missing if company == rt.company_id}
+    return {(company.lower(), entity_set) for company, entity_set in missing}
 
 
 def _queue_sweep(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport, *, gap: bool) -> None:
@@ -127,12 +134,12 @@ def _queue_sweep(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollRe
     try:
         rt.watermarks.set(Watermark(m.name, SWEEP_MARK, iso_ms(now), mark.etag if mark else None))
     except WatermarkConflictError:
-        report.skipped.append(f"{m.name}: another instance queued its BC sweep")
+        report.skipped.append(f"{rt.scope}{m.name}: another instance queued its BC sweep")
         return
     kind: Literal["all", "deletions"] = "all" if gap else "deletions"
     reason = "bc subscription was missing" if gap else "periodic bc deletion sweep"
     rt.storage.enqueue([ScanMessage(mapping=m.name, side="bc", sweep=kind, reason=reason)])
-    report.sweeps.append(f"{m.name}: {kind}")
+    report.sweeps.append(f"{rt.scope}{m.name}: {kind}")
 
 
 def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:

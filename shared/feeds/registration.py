@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
 from shared.connectors.errors import ApiError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.settings import Settings
@@ -128,12 +127,16 @@ def _endpoint_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def bc_subscription_targets(settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
-    """(company id, entity set) pairs that should have a BC subscription."""
-    entity_sets = sorted(
-        {m.bc.entity_set for m in mappings.entities() if m.writes_to("dv")} & WEBHOOK_SUPPORTED_ENTITY_SETS
-    )
-    return [(company, entity_set) for company in settings.bc_company_ids for entity_set in entity_sets]
+def bc_subscription_targets(settings: Settings, mappings: MappingSet, bc: Any) -> list[tuple[str, str]]:
+    """(company id, entity set) pairs that should have a BC subscription: the mapped sets BC lists as
+    webhook-supported in that company (`webhookSupportedResources`, cached by the client; the
+    documented list where BC has no such page). The others are fed by the delta poll only."""
+    mapped = {m.bc.entity_set for m in mappings.entities() if m.writes_to("dv")}
+    return [
+        (company, entity_set)
+        for company in settings.bc_company_ids
+        for entity_set in sorted(mapped & bc.webhook_supported_entity_sets(company))
+    ]
 
 
 def resource_path(company_id: str, entity_set: str) -> str:
@@ -157,7 +160,7 @@ def ensure_bc_subscriptions(
         if sub.get("notificationUrl") == url:
             existing[_normal_resource(str(sub.get("resource", "")))] = sub
     live: set[str] = set()
-    for company, entity_set in bc_subscription_targets(settings, mappings):
+    for company, entity_set in bc_subscription_targets(settings, mappings, bc):
         resource = resource_path(company, entity_set)
         label = f"BC subscription {entity_set} ({company})"
         sub = existing.get(_normal_resource(resource))
@@ -190,11 +193,31 @@ def ensure_bc_subscriptions(
                     checked_at=now.isoformat(),
                 )
             )
+    configured = {c.lower() for c in settings.bc_company_ids}
+    for resource, sub in existing.items():
+        owner = _company_of(resource)
+        if owner is None or owner in configured:
+            continue
+        # A company removed from BC_COMPANY_IDS: its notifications would only be rejected until the
+        # subscription expired (3 days), so stop them now.
+        label = f"BC subscription {resource.rsplit('/', 1)[-1]} ({owner})"
+        try:
+            bc.delete_subscription(str(sub["subscriptionId"]), str(sub.get("@odata.etag", "*")))
+            report.updated.append(f"{label} deleted: company no longer in BC_COMPANY_IDS")
+        except ApiError as exc:
+            report.failed.append(f"{label}: could not delete it ({exc}); it expires by itself")
     if subscriptions is not None:
         # Subscriptions BC deleted (refused deliveries) or let expire are gone: forget them, so
         # status never shows the expiry of a subscription that does not exist.
         subscriptions.forget_bc_except(live)
     return report
+
+
+def _company_of(resource: str) -> str | None:
+    """The company id of a normalised `api/v2.0/companies(<id>)/<set>` resource."""
+    start = resource.find("companies(")
+    end = resource.find(")", start)
+    return resource[start + len("companies(") : end].lower() if start >= 0 and end > start else None
 
 
 def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
@@ -208,7 +231,7 @@ def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) 
     }
     return [
         (company, entity_set)
-        for company, entity_set in bc_subscription_targets(settings, mappings)
+        for company, entity_set in bc_subscription_targets(settings, mappings, bc)
         if _normal_resource(resource_path(company, entity_set)) not in live
     ]
 

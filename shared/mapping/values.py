@@ -70,10 +70,12 @@ def by_side(side: Side, mine: T, theirs: T) -> tuple[T, T]:
     return (mine, theirs) if side == "bc" else (theirs, mine)
 
 
-def dataverse_id_for(mapping: EntityMapping | str, bc_id: str) -> str:
-    """Deterministic Dataverse id for the record created from BC record `bc_id`: a retried create finds it."""
+def dataverse_id_for(mapping: EntityMapping | str, bc_id: str, scope: str = "") -> str:
+    """Deterministic Dataverse id for the record created from BC record `bc_id`: a retried create finds it.
+    `scope` is the company's key prefix (`shared.companies.key_prefix`): BC copies SystemIds when it
+    copies a company, so two companies' records may share an id, never a Dataverse row."""
     name = mapping if isinstance(mapping, str) else mapping.name
-    return str(uuid.uuid5(DATAVERSE_ID_NAMESPACE, f"{name}:{str(bc_id).lower()}"))
+    return str(uuid.uuid5(DATAVERSE_ID_NAMESPACE, f"{scope}{name}:{str(bc_id).lower()}"))
 
 
 # -- field shapes ------------------------------------------------------------------------------------

@@ -373,6 +373,9 @@ def handle(
         principal = auth.check(_header(request.headers, "authorization"), route.role)
         log.info("%s %s by %s", request.method, path, principal.name)
         rt = (runtime or _default_runtime)()
+        company = _query_text(request.query, "company", required=False)
+        if company:  # one company's records, runs and errors (default: the home company's)
+            rt = rt.for_company(company)
         status, payload = route.handler(rt, params, request)
     except ServiceError as exc:
         if exc.http_status == 500:  # not the caller's business: see shared.errors

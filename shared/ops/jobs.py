@@ -25,8 +25,9 @@ def _delta_poll(rt: Runtime, past_due: bool) -> PollReport:
     report = delta_poll(rt)
     log.info("delta poll%s: %s", " (past due)" if past_due else "", report)
     # Stock moves touch no item record (BC's inventory is a FlowField): the item ledger tells.
-    stock = refresh_stock(rt)
-    log.info("stock from item ledger entries: %s", stock)
+    for company in rt.companies:
+        stock = refresh_stock(rt.for_company(company))
+        log.info("stock from item ledger entries (company %s): %s", company, stock)
     if telemetry.enabled():
         record_queue_metrics(rt)
     return report
@@ -50,7 +51,11 @@ def record_queue_metrics(rt: Runtime) -> None:
 
 def run_nightly_resync(past_due: bool = False) -> list[str]:
     rt = get_runtime()
-    runs = [request_full_resync(rt.storage, name) for name in rt.mappings.sync_order()]
+    runs = [
+        request_full_resync(rt.for_company(company).storage, name)
+        for company in rt.companies
+        for name in rt.mappings.sync_order()
+    ]
     log.info("full resync%s queued for %d mappings", " (past due)" if past_due else "", len(runs))
     return runs
 

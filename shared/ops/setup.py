@@ -8,6 +8,9 @@
 4. With an administrator credential (used for this step only), what the service needs is registered:
    the Dataverse webhook endpoint and its steps, the BC subscriptions (`shared.feeds.registration`, which is
    idempotent). Without one, the report says what is missing.
+3b. Companies (`shared.ops.companies`): the home company is pinned; with several companies each has
+   its Dataverse company row; a company new since the last set-up gets its initial sync queued, a
+   removed one is stopped and the report says what stays behind.
 5. Person ownership: BC salespeople are coupled to Dataverse users by e-mail; the ones that cannot be
    coupled are listed with the reason (records they own fail to sync until they are).
 
@@ -41,6 +44,7 @@ from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
+from shared.ops.companies import bring_in_companies
 from shared.runtime import Runtime, bc_client, dataverse_client
 from shared.settings import Settings
 from shared.store.tables import TABLES
@@ -120,12 +124,30 @@ def run_setup(
     dv_ok = _check_dataverse(rt, mappings, report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
+    if bc_ok:
+        on_step("companies")
+        _companies(rt, mappings, report, dv_ok=dv_ok)
     on_step("registration")
     _register(rt, mappings, admin or AdminCredentials(), report, dv_ok=dv_ok, bc_ok=bc_ok)
     if couple_salespeople and dv_ok and bc_ok:
         on_step("salespeople")
-        _couple_salespeople(rt, mappings, report)
+        for company in rt.companies:  # salespeople are per company
+            _couple_salespeople(rt.for_company(company), mappings, report)
     return _finish(rt.settings, report)
+
+
+def _companies(rt: Runtime, mappings: MappingSet, report: SetupReport, *, dv_ok: bool) -> None:
+    """`shared.ops.companies`: pin the home company, Dataverse company rows, companies added/removed."""
+    try:
+        names = {str(c.get("id", "")).lower(): str(c.get("name") or "") for c in rt.bc.companies()}
+        outcome = bring_in_companies(rt, mappings, dv_ok=dv_ok, bc_names=names)
+    except (ApiError, AzureError) as exc:
+        report.failed.append(f"companies: {_first_line(exc)}")
+        return
+    report.existing.extend(outcome.existing)
+    report.created.extend(outcome.created + outcome.added)
+    report.updated.extend(outcome.removed)
+    report.checks.extend(Check(name, False, detail, fix) for name, detail, fix in outcome.failed)
 
 
 # ------------------------------------------------------------------------------------- mappings
@@ -519,7 +541,7 @@ def _inspect_bc(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
     have = {str(sub.get("resource", "")).lstrip("/").lower() for sub in subscriptions}
     missing = [
         f"{entity_set} ({company})"
-        for company, entity_set in bc_subscription_targets(rt.settings, mappings)
+        for company, entity_set in bc_subscription_targets(rt.settings, mappings, rt.bc)
         if f"api/v2.0/companies({company})/{entity_set}".lower() not in have
     ]
     if missing:

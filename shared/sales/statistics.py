@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -147,11 +148,25 @@ def compute_figures(
     return figures
 
 
-def statistics_row(figures: CustomerFigures, account_id: str, as_of: dt.date) -> dict[str, Any]:
-    """The `bcs_customerstatistics` row for `UpsertMultiple`, addressed by its alternate key."""
+def statistics_row(
+    figures: CustomerFigures, account_id: str, as_of: dt.date, *, by_id: bool = False
+) -> dict[str, Any]:
+    """The `bcs_customerstatistics` row for `UpsertMultiple`, addressed by its alternate key (the
+    customer number), or `by_id` (a company other than the home company, whose customer numbers
+    may repeat another company's: its row has an id derived from the account, and a number that is
+    the home company's too is refused by the key instead of overwriting that company's figures)."""
     number = figures.number.replace("'", "''")
+    address: dict[str, Any] = (
+        {
+            "bcs_customerstatisticid": str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"bcs_customerstatistics/{account_id}")
+            )
+        }
+        if by_id
+        else {"@odata.id": f"{STATISTICS_ENTITY_SET}(bcs_customerno='{number}')"}
+    )
     row: dict[str, Any] = {
-        "@odata.id": f"{STATISTICS_ENTITY_SET}(bcs_customerno='{number}')",
+        **address,
         "bcs_customerno": figures.number,
         "bcs_name": figures.name[:100],
         "bcs_accountid@odata.bind": f"/accounts({account_id})",
@@ -228,7 +243,8 @@ class StatisticsPusher:
 
     def _write(self, changed: list[tuple[CustomerFigures, str]], report: StatisticsReport) -> None:
         as_of = self.today()
-        rows = [statistics_row(f, dv_id, as_of) for f, dv_id in changed]
+        by_id = bool(self.couplings.scope)  # a company other than the home company
+        rows = [statistics_row(f, dv_id, as_of, by_id=by_id) for f, dv_id in changed]
         results = self.dv.upsert_multiple(STATISTICS_ENTITY_SET, rows)
         done: list[CustomerFigures] = []
         for (figures, _), result in zip(changed, results, strict=True):
@@ -249,7 +265,23 @@ def customer_mapping(ms: MappingSet) -> EntityMapping:
 
 
 def push_statistics(rt: Runtime) -> StatisticsReport:
-    """The timer's and the on-demand action's entry point (`rt`: `shared.runtime.Runtime`)."""
+    """The timer's and the on-demand action's entry point (`rt`: `shared.runtime.Runtime`): every
+    configured company's customers, each from its own BC company, couplings and hashes."""
+    total = StatisticsReport()
+    for company in rt.companies:
+        report = _push_company(rt.for_company(company))
+        total.customers += report.customers
+        total.changed += report.changed
+        total.written += report.written
+        total.unchanged += report.unchanged
+        total.failed += report.failed
+        total.bc_requests += report.bc_requests
+        total.dataverse_requests += report.dataverse_requests
+        total.as_of = max(total.as_of, report.as_of)
+    return total
+
+
+def _push_company(rt: Runtime) -> StatisticsReport:
     pusher = StatisticsPusher(
         bc=rt.bc,
         dv=rt.dataverse,

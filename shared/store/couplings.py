@@ -97,20 +97,20 @@ class Coupling:
     def modified_on(self, side: Side) -> str | None:
         return self.bc_modified if side == "bc" else self.dv_modified
 
-    def needs_pointer(self) -> bool:
-        return bool(self.bc_id and self.dv_id != dataverse_id_for(self.mapping, self.bc_id))
+    def needs_pointer(self, scope: str = "") -> bool:
+        return bool(self.bc_id and self.dv_id != dataverse_id_for(self.mapping, self.bc_id, scope))
 
 
 def partition(mapping: str, row_key: str) -> str:
     return f"{mapping}|{zlib.crc32(row_key.encode()) % BUCKETS:02d}"
 
 
-def _full_row(c: Coupling) -> dict[str, Any]:
+def _full_row(c: Coupling, scope: str) -> dict[str, Any]:
     if not c.dv_id:
         raise ValueError("a coupling is stored under its Dataverse id, which must be known")
     row_key = _PREFIX["dv"] + c.dv_id
     return {
-        "PartitionKey": partition(c.mapping, row_key),
+        "PartitionKey": partition(scope + c.mapping, row_key),
         "RowKey": row_key,
         "Mapping": c.mapping,
         "BcId": c.bc_id or "",
@@ -134,11 +134,11 @@ def _full_row(c: Coupling) -> dict[str, Any]:
     }
 
 
-def _pointer_row(c: Coupling, bc_id: str | None = None) -> dict[str, Any]:
+def _pointer_row(c: Coupling, scope: str, bc_id: str | None = None) -> dict[str, Any]:
     """`bc:<bc id>` -> DvId, for a pair whose Dataverse id is not derived from the BC id."""
     row_key = _PREFIX["bc"] + (bc_id or c.bc_id or "")
     return {
-        "PartitionKey": partition(c.mapping, row_key),
+        "PartitionKey": partition(scope + c.mapping, row_key),
         "RowKey": row_key,
         "Mapping": c.mapping,
         "DvId": c.dv_id or "",
@@ -194,11 +194,11 @@ def _traced(operation: str) -> Callable[[_Write], _Write]:
     return decorate
 
 
-def _transaction_groups(couplings: list[Coupling]) -> list[list[Coupling]]:
+def _transaction_groups(couplings: list[Coupling], scope: str) -> list[list[Coupling]]:
     """Couplings grouped by the partition of their row, at most 100 per group (one transaction)."""
     by_partition: dict[str, list[Coupling]] = {}
     for c in couplings:
-        by_partition.setdefault(_full_row(c)["PartitionKey"], []).append(c)
+        by_partition.setdefault(_full_row(c, scope)["PartitionKey"], []).append(c)
     return [
         group[i : i + MAX_TRANSACTION_ROWS]
         for group in by_partition.values()
@@ -207,8 +207,11 @@ def _transaction_groups(couplings: list[Coupling]) -> list[list[Coupling]]:
 
 
 class CouplingStore:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, scope: str = "") -> None:
         self.table = table
+        # What this company's partition keys (and the names its Dataverse ids derive from) start
+        # with: "" for the home company, `<company id>:` for the others (`shared.companies`).
+        self.scope = scope
 
     # ------------------------------------------------------------------------------------ read
     def get(self, mapping: str, side: Side, record_id: str) -> Coupling | None:
@@ -217,7 +220,7 @@ class CouplingStore:
         if side == "dv":
             row = self._row(mapping, _PREFIX["dv"] + record_id)
             return _from_row(row) if row is not None else None
-        row = self._row(mapping, _PREFIX["dv"] + dataverse_id_for(mapping, record_id))
+        row = self._row(mapping, _PREFIX["dv"] + dataverse_id_for(mapping, record_id, self.scope))
         if row is None or row.get("BcId") != record_id:
             pointer = self._row(mapping, _PREFIX["bc"] + record_id)
             row = self._row(mapping, _PREFIX["dv"] + pointer["DvId"]) if pointer is not None else None
@@ -225,14 +228,14 @@ class CouplingStore:
 
     def _row(self, mapping: str, row_key: str) -> Any | None:
         try:
-            return self.table.get_entity(partition(mapping, row_key), row_key)
+            return self.table.get_entity(partition(self.scope + mapping, row_key), row_key)
         except ResourceNotFoundError:
             return None
 
     def _rows(self, mapping: str, *clauses: str, select: list[str] | None = None) -> Iterator[Any]:
         """Coupling rows (not pointers) of every partition of the mapping."""
         query = and_(
-            ge("PartitionKey", f"{mapping}|"), lt("PartitionKey", f"{mapping}|~"),
+            ge("PartitionKey", f"{self.scope}{mapping}|"), lt("PartitionKey", f"{self.scope}{mapping}|~"),
             ge("RowKey", "dv:"), lt("RowKey", "dv;"), *clauses,
         )  # fmt: skip
         return iter(self.table.query_entities(query, select=select))
@@ -277,9 +280,9 @@ class CouplingStore:
     def create(self, coupling: Coupling) -> Coupling:
         """Store a new coupling; `AlreadyCoupledError` if either record is coupled already."""
         stamped = replace(coupling, updated=now_iso())
-        if stamped.needs_pointer():
+        if stamped.needs_pointer(self.scope):
             self._claim_pointer(stamped)
-        row = _full_row(stamped)
+        row = _full_row(stamped, self.scope)
         try:
             meta = self.table.create_entity(row)
         except ResourceExistsError:
@@ -287,7 +290,7 @@ class CouplingStore:
             if landed is not None:  # a resent create met its own first attempt
                 stamped.etag, stamped.stored_bc_id = landed["etag"], stamped.bc_id
                 return stamped
-            if stamped.needs_pointer():
+            if stamped.needs_pointer(self.scope):
                 self._release_pointer(stamped, stamped.bc_id)
             raise AlreadyCoupledError(
                 f"{coupling.mapping}: Dataverse {coupling.dv_id} is already coupled; uncouple it first"
@@ -302,9 +305,9 @@ class CouplingStore:
             raise ValueError("save() needs a coupling read from the store; use create() for a new one")
         stamped = replace(coupling, updated=now_iso())
         bc_id_changed = stamped.bc_id != coupling.stored_bc_id
-        if bc_id_changed and stamped.needs_pointer():
+        if bc_id_changed and stamped.needs_pointer(self.scope):
             self._claim_pointer(stamped)
-        row = _full_row(stamped)
+        row = _full_row(stamped, self.scope)
         try:
             meta = self.table.update_entity(
                 row, mode=UpdateMode.REPLACE, etag=coupling.etag,
@@ -313,7 +316,7 @@ class CouplingStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             landed = stored_if_same(self.table, row)
             if landed is None:
-                if bc_id_changed and stamped.needs_pointer():
+                if bc_id_changed and stamped.needs_pointer(self.scope):
                     self._release_pointer(stamped, stamped.bc_id)
                 raise CouplingConflictError(
                     f"coupling {coupling.mapping} bc={coupling.bc_id} dv={coupling.dv_id} changed meanwhile"
@@ -327,7 +330,7 @@ class CouplingStore:
     @_traced("delete")
     def delete(self, coupling: Coupling) -> None:
         """Remove the coupling, conditional on the ETag it was read with (then its pointer)."""
-        row = _full_row(coupling)
+        row = _full_row(coupling, self.scope)
         try:
             self.table.delete_entity(
                 row["PartitionKey"],
@@ -344,7 +347,7 @@ class CouplingStore:
 
     def _claim_pointer(self, c: Coupling) -> None:
         """Write `bc:<id>` -> this coupling, unless it points at another live coupling."""
-        pointer = _pointer_row(c)
+        pointer = _pointer_row(c, self.scope)
         try:
             self.table.create_entity(pointer)
             return
@@ -358,9 +361,9 @@ class CouplingStore:
         self.table.upsert_entity(pointer, mode=UpdateMode.REPLACE)  # stale (left by a crash) or ours
 
     def _release_pointer(self, c: Coupling, bc_id: str | None) -> None:
-        if not bc_id or dataverse_id_for(c.mapping, bc_id) == c.dv_id:
+        if not bc_id or dataverse_id_for(c.mapping, bc_id, self.scope) == c.dv_id:
             return  # derived ids have no pointer
-        pointer = _pointer_row(c, bc_id)
+        pointer = _pointer_row(c, self.scope, bc_id)
         try:
             current = self.table.get_entity(pointer["PartitionKey"], pointer["RowKey"])
             if current.get("DvId") == c.dv_id:
@@ -379,11 +382,11 @@ class CouplingStore:
         return self._grouped(self._create_group, couplings)
 
     def _create_group(self, group: list[Coupling]) -> list[Coupling | Exception]:
-        if any(c.needs_pointer() for c in group):
+        if any(c.needs_pointer(self.scope) for c in group):
             return self._one_by_one(self.create, group)
         stamped = [replace(c, updated=now_iso()) for c in group]
         try:
-            answers = self.table.submit_transaction([("create", _full_row(c)) for c in stamped])
+            answers = self.table.submit_transaction([("create", _full_row(c, self.scope)) for c in stamped])
         except TableTransactionError:
             return self._one_by_one(self.create, group)
         for c, answer in zip(stamped, answers, strict=True):
@@ -399,7 +402,7 @@ class CouplingStore:
             return self._one_by_one(self.save, group)
         stamped = [replace(c, updated=now_iso()) for c in group]
         ops = [
-            ("update", _full_row(c), {"mode": UpdateMode.REPLACE, "etag": c.etag,
+            ("update", _full_row(c, self.scope), {"mode": UpdateMode.REPLACE, "etag": c.etag,
                                       "match_condition": MatchConditions.IfNotModified})
             for c in stamped
         ]  # fmt: skip
@@ -417,7 +420,7 @@ class CouplingStore:
     ) -> list[Coupling | Exception]:
         # Transactions of different partitions are independent; a few in flight keep Table
         # Storage busy while this process prepares the next ones.
-        groups = _transaction_groups(couplings)
+        groups = _transaction_groups(couplings, "")  # one store, one scope: partitions differ alike
         with ThreadPoolExecutor(max_workers=PARALLEL_TRANSACTIONS) as pool:
             answers = list(pool.map(work, groups))
         by_identity = {id(c): r for group, results in zip(groups, answers, strict=True)

@@ -177,8 +177,13 @@ class RunSummary:
 
 
 class Journal:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, scope: str = "") -> None:
         self.table = table
+        # The company's key prefix (`shared.companies.key_prefix`): "" for the home company, whose
+        # rows keep the keys of a single-company deployment. Time rows (`t|`) are shared by all
+        # companies and say which one they are of in `company` (absent: the home company).
+        self.scope = scope
+        self._company = {"company": scope.rstrip(":")} if scope else {}
 
     def record(self, entry: JournalEntry) -> None:
         self.record_many([entry])
@@ -187,7 +192,7 @@ class Journal:
         """Rows grouped by partition and written in transactions of up to 100."""
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
-            for row in _rows(entry):
+            for row in _rows(entry, self.scope, self._company):
                 by_partition.setdefault(row["PartitionKey"], []).append(row)
         for rows in by_partition.values():
             for start in range(0, len(rows), 100):
@@ -217,6 +222,7 @@ class Journal:
                 "PartitionKey": f"t|{at:%Y%m%d%H}", "RowKey": f"{_inverted(at)}-{uuid.uuid4().hex[:8]}",
                 "mapping": mapping, "outcome": "bulk", "reason": f"{len(group)} records", "run_id": run_id,
                 "at": at.isoformat(), "Results": json.dumps(group, separators=(",", ":")),
+                **self._company,
             }
             for group in groups
         ]  # fmt: skip
@@ -235,7 +241,9 @@ class Journal:
         for side, record_id in ids:
             prefix = f"{'bc' if side == 'bc' else 'dv'}|{record_id}|"
             query = and_(
-                eq("PartitionKey", f"rec|{mapping}"), ge("RowKey", prefix), lt("RowKey", prefix + "~")
+                eq("PartitionKey", f"rec|{self.scope}{mapping}"),
+                ge("RowKey", prefix),
+                lt("RowKey", prefix + "~"),
             )
             for count, row in enumerate(self.table.query_entities(query, results_per_page=limit), start=1):
                 rows.setdefault(str(row["RowKey"]).rsplit("|", 1)[-1], row)  # one entry, one stamp
@@ -260,9 +268,12 @@ class Journal:
                 ge("RowKey", _inverted(end)),
                 le("RowKey", _inverted(start) + "-~"),
                 *([eq("mapping", mapping)] if mapping is not None else []),
+                *([eq("company", self._company["company"])] if self._company else []),
                 *([or_(*wanted)] if wanted else []),
             )
             for row in self.table.query_entities(query):
+                if row.get("company", "") != self._company.get("company", ""):
+                    continue  # another company's
                 if mapping is None or row.get("mapping") == mapping:
                     yield JournalEntry.from_row(row)
             hour -= dt.timedelta(hours=1)
@@ -272,27 +283,27 @@ class Journal:
         row = asdict(run)
         row["counts"] = json.dumps(run.counts)
         row["sample"] = _sample_text(run.sample)
-        row = fit_row({**row, "PartitionKey": f"run|{run.mapping}", "RowKey": run.run_id})
+        row = fit_row({**row, "PartitionKey": f"run|{self.scope}{run.mapping}", "RowKey": run.run_id})
         self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
 
     def get_run(self, mapping: str, run_id: str) -> RunSummary | None:
         try:
-            row = self.table.get_entity(f"run|{mapping}", run_id)
+            row = self.table.get_entity(f"run|{self.scope}{mapping}", run_id)
         except ResourceNotFoundError:
             return None
         return _run_from_row(row)
 
     def runs(self, mapping: str, limit: int = 20) -> list[RunSummary]:
-        rows = list(self.table.query_entities(eq("PartitionKey", f"run|{mapping}")))
+        rows = list(self.table.query_entities(eq("PartitionKey", f"run|{self.scope}{mapping}")))
         runs = sorted((_run_from_row(r) for r in rows), key=lambda r: r.started, reverse=True)
         return runs[:limit]
 
 
-def _rows(entry: JournalEntry) -> list[dict[str, Any]]:
-    row = entry.to_row()
+def _rows(entry: JournalEntry, scope: str, company: dict[str, str]) -> list[dict[str, Any]]:
+    row = {**entry.to_row(), **company}
     stamp = f"{_inverted(entry.at)}-{uuid.uuid4().hex[:8]}"
     rows = [
-        {**row, "PartitionKey": f"rec|{entry.mapping}", "RowKey": f"{side}|{record_id}|{stamp}"}
+        {**row, "PartitionKey": f"rec|{scope}{entry.mapping}", "RowKey": f"{side}|{record_id}|{stamp}"}
         for side, record_id in (("bc", entry.bc_id), ("dv", entry.dv_id))
         if record_id
     ]

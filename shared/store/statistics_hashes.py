@@ -26,17 +26,19 @@ class PushedHash:
 
 
 class StatisticsHashStore:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, scope: str = "") -> None:
         self.table = table
+        # Partition `statistics` for the home company, `<company id>:statistics` for the others.
+        self.partition = scope + HASH_PARTITION
 
     def pushed(self) -> dict[str, str]:
         """BC customer id -> hash of the figures last pushed."""
-        rows = self.table.query_entities(eq("PartitionKey", HASH_PARTITION), select=["RowKey", "Hash"])
+        rows = self.table.query_entities(eq("PartitionKey", self.partition), select=["RowKey", "Hash"])
         return {str(r["RowKey"]): str(r.get("Hash", "")) for r in rows}
 
     def remember(self, hashes: Iterable[PushedHash]) -> None:
         entities = [
-            {"PartitionKey": HASH_PARTITION, "RowKey": h.customer_id, "Hash": h.hash, "Number": h.number}
+            {"PartitionKey": self.partition, "RowKey": h.customer_id, "Hash": h.hash, "Number": h.number}
             for h in hashes
         ]
         for start in range(0, len(entities), TABLE_TRANSACTION_ROWS):

@@ -125,6 +125,9 @@ class Storage:
     queues: QueueServiceClient
     tables: TableServiceClient
     sync_queue_name: str = SYNC_QUEUE
+    # Set on a company's view of storage (`Runtime.for_company`): messages it sends without a
+    # company are that company's.
+    company: str | None = None
 
     def queue(self, name: str | None = None) -> QueueClient:
         """A queue client that base64-encodes on send and decodes on receive, like the host."""
@@ -181,6 +184,8 @@ class Storage:
         send failed, after trying them all. With `within` (seconds), give up waiting then: sends not
         started are cancelled, those under way are handed over in `EnqueueError.late`."""
         client = self.queue(queue)
+        if self.company is not None:
+            messages = [m if m.company else m.model_copy(update={"company": self.company}) for m in messages]
         # Each message carries the current trace, so its processing joins it (shared/telemetry.py).
         trace = telemetry.traceparent()
         if trace is not None:

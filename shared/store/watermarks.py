@@ -27,12 +27,13 @@ class WatermarkConflictError(ServiceError):
 
 
 class WatermarkStore:
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, scope: str = "") -> None:
         self.table = table
+        self.scope = scope  # the company's key prefix ("" for the home company): `shared.companies`
 
     def get(self, mapping: str, side: str) -> Watermark | None:
         try:
-            e = self.table.get_entity(mapping, side)
+            e = self.table.get_entity(self.scope + mapping, side)
         except ResourceNotFoundError:
             return None
         return Watermark(mapping, side, e.get("Value", ""), e.metadata["etag"])
@@ -42,7 +43,7 @@ class WatermarkStore:
         # WriteId: only our own write, landed although its response was lost, counts as ours on a
         # conflict; another instance that moved the mark to the same value has won this round.
         entity = {
-            "PartitionKey": mark.mapping,
+            "PartitionKey": self.scope + mark.mapping,
             "RowKey": mark.side,
             "Value": mark.value,
             "WriteId": uuid.uuid4().hex,
@@ -68,4 +69,4 @@ class WatermarkStore:
 
     def clear(self, mapping: str, side: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
-            self.table.delete_entity(mapping, side)
+            self.table.delete_entity(self.scope + mapping, side)

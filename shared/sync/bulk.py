@@ -434,6 +434,7 @@ def process_pairs(
             bc=pair.bc, dv=pair.dv, lookups=lookups, candidates=pair.candidates,
             # Times kept while a change waits (usually none); the records' own times stand in for the rest.
             changed_at=change_times(pair.coupling.seen) if pair.coupling else None,
+            id_scope=engine.couplings.scope,
         )  # fmt: skip
         if dry_run:
             counts[str(plan.outcome)] += 1

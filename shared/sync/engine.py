@@ -232,7 +232,14 @@ class Engine:
         found = self._candidates(mapping, side, source, lookups)
         candidates = [Candidate(r, already_coupled=c is not None) for r, c in found]
         plan = reconcile(
-            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+            self.ms,
+            mapping,
+            snapshot=None,
+            bc=bc,
+            dv=dv,
+            lookups=lookups,
+            candidates=candidates,
+            id_scope=self.couplings.scope,
         )
         ids: dict[Side, str | None] = {"bc": record_id(mapping, "bc", bc), "dv": record_id(mapping, "dv", dv)}
         if plan.couple_with is not None:
@@ -398,7 +405,14 @@ class Engine:
                 return self._settle_bc_create(mapping, coupling, source, record, message, why)
         candidates = [Candidate(record, already_coupled=coupling is not None) for record, coupling in found]
         plan = reconcile(
-            self.ms, mapping, snapshot=None, bc=bc, dv=dv, lookups=lookups, candidates=candidates
+            self.ms,
+            mapping,
+            snapshot=None,
+            bc=bc,
+            dv=dv,
+            lookups=lookups,
+            candidates=candidates,
+            id_scope=self.couplings.scope,
         )
         return self._apply(mapping, plan, None, message, bc, dv, matched=[r for r, _ in found])
 

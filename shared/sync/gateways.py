@@ -12,10 +12,11 @@ record it changes (`current`), so the gateway sends its ETag as `If-Match`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared.companies import COMPANY_BIND, COMPANY_ENTITY_SET, COMPANY_TABLES, company_filter
 from shared.connectors import business_central, dataverse
 from shared.connectors.business_central import BatchOperation, BusinessCentralClient
 from shared.connectors.dataverse import BatchRequest, DataverseClient, ItemResult
@@ -97,8 +98,10 @@ class BcGateway(Gateway, Protocol):
         select: Sequence[str] | None,
         filter: str | None = None,
         page_size: int | None = None,
+        expand: Sequence[str] | None = None,
     ) -> Iterator[Record]:
-        """Any entity set of the company (code tables, company contacts), not only mapped ones."""
+        """Any entity set of the company (code tables, company contacts), not only mapped ones;
+        `expand` names navigation properties read in the same request (`contactsInformation`)."""
         ...
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
@@ -154,6 +157,7 @@ class BusinessCentralGateway:
         select: Sequence[str] | None,
         filter: str | None = None,
         page_size: int | None = None,
+        expand: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         return self.client.query(
             self.company_id,
@@ -161,6 +165,7 @@ class BusinessCentralGateway:
             select=select,
             filter=filter,
             page_size=page_size or business_central.MAX_PAGE_SIZE,
+            expand=expand,
         )
 
     def modified_since(
@@ -214,14 +219,41 @@ class BusinessCentralGateway:
         return int(self.client.stats.in_this_thread)
 
 
+@dataclass(frozen=True)
+class CompanyTag:
+    """One BC company's rows in a Dataverse shared by several (`shared.companies`): `row_id()` is
+    its `bcbi_company` row (asked once, when first needed); `home` also takes untagged rows."""
+
+    row_id: Callable[[], str]
+    home: bool
+
+
 class DataverseGateway:
     side: Side = "dv"
 
-    def __init__(self, client: DataverseClient) -> None:
+    def __init__(self, client: DataverseClient, company: CompanyTag | None = None) -> None:
         self.client = client
+        # None: one company, nothing tagged or filtered (as before there were several).
+        self.company = company
 
     def table(self, mapping: EntityMapping) -> str:
         return mapping.dataverse.table
+
+    def _tagged(self, mapping: EntityMapping) -> CompanyTag | None:
+        return self.company if mapping.dataverse.table in COMPANY_TABLES else None
+
+    def _scoped_filter(self, mapping: EntityMapping, filter: str | None) -> str | None:
+        tag = self._tagged(mapping)
+        if tag is None:
+            return filter
+        own = company_filter(tag.row_id(), include_untagged=tag.home)
+        return f"{own} and ({filter})" if filter else own
+
+    def _stamped(self, mapping: EntityMapping, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        tag = self._tagged(mapping)
+        if tag is None or COMPANY_BIND in body:
+            return body
+        return {**body, COMPANY_BIND: f"/{COMPANY_ENTITY_SET}({tag.row_id()})"}
 
     def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
         found = self.client.get(mapping.dataverse.entity_set, record_id, select=select)
@@ -238,7 +270,7 @@ class DataverseGateway:
         return self.client.query_pages(
             mapping.dataverse.entity_set,
             select=select,
-            filter=filter,
+            filter=self._scoped_filter(mapping, filter),
             page_size=page_size or dataverse.MAX_PAGE_SIZE,
         )
 
@@ -246,7 +278,9 @@ class DataverseGateway:
         self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
     ) -> Record:
         return dict(
-            self.client.create(mapping.dataverse.entity_set, body, record_id=record_id, select=select)
+            self.client.create(
+                mapping.dataverse.entity_set, self._stamped(mapping, body), record_id=record_id, select=select
+            )
         )
 
     def update(
@@ -317,7 +351,9 @@ class DataverseGateway:
         return records
 
     def upsert_many(self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
-        return self.client.upsert_multiple(mapping.dataverse.entity_set, bodies)
+        return self.client.upsert_multiple(
+            mapping.dataverse.entity_set, [self._stamped(mapping, b) for b in bodies]
+        )
 
     def requests_in_this_thread(self) -> int:
         return int(self.client.stats.in_this_thread)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from shared import telemetry
+from shared.companies import COMPANY_TABLES, COMPANY_VALUE, same_company
 from shared.messages import (
     AnyMessage,
     BatchMessage,
@@ -21,7 +22,7 @@ from shared.messages import (
     SyncMessage,
     parse_json,
 )
-from shared.runtime import get_runtime
+from shared.runtime import Runtime, get_runtime
 from shared.sync import bulk
 from shared.sync.engine import Engine, RequeueError, SyncResult
 
@@ -89,6 +90,10 @@ def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: A
         # after the fix (e.g. the mapping restored) puts it back.
         _to_poison(rt, body, message_id, problem)
         return
+    routed = route(rt, message)
+    if routed is None:
+        return
+    rt, message = routed
     try:
         result = dispatch(rt.engine, message)
     except RequeueError as requeue:
@@ -111,6 +116,79 @@ def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: A
             "%s %s:%s -> %s %s", message.mapping, getattr(message, "side", ""), getattr(message, "id", ""),
             result.outcome, said,
         )  # fmt: skip
+
+
+def route(rt: Runtime, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None:
+    """The company view that handles `message`, and the message with its company; None when it is
+    no configured company's (left alone, logged), or was handed to each company.
+
+    A message names its company, except a Dataverse change (the webhook and the delta poll see only
+    the row) and messages queued before there were several companies (the home company's). A
+    Dataverse row is the company's that coupled it (a point read per company, no API request), else
+    the one its `bcbi_companyid` names (one read), untagged rows the home company's. A change of a
+    table shared by all companies (users, currencies) is each company's: one message per company."""
+    if message.company is not None:
+        if not any(same_company(message.company, c) for c in rt.companies):
+            log.warning(
+                "%s message for BC company %s, which is no longer in BC_COMPANY_IDS: dropped (its "
+                "couplings and journal stay in storage; add the company again to resume)",
+                message.mapping, message.company,
+            )  # fmt: skip
+            return None
+        return rt.for_company(message.company), message
+    if not rt.multi_company:
+        return rt, message
+    if isinstance(message, BatchMessage) and message.side == "dv":
+        return rt, message  # fans out unscoped: each record is routed on its own
+    if message.side == "bc" or not isinstance(message, SyncMessage):
+        # BC-side messages without a company, and Dataverse bulk work queued without one, were
+        # queued for the home company (before there were several).
+        return _for(rt, rt.home_company, message)
+    table = rt.mappings.entity(message.mapping).dataverse.table
+    if table not in COMPANY_TABLES:
+        copies = [message.model_copy(update={"company": c}) for c in rt.companies]
+        rt.storage.enqueue(copies)
+        return None
+    company = _company_of_dataverse_row(rt, message)
+    return _for(rt, company, message) if company is not None else None
+
+
+def _for(rt: Runtime, company: str, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None:
+    if not any(same_company(company, c) for c in rt.companies):
+        # The home company was removed from the setting: what is its (untagged rows, messages from
+        # before there were several) is left alone, as any removed company's.
+        log.warning(
+            "%s message of BC company %s, which is no longer configured: dropped", message.mapping, company
+        )
+        return None
+    return rt.for_company(company), message.model_copy(update={"company": company})
+
+
+def _company_of_dataverse_row(rt: Runtime, message: SyncMessage) -> str | None:
+    table = rt.mappings.entity(message.mapping).dataverse.table
+    # Any mapping of the same table counts: an account is announced to CUSTOMER and VENDOR alike,
+    # and the one that did not couple it must not pay a read to learn it is not its.
+    names = [m.name for m in rt.mappings.entities() if m.dataverse.table == table]
+    for company in rt.companies:
+        couplings = rt.for_company(company).couplings
+        if any(couplings.get(name, "dv", message.id) is not None for name in names):
+            return company
+    entity_set = rt.mappings.entity(message.mapping).dataverse.entity_set
+    row = rt.dataverse.get(entity_set, message.id, select=[COMPANY_VALUE])
+    tag = str((row or {}).get(COMPANY_VALUE) or "").lower()
+    if not tag:
+        return rt.home_company  # untagged (or gone and never coupled): the home company's
+    by_row = {row_id.lower(): company for company, row_id in rt.dataverse_companies().items()}
+    if tag not in by_row:
+        by_row = {row_id.lower(): company for company, row_id in rt.dataverse_companies(refresh=True).items()}
+    owner = by_row.get(tag)
+    configured = next((c for c in rt.companies if same_company(c, owner)), None) if owner else None
+    if configured is None:
+        log.info(
+            "%s %s belongs to Dataverse company %s, which no BC company in BC_COMPANY_IDS is: left alone",
+            message.mapping, message.id, tag,
+        )  # fmt: skip
+    return configured
 
 
 def dispatch(engine: Engine, message: AnyMessage) -> SyncResult | None:

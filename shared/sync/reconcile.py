@@ -250,6 +250,7 @@ def reconcile(
     lookups: Lookups,
     candidates: Sequence[Candidate] = (),
     changed_at: ChangeTimes | None = None,
+    id_scope: str = "",
 ) -> Plan:
     """Decide what to do with one record pair.
 
@@ -259,7 +260,7 @@ def reconcile(
     `newest_wins` compares these per field, and falls back to the records' modified times for a field
     it has no time for.
     """
-    ctx = _Ctx(ms, mapping, lookups, changed_at or {})
+    ctx = _Ctx(ms, mapping, lookups, changed_at or {}, id_scope)
     if snapshot is None:
         return ctx.uncoupled(bc, dv, candidates)
     if bc is None or dv is None:
@@ -363,6 +364,7 @@ class _Ctx:
     mapping: EntityMapping
     lookups: Lookups
     changed_at: ChangeTimes = field(default_factory=dict)
+    id_scope: str = ""  # the company's key prefix, for the deterministic ids of created records
 
     # -- coupled pair: three-way merge ------------------------------------------------------------
 
@@ -627,7 +629,7 @@ class _Ctx:
         if blocked is not None:
             return blocked
         if target == "dv":
-            new_id = dataverse_id_for(self.mapping, str(record["id"]))
+            new_id = dataverse_id_for(self.mapping, str(record["id"]), self.id_scope)
             write = m.write(self, "dv", "create", new_id) or Write("create", {}, (), new_id)
             body = {self.mapping.dataverse.primary_key: new_id, **write.body}
             if self.ms.settings.ownership.model == "team" and self.mapping.owner is not None:

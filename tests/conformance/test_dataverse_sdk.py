@@ -84,20 +84,20 @@ def test_bulk_create_update_and_bulk_delete_job(sdk: DataverseClient, sandbox: D
 
 def test_upsert_by_alternate_key(sdk: DataverseClient, sandbox: DataverseSandbox) -> None:
     sdk.records.upsert(
-        "account", [UpsertItem(alternate_key={"accountnumber": "UP-1"}, record={"name": "First"})]
+        "product", [UpsertItem(alternate_key={"productnumber": "UP-1"}, record={"name": "First"})]
     )
     sdk.records.upsert(
-        "account", [UpsertItem(alternate_key={"accountnumber": "UP-1"}, record={"name": "Renamed"})]
+        "product", [UpsertItem(alternate_key={"productnumber": "UP-1"}, record={"name": "Renamed"})]
     )
-    assert [(r["accountnumber"], r["name"]) for r in sandbox.rows("accounts")] == [("UP-1", "Renamed")]
+    assert [(r["productnumber"], r["name"]) for r in sandbox.rows("products")] == [("UP-1", "Renamed")]
     sdk.records.upsert(
-        "account",
+        "product",
         [
-            UpsertItem(alternate_key={"accountnumber": f"UP-{i}"}, record={"name": f"Many {i}"})
+            UpsertItem(alternate_key={"productnumber": f"UP-{i}"}, record={"name": f"Many {i}"})
             for i in (1, 2, 3)
         ],
     )
-    rows = {r["accountnumber"]: r["name"] for r in sandbox.rows("accounts")}
+    rows = {r["productnumber"]: r["name"] for r in sandbox.rows("products")}
     assert rows == {"UP-1": "Many 1", "UP-2": "Many 2", "UP-3": "Many 3"}
 
 
@@ -138,8 +138,9 @@ def test_table_and_column_metadata(sdk: DataverseClient, sandbox: DataverseSandb
     )
     columns = {c["LogicalName"] for c in sdk.tables.list_columns("account")}
     assert {"name", "accountnumber", "paymenttermscode", "primarycontactid"} <= columns
-    keys = sdk.tables.get_alternate_keys("account")
-    assert [k.key_attributes for k in keys] == [["accountnumber"]]
+    assert sdk.tables.get_alternate_keys("account") == []  # Dataverse defines none on account
+    keys = sdk.tables.get_alternate_keys("product")
+    assert [k.key_attributes for k in keys] == [["productnumber"]]
     # A picklist given by label: the SDK reads the option set (PicklistAttributeMetadata cast) to map it.
     account_id = sdk.records.create("account", {"name": "Labelled", "paymenttermscode": "Net 45"})
     assert sandbox.get("accounts", account_id)["paymenttermscode"] == 3  # type: ignore[index]

@@ -259,7 +259,8 @@ def running_stack(environment: Mapping[str, str] | None = None) -> Iterator[E2ES
         dv_report = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
         bc_report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
         assert not dv_report.failed and not bc_report.failed, (dv_report, bc_report)
-        bc_base = f"{stack.env['BC_API_URL']}/companies({stack.env['BC_COMPANY_IDS']})/"
+        first_company = stack.env["BC_COMPANY_IDS"].split(",")[0].strip()
+        bc_base = f"{stack.env['BC_API_URL']}/companies({first_company})/"
         dv_base = f"{stack.env['DATAVERSE_URL']}/api/data/v9.2/"
         with (
             httpx.Client(base_url=bc_base, headers=SALES_USER, timeout=30) as bc_http,

@@ -223,10 +223,15 @@ class MemoryBc(_MemorySide):
         select: Sequence[str] | None,
         filter: str | None = None,
         page_size: int | None = None,
+        expand: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         self._count("GET", entity_set)
-        rows = [r for r in self.rows(entity_set).values() if _matches(r, filter)]
-        return iter([dict(r) for r in rows[: page_size or len(rows)]])
+        rows = [dict(r) for r in self.rows(entity_set).values() if _matches(r, filter)]
+        if expand and "contactsInformation" in expand:
+            info = list(self.rows("contactsInformation").values())
+            for row in rows:
+                row["contactsInformation"] = [dict(i) for i in info if i.get("relatedId") == row["id"]]
+        return iter(rows[: page_size or len(rows)])
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]:
         self._count("GET", f"{mapping.bc.entity_set}/contactsInformation")

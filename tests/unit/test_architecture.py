@@ -32,6 +32,7 @@ BASE_MODULES = {
     "shared.auth",
     "shared.odata",
     "shared.errors",
+    "shared.companies",
     "shared.telemetry",
     "shared.telemetry_file",
 }

@@ -21,16 +21,16 @@ def store() -> Store:
 def test_failed_transaction_undoes_rows_keys_log_and_events(store: Store) -> None:
     events: list[ChangeEvent] = []
     store.on_commit = events.extend
-    kept = store.create("accounts", {"name": "kept", "accountnumber": "K"}, CALLER)
+    kept = store.create("products", {"name": "kept", "productnumber": "K"}, CALLER)
     before = store.current_version()
     with pytest.raises(DataverseError), store.transaction():
-        store.update("accounts", kept["accountid"], {"accountnumber": "K2"}, CALLER)
-        store.create("accounts", {"name": "gone", "accountnumber": "G"}, CALLER)
-        store.create("accounts", {"name": "x" * 161}, CALLER)
-    assert [r["name"] for r in store.table("accounts").rows.values()] == ["kept"]
-    assert store.resolve_key("accounts", {"accountnumber": "K"}) == kept["accountid"]
-    assert store.resolve_key("accounts", {"accountnumber": "G"}) is None
-    assert store.changes("accounts", before, store.current_version()) == ([], [])
+        store.update("products", kept["productid"], {"productnumber": "K2"}, CALLER)
+        store.create("products", {"name": "gone", "productnumber": "G"}, CALLER)
+        store.create("products", {"name": "x" * 1000}, CALLER)
+    assert [r["name"] for r in store.table("products").rows.values()] == ["kept"]
+    assert store.resolve_key("products", {"productnumber": "K"}) == kept["productid"]
+    assert store.resolve_key("products", {"productnumber": "G"}) is None
+    assert store.changes("products", before, store.current_version()) == ([], [])
     assert [e.message for e in events] == ["Create"]
 
 

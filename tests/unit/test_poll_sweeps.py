@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS
 from shared.feeds import poll
 from shared.feeds.registration import missing_bc_subscriptions, resource_path
 from shared.mapping.loader import load_mapping_set
@@ -40,6 +41,7 @@ class _Rt:
     settings: _Settings = field(default_factory=_Settings)
     storage: _Storage = field(default_factory=_Storage)
     watermarks: WatermarkStore = field(default_factory=lambda: WatermarkStore(MemoryTable()))  # type: ignore[arg-type]
+    scope: str = ""  # the home company
 
 
 def _sweeps(rt: _Rt, now: dt.datetime, *, gap: bool = False) -> list[str | None]:
@@ -76,6 +78,9 @@ class _Bc:
     def list_subscriptions(self) -> list[dict[str, Any]]:
         return self.subscriptions
 
+    def webhook_supported_entity_sets(self, company_id: str) -> frozenset[str]:
+        return WEBHOOK_SUPPORTED_ENTITY_SETS
+
 
 def test_missing_subscriptions_are_the_targets_bc_has_none_for_on_our_url() -> None:
     settings = _Settings()
@@ -87,3 +92,26 @@ def test_missing_subscriptions_are_the_targets_bc_has_none_for_on_our_url() -> N
     assert missing_bc_subscriptions(_Bc(live), settings, MAPPINGS) == []  # type: ignore[arg-type]
     elsewhere = [{**sub, "notificationUrl": "https://other.example/hook"} for sub in live]
     assert missing_bc_subscriptions(_Bc(elsewhere), settings, MAPPINGS) == everything  # type: ignore[arg-type]
+
+
+class _BcListing(_Bc):
+    """A BC whose webhookSupportedResources page lists only some sets (e.g. an older release)."""
+
+    def __init__(self, supported: frozenset[str]) -> None:
+        super().__init__([])
+        self.supported = supported
+        self.asked: list[str] = []
+
+    def webhook_supported_entity_sets(self, company_id: str) -> frozenset[str]:
+        self.asked.append(company_id)
+        return self.supported
+
+
+def test_subscription_targets_are_what_bc_lists_as_webhook_supported() -> None:
+    settings = _Settings()
+    mapped = {entity_set for _, entity_set in missing_bc_subscriptions(_Bc([]), settings, MAPPINGS)}  # type: ignore[arg-type]
+    assert "items" in mapped
+    bc = _BcListing(frozenset(mapped - {"items"}) | {"contacts"})
+    targets = missing_bc_subscriptions(bc, settings, MAPPINGS)  # type: ignore[arg-type]
+    assert {entity_set for _, entity_set in targets} == (mapped - {"items"}) | {"contacts"}
+    assert bc.asked == list(settings.bc_company_ids)  # asked per company

@@ -29,6 +29,7 @@ def rt(monkeypatch: pytest.MonkeyPatch) -> Any:
     synced: list[Any] = []
     runtime = SimpleNamespace(
         mappings=load_mapping_set("mappings/default.yaml"),
+        multi_company=False,
         storage=SimpleNamespace(
             poison_queue_name="sync-requests-poison", queue=lambda name=None: FakeQueue(sent, name or "")
         ),

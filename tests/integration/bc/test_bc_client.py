@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shared.connectors.business_central import BatchOperation, parse_resource
+from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS, BatchOperation, parse_resource
 from shared.connectors.errors import (
     AlreadyExistsError,
     AmbiguousWriteError,
@@ -132,7 +132,9 @@ def test_batch_results_per_operation_and_atomic_rollback(bc: Bc) -> None:
         assert [r.status for r in results] == [201, 409, 200]
         assert isinstance(results[1].error, ConcurrencyError) and results[0].ok
         atomic = client.batch(bc.company, ops[:2], atomic=True)
-        assert [r.status for r in atomic] == [424, 409]
+        # BC answers 201 for the rolled-back POST; the client reports it as not applied.
+        assert [r.status for r in atomic] == [201, 409]
+        assert not atomic[0].ok and atomic[0].error is not None and "rolled back" in atomic[0].error.message
         assert sum(r["displayName"] == "B1" for r in client.query(bc.company, "customers")) == 1
         many = [BatchOperation("GET", "customers", first["id"]) for _ in range(250)]
         assert len(client.batch(bc.company, many)) == 250
@@ -170,3 +172,16 @@ def test_collection_notification_is_followed_through_the_rebuilt_filter(bc: Bc, 
         assert entry["changeType"] == "collection" and ref.record_id is None and ref.filter
         rows = list(client.query(ref.company_id, ref.entity_set, filter=ref.filter))
         assert {r["id"] for r in rows} == set(ids)
+
+
+def test_webhook_supported_sets_come_from_bc_once_per_company(bc: Bc) -> None:
+    with bc.client() as client:
+        sets = client.webhook_supported_entity_sets(bc.company)
+        assert {"customers", "items", "itemCategories", "salesOrders"} <= sets
+        assert not {"contacts", "salespeoplePurchasers", "itemLedgerEntries"} & sets
+        assert client.webhook_supported_entity_sets(bc.company) is sets
+        assert client.stats.requests["GET webhookSupportedResources"] == 1
+    # A BC without the runtime page (404): the documented list.
+    bc.sandbox.faults.add({"action": "status", "status": 404, "path_contains": "webhookSupportedResources"})
+    with bc.client() as client:
+        assert client.webhook_supported_entity_sets(bc.company) == WEBHOOK_SUPPORTED_ENTITY_SETS

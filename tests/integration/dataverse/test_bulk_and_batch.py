@@ -54,24 +54,24 @@ def test_client_isolates_the_failing_record_of_a_chunk(
 def test_upsert_multiple_by_alternate_key_and_by_id(
     client: DataverseClient, sandbox: DataverseSandbox
 ) -> None:
-    [existing] = sandbox.seed("accounts", [{"name": "Before", "accountnumber": "K1"}])
+    [existing] = sandbox.seed("products", [{"name": "Before", "productnumber": "K1"}])
     chosen = str(uuid.uuid4())
     results = client.upsert_multiple(
-        "accounts",
+        "products",
         [
-            {"@odata.id": "accounts(accountnumber='K1')", "name": "After"},
-            {"@odata.id": "accounts(accountnumber='K2')", "name": "Created by key"},
-            {"accountid": chosen, "name": "Created by id"},
+            {"@odata.id": "products(productnumber='K1')", "name": "After"},
+            {"@odata.id": "products(productnumber='K2')", "name": "Created by key"},
+            {"productid": chosen, "name": "Created by id"},
         ],
     )
     assert all(r.ok for r in results)
     assert results[2].id == chosen
-    by_number = {r["accountnumber"]: r for r in sandbox.rows("accounts")}
-    assert by_number["K1"]["accountid"] == existing and by_number["K1"]["name"] == "After"
+    by_number = {r["productnumber"]: r for r in sandbox.rows("products")}
+    assert by_number["K1"]["productid"] == existing and by_number["K1"]["name"] == "After"
     assert by_number["K2"]["name"] == "Created by key"
-    assert sandbox.get("accounts", chosen)["name"] == "Created by id"  # type: ignore[index]
-    again = client.upsert_multiple("accounts", [{"accountid": chosen, "name": "Updated by id"}])
-    assert again[0].ok and len(sandbox.rows("accounts")) == 3
+    assert sandbox.get("products", chosen)["name"] == "Created by id"  # type: ignore[index]
+    again = client.upsert_multiple("products", [{"productid": chosen, "name": "Updated by id"}])
+    assert again[0].ok and len(sandbox.rows("products")) == 3
 
 
 def test_update_multiple_reports_missing_rows_per_item(

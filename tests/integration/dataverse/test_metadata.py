@@ -123,9 +123,10 @@ def test_expand_attributes_and_keys(http: httpx.Client, sandbox: DataverseSandbo
     }
     one = http.get("EntityDefinitions(LogicalName='account')/Attributes(LogicalName='name')").json()
     assert (one["AttributeType"], one["MaxLength"], one["IsPrimaryName"]) == ("String", 160, True)
-    assert http.get("EntityDefinitions(LogicalName='account')/Keys").json()["value"][0]["KeyAttributes"] == [
-        "accountnumber"
+    assert http.get("EntityDefinitions(LogicalName='product')/Keys").json()["value"][0]["KeyAttributes"] == [
+        "productnumber"
     ]
+    assert http.get("EntityDefinitions(LogicalName='account')/Keys").json()["value"] == []
 
 
 @pytest.mark.parametrize(

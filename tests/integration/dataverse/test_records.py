@@ -106,31 +106,31 @@ def test_patch_without_if_match_upserts_on_the_id(http: httpx.Client) -> None:
 
 
 def test_upsert_by_alternate_key_modes(client: DataverseClient, http: httpx.Client) -> None:
-    created = client.upsert_by_key("accounts", {"accountnumber": "O'B-1"}, {"name": "O'Brien"})
-    assert created["accountnumber"] == "O'B-1"  # copied from the URL into the new row
+    created = client.upsert_by_key("products", {"productnumber": "O'B-1"}, {"name": "O'Brien"})
+    assert created["productnumber"] == "O'B-1"  # copied from the URL into the new row
     again = client.upsert_by_key(
-        "accounts", {"accountnumber": "O'B-1"}, {"name": "O'Brien Ltd", "accountnumber": "X"}
+        "products", {"productnumber": "O'B-1"}, {"name": "O'Brien Ltd", "productnumber": "X"}
     )
-    assert again["accountid"] == created["accountid"]
-    assert again["accountnumber"] == "O'B-1"  # key columns in the body are ignored on update
+    assert again["productid"] == created["productid"]
+    assert again["productnumber"] == "O'B-1"  # key columns in the body are ignored on update
     assert again["name"] == "O'Brien Ltd"
     with pytest.raises(AlreadyExistsError, match="matching key values already exists") as exists:
-        client.upsert_by_key("accounts", {"accountnumber": "O'B-1"}, {"name": "dup"}, mode="create_only")
+        client.upsert_by_key("products", {"productnumber": "O'B-1"}, {"name": "dup"}, mode="create_only")
     assert (exists.value.status, exists.value.code) == (412, "")
     with pytest.raises(NotFoundError):
-        client.upsert_by_key("accounts", {"accountnumber": "NOPE"}, {"name": "n"}, mode="update_only")
-    plain = http.patch("accounts(accountnumber='A-2')", json={"name": "A2"})
+        client.upsert_by_key("products", {"productnumber": "NOPE"}, {"name": "n"}, mode="update_only")
+    plain = http.patch("products(productnumber='A-2')", json={"name": "A2"})
     assert plain.status_code == 204
-    assert plain.headers["OData-EntityId"].endswith("accounts(accountnumber='A-2')")
-    wrong_key = http.patch("accounts(name='x')", json={"name": "x"})
+    assert plain.headers["OData-EntityId"].endswith("products(productnumber='A-2')")
+    wrong_key = http.patch("products(name='x')", json={"name": "x"})
     assert wrong_key.status_code == 400
     assert "not an alternate key" in wrong_key.json()["error"]["message"]
 
 
 def test_alternate_key_values_are_unique(client: DataverseClient) -> None:
-    client.create("accounts", {"name": "One", "accountnumber": "K1"})
+    client.create("products", {"name": "One", "productnumber": "K1"})
     with pytest.raises(AlreadyExistsError):
-        client.create("accounts", {"name": "Two", "accountnumber": "k1"})  # case-insensitive collation
+        client.create("products", {"name": "Two", "productnumber": "k1"})  # case-insensitive collation
 
 
 def test_lookups_bind_and_read_back(client: DataverseClient, sandbox: DataverseSandbox) -> None:
@@ -295,9 +295,9 @@ def test_documented_errors_carry_an_empty_code(client: DataverseClient, http: ht
     with pytest.raises(ConcurrencyError) as info:  # If-Match was sent: a stale version, code or not
         client.update("accounts", row["accountid"], {"name": "x"}, etag=row["@odata.etag"])
     assert info.value.code == ""
-    exists = http.patch("accounts(accountnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
+    exists = http.patch("products(productnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
     assert exists.status_code == 204
-    again = http.patch("accounts(accountnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
+    again = http.patch("products(productnumber='K-1')", json={"name": "k"}, headers={"If-None-Match": "*"})
     assert (again.status_code, again.json()["error"]["code"]) == (412, "")
 
 

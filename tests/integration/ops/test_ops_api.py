@@ -97,6 +97,8 @@ def test_bad_input_gets_a_reason(ops: OpsStack) -> None:
     assert typo.status_code == 400 and "dryrun" in typo.json()["error"]
     assert ops.api("GET", "manage/couple", token=admin).status_code == 405
     assert ops.api("GET", "manage/nothing-here", token=admin).status_code == 404
+    other = ops.api("GET", "manage/status", token=admin, params={"company": guid})
+    assert other.status_code == 400 and "not in BC_COMPANY_IDS" in other.json()["error"]
 
 
 # ---------------------------------------------------------------------------------------- actions
