@@ -190,6 +190,7 @@ def test_the_processor_logs_no_record_values(
     runtime = SimpleNamespace(
         mappings=load_mapping_set("mappings/default.yaml"),
         engine=SimpleNamespace(sync_record=lambda m: result),
+        multi_company=False,
     )
     monkeypatch.setattr(processor, "get_runtime", lambda: runtime)
     guid = "6d81597f-0f9f-e711-8122-000d3aa2331c"
