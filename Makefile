@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint bench chaos conformance solution clean
+.PHONY: setup browser run test lint bench chaos conformance solution clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -16,6 +16,16 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+## Debian's headless Chromium and its WebDriver, for the operator page's browser test
+## (tests/e2e/test_operator_page_e2e.py); installed with apt when missing (as root, or with sudo).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  command -v apt-get >/dev/null || { echo "install Chromium and chromedriver at /usr/bin (Debian: chromium chromium-driver)"; exit 1; }; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	fi
+
 ## Azurite + Dataverse and BC sandboxes + the dev host, with demo data, syncing live. Ctrl-C stops all.
 run: setup
 	$(PY) -m devstack up
@@ -24,7 +34,7 @@ run: setup
 ## each runs whole test files and starts its own Azurite and sandboxes on free ports. Most tests wait
 ## on servers rather than the CPU, so three processes pay off on two cores (7 min instead of 14).
 TEST_WORKERS ?= 3
-test: setup
+test: setup browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 

@@ -1,4 +1,4 @@
-"""`python -m devstack up | host | dataverse | bc | azurite` — the offline development stack."""
+"""`python -m devstack up | host | dataverse | bc | azurite | traces` — the offline development stack."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from devstack.serve import PortInUseError, check_port_free
 from devstack.stack import DEFAULT_PORTS, REPO, StackPorts, start_dev_host, start_stack
@@ -58,13 +60,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     from devstack.bc.config import BcSandboxConfig
 
-    stack = start_stack(
-        ports,
-        # Real BC waits 30 s before notifying; the demo waits 2 s so a change is seen at once.
-        bc_config=BcSandboxConfig(coalesce_seconds=2.0),
-        function_key=os.environ.get("FUNCTIONS_KEY"),
-        master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
-    )
+    telemetry = _telemetry_environment(args.port)
+    entra = None
+    if not any(os.environ.get(name) for name in ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL")):
+        from devstack.entra import start_local_entra
+
+        entra = start_local_entra()  # the admin API and the operator page open to a local token
+    try:
+        stack = start_stack(
+            ports,
+            # Real BC waits 30 s before notifying; the demo waits 2 s so a change is seen at once.
+            bc_config=BcSandboxConfig(coalesce_seconds=2.0),
+            function_key=os.environ.get("FUNCTIONS_KEY"),
+            master_key=os.environ.get("FUNCTIONS_MASTER_KEY"),
+            environment={**telemetry, **(entra.settings if entra else {})},
+        )
+    except BaseException:
+        if entra is not None:
+            entra.stop()
+        raise
     try:
         if not args.no_demo:
             from devstack.demo import start_demo
@@ -72,12 +86,47 @@ def cmd_up(args: argparse.Namespace) -> int:
             for line in start_demo(stack):
                 print(line, flush=True)
         print(BANNER)
-        _print_rows("bc-dataverse-sync local stack is up:", stack.describe())
+        rows = stack.describe()
+        host = stack.host_server.url if stack.host_server else f"http://127.0.0.1:{args.port}"
+        if entra is not None:
+            token_file = _telemetry_path(args.port).parent / "operator-token.txt"
+            token_file.write_text(entra.token() + "\n")
+            token_file.chmod(0o600)
+            rows.append(("Operator page", f"{host}/api/manage/ui  (sign in with the token in {token_file})"))
+        else:
+            rows.append(("Operator page", f"{host}/api/manage/ui"))
+        if "TELEMETRY_FILE" in telemetry:
+            path = telemetry["TELEMETRY_FILE"]
+            rows.append(("Traces of the last changes", f"python -m devstack traces {path}"))
+        _print_rows("bc-dataverse-sync local stack is up:", rows)
         _wait_for_ctrl_c()
     finally:
         print("stopping...", flush=True)
         stack.stop()
+        if entra is not None:
+            entra.stop()
     return 0
+
+
+def _telemetry_environment(port: int) -> dict[str, str]:
+    """OpenTelemetry to a JSON-lines file (new each run), unless an exporter is configured already."""
+    if any(os.environ.get(name) for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING",
+                                             "OTEL_EXPORTER_OTLP_ENDPOINT", "TELEMETRY_FILE")):  # fmt: skip
+        return {}
+    path = _telemetry_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return {"TELEMETRY_FILE": str(path)}
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    from devstack.traces import main as show
+
+    return show(args.file or str(_telemetry_path(args.port)), args.last)
+
+
+def _telemetry_path(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"bc-dataverse-sync-{port}" / "telemetry.jsonl"
 
 
 def cmd_host(args: argparse.Namespace) -> int:
@@ -160,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"the {name} sandbox alone")
         p.add_argument("--port", type=int, default=DEFAULT_PORTS[name])
         p.set_defaults(run=cmd_sandbox)
+
+    traces = sub.add_parser("traces", help="the traces of the last changes that `up` exported, as trees")
+    traces.add_argument("file", nargs="?", help="TELEMETRY_FILE (default: the one `up` prints)")
+    traces.add_argument("--last", type=int, default=5, help="how many traces (default 5)")
+    traces.add_argument("--port", type=int, default=DEFAULT_PORTS["host"], help="`up`'s --port")
+    traces.set_defaults(run=cmd_traces)
 
     az = sub.add_parser("azurite", help="Azurite alone (in memory, loopback)")
     storage_ports(az)

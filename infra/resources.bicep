@@ -209,6 +209,8 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
     ROLE_ADMINISTRATOR: 'Integration.Administrator'
     ROLE_USER: 'Integration.User'
     ROLE_AVAILABILITY: 'ProductAvailability.User'
+    OTEL_EXPORTER_OTLP_ENDPOINT: ''  // Application Insights is the exporter in Azure
+    TELEMETRY_FILE: ''  // the local stack's exporter
   }
 }
 

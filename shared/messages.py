@@ -50,6 +50,9 @@ class _Message(BaseModel):
     # (every message queued before companies were added), or a Dataverse change whose company the
     # processor finds from the coupling or the record's company column.
     company: str | None = Field(default=None, min_length=1, max_length=40)
+    # W3C `traceparent` of the span that queued it (shared/telemetry.py), so the processor's span joins
+    # the webhook's or poll's trace; absent in messages queued without telemetry, or before it existed.
+    trace: str | None = Field(default=None, max_length=55)
 
 
 class SyncMessage(_Message):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
+from shared import telemetry
 from shared.companies import (
     COMPANY_ENTITY_SET,
     COMPANY_EXTERNAL_ID,
@@ -239,13 +240,16 @@ class Runtime:
         """The integration user's allowance on `service`, shared by every instance through storage;
         an instance's share in memory while storage cannot be asked."""
         share = max(1, REQUESTS_PER_WINDOW // self.settings.scale_out_max_instances)
-        return SharedRequestBudget(
+        budget = SharedRequestBudget(
             self.storage.table(tables.REQUEST_BUDGET),
             service,
             max_requests=REQUESTS_PER_WINDOW,
             window_seconds=WINDOW_SECONDS,
             fallback=RequestBudget(max_requests=share, window_seconds=WINDOW_SECONDS),
         )
+        side = "dv" if service == "dataverse" else "bc"
+        telemetry.observe("bcsync.api.budget_left", lambda: [(budget.left(), {"side": side})])
+        return budget
 
     @cached_property
     def engine(self) -> Engine:
@@ -374,7 +378,9 @@ _lock = threading.Lock()
 
 @functools.cache
 def _build() -> Runtime:
-    return Runtime(get_settings(), get_storage())
+    settings = get_settings()
+    telemetry.configure(settings)
+    return Runtime(settings, get_storage())
 
 
 def get_runtime() -> Runtime:
@@ -390,3 +396,4 @@ def reset() -> None:
         _build.cache_clear()
         get_settings.cache_clear()
         storage_cache.cache_clear()
+        telemetry.shutdown()

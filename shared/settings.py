@@ -218,6 +218,18 @@ class Settings(BaseSettings):
     role_user: str = Field(default="Integration.User", validation_alias="ROLE_USER")
     role_availability: str = Field(default="ProductAvailability.User", validation_alias="ROLE_AVAILABILITY")
 
+    # --- OpenTelemetry (shared/telemetry.py): the first one set picks the exporter; none = off ----
+    applicationinsights_connection_string: str | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
+    # `Authorization=AAD`: the managed identity sends telemetry (local authentication off).
+    applicationinsights_authentication_string: str | None = Field(
+        default=None, validation_alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    )
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # JSON lines of spans, logs and metrics (the local stack's exporter).
+    telemetry_file: str | None = Field(default=None, validation_alias="TELEMETRY_FILE")
+
     @field_validator("bc_company_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

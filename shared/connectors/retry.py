@@ -18,6 +18,7 @@ from typing import Protocol
 
 import httpx
 
+from shared import telemetry
 from shared.connectors.errors import (
     AmbiguousWriteError,
     ApiError,
@@ -29,6 +30,8 @@ from shared.connectors.errors import (
 ErrorMapper = Callable[[httpx.Response], ApiError]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# A client's `service` -> its side in metrics and the start of its spans' names.
+_SIDES = {"business_central": ("bc", "BC"), "dataverse": ("dv", "Dataverse")}
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,12 @@ class RequestBudget:
         self._sleep = sleep
         self._lock = threading.Lock()
 
+    def left(self) -> int:
+        """Requests that may still be sent in the current window (a metric)."""
+        with self._lock:
+            now = self._clock()
+            return self.max_requests - sum(1 for sent in self._sent if now - sent < self.window_seconds)
+
     def acquire(self) -> None:
         while True:
             with self._lock:
@@ -155,8 +164,36 @@ class ApiTransport:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+        self._local = threading.local()  # the retry count of this thread's request (telemetry)
 
     def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        kind: str = "",
+        idempotent: bool | None = None,
+        **kwargs: object,
+    ) -> httpx.Response:
+        """`_send` in a span named by the service, method and entity set (never the URL: its `$filter`
+        holds record values), with the final status and the retry count."""
+        if not telemetry.enabled():
+            return self._send(method, url, kind=kind, idempotent=idempotent, **kwargs)
+        side, name = _SIDES.get(self.service, (self.service, self.service))
+        attributes = {"http.request.method": method.upper(), "bcsync.entity_set": kind, "bcsync.side": side}
+        with telemetry.span(f"{name} {method.upper()} {kind}".strip(), attributes, kind="client") as span:
+            self._local.retries = 0
+            try:
+                response = self._send(method, url, kind=kind, idempotent=idempotent, **kwargs)
+            except ApiError as exc:
+                span.set("http.response.status_code", exc.status or None)
+                raise
+            finally:
+                span.set("bcsync.retry_count", self._local.retries)
+            span.set("http.response.status_code", response.status_code)
+            return response
+
+    def _send(
         self,
         method: str,
         url: str,
@@ -179,6 +216,7 @@ class ApiTransport:
             if self.budget is not None:
                 self.budget.acquire()
             self.stats.record(f"{method} {kind}".strip())
+            telemetry.count("bcsync.api.requests", side=_SIDES.get(self.service, (self.service,))[0])
             reached_server = True
             try:
                 response = self._request(method, url, kwargs)
@@ -210,6 +248,7 @@ class ApiTransport:
                 raise error
             if isinstance(error, ThrottledError):
                 self.stats.throttled += 1
+                telemetry.count("bcsync.api.throttled", side=_SIDES.get(self.service, (self.service,))[0])
             elif reached_server and not safe_to_resend and not _certainly_not_processed(error):
                 raise error
             wait = self.policy.delay(attempt, error, self._rng)
@@ -217,6 +256,7 @@ class ApiTransport:
             if attempt >= self.policy.max_attempts or out_of_time:
                 raise error
             self.stats.retries += 1
+            self._local.retries = getattr(self._local, "retries", 0) + 1
             self._sleep(wait)
 
     def _request(self, method: str, url: str, kwargs: dict[str, object]) -> httpx.Response:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
+from shared import telemetry
 from shared.feeds.dedup import RecentKeys
 from shared.feeds.intake import (
     BcIntakeConfig,
@@ -36,6 +37,36 @@ RECENT = RecentKeys()
 def receive_dataverse_webhook(
     headers: Mapping[str, str], query: Mapping[str, str], body: bytes
 ) -> WebhookAnswer:
+    """The root span of the trace of each change it queues (shared/telemetry.py)."""
+    _configured()
+    with telemetry.span("dataverse webhook", kind="server") as span:
+        answer = _receive_dataverse_webhook(headers, query, body)
+        span.set("http.response.status_code", answer.status)
+        span.set("bcsync.messages", len(answer.messages))
+        return answer
+
+
+def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
+    """The root span of the trace of each change it queues (shared/telemetry.py)."""
+    _configured()
+    with telemetry.span("bc webhook", kind="server") as span:
+        answer = _receive_bc_webhook(query, body)
+        span.set("http.response.status_code", answer.status)
+        span.set("bcsync.messages", len(answer.messages))
+        return answer
+
+
+def _configured() -> None:
+    # Telemetry starts with the runtime; a runtime that cannot be built is answered inside (503).
+    try:
+        get_runtime()
+    except Exception:
+        return
+
+
+def _receive_dataverse_webhook(
+    headers: Mapping[str, str], query: Mapping[str, str], body: bytes
+) -> WebhookAnswer:
     try:
         rt = get_runtime()
         config = DataverseIntakeConfig(
@@ -59,7 +90,7 @@ def receive_dataverse_webhook(
     return answer
 
 
-def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
+def _receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
     try:
         rt = get_runtime()
         config = BcIntakeConfig(rt.settings.bc_webhook_client_state, rt.settings.bc_company_ids)
@@ -69,7 +100,9 @@ def receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
         # Never a 4xx for our own trouble: BC would delete the subscription. 503 makes it retry.
         log.exception("bc webhook could not be accepted")
         return UNAVAILABLE
-    log.info("bc webhook: %s %s", answer.status, answer.body[:200])
+    # A handshake's answer is BC's validationToken: not for the log.
+    said = answer.body[:200] if answer.content_type == "application/json" else "(validation handshake)"
+    log.info("bc webhook: %s %s", answer.status, said)
     return answer
 
 

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+from shared import telemetry
 from shared.errors import ServiceError
 from shared.mapping.schema import EntityMapping, Side
 from shared.messages import MessageDecodeError, SyncMessage, parse_json
@@ -209,6 +210,7 @@ def status(rt: Runtime) -> ServiceStatus:
         marks: dict[str, str] = {
             side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None
         }
+        telemetry.gauge("bcsync.couplings", coupled, mapping=m.name)
         result.append(
             MappingStatus(
                 mapping=m.name,
@@ -227,11 +229,14 @@ def status(rt: Runtime) -> ServiceStatus:
                 ),
             )
         )
-    return ServiceStatus(
+    status = ServiceStatus(
         mappings=result,
         queue_depth=_queue_depth(rt, rt.storage.sync_queue_name),
         poison_queue_depth=_queue_depth(rt, rt.storage.poison_queue_name),
     )
+    telemetry.gauge("bcsync.queue.depth", status.queue_depth)
+    telemetry.gauge("bcsync.poison.count", status.poison_queue_depth)
+    return status
 
 
 def _queue_depth(rt: Runtime, name: str) -> int:

@@ -22,17 +22,19 @@ bound by Table Storage writes; one row per pair halves them, and updates need no
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
+from shared import telemetry
 from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
 from shared.odata import and_, eq, ge, lt, or_
@@ -172,6 +174,26 @@ def _from_row(e: Any) -> Coupling:
     )
 
 
+_Write = TypeVar("_Write", bound=Callable[..., Any])
+
+
+def _traced(operation: str) -> Callable[[_Write], _Write]:
+    """The `coupling write` span of a change's trace (shared/telemetry.py) around a store write."""
+
+    def decorate(write: _Write) -> _Write:
+        @functools.wraps(write)
+        def traced(self: Any, coupling: Coupling) -> Any:
+            if not telemetry.enabled():
+                return write(self, coupling)
+            attributes = {"bcsync.mapping": coupling.mapping, "bcsync.operation": operation}
+            with telemetry.span("coupling write", attributes):
+                return write(self, coupling)
+
+        return cast(_Write, traced)
+
+    return decorate
+
+
 def _transaction_groups(couplings: list[Coupling], scope: str) -> list[list[Coupling]]:
     """Couplings grouped by the partition of their row, at most 100 per group (one transaction)."""
     by_partition: dict[str, list[Coupling]] = {}
@@ -254,6 +276,7 @@ class CouplingStore:
                 yield bc_id, entity.get("BcModified") or ""
 
     # ----------------------------------------------------------------------------------- write
+    @_traced("create")
     def create(self, coupling: Coupling) -> Coupling:
         """Store a new coupling; `AlreadyCoupledError` if either record is coupled already."""
         stamped = replace(coupling, updated=now_iso())
@@ -275,6 +298,7 @@ class CouplingStore:
         stamped.etag, stamped.stored_bc_id = meta["etag"], stamped.bc_id
         return stamped
 
+    @_traced("update")
     def save(self, coupling: Coupling) -> Coupling:
         """Update a stored coupling, conditional on the ETag it was read with."""
         if coupling.etag is None:
@@ -303,6 +327,7 @@ class CouplingStore:
         stamped.etag, stamped.stored_bc_id = meta["etag"], stamped.bc_id
         return stamped
 
+    @_traced("delete")
     def delete(self, coupling: Coupling) -> None:
         """Remove the coupling, conditional on the ETag it was read with (then its pointer)."""
         row = _full_row(coupling, self.scope)

@@ -145,6 +145,18 @@ class SharedRequestBudget:
         self._bucket, self._left = bucket, block
         return 0.0
 
+    def left(self) -> int:
+        """Requests of the shared allowance not yet granted in the window (a metric: one query); this
+        instance's fallback share's while storage cannot be asked."""
+        bucket = int(self._clock() // self.bucket_seconds)
+        oldest = bucket - self.window_buckets + 1
+        try:
+            rows = self._rows()
+        except AzureError:
+            return self.fallback.left()
+        granted = sum(int(e.get("Granted", 0)) for e in rows if oldest <= int(e["Bucket"]) <= bucket)
+        return max(0, self.max_requests - granted)
+
     def _rows(self) -> list:  # type: ignore[type-arg]
         return list(self.table.query_entities("PartitionKey eq @p", parameters={"p": self.service}))
 

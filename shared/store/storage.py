@@ -23,6 +23,7 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
+from shared import telemetry
 from shared.errors import ServiceError
 from shared.messages import AnyMessage, to_json
 from shared.store.tables import TABLES
@@ -185,6 +186,10 @@ class Storage:
         client = self.queue(queue)
         if self.company is not None:
             messages = [m if m.company else m.model_copy(update={"company": self.company}) for m in messages]
+        # Each message carries the current trace, so its processing joins it (shared/telemetry.py).
+        trace = telemetry.traceparent()
+        if trace is not None:
+            messages = [m.model_copy(update={"trace": trace}) for m in messages]
         bodies = [to_json(m) for m in messages]  # a message too large fails before anything is sent
 
         def send(body: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import re
 from typing import Any
 
+from shared import telemetry
 from shared.companies import COMPANY_TABLES, COMPANY_VALUE, same_company
 from shared.messages import (
     AnyMessage,
@@ -72,6 +73,17 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
         )
         rt.storage.queue(rt.storage.poison_queue_name).send_message(body.decode("utf-8", errors="replace"))
         return
+    attributes = {
+        "bcsync.mapping": message.mapping, "bcsync.message_kind": message.kind,
+        "bcsync.side": getattr(message, "side", None), "bcsync.record_id": getattr(message, "id", None),
+        "bcsync.attempt": message.attempt, "messaging.message.delivery_count": dequeue_count,
+    }  # fmt: skip
+    # A child of the span that queued it: the webhook's or poll's trace (shared/telemetry.py).
+    with telemetry.span("process message", attributes, parent=message.trace, kind="consumer") as span:
+        _process(rt, message, body, message_id, span)
+
+
+def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: Any) -> None:
     problem = permanent_problem(rt, message)
     if problem is not None:
         # Retrying cannot fix it either: poison at once, where `bcsync poison` shows it and a replay
@@ -86,12 +98,23 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
         result = dispatch(rt.engine, message)
     except RequeueError as requeue:
         log.info("requeue %s in %.0f s: %s", message_id, requeue.delay, requeue)
+        span.set("bcsync.outcome", "requeued")
+        telemetry.count("bcsync.changes", mapping=message.mapping, outcome="requeued")
         rt.storage.enqueue([requeue.message], delay_seconds=requeue.delay)
         return
     if result is not None:
+        span.set("bcsync.outcome", str(result.outcome))
+        telemetry.count("bcsync.changes", mapping=message.mapping, outcome=str(result.outcome))
+        if result.changes and not result.dry_run:
+            # From the notification (or poll) that saw the change to the write on the other side.
+            latency = telemetry.seconds_since(message.observed)
+            telemetry.record("bcsync.sync.latency", latency, mapping=message.mapping)
+        # Not `result.error`: it can quote a record's values (a conflict's two values, a refusal's text),
+        # and logs are exported (shared/telemetry.py); `bcsync errors` and the journal keep it.
+        said = "not in sync: the reason is in `bcsync errors`" if result.error else result.reason
         log.info(
             "%s %s:%s -> %s %s", message.mapping, getattr(message, "side", ""), getattr(message, "id", ""),
-            result.outcome, result.error or result.reason,
+            result.outcome, said,
         )  # fmt: skip
 
 

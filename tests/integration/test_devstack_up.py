@@ -4,6 +4,7 @@ every process it started."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.bc import DEFAULT_COMPANY_ID
 from devstack.serve import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,13 +36,21 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _without_service_settings() -> dict[str, str]:
+    # An earlier test's stack may leave its app settings (AUTH_*, an exporter) in this process's
+    # environment; `up` would take them as the operator's own.
+    dropped = ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL", "TELEMETRY_FILE",
+               "OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING")  # fmt: skip
+    return {k: v for k, v in os.environ.items() if k not in dropped}
+
+
 def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
     ports = [str(free_port()) for _ in range(6)]
     args = ["--port", ports[0], "--dataverse-port", ports[1], "--bc-port", ports[2],
             "--blob-port", ports[3], "--queue-port", ports[4], "--table-port", ports[5]]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack", "up", *args], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.STDOUT, text=True, env={**_without_service_settings(), "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
@@ -74,6 +84,34 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
         while not any("quantityonhand follows ITEM-PRODUCT" in line for line in lines):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)[-2000:]
             time.sleep(0.2)
+        # The operator page opens to the local token `up` printed; the traces of the demo's sync are there.
+        printed = "".join(lines)
+        found = re.search(r"Operator page\s+(\S+)\s+\(sign in with the token in (\S+)\)", printed)
+        assert found, printed[-2000:]
+        page, token_file = found.groups()
+        token = Path(token_file).read_text().strip()
+        status = httpx.get(page, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert status.status_code == 200 and "Status per mapping" in status.text, status.text[:500]
+        assert httpx.get(page, timeout=30).status_code == 401  # no token: the sign-in form
+        # A person's change in BC, then its trace from the webhook to the Dataverse write.
+        exported = re.search(r"python -m devstack traces (\S+)", printed)
+        assert exported, printed[-2000:]
+        company = (
+            f"http://127.0.0.1:{ports[2]}/v2.0/contoso/production/api/v2.0/companies({DEFAULT_COMPANY_ID})"
+        )
+        person = {"Authorization": "Bearer sales-user"}
+        customer = httpx.get(f"{company}/customers", headers=person, timeout=10).json()["value"][0]
+        changed = httpx.patch(
+            f"{company}/customers({customer['id']})", json={"phoneNumber": "555-0999"},
+            headers={**person, "If-Match": "*"}, timeout=10,
+        )  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        command = [sys.executable, "-m", "devstack", "traces", exported.group(1), "--last", "50"]
+        shown = ""
+        while "Dataverse PATCH accounts" not in shown and time.monotonic() < deadline + 30:
+            shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+            time.sleep(0.5)
+        assert "bc webhook" in shown and "Dataverse PATCH accounts" in shown, shown[-2000:]
         started = _children(proc.pid)
         assert started, "up should have started Azurite as a child process"
     finally:

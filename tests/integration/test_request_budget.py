@@ -129,3 +129,16 @@ def test_without_storage_an_instance_spends_only_its_share(storage_connection_st
     assert clock.now == 1_000_000.0
     budget.acquire()  # the fourth waits for the share's window
     assert clock.now >= 1_000_000.0 + 299
+
+
+def test_left_is_the_shared_allowance_not_yet_granted_in_the_window(storage: Storage) -> None:
+    # What the `bcsync.api.budget_left` metric reports: every instance's grants count.
+    clock = FakeClock()
+    first, second = _budgets(storage, clock, 2, max_requests=100, window_seconds=30.0, bucket_seconds=5.0,
+                             max_block=10)  # fmt: skip
+    assert first.left() == 100
+    first.acquire()
+    second.acquire()
+    assert first.left() == second.left() == 80  # a block of 10 each
+    clock.now += 40.0  # past the window (and the bucket it counts on top)
+    assert first.left() == 100

@@ -33,6 +33,8 @@ BASE_MODULES = {
     "shared.odata",
     "shared.errors",
     "shared.companies",
+    "shared.telemetry",
+    "shared.telemetry_file",
 }
 
 

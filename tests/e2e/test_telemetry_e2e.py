@@ -1,0 +1,140 @@
+"""OpenTelemetry end to end (issue 19, point 1): the local stack exports to a file (`TELEMETRY_FILE`);
+one BC change by a person makes one trace from the BC webhook to the Dataverse write, its metrics
+and logs carry what an operator needs, and nothing exported holds a token, a secret or a record's
+values."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.traces import render
+from shared import telemetry
+from tests.e2e.harness import E2EStack, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SANDBOX_TOKENS = ("integration-user", "sales-user", "admin-user")
+
+
+@pytest.fixture(scope="module")
+def telemetry_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("telemetry") / "telemetry.jsonl"
+
+
+@pytest.fixture(scope="module")
+def e2e_environment(telemetry_file: Path) -> Iterator[dict[str, str]]:
+    yield {"TELEMETRY_FILE": str(telemetry_file)}
+
+
+def _exported(path: Path) -> list[dict[str, Any]]:
+    telemetry.flush()
+    return telemetry.load_lines(str(path))
+
+
+def _spans(lines: list[dict[str, Any]], trace_id: str | None = None) -> list[dict[str, Any]]:
+    spans = [line for line in lines if line["signal"] == "span"]
+    return [s for s in spans if trace_id is None or s["context"]["trace_id"] == trace_id]
+
+
+def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
+    e2e: E2EStack, telemetry_file: Path
+) -> None:
+    assert telemetry.enabled()
+    tag = uuid.uuid4().hex[:8]
+    customer = e2e.bc_create("customers", {"displayName": f"Traced {tag}", "phoneNumber": "555-0100"})
+    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
+    e2e.settle()
+
+    phone = f"+1 555 {uuid.uuid4().int % 10_000:04d} {tag[:3]}"
+    e2e.bc_update("customers", customer["id"], {"phoneNumber": phone})
+    wait_for(lambda: e2e.dv.get("accounts", coupling.dv_id)["telephone1"] == phone, "the change in Dataverse")
+    e2e.settle()
+    lines = _exported(telemetry_file)
+
+    # The processing of this change: the last `process message` of the customer that wrote.
+    processed = [
+        s for s in _spans(lines)
+        if s["name"] == "process message" and s["attributes"].get("bcsync.record_id") == customer["id"]
+        and s["attributes"].get("bcsync.outcome") == "modified"
+    ]  # fmt: skip
+    assert processed, "no `process message` span for the change"
+    trace_id = processed[-1]["context"]["trace_id"]
+    trace = _spans(lines, trace_id)
+    by_id = {s["context"]["span_id"]: s for s in trace}
+    roots = [s for s in trace if s["parent_id"] is None]
+    assert [r["name"] for r in roots] == ["bc webhook"], [r["name"] for r in roots]
+    assert roots[0]["kind"] == "SpanKind.SERVER"
+    assert roots[0]["attributes"]["http.response.status_code"] in (200, 202)
+    for span in trace:  # one tree: every parent is in the trace
+        assert span["parent_id"] is None or span["parent_id"] in by_id, span["name"]
+
+    names = [s["name"] for s in trace]
+    assert "process message" in names
+    assert by_id[processed[-1]["parent_id"]]["name"] in ("bc webhook", "process message")
+    read = next(s for s in trace if s["name"] == "BC GET customers")
+    assert read["attributes"] == {
+        "http.request.method": "GET", "bcsync.entity_set": "customers", "bcsync.side": "bc",
+        "http.response.status_code": 200, "bcsync.retry_count": 0,
+    }  # fmt: skip
+    write = next(s for s in trace if s["name"] == "Dataverse PATCH accounts")
+    assert write["attributes"]["http.response.status_code"] in (200, 204)
+    assert write["attributes"]["bcsync.retry_count"] == 0
+    assert write["attributes"]["bcsync.side"] == "dv"
+    coupling_write = next(s for s in trace if s["name"] == "coupling write")
+    assert coupling_write["attributes"] == {"bcsync.mapping": "CUSTOMER", "bcsync.operation": "update"}
+    # The API request and the coupling write are children of the processing span.
+    assert by_id[write["parent_id"]]["name"] == "process message"
+    assert by_id[coupling_write["parent_id"]]["name"] == "process message"
+
+    # `python -m devstack traces` (what `make run` points to) shows it as a tree, webhook first.
+    tree = render([line for line in lines if line["signal"] != "span" or line in trace], last=1)
+    assert tree[1].strip().startswith("bc webhook")
+    assert any(row.strip().startswith("Dataverse PATCH accounts") for row in tree), tree
+
+    # Logs carry the trace id: the processor's line about this change is in this trace.
+    logs = [line for line in lines if line["signal"] == "log" and line.get("trace_id") == trace_id]
+    assert any("-> modified" in str(line["body"]) for line in logs), logs
+
+    # Metrics: changes by mapping and outcome, API requests by side, the latency histogram.
+    metrics = _metric_points(lines)
+    assert metrics["bcsync.changes"].get(("CUSTOMER", "modified"), 0) >= 1
+    assert metrics["bcsync.api.requests"].get(("bc",), 0) >= 1
+    assert metrics["bcsync.api.requests"].get(("dv",), 0) >= 1
+    assert metrics["bcsync.sync.latency"].get(("CUSTOMER",), 0) >= 1  # observations counted
+    assert metrics["bcsync.api.budget_left"][("bc",)] < 5_800
+
+    # BC's validation handshakes (one per subscription) are logged without BC's validationToken.
+    said = [str(line["body"]) for line in lines if str(line.get("body", "")).startswith("bc webhook: 200")]
+    assert said and all(body == "bc webhook: 200 (validation handshake)" for body in said), said
+
+    # Nothing exported holds a token, a webhook secret or the record's values.
+    text = telemetry_file.read_text()
+    secrets = [
+        *SANDBOX_TOKENS,
+        e2e.stack.env["DATAVERSE_WEBHOOK_SECRET"],
+        e2e.stack.env["BC_WEBHOOK_CLIENT_STATE"],
+    ]
+    values = [phone, f"Traced {tag}", "555-0100"]
+    for secret in secrets + values:
+        assert secret not in text, f"{secret!r} is in the exported telemetry"
+
+
+def _metric_points(lines: list[dict[str, Any]]) -> dict[str, dict[tuple[str, ...], float]]:
+    """The last exported value of each metric, by its attribute values (histograms: their count)."""
+    points: dict[str, dict[tuple[str, ...], float]] = {}
+    for line in lines:
+        if line["signal"] != "metrics":
+            continue
+        for resource in line["resource_metrics"]:
+            for scope in resource["scope_metrics"]:
+                for metric in scope["metrics"]:
+                    for point in metric["data"]["data_points"]:
+                        key = tuple(str(v) for _, v in sorted(point["attributes"].items()))
+                        value = point.get("value", point.get("count"))
+                        points.setdefault(metric["name"], {})[key] = value
+    return points
