@@ -36,7 +36,9 @@ def test_paging_over_45000_customers_reads_each_once_in_three_requests(bc: Bc) -
 def test_modified_since_returns_changes_oldest_first(bc: Bc) -> None:
     ids = bc.sandbox.seed_customers(50)
     with bc.client() as client:
-        since = dt.datetime.now(dt.UTC)
+        # The sandbox's clock, not this process's: an earlier test on the same sandbox may have
+        # moved it forward (expiry, retry schedules), and then every seeded row looked newer.
+        since = bc.sandbox.clock.now()
         time.sleep(0.01)
         for record_id in (ids[30], ids[5], ids[12]):
             bc.sandbox.change("customers", record_id, {"city": "Changed"})
