@@ -12,16 +12,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
-import subprocess
 import sys
 import time
 from typing import Any
 
+from bench.service import sandboxes, service_settings
 from devstack.azurite import start_azurite
-from devstack.serve import free_port
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
 
 
 def main() -> int:
@@ -30,30 +29,13 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=10)
     parser.add_argument("--order-lines", type=int, default=50)
     args = parser.parse_args()
-    azurite = start_azurite()
-    bc_port, dv_port = free_port(), free_port()
-    seeding = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.sandboxes", "--bc-port", str(bc_port), "--dv-port", str(dv_port),
-         "--invoices", str(args.invoices), "--lines", str(args.lines)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise RuntimeError("sandboxes did not start")
+    with contextlib.ExitStack() as running:
+        azurite = start_azurite()
+        running.callback(azurite.stop)
+        seeding = time.perf_counter()
+        ports = running.enter_context(sandboxes("--invoices", str(args.invoices), "--lines", str(args.lines)))
         print(f"machine: {os.cpu_count()} cores; BC seeded in {time.perf_counter() - seeding:.0f} s")
-        from devstack.bc import DEFAULT_COMPANY_ID
-
-        os.environ.update({
-            "AzureWebJobsStorage": azurite.connection_string,
-            "DATAVERSE_URL": f"http://127.0.0.1:{dv_port}", "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0",
-            "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID), "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
-            "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
-        })  # fmt: skip
+        os.environ.update(service_settings(azurite.connection_string, ports))
         from shared.runtime import get_runtime
         from shared.sync import bulk
 
@@ -65,11 +47,6 @@ def main() -> int:
             bulk.run_full_resync(engine, name)
         order_cost(rt, args.order_lines)
         initial_sync(rt, args.invoices, args.lines)
-    finally:
-        if child.stdin:
-            child.stdin.close()
-        child.wait(timeout=60)
-        azurite.stop()
     return 0
 
 

@@ -8,44 +8,26 @@ service's. `python -m bench.initial_sync [--customers 100000]`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import resource
-import subprocess
 import sys
 import time
 
+from bench.service import sandboxes, service_settings
 from devstack.azurite import start_azurite
-from devstack.serve import free_port
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=100_000)
     args = parser.parse_args()
-    azurite = start_azurite()
-    bc_port, dv_port = free_port(), free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.sandboxes", "--bc-port", str(bc_port), "--dv-port", str(dv_port),
-         "--customers", str(args.customers)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise RuntimeError("sandboxes did not start")
-        from devstack.bc import DEFAULT_COMPANY_ID
-
-        os.environ.update({
-            "AzureWebJobsStorage": azurite.connection_string,
-            "DATAVERSE_URL": f"http://127.0.0.1:{dv_port}", "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0",
-            "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID), "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
-            "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
-        })  # fmt: skip
+    with contextlib.ExitStack() as running:
+        azurite = start_azurite()
+        running.callback(azurite.stop)
+        ports = running.enter_context(sandboxes("--customers", str(args.customers)))
+        os.environ.update(service_settings(azurite.connection_string, ports))
         from shared.runtime import get_runtime
         from shared.sync import bulk
 
@@ -91,11 +73,6 @@ def main() -> int:
             f"second full resync: {time.perf_counter() - started:.1f} s, {second.counts}, "
             f"API requests {rt.bc.stats.total + rt.dataverse.stats.total}, writes {writes}"
         )
-    finally:
-        if child.stdin:
-            child.stdin.close()
-        child.wait(timeout=30)
-        azurite.stop()
     return 0
 
 
