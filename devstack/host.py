@@ -202,6 +202,10 @@ class DevHost:
         self.function_key = function_key
         self.master_key = master_key
         self.invocations: deque[Invocation] = deque(maxlen=10_000)
+        # Functions running now: `invocations` only records finished ones, and a test waiting for a
+        # quiet host must not mistake a long timer run (the upkeep at start-up) for silence.
+        self.running = 0
+        self._running_lock = threading.Lock()
         self._now = now
         self._queues = QueueServiceClient.from_connection_string(
             storage_connection_string, api_version=QUEUE_API_VERSION
@@ -248,6 +252,8 @@ class DevHost:
             and b.type == "queue"
         }
         started = time.perf_counter()
+        with self._running_lock:
+            self.running += 1
         try:
             result = fn.get_user_function()(**kwargs, **outs)
             if inspect.isawaitable(result):
@@ -255,6 +261,9 @@ class DevHost:
         except Exception as exc:
             self._record(name, trigger_kind, started, "failed", exc)
             raise
+        finally:
+            with self._running_lock:
+                self.running -= 1
         self._flush_outputs(fn, outs)
         self._record(name, trigger_kind, started, "succeeded")
         return result

@@ -29,7 +29,12 @@ from devstack.dataverse.errors import DataverseError, error_body
 from devstack.dataverse.sandbox import DataverseSandbox
 from devstack.sandbox_common.control import bad_request, control_routes, read_json
 from devstack.sandbox_common.faults import CONTROL_PREFIX, FaultMiddleware
-from devstack.sandbox_common.limits import GateRejected, retry_after_header
+from devstack.sandbox_common.limits import (
+    EXECUTION_CHARGE_KEY,
+    GateRejected,
+    charge_execution,
+    retry_after_header,
+)
 
 USER_SCOPE_KEY = "dataverse.user"
 
@@ -92,15 +97,18 @@ class ServiceProtectionMiddleware:
             await self._throttle(send, reason, wait, key)
             return
         scope[USER_SCOPE_KEY] = user
+        # Execution time is what the server spends on the request: the handler's CPU time (and any
+        # injected latency), not wall time, which on a shared test machine measures the machine's
+        # load, the sandbox's single store lock and the body's transfer rather than the request.
+        account = scope[EXECUTION_CHARGE_KEY] = [0.0]
         remaining = max(0, int(sandbox.request_limiter.max_requests - sandbox.request_limiter.total(key)))
-        started = time.perf_counter()
         try:
             async with sandbox.gate.enter(key):
                 await self.app(scope, receive, _with_headers(send, remaining))
         except GateRejected:
             await self._throttle(send, "concurrency", 1.0, key)
         finally:
-            sandbox.execution_limiter.add(key, (time.perf_counter() - started) * 1000)
+            sandbox.execution_limiter.add(key, account[0])
 
     async def _throttle(self, send: Send, reason: str, wait: float, user: str) -> None:
         config = self.sandbox.config
@@ -200,7 +208,14 @@ def _api_endpoint(sandbox: DataverseSandbox):  # type: ignore[no-untyped-def]
             def run() -> ApiResponse:
                 return sandbox.api.handle(api_request)
 
-        response = await to_thread.run_sync(run)
+        def charged() -> ApiResponse:
+            started = time.thread_time()
+            try:
+                return run()
+            finally:
+                charge_execution(request.scope, (time.thread_time() - started) * 1000)
+
+        response = await to_thread.run_sync(charged)
         response.headers.setdefault("x-ms-service-request-id", str(uuid.uuid4()))
         return _to_response(response)
 

@@ -31,6 +31,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from devstack.sandbox_common.limits import charge_execution
+
 ACTIONS = frozenset({"latency", "status", "timeout", "drop", "commit_then_fail"})
 CONTROL_PREFIX = "/_sandbox"
 
@@ -147,11 +149,13 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
         elif rule.action == "latency":
             await asyncio.sleep(rule.seconds)
+            charge_execution(scope, rule.seconds * 1000)  # a slow server, as the limits see it
             await self.app(scope, receive, send)
         elif rule.action == "status":
             await self._error(send, rule.status or 503, "Injected fault.", rule.retry_after)
         elif rule.action == "timeout":
             await asyncio.sleep(rule.seconds)
+            charge_execution(scope, rule.seconds * 1000)
             await self._error(send, 504, "The request timed out (injected fault).", None)
         elif rule.action == "drop":
             await _drop(send)

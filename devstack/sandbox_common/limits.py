@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SlidingWindowLimiter:
@@ -105,6 +106,18 @@ class SlidingWindowLimiter:
             if total < target or (not strictly and total <= target):
                 return max(0.0, stamp + self.window_seconds - now)
         return self.window_seconds
+
+
+# The execution time a request is charged, kept in its ASGI scope as a one-item list so that every
+# layer (fault injection, the handler's worker thread) adds to the same account.
+EXECUTION_CHARGE_KEY = "sandbox.execution_ms"
+
+
+def charge_execution(scope: Any, ms: float) -> None:
+    """Add `ms` to the request's execution-time account, when its sandbox keeps one."""
+    account = scope.get(EXECUTION_CHARGE_KEY)
+    if account is not None:
+        account[0] += ms
 
 
 def retry_after_header(seconds: float) -> str:

@@ -199,7 +199,7 @@ class E2EStack:
             self.dv.webhooks.flush(timeout=timeout)
             before = self._last_invocation()
             time.sleep(quiet)
-            if self.queue_depth() == 0 and self._last_invocation() == before:
+            if self.queue_depth() == 0 and self._last_invocation() == before and self.stack.host.running == 0:
                 return
             if time.monotonic() > deadline:
                 last = list(self.stack.host.invocations)[-200:]

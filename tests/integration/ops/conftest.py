@@ -95,7 +95,7 @@ class OpsStack:
             time.sleep(quiet)
             queue = self.rt.storage.queue(self.rt.storage.sync_queue_name)
             depth = int(queue.get_queue_properties().approximate_message_count or 0)
-            if depth == 0 and self._last_invocation() == before:
+            if depth == 0 and self._last_invocation() == before and self.stack.host.running == 0:
                 return
             assert time.monotonic() < deadline, f"the dev host did not settle within {timeout:.0f} s"
 
