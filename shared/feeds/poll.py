@@ -204,7 +204,8 @@ def _poll_dataverse_by_time(
     not visible this way (the webhook reports them); set-up says how to turn change tracking on."""
     field, pk = m.dataverse.modified_field, m.dataverse.primary_key
     entity_set = m.dataverse.entity_set
-    report.untracked.append(m.name)
+    if not keep_mark:
+        report.untracked.append(m.name)
     since = (
         parse_iso(mark.value.removeprefix(MODIFIED_MARK))
         if mark and mark.value.startswith(MODIFIED_MARK)
