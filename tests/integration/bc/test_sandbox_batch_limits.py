@@ -92,3 +92,20 @@ def test_the_sales_user_is_not_charged_for_the_integration_users_batch(bc: Bc) -
     assert bc.http.post(f"{bc.base}/$batch", json={"requests": updates}).status_code == 200
     other = httpx.get(bc.entity_url("currencies"), headers={"Authorization": "Bearer sales-user"})
     assert other.status_code == 200
+
+
+def test_the_clients_budget_counts_a_batch_as_the_server_does(bc: Bc) -> None:
+    from shared.connectors.business_central import BatchOperation
+    from shared.connectors.retry import RequestBudget
+
+    customers = _customers(bc, 100)
+    budget = RequestBudget(6000, 300)
+    before = bc.sandbox.limiter.total("INTEGRATION")
+    with bc.client(budget=budget) as client:
+        ops = [
+            BatchOperation("PATCH", "customers", c["id"], {"displayName": "Budgeted"}, etag=c["@odata.etag"])
+            for c in customers
+        ]
+        assert all(r.ok for r in client.batch(bc.company, ops))
+    assert bc.sandbox.limiter.total("INTEGRATION") - before == 1
+    assert budget.left() == 6000 - 1  # one unit, not 100: neither wasted nor short

@@ -118,3 +118,22 @@ def test_costs_are_settable_and_zero_switches_them_off(sandbox: DataverseSandbox
         sandbox.set_limits(max_requests=0)
     with pytest.raises(ValueError, match="positive"):
         sandbox.set_limits(create_multiple_ms_per_record=-1)
+
+
+def test_the_clients_budget_counts_bulk_requests_as_the_server_does(
+    base_url: str, sandbox: DataverseSandbox
+) -> None:
+    from shared.connectors.credentials import StaticTokenCredential
+    from shared.connectors.retry import RequestBudget
+
+    budget = RequestBudget(6000, 300)
+    client = DataverseClient(base_url, StaticTokenCredential("integration-user"), budget=budget)
+    try:
+        client.bulk_chunk_size = 1000
+        records = [{"accountid": str(uuid.uuid4()), "name": f"U{i}"} for i in range(1000)]
+        assert all(r.ok for r in client.upsert_multiple("accounts", records))
+        assert all(r.ok for r in client.batch([BatchRequest("GET", "WhoAmI") for _ in range(10)]))
+    finally:
+        client.close()
+    assert _requests(sandbox) == 2
+    assert budget.left() == 6000 - 2  # one unit per request sent, as Dataverse counts
