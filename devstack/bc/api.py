@@ -413,9 +413,13 @@ class BcApi:
                 'A JSON batch body is {"requests": [{"id", "method", "url", "headers", "body"}]}.'
             )
         if len(items) > self.config.max_batch_operations:
+            # ODataLib's MaxPartsPerBatch refusal (BC's OData stack is built on it; BC's exact wording
+            # is unverified), before any operation runs; then the sandbox's hint.
+            limit = self.config.max_batch_operations
             raise bad_request(
-                f"The batch has {len(items)} operations; at most {self.config.max_batch_operations} are "
-                "allowed. Split it into several batches."
+                "The current batch message contains too many parts. A maximum number of "
+                f"'{limit}' query operations and change sets are allowed in a batch message. "
+                f"This batch has {len(items)}: split it into batches of at most {limit}."
             )
         operations: list[tuple[str, ApiRequest]] = []
         for index, item in enumerate(items):

@@ -206,6 +206,8 @@ class BcSandbox:
             self.gate.queue_timeout = float(limits["queue_timeout_seconds"])
         if "max_page_size" in limits:
             self.config.max_page_size = int(limits["max_page_size"])
+        if "max_batch_operations" in limits:
+            self.config.max_batch_operations = int(limits["max_batch_operations"])
         self.limiter.reset()
         return self.limits()
 
@@ -217,6 +219,7 @@ class BcSandbox:
             "max_queue": self.gate.max_queue,
             "queue_timeout_seconds": self.gate.queue_timeout,
             "max_page_size": self.config.max_page_size,
+            "max_batch_operations": self.config.max_batch_operations,
         }
 
     WEBHOOK_SETTINGS = (

@@ -65,6 +65,9 @@ class ApiResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # Modelled server time beyond the handler's CPU time (a bulk action's per-record cost), which
+    # the service-protection layer adds to the caller's execution-time account.
+    execution_ms: float = 0.0
 
     @staticmethod
     def json(status: int, payload: Any, headers: dict[str, str] | None = None) -> ApiResponse:
@@ -107,8 +110,10 @@ class WebApi:
         whoami: Callable[[Caller], dict[str, Any]],
         bulk_delete_delay: Callable[[], float] = lambda: 5.0,
         solution_import_delay: Callable[[], float] = lambda: 5.0,
+        bulk_ms_per_record: Callable[[str], float] = lambda action: 0.0,
     ) -> None:
         self.store = store
+        self.bulk_ms_per_record = bulk_ms_per_record
         self.bulk_delete = BulkDeleteJobs(store, bulk_delete_delay)
         self.customizer = Customizer(store, solution_import_delay)
         self.max_page_size = max_page_size
@@ -660,8 +665,12 @@ class WebApi:
                     self.store.upsert(table.entity_set, key, target, request.caller)
         if action == "CreateMultiple":
             context = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse"
-            return ApiResponse.json(200, {"@odata.context": context, "Ids": ids})
-        return ApiResponse(204, {"OData-Version": "4.0"})
+            response = ApiResponse.json(200, {"@odata.context": context, "Ids": ids})
+        else:
+            response = ApiResponse(204, {"OData-Version": "4.0"})
+        # One request however many records (docs/limits.md), but its time grows with them.
+        response.execution_ms = len(targets) * self.bulk_ms_per_record(action)
+        return response
 
     def _target_key(self, table: Table, target: Mapping[str, Any]) -> dict[str, Any] | None:
         odata_id = target.get("@odata.id")

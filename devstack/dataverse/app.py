@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -102,13 +102,23 @@ class ServiceProtectionMiddleware:
         # load, the sandbox's single store lock and the body's transfer rather than the request.
         account = scope[EXECUTION_CHARGE_KEY] = [0.0]
         remaining = max(0, int(sandbox.request_limiter.max_requests - sandbox.request_limiter.total(key)))
+        time_left = max(0.0, sandbox.execution_limiter.max_requests - sandbox.execution_limiter.total(key))
+        settled = [0.0]
+
+        def settle() -> None:
+            # Book what the request was charged so far: when its answer starts (so the caller's next
+            # request already sees it) and once more at the end for anything charged after that.
+            if account[0] > settled[0]:
+                sandbox.execution_limiter.add(key, account[0] - settled[0])
+                settled[0] = account[0]
+
         try:
             async with sandbox.gate.enter(key):
-                await self.app(scope, receive, _with_headers(send, remaining))
+                await self.app(scope, receive, _with_headers(send, remaining, time_left / 1000, settle))
         except GateRejected:
             await self._throttle(send, "concurrency", 1.0, key)
         finally:
-            sandbox.execution_limiter.add(key, account[0])
+            settle()
 
     async def _throttle(self, send: Send, reason: str, wait: float, user: str) -> None:
         config = self.sandbox.config
@@ -124,11 +134,16 @@ class ServiceProtectionMiddleware:
         await _send(send, ApiResponse.error(error))
 
 
-def _with_headers(send: Send, remaining: int) -> Send:
+def _with_headers(send: Send, remaining: int, seconds_left: float, on_start: Callable[[], None]) -> Send:
+    """The debugging headers of the api-limits page: requests left, and execution time left in
+    seconds, formatted as Dataverse sends it (`1,200.00`: grouping separator, two decimals)."""
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             headers.append((b"x-ms-ratelimit-burst-remaining-xrm-requests", str(remaining).encode()))
+            headers.append((b"x-ms-ratelimit-time-remaining-xrm-requests", f"{seconds_left:,.2f}".encode()))
+            on_start()
             message = {**message, "headers": headers}
         await send(message)
 
@@ -210,10 +225,13 @@ def _api_endpoint(sandbox: DataverseSandbox):  # type: ignore[no-untyped-def]
 
         def charged() -> ApiResponse:
             started = time.thread_time()
+            modelled = 0.0
             try:
-                return run()
+                response = run()
+                modelled = response.execution_ms
+                return response
             finally:
-                charge_execution(request.scope, (time.thread_time() - started) * 1000)
+                charge_execution(request.scope, (time.thread_time() - started) * 1000 + modelled)
 
         response = await to_thread.run_sync(charged)
         response.headers.setdefault("x-ms-service-request-id", str(uuid.uuid4()))

@@ -48,6 +48,14 @@ FILTERED_TABLES = (
 )
 
 
+# Bulk action -> the config field holding its execution time per record (docs/limits.md).
+_BULK_COSTS = {
+    "CreateMultiple": "create_multiple_ms_per_record",
+    "UpdateMultiple": "update_multiple_ms_per_record",
+    "UpsertMultiple": "upsert_multiple_ms_per_record",
+}
+
+
 class DataverseSandbox:
     def __init__(self, config: DataverseSandboxConfig | None = None) -> None:
         self.config = config or DataverseSandboxConfig()
@@ -83,6 +91,7 @@ class DataverseSandbox:
             whoami=self.whoami,
             bulk_delete_delay=lambda: self.config.bulk_delete_delay_seconds,
             solution_import_delay=lambda: self.config.solution_import_delay_seconds,
+            bulk_ms_per_record=self.bulk_ms_per_record,
         )
         self._seed_defaults()
 
@@ -160,15 +169,23 @@ class DataverseSandbox:
             data = self.store.table(entity_set)
             data.table = replace(data.table, change_tracking=enabled)
 
+    def bulk_ms_per_record(self, action: str) -> float:
+        """The execution time charged per record of a CreateMultiple / UpdateMultiple / UpsertMultiple."""
+        return float(getattr(self.config, _BULK_COSTS.get(action, ""), 0.0))
+
     def set_limits(self, **limits: float) -> dict[str, float]:
         """Change service-protection limits at runtime: max_requests, window_seconds,
-        max_execution_ms, max_concurrent. Counting windows restart."""
+        max_execution_ms, max_concurrent, and the bulk actions' `*_ms_per_record` costs (0 allowed).
+        Counting windows restart."""
         known = {"max_requests", "window_seconds", "max_execution_ms", "max_concurrent"}
+        known.update(_BULK_COSTS.values())
         unknown = set(limits) - known
         if unknown:
             raise ValueError(f"unknown limit(s) {sorted(unknown)}; known: {sorted(known)}")
         for name, value in limits.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"limit '{name}' must be a number")
+            if value < 0 or (value == 0 and name not in _BULK_COSTS.values()):
                 raise ValueError(f"limit '{name}' must be a positive number")
             setattr(self.config, name, value)
         self.request_limiter.max_requests = int(self.config.max_requests)
@@ -186,6 +203,7 @@ class DataverseSandbox:
             "window_seconds": self.config.window_seconds,
             "max_execution_ms": self.config.max_execution_ms,
             "max_concurrent": self.config.max_concurrent,
+            **{name: getattr(self.config, name) for name in _BULK_COSTS.values()},
         }
 
     def reset(self) -> None:

@@ -84,7 +84,16 @@ def receiver_server() -> Iterator[tuple[ServerHandle, Receiver]]:
 def sandbox(dv_app: Starlette, dv_server: ServerHandle) -> DataverseSandbox:
     sandbox: DataverseSandbox = dv_app.state.sandbox
     sandbox.reset()
-    sandbox.set_limits(max_requests=6000, window_seconds=300, max_execution_ms=1_200_000, max_concurrent=52)
+    real = DataverseSandboxConfig()
+    sandbox.set_limits(
+        max_requests=6000,
+        window_seconds=300,
+        max_execution_ms=1_200_000,
+        max_concurrent=52,
+        create_multiple_ms_per_record=real.create_multiple_ms_per_record,
+        update_multiple_ms_per_record=real.update_multiple_ms_per_record,
+        upsert_multiple_ms_per_record=real.upsert_multiple_ms_per_record,
+    )
     return sandbox
 
 
