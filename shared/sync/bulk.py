@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.connectors.errors import ThrottledError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
     LookupKey,
@@ -42,6 +43,7 @@ from shared.store.storage import Storage
 from shared.sync.bulk_documents import converge_bc_documents, run_document_resync
 from shared.sync.engine import (
     Engine,
+    RequeueError,
     SyncResult,
     audit,
     count_failure,
@@ -56,6 +58,7 @@ from shared.timestamps import now_iso, parse_iso
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
+MAX_THROTTLED_RESUMES = 30  # a bulk job throttled this often in a row goes to the host (and poison)
 SAMPLE = 20  # records a dry run keeps on its run (all of them go to `on_record`)
 
 
@@ -96,7 +99,24 @@ def request_full_resync(storage: Storage, mapping_name: str, *, dry_run: bool = 
 
 def scan(engine: Engine, message: ScanMessage) -> None:
     """A full resync (no `since`), a BC `collection` notification (changes since `since`), or a
-    sweep of BC's ids (a bare `collection`, a gap in notifications, the periodic deletion sweep)."""
+    sweep of BC's ids (a bare `collection`, a gap in notifications, the periodic deletion sweep).
+
+    Throttled beyond what the transport waits, the work resumes after the server's `Retry-After`
+    (`RequeueError`): Dataverse's execution-time limit (20 minutes per 5, docs/limits.md) can ask for
+    minutes during a large initial sync, and the host's quick redeliveries would only poison it. A
+    resumed resync costs no writes for the pairs already coupled."""
+    try:
+        _scan(engine, message)
+    except ThrottledError as exc:
+        attempt = message.attempt + 1
+        if attempt > MAX_THROTTLED_RESUMES:
+            raise
+        delay = requeue_delay(attempt, exc)
+        resumed = message.model_copy(update={"attempt": attempt})
+        raise RequeueError(resumed, delay, f"throttled, resumes in {delay} s: {exc}") from exc
+
+
+def _scan(engine: Engine, message: ScanMessage) -> None:
     if message.sweep is not None:
         counts = sweep_bc(
             engine, message.mapping, deletions_only=message.sweep == "deletions",
