@@ -82,6 +82,7 @@ class DataverseSandbox:
             whoami=self.whoami,
             bulk_delete_delay=lambda: self.config.bulk_delete_delay_seconds,
             solution_import_delay=lambda: self.config.solution_import_delay_seconds,
+            bulk_messages=lambda: self.config.bulk_messages,
         )
         self._seed_defaults()
 
