@@ -31,9 +31,10 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.service import sandboxes, service_settings
 from devstack.azurite import start_azurite
 from devstack.serve import free_port
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
+from devstack.stack import REPO
 
 CUSTOMER = "CUSTOMER"
 CLIENT_STATE = "bench-client-state-0123456789"
@@ -54,45 +55,29 @@ def main() -> int:
         return _measure(args)
 
     azurite = start_azurite()
-    bc_port, dv_port = free_port(), free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.sandboxes", "--bc-port", str(bc_port), "--dv-port", str(dv_port),
-         "--customers", str(args.customers), "--coalesce", "1"],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        assert child.stdout is not None
-        if child.stdout.readline().strip() != "ready":
-            raise RuntimeError("sandboxes did not start")
-        from devstack.bc import DEFAULT_COMPANY_ID
-
-        # CUSTOMER with `deletion: propagate`, so each deletion does its work (under the default
-        # `none` it is a visible failure the operator resolves).
-        mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
-        next(m for m in mappings["mappings"] if m["name"] == CUSTOMER)["deletion"] = "propagate"
-        mapping_file = Path(tempfile.mkdtemp()) / "propagate.yaml"
-        mapping_file.write_text(yaml.safe_dump(mappings, sort_keys=False))
-
-        os.environ.update({
-            "AzureWebJobsStorage": azurite.connection_string,
-            "DATAVERSE_URL": f"http://127.0.0.1:{dv_port}", "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0",
-            "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID), "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": CLIENT_STATE,
-            "MAPPINGS_FILE": str(mapping_file),
-        })  # fmt: skip
-        base = [sys.executable, "-m", "bench.bare_collection"]
-        started = time.perf_counter()
-        if subprocess.call([*base, "--phase", "couple"], cwd=REPO) != 0:
-            return 1
-        print(f"(coupling {args.customers:,} customers took {time.perf_counter() - started:.0f} s)")
-        rest = ["--changes", str(args.changes), "--deletes", str(args.deletes), "--echoes", str(args.echoes)]
-        return subprocess.call([*base, "--phase", "measure", *rest], cwd=REPO)
+        with sandboxes("--customers", str(args.customers), "--coalesce", "1") as ports:
+            # CUSTOMER with `deletion: propagate`, so each deletion does its work (under the default
+            # `none` it is a visible failure the operator resolves).
+            mappings = yaml.safe_load((REPO / "mappings" / "default.yaml").read_text())
+            next(m for m in mappings["mappings"] if m["name"] == CUSTOMER)["deletion"] = "propagate"
+            mapping_file = Path(tempfile.mkdtemp()) / "propagate.yaml"
+            mapping_file.write_text(yaml.safe_dump(mappings, sort_keys=False))
+            os.environ.update(
+                service_settings(
+                    azurite.connection_string, ports, BC_WEBHOOK_CLIENT_STATE=CLIENT_STATE,
+                    MAPPINGS_FILE=str(mapping_file),
+                )
+            )  # fmt: skip
+            base = [sys.executable, "-m", "bench.bare_collection"]
+            started = time.perf_counter()
+            if subprocess.call([*base, "--phase", "couple"], cwd=REPO) != 0:
+                return 1
+            print(f"(coupling {args.customers:,} customers took {time.perf_counter() - started:.0f} s)")
+            rest = ["--changes", str(args.changes), "--deletes", str(args.deletes),
+                    "--echoes", str(args.echoes)]  # fmt: skip
+            return subprocess.call([*base, "--phase", "measure", *rest], cwd=REPO)
     finally:
-        if child.stdin:
-            child.stdin.close()
-        child.wait(timeout=30)
         azurite.stop()
 
 

@@ -3,7 +3,7 @@
 `python -m bench.chaos [--seed 1] [--edits 400] [--seconds 90] [--customers 30]` (`make chaos`).
 
 What runs, each in its own process, on free loopback ports: Azurite, both sandboxes (a child
-process of this module, `_sandboxes`), and TWO dev hosts (`_host`) consuming the same sync queue
+process, `bench.service.sandboxes`), and TWO dev hosts (`_host`) consuming the same sync queue
 in the same storage. Host A is the one BC and Dataverse call (`SERVICE_PUBLIC_URL`); both poll the
 queue and run the timers. This process is the operator and the people:
 
@@ -47,14 +47,16 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
+from bench.service import sandboxes, service_settings
 from devstack.azurite import start_azurite
 from devstack.serve import free_port
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
+from devstack.stack import INTEGRATION_TOKEN, REPO
 
 MAPPING = "CUSTOMER"
 MASTER_KEY = "chaos-master-key-0123456789"
@@ -76,32 +78,6 @@ log = logging.getLogger("chaos")
 
 
 # --------------------------------------------------------------------------- child processes
-def _sandboxes_main(argv: list[str]) -> int:
-    """Both sandboxes, serving until stdin closes (the parent ended or died)."""
-    from devstack import bc, dataverse
-    from devstack.bc.config import BcSandboxConfig
-    from devstack.serve import serve_in_thread
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bc-port", type=int, required=True)
-    parser.add_argument("--dv-port", type=int, required=True)
-    args = parser.parse_args(argv)
-    # A short notification window keeps the run short; BC's 5 retries (then the subscription is
-    # deleted), compressed, outlast a host restart.
-    config = BcSandboxConfig(coalesce_seconds=0.3, retry_delays_seconds=(1.0, 1.0, 2.0, 4.0, 8.0))
-    servers = [
-        serve_in_thread(bc.create_app(config), args.bc_port),
-        serve_in_thread(dataverse.create_app(), args.dv_port),
-    ]
-    print("ready", flush=True)
-    try:
-        sys.stdin.read()
-    finally:
-        for server in servers:
-            server.stop()
-    return 0
-
-
 def _host_main(argv: list[str]) -> int:
     """One dev host with the app settings of the environment, serving until stdin closes."""
     from devstack.stack import start_dev_host
@@ -243,33 +219,32 @@ class Person:
 def run(seed: int, edits: int, seconds: float, customers: int) -> Report:
     rng = random.Random(seed)
     report = Report(seed=seed)
+    stack = ExitStack()
     azurite = start_azurite()
-    sandboxes = host_a = host_b = None
+    host_a = host_b = None
+    # A short notification window keeps the run short; BC's 5 retries (then the subscription is
+    # deleted), compressed, outlast a host restart. Set-up imports the Sales solution itself.
+    flags = ["--coalesce", "0.3", "--bc-retry-delays", "1,1,2,4,8", "--without-solution"]
     try:
-        bc_port, dv_port, port_a, port_b = (free_port() for _ in range(4))
-        sandboxes = _child(
-            ["_sandboxes", "--bc-port", str(bc_port), "--dv-port", str(dv_port)],
-            dict(os.environ),
-            "sandboxes",
-        )
+        ports = stack.enter_context(sandboxes(*flags))
+        bc_port, dv_port = ports.bc, ports.dv
+        port_a, port_b = free_port(), free_port()
         from devstack.bc import DEFAULT_COMPANY_ID
 
-        bc_api = f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0"
         env = {
             **os.environ,
-            "AzureWebJobsStorage": azurite.connection_string, "SYNC_QUEUE_NAME": "sync-requests",
-            "DATAVERSE_URL": f"http://127.0.0.1:{dv_port}", "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "chaos-webhook-secret-0123456789",
-            "BC_API_URL": bc_api, "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID),
-            "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": "chaos-client-state-0123456789",
-            "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{port_a}",
-            "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
-            # The delta poll runs on both hosts during the run: the net for notifications lost
-            # while host A is down (Dataverse retries a webhook once, BC a few times).
-            "DELTA_POLL_SCHEDULE": "*/15 * * * * *", "FULL_RESYNC_SCHEDULE": NEVER,
-            "SUBSCRIPTION_UPKEEP_SCHEDULE": NEVER, "STATISTICS_SCHEDULE": NEVER,
+            **service_settings(
+                azurite.connection_string, ports, SYNC_QUEUE_NAME="sync-requests",
+                DATAVERSE_WEBHOOK_SECRET="chaos-webhook-secret-0123456789",
+                BC_WEBHOOK_CLIENT_STATE="chaos-client-state-0123456789",
+                SERVICE_PUBLIC_URL=f"http://127.0.0.1:{port_a}",
+                # The delta poll runs on both hosts during the run: the net for notifications lost
+                # while host A is down (Dataverse retries a webhook once, BC a few times).
+                DELTA_POLL_SCHEDULE="*/15 * * * * *", FULL_RESYNC_SCHEDULE=NEVER,
+                SUBSCRIPTION_UPKEEP_SCHEDULE=NEVER, STATISTICS_SCHEDULE=NEVER,
+            ),
         }  # fmt: skip
+        bc_api = env["BC_API_URL"]
         os.environ.update(env)
         control = httpx.Client(timeout=60)
         bc_root, dv_root = f"http://127.0.0.1:{bc_port}", f"http://127.0.0.1:{dv_port}"
@@ -313,8 +288,9 @@ def run(seed: int, edits: int, seconds: float, customers: int) -> Report:
         _wait_quiet(control, bc_root, dv_root, timeout=240)
         _compare(report, log_edits, created, deleted)
     finally:
-        for process in (host_a, host_b, sandboxes):
+        for process in (host_a, host_b):
             _end(process)
+        stack.close()  # the sandboxes, after the hosts that talk to them
         azurite.stop()
     return report
 
@@ -642,8 +618,6 @@ def _poison_count(rt: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_sandboxes"]:
-        return _sandboxes_main(argv[1:])
     if argv[:1] == ["_host"]:
         return _host_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])

@@ -1,9 +1,10 @@
 """Both sandboxes in their own process, so a benchmark measures the service's memory, not theirs.
 
 `python -m bench.sandboxes --bc-port P --dv-port Q [--customers N] [--invoices N --lines L]` prints
-`ready` when it listens. With `--invoices`: 100 customers (one more, blocked for shipping, so out of
-CUSTOMER's scope: its invoices cannot be coupled), 20 items, and N posted invoices of L lines, every
-100th of the blocked customer.
+`ready` when it listens. Dataverse has the Sales solution installed (as `bcsync setup` leaves it)
+unless `--without-solution` (for a bench that runs set-up itself). With `--invoices`: 100 customers
+(one more, blocked for shipping, so out of CUSTOMER's scope: its invoices cannot be coupled), 20
+items, and N posted invoices of L lines, every 100th of the blocked customer.
 """
 
 from __future__ import annotations
@@ -32,8 +33,15 @@ def main() -> int:
         "--bc-queue", type=int, default=None,
         help="BC's queue of requests beyond 5 concurrent per user (95 as in BC; 0: a 6th gets 429 at once)",
     )  # fmt: skip
+    parser.add_argument(
+        "--bc-retry-delays", default="",
+        help="BC's delays before its 5 notification retries, seconds, comma-separated (BC: 60,60,600,...)",
+    )  # fmt: skip
+    parser.add_argument("--without-solution", action="store_true", help="no Sales solution in Dataverse")
     args = parser.parse_args()
     config = BcSandboxConfig(coalesce_seconds=args.coalesce)
+    if args.bc_retry_delays:
+        config.retry_delays_seconds = tuple(float(s) for s in args.bc_retry_delays.split(","))
     config.users.update({token: token.upper() for token in args.bc_users.split(",") if token})
     if args.bc_queue is not None:
         config.max_queue = args.bc_queue
@@ -43,7 +51,8 @@ def main() -> int:
     if args.invoices:
         _seed_invoices(bc_app.state.sandbox, args.invoices, args.lines)
     dv_app = dataverse.create_app()
-    sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
+    if not args.without_solution:
+        sales_solution.install(dv_app.state.sandbox)  # Dataverse as `bcsync setup` leaves it
     servers = [serve_in_thread(bc_app, args.bc_port), serve_in_thread(dv_app, args.dv_port)]
     print("ready", flush=True)
     try:

@@ -28,13 +28,15 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 
+from bench.service import sandboxes, service_settings
 from devstack.azurite import start_azurite
 from devstack.serve import free_port
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
+from devstack.stack import REPO
 
 NEVER = "0 0 0 1 1 *"  # timers other than the delta poll stay quiet during the measurement
 # The delta poll runs as deployed (every 2 minutes): it is the safety net for a notification the
@@ -73,36 +75,23 @@ def main() -> int:
     if args.host:
         return host_main(args.host)
     logging.basicConfig(level=logging.ERROR)
+    stack = ExitStack()
     azurite = start_azurite()
-    bc_port, dv_port = free_port(), free_port()
     host_ports = [free_port() for _ in range(args.hosts)]
     children: list[subprocess.Popen[str]] = []
+    flags = ["--customers", str(args.customers), "--coalesce", "0.05", "--bc-users", ",".join(SENDERS),
+             "--bc-queue", str(args.bc_queue)]  # fmt: skip
     try:
-        sandboxes = _child(
-            ["bench.sandboxes", "--bc-port", str(bc_port), "--dv-port", str(dv_port),
-             "--customers", str(args.customers), "--coalesce", "0.05",
-             "--bc-users", ",".join(SENDERS), "--bc-queue", str(args.bc_queue)],
-            os.environ.copy(),
+        ports = stack.enter_context(sandboxes(*flags))
+        env = service_settings(
+            azurite.connection_string, ports, SYNC_QUEUE_NAME="sync-requests",
+            SERVICE_PUBLIC_URL=f"http://127.0.0.1:{host_ports[0]}", SCALE_OUT_MAX_INSTANCES=str(args.hosts),
+            DELTA_POLL_SCHEDULE=DELTA_POLL, FULL_RESYNC_SCHEDULE=NEVER, SUBSCRIPTION_UPKEEP_SCHEDULE=NEVER,
+            STATISTICS_SCHEDULE=NEVER,
         )  # fmt: skip
-        children.append(sandboxes)
-        from devstack.bc import DEFAULT_COMPANY_ID
-
-        bc_url = f"http://127.0.0.1:{bc_port}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0"
-        dv_url = f"http://127.0.0.1:{dv_port}"
-        env = {
-            "AzureWebJobsStorage": azurite.connection_string, "SYNC_QUEUE_NAME": "sync-requests",
-            "DATAVERSE_URL": dv_url, "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": bc_url, "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID),
-            "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
-            "SERVICE_PUBLIC_URL": f"http://127.0.0.1:{host_ports[0]}",
-            "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
-            "SCALE_OUT_MAX_INSTANCES": str(args.hosts),
-            "DELTA_POLL_SCHEDULE": DELTA_POLL, "FULL_RESYNC_SCHEDULE": NEVER,
-            "SUBSCRIPTION_UPKEEP_SCHEDULE": NEVER, "STATISTICS_SCHEDULE": NEVER,
-        }  # fmt: skip
+        bc_url, dv_url = env["BC_API_URL"], env["DATAVERSE_URL"]
         os.environ.update(env)
+        from devstack.bc import DEFAULT_COMPANY_ID
         from shared.feeds.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
         from shared.runtime import get_runtime
         from shared.sync import bulk
@@ -199,6 +188,7 @@ def main() -> int:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 child.kill()
+        stack.close()  # the sandboxes, after the hosts that talk to them
         azurite.stop()
 
 

@@ -2,7 +2,8 @@
 
 N items coupled to products; then nothing posted, 10 items moved, and M items moved (more than the
 1,000 above which the whole item table is read in pages). `python -m bench.stock [--items 20000
---moved 5000]`. The sandboxes run in this process (the numbers that matter are requests).
+--moved 5000]`. The sandboxes run in this process (the numbers that matter are requests, and the
+bench seeds items and posts ledger entries straight into the BC sandbox).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import os
 import sys
 import time
 
+from bench.service import SandboxPorts, service_settings
 from devstack import bc, dataverse, sales_solution
 from devstack.azurite import start_azurite
-from devstack.bc import DEFAULT_COMPANY_ID
 from devstack.serve import serve_in_thread
-from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
 
 
 def main() -> int:
@@ -30,15 +30,9 @@ def main() -> int:
     servers = [serve_in_thread(bc_app), serve_in_thread(dv_app)]
     sandbox = bc_app.state.sandbox
     try:
-        os.environ.update({
-            "AzureWebJobsStorage": azurite.connection_string,
-            "DATAVERSE_URL": servers[1].url, "DATAVERSE_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "DATAVERSE_WEBHOOK_SECRET": "bench-secret-0123456789",
-            "BC_API_URL": f"{servers[0].url}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0",
-            "BC_COMPANY_IDS": str(DEFAULT_COMPANY_ID), "BC_STATIC_TOKEN": INTEGRATION_TOKEN,
-            "BC_WEBHOOK_CLIENT_STATE": "bench-client-state-0123456789",
-            "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
-        })  # fmt: skip
+        os.environ.update(
+            service_settings(azurite.connection_string, SandboxPorts(bc=servers[0].port, dv=servers[1].port))
+        )
         from shared.runtime import get_runtime
         from shared.sales.stock import refresh_stock
         from shared.sync import bulk

@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 
+from bench.service import SandboxPorts, service_settings
 from devstack.azurite import start_azurite
 
 COMPANY = "b18aed47-c385-49d2-b954-dbdf8ad71780"
@@ -45,20 +46,15 @@ def main() -> None:
     args = parser.parse_args()
     azurite = start_azurite()
     try:
+        # No API is called: the sandboxes' addresses are a closed port.
         os.environ.update(
-            {
-                "AzureWebJobsStorage": azurite.connection_string,
-                "SYNC_QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
-                "DATAVERSE_URL": "http://127.0.0.1:9",
-                "DATAVERSE_WEBHOOK_SECRET": "bench-dataverse-secret-0123456789",
-                "BC_API_URL": "http://127.0.0.1:9/v2.0/contoso/production/api/v2.0",
-                "BC_COMPANY_IDS": COMPANY,
-                "BC_WEBHOOK_CLIENT_STATE": CLIENT_STATE,
-                "DATAVERSE_STATIC_TOKEN": "bench",
-                "BC_STATIC_TOKEN": "bench",
-                "DATAVERSE_INTEGRATION_USER_ID": "11111111-1111-1111-1111-111111111111",
-            }
-        )
+            service_settings(
+                azurite.connection_string, SandboxPorts(bc=9, dv=9),
+                SYNC_QUEUE_NAME=f"bench-{uuid.uuid4().hex[:8]}", BC_COMPANY_IDS=COMPANY,
+                BC_WEBHOOK_CLIENT_STATE=CLIENT_STATE,
+                DATAVERSE_INTEGRATION_USER_ID="11111111-1111-1111-1111-111111111111",
+            )
+        )  # fmt: skip
         from shared import runtime
         from shared.feeds.webhooks import receive_bc_webhook
 

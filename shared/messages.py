@@ -4,6 +4,14 @@ A message says *which* record (or records) to look at, never what the values are
 always reads the record fresh (and writes the other side only on the ETag of its last sync). The
 Functions host decodes base64 by default (`messageEncoding`), so producers encode with
 `encode_message` and the trigger hands us text to `decode_message`.
+
+Two versions of the service run side by side during a deployment (a slot swap, scale-out while
+instances update), so a message may have been written by a newer version. A field this version
+does not know is ignored (and logged once, at debug level, by name only): new fields are added as
+optional ones whose absence means what the older version did. A change an older version cannot
+ignore (a field's meaning, a new required field) raises `MESSAGE_VERSION`; a message of a higher
+version is not guessed at: `parse_json` raises `NewerMessageError` (see docs/architecture.md,
+Decisions).
 """
 
 from __future__ import annotations
@@ -12,13 +20,20 @@ import base64
 import binascii
 import datetime as dt
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+# The message format's version: raised only for a change an older version cannot ignore. Fields
+# added as optional keep it (an older version ignores them).
+MESSAGE_VERSION = 1
 
 # Azure queue messages are at most 64 KiB; base64 grows text by 4/3, so keep JSON under 48 KiB.
 MAX_JSON_BYTES = 48 * 1024
@@ -35,10 +50,31 @@ def _correlation_id() -> str:
     return str(uuid.uuid4())
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# (model, field) pairs already logged as unknown: once per process is enough to notice a newer version.
+_unknown_logged: set[tuple[str, str]] = set()
 
-    # A new message format gets version 2 here, so a worker can tell old messages still queued apart.
+
+def _note_unknown_fields(model: type[BaseModel], data: object) -> None:
+    if not isinstance(data, dict):
+        return
+    known = set(model.model_fields)
+    new = sorted(
+        str(k)[:60] for k in data if k not in known and (model.__name__, str(k)[:60]) not in _unknown_logged
+    )
+    if new:
+        _unknown_logged.update((model.__name__, k) for k in new)
+        # Names only: a value can be a record's data.
+        log.debug(
+            "%s with field(s) %s this version does not know: ignored (written by a newer version?)",
+            model.__name__, ", ".join(new),
+        )  # fmt: skip
+
+
+class _Message(BaseModel):
+    # Unknown fields are ignored, not refused: a newer version's message still works here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # MESSAGE_VERSION; a higher one is refused before validation (`NewerMessageError`).
     version: Literal[1] = 1
     mapping: str = Field(min_length=1, max_length=100)
     reason: str = Field(default="", max_length=200)
@@ -53,6 +89,12 @@ class _Message(BaseModel):
     # W3C `traceparent` of the span that queued it (shared/telemetry.py), so the processor's span joins
     # the webhook's or poll's trace; absent in messages queued without telemetry, or before it existed.
     trace: str | None = Field(default=None, max_length=55)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_fields(cls, data: object) -> object:
+        _note_unknown_fields(cls, data)
+        return data
 
 
 class SyncMessage(_Message):
@@ -93,11 +135,17 @@ class ScanMessage(_Message):
 class RecordChange(BaseModel):
     """One notified change inside a `BatchMessage`: what a `SyncMessage` holds besides the mapping."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(min_length=1, max_length=100)
     change: Change = "unknown"
     modified: str | None = Field(default=None, max_length=40)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_fields(cls, data: object) -> object:
+        _note_unknown_fields(cls, data)
+        return data
 
 
 class BatchMessage(_Message):
@@ -184,6 +232,19 @@ class MessageDecodeError(ServiceError, ValueError):
     """The queue message is not one of ours: not base64, not JSON, or not a valid message."""
 
 
+class NewerMessageError(MessageDecodeError):
+    """The message was written by a newer version of the service, in a format this one does not
+    understand (its `version` is higher than `MESSAGE_VERSION`): a newer instance can handle it."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        super().__init__(
+            f"message version {version} was written by a newer version of the service (this one "
+            f"understands version {MESSAGE_VERSION}): finish the deployment so that every instance runs "
+            "the new version, then replay the poison queue (`bcsync poison --replay`)"
+        )
+
+
 def to_json(message: AnyMessage) -> str:
     text = message.model_dump_json()
     if len(text.encode()) > MAX_JSON_BYTES:
@@ -197,9 +258,17 @@ def encode_message(message: AnyMessage) -> str:
 
 
 def parse_json(text: str | bytes) -> AnyMessage:
-    """Parse already-decoded JSON (what the queue trigger hands to the function)."""
+    """Parse already-decoded JSON (what the queue trigger hands to the function). A message of a
+    newer format raises `NewerMessageError` before anything else is judged."""
     try:
-        return _adapter.validate_json(text)
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageDecodeError(f"queue message is not JSON: {exc}") from None
+    version = data.get("version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > MESSAGE_VERSION:
+        raise NewerMessageError(version)
+    try:
+        return _adapter.validate_python(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
@@ -213,8 +282,4 @@ def decode_message(raw: str | bytes) -> AnyMessage:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MessageDecodeError(f"queue message is not base64: {exc}") from None
-    try:
-        json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageDecodeError(f"queue message is not JSON: {exc}") from None
     return parse_json(data)

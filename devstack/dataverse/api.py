@@ -111,9 +111,11 @@ class WebApi:
         bulk_delete_delay: Callable[[], float] = lambda: 5.0,
         solution_import_delay: Callable[[], float] = lambda: 5.0,
         bulk_ms_per_record: Callable[[str], float] = lambda action: 0.0,
+        bulk_messages: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.bulk_ms_per_record = bulk_ms_per_record
+        self._bulk_messages = bulk_messages
         self.bulk_delete = BulkDeleteJobs(store, bulk_delete_delay)
         self.customizer = Customizer(store, solution_import_delay)
         self.max_page_size = max_page_size
@@ -204,6 +206,10 @@ class WebApi:
         data = self.store.table(entity_set)
         table = data.table
         method = request.method
+        bulk = rest is not None and rest.removeprefix("Microsoft.Dynamics.CRM.") in ACTIONS
+        if bulk and not self._bulk_messages():
+            # On-premises 9.1 has no such message: the route is unknown before any privilege check.
+            raise errors.segment_not_found(str(rest))
         self.customizer.authorize(request.caller, table, _operations(method, rest, key_text))
         if rest is not None:
             if (

@@ -123,6 +123,10 @@ class DataverseSandboxConfig:
     # An ImportSolutionAsync job waits this long (sandbox clock) before it runs; real imports take
     # from seconds to minutes depending on the solution.
     solution_import_delay_seconds: float = 5.0
+    # The bulk operation messages (CreateMultiple, UpdateMultiple, UpsertMultiple) exist online only;
+    # False answers them as Dynamics 365 Sales / Customer Engagement on-premises 9.1 does: 404
+    # "Resource not found for the segment" (docs/dataverse-sandbox.md#on-premises-without-bulk-messages).
+    bulk_messages: bool = True
     # Seed currencies, the default unit schedule and price list so `create_app()` is ready to use.
     seed_reference_data: bool = True
 

@@ -92,6 +92,7 @@ class DataverseSandbox:
             bulk_delete_delay=lambda: self.config.bulk_delete_delay_seconds,
             solution_import_delay=lambda: self.config.solution_import_delay_seconds,
             bulk_ms_per_record=self.bulk_ms_per_record,
+            bulk_messages=lambda: self.config.bulk_messages,
         )
         self._seed_defaults()
 

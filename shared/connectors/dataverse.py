@@ -7,7 +7,11 @@ and written as `x@odata.bind`; translating between the two is the mapping layer'
 
 Request budget: reads page 5,000 rows per request (`query_pages`, `changes`); bulk writes send
 1,000 rows per `CreateMultiple`/`UpsertMultiple`/`UpdateMultiple` request; `batch` sends up to
-1,000 requests per `$batch`.
+1,000 requests per `$batch`. Where the bulk messages do not exist (Dynamics 365 Sales / Customer
+Engagement on-premises 9.1: they came to Dataverse online only, page `bulk-operations`), the first
+bulk write learns it from the 404 "Resource not found for the segment" answer and from then on the
+client sends each chunk as one `$batch` of single creates / upserts / updates: the same number of
+requests, the same per-record results.
 
 Microsoft's documentation of the Web API:
 https://learn.microsoft.com/power-apps/developer/data-platform/webapi/overview
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 import uuid
@@ -46,6 +51,8 @@ from shared.connectors.errors import (
 )
 from shared.connectors.retry import ApiTransport, Budget, RequestStats, RetryPolicy, parse_retry_after
 from shared.odata import Scalar
+
+log = logging.getLogger(__name__)
 
 SERVICE = "dataverse"
 API_PATH = "/api/data/v9.2/"
@@ -270,6 +277,15 @@ def _error_for(
     return ValidationError(message, **kw)
 
 
+def missing_message(exc: ApiError, action: str) -> bool:
+    """Whether a 404 says this server has no operation `action` (a bulk message on-premises), not
+    that a record or a table does not exist (a missing table's set is a segment not found too, so the
+    segment must name the action). The text decides: the documented code is `0x8006088a`
+    (troubleshoot page `web-api-client-errors`), but live answers also carry `0x80060888`."""
+    text = str(exc.message).lower()
+    return exc.status == 404 and "resource not found for the segment" in text and action.lower() in text
+
+
 # --- the client -------------------------------------------------------------------------------------
 
 
@@ -287,6 +303,7 @@ class DataverseClient:
         budget: Budget | None = None,
         max_concurrent: int | None = None,
         bulk_chunk_size: int = BULK_CHUNK_SIZE,
+        bulk_messages: bool | None = None,
     ) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
@@ -298,6 +315,9 @@ class DataverseClient:
         self.base_url = base_url
         self.policy = policy or RetryPolicy()
         self.bulk_chunk_size = bulk_chunk_size
+        # Whether the server has CreateMultiple/UpdateMultiple/UpsertMultiple: None until a bulk write
+        # (or `probe_bulk_messages`) finds out; False once it answered that they do not exist.
+        self.bulk_messages = bulk_messages
         self._auth = (
             credential
             if isinstance(credential, httpx.Auth)
@@ -647,22 +667,60 @@ class DataverseClient:
     def _bulk(self, action: str, entity_set: str, records: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
         """One request per chunk. A chunk is all-or-nothing on standard tables, so when one fails
         for a reason in the data, its records are re-sent one by one in a `$batch` with
-        continue-on-error to learn which record failed and to write the others."""
+        continue-on-error to learn which record failed and to write the others. Without the bulk
+        messages (on-premises 9.1) every chunk goes that way at once."""
         info = table_info(entity_set)
         results: list[ItemResult] = []
         for start in range(0, len(records), self.bulk_chunk_size):
             chunk = [
                 {"@odata.type": info.type_name, **r} for r in records[start : start + self.bulk_chunk_size]
             ]
+            if self.bulk_messages is False:
+                results.extend(self._one_by_one(action, info, chunk))
+                continue
             try:
                 ids = self._bulk_chunk(action, info, chunk)
             except AuthenticationError:
                 raise
+            except NotFoundError as exc:
+                if missing_message(exc, action):
+                    self._without_bulk_messages(action, exc)
+                results.extend(self._one_by_one(action, info, chunk))
+                continue
             except FatalApiError:
                 results.extend(self._one_by_one(action, info, chunk))
                 continue
             results.extend(ItemResult(i, True) for i in ids)
         return results
+
+    def _without_bulk_messages(self, action: str, exc: ApiError) -> None:
+        if self.bulk_messages is not False:
+            log.warning(
+                "Dataverse at %s has no %s (%s %s): as Dynamics 365 Sales on-premises 9.1; bulk writes go "
+                "as $batch of single writes from now on (the same number of requests)",
+                self.base_url, action, exc.status, exc.code or "",
+            )  # fmt: skip
+        self.bulk_messages = False
+
+    def probe_bulk_messages(self, entity_set: str) -> bool:
+        """Whether the server has the bulk messages, asked with an `UpsertMultiple` of no records
+        (1 request, writes nothing): a server without them answers 404 "Resource not found for the
+        segment"; one with them refuses the empty `Targets` (or accepts it). Remembered."""
+        info = table_info(entity_set)
+        try:
+            self._send(
+                "POST", f"{info.entity_set}/Microsoft.Dynamics.CRM.UpsertMultiple",
+                kind=f"{info.entity_set} UpsertMultiple", json_body={"Targets": []}, idempotent=True,
+            )  # fmt: skip
+        except NotFoundError as exc:
+            if not missing_message(exc, "UpsertMultiple"):
+                raise
+            self._without_bulk_messages("UpsertMultiple", exc)
+            return False
+        except ValidationError:
+            pass  # the message exists and refuses an empty list
+        self.bulk_messages = True
+        return True
 
     def _bulk_chunk(self, action: str, info: TableInfo, chunk: list[dict[str, Any]]) -> list[str | None]:
         url = f"{info.entity_set}/Microsoft.Dynamics.CRM.{action}"
@@ -712,7 +770,9 @@ class DataverseClient:
 
     def _one_by_one(self, action: str, info: TableInfo, chunk: list[dict[str, Any]]) -> list[ItemResult]:
         requests = [self._single_request(action, info, record) for record in chunk]
-        responses = self.batch(requests, continue_on_error=True)
+        # Upserts and updates by key leave the same state when repeated; creates do not.
+        idempotent = action != "CreateMultiple" and all(r.method == "PATCH" for r in requests)
+        responses = self.batch(requests, continue_on_error=True, idempotent=idempotent)
         results = []
         for record, response in zip(chunk, responses, strict=True):
             record_id = record.get(info.primary_key) or response.entity_id
@@ -736,14 +796,20 @@ class DataverseClient:
     # --- $batch -----------------------------------------------------------------------------------
 
     def batch(
-        self, requests: Sequence[BatchRequest], *, continue_on_error: bool = True, change_set: bool = False
+        self,
+        requests: Sequence[BatchRequest],
+        *,
+        continue_on_error: bool = True,
+        change_set: bool = False,
+        idempotent: bool = False,
     ) -> list[BatchResponse]:
         """Send requests in `$batch` bodies of up to 1,000; one response per request, in order.
 
         `change_set=True` makes them one atomic change set (no GETs, at most 1,000; `$<n>`
         references to earlier Content-IDs allowed). When a request fails and `continue_on_error`
         is False, or any request of a change set fails, the failing request's typed error is raised
-        (a change set then committed nothing).
+        (a change set then committed nothing). `idempotent`: the writes leave the same state when
+        repeated, so a batch whose answer was lost may be sent again (a batch of reads always may).
         """
         if change_set:
             if len(requests) > MAX_BATCH_REQUESTS:
@@ -754,20 +820,29 @@ class DataverseClient:
         responses: list[BatchResponse] = []
         for start in range(0, len(requests), MAX_BATCH_REQUESTS):
             chunk = list(requests[start : start + MAX_BATCH_REQUESTS])
-            responses.extend(self._send_batch(chunk, continue_on_error=continue_on_error, change_set=False))
+            responses.extend(
+                self._send_batch(
+                    chunk, continue_on_error=continue_on_error, change_set=False, idempotent=idempotent
+                )
+            )
         return responses
 
     def _send_batch(
-        self, requests: list[BatchRequest], *, continue_on_error: bool, change_set: bool
+        self,
+        requests: list[BatchRequest],
+        *,
+        continue_on_error: bool,
+        change_set: bool,
+        idempotent: bool = False,
     ) -> list[BatchResponse]:
         boundary = f"batch_{uuid.uuid4()}"
         body = build_batch_body(self.base_url, requests, boundary, change_set=change_set)
         headers = {"Content-Type": f'multipart/mixed; boundary="{boundary}"'}
         if continue_on_error:
             headers["Prefer"] = "odata.continue-on-error"
-        only_reads = all(r.method.upper() == "GET" for r in requests)
+        repeatable = idempotent or all(r.method.upper() == "GET" for r in requests)
         response = self._send(
-            "POST", "$batch", kind="$batch", content=body, headers=headers, idempotent=only_reads
+            "POST", "$batch", kind="$batch", content=body, headers=headers, idempotent=repeatable
         )
         parts = parse_batch_response(response)
         if change_set and len(parts) == 1 and len(requests) > 1 and not parts[0].ok:

@@ -252,10 +252,36 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
                 "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
             )  # fmt: skip
         if ok:
+            _check_bulk_messages(dv, mappings, report)
             _check_local_currency(dv, mappings, s, report)
         return ok
     finally:
         dv.close()
+
+
+def _check_bulk_messages(dv: DataverseClient, mappings: MappingSet, report: SetupReport) -> None:
+    """Which path bulk writes take: Dataverse's bulk messages, or (Dynamics 365 Sales on-premises
+    9.1 has none) `$batch` of single writes. Either works; the report says which, for the operator."""
+    tables = _dataverse_tables(mappings)
+    if not tables:
+        return
+    entity_set, label = tables[0]
+    try:
+        available = dv.probe_bulk_messages(entity_set)
+    except ApiError as exc:  # e.g. no privilege on the table: the first bulk write finds out instead
+        report.checks.append(
+            Check("Dataverse bulk writes", True, f"not known yet: asking with {label} was refused ({exc})")
+        )
+        return
+    if available:
+        detail = "CreateMultiple / UpsertMultiple / UpdateMultiple, 1 request per 1,000 records"
+    else:
+        detail = (
+            "this server has no CreateMultiple / UpsertMultiple / UpdateMultiple (as Dynamics 365 Sales "
+            "on-premises 9.1): bulk writes go as $batch of single writes, also 1 request per 1,000 "
+            "records (each record is its own operation on the server, so a full resync takes longer)"
+        )
+    report.checks.append(Check("Dataverse bulk writes", True, detail))
 
 
 def _check_local_currency(

@@ -16,6 +16,10 @@ partition per mapping holding 100,000 rows makes each insert slower as it grows 
 Azurite: a 100-row transaction takes 87 ms into an empty partition and 620 ms into one of 40,000
 rows), and spreading a mapping over partitions is what Azure Tables recommend for scale anyway.
 
+The status a mapping's `status_column` shows in Sales for a Dataverse record is kept in a small row
+`status:<dataverse id>` beside the coupling (a record that never got coupled has one too): every
+instance decides from it whether the column needs writing, and claims a change with the row's ETag.
+
 Why not two full rows per pair (docs/architecture.md#decisions): a full resync of 100,000 pairs is
 bound by Table Storage writes; one row per pair halves them, and updates need no transaction.
 """
@@ -53,6 +57,14 @@ UNSYNCED_RESULTS = ("failed", "conflict", "retrying")
 
 class CouplingConflictError(ServiceError):
     """The coupling changed since it was read (another worker): re-read and decide again."""
+
+
+@dataclass(frozen=True)
+class ShownStatus:
+    """What the status column was last set to by any instance (None: empty); `etag` None: no row yet."""
+
+    text: str | None
+    etag: str | None = None
 
 
 class AlreadyCoupledError(ServiceError):
@@ -143,6 +155,21 @@ def _pointer_row(c: Coupling, scope: str, bc_id: str | None = None) -> dict[str,
         "Mapping": c.mapping,
         "DvId": c.dv_id or "",
         "State": "pointer",
+    }
+
+
+def _status_key(dv_id: str) -> str:
+    return f"status:{dv_id.lower()}"
+
+
+def _status_row(scope: str, mapping: str, dv_id: str, text: str | None) -> dict[str, Any]:
+    row_key = _status_key(dv_id)
+    return {
+        "PartitionKey": partition(scope + mapping, row_key),
+        "RowKey": row_key,
+        "Mapping": mapping,
+        "State": "status",
+        "Status": text or "",
     }
 
 
@@ -274,6 +301,37 @@ class CouplingStore:
             bc_id = entity.get("BcId") or ""
             if bc_id and (entity.get("State") or "coupled") != "pending_bc":
                 yield bc_id, entity.get("BcModified") or ""
+
+    # ---------------------------------------------------------------------------- the status column
+    def shown_status(self, mapping: str, dv_id: str) -> ShownStatus:
+        """What the mapping's status column of Dataverse record `dv_id` shows (one point read)."""
+        row = self._row(mapping, _status_key(dv_id))
+        if row is None:
+            return ShownStatus(None)
+        return ShownStatus(row.get("Status") or None, row.metadata["etag"])
+
+    def claim_status(self, mapping: str, dv_id: str, text: str | None, etag: str | None) -> str:
+        """Record that the status column is being set to `text`, conditional on the row being as read
+        (`etag`, None: no row); `CouplingConflictError` if another instance changed it meanwhile.
+        Returns the row's new ETag."""
+        row = _status_row(self.scope, mapping, dv_id, text)
+        try:
+            if etag is None:
+                return str(self.table.create_entity(row)["etag"])
+            return str(
+                self.table.update_entity(
+                    row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )["etag"]
+            )
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            landed = stored_if_same(self.table, row)
+            if landed is None:
+                raise CouplingConflictError(f"status of {mapping} dv={dv_id} changed meanwhile") from None
+            return str(landed["etag"])  # a resent write met its own first attempt
+
+    def put_status(self, mapping: str, dv_id: str, text: str | None) -> None:
+        """Record the status column's new value whatever it was (an explicit write, e.g. on uncoupling)."""
+        self.table.upsert_entity(_status_row(self.scope, mapping, dv_id, text), mode=UpdateMode.REPLACE)
 
     # ----------------------------------------------------------------------------------- write
     @_traced("create")

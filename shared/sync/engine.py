@@ -13,6 +13,7 @@ An uncoupled record costs a read, one match query per match priority, and the cr
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -163,8 +164,6 @@ class Engine:
         self.enqueue = enqueue
         self.clock = clock
         self.resolver = LookupResolver(mappings, couplings, bc, dv)
-        # (mapping, Dataverse id) -> the status text this process last wrote (None: emptied).
-        self._status_shown: dict[tuple[str, str], str | None] = {}
         # Per thread (the host runs several messages at once): whether the record being synced had a
         # failure recorded before this sync, so its status column may need emptying.
         self._local = threading.local()
@@ -206,30 +205,50 @@ class Engine:
     # ------------------------------------------------------------------- what Sales shows
     def _show_status(self, mapping: EntityMapping, message: SyncMessage, result: SyncResult) -> None:
         """The mapping's `status_column` says why a record is not in sync (the failure's sentence) and
-        is emptied once it is: written only when that changes (1 request), never for routine syncs."""
+        is emptied once it is: written only when that changes (1 request), never for routine syncs.
+
+        What it shows is decided from the status row in storage (`CouplingStore.shown_status`), not
+        from what this instance wrote: with several instances, another may have written or emptied
+        it since. The change is claimed on the row's ETag before the column is written."""
         column = mapping.dataverse.status_column
         dv_id = result.dv_id or (message.id if message.side == "dv" else None)
         if column is None or dv_id is None or result.outcome == Outcome.DEFERRED:
             return
         failed = result.outcome in (Outcome.FAILED, Outcome.SKIPPED) and bool(result.error)
         text = (result.error or "")[:STATUS_MAX_LENGTH] if failed else None
-        shown = self._status_shown.get((mapping.name, dv_id.lower()))
-        if failed and shown == text:
+        # A failure recorded on the coupling before any status row existed (written by an older
+        # version of the service) may still be showing: empty it once, which creates the row.
+        had_error = bool(getattr(self._local, "had_error", False))
+        for _ in range(MAX_RACE_RETRIES):
+            shown = self.couplings.shown_status(mapping.name, dv_id)
+            if shown.text == text and not (text is None and shown.etag is None and had_error):
+                return
+            try:
+                claimed = self.couplings.claim_status(mapping.name, dv_id, text, shown.etag)
+            except CouplingConflictError:
+                continue  # another instance changed it meanwhile: decide again from what it wrote
+            try:
+                self._write_status(mapping, dv_id, text)
+            except ApiError as exc:  # the sync's own outcome stands; the next sync shows it again
+                log.warning("could not write %s on %s: %s", column, dv_id, exc)
+                with contextlib.suppress(CouplingConflictError):  # else another instance's write stands
+                    self.couplings.claim_status(mapping.name, dv_id, shown.text, claimed)
             return
-        if not failed and shown is None and not getattr(self._local, "had_error", False):
-            return
-        try:
-            self.set_status(mapping, dv_id, text)
-        except ApiError as exc:  # the sync's own outcome stands; the next sync shows it again
-            log.warning("could not write %s on %s: %s", column, dv_id, exc)
+        log.info("%s of %s changed by other instances %d times: left to its next sync", column, dv_id,
+                 MAX_RACE_RETRIES)  # fmt: skip
 
     def set_status(self, mapping: EntityMapping, dv_id: str, text: str | None, **extra: Any) -> None:
-        column = mapping.dataverse.status_column
-        if column is None:
+        """Write the status column (and `extra` columns) whatever it shows, and record it."""
+        if mapping.dataverse.status_column is None:
             return
+        self._write_status(mapping, dv_id, text, **extra)
+        self.couplings.put_status(mapping.name, dv_id, text)
+
+    def _write_status(self, mapping: EntityMapping, dv_id: str, text: str | None, **extra: Any) -> None:
+        column = mapping.dataverse.status_column
+        assert column is not None
         pk = mapping.dataverse.primary_key
         self.dv.update(mapping, {pk: dv_id, "@odata.etag": "*"}, {column: text, **extra}, select=[pk])
-        self._status_shown[(mapping.name, dv_id.lower())] = text
 
     def preview(
         self,

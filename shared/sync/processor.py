@@ -14,11 +14,13 @@ from typing import Any
 
 from shared import telemetry
 from shared.companies import COMPANY_TABLES, COMPANY_VALUE, same_company
+from shared.errors import ServiceError
 from shared.messages import (
     AnyMessage,
     BatchMessage,
     ChunkMessage,
     MessageDecodeError,
+    NewerMessageError,
     SyncMessage,
     parse_json,
 )
@@ -27,6 +29,15 @@ from shared.sync import bulk
 from shared.sync.engine import Engine, RequeueError, SyncResult
 
 log = logging.getLogger(__name__)
+
+# Deliveries a message of a newer format waits for a newer instance (host.json's `visibilityTimeout`
+# apart, 10 s) before it is moved to the poison queue with the reason; at most `maxDequeueCount`.
+NEWER_MESSAGE_DELIVERIES = 5
+
+
+class NewerVersionPendingError(ServiceError):
+    """Raised so that the host puts the message back: a newer instance may take it next time."""
+
 
 # Both sides address records by GUID (BC `id` / SystemId, Dataverse primary key).
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -63,6 +74,17 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
     rt = get_runtime()
     try:
         message = parse_json(body)
+    except NewerMessageError as exc:
+        # A rolling deployment: another instance already runs the version that wrote it.
+        if dequeue_count < NEWER_MESSAGE_DELIVERIES:
+            log.warning(
+                "message %s has format version %d, newer than this instance's: left on the queue for a "
+                "newer instance (delivery %d of %d)", message_id, exc.version, dequeue_count,
+                NEWER_MESSAGE_DELIVERIES,
+            )  # fmt: skip
+            raise NewerVersionPendingError(str(exc)) from None
+        _to_poison(rt, body, message_id, str(exc))
+        return
     except MessageDecodeError as exc:
         # Retrying cannot fix a malformed message: park it in the poison queue at once, byte for byte.
         log.error(

@@ -16,7 +16,7 @@ RESYNC = ScanMessage(mapping="CUSTOMER", side="bc", since=None, run_id="r1", rea
 
 
 def _throttled(*_: Any, **__: Any) -> None:
-    raise ThrottledError("Combined execution time ... exceeded", status=429, code="0x80072321", retry_after=267)
+    raise ThrottledError("execution time exceeded", status=429, code="0x80072321", retry_after=267)
 
 
 def test_a_throttled_resync_is_queued_again_after_the_servers_retry_after(

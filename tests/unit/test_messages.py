@@ -51,7 +51,10 @@ def test_message_carries_a_version() -> None:
         (base64.b64encode(b'{"kind":"record"}').decode(), "mapping"),
         (base64.b64encode(b'{"kind":"record","mapping":"M","side":"erp","id":"1"}').decode(), "side"),
         (base64.b64encode(b'{"kind":"teleport","mapping":"M"}').decode(), "not a valid sync message"),
-        (base64.b64encode(b'{"kind":"record","mapping":"M","side":"bc","id":"1","x":1}').decode(), "x"),
+        (
+            base64.b64encode(b'{"kind":"record","mapping":"M","side":"bc","id":"1","version":0}').decode(),
+            "version",
+        ),
     ],
 )
 def test_malformed_messages_raise_the_typed_error(raw: str, why: str) -> None:

@@ -318,3 +318,28 @@ def test_each_mode_names_the_settings_it_needs(settings_env: pytest.MonkeyPatch)
         "DATAVERSE_CLIENT_SECRET",
     ):
         assert "required with" in info.value.problems[name], name
+
+
+def test_set_up_against_sales_on_premises_says_bulk_writes_go_as_batches(
+    onprem: OnPrem, settings_env: pytest.MonkeyPatch
+) -> None:
+    """Dynamics 365 Sales on-premises 9.1 has no CreateMultiple / UpsertMultiple / UpdateMultiple:
+    set-up asks (one request, nothing written) and reports the path the bulk writes take."""
+    adfs = {
+        "DATAVERSE_STATIC_TOKEN": None,
+        "DATAVERSE_AUTH_MODE": "oauth",
+        "DATAVERSE_AUTHORITY": onprem.adfs_authority,
+        "DATAVERSE_SCOPE": DV_RESOURCE,
+        "DATAVERSE_CLIENT_ID": CLIENT_ID,
+        "DATAVERSE_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    settings_env.setattr(onprem.dv_sandbox.config, "bulk_messages", False)
+    accounts = len(onprem.dv_sandbox.rows("accounts"))
+    ok, detail, _ = _check(_setup(settings_env, **adfs), "Dataverse bulk writes")
+    assert ok and "no CreateMultiple / UpsertMultiple / UpdateMultiple" in detail, detail
+    assert "$batch of single writes" in detail and "1 request per 1,000 records" in detail
+
+    settings_env.setattr(onprem.dv_sandbox.config, "bulk_messages", True)
+    ok, detail, _ = _check(_setup(settings_env, **adfs), "Dataverse bulk writes")
+    assert ok and detail.startswith("CreateMultiple / UpsertMultiple / UpdateMultiple"), detail
+    assert len(onprem.dv_sandbox.rows("accounts")) == accounts  # the probes wrote nothing
