@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.odata import and_, eq, ge, le, lt, or_
@@ -288,7 +288,12 @@ class Journal:
         """A run starting now, saved as running. The same `run_id` after an interrupted attempt (the
         queue delivering the request again) is the next attempt of that run, not a new one."""
         run = RunSummary(run_id or uuid.uuid4().hex, mapping, kind, started=now_iso(), dry_run=dry_run)
-        earlier = self.get_run(mapping, run.run_id) if run_id else None
+        try:
+            # A new run (the usual case) costs one insert and no read.
+            self.table.create_entity(self._run_row(run))
+            return run
+        except ResourceExistsError:
+            earlier = self.get_run(mapping, run.run_id)
         if earlier is not None and earlier.status == "interrupted":
             run.started = earlier.started
             run.attempts = earlier.attempts + 1
@@ -297,11 +302,13 @@ class Journal:
         return run
 
     def save_run(self, run: RunSummary) -> None:
+        self.table.upsert_entity(self._run_row(run), mode=UpdateMode.REPLACE)
+
+    def _run_row(self, run: RunSummary) -> dict[str, Any]:
         row = asdict(run)
         row["counts"] = json.dumps(run.counts)
         row["sample"] = _sample_text(run.sample)
-        row = fit_row({**row, "PartitionKey": f"run|{self.scope}{run.mapping}", "RowKey": run.run_id})
-        self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
+        return fit_row({**row, "PartitionKey": f"run|{self.scope}{run.mapping}", "RowKey": run.run_id})
 
     def get_run(self, mapping: str, run_id: str) -> RunSummary | None:
         try:
