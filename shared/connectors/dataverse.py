@@ -694,6 +694,14 @@ class DataverseClient:
 
     # --- solutions and security roles -------------------------------------------------------------
 
+    def action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An unbound action (`WinQuote`, `FulfillSalesOrder`...): its answer, None for 204. Not re-sent
+        after an ambiguous failure (closing a record twice is refused): the caller reads the record."""
+        if not re.fullmatch(r"[A-Za-z]+", name):
+            raise ValueError(f"not an action name: {name!r}")
+        answer = self._send("POST", name, kind=name, json_body=dict(body), idempotent=False)
+        return dict(answer.json()) if answer.status_code == 200 and answer.content else None
+
     def installed_solution(self, unique_name: str) -> dict[str, Any] | None:
         """The `solutions` row of `unique_name` (id, version), or None when it is not installed."""
         rows = list(

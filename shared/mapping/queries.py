@@ -109,6 +109,12 @@ def select_fields(ms: MappingSet, mapping: EntityMapping, side: Side) -> list[st
     for f in mapping.fields:
         if (f.bc if side == "bc" else f.dv) is not None:
             names.append(field_name(ms, f, side))
+    if side == "dv" and mapping.from_quote is not None:
+        names.append(f"_{mapping.from_quote.quote_column}_value")
+    if side == "bc" and mapping.fulfil is not None:
+        names.append(mapping.fulfil.bc_field)
+    if side == "dv" and mapping.fulfil is not None:
+        names.append("statecode")
     return list(dict.fromkeys(names))
 
 
