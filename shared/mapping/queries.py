@@ -51,6 +51,11 @@ def in_scope(mapping: EntityMapping, side: Side, record: Record) -> bool:
     return True
 
 
+def clause_holds(clause: FilterClause, record: Record) -> bool:
+    """Whether one filter clause holds for `record` (a field it lacks counts as empty)."""
+    return _holds(clause, record.get(clause.field))
+
+
 def _holds(clause: FilterClause, actual: Any) -> bool:
     expected = clause.value
     if isinstance(actual, str) and isinstance(expected, str) and _is_guid(expected):

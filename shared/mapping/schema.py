@@ -251,6 +251,18 @@ class LinesDataverseSide(_Strict):
         return self
 
 
+class LineAvailabilitySection(_Strict):
+    """BC's quantity on hand of each line's item (API v2.0's `inventory`, in the item's base unit) shown
+    on the Dataverse line while the document is being prepared: one BC read for all the document's
+    items, one Dataverse batch for the lines whose value changed."""
+
+    column: str = Field(description="The Dataverse line column that shows it (`bcs_availablequantity`).")
+    when: list[FilterClause] = Field(
+        default_factory=lambda: [FilterClause(field="statecode", op="le", value=1)],
+        description="Dataverse documents it is shown on (default: draft and active).",
+    )
+
+
 class LinesSection(_Strict):
     """A document's lines: read, merged and written with their header as one unit. Each line pair has
     an identity of its own (kept on the document's coupling); header totals are never mapped (each
@@ -264,6 +276,9 @@ class LinesSection(_Strict):
         "removed in this direction.",
     )
     fields: list[FieldMapping]
+    availability: LineAvailabilitySection | None = Field(
+        None, description="Show BC's quantity on hand of each line's item on the Dataverse line (quotes)."
+    )
 
 
 class FromQuoteSection(_Strict):

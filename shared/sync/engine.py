@@ -36,6 +36,7 @@ from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
     DV_MODIFIED_BY,
+    clause_holds,
     in_scope,
     match_queries,
     primary_key,
@@ -47,7 +48,7 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import MissingLookup, by_side, other
 from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
-from shared.odata import eq
+from shared.odata import any_eq, eq
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.documents import (
@@ -63,8 +64,10 @@ from shared.sync.documents import (
 )
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, LineWrite, Record
 from shared.sync.quote_orders import (
+    availability_updates,
     fulfil_request,
     is_won,
+    item_lookup_field,
     made_order_marker,
     pair_lines,
     pick_made_order,
@@ -836,6 +839,8 @@ class Engine:
             if sibling is not None:
                 return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
         source = self.read_document(mapping, side, message.id)
+        if side == "dv" and source is not None:
+            self._show_availability(mapping, source)
         counterpart: Record | None = None
         if coupling is None:
             if source is None:
@@ -1133,6 +1138,48 @@ class Engine:
             if made is not None:
                 return made
         return self._create_document_in_bc(mapping, plan, pending, message, dv)
+
+    # ------------------------------------------------------------------ availability on lines
+    def _show_availability(self, mapping: EntityMapping, document: Record) -> None:
+        """BC's quantity on hand of each line's item on the Dataverse lines of a document being prepared
+        (`lines.availability`): one BC read per 40 distinct items, one Dataverse batch for the lines whose
+        value changed, nothing when none did. A failure here never fails the document's sync."""
+        shown = mapping.lines.availability if mapping.lines is not None else None
+        if shown is None or not all(clause_holds(c, document) for c in shown.when):
+            return
+        items = {m.name for m in self.ms.entities() if m.bc.entity_set == "items"}
+        product_column = item_lookup_field(mapping, items)
+        if product_column is None:
+            return
+        lm = mapping.line_mapping()
+        lines = lines_of(mapping, "dv", document)
+        item_of_product: dict[str, str] = {}
+        for product in {str(line[product_column]) for line in lines if line.get(product_column)}:
+            found = (self.couplings.get(name, "dv", product) for name in sorted(items))
+            coupling = next((c for c in found if c is not None), None)
+            if coupling is not None and coupling.bc_id:
+                item_of_product[product] = coupling.bc_id
+        try:
+            inventory: dict[str, float] = {}
+            ids = sorted(set(item_of_product.values()))
+            for start in range(0, len(ids), 40):
+                for item in self.bc.query_set(
+                    "items", select=["id", "inventory"], filter=any_eq("id", ids[start : start + 40])
+                ):
+                    inventory[str(item["id"])] = float(item.get("inventory") or 0)
+            updates = availability_updates(
+                lines, line_key=lm.dataverse.primary_key, product_column=product_column, column=shown.column,
+                item_of_product=item_of_product, inventory=inventory,
+            )  # fmt: skip
+            if updates:
+                pk = lm.dataverse.primary_key
+                changes = [({pk: i, "@odata.etag": "*"}, {shown.column: value}) for i, value in updates]
+                refused = [r.error for r in self.dv.update_many(lm, changes, select=[pk]) if r.error]
+                if refused:
+                    log.warning("%s: %d lines did not take their availability: %s", mapping.name,
+                                len(refused), refused[0])  # fmt: skip
+        except ApiError as exc:
+            log.warning("%s: could not show availability on the lines of %s: %s", mapping.name, document, exc)
 
     # ------------------------------------------------------------------ quotes won in Sales
     def _quote_won(self, mapping: EntityMapping, coupling: Coupling, quote: Record) -> SyncResult | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared.mapping.queries import clause_holds
 from shared.mapping.schema import EntityMapping, FromQuoteSection, FulfilSection
 
 # The values that find the BC order made from a quote: BC copies them from the quote to the order.
@@ -31,9 +32,7 @@ def quote_of(from_quote: FromQuoteSection, order: Mapping[str, Any]) -> str | No
 
 
 def is_won(from_quote: FromQuoteSection, quote: Mapping[str, Any]) -> bool:
-    clause = from_quote.won
-    value = quote.get(clause.field)
-    return value == clause.value if clause.op == "eq" else value != clause.value
+    return clause_holds(from_quote.won, quote)
 
 
 def made_order_marker(quote_snapshot: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -94,3 +93,37 @@ def fulfil_request(
     subject = f"Shipped in Business Central (order {number})" if number else "Shipped in Business Central"
     close = {f"{mapping.dataverse.primary_key}@odata.bind": f"/{mapping.dataverse.entity_set}({dv_id})"}
     return {"OrderClose": {**close, "subject": subject}, "Status": fulfil.status}
+
+
+def item_lookup_field(mapping: EntityMapping, ms_items: set[str]) -> str | None:
+    """The Dataverse lookup column of a line's product (the line field looked up through an item mapping,
+    one of `ms_items`), as the Web API returns it (`_productid_value`)."""
+    if mapping.lines is None:
+        return None
+    for f in mapping.lines.fields:
+        if f.lookup in ms_items and f.dv:
+            return f"_{f.dv}_value"
+    return None
+
+
+def availability_updates(
+    lines: Sequence[Mapping[str, Any]],
+    *,
+    line_key: str,
+    product_column: str,
+    column: str,
+    item_of_product: Mapping[str, str],
+    inventory: Mapping[str, float],
+) -> list[tuple[str, float | None]]:
+    """(line id, value to show) for each line whose shown availability differs from BC's quantity on hand
+    of its item; None for a line whose product is not coupled to an item BC answered for (nothing to
+    show rather than a stale figure)."""
+    updates: list[tuple[str, float | None]] = []
+    for line in lines:
+        product = line.get(product_column)
+        item = item_of_product.get(str(product)) if product else None
+        value = inventory.get(item) if item else None
+        shown = line.get(column)
+        if value != shown and not (value is None and shown is None):
+            updates.append((str(line[line_key]), value))
+    return updates

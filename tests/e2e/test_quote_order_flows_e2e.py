@@ -221,3 +221,74 @@ def test_shipping_an_order_in_bc_closes_the_sales_order_as_fulfilled(e2e: E2ESta
     e2e.settle()
     assert e2e.failures() == []
     print(f"\nBC shipment -> Sales order fulfilled, requests: {sorted(cost.items())}")
+
+
+def _stock(e2e: E2EStack, item_number: str, quantity: float) -> None:
+    entry = {"itemNumber": item_number, "quantity": quantity, "entryType": "Positive Adjmt."}
+    response = e2e.control.post(f"{e2e.bc_url}/_sandbox/itemLedgerEntries/post", json={"entries": [entry]})
+    assert response.status_code == 201, response.text
+
+
+def _shown(e2e: E2EStack, quote_id: str) -> dict[str, Any]:
+    return {
+        d["quotedetailid"]: d["bcs_availablequantity"]
+        for d in e2e.dv.rows("quotedetails")
+        if d["_quoteid_value"] == quote_id
+    }
+
+
+def test_a_quote_being_prepared_shows_bcs_quantity_on_hand_on_each_line_with_one_bc_read(
+    e2e: E2EStack,
+) -> None:
+    _customer, account, item, product, uom = _setup(e2e)
+    other = e2e.bc_create(
+        "items", {"displayName": f"Lamp {_tag()}", "unitPrice": 5, "baseUnitOfMeasureCode": "PCS"}
+    )
+    other_product = str(e2e.wait_coupled("ITEM-PRODUCT", "bc", other["id"]).dv_id)
+    _stock(e2e, item["number"], 12)
+    _stock(e2e, other["number"], 3)
+    e2e.settle()
+    before = e2e.service_requests()
+    # A draft quote with three lines: two of the first item, one of the other.
+    lines = [(product, 1), (product, 20), (other_product, 2)]
+    quote = e2e.dv_create(
+        "quotes",
+        {
+            "name": f"Prepared {_tag()}",
+            "customerid_account@odata.bind": f"/accounts({account})",
+            "quote_details": [
+                {
+                    "productid@odata.bind": f"/products({p})",
+                    "uomid@odata.bind": f"/uoms({uom})",
+                    "quantity": q,
+                }
+                for p, q in lines
+            ],
+        },
+    )
+    quote_id = quote["quoteid"]
+    wait_for(lambda: None not in _shown(e2e, quote_id).values() or None, "availability on the quote lines")
+    e2e.settle()
+    shown = sorted(_shown(e2e, quote_id).values())
+    assert shown == [3, 12, 12]
+    assert e2e.coupling(QUOTE, "dv", quote_id) is None  # a draft stays in Sales; it only shows availability
+    cost = diff(e2e.service_requests(), before)
+    # Each notification of the quote (its create, its totals) reads it with its lines once, BC once for
+    # all the quote's items and writes the lines whose figure changed in one batch: never per line. (Two
+    # notifications handled at once may both write the same figures.)
+    reads = cost.get("DV GET quotes", 0)
+    assert 1 <= reads <= 3 and cost.get("BC GET items") == reads, cost
+    assert 1 <= cost.get("DV POST $batch", 0) <= reads, cost
+    # A line added later gets its figure too; the others are not rewritten.
+    e2e.dv_create(
+        "quotedetails",
+        {"quoteid@odata.bind": f"/quotes({quote_id})", "productid@odata.bind": f"/products({other_product})",
+         "uomid@odata.bind": f"/uoms({uom})", "quantity": 1, "priceperunit": 5.0},
+    )  # fmt: skip
+    wait_for(
+        lambda: sorted(v or 0 for v in _shown(e2e, quote_id).values()) == [3, 3, 12, 12] or None,
+        "the new line",
+    )
+    e2e.settle()
+    assert e2e.failures() == []
+    print(f"\navailability on a 3-line draft quote, requests: {sorted(cost.items())}")

@@ -12,8 +12,10 @@ from shared.mapping.loader import DEFAULT_MAPPING_FILE
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import FromQuoteSection, FulfilSection
 from shared.sync.quote_orders import (
+    availability_updates,
     fulfil_request,
     is_won,
+    item_lookup_field,
     made_order_marker,
     pair_lines,
     pick_made_order,
@@ -114,3 +116,30 @@ def test_the_fulfil_request_names_the_order_and_bc_number() -> None:
         "Status": 100001,
     }
     assert fulfil_request(ORDER, FULFIL, "o1", None)["OrderClose"]["subject"] == "Shipped in Business Central"
+
+
+QUOTE = MS.entity("SALES QUOTE")
+
+
+def test_quote_lines_show_availability_by_their_product_lookup() -> None:
+    assert QUOTE.lines is not None and QUOTE.lines.availability is not None
+    assert QUOTE.lines.availability.column == "bcs_availablequantity"
+    assert item_lookup_field(QUOTE, {"ITEM-PRODUCT"}) == "_productid_value"
+    assert item_lookup_field(QUOTE, {"OTHER"}) is None
+    assert ORDER.lines is not None and ORDER.lines.availability is None  # orders do not show it
+
+
+def test_availability_updates_write_only_lines_whose_figure_changed() -> None:
+    lines = [
+        {"id": "l1", "_productid_value": "p1", "shown": None},  # new: shown
+        {"id": "l2", "_productid_value": "p1", "shown": 12.0},  # unchanged: not written
+        {"id": "l3", "_productid_value": "p2", "shown": 5.0},  # stock moved
+        {"id": "l4", "_productid_value": "p3", "shown": 7.0},  # product not coupled: emptied
+        {"id": "l5", "_productid_value": None, "shown": None},  # write-in line: nothing
+        {"id": "l6", "_productid_value": "p4", "shown": None},  # coupled, BC did not answer: nothing
+    ]
+    updates = availability_updates(
+        lines, line_key="id", product_column="_productid_value", column="shown",
+        item_of_product={"p1": "i1", "p2": "i2", "p4": "i4"}, inventory={"i1": 12.0, "i2": 3.0},
+    )  # fmt: skip
+    assert updates == [("l1", 12.0), ("l3", 3.0), ("l4", None)]
