@@ -621,12 +621,8 @@ def build_tables() -> dict[str, Table]:
             "quotedetail",
             "quotedetails",
             "productdescription",
-            [
-                *document_detail("quote"),
-                # BC's integration solution adds availability to quote lines; the Sales app shows it
-                # when the line is added (see docs/dataverse-sandbox.md).
-                decimal("bcs_availablequantity"),
-            ],
+            # The Sales solution adds bcs_availablequantity (solution/Entities/QuoteDetail) when imported.
+            document_detail("quote"),
             owned=False,
         ),
         _table(
