@@ -235,6 +235,9 @@ def document_detail(parent: str) -> list[Column]:
         boolean("ispriceoverridden"),
         boolean("isproductoverridden"),
         integer("lineitemnumber"),
+        # The order Sales lists the details in (the form's "Move up/down" rewrites it); a new detail
+        # goes last in its document.
+        integer("sequencenumber"),
         date("requestdeliveryby"),
         choice("producttypecode", PRODUCT_TYPES),
         lookup(f"{parent}id", parent),

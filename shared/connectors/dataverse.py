@@ -847,8 +847,9 @@ class DataverseClient:
         post_image_attributes: Sequence[str] | None = None,
     ) -> str:
         """Create or update the asynchronous post-operation step sending `message` on
-        `entity_logical_name` to the endpoint; returns its id. A post-image named `PostImage`
-        with `post_image_attributes` is kept in line when given."""
+        `entity_logical_name` to the endpoint; returns its id. An image with `post_image_attributes` is
+        kept in line when given: a post-image `PostImage`, or for Delete (which has none) a pre-image
+        `PreImage`."""
         message_id = self._single_id("sdkmessages", "sdkmessageid", odata.eq("name", message))
         filter_id = self._single_id(
             "sdkmessagefilters",
@@ -898,11 +899,12 @@ class DataverseClient:
                 headers={"Prefer": "return=representation"},
             )
             step_id = str(created.json()["sdkmessageprocessingstepid"])
-        if post_image_attributes is not None and message != "Delete":
+        if post_image_attributes is not None:
             self._ensure_post_image(step_id, message, post_image_attributes)
         return step_id
 
     def _ensure_post_image(self, step_id: str, message: str, attributes: Sequence[str]) -> None:
+        alias = "PreImage" if message == "Delete" else "PostImage"
         wanted = ",".join(sorted(attributes))
         images = list(
             self.query(
@@ -910,7 +912,7 @@ class DataverseClient:
                 select=["sdkmessageprocessingstepimageid", "attributes"],
                 filter=odata.and_(
                     odata.eq("_sdkmessageprocessingstepid_value", uuid.UUID(step_id)),
-                    odata.eq("entityalias", "PostImage"),
+                    odata.eq("entityalias", alias),
                 ),
             )
         )
@@ -927,9 +929,9 @@ class DataverseClient:
                 )
             return
         image = {
-            "name": "PostImage",
-            "entityalias": "PostImage",
-            "imagetype": 1,
+            "name": alias,
+            "entityalias": alias,
+            "imagetype": 0 if message == "Delete" else 1,
             "attributes": wanted,
             "messagepropertyname": "Id" if message == "Create" else "Target",
             "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({step_id})",

@@ -233,6 +233,7 @@ class LinesBcSide(_Strict):
         description="BC API v2.0 line entity set, also the header's navigation property (`salesOrderLines`)."
     )
     parent_field: str = Field("documentId", description="The line field holding its header's `id`.")
+    order_field: str | None = Field("sequence", description="The line field BC lists the lines by.")
 
 
 class LinesDataverseSide(_Strict):
@@ -242,6 +243,9 @@ class LinesDataverseSide(_Strict):
         description="The header's collection-valued navigation property to its lines (`order_details`)."
     )
     parent: str = Field(description="The line's lookup column to its header (`salesorderid`).")
+    order_column: str | None = Field(
+        "sequencenumber", description="The line column Dataverse lists the lines by."
+    )
     primary_key: str = Field("", description="Defaults to `<table>id`.")
 
     @model_validator(mode="after")

@@ -120,6 +120,8 @@ def requeue_delay(attempt: int, error: RetriableApiError | None = None) -> int:
 # Results after which the snapshot is trustworthy enough to call an unchanged source an echo.
 # A BC create whose BC-assigned values are not back in Dataverse yet (see `_settle_bc_create`).
 SETTLING = "settling"
+# A document whose lines a worker is writing (`Engine._claim_lines`): others wait for it.
+WRITING_LINES = "writing lines"
 _SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
 
 
@@ -838,6 +840,10 @@ class Engine:
             sibling = self._coupled_elsewhere(mapping, side, message.id)
             if sibling is not None:
                 return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
+        if coupling is not None and coupling.last_result == WRITING_LINES:
+            waited = self.clock() - parse_iso(coupling.pending_since or iso_ms(self.clock()))
+            if waited < PENDING_CREATE_GRACE:
+                raise RequeueError(message, 2, "another worker is writing this document's lines")
         source = self.read_document(mapping, side, message.id)
         if side == "dv" and source is not None:
             self._show_availability(mapping, source)
@@ -924,9 +930,17 @@ class Engine:
         in one atomic batch. A refused batch changes nothing; the error fails or retries the document."""
         assert mapping.lines is not None and coupling.bc_id and coupling.dv_id
         header = plan.header
-        bc_after = self._write(mapping, "bc", header.bc_write, bc)
-        dv_after = self._write(mapping, "dv", header.dv_write, dv)
-        states = self._write_lines(mapping, plan, coupling.bc_id, coupling.dv_id, bc, dv)
+        if plan.line_writes:
+            coupling = self._claim_lines(coupling)
+        assert coupling.bc_id and coupling.dv_id
+        try:
+            bc_after = self._write(mapping, "bc", header.bc_write, bc)
+            dv_after = self._write(mapping, "dv", header.dv_write, dv)
+            states = self._write_lines(mapping, plan, coupling.bc_id, coupling.dv_id, bc, dv)
+        except Exception:
+            if plan.line_writes:
+                self._release_lines(coupling)
+            raise
         if mapping.fulfil is not None and should_fulfil(mapping.fulfil, bc_after, dv_after):
             # Before the coupling is stored: a failed close leaves the change unsynced, so it is retried.
             number = str((bc_after or {}).get(mapping.bc.key) or "") or None
@@ -947,6 +961,21 @@ class Engine:
             outcome or plan.outcome, plan.reason, coupling.bc_id, coupling.dv_id, error=error,
             fields=_document_fields(plan), changes=plan.changes(), users=_users(bc, dv),
         )  # fmt: skip
+
+    def _claim_lines(self, coupling: Coupling) -> Coupling:
+        """Mark the document's lines as being written, conditional on the coupling as read: a line write
+        is not conditional on anything BC or Dataverse would refuse, so two workers that read the same
+        document (a line's notification and its document's) would both create the new lines. The one that
+        loses this claim decides again from fresh reads; one that reads the claim waits (`_sync_document`)."""
+        claimed = replace(coupling, pending_since=iso_ms(self.clock()))
+        claimed.last_result = WRITING_LINES
+        return self.couplings.save(claimed)
+
+    def _release_lines(self, coupling: Coupling) -> None:
+        try:
+            self.couplings.save(replace(coupling, last_result="retrying", pending_since=None))
+        except CouplingConflictError:
+            log.info("coupling changed while releasing a line write; the next sync reads both sides")
 
     def _write_lines(
         self,

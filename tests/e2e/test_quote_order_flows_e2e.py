@@ -292,3 +292,68 @@ def test_a_quote_being_prepared_shows_bcs_quantity_on_hand_on_each_line_with_one
     e2e.settle()
     assert e2e.failures() == []
     print(f"\navailability on a 3-line draft quote, requests: {sorted(cost.items())}")
+
+
+def _bc_lines(e2e: E2EStack, order_id: str) -> list[dict[str, Any]]:
+    response = e2e.bc_http.get(f"salesOrders({order_id})/salesOrderLines")
+    assert response.status_code == 200, response.text
+    return sorted(response.json()["value"], key=lambda li: li["sequence"])
+
+
+def test_line_only_changes_in_sales_reach_bc_and_lines_keep_their_order(e2e: E2EStack) -> None:
+    _customer, account, _item, product, uom = _setup(e2e)
+    other = e2e.bc_create(
+        "items", {"displayName": f"Sofa {_tag()}", "unitPrice": 20, "baseUnitOfMeasureCode": "PCS"}
+    )
+    other_product = str(e2e.wait_coupled("ITEM-PRODUCT", "bc", other["id"]).dv_id)
+    order = e2e.dv_create(
+        "salesorders",
+        {
+            "name": f"Order {_tag()}",
+            "customerid_account@odata.bind": f"/accounts({account})",
+            "order_details": [
+                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
+                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
+                for q in (5, 1, 3)
+            ],
+        },
+    )  # fmt: skip
+    e2e.settle()
+    e2e.dv_update("salesorders", order["salesorderid"], {"statecode": 1, "statuscode": 3})
+    coupling = e2e.wait_coupled(ORDER, "dv", order["salesorderid"])
+    e2e.settle()
+    # The lines keep Sales's order in BC, and BC's line numbers come back in that order.
+    bc_lines = _bc_lines(e2e, str(coupling.bc_id))
+    assert [li["quantity"] for li in bc_lines] == [5, 1, 3]
+    details = _dv_order(e2e, order["salesorderid"])["order_details"]
+    numbered = sorted(details, key=lambda d: d["businesscentrallinenumber"])
+    assert [d["quantity"] for d in numbered] == [5, 1, 3]
+    first = numbered[0]
+
+    # The product swapped at the same price: the order's totals do not move, so the order itself is
+    # not updated in Sales; the line's own notification brings it to BC.
+    total = _dv_order(e2e, order["salesorderid"])["totalamount"]
+    e2e.dv_update(
+        "salesorderdetails",
+        first["salesorderdetailid"],
+        {"productid@odata.bind": f"/products({other_product})"},
+    )
+    assert _dv_order(e2e, order["salesorderid"])["totalamount"] == total
+    wait_for(
+        lambda: _bc_lines(e2e, str(coupling.bc_id))[0]["lineObjectNumber"] == other["number"] or None,
+        "the swapped product in the BC line",
+    )
+    # A line given away (its price set to 0 moves the totals), then its quantity changed (moves nothing).
+    second = numbered[1]
+    e2e.dv_update("salesorderdetails", second["salesorderdetailid"], {"priceperunit": 0.0})
+    wait_for(lambda: _bc_lines(e2e, str(coupling.bc_id))[1]["unitPrice"] == 0 or None, "the free line in BC")
+    e2e.settle()
+    e2e.dv_update("salesorderdetails", second["salesorderdetailid"], {"quantity": 7})
+    wait_for(lambda: _bc_lines(e2e, str(coupling.bc_id))[1]["quantity"] == 7 or None, "the quantity in BC")
+    e2e.settle()
+    # A priced line removed in Sales (its document's totals notify) goes in BC too; the order stays.
+    e2e.dv_http.delete(f"salesorderdetails({numbered[2]['salesorderdetailid']})")
+    wait_for(lambda: len(_bc_lines(e2e, str(coupling.bc_id))) == 2 or None, "the line removed in BC")
+    e2e.settle()
+    assert [li["quantity"] for li in _bc_lines(e2e, str(coupling.bc_id))] == [5, 7]
+    assert e2e.failures() == []
