@@ -143,3 +143,30 @@ def test_availability_updates_write_only_lines_whose_figure_changed() -> None:
         item_of_product={"p1": "i1", "p2": "i2", "p4": "i4"}, inventory={"i1": 12.0, "i2": 3.0},
     )  # fmt: skip
     assert updates == [("l1", 12.0), ("l3", 3.0), ("l4", None)]
+
+
+def test_a_document_whose_lines_another_worker_is_writing_waits_then_proceeds() -> None:
+    import datetime as dt
+
+    from shared.messages import SyncMessage
+    from shared.store.couplings import Coupling
+    from shared.sync.engine import PENDING_CREATE_GRACE, WRITING_LINES, RequeueError
+    from shared.timestamps import iso_ms
+    from tests.unit.test_engine import Harness
+
+    h = Harness(MS)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    h.engine.clock = lambda: now
+    claim = Coupling("SALES ORDER", "b1", "d1", snapshot={"bc": {}, "dv": {}}, pending_since=iso_ms(now))
+    claim.last_result = WRITING_LINES
+    h.couplings.create(claim)
+    message = SyncMessage(mapping="SALES ORDER", side="dv", id="d1")
+    with pytest.raises(RequeueError, match="another worker is writing"):
+        h.engine.sync_record(message)
+    # A claim older than the grace is a worker that died: the sync goes on and reads the document.
+    read: list[str] = []
+    h.dv.get_document = lambda mapping, record_id, select: read.append(record_id)  # type: ignore[attr-defined]
+    h.bc.get_document = lambda mapping, record_id, select: read.append(record_id)  # type: ignore[attr-defined]
+    h.engine.clock = lambda: now + PENDING_CREATE_GRACE + dt.timedelta(seconds=1)
+    h.engine.sync_record(message)
+    assert read[:1] == ["d1"]
