@@ -1285,7 +1285,7 @@ class Engine:
         made = self._made_order(mapping, marker)
         if made is None and quote_gone:
             self.couplings.delete(pending)
-            self.couplings.delete(quote)
+            self._forget_quote(quote)
             result = self._apply_document(mapping, plan, None, message, None, dv)
             why = (f"BC quote {number} (coupled to quote {quote_id}) no longer exists in BC and no "
                    f"order was made from it, so the order was created from the Sales order; "
@@ -1302,8 +1302,19 @@ class Engine:
         result = self._settle_document_create(
             mapping, pending, plan, [creates[i] for i, _ in pairs], document, dv, message
         )
-        self.couplings.delete(quote)  # BC deleted the quote it made into this order
+        self._forget_quote(quote)  # BC deleted the quote it made into this order
         return replace(result, reason=f"made from BC quote {number} (won in Sales); {result.reason}")
+
+    def _forget_quote(self, quote: Coupling) -> None:
+        """Remove the coupling of a BC quote that is gone. BC's deletion notification removes it too
+        (`deletion: remove_coupling`), so a coupling already changed or removed is left to that."""
+        current = self.couplings.get(quote.mapping, "dv", quote.dv_id or "")
+        if current is None:
+            return
+        try:
+            self.couplings.delete(current)
+        except Exception as exc:  # removed meanwhile by the quote's own sync (not found, or changed)
+            log.info("%s %s: coupling removed meanwhile (%s)", quote.mapping, quote.dv_id, exc)
 
     def _made_order(self, mapping: EntityMapping, marker: Mapping[str, Any]) -> Record | None:
         """The BC order made from a quote, with its lines (1 request)."""

@@ -43,7 +43,9 @@ def test_convert_wins_an_active_quote_and_creates_its_order_with_the_details_in_
     assert quote is not None and (quote["statecode"], quote["statuscode"]) == (2, 4)  # Won
     read = client.get("salesorders", order["salesorderid"], expand="order_details")
     assert read is not None and read["_customerid_value"] == order["_customerid_value"]
-    lines = [(d["productdescription"], d["quantity"], d["lineitemnumber"]) for d in read["order_details"]]
+    # Sales lists details by their sequence number: the order's follow the quote's line numbers.
+    details = sorted(read["order_details"], key=lambda d: d["sequencenumber"])
+    lines = [(d["productdescription"], d["quantity"], d["lineitemnumber"]) for d in details]
     assert lines == [("Desk", 2, 10000), ("Chair", 4, 20000)]
 
 
