@@ -37,8 +37,9 @@ _COPIED = (
     "shipmentMethodId", "salesperson", "pricesIncludeTax", "phoneNumber", "email",
     *(prefix + field for prefix in ("sellTo", "billTo", "shipTo") for field in _ADDRESS),
 )  # fmt: skip
+# A made or posted document keeps its source's line numbers (BC's TransferFields copies "Line No.").
 _LINE_COPIED = (
-    "lineType", "lineObjectNumber", "description", "unitOfMeasureCode", "quantity", "unitPrice",
+    "sequence", "lineType", "lineObjectNumber", "description", "unitOfMeasureCode", "quantity", "unitPrice",
     "discountAmount", "discountPercent", "shipmentDate",
 )  # fmt: skip
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
-from devstack.dataverse import errors, metadata, metadata_api
+from devstack.dataverse import errors, metadata, metadata_api, sales_actions
 from devstack.dataverse.bulk_delete import BulkDeleteJobs
 from devstack.dataverse.customization import Customizer
 from devstack.dataverse.errors import DataverseError
@@ -186,6 +186,17 @@ class WebApi:
             if "ParameterXml" not in _json_body(request):
                 raise errors.bad_request("PublishXml needs the parameter ParameterXml.")
             return ApiResponse(204, {"OData-Version": "4.0"})
+        if action in sales_actions.ACTIONS:
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            self.customizer.authorize(request.caller, self.store.table("quotes").table, ("write",))
+            order = sales_actions.run(self.store, action, _json_body(request), request.caller)
+            if order is None:
+                return ApiResponse(204, {"OData-Version": "4.0"})
+            table = self.store.table("salesorders").table
+            body = {"@odata.context": f"{request.base_url}$metadata#salesorders/$entity"}
+            body.update(self.project(table, order, None))
+            return ApiResponse.json(200, body)
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)
@@ -589,6 +600,7 @@ class WebApi:
 
     def _upsert(self, request: ApiRequest, table: Table, key: Mapping[str, Any]) -> ApiResponse:
         body = _json_body(request)
+        sales_actions.refuse_state_change(table.logical_name, body)
         if_match = request.headers.get("if-match")
         if_none_match = request.headers.get("if-none-match")
         mode: UpsertMode = "upsert"

@@ -235,6 +235,9 @@ def document_detail(parent: str) -> list[Column]:
         boolean("ispriceoverridden"),
         boolean("isproductoverridden"),
         integer("lineitemnumber"),
+        # The order Sales lists the details in (the form's "Move up/down" rewrites it); a new detail
+        # goes last in its document.
+        integer("sequencenumber"),
         date("requestdeliveryby"),
         choice("producttypecode", PRODUCT_TYPES),
         lookup(f"{parent}id", parent),
@@ -621,12 +624,8 @@ def build_tables() -> dict[str, Table]:
             "quotedetail",
             "quotedetails",
             "productdescription",
-            [
-                *document_detail("quote"),
-                # BC's integration solution adds availability to quote lines; the Sales app shows it
-                # when the line is added (see docs/dataverse-sandbox.md).
-                decimal("bcs_availablequantity"),
-            ],
+            # The Sales solution adds bcs_availablequantity (solution/Entities/QuoteDetail) when imported.
+            document_detail("quote"),
             owned=False,
         ),
         _table(

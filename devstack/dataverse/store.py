@@ -98,6 +98,8 @@ class Store:
         self.validators: dict[str, Callable[[Mapping[str, Any]], None]] = {}
         self._version = 1_000_000
         self._tx: _Transaction | None = None
+        # Document id -> the last detail sequence number given in it (gaps after a rollback are fine).
+        self._detail_sequence: dict[str, int] = {}
 
     # --- lookups ----------------------------------------------------------------------------------
 
@@ -265,6 +267,7 @@ class Store:
             row = self._new_row(table, new_id, caller)
             row.update(defaults or {})
             row.update(values)
+            self._sequence_detail(table, row)
             self._derive(table, row, values)
             self._stamp(row, caller)
             self._put(data, new_id, row)
@@ -283,6 +286,18 @@ class Store:
                 self.create("uoms", base, caller)
             self._recalculate(table, row, caller)
             return self.tables[entity_set].rows[new_id]
+
+    def _sequence_detail(self, table: Table, row: dict[str, Any]) -> None:
+        """A new document detail without a sequence number goes after its document's others."""
+        parent = DOCUMENT_DETAILS.get(table.logical_name)
+        document_id = row.get(f"_{parent}id_value") if parent else None
+        if not document_id:
+            return
+        last = self._detail_sequence.get(document_id, 0)
+        given = row.get("sequencenumber")
+        if given is None:
+            row["sequencenumber"] = given = last + 1
+        self._detail_sequence[document_id] = max(last, int(given))
 
     def _deep_insert(
         self,

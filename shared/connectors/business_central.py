@@ -332,6 +332,14 @@ class BusinessCentralClient:
             if not missing_ok:
                 raise
 
+    def action(self, company_id: str, entity_set: str, record_id: str, name: str) -> None:
+        """A bound action (`POST .../salesQuotes(<id>)/Microsoft.NAV.makeOrder`), answered 204 without the
+        record it made. Not re-sent after an ambiguous failure: the caller finds out what happened."""
+        if not _ENTITY_SET_RE.match(name):
+            raise ValueError(f"not an action name: {name!r}")
+        url = f"{self._url(company_id, entity_set, record_id)}/Microsoft.NAV.{name}"
+        self._transport.send("POST", url, kind=f"{entity_set} {name}", auth=self._auth, idempotent=False)
+
     def batch(
         self, company_id: str, operations: Sequence[BatchOperation], *, atomic: bool = False
     ) -> list[BatchResult]:

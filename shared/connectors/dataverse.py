@@ -860,6 +860,14 @@ class DataverseClient:
 
     # --- solutions and security roles -------------------------------------------------------------
 
+    def action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An unbound action (`WinQuote`, `FulfillSalesOrder`...): its answer, None for 204. Not re-sent
+        after an ambiguous failure (closing a record twice is refused): the caller reads the record."""
+        if not re.fullmatch(r"[A-Za-z]+", name):
+            raise ValueError(f"not an action name: {name!r}")
+        answer = self._send("POST", name, kind=name, json_body=dict(body), idempotent=False)
+        return dict(answer.json()) if answer.status_code == 200 and answer.content else None
+
     def installed_solution(self, unique_name: str) -> dict[str, Any] | None:
         """The `solutions` row of `unique_name` (id, version), or None when it is not installed."""
         rows = list(
@@ -1005,8 +1013,9 @@ class DataverseClient:
         post_image_attributes: Sequence[str] | None = None,
     ) -> str:
         """Create or update the asynchronous post-operation step sending `message` on
-        `entity_logical_name` to the endpoint; returns its id. A post-image named `PostImage`
-        with `post_image_attributes` is kept in line when given."""
+        `entity_logical_name` to the endpoint; returns its id. An image with `post_image_attributes` is
+        kept in line when given: a post-image `PostImage`, or for Delete (which has none) a pre-image
+        `PreImage`."""
         message_id = self._single_id("sdkmessages", "sdkmessageid", odata.eq("name", message))
         filter_id = self._single_id(
             "sdkmessagefilters",
@@ -1056,11 +1065,12 @@ class DataverseClient:
                 headers={"Prefer": "return=representation"},
             )
             step_id = str(created.json()["sdkmessageprocessingstepid"])
-        if post_image_attributes is not None and message != "Delete":
+        if post_image_attributes is not None:
             self._ensure_post_image(step_id, message, post_image_attributes)
         return step_id
 
     def _ensure_post_image(self, step_id: str, message: str, attributes: Sequence[str]) -> None:
+        alias = "PreImage" if message == "Delete" else "PostImage"
         wanted = ",".join(sorted(attributes))
         images = list(
             self.query(
@@ -1068,7 +1078,7 @@ class DataverseClient:
                 select=["sdkmessageprocessingstepimageid", "attributes"],
                 filter=odata.and_(
                     odata.eq("_sdkmessageprocessingstepid_value", uuid.UUID(step_id)),
-                    odata.eq("entityalias", "PostImage"),
+                    odata.eq("entityalias", alias),
                 ),
             )
         )
@@ -1085,9 +1095,9 @@ class DataverseClient:
                 )
             return
         image = {
-            "name": "PostImage",
-            "entityalias": "PostImage",
-            "imagetype": 1,
+            "name": alias,
+            "entityalias": alias,
+            "imagetype": 0 if message == "Delete" else 1,
             "attributes": wanted,
             "messagepropertyname": "Id" if message == "Create" else "Target",
             "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({step_id})",

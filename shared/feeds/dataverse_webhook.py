@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,6 +105,9 @@ class DataverseChange:
     # The system job's operation: the same on every redelivery of one change, so it identifies
     # duplicates. None when absent, the empty GUID or not a GUID (it is never refused over it).
     operation_id: str | None = None
+    # Lookups the step's images carry (`PostImage`, or `PreImage` for Delete): column -> referenced id.
+    # A document line's notification names its document through one.
+    image_references: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_data_change(self) -> bool:
@@ -144,7 +148,30 @@ def parse_dataverse_webhook(body: bytes, headers: Mapping[str, str]) -> Datavers
         size_exceeded=SIZE_EXCEEDED_HEADER in lower_headers,
         organization=lower_headers.get(ORGANIZATION_HEADER) or _optional_str(context, "OrganizationName"),
         operation_id=_lenient_guid(context, "OperationId"),
+        image_references=_image_references(context),
     )
+
+
+def _image_references(context: dict[str, Any]) -> dict[str, str]:
+    """Entity references in the post- and pre-images (`{"Id", "LogicalName"}` values), by column."""
+    found: dict[str, str] = {}
+    for member in ("PreEntityImages", "PostEntityImages"):
+        images = context.get(member)
+        if not images:
+            continue
+        for image in _key_value_list(images, member):
+            entity = image.get("value")
+            attributes = entity.get("Attributes") if isinstance(entity, dict) else None
+            if not attributes:
+                continue
+            for entry in _key_value_list(attributes, f"{member}.Attributes"):
+                value = entry.get("value")
+                if isinstance(value, dict) and isinstance(value.get("Id"), str):
+                    try:
+                        found[entry["key"]] = str(uuid.UUID(value["Id"]))
+                    except ValueError:
+                        continue
+    return found
 
 
 def _lenient_guid(context: dict[str, Any], member: str) -> str | None:

@@ -122,12 +122,29 @@ def handle_dataverse_webhook(
     targets = [
         m.name for m in mappings.entities() if m.dataverse.table == change.entity and m.writes_to("bc")
     ]
-    if not targets:
+    # A document line changed in Sales: its document syncs (header and lines are one unit).
+    documents = [
+        m for m in mappings.entities()
+        if m.lines is not None and m.lines.dataverse.table == change.entity
+        and m.line_mapping().writes_to("bc")
+    ]  # fmt: skip
+    if not targets and not documents:
         return WebhookAnswer.json(
             202, {"ignored": f"table {change.entity} is not mapped towards Business Central"}
         )
     if config.integration_user_id and change.initiating_user_id == config.integration_user_id.lower():
         return WebhookAnswer.json(202, {"ignored": "echo: the change was made by the integration user"})
+    record_id = change.record_id
+    if documents:
+        parent = documents[0].lines.dataverse.parent  # type: ignore[union-attr]
+        record_id = change.image_references.get(parent, "")
+        if not record_id:
+            return WebhookAnswer.json(
+                202,
+                {"ignored": f"the {change.entity} notification names no {parent}: its step needs an image "
+                 f"with {parent} (run `bcsync setup` to register it)"},
+            )  # fmt: skip
+        targets = [m.name for m in documents]
     kinds: dict[str, Change] = {"Create": "created", "Update": "updated", "Delete": "deleted"}
     kind = kinds[change.message]
     # Dataverse's CorrelationId follows the change through our logs and journal.
@@ -139,6 +156,7 @@ def handle_dataverse_webhook(
     base = f"dv|{change.message}|{change.entity}|{change.record_id}|{stamp}" if stamp else ""
     messages: list[QueueItem] = []
     keys: list[tuple[str, ...]] = []
+    why = f"dataverse webhook ({change.entity} {change.record_id})" if documents else "dataverse webhook"
     for name in targets:
         key = f"{base}|{name}" if base else ""
         if key and seen(key):
@@ -148,9 +166,9 @@ def handle_dataverse_webhook(
             SyncMessage(
                 mapping=name,
                 side="dv",
-                id=change.record_id,
-                change=kind,
-                reason="dataverse webhook",
+                id=record_id,
+                change="updated" if documents else kind,
+                reason=why,
                 correlation_id=correlation,
             )
         )

@@ -32,6 +32,9 @@ ENDPOINT_NAME = "bc-dataverse-sync"
 RENEW_WITHIN = dt.timedelta(hours=36)
 AUTH_TYPE_CODES = {"webhook_key": 4, "http_header": 5, "http_query_string": 6}
 DATAVERSE_MESSAGES = ("Create", "Update", "Delete")
+# Document lines notify their changes and removals; not their creation: a document created with 50
+# lines would notify 50 times, and a new line with a price changes its document's totals, which notify.
+LINE_MESSAGES = ("Update", "Delete")
 
 
 @dataclass
@@ -112,17 +115,37 @@ def ensure_dataverse_webhooks(
     for mapping in mappings.entities():
         if mapping.writes_to("bc"):
             tables.setdefault(mapping.dataverse.table, set()).update(filtering_attributes(mapping))
+    lines = line_tables(mappings)
+    for table, (columns, _parent) in lines.items():
+        tables.setdefault(table, set()).update(columns)
     for logical_name, attributes in sorted(tables.items()):
-        for message in DATAVERSE_MESSAGES:
+        # A line's notification names its document through an image of the line's lookup to it.
+        image = [lines[logical_name][1]] if logical_name in lines else None
+        for message in LINE_MESSAGES if logical_name in lines else DATAVERSE_MESSAGES:
             filtering = sorted(attributes) if message == "Update" else None
             label = f"Dataverse step {message} of {logical_name}"
             name = f"bc-dataverse-sync: {message} of {logical_name}"
             if (name, ",".join(filtering or [])) in in_place:
                 report.unchanged.append(label)
                 continue
-            dv.ensure_step(endpoint_id, message, logical_name, filtering)
+            dv.ensure_step(endpoint_id, message, logical_name, filtering, image)
             (report.updated if name in known_names else report.created).append(label)
     return report
+
+
+def line_tables(mappings: MappingSet) -> dict[str, tuple[set[str], str]]:
+    """Document line tables whose changes in Sales must reach the service: line table -> (its mapped
+    columns, its lookup to the document). A line change that leaves the document's totals alone (a
+    product swapped at the same price, a unit, the quantity of a line without a price) updates no
+    document, so the lines notify on their own."""
+    found: dict[str, tuple[set[str], str]] = {}
+    for mapping in mappings.entities():
+        lines = mapping.lines
+        if lines is None or not mapping.line_mapping().writes_to("bc"):
+            continue
+        columns = {f.dv for f in lines.fields if f.dv and not f.has_constant}
+        found.setdefault(lines.dataverse.table, (set(), lines.dataverse.parent))[0].update(columns)
+    return found
 
 
 def _endpoint_fingerprint(settings: Settings) -> str:

@@ -51,6 +51,11 @@ def in_scope(mapping: EntityMapping, side: Side, record: Record) -> bool:
     return True
 
 
+def clause_holds(clause: FilterClause, record: Record) -> bool:
+    """Whether one filter clause holds for `record` (a field it lacks counts as empty)."""
+    return _holds(clause, record.get(clause.field))
+
+
 def _holds(clause: FilterClause, actual: Any) -> bool:
     expected = clause.value
     if isinstance(actual, str) and isinstance(expected, str) and _is_guid(expected):
@@ -109,6 +114,12 @@ def select_fields(ms: MappingSet, mapping: EntityMapping, side: Side) -> list[st
     for f in mapping.fields:
         if (f.bc if side == "bc" else f.dv) is not None:
             names.append(field_name(ms, f, side))
+    if side == "dv" and mapping.from_quote is not None:
+        names.append(f"_{mapping.from_quote.quote_column}_value")
+    if side == "bc" and mapping.fulfil is not None:
+        names.append(mapping.fulfil.bc_field)
+    if side == "dv" and mapping.fulfil is not None:
+        names.append("statecode")
     return list(dict.fromkeys(names))
 
 

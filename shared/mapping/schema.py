@@ -233,6 +233,7 @@ class LinesBcSide(_Strict):
         description="BC API v2.0 line entity set, also the header's navigation property (`salesOrderLines`)."
     )
     parent_field: str = Field("documentId", description="The line field holding its header's `id`.")
+    order_field: str | None = Field("sequence", description="The line field BC lists the lines by.")
 
 
 class LinesDataverseSide(_Strict):
@@ -242,6 +243,9 @@ class LinesDataverseSide(_Strict):
         description="The header's collection-valued navigation property to its lines (`order_details`)."
     )
     parent: str = Field(description="The line's lookup column to its header (`salesorderid`).")
+    order_column: str | None = Field(
+        "sequencenumber", description="The line column Dataverse lists the lines by."
+    )
     primary_key: str = Field("", description="Defaults to `<table>id`.")
 
     @model_validator(mode="after")
@@ -249,6 +253,18 @@ class LinesDataverseSide(_Strict):
         if not self.primary_key:
             object.__setattr__(self, "primary_key", f"{self.table}id")
         return self
+
+
+class LineAvailabilitySection(_Strict):
+    """BC's quantity on hand of each line's item (API v2.0's `inventory`, in the item's base unit) shown
+    on the Dataverse line while the document is being prepared: one BC read for all the document's
+    items, one Dataverse batch for the lines whose value changed."""
+
+    column: str = Field(description="The Dataverse line column that shows it (`bcs_availablequantity`).")
+    when: list[FilterClause] = Field(
+        default_factory=lambda: [FilterClause(field="statecode", op="le", value=1)],
+        description="Dataverse documents it is shown on (default: draft and active).",
+    )
 
 
 class LinesSection(_Strict):
@@ -264,6 +280,31 @@ class LinesSection(_Strict):
         "removed in this direction.",
     )
     fields: list[FieldMapping]
+    availability: LineAvailabilitySection | None = Field(
+        None, description="Show BC's quantity on hand of each line's item on the Dataverse line (quotes)."
+    )
+
+
+class FromQuoteSection(_Strict):
+    """BC's "Auto Process Sales Quotes": a Sales order created from a won quote becomes the BC order made
+    from the quote's coupled BC quote (BC's `makeOrder`: the order takes the quote's lines and its link
+    to the quote; BC deletes the quote), instead of a new BC order, once the Sales order is in scope."""
+
+    quote_mapping: str = Field(description="The quote document mapping (`SALES QUOTE`).")
+    quote_column: str = Field("quoteid", description="The order's lookup column to its quote.")
+    won: FilterClause = Field(
+        default_factory=lambda: FilterClause(field="statecode", value=2),
+        description="When a quote counts as won (Dataverse `statecode` 2).",
+    )
+    action: str = Field("makeOrder", description="The BC quote's bound action that makes it an order.")
+
+
+class FulfilSection(_Strict):
+    """BC's order status back to Sales: once BC has shipped the whole order, the Sales order is closed
+    as Fulfilled with Dataverse's `FulfillSalesOrder` message (its state cannot be set directly)."""
+
+    bc_field: str = Field("fullyShipped", description="BC's boolean field: the order is fully shipped.")
+    status: int = Field(100001, description="The fulfilled order's status reason (100001 Complete).")
 
 
 # Header columns each system computes from the lines (BC's totals, Dataverse's `totalamount`...): a
@@ -304,6 +345,12 @@ class EntityMapping(_Strict):
     fields: list[FieldMapping]
     lines: LinesSection | None = Field(
         None, description="Document lines synchronized with the header as one unit (see docs/mappings.md)."
+    )
+    from_quote: FromQuoteSection | None = Field(
+        None, description="Orders made from won quotes (see docs/mappings.md#quotes-won-in-sales)."
+    )
+    fulfil: FulfilSection | None = Field(
+        None, description="Close the Sales order as Fulfilled once BC has shipped it all."
     )
     _line_cache: EntityMapping | None = PrivateAttr(None)
 
@@ -458,6 +505,13 @@ class MappingSet(_Strict):
             for dep in m.depends_on:
                 if dep not in names:
                     raise ValueError(f"mapping {m.name}: depends_on names unknown mapping {dep!r}")
+            if m.from_quote is not None:
+                quote = active.get(m.from_quote.quote_mapping)
+                if not isinstance(quote, EntityMapping) or quote.lines is None or m.lines is None:
+                    raise ValueError(
+                        f"mapping {m.name}: from_quote needs a document mapping with lines and "
+                        f"quote_mapping naming another one, not {m.from_quote.quote_mapping!r}"
+                    )
             for f in [*m.fields, *(m.lines.fields if m.lines else [])]:
                 if f.lookup is not None and f.lookup not in names:
                     raise ValueError(

@@ -70,7 +70,13 @@ def lines_of(mapping: EntityMapping, side: Side, record: Record | None) -> list[
         return []
     name = mapping.lines.bc.entity_set if side == "bc" else mapping.lines.dataverse.navigation
     value = record.get(name)
-    return [dict(line) for line in value] if isinstance(value, list) else []
+    lines = [dict(line) for line in value] if isinstance(value, list) else []
+    # In the order each system lists them (BC's line numbers, Dataverse's sequence numbers): a new
+    # document's lines are created in that order on the other side, which keeps it.
+    order = mapping.lines.bc.order_field if side == "bc" else mapping.lines.dataverse.order_column
+    if order and all(isinstance(line.get(order), int | float) for line in lines):
+        lines.sort(key=lambda line: line[order])
+    return lines
 
 
 def line_couplings(snapshot: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:

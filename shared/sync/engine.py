@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from shared.errors import ServiceError
 from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import (
     DV_MODIFIED_BY,
+    clause_holds,
     in_scope,
     match_queries,
     primary_key,
@@ -48,7 +49,7 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import MissingLookup, by_side, other
 from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
-from shared.odata import eq
+from shared.odata import any_eq, eq
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.documents import (
@@ -63,6 +64,17 @@ from shared.sync.documents import (
     stored_state,
 )
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, LineWrite, Record
+from shared.sync.quote_orders import (
+    availability_updates,
+    fulfil_request,
+    is_won,
+    item_lookup_field,
+    made_order_marker,
+    pair_lines,
+    pick_made_order,
+    quote_of,
+    should_fulfil,
+)
 from shared.sync.reconcile import (
     Candidate,
     FieldChange,
@@ -109,6 +121,8 @@ def requeue_delay(attempt: int, error: RetriableApiError | None = None) -> int:
 # Results after which the snapshot is trustworthy enough to call an unchanged source an echo.
 # A BC create whose BC-assigned values are not back in Dataverse yet (see `_settle_bc_create`).
 SETTLING = "settling"
+# A document whose lines a worker is writing (`Engine._claim_lines`): others wait for it.
+WRITING_LINES = "writing lines"
 _SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
 
 
@@ -845,7 +859,13 @@ class Engine:
             sibling = self._coupled_elsewhere(mapping, side, message.id)
             if sibling is not None:
                 return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
+        if coupling is not None and coupling.last_result == WRITING_LINES:
+            waited = self.clock() - parse_iso(coupling.pending_since or iso_ms(self.clock()))
+            if waited < PENDING_CREATE_GRACE:
+                raise RequeueError(message, 2, "another worker is writing this document's lines")
         source = self.read_document(mapping, side, message.id)
+        if side == "dv" and source is not None:
+            self._show_availability(mapping, source)
         counterpart: Record | None = None
         if coupling is None:
             if source is None:
@@ -854,7 +874,14 @@ class Engine:
             if not in_scope(mapping, side, source):
                 why = f"{side} record is out of scope ({scope_filter(mapping, side)})"
                 return SyncResult(Outcome.SKIPPED, why)
+            if side == "dv" and mapping.from_quote is not None:
+                made = self._order_from_quote(mapping, None, message, source)
+                if made is not None:
+                    return made
         else:
+            won = self._quote_won(mapping, coupling, source) if side == "dv" and source is not None else None
+            if won is not None:
+                return won
             if (
                 source is not None
                 and not force
@@ -922,9 +949,23 @@ class Engine:
         in one atomic batch. A refused batch changes nothing; the error fails or retries the document."""
         assert mapping.lines is not None and coupling.bc_id and coupling.dv_id
         header = plan.header
-        bc_after = self._write(mapping, "bc", header.bc_write, bc)
-        dv_after = self._write(mapping, "dv", header.dv_write, dv)
-        states = self._write_lines(mapping, plan, coupling.bc_id, coupling.dv_id, bc, dv)
+        if plan.line_writes:
+            coupling = self._claim_lines(coupling)
+        assert coupling.bc_id and coupling.dv_id
+        try:
+            bc_after = self._write(mapping, "bc", header.bc_write, bc)
+            dv_after = self._write(mapping, "dv", header.dv_write, dv)
+            states = self._write_lines(mapping, plan, coupling.bc_id, coupling.dv_id, bc, dv)
+        except Exception:
+            if plan.line_writes:
+                self._release_lines(coupling)
+            raise
+        if mapping.fulfil is not None and should_fulfil(mapping.fulfil, bc_after, dv_after):
+            # Before the coupling is stored: a failed close leaves the change unsynced, so it is retried.
+            number = str((bc_after or {}).get(mapping.bc.key) or "") or None
+            self.dv.run_action(
+                "FulfillSalesOrder", fulfil_request(mapping, mapping.fulfil, coupling.dv_id, number)
+            )
         snapshot = (
             header.snapshot or {"bc": {}, "dv": {}}
             if plan.outcome == Outcome.CONFLICT
@@ -939,6 +980,21 @@ class Engine:
             outcome or plan.outcome, plan.reason, coupling.bc_id, coupling.dv_id, error=error,
             fields=_document_fields(plan), changes=plan.changes(), users=_users(bc, dv),
         )  # fmt: skip
+
+    def _claim_lines(self, coupling: Coupling) -> Coupling:
+        """Mark the document's lines as being written, conditional on the coupling as read: a line write
+        is not conditional on anything BC or Dataverse would refuse, so two workers that read the same
+        document (a line's notification and its document's) would both create the new lines. The one that
+        loses this claim decides again from fresh reads; one that reads the claim waits (`_sync_document`)."""
+        claimed = replace(coupling, pending_since=iso_ms(self.clock()))
+        claimed.last_result = WRITING_LINES
+        return self.couplings.save(claimed)
+
+    def _release_lines(self, coupling: Coupling) -> None:
+        try:
+            self.couplings.save(replace(coupling, last_result="retrying", pending_since=None))
+        except CouplingConflictError:
+            log.info("coupling changed while releasing a line write; the next sync reads both sides")
 
     def _write_lines(
         self,
@@ -1125,7 +1181,173 @@ class Engine:
         if plan.header.bc_write is None or plan.header.bc_write.kind != "create":
             self.couplings.delete(pending)
             return self._apply_document(mapping, plan, None, message, None, dv)
+        if mapping.from_quote is not None:
+            made = self._order_from_quote(mapping, pending, message, dv)
+            if made is not None:
+                return made
         return self._create_document_in_bc(mapping, plan, pending, message, dv)
+
+    # ------------------------------------------------------------------ availability on lines
+    def _show_availability(self, mapping: EntityMapping, document: Record) -> None:
+        """BC's quantity on hand of each line's item on the Dataverse lines of a document being prepared
+        (`lines.availability`): one BC read per 40 distinct items, one Dataverse batch for the lines whose
+        value changed, nothing when none did. A failure here never fails the document's sync."""
+        shown = mapping.lines.availability if mapping.lines is not None else None
+        if shown is None or not all(clause_holds(c, document) for c in shown.when):
+            return
+        items = {m.name for m in self.ms.entities() if m.bc.entity_set == "items"}
+        product_column = item_lookup_field(mapping, items)
+        if product_column is None:
+            return
+        lm = mapping.line_mapping()
+        lines = lines_of(mapping, "dv", document)
+        item_of_product: dict[str, str] = {}
+        for product in {str(line[product_column]) for line in lines if line.get(product_column)}:
+            found = (self.couplings.get(name, "dv", product) for name in sorted(items))
+            coupling = next((c for c in found if c is not None), None)
+            if coupling is not None and coupling.bc_id:
+                item_of_product[product] = coupling.bc_id
+        try:
+            inventory: dict[str, float] = {}
+            ids = sorted(set(item_of_product.values()))
+            for start in range(0, len(ids), 40):
+                for item in self.bc.query_set(
+                    "items", select=["id", "inventory"], filter=any_eq("id", ids[start : start + 40])
+                ):
+                    inventory[str(item["id"])] = float(item.get("inventory") or 0)
+            updates = availability_updates(
+                lines, line_key=lm.dataverse.primary_key, product_column=product_column, column=shown.column,
+                item_of_product=item_of_product, inventory=inventory,
+            )  # fmt: skip
+            if updates:
+                pk = lm.dataverse.primary_key
+                changes = [({pk: i, "@odata.etag": "*"}, {shown.column: value}) for i, value in updates]
+                refused = [r.error for r in self.dv.update_many(lm, changes, select=[pk]) if r.error]
+                if refused:
+                    log.warning("%s: %d lines did not take their availability: %s", mapping.name,
+                                len(refused), refused[0])  # fmt: skip
+        except ApiError as exc:
+            log.warning("%s: could not show availability on the lines of %s: %s", mapping.name, document, exc)
+
+    # ------------------------------------------------------------------ quotes won in Sales
+    def _quote_won(self, mapping: EntityMapping, coupling: Coupling, quote: Record) -> SyncResult | None:
+        """A coupled quote won in Sales: its BC quote becomes the BC order of the Sales order created from
+        it, once that order is submitted (the order's own sync does it; this queues the orders already
+        there, 1 request). None when `mapping` is no won quote's."""
+        orders = [
+            m for m in self.ms.entities() if m.from_quote and m.from_quote.quote_mapping == mapping.name
+        ]
+        if not orders or not any(is_won(m.from_quote, quote) for m in orders if m.from_quote):
+            return None
+        number = coupling.bc_key or coupling.bc_id
+        queued: list[str] = []
+        for m in orders:
+            assert m.from_quote is not None
+            column = f"_{m.from_quote.quote_column}_value"
+            select = [m.dataverse.primary_key, *(c.field for c in scope_clauses(m, "dv"))]
+            for page in self.dv.query_pages(
+                m, select=select, filter=eq(column, coupling.dv_id or ""), page_size=50
+            ):
+                for order in page:
+                    order_id = str(order[m.dataverse.primary_key])
+                    if in_scope(m, "dv", order) and self.couplings.get(m.name, "dv", order_id) is None:
+                        queued.append(order_id)
+                        self.enqueue([SyncMessage(mapping=m.name, side="dv", id=order_id,
+                                                  reason=f"made from won quote {number}")], 0)  # fmt: skip
+        if queued:
+            why = f"won in Sales: BC quote {number} is being made into the order of Sales order {queued[0]}"
+        else:
+            why = (f"won in Sales: BC quote {number} becomes a BC order when the Sales order created from "
+                   "this quote is submitted")  # fmt: skip
+        return SyncResult(Outcome.UNCHANGED, why, coupling.bc_id, coupling.dv_id)
+
+    def _order_from_quote(
+        self, mapping: EntityMapping, pending: Coupling | None, message: SyncMessage, dv: Record
+    ) -> SyncResult | None:
+        """A submitted Sales order created from a quote whose BC quote is coupled: BC makes the quote into
+        the order (`makeOrder`, 1 request), which is found (1) and coupled to the Sales order line by line;
+        BC's number and line numbers come back (2). None when the quote has no BC quote: the order is then
+        created as any other. Safe to repeat: a pending coupling marks the attempt, a quote already made
+        into an order answers 404 and the order it made is found."""
+        fq = mapping.from_quote
+        assert fq is not None and mapping.lines is not None
+        quote_id = quote_of(fq, dv)
+        quote_mapping = self.ms.entity(fq.quote_mapping)
+        if quote_id is None:
+            return None
+        quote = self.couplings.get(quote_mapping.name, "dv", quote_id)
+        plan = reconcile_document(
+            self.ms, mapping, snapshot=None, bc=None, dv=dv, lookups=self._document_lookups(mapping, None, dv)
+        )
+        if plan.outcome in (Outcome.DEFERRED, Outcome.FAILED, Outcome.SKIPPED):
+            return self._apply_document(mapping, plan, pending, message, None, dv)
+        if quote is None or quote.state != "coupled" or not quote.bc_id:
+            result = self._apply_document(mapping, plan, pending, message, None, dv)
+            why = (f"its quote {quote_id} has no BC quote ({quote_mapping.name} never synchronized it, "
+                   "or BC deleted it), so the BC order was created from the Sales order; "
+                   f"{result.reason}")  # fmt: skip
+            return replace(result, reason=why)
+        marker = made_order_marker(quote.snapshot)
+        number = quote.bc_key or quote.bc_id
+        if pending is None:
+            dv_id = record_id(mapping, "dv", dv)
+            assert dv_id is not None
+            pending = self.couplings.create(Coupling(
+                mapping.name, None, dv_id, state="pending_bc", pending_since=iso_ms(self.clock()),
+                snapshot={"bc": marker, "dv": {}}, last_result="pending",
+            ))  # fmt: skip
+        try:
+            self.bc.run_action(quote_mapping, quote.bc_id, fq.action)
+            quote_gone = False
+        except NotFoundError:
+            quote_gone = True  # made into an order by an earlier attempt, or deleted in BC
+        made = self._made_order(mapping, marker)
+        if made is None and quote_gone:
+            self.couplings.delete(pending)
+            self._forget_quote(quote)
+            result = self._apply_document(mapping, plan, None, message, None, dv)
+            why = (f"BC quote {number} (coupled to quote {quote_id}) no longer exists in BC and no "
+                   f"order was made from it, so the order was created from the Sales order; "
+                   f"{result.reason}")  # fmt: skip
+            return replace(result, reason=why)
+        if made is None:
+            raise RequeueError(message, 5, f"the BC order made from quote {number} is not readable yet")
+        creates = [lp for lp in plan.lines if lp.plan.bc_write is not None]
+        dv_lines = {
+            str(line[mapping.lines.dataverse.primary_key]): line for line in lines_of(mapping, "dv", dv)
+        }
+        pairs = pair_lines(lines_of(mapping, "bc", made), [dv_lines.get(str(lp.dv_id), {}) for lp in creates])
+        document = {**made, mapping.lines.bc.entity_set: [line for _, line in pairs]}
+        result = self._settle_document_create(
+            mapping, pending, plan, [creates[i] for i, _ in pairs], document, dv, message
+        )
+        self._forget_quote(quote)  # BC deleted the quote it made into this order
+        return replace(result, reason=f"made from BC quote {number} (won in Sales); {result.reason}")
+
+    def _forget_quote(self, quote: Coupling) -> None:
+        """Remove the coupling of a BC quote that is gone. BC's deletion notification removes it too
+        (`deletion: remove_coupling`), so a coupling already changed or removed is left to that."""
+        current = self.couplings.get(quote.mapping, "dv", quote.dv_id or "")
+        if current is None:
+            return
+        try:
+            self.couplings.delete(current)
+        except Exception as exc:  # removed meanwhile by the quote's own sync (not found, or changed)
+            log.info("%s %s: coupling removed meanwhile (%s)", quote.mapping, quote.dv_id, exc)
+
+    def _made_order(self, mapping: EntityMapping, marker: Mapping[str, Any]) -> Record | None:
+        """The BC order made from a quote, with its lines (1 request)."""
+        if not marker:
+            return None
+        clauses = [eq(k, v) for k, v in marker.items()]
+        found: list[Record] = []
+        for page in self.bc.query_document_pages(
+            mapping, select=select_fields(self.ms, mapping, "bc"), filter=" and ".join(clauses), page_size=20
+        ):
+            found += page
+        coupled = {str(r["id"]) for r in found if self.couplings.get(mapping.name, "bc", str(r["id"]))}
+        picked = pick_made_order(marker, found, coupled)
+        return dict(picked) if picked is not None else None
 
     # ---------------------------------------------------------------------------------- writes
     def _write(

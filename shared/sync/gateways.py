@@ -148,6 +148,10 @@ class BcGateway(Gateway, Protocol):
         """The BC web client URL with this company (`...?company=<name>`), for links; None if unknown."""
         ...
 
+    def run_action(self, mapping: EntityMapping, record_id: str, name: str) -> None:
+        """A bound action on one of the mapping's records (`makeOrder` on a sales quote)."""
+        ...
+
 
 class DvGateway(Gateway, Protocol):
     """Dataverse besides the common operations: reads by many ids and idempotent bulk creates."""
@@ -159,6 +163,10 @@ class DvGateway(Gateway, Protocol):
     def upsert_many(
         self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]
     ) -> list[ItemResult]: ...
+
+    def run_action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An unbound Dataverse action (`FulfillSalesOrder`); its answer, None for 204."""
+        ...
 
 
 def web_client_base(api_url: str) -> str | None:
@@ -297,6 +305,9 @@ class BusinessCentralGateway:
         )
         return dict(found) if found is not None else None
 
+    def run_action(self, mapping: EntityMapping, record_id: str, name: str) -> None:
+        self.client.action(self.company_id, mapping.bc.entity_set, record_id, name)
+
     def query_document_pages(
         self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
     ) -> Iterator[list[Record]]:
@@ -389,6 +400,9 @@ class DataverseGateway:
     def get(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
         found = self.client.get(mapping.dataverse.entity_set, record_id, select=select)
         return dict(found) if found is not None else None
+
+    def run_action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        return self.client.action(name, body)
 
     def query_pages(
         self,

@@ -38,7 +38,7 @@ def test_the_same_source_packs_to_the_same_bytes_wherever_it_is(tmp_path: Path) 
     shutil.copytree(SOLUTION_DIR, copy)
     assert pack() == pack() == pack(copy)
     (copy / "Other" / "Solution.xml").write_text(
-        (copy / "Other" / "Solution.xml").read_text().replace("<Version>1.0.0.0<", "<Version>1.0.0.1<")
+        (copy / "Other" / "Solution.xml").read_text().replace("<Version>1.1.0.0<", "<Version>1.1.0.1<")
     )
     assert pack(copy) != pack()
 

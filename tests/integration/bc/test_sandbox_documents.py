@@ -114,6 +114,35 @@ def test_make_order_turns_a_quote_into_an_order_with_its_lines(bc: Bc) -> None:
     assert any(o["salesOrderLines"][0]["quantity"] == 7 for o in made)
 
 
+def test_make_order_keeps_the_quotes_line_numbers(bc: Bc) -> None:
+    customer, item = _first(bc, "customers"), _first(bc, "items")
+    body = {
+        "customerNumber": customer["number"],
+        "salesQuoteLines": [{"lineObjectNumber": item["number"], "quantity": q} for q in (1, 2, 3)],
+    }
+    quote = bc.http.post(
+        bc.entity_url("salesQuotes"), json=body, params={"$expand": "salesQuoteLines"}
+    ).json()
+    first = next(line for line in quote["salesQuoteLines"] if line["quantity"] == 1)
+    assert (
+        bc.http.delete(bc.entity_url("salesQuoteLines", first["id"]), headers={"If-Match": "*"}).status_code
+        == 204
+    )
+    made = bc.http.post(f"{bc.entity_url('salesQuotes', quote['id'])}/Microsoft.NAV.makeOrder")
+    assert made.status_code == 204, made.text
+    orders = bc.http.get(
+        bc.entity_url("salesOrders"),
+        params={"$expand": "salesOrderLines", "$filter": f"customerNumber eq '{customer['number']}'"},
+    ).json()["value"]
+    lines = [
+        (li["sequence"], li["quantity"])
+        for o in orders
+        for li in o["salesOrderLines"]
+        if o["salesOrderLines"]
+    ]
+    assert (20000, 2) in lines and (30000, 3) in lines and (10000, 2) not in lines
+
+
 def test_an_action_the_page_does_not_declare_is_refused(bc: Bc) -> None:
     order = _order(bc)
     response = bc.http.post(f"{bc.entity_url('salesOrders', order['id'])}/Microsoft.NAV.post")

@@ -131,7 +131,7 @@ def test_a_broken_or_older_solution_fails_the_job_with_the_reason(
         for name in source.namelist():
             content = source.read(name)
             if name == "solution.xml":
-                content = content.replace(b"<Version>1.0.0.0</Version>", b"<Version>0.9.0.0</Version>")
+                content = content.replace(b"<Version>1.1.0.0</Version>", b"<Version>0.9.0.0</Version>")
             target.writestr(name, content)
     answer = _import(admin, older.getvalue())
     refused = _finish(sandbox, admin, answer["AsyncOperationId"])
