@@ -31,8 +31,11 @@ it is delivered again on its own and finally poisoned alone).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -67,6 +70,10 @@ CLAIM_CALLS = 4  # receive calls per batch at most (a queue mixes kinds; a few m
 # The claimed messages stay invisible this long; each is deleted or put back when its record is done.
 # A worker that dies leaves them to come back after it, as the host's own lease does (10 minutes).
 CLAIM_LEASE_SECONDS = 300
+# How long the worker leading a batch keeps claiming while a burst arrives (only when one does: a
+# change alone is never delayed), and how often it looks again meanwhile.
+GATHER_SECONDS = 0.5
+GATHER_STEP = 0.1
 # `$filter` text per BC request of ids or match values: the whole URL stays far below the 2,048
 # characters proxies and IIS accept by default (the ids of 30 records).
 URL_FILTER_CHARS = 1500
@@ -657,17 +664,162 @@ def _store_create(engine: Engine, m: EntityMapping, item: _Item) -> SyncResult:
 
 
 # ------------------------------------------------------------------------------------ shell
+Key = tuple[str, str, str | None]  # mapping, side, company
+
+
+@dataclass
+class _Gathering:
+    """A batch being gathered by its leader: the messages other workers of this process handed over
+    (each waiting on its future) besides the leader's own."""
+
+    followers: list[tuple[SyncMessage, Future[Disposition]]] = field(default_factory=list)
+
+
+class Coalescer:
+    """Per process: at most one batch of each mapping and side gathers at a time.
+
+    The host runs several messages at once (16 + 8 per instance), so a burst reaches many workers
+    together and, each claiming alone, they would split it into batches of a few. Instead the first
+    worker that sees a burst (more of the same work visible on the queue, or another worker of this
+    process busy with it) leads: it claims from the queue for up to `gather_seconds` (or until the
+    batch is full), and workers arriving meanwhile hand their own message to it and wait for its
+    outcome. A change that arrives alone (nothing visible, nobody busy) is not delayed: the caller
+    takes the one-record path after one peek."""
+
+    def __init__(
+        self,
+        gather_seconds: float = GATHER_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gather_seconds, self.sleep, self.clock = gather_seconds, sleep, clock
+        self._lock = threading.Lock()
+        self._busy: dict[Key, int] = {}
+        self._open: dict[Key, _Gathering] = {}
+
+    def handle(self, engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
+        """`message`'s disposition after a coalesced batch; None: take the one-record path. The
+        caller has checked `coalescable`."""
+        key: Key = (message.mapping, message.side, message.company)
+        with self._lock:
+            gathering = self._open.get(key)
+            if gathering is not None and len(gathering.followers) < BATCH_LIMIT - 1:
+                handed: Future[Disposition] | None = Future()
+                gathering.followers.append((message, handed))  # type: ignore[arg-type]
+            else:
+                handed = None
+                self._busy[key] = self._busy.get(key, 0) + 1
+                busy = self._busy[key] > 1
+        if handed is not None:
+            return handed.result()
+        try:
+            if not busy and not _burst_visible(queue, message):
+                return None
+            return self._lead(engine, queue, message, key)
+        finally:
+            with self._lock:
+                self._busy[key] -= 1
+
+    def _lead(self, engine: Engine, queue: ClaimQueue, message: SyncMessage, key: Key) -> Disposition | None:
+        gathering = _Gathering()
+        with self._lock:
+            self._open[key] = gathering
+        claimed: list[tuple[Claimed, SyncMessage]] = []
+        try:
+            deadline = self.clock() + self.gather_seconds
+            while True:
+                with self._lock:
+                    room = BATCH_LIMIT - 1 - len(gathering.followers) - len(claimed)
+                if room > 0:
+                    try:
+                        claimed += claim(queue, message, room)
+                    except Exception as exc:  # storage trouble: go with what is gathered
+                        log.warning("could not claim waiting messages (%s)", exc)
+                        break
+                with self._lock:
+                    now_gathered = len(gathering.followers) + len(claimed)
+                # Full, out of time, or nothing gathered at the first look (the change goes alone at once).
+                if room <= 0 or self.clock() >= deadline or now_gathered == 0:
+                    break
+                self.sleep(GATHER_STEP)
+        finally:
+            with self._lock:
+                if self._open.get(key) is gathering:
+                    del self._open[key]
+                followers = list(gathering.followers)
+        if not claimed and not followers:
+            return None  # the burst went to other workers meanwhile: this one goes alone
+        return _run_batch(engine, queue, message, followers, claimed)
+
+
+def _burst_visible(queue: ClaimQueue, message: SyncMessage) -> bool:
+    try:
+        return any(
+            (m := _parsed(text)) is not None and same_work(message, m) for text in queue.peek(CLAIM_PAGE)
+        )
+    except Exception as exc:  # storage trouble: the one-record path still works
+        log.warning("could not peek at the queue (%s); handling %s alone", exc, message.id)
+        return False
+
+
+def _run_batch(
+    engine: Engine,
+    queue: ClaimQueue,
+    message: SyncMessage,
+    followers: Sequence[tuple[SyncMessage, Future[Disposition]]],
+    claimed: Sequence[tuple[Claimed, SyncMessage]],
+) -> Disposition:
+    # One entry per record: a record notified twice is read once, and its messages share its outcome.
+    position: dict[str, int] = {message.id.lower(): 0}
+    messages = [message]
+    for m in [*(f for f, _ in followers), *(c for _, c in claimed)]:
+        if m.id.lower() not in position:
+            position[m.id.lower()] = len(messages)
+            messages.append(m)
+    try:
+        dispositions = converge(engine, messages)
+    except Exception as exc:
+        # The bulk step itself failed (storage, a request the whole batch shared): every message
+        # comes back for redelivery alone.
+        log.warning("coalesced batch of %d %s failed: %s", len(messages), message.mapping, exc)
+        for raw, _ in claimed:
+            _release(queue, raw, requeue_delay(1))
+        for _, future in followers:
+            future.set_result(Failed(exc))
+        return Failed(exc)
+    for follower, future in followers:
+        future.set_result(dispositions[position[follower.id.lower()]])
+    answered = {0, *(position[f.id.lower()] for f, _ in followers)}
+    settle_claimed(engine, queue, claimed, _per_message(claimed, position, dispositions, answered))
+    counts: dict[str, int] = {}
+    handed = {id(f) for f, _ in followers}
+    for m, d in zip(messages, dispositions, strict=True):
+        outcome = str(d.result.outcome) if isinstance(d, Done) else type(d).__name__.lower()
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if m is not message and id(m) not in handed:  # the processor counts its own deliveries
+            telemetry.count("bcsync.changes", mapping=m.mapping, outcome=outcome)
+            if isinstance(d, Done) and d.result.changes:
+                latency = telemetry.seconds_since(m.observed)
+                telemetry.record("bcsync.sync.latency", latency, mapping=m.mapping)
+    log.info("%s %s: coalesced %d changes: %s", message.mapping, message.side, len(messages), counts)
+    return dispositions[0]
+
+
 def _per_message(
-    claimed: Sequence[tuple[Claimed, SyncMessage]], position: dict[str, int], dispositions: list[Disposition]
+    claimed: Sequence[tuple[Claimed, SyncMessage]],
+    position: dict[str, int],
+    dispositions: list[Disposition],
+    answered: set[int],
 ) -> list[Disposition]:
     """Each claimed message's disposition: its record's, except that a second message of the same
-    record is only deleted (its record's requeue is already queued once)."""
+    record is only deleted (its record's requeue is queued once, by the first). `answered`: records
+    whose first message is a delivery of the host's (the leader's, the followers'), settled by it."""
     out: list[Disposition] = []
-    used: set[int] = set()
+    used = set(answered)
     for _, m in claimed:
         index = position[m.id.lower()]
         d = dispositions[index]
-        if index in used or index == 0:
+        if index in used:
             d = d if isinstance(d, Failed) else Done(SyncResult("duplicate", "a second notice of the record"))
         used.add(index)
         out.append(d)
@@ -675,41 +827,6 @@ def _per_message(
 
 
 def run(engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
-    """Handle `message` together with the same work waiting on the queue; None when nothing waits
-    (the caller takes the one-record path, unchanged). The caller has checked `coalescable`. The
-    claimed messages are settled on the queue here; the disposition returned is `message`'s own."""
-    try:
-        claimed = claim(queue, message)
-    except Exception as exc:  # storage trouble: the one-record path still works
-        log.warning("could not claim waiting messages (%s); handling %s alone", exc, message.id)
-        return None
-    if not claimed:
-        return None
-    # One entry per record: a record notified twice is read once, and both messages share its outcome.
-    position: dict[str, int] = {message.id.lower(): 0}
-    messages = [message]
-    for _, m in claimed:
-        if m.id.lower() not in position:
-            position[m.id.lower()] = len(messages)
-            messages.append(m)
-    try:
-        dispositions = converge(engine, messages)
-    except Exception as exc:
-        # The bulk step itself failed (storage, a request the whole batch shared): every claimed
-        # message comes back for redelivery alone; the caller's raises to its host.
-        for raw, _ in claimed:
-            _release(queue, raw, requeue_delay(1))
-        log.warning("coalesced batch of %d %s failed: %s", len(messages), message.mapping, exc)
-        return Failed(exc)
-    settle_claimed(engine, queue, claimed, _per_message(claimed, position, dispositions))
-    counts: dict[str, int] = {}
-    for m, d in zip(messages, dispositions, strict=True):
-        key = str(d.result.outcome) if isinstance(d, Done) else type(d).__name__.lower()
-        counts[key] = counts.get(key, 0) + 1
-        if m is not message:  # the caller's own is counted by the processor, as any message
-            telemetry.count("bcsync.changes", mapping=m.mapping, outcome=key)
-            if isinstance(d, Done) and d.result.changes:
-                latency = telemetry.seconds_since(m.observed)
-                telemetry.record("bcsync.sync.latency", latency, mapping=m.mapping)
-    log.info("%s %s: coalesced %d changes: %s", message.mapping, message.side, len(messages), counts)
-    return dispositions[0]
+    """`message` with whatever of the same work is visible on the queue now, without gathering or
+    handing over (tests, tools); None when nothing waits."""
+    return Coalescer(gather_seconds=0.0).handle(engine, queue, message)

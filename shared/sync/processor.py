@@ -122,6 +122,10 @@ def _process(
         )  # fmt: skip
 
 
+# One per process: workers of this process hand a burst's messages to one batch (see `Coalescer`).
+_COALESCER = coalesce.Coalescer()
+
+
 def _coalesced(rt: Any, message: AnyMessage, dequeue_count: int) -> SyncResult | None:
     """`message` handled with the same work waiting behind it in bulk (`shared.sync.coalesce`); None
     when it goes alone (nothing waits, another kind, a retry). A Dataverse change with several
@@ -131,7 +135,7 @@ def _coalesced(rt: Any, message: AnyMessage, dequeue_count: int) -> SyncResult |
     assert isinstance(message, SyncMessage)
     if rt.multi_company and message.side == "dv":
         return None
-    disposition = coalesce.run(rt.engine, coalesce.StorageQueue(lambda: rt.storage.queue()), message)
+    disposition = _COALESCER.handle(rt.engine, coalesce.StorageQueue(lambda: rt.storage.queue()), message)
     if disposition is None or isinstance(disposition, coalesce.Done):
         return disposition.result if disposition is not None else None
     if isinstance(disposition, coalesce.Requeue):

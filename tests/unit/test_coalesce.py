@@ -4,13 +4,15 @@ one-record path, per record, at the cost of one request per batch, not per recor
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import uuid
 from typing import Any
 
 from shared.connectors.errors import AmbiguousWriteError
 from shared.messages import SyncMessage, to_json
 from shared.sync import coalesce
-from shared.sync.coalesce import Done, Failed, Requeue, claim, converge, run, settle_claimed
+from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
 from shared.sync.reconcile import Outcome
 from tests.unit.test_engine import CUSTOMER, Harness
@@ -290,3 +292,45 @@ def test_id_filters_are_cut_to_the_url_budget() -> None:
     parts = list(coalesce._filter_chunks(clauses))
     assert sum(len(p) for p in parts) == 100 and len(parts) > 1
     assert all(len(" or ".join(f"({c})" for c in p)) <= coalesce.URL_FILTER_CHARS for p in parts)
+
+
+def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets_its_outcome() -> None:
+    h = Harness()
+    first, handed, queued = _dv_messages(_new_accounts(h, 3))
+    queue = FakeQueue([Raw(queued)])
+    outcomes: dict[str, Any] = {}
+    workers: list[threading.Thread] = []
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        # While the leader gathers, another worker of this process brings its own message.
+        if workers:
+            return
+        worker = threading.Thread(
+            target=lambda: outcomes.update(handed=coalescer.handle(h.engine, queue, handed))
+        )
+        workers.append(worker)
+        worker.start()
+        key = ("CUSTOMER", "dv", None)
+        while not coalescer._open[key].followers:
+            time.sleep(0.01)
+
+    coalescer = Coalescer(gather_seconds=0.5, sleep=sleep, clock=lambda: now[0])
+    led = coalescer.handle(h.engine, queue, first)
+    workers[0].join(timeout=10)
+    assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED
+    assert isinstance(outcomes["handed"], Done) and outcomes["handed"].result.outcome == Outcome.INSERTED
+    assert h.bc.requests["$batch customers"] == 1 and len(h.bc.rows("customers")) == 3
+    assert [r.content for r in queue.deleted] == [to_json(queued)]  # the handed one is its worker's to settle
+
+
+def test_a_change_while_another_worker_is_busy_goes_alone_when_nothing_else_arrives() -> None:
+    h = Harness()
+    [first] = _dv_messages(_new_accounts(h, 1))
+    coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None)
+    coalescer._busy[("CUSTOMER", "dv", None)] = 1  # a worker of this process is on this work
+    queue = FakeQueue([])
+    assert coalescer.handle(h.engine, queue, first) is None  # one look, nothing there: no delay
+    assert h.bc.total() + h.dv.total() == 0
