@@ -154,10 +154,11 @@ def coalescable(ms: MappingSet, message: AnyMessage, dequeue_count: int = 1) -> 
 
 
 def same_work(first: SyncMessage, other_message: AnyMessage) -> bool:
+    """Whether `other_message` may join `first`'s batch: a first attempt at a record change of the same
+    company, of any mapping and side (an account is announced to CUSTOMER and VENDOR, and our writes
+    come back as the other side's echoes: a batch takes them all, grouped by mapping and side)."""
     return (
         isinstance(other_message, SyncMessage)
-        and other_message.mapping == first.mapping
-        and other_message.side == first.side
         and other_message.company == first.company
         and other_message.attempt == 0
         and other_message.change != "deleted"
@@ -664,7 +665,7 @@ def _store_create(engine: Engine, m: EntityMapping, item: _Item) -> SyncResult:
 
 
 # ------------------------------------------------------------------------------------ shell
-Key = tuple[str, str, str | None]  # mapping, side, company
+Key = str | None  # the company: one batch gathers per company and process
 
 
 @dataclass
@@ -700,7 +701,7 @@ class Coalescer:
     def handle(self, engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
         """`message`'s disposition after a coalesced batch; None: take the one-record path. The
         caller has checked `coalescable`."""
-        key: Key = (message.mapping, message.side, message.company)
+        key: Key = message.company
         with self._lock:
             gathering = self._open.get(key)
             if gathering is not None and len(gathering.followers) < BATCH_LIMIT - 1:
@@ -770,26 +771,16 @@ def _run_batch(
     claimed: Sequence[tuple[Claimed, SyncMessage]],
 ) -> Disposition:
     # One entry per record: a record notified twice is read once, and its messages share its outcome.
-    position: dict[str, int] = {message.id.lower(): 0}
+    position: dict[tuple[str, str, str], int] = {_record(message): 0}
     messages = [message]
     for m in [*(f for f, _ in followers), *(c for _, c in claimed)]:
-        if m.id.lower() not in position:
-            position[m.id.lower()] = len(messages)
+        if _record(m) not in position:
+            position[_record(m)] = len(messages)
             messages.append(m)
-    try:
-        dispositions = converge(engine, messages)
-    except Exception as exc:
-        # The bulk step itself failed (storage, a request the whole batch shared): every message
-        # comes back for redelivery alone.
-        log.warning("coalesced batch of %d %s failed: %s", len(messages), message.mapping, exc)
-        for raw, _ in claimed:
-            _release(queue, raw, requeue_delay(1))
-        for _, future in followers:
-            future.set_result(Failed(exc))
-        return Failed(exc)
+    dispositions = _converge_groups(engine, messages)
     for follower, future in followers:
-        future.set_result(dispositions[position[follower.id.lower()]])
-    answered = {0, *(position[f.id.lower()] for f, _ in followers)}
+        future.set_result(dispositions[position[_record(follower)]])
+    answered = {0, *(position[_record(f)] for f, _ in followers)}
     settle_claimed(engine, queue, claimed, _per_message(claimed, position, dispositions, answered))
     counts: dict[str, int] = {}
     handed = {id(f) for f, _ in followers}
@@ -801,13 +792,39 @@ def _run_batch(
             if isinstance(d, Done) and d.result.changes:
                 latency = telemetry.seconds_since(m.observed)
                 telemetry.record("bcsync.sync.latency", latency, mapping=m.mapping)
-    log.info("%s %s: coalesced %d changes: %s", message.mapping, message.side, len(messages), counts)
+    log.info("coalesced %d changes: %s", len(messages), counts)
     return dispositions[0]
+
+
+def _record(message: SyncMessage) -> tuple[str, str, str]:
+    return message.mapping, message.side, message.id.lower()
+
+
+def _converge_groups(engine: Engine, messages: Sequence[SyncMessage]) -> list[Disposition]:
+    """`converge` per mapping and side; a document mapping's records (and an unknown mapping's) one by
+    one. A group whose bulk step fails (storage, a request the group shared) fails alone."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, m in enumerate(messages):
+        groups.setdefault((m.mapping, m.side), []).append(index)
+    out: list[Disposition | None] = [None] * len(messages)
+    for (mapping, side), indexes in groups.items():
+        group = [messages[i] for i in indexes]
+        if not coalescable(engine.ms, group[0]):
+            answers = [one_by_one(engine, m) for m in group]
+        else:
+            try:
+                answers = converge(engine, group)
+            except Exception as exc:
+                log.warning("coalesced batch of %d %s %s failed: %s", len(group), mapping, side, exc)
+                answers = [Failed(exc) for _ in group]
+        for i, answer in zip(indexes, answers, strict=True):
+            out[i] = answer
+    return [d if d is not None else Failed(RuntimeError("not decided")) for d in out]
 
 
 def _per_message(
     claimed: Sequence[tuple[Claimed, SyncMessage]],
-    position: dict[str, int],
+    position: dict[tuple[str, str, str], int],
     dispositions: list[Disposition],
     answered: set[int],
 ) -> list[Disposition]:
@@ -817,7 +834,7 @@ def _per_message(
     out: list[Disposition] = []
     used = set(answered)
     for _, m in claimed:
-        index = position[m.id.lower()]
+        index = position[_record(m)]
         d = dispositions[index]
         if index in used:
             d = d if isinstance(d, Failed) else Done(SyncResult("duplicate", "a second notice of the record"))

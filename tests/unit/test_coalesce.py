@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from shared.connectors.errors import AmbiguousWriteError
-from shared.messages import SyncMessage, to_json
+from shared.messages import ScanMessage, SyncMessage, to_json
 from shared.sync import coalesce
 from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
@@ -240,8 +240,9 @@ def test_a_change_alone_costs_one_peek_and_takes_the_one_record_path() -> None:
 
 
 def test_a_queue_of_other_work_is_not_claimed() -> None:
-    bc_side = SyncMessage(mapping="CUSTOMER", side="bc", id=str(uuid.uuid4()))
-    queue = FakeQueue([Raw(bc_side), Raw(bc_side)])
+    deletion = SyncMessage(mapping="CUSTOMER", side="bc", id=str(uuid.uuid4()), change="deleted")
+    other_company = SyncMessage(mapping="CUSTOMER", side="bc", id=str(uuid.uuid4()), company="c2")
+    queue = FakeQueue([Raw(deletion), Raw(other_company), Raw(ScanMessage(mapping="CUSTOMER", side="bc"))])
     assert claim(queue, _dv_messages([str(uuid.uuid4())])[0]) == []
     assert queue.receives == 0
 
@@ -250,7 +251,7 @@ def test_claimed_other_work_and_retries_go_back_at_once_and_twins_are_settled_to
     h = Harness()
     ids = _new_accounts(h, 4)
     first, *rest = _dv_messages(ids)
-    other = SyncMessage(mapping="CUSTOMER", side="bc", id=str(uuid.uuid4()))
+    other = SyncMessage(mapping="CUSTOMER", side="bc", id=str(uuid.uuid4()), change="deleted")
     retried = Raw(_dv_messages([str(uuid.uuid4())])[0], dequeue_count=2)
     twin = Raw(rest[0])
     raws = [Raw(rest[0]), Raw(other), twin, retried, Raw(rest[1]), Raw(rest[2]), Raw("not json")]
@@ -313,7 +314,7 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
         )
         workers.append(worker)
         worker.start()
-        key = ("CUSTOMER", "dv", None)
+        key = None
         while not coalescer._open[key].followers:
             time.sleep(0.01)
 
@@ -330,7 +331,26 @@ def test_a_change_while_another_worker_is_busy_goes_alone_when_nothing_else_arri
     h = Harness()
     [first] = _dv_messages(_new_accounts(h, 1))
     coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None)
-    coalescer._busy[("CUSTOMER", "dv", None)] = 1  # a worker of this process is on this work
+    coalescer._busy[None] = 1  # a worker of this process is on this work
     queue = FakeQueue([])
     assert coalescer.handle(h.engine, queue, first) is None  # one look, nothing there: no delay
     assert h.bc.total() + h.dv.total() == 0
+
+
+def test_a_batch_takes_every_mapping_and_side_of_the_burst_grouped() -> None:
+    """An account is announced to CUSTOMER and VENDOR, and our writes come back as BC echoes: one batch
+    takes them all, each group converged in bulk, instead of putting them back (and counting a
+    delivery against each)."""
+    h = Harness()
+    pairs = _coupled_pairs(h, 4)
+    for _, dv_id in pairs:
+        h.dv.edit(CUSTOMER, dv_id, telephone1="555")
+    first, *rest = _dv_messages([dv for _, dv in pairs])
+    echoes = [SyncMessage(mapping="CUSTOMER", side="bc", id=bc) for bc, _ in pairs]  # unchanged in BC
+    queue = FakeQueue([Raw(m) for m in [*rest, *echoes]])
+    disposition = run(h.engine, queue, first)
+    assert isinstance(disposition, Done) and disposition.result.outcome == Outcome.MODIFIED
+    assert queue.released == [] and len(queue.deleted) == 7
+    # Sales side: 1 read; BC: the counterparts' read, the writes' `$batch`, and the 4 echoes' read.
+    assert h.dv.requests == {"$batch accounts": 1}
+    assert h.bc.requests == {"GET customers": 2, "$batch customers": 1}
