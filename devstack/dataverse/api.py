@@ -141,6 +141,8 @@ class WebApi:
         if path.startswith("EntityDefinitions"):
             if request.method == "POST":
                 return self._define(request, path, tables)
+            if request.method in ("PUT", "PATCH"):
+                return self._update_definition(request, path, tables)
             body = metadata_api.handle(request.method, path, request.query, tables, request.base_url)
             return ApiResponse.json(200, body)
         if path.startswith("RelationshipDefinitions"):
@@ -169,6 +171,14 @@ class WebApi:
             return ApiResponse.json(
                 200, {"@odata.context": context, "AsyncOperationId": async_id, "ImportJobKey": job_key}
             )
+        if action == "PublishXml":
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            # Definitions take effect when changed; publishing is checked for its caller only.
+            self.customizer.require_administrator(request.caller, "Publishing customizations")
+            if "ParameterXml" not in _json_body(request):
+                raise errors.bad_request("PublishXml needs the parameter ParameterXml.")
+            return ApiResponse(204, {"OData-Version": "4.0"})
         if path in ("WhoAmI", "WhoAmI()"):
             if request.method != "GET":
                 raise _method_not_allowed(request.method, path)
@@ -253,6 +263,26 @@ class WebApi:
                 )
         return ApiResponse(204, {"OData-Version": "4.0", "OData-EntityId": location})
 
+    def _update_definition(self, request: ApiRequest, path: str, tables: list[Table]) -> ApiResponse:
+        """`PUT EntityDefinitions(<MetadataId>)` with the whole definition, as Dataverse updates a table
+        (`PATCH` is refused there too). The sandbox applies `ChangeTrackingEnabled`; every other property
+        must be sent back as read."""
+        match = metadata_api.PATH.match(path)
+        if request.method == "PATCH":
+            raise errors.bad_request(
+                "EntityDefinitions are updated with PUT of the whole definition, not PATCH "
+                "(learn.microsoft.com/power-apps/developer/data-platform/webapi/"
+                "create-update-entity-definitions-using-web-api)."
+            )
+        if not match or match.group("key") is None or match.group("nav"):
+            raise errors.bad_request(
+                f"The sandbox implements PUT only on EntityDefinitions(<id>), not {path}."
+            )
+        table = metadata_api.find_table(match.group("key"), tables)
+        self.customizer.require_administrator(request.caller, "Updating a table definition")
+        self.customizer.update_table_from_api(table, _json_body(request))
+        return ApiResponse(204, {"OData-Version": "4.0"})
+
     def _assign_role(self, request: ApiRequest, table: Table, key_text: str) -> ApiResponse:
         """`POST systemusers(<id>)/systemuserroles_association/$ref` `{"@odata.id": ".../roles(<id>)"}`."""
         if request.method != "POST":
@@ -335,11 +365,10 @@ class WebApi:
         self, request: ApiRequest, table: Table, prefer: dict[str, str], cookie: dict[str, str]
     ) -> ApiResponse:
         if not table.change_tracking:
+            # ChangeTrackingNotEnabledForEntity (Web service error codes).
             raise errors.bad_request(
-                f"Change tracking is not enabled for the entity '{table.logical_name}'; "
-                "enable 'Track changes' "
-                "on the table (the sandbox tracks the data tables, not the registration tables).",
-                code="0x80044353",
+                f"Entity {table.logical_name} isn't enabled for change tracking.",
+                code=errors.CHANGE_TRACKING_NOT_ENABLED,
             )
         for option in TRACKED_FORBIDDEN:
             if option in request.query:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from devstack.dataverse import errors
+from devstack.dataverse import errors, metadata
 from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.schema import (
     ACTIVE_INACTIVE,
@@ -299,6 +299,33 @@ class Customizer:
                     "0x80047013",
                 )
         updated = replace(current, columns={**current.columns, **{c.wire_name: c for c in columns}})
+        self.store.define_table(updated)
+        return updated
+
+    def update_table_from_api(self, table: Table, body: Mapping[str, Any]) -> Table:
+        """A PUT of a table's definition: `ChangeTrackingEnabled` is applied (on only: Dataverse cannot
+        turn it off again); any other property that differs from the definition as read is refused
+        rather than silently ignored."""
+        current = self.store.table(table.entity_set).table
+        expected = metadata.entity(current)
+        if str(body.get("MetadataId", "")).lower() != expected["MetadataId"]:
+            raise errors.bad_request("The MetadataId in the body does not match the table in the URL.")
+        changed = sorted(
+            k for k, v in body.items()
+            if k in expected and k not in ("ChangeTrackingEnabled", "MetadataId") and v != expected[k]
+        )  # fmt: skip
+        if changed:
+            raise errors.bad_request(
+                f"The sandbox applies ChangeTrackingEnabled only; it does not change {', '.join(changed)}."
+            )
+        wanted = bool(body.get("ChangeTrackingEnabled", current.change_tracking))
+        if current.change_tracking and not wanted:
+            raise errors.bad_request(
+                f"Change tracking can't be disabled for the entity {current.logical_name} once it is enabled."
+            )
+        if wanted == current.change_tracking:
+            return current
+        updated = replace(current, change_tracking=True)
         self.store.define_table(updated)
         return updated
 

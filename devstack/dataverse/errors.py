@@ -34,6 +34,7 @@ class DataverseError(Exception):
 SEGMENT_NOT_FOUND = "0x8006088a"
 # Service protection: the request-count limit (power-apps/developer/data-platform/api-limits).
 REQUESTS_LIMIT = "0x80072322"
+CHANGE_TRACKING_NOT_ENABLED = "0x80072491"  # ChangeTrackingNotEnabledForEntity
 
 
 def segment_not_found(segment: str, hint: str = "") -> DataverseError:

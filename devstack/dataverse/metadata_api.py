@@ -1,6 +1,7 @@
 """The metadata endpoints of the Web API over `metadata.py`: service document, `$metadata`,
 `EntityDefinitions` (by MetadataId or `LogicalName='x'`), `/Attributes` (with typed casts and
-`$expand=OptionSet`) and `/Keys`. Read-only: creating or changing tables and columns is refused.
+`$expand=OptionSet`) and `/Keys`. Reads only: creating tables, columns and keys (POST) and turning on
+change tracking (PUT of a definition) are `api.WebApi`'s and `customization.py`'s.
 
 Query options as Dataverse's metadata queries take them
 (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query-metadata-web-api):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from devstack.dataverse import config as defaults
@@ -151,6 +152,13 @@ class DataverseSandbox:
 
     def get(self, entity_set: str, record_id: str) -> dict[str, Any] | None:
         return self.store.get(entity_set, record_id)
+
+    def set_change_tracking(self, entity_set: str, enabled: bool) -> None:
+        """A table with or without "Track changes", as an environment may have it (custom tables start
+        without it; the Web API can only turn it on). For tests; `reset` restores the defaults."""
+        with self.store.lock:
+            data = self.store.table(entity_set)
+            data.table = replace(data.table, change_tracking=enabled)
 
     def set_limits(self, **limits: float) -> dict[str, float]:
         """Change service-protection limits at runtime: max_requests, window_seconds,

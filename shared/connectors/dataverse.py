@@ -57,6 +57,14 @@ MAX_BATCH_REQUESTS = 1000
 # `code`, so the client decides from the status and from what it sent (see `_error_for`).
 DUPLICATE_RECORD = "0x80040237"  # create reused an existing primary key
 EXPIRED_VERSION_STAMP = "0x80044352"  # change-tracking token expired: do a full sync
+# ChangeTrackingNotEnabledForEntity, "Entity {0} isn't enabled for change tracking." (Web service error
+# codes, learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes).
+CHANGE_TRACKING_NOT_ENABLED = "0x80072491"
+# Table metadata the service relies on (ChangeTrackingEnabled) changes only when someone customizes the
+# table: asked once per table every few hours, never per poll.
+METADATA_TTL_SECONDS = 6 * 3600
+# The attribute types whose values are options (`$expand=OptionSet` works on their casts).
+OPTION_SET_CASTS = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
 WEBHOOK_CONTRACT = 8
 AUTH_TYPES = {"WebhookKey": 4, "HttpHeader": 5, "HttpQueryString": 6}
 # Enough ids per `In` filter to stay well inside URL limits (about 40 characters per GUID).
@@ -305,6 +313,8 @@ class DataverseClient:
             budget=budget,
             max_concurrent=max_concurrent,
         )
+        self._clock = time.monotonic
+        self._change_tracking: dict[str, tuple[float, bool]] = {}
 
     @property
     def stats(self) -> RequestStats:
@@ -376,12 +386,16 @@ class DataverseClient:
         filter: str | None = None,
         orderby: Sequence[str] | str | None = None,
         page_size: int = MAX_PAGE_SIZE,
+        expand: str | None = None,
+        kind: str | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of matching records (one request each), following `@odata.nextLink` verbatim."""
+        """Pages of matching records (one request each), following `@odata.nextLink` verbatim.
+        `entity_set` may be any collection path (`EntityDefinitions(LogicalName='account')/Attributes`);
+        `kind` names it in the request counts when it is not an entity set."""
         headers = {"Prefer": f"odata.maxpagesize={min(page_size, MAX_PAGE_SIZE)}"}
-        url: str | None = entity_set + _options(select=select, filter=filter, orderby=orderby)
+        url: str | None = entity_set + _options(select=select, filter=filter, orderby=orderby, expand=expand)
         while url is not None:
-            data = self._send("GET", url, kind=entity_set, headers=headers).json()
+            data = self._send("GET", url, kind=kind or entity_set, headers=headers).json()
             yield list(data.get("value", []))
             link = data.get("@odata.nextLink")
             url = self._own_link(link) if link else None
@@ -400,19 +414,96 @@ class DataverseClient:
         ):
             yield from page
 
+    # --- table metadata -----------------------------------------------------------------------------
+
+    def change_tracking_enabled(self, logical_name: str, *, refresh: bool = False) -> bool:
+        """Whether the table has change tracking ("Track changes"), which delta links need:
+        `EntityDefinitions(LogicalName='x')?$select=ChangeTrackingEnabled` (page
+        use-change-tracking-synchronize-data-external-systems). Asked once per table every
+        METADATA_TTL_SECONDS; once on, Dataverse never turns it off, so only a "no" is asked again."""
+        cached = self._change_tracking.get(logical_name)
+        if (
+            not refresh
+            and cached is not None
+            and (cached[1] or self._clock() - cached[0] < METADATA_TTL_SECONDS)
+        ):
+            return cached[1]
+        url = f"{_entity_definition(logical_name)}?$select=ChangeTrackingEnabled"
+        enabled = bool(self._send("GET", url, kind="EntityDefinitions").json().get("ChangeTrackingEnabled"))
+        self._change_tracking[logical_name] = (self._clock(), enabled)
+        return enabled
+
+    def enable_change_tracking(self, logical_name: str) -> None:
+        """Turn on "Track changes" (needs a customizer: System Administrator or System Customizer).
+        Table definitions are updated with a PUT of the whole definition, never PATCH, with
+        `MSCRM.MergeLabels: true` so that labels in other languages are kept, then published (page
+        webapi/create-update-entity-definitions-using-web-api)."""
+        path = _entity_definition(logical_name)
+        definition = dict(self._send("GET", path, kind="EntityDefinitions").json())
+        definition = {
+            k: v for k, v in definition.items() if not k.startswith("@odata.") or k == "@odata.type"
+        }
+        definition["ChangeTrackingEnabled"] = True
+        self._send(
+            "PUT",
+            f"EntityDefinitions({odata.guid(str(definition['MetadataId']))})",
+            kind="EntityDefinitions",
+            json_body=definition,
+            headers={"MSCRM.MergeLabels": "true"},
+            idempotent=True,
+        )
+        parameter = f"<importexportxml><entities><entity>{logical_name}</entity></entities></importexportxml>"
+        self._send(
+            "POST", "PublishXml", kind="PublishXml", json_body={"ParameterXml": parameter}, idempotent=True
+        )
+        self._change_tracking[logical_name] = (self._clock(), True)
+
+    def option_sets(
+        self, logical_name: str, casts: Sequence[str] = OPTION_SET_CASTS
+    ) -> dict[str, dict[int, str]]:
+        """Choice column -> {option value: label} of a table: one request per attribute type
+        (`.../Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$select=LogicalName&$expand=
+        OptionSet($select=Options)`, page webapi/query-metadata-web-api). A choice column bound to a
+        global choice carries its options in `GlobalOptionSet` instead."""
+        result: dict[str, dict[int, str]] = {}
+        for cast in casts:
+            path = f"{_entity_definition(logical_name)}/Attributes/Microsoft.Dynamics.CRM.{cast}"
+            pages = self.query_pages(
+                path, select=["LogicalName"], expand="OptionSet($select=Options)", kind="EntityDefinitions"
+            )
+            for page in pages:
+                for row in page:
+                    source = row.get("OptionSet") or row.get("GlobalOptionSet") or {}
+                    result[str(row["LogicalName"])] = {
+                        int(o["Value"]): _label_text(o.get("Label")) for o in source.get("Options") or []
+                    }
+        return result
+
+    # --- change tracking ----------------------------------------------------------------------------
+
     def changes(self, entity_set: str, *, select: Sequence[str], delta_link: str | None) -> ChangeBatch:
         """Everything changed since `delta_link` (all pages); a full scan when it is None or expired.
 
         Keep the returned `delta_link` as the next watermark. Deleted rows come back as ids only;
-        a row created and deleted between two polls is reported as deleted.
+        a row created and deleted between two polls is reported as deleted. A table without change
+        tracking is refused with `CHANGE_TRACKING_NOT_ENABLED` (a `ValidationError`): check
+        `change_tracking_enabled` first.
         """
-        if delta_link:
-            try:
-                return self._collect_changes(self._own_link(delta_link), entity_set, full_scan=False)
-            except ValidationError as exc:
-                if exc.code != EXPIRED_VERSION_STAMP and "expired" not in exc.message.lower():
-                    raise
-        return self._collect_changes(entity_set + _options(select=select), entity_set, full_scan=True)
+        try:
+            if delta_link:
+                try:
+                    return self._collect_changes(self._own_link(delta_link), entity_set, full_scan=False)
+                except ValidationError as exc:
+                    if exc.code == CHANGE_TRACKING_NOT_ENABLED or (
+                        exc.code != EXPIRED_VERSION_STAMP and "expired" not in exc.message.lower()
+                    ):
+                        raise
+            return self._collect_changes(entity_set + _options(select=select), entity_set, full_scan=True)
+        except ValidationError as exc:
+            info = TABLES.get(entity_set)
+            if exc.code == CHANGE_TRACKING_NOT_ENABLED and info is not None:
+                self._change_tracking[info.logical_name] = (self._clock(), False)
+            raise
 
     def _collect_changes(self, url: str, entity_set: str, *, full_scan: bool) -> ChangeBatch:
         headers = {"Prefer": f"odata.track-changes,odata.maxpagesize={MAX_PAGE_SIZE}"}
@@ -938,6 +1029,23 @@ class DataverseClient:
 
 
 # --- URLs and $batch bodies ------------------------------------------------------------------------
+
+
+def _entity_definition(logical_name: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", logical_name):
+        raise ValueError(f"not a Dataverse logical name: {logical_name!r}")
+    return f"EntityDefinitions(LogicalName='{logical_name}')"
+
+
+def _label_text(label: Any) -> str:
+    """The user's label of a Label complex type (`UserLocalizedLabel.Label`), else the first one."""
+    if not isinstance(label, Mapping):
+        return ""
+    user = label.get("UserLocalizedLabel")
+    if isinstance(user, Mapping) and user.get("Label"):
+        return str(user["Label"])
+    labels = label.get("LocalizedLabels") or []
+    return str(labels[0].get("Label") or "") if labels and isinstance(labels[0], Mapping) else ""
 
 
 def _options(

@@ -5,7 +5,9 @@ Per mapping and side, from the watermark in `Watermarks`:
 - BC: records with `lastModifiedDateTime` after the watermark (minus an overlap for clock skew);
   those whose time equals what the coupling recorded after our own write are echoes and dropped.
 - Dataverse: change tracking from the stored delta link; changes by the integration user are
-  echoes. An expired token falls back to a full resync of the mapping.
+  echoes. An expired token falls back to a full resync of the mapping. A table without change
+  tracking (checked once per table every few hours, `DataverseClient.change_tracking_enabled`) is
+  polled by `modifiedon` instead, which shows no deletions; set-up reports it with the fix.
 The first poll of a mapping only sets the baseline: bringing everything across is the full
 resync's job. Watermarks are written conditionally, so two instances polling at once cannot move
 one backwards; the one that loses skips that mapping this round.
@@ -27,7 +29,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.connectors.errors import ApiError
+from shared import odata
+from shared.connectors.dataverse import CHANGE_TRACKING_NOT_ENABLED
+from shared.connectors.errors import ApiError, ValidationError
 from shared.feeds.registration import ensure_bc_subscriptions, missing_bc_subscriptions
 from shared.mapping.queries import in_scope, scope_clauses
 from shared.mapping.schema import EntityMapping
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 OVERLAP = dt.timedelta(seconds=5)
 SWEEP_MARK = "bc-sweep"  # Watermarks row: when the last deletion sweep of the mapping was queued
+# A Dataverse watermark of a table without change tracking: the newest `modifiedon` seen, not a delta link.
+MODIFIED_MARK = "modifiedon:"
 
 
 @dataclass
@@ -52,6 +58,7 @@ class PollReport:
     skipped: list[str] = field(default_factory=list)
     sweeps: list[str] = field(default_factory=list)  # "<mapping>: all|deletions"
     recreated: list[str] = field(default_factory=list)  # BC subscriptions found missing, re-created
+    untracked: list[str] = field(default_factory=list)  # mappings polled by modifiedon (no change tracking)
 
 
 def delta_poll(rt: Runtime, now: dt.datetime | None = None) -> PollReport:
@@ -145,9 +152,27 @@ def _queue_sweep(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollRe
 def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:
     mark = rt.watermarks.get(m.name, "dv")
     pk = m.dataverse.primary_key
-    batch = rt.dataverse.changes(
-        m.dataverse.entity_set, select=[pk, "_modifiedby_value"], delta_link=mark.value if mark else None
-    )
+    # Delta links need change tracking on the table (asked once per table every few hours).
+    if not rt.dataverse.change_tracking_enabled(m.dataverse.table):
+        _poll_dataverse_by_time(rt, m, mark, report)
+        return
+    delta_link = mark.value if mark and not mark.value.startswith(MODIFIED_MARK) else None
+    try:
+        batch = rt.dataverse.changes(
+            m.dataverse.entity_set, select=[pk, "_modifiedby_value"], delta_link=delta_link
+        )
+    except ValidationError as exc:
+        if exc.code != CHANGE_TRACKING_NOT_ENABLED:
+            raise
+        _poll_dataverse_by_time(rt, m, mark, report)
+        return
+    if mark is not None and delta_link is None:
+        # Change tracking was turned on since the last poll: catch up on the time-based mark once, then
+        # keep the delta link this first tracking request gave.
+        _poll_dataverse_by_time(rt, m, mark, report, keep_mark=True)
+        report.baselines.append(f"{m.name}/dv")
+        rt.watermarks.set(Watermark(m.name, "dv", batch.delta_link, mark.etag))
+        return
     if mark is None:
         report.baselines.append(f"{m.name}/dv")
     elif batch.full_scan:
@@ -169,3 +194,59 @@ def _poll_dataverse(rt: Runtime, m: EntityMapping, report: PollReport) -> None:
         rt.storage.enqueue(messages)
         report.enqueued[f"{m.name}/dv"] = len(messages)
     rt.watermarks.set(Watermark(m.name, "dv", batch.delta_link, mark.etag if mark else None))
+
+
+def _poll_dataverse_by_time(
+    rt: Runtime, m: EntityMapping, mark: Watermark | None, report: PollReport, *, keep_mark: bool = False
+) -> None:
+    """A table without change tracking: the rows whose `modifiedon` is at or after the mark (minus the
+    overlap), the mark being the newest `modifiedon` seen (Dataverse's clock, not ours). Deletions are
+    not visible this way (the webhook reports them); set-up says how to turn change tracking on."""
+    field, pk = m.dataverse.modified_field, m.dataverse.primary_key
+    entity_set = m.dataverse.entity_set
+    if not keep_mark:
+        report.untracked.append(m.name)
+    since = (
+        parse_iso(mark.value.removeprefix(MODIFIED_MARK))
+        if mark and mark.value.startswith(MODIFIED_MARK)
+        else None
+    )
+    if since is None:
+        newest_row = next(
+            iter(rt.dataverse.query_pages(entity_set, select=[field], orderby=f"{field} desc", page_size=1)),
+            [],
+        )
+        newest = (
+            str(newest_row[0][field])
+            if newest_row and newest_row[0].get(field)
+            else iso_ms(dt.datetime.now(dt.UTC))
+        )
+        if not keep_mark:
+            rt.watermarks.set(Watermark(m.name, "dv", MODIFIED_MARK + newest, mark.etag if mark else None))
+            report.baselines.append(f"{m.name}/dv")
+        return
+    integration_user = rt.known_integration_user_id()
+    messages: list[SyncMessage] = []
+    newest_seen = since
+    rows = rt.dataverse.query(
+        entity_set, select=[pk, field, "_modifiedby_value"], filter=odata.ge(field, since - OVERLAP)
+    )
+    for record in rows:
+        modified = parse_iso(str(record[field]))
+        newest_seen = max(newest_seen, modified)
+        if integration_user and str(record.get("_modifiedby_value", "")).lower() == integration_user:
+            report.echoes += 1
+            continue
+        coupling = rt.couplings.get(m.name, "dv", str(record[pk]))
+        if coupling is not None and coupling.dv_modified == record[field]:
+            report.echoes += 1  # read again within the overlap, already synchronized
+            continue
+        messages.append(
+            SyncMessage(mapping=m.name, side="dv", id=str(record[pk]), reason="delta poll (modifiedon)")
+        )
+    rt.storage.enqueue(messages)
+    report.enqueued[f"{m.name}/dv"] = len(messages)
+    if not keep_mark:
+        rt.watermarks.set(
+            Watermark(m.name, "dv", MODIFIED_MARK + iso_ms(newest_seen), mark.etag if mark else None)
+        )

@@ -44,6 +44,7 @@ from shared.feeds.registration import (
     ensure_dataverse_webhooks,
 )
 from shared.mapping.loader import MappingFileError, load_mapping_set
+from shared.mapping.option_values import casts_needed, option_problems, option_values
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
@@ -137,6 +138,10 @@ def run_setup(
     if dv_ok:
         on_step("Dataverse solution")
         dv_ok = _ensure_solution(rt, admin or AdminCredentials(), report)
+    if dv_ok:
+        on_step("Dataverse table metadata")
+        _check_change_tracking(rt, mappings, admin or AdminCredentials(), report)
+        _check_option_values(rt, mappings, report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
     if bc_ok:
@@ -475,6 +480,92 @@ def explain_failure(
         f"{service} failed to {what}: {_first_line(exc)}",
         f"check {url_setting} and the service's health",
     )
+
+
+# ------------------------------------------------------------------------------- table metadata
+def _check_change_tracking(
+    rt: Runtime, mappings: MappingSet, admin: AdminCredentials, report: SetupReport
+) -> None:
+    """The delta poll follows Dataverse changes with delta links, which only tables with change tracking
+    ("Track changes") give. With an administrator credential it is turned on (it cannot be turned off
+    again); otherwise the report says how, and the poll falls back to reading modified rows."""
+    s = rt.settings
+    polled: dict[str, list[str]] = {}
+    for m in mappings.entities():
+        if m.writes_to("bc"):
+            polled.setdefault(m.dataverse.table, []).append(m.name)
+    for table, names in sorted(polled.items()):
+        name = f"Dataverse change tracking {table}"
+        try:
+            if rt.dataverse.change_tracking_enabled(table, refresh=True):
+                report.checks.append(
+                    Check(name, True, "Track changes is on: the delta poll uses delta links")
+                )
+                continue
+            if admin.dataverse is not None:
+                dv_admin = dataverse_client(s, admin.dataverse)
+                try:
+                    dv_admin.enable_change_tracking(table)
+                finally:
+                    dv_admin.close()
+                if rt.dataverse.change_tracking_enabled(table, refresh=True):
+                    report.updated.append(f"change tracking on Dataverse table {table} (turned on)")
+                    report.checks.append(Check(name, True, "Track changes turned on with the administrator"))
+                    continue
+        except (ApiError, AzureError) as exc:
+            detail, fix = explain_failure(
+                exc,
+                "Dataverse",
+                s.dataverse_url,
+                "DATAVERSE_URL",
+                what=f"read or change table {table}'s definition",
+            )
+            report.checks.append(Check(name, False, detail, fix))
+            continue
+        report.checks.append(
+            Check(
+                name,
+                False,
+                f"table {table} ({', '.join(names)}) has change tracking off: the delta poll cannot use "
+                "delta links and reads the rows modified since its last poll instead, which shows no deleted "
+                "rows (a deletion then reaches BC only through the Dataverse webhook)",
+                f"turn on Track changes for the table {table} in make.powerapps.com (Tables > {table} > "
+                "Properties > Advanced options > Track changes), or run `bcsync setup` with a Dataverse "
+                "administrator (`--admin-device-code`), which turns it on",
+            )
+        )
+
+
+def _check_option_values(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
+    """Every choice value the mappings write exists in its column's options (one metadata request per
+    table and attribute type: `PicklistAttributeMetadata`, and `State`/`Status` where written)."""
+    s = rt.settings
+    values = option_values(mappings)
+    options: dict[str, dict[str, dict[int, str]]] = {}
+    for table, casts in sorted(casts_needed(values).items()):
+        try:
+            options[table] = rt.dataverse.option_sets(table, casts)
+        except (ApiError, AzureError) as exc:
+            detail, fix = explain_failure(
+                exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read the choice columns of {table}"
+            )
+            report.checks.append(Check(f"option values of {table}", False, detail, fix))
+    problems = option_problems(values, options, mappings_file=str(s.mappings_file))
+    for problem in problems:
+        v = problem.value
+        report.checks.append(
+            Check(
+                f"option value {v.mapping} {v.field}: {v.table}.{v.column} = {v.value}",
+                False,
+                problem.detail,
+                problem.fix,
+            )
+        )
+    if not problems:
+        checked = {(v.table, v.column, v.value) for v in values if v.table in options}
+        report.checks.append(
+            Check("option values", True, f"{len(checked)} choice values the mappings use exist in Dataverse")
+        )
 
 
 # ------------------------------------------------------------------------------------- solution

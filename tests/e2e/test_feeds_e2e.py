@@ -168,6 +168,50 @@ def test_the_delta_poll_skips_company_contacts_without_a_request(e2e: E2EStack) 
     e2e.settle()
 
 
+def test_a_dataverse_table_without_change_tracking_is_polled_by_modified_time(e2e: E2EStack) -> None:
+    bc_id, dv_id = _coupled_customer(e2e)
+    sandbox = e2e.dv
+    sandbox.set_change_tracking("accounts", False)
+    try:
+        assert e2e.rt.dataverse.change_tracking_enabled("account", refresh=True) is False
+        first = delta_poll(e2e.rt)
+        assert {"CUSTOMER", "VENDOR"} <= set(first.untracked) and "CUSTOMER/dv" in first.baselines, first
+        mark = e2e.rt.watermarks.get("CUSTOMER", "dv")
+        assert mark is not None and mark.value.startswith("modifiedon:")
+
+        # A person's change in Sales whose webhook is lost.
+        on_commit, sandbox.store.on_commit = sandbox.store.on_commit, None
+        try:
+            e2e.dv_update("accounts", dv_id, {"telephone1": "555-0630"})
+        finally:
+            sandbox.store.on_commit = on_commit
+        e2e.settle()
+        assert e2e.bc_get("customers", bc_id)["phoneNumber"] != "555-0630", "the change was not lost"
+
+        found = delta_poll(e2e.rt)
+        assert found.enqueued["CUSTOMER/dv"] == 1, found
+        wait_for(
+            lambda: e2e.bc_get("customers", bc_id)["phoneNumber"] == "555-0630", "the poll's change in BC"
+        )
+        e2e.settle()
+        # Read again within the overlap, but already synchronized: not queued again.
+        again = delta_poll(e2e.rt)
+        assert again.enqueued["CUSTOMER/dv"] == 0, again
+        # Change tracking is not asked again at the next poll (once per table every few hours).
+        before = e2e.rt.dataverse.stats.requests["GET EntityDefinitions"]
+        delta_poll(e2e.rt)
+        assert e2e.rt.dataverse.stats.requests["GET EntityDefinitions"] == before
+    finally:
+        sandbox.set_change_tracking("accounts", True)
+        e2e.rt.dataverse.change_tracking_enabled("account", refresh=True)
+    # Turned on again: the next poll catches up on the modified time once, then keeps a delta link.
+    back = delta_poll(e2e.rt)
+    assert "CUSTOMER" not in back.untracked and "CUSTOMER/dv" in back.baselines, back
+    mark = e2e.rt.watermarks.get("CUSTOMER", "dv")
+    assert mark is not None and "$deltatoken=" in mark.value
+    e2e.settle()
+
+
 # ------------------------------------------------------------ 11. subscription upkeep
 def test_a_subscription_near_expiry_is_renewed(e2e: E2EStack) -> None:
     before = _customers_subscription(e2e)
