@@ -30,6 +30,7 @@ it is delivered again on its own and finally poisoned alone).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -70,10 +71,15 @@ CLAIM_CALLS = 4  # receive calls per batch at most (a queue mixes kinds; a few m
 # The claimed messages stay invisible this long; each is deleted or put back when its record is done.
 # A worker that dies leaves them to come back after it, as the host's own lease does (10 minutes).
 CLAIM_LEASE_SECONDS = 300
-# How long the worker leading a batch keeps claiming while a burst arrives (only when one does: a
-# change alone is never delayed), and how often it looks again meanwhile.
+# How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops at the
+# first look that finds nothing new: a change alone, or a few per second, is not held), and how
+# often it looks meanwhile.
 GATHER_SECONDS = 0.5
 GATHER_STEP = 0.1
+# When the queue is looked at: this many other workers of the process on the company's changes, or
+# the message waited this long since its notification (a backlog).
+BUSY_FOR_BURST = 2
+WAITED_FOR_BURST = 1.0
 # `$filter` text per BC request of ids or match values: the whole URL stays far below the 2,048
 # characters proxies and IIS accept by default (the ids of 30 records).
 URL_FILTER_CHARS = 1500
@@ -692,8 +698,10 @@ class Coalescer:
         gather_seconds: float = GATHER_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        eager: bool = False,
     ) -> None:
-        self.gather_seconds, self.sleep, self.clock = gather_seconds, sleep, clock
+        """`eager`: look at the queue for every message (tools and tests), not only when a burst shows."""
+        self.gather_seconds, self.sleep, self.clock, self.eager = gather_seconds, sleep, clock, eager
         self._lock = threading.Lock()
         self._busy: dict[Key, int] = {}
         self._open: dict[Key, _Gathering] = {}
@@ -710,11 +718,16 @@ class Coalescer:
             else:
                 handed = None
                 self._busy[key] = self._busy.get(key, 0) + 1
-                busy = self._busy[key] > 1
+                busy = self._busy[key] - 1  # other workers of this process on the company's changes
         if handed is not None:
             return handed.result()
         try:
-            if not busy and not _burst_visible(queue, message):
+            # A burst shows as other workers of this process busy with the same company's changes, or
+            # as this message having waited on the queue; otherwise not even the queue is asked (a
+            # peek is a storage round-trip, and a change alone must not wait for it).
+            waited = (dt.datetime.now(dt.UTC) - message.observed).total_seconds()
+            suspect = self.eager or busy >= BUSY_FOR_BURST or waited > WAITED_FOR_BURST
+            if not suspect or not _burst_visible(queue, message):
                 return None
             return self._lead(engine, queue, message, key)
         finally:
@@ -728,6 +741,7 @@ class Coalescer:
         claimed: list[tuple[Claimed, SyncMessage]] = []
         try:
             deadline = self.clock() + self.gather_seconds
+            gathered = -1
             while True:
                 with self._lock:
                     room = BATCH_LIMIT - 1 - len(gathering.followers) - len(claimed)
@@ -739,9 +753,12 @@ class Coalescer:
                         break
                 with self._lock:
                     now_gathered = len(gathering.followers) + len(claimed)
-                # Full, out of time, or nothing gathered at the first look (the change goes alone at once).
-                if room <= 0 or self.clock() >= deadline or now_gathered == 0:
+                # Full, out of time, or nothing new since the last look: the burst has stopped arriving
+                # (or never was: nothing at the first look, and the change goes alone at once). A
+                # burst that keeps arriving is gathered; changes at a steady few per second are not held.
+                if room <= 0 or self.clock() >= deadline or now_gathered == max(gathered, 0):
                     break
+                gathered = now_gathered
                 self.sleep(GATHER_STEP)
         finally:
             with self._lock:
@@ -846,4 +863,4 @@ def _per_message(
 def run(engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
     """`message` with whatever of the same work is visible on the queue now, without gathering or
     handing over (tests, tools); None when nothing waits."""
-    return Coalescer(gather_seconds=0.0).handle(engine, queue, message)
+    return Coalescer(gather_seconds=0.0, eager=True).handle(engine, queue, message)

@@ -318,7 +318,7 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
         while not coalescer._open[key].followers:
             time.sleep(0.01)
 
-    coalescer = Coalescer(gather_seconds=0.5, sleep=sleep, clock=lambda: now[0])
+    coalescer = Coalescer(gather_seconds=0.5, sleep=sleep, clock=lambda: now[0], eager=True)
     led = coalescer.handle(h.engine, queue, first)
     workers[0].join(timeout=10)
     assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED
@@ -331,7 +331,7 @@ def test_a_change_while_another_worker_is_busy_goes_alone_when_nothing_else_arri
     h = Harness()
     [first] = _dv_messages(_new_accounts(h, 1))
     coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None)
-    coalescer._busy[None] = 1  # a worker of this process is on this work
+    coalescer._busy[None] = 2  # two workers of this process are on this company's changes
     queue = FakeQueue([])
     assert coalescer.handle(h.engine, queue, first) is None  # one look, nothing there: no delay
     assert h.bc.total() + h.dv.total() == 0
@@ -354,3 +354,18 @@ def test_a_batch_takes_every_mapping_and_side_of_the_burst_grouped() -> None:
     # Sales side: 1 read; BC: the counterparts' read, the writes' `$batch`, and the 4 echoes' read.
     assert h.dv.requests == {"$batch accounts": 1}
     assert h.bc.requests == {"GET customers": 2, "$batch customers": 1}
+
+
+def test_a_fresh_change_with_nobody_busy_does_not_even_look_at_the_queue() -> None:
+    h = Harness()
+    [dv_id] = _new_accounts(h, 1)
+    queue = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, 3))])
+    coalescer = Coalescer()
+    assert coalescer.handle(h.engine, queue, _dv_messages([dv_id])[0]) is None
+    assert queue.peeks == 0 and queue.receives == 0
+    # The same change after waiting on the queue (a backlog) leads a batch.
+    waited = _dv_messages([dv_id])[0].model_copy(
+        update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)}
+    )
+    led = Coalescer(gather_seconds=0.0).handle(h.engine, queue, waited)
+    assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED and queue.peeks >= 1
