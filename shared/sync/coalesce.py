@@ -2,9 +2,11 @@
 
 A Sales import of 10,000 accounts sends 10,000 webhooks, each one `SyncMessage`; on the one-record
 path each costs a read, a match query, a create and a write-back. When the processor handles such a
-message and more of the same work waits on the queue, `run` claims up to `BATCH_LIMIT` of them
-(`claim`: a peek first, then `receive_messages` with a lease long enough for the batch; messages
-of other kinds, mappings or sides are put back visible at once) and `converge` handles them together:
+message in a burst (other workers of the process busy with the company's changes, or the message
+waited on the queue) and more record changes of the company wait there, a `Coalescer` claims up to
+`BATCH_LIMIT` of them (`claim`: a peek first, then `receive_messages` with a lease long enough for
+the batch; deletions, retries, other companies and other kinds are put back visible at once) and
+`converge` handles each mapping-and-side group together:
 
 1. couplings: one point read each (Table Storage, no API request);
 2. the changed records in one request per chunk (Dataverse: `$batch` of `In` queries; BC:
@@ -183,9 +185,8 @@ def claim(
 ) -> list[tuple[Claimed, SyncMessage]]:
     """Up to `limit` waiting messages of the same work as `first`, held for `CLAIM_LEASE_SECONDS`.
 
-    A peek (which changes nothing) decides whether to claim at all: a change that arrives alone costs
-    one peek and takes the one-record path. What was received but is other work, or was delivered
-    before (it is retried alone), is put back visible at once."""
+    A peek (which changes nothing) decides whether to claim at all. What was received but is other
+    work, or was delivered before (it is retried alone), is put back visible at once."""
     if not any((m := _parsed(text)) is not None and same_work(first, m) for text in queue.peek(CLAIM_PAGE)):
         return []
     taken: list[tuple[Claimed, SyncMessage]] = []
