@@ -10,6 +10,8 @@ BENCHMARKS = [
     ["bench.bench_bc_client"],
     ["bench.webhook_burst", "--entries", "1000"],
     ["bench.latency", "--rate", "20", "--seconds", "60"],
+    ["bench.burst", "--accounts", "10000"],
+    ["bench.burst", "--rate", "100", "--seconds", "300", "--side", "both"],
     ["bench.scale_out", "--rate", "30", "--seconds", "300", "--hosts", "3"],
     ["bench.initial_sync", "--customers", "100000"],
     ["bench.stock", "--items", "20000", "--moved", "5000"],
@@ -19,8 +21,12 @@ BENCHMARKS = [
 
 
 def main() -> int:
+    """`--quick`: the burst benches small (1,000 accounts; 30 s), the others as they are."""
+    quick = "--quick" in sys.argv[1:]
     failed = 0
     for args in BENCHMARKS:
+        if quick and args[0] == "bench.burst":
+            args = [*args, "--quick"]
         print(f"\n=== python -m {' '.join(args)}", flush=True)
         failed += subprocess.call([sys.executable, "-m", *args]) != 0
     return 1 if failed else 0

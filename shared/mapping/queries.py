@@ -123,17 +123,18 @@ def select_fields(ms: MappingSet, mapping: EntityMapping, side: Side) -> list[st
     return list(dict.fromkeys(names))
 
 
-def match_queries(
+def match_values(
     ms: MappingSet, mapping: EntityMapping, record: Record, side: Side, lookups: Lookups
-) -> list[tuple[int, str]]:
-    """OData filters on the *other* side finding counterparts of `record`, by ascending match priority.
+) -> list[tuple[int, list[tuple[str, Any]]]]:
+    """Per match priority (ascending), the *other* side's fields and the values a counterpart of
+    `record` has there: what `match_queries` turns into filters, and what the coalesced path
+    (`shared.sync.coalesce`) compares rows of one combined query against.
 
     Fields of one priority are ANDed; empty values are left out (as the built-in connector does);
-    a priority whose values are all empty, or cannot be translated yet, yields no query.
+    a priority whose values are all empty, or cannot be translated yet, yields nothing.
     """
     target = other(side)
-    scope = scope_filter(mapping, target)
-    groups: dict[int, list[str]] = {}
+    groups: dict[int, list[tuple[str, Any]]] = {}
     skipped: set[int] = set()
     for f in mapping.fields:
         if f.match_priority is None or f.has_constant:
@@ -146,14 +147,20 @@ def match_queries(
         if value is None:
             continue
         literal_value: Any = uuid.UUID(value) if side_type(ms, f, target) == "guid" else value
-        groups.setdefault(f.match_priority, []).append(odata.eq(field_name(ms, f, target), literal_value))
-    queries = []
-    for priority in sorted(groups):
-        if priority in skipped:
-            continue
-        clauses = groups[priority] + ([scope] if scope else [])
-        queries.append((priority, odata.and_(*clauses)))
-    return queries
+        groups.setdefault(f.match_priority, []).append((field_name(ms, f, target), literal_value))
+    return [(priority, groups[priority]) for priority in sorted(groups) if priority not in skipped]
+
+
+def match_queries(
+    ms: MappingSet, mapping: EntityMapping, record: Record, side: Side, lookups: Lookups
+) -> list[tuple[int, str]]:
+    """OData filters on the *other* side finding counterparts of `record`, by ascending match priority
+    (the values of `match_values`, with the other side's scope)."""
+    scope = scope_filter(mapping, other(side))
+    return [
+        (priority, odata.and_(*[odata.eq(name, value) for name, value in pairs], *([scope] if scope else [])))
+        for priority, pairs in match_values(ms, mapping, record, side, lookups)
+    ]
 
 
 @dataclass(frozen=True)

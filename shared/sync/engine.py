@@ -1467,7 +1467,17 @@ class Engine:
     def _journal(
         self, mapping: EntityMapping, message: SyncMessage, result: SyncResult, requests: int
     ) -> None:
-        entry = JournalEntry(
+        entry = self.journal_entry(mapping, message, result, requests)
+        try:
+            self.journal.record(entry)
+        except Exception:
+            log.exception("could not write the journal entry for %s", entry)
+
+    def journal_entry(
+        self, mapping: EntityMapping, message: SyncMessage, result: SyncResult, requests: int
+    ) -> JournalEntry:
+        """The journal row of one record's sync (the coalesced path writes many in transactions)."""
+        return JournalEntry(
             mapping=mapping.name,
             outcome=str(result.outcome),
             bc_id=result.bc_id or by_side(message.side, message.id, None)[0],
@@ -1480,10 +1490,6 @@ class Engine:
             at=self.clock(),
             **audit(result, message.side),
         )
-        try:
-            self.journal.record(entry)
-        except Exception:
-            log.exception("could not write the journal entry for %s", entry)
 
     def requests_in_this_thread(self) -> int:
         """API requests sent by this thread (per-record costs stay exact with parallel workers)."""

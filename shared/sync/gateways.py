@@ -138,6 +138,14 @@ class BcGateway(Gateway, Protocol):
 
     def related_contacts(self, mapping: EntityMapping, bc_id: str, *, filter: str) -> list[Record]: ...
 
+    def create_many(
+        self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]], *, select: Sequence[str]
+    ) -> list[WriteResult]:
+        """Creates in bulk (JSON `$batch` of POSTs, 100 per request, not atomic): each succeeds or fails
+        alone. Never resent once sent (BC assigns ids): a lost answer raises `AmbiguousWriteError`,
+        and the caller's pending couplings tell what may have been created."""
+        ...
+
     def query_document_pages(
         self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
     ) -> Iterator[list[Record]]:
@@ -288,6 +296,17 @@ class BusinessCentralGateway:
         ]
         return [
             WriteResult(answer.body if answer.ok else None, answer.error)
+            for answer in self.client.batch(self.company_id, operations)
+        ]
+
+    def create_many(
+        self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]], *, select: Sequence[str]
+    ) -> list[WriteResult]:
+        # No ETag on a POST: the client marks the `$batch` not idempotent, so it is never resent.
+        entity_set = mapping.bc.entity_set
+        operations = [BatchOperation("POST", entity_set, None, dict(body), None) for body in bodies]
+        return [
+            WriteResult(dict(answer.body) if answer.ok and answer.body is not None else None, answer.error)
             for answer in self.client.batch(self.company_id, operations)
         ]
 

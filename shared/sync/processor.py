@@ -25,7 +25,7 @@ from shared.messages import (
     parse_json,
 )
 from shared.runtime import Runtime, get_runtime
-from shared.sync import bulk
+from shared.sync import bulk, coalesce
 from shared.sync.engine import Engine, RequeueError, SyncResult
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,12 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
     }  # fmt: skip
     # A child of the span that queued it: the webhook's or poll's trace (shared/telemetry.py).
     with telemetry.span("process message", attributes, parent=message.trace, kind="consumer") as span:
-        _process(rt, message, body, message_id, span)
+        _process(rt, message, body, message_id, span, dequeue_count)
 
 
-def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: Any) -> None:
+def _process(
+    rt: Any, message: AnyMessage, body: bytes, message_id: str, span: Any, dequeue_count: int = 1
+) -> None:
     problem = permanent_problem(rt, message)
     if problem is not None:
         # Retrying cannot fix it either: poison at once, where `bcsync poison` shows it and a replay
@@ -117,7 +119,9 @@ def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: A
         return
     rt, message = routed
     try:
-        result = dispatch(rt.engine, message)
+        result = _coalesced(rt, message, dequeue_count)
+        if result is None:
+            result = dispatch(rt.engine, message)
     except RequeueError as requeue:
         log.info("requeue %s in %.0f s: %s", message_id, requeue.delay, requeue)
         span.set("bcsync.outcome", "requeued")
@@ -138,6 +142,27 @@ def _process(rt: Any, message: AnyMessage, body: bytes, message_id: str, span: A
             "%s %s:%s -> %s %s", message.mapping, getattr(message, "side", ""), getattr(message, "id", ""),
             result.outcome, said,
         )  # fmt: skip
+
+
+# One per process: workers of this process hand a burst's messages to one batch (see `Coalescer`).
+_COALESCER = coalesce.Coalescer()
+
+
+def _coalesced(rt: Any, message: AnyMessage, dequeue_count: int) -> SyncResult | None:
+    """`message` handled with the same work waiting behind it in bulk (`shared.sync.coalesce`); None
+    when it goes alone (nothing waits, another kind, a retry). A Dataverse change with several
+    companies is routed one by one, so it goes alone."""
+    if not coalesce.coalescable(rt.mappings, message, dequeue_count):
+        return None
+    assert isinstance(message, SyncMessage)
+    if rt.multi_company and message.side == "dv":
+        return None
+    disposition = _COALESCER.handle(rt.engine, coalesce.StorageQueue(lambda: rt.storage.queue()), message)
+    if disposition is None or isinstance(disposition, coalesce.Done):
+        return disposition.result if disposition is not None else None
+    if isinstance(disposition, coalesce.Requeue):
+        raise RequeueError(disposition.message, disposition.delay, "requeued from a coalesced batch")
+    raise disposition.error
 
 
 def route(rt: Runtime, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None:

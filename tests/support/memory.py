@@ -22,9 +22,10 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError
 
 from shared.connectors.dataverse import ItemResult
-from shared.connectors.errors import ConcurrencyError, NotFoundError
+from shared.connectors.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.mapping.schema import EntityMapping, Side
 from shared.sync.gateways import Record, WriteResult
 from shared.timestamps import iso_ms
@@ -46,6 +47,8 @@ class _MemorySide:
         self.tables: dict[str, dict[str, Record]] = {}
         self.requests: Counter[str] = Counter()  # "GET customers", "PATCH accounts", ...
         self._etags = itertools.count(1)
+        # Ids someone else changes just before our next write of them: that write gets a 412.
+        self.race: set[str] = set()
 
     # ------------------------------------------------------------------ what subclasses define
     def table(self, mapping: EntityMapping) -> str:
@@ -166,6 +169,9 @@ class _MemorySide:
 
     def _checked(self, mapping: EntityMapping, current: Record) -> Record:
         record_id = str(current[self._pk(mapping)])
+        if record_id in self.race and record_id in self.rows(self.entity_set(mapping)):
+            self.race.discard(record_id)
+            self._touch(mapping, self.rows(self.entity_set(mapping))[record_id])
         url = f"{self.entity_set(mapping)}({record_id})"
         row = self.rows(self.entity_set(mapping)).get(record_id)
         if row is None:
@@ -186,6 +192,7 @@ class _MemorySide:
 
 class MemoryBc(_MemorySide):
     side: Side = "bc"
+    refuse: frozenset[str] = frozenset()  # displayNames `create_many` refuses (a validation error)
 
     def entity_set(self, mapping: EntityMapping) -> str:
         return mapping.bc.entity_set
@@ -203,9 +210,28 @@ class MemoryBc(_MemorySide):
         self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
     ) -> Record:
         assert record_id is None, "BC assigns ids"
+        if str(body.get("displayName")) in self.refuse:
+            self._count("POST", mapping)
+            raise ValidationError(f"{body.get('displayName')} is refused", status=400)
         # BC also gives a new record the next number of its number series when none is sent.
         numbered = {"number": f"C{len(self.rows(mapping.bc.entity_set)) + 10001:05d}", **body}
         return super().create(mapping, numbered, select=select, record_id=None)
+
+    def create_many(
+        self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]], *, select: Sequence[str]
+    ) -> list[WriteResult]:
+        """One JSON `$batch` per 100 creates; `refuse` names bodies (by displayName) BC refuses."""
+        for _ in range(0, len(bodies), 100):
+            self._count("$batch", mapping)
+        results = []
+        for body in bodies:
+            if str(body.get("displayName")) in self.refuse:
+                error = ValidationError(f"{body.get('displayName')} is refused", status=400)
+                results.append(WriteResult(None, error))
+                continue
+            numbered = {"number": f"C{len(self.rows(mapping.bc.entity_set)) + 10001:05d}", **body}
+            results.append(WriteResult(self._view(self._store(mapping, numbered, record_id=None), select)))
+        return results
 
     def modified_since(
         self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]
@@ -281,15 +307,19 @@ class MemoryDataverse(_MemorySide):
 
 
 def _matches(row: Record, filter_: str | None) -> bool:
+    """`field eq 'value'` clauses joined by `and`; a clause may be `(a eq 1) or (a eq 2)` (one field)."""
     if not filter_:
         return True
-    for clause in filter_.split(" and "):
-        field, op, value = clause.strip("() ").split(" ", 2)
-        assert op == "eq", f"the memory gateway only evaluates eq filters, not {clause!r}"
-        expected: Any = value.strip("'").replace("''", "'") if value.startswith("'") else value
-        if str(row.get(field)).casefold() != str(expected).casefold():
-            return False
-    return True
+    return all(
+        any(_clause_matches(row, part) for part in clause.split(" or ")) for clause in filter_.split(" and ")
+    )
+
+
+def _clause_matches(row: Record, clause: str) -> bool:
+    field, op, value = clause.strip("() ").split(" ", 2)
+    assert op == "eq", f"the memory gateway only evaluates eq filters, not {clause!r}"
+    expected: Any = value.strip("'").replace("''", "'") if value.startswith("'") else value
+    return str(row.get(field)).casefold() == str(expected).casefold()
 
 
 # ---------------------------------------------------------------------------------- storage
@@ -337,9 +367,21 @@ class MemoryTable:
         self._check(key, etag, match_condition)
         del self.rows[key]
 
-    def submit_transaction(self, operations: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, str]]:
-        assert all(kind == "upsert" for kind, _ in operations), "only upsert transactions are modelled"
-        return [self.upsert_entity(entity) for _, entity in operations]
+    def submit_transaction(self, operations: Sequence[tuple[Any, ...]]) -> list[dict[str, str]]:
+        """All or nothing, as a Table Storage entity group transaction: a create of a row that exists
+        (or an update of a changed one) fails the whole transaction with `TableTransactionError`."""
+        for kind, entity, *options in operations:
+            key = (entity["PartitionKey"], entity["RowKey"])
+            assert kind in ("upsert", "create", "update"), f"{kind} transactions are not modelled"
+            try:
+                if kind == "create" and key in self.rows:
+                    raise ResourceExistsError("exists")
+                if kind == "update":
+                    extra = options[0] if options else {}
+                    self._check(key, extra.get("etag"), extra.get("match_condition"))
+            except (ResourceExistsError, ResourceNotFoundError, ResourceModifiedError) as exc:
+                raise TableTransactionError(str(exc)) from exc
+        return [self._put((e["PartitionKey"], e["RowKey"]), e) for _, e, *_ in operations]
 
     def _check(self, key: tuple[str, str], etag: str | None, condition: Any) -> None:
         if key not in self.rows:

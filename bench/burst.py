@@ -1,0 +1,274 @@
+"""Bursts (issue 20): many records changed at once in Sales, and a sustained rate on each side.
+
+Three processes, as in production: the service (dev host + function app) here, both sandboxes in
+a child process (`bench.service.sandboxes`, the real service-protection limits), Azurite in its own.
+
+- Burst (default): N accounts created in Sales by one user with `CreateMultiple` (1,000 per request),
+  so Dataverse sends N webhooks to the dev host. Prints the time until all N are in BC and coupled,
+  the service's API requests per side, 429 answers, and the service process's peak RSS.
+- Sustained (`--rate R --seconds S`): N customers coupled first (a full resync), then changes at R
+  per second for S seconds, made by people on each side in turn (`--side dv|bc|both`): in Sales as
+  `UpdateMultiple` of R/10 accounts every 100 ms, in BC as single PATCHes spread over several BC
+  users (one user alone may send 6,000 requests per 5 minutes). Prints p50/p95/p99 from the change to
+  the journal entry of its write on the other side (for BC it includes BC's 50 ms notification
+  window), API requests per change, 429s, and changes lost (a final value missing on the other side).
+
+    python -m bench.burst [--accounts 10000] [--quick]
+    python -m bench.burst --rate 100 --seconds 300 [--side both] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import os
+import resource
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from bench.latency import percentile
+from bench.service import sandboxes, service_settings
+from devstack.azurite import start_azurite
+from devstack.serve import free_port
+from devstack.stack import start_dev_host
+
+NEVER = "0 0 0 1 1 *"
+SENDERS = [f"bench-sender-{n}" for n in range(8)]  # BC users making the BC-side changes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--accounts", type=int, default=10_000, help="burst: accounts created in Sales")
+    parser.add_argument("--rate", type=float, default=0.0, help="sustained: changes per second")
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--side", choices=("dv", "bc", "both"), default="both")
+    parser.add_argument("--customers", type=int, default=2000, help="sustained: coupled pairs changed")
+    parser.add_argument("--quick", action="store_true", help="a small run: 1,000 accounts, or 30 s")
+    args = parser.parse_args()
+    if args.quick:
+        args.accounts, args.seconds = min(args.accounts, 1000), min(args.seconds, 30.0)
+    logging.basicConfig(level=logging.ERROR)
+    sustained = args.rate > 0
+    with contextlib.ExitStack() as running:
+        azurite = start_azurite()
+        running.callback(azurite.stop)
+        flags = ["--coalesce", "0.05", "--bc-users", ",".join(SENDERS)]
+        if sustained:
+            flags += ["--customers", str(args.customers)]
+        ports = running.enter_context(sandboxes(*flags))
+        host_port = free_port()
+        os.environ.update(service_settings(
+            azurite.connection_string, ports, SERVICE_PUBLIC_URL=f"http://127.0.0.1:{host_port}",
+            SYNC_QUEUE_NAME="sync-requests", DELTA_POLL_SCHEDULE=NEVER, FULL_RESYNC_SCHEDULE=NEVER,
+            SUBSCRIPTION_UPKEEP_SCHEDULE=NEVER, STATISTICS_SCHEDULE=NEVER,
+        ))  # fmt: skip
+        from shared.feeds.registration import ensure_bc_subscriptions, ensure_dataverse_webhooks
+        from shared.runtime import get_runtime
+        from shared.sync import bulk
+
+        rt = get_runtime()
+        rt.storage.ensure()
+        host, server = start_dev_host(
+            host_port, host_json_overrides={"extensions": {"queues": {"maxPollingInterval": "00:00:00.1"}}}
+        )
+        running.callback(host.stop)
+        running.callback(server.stop)
+        ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
+        ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings)
+        bulk.run_full_resync(rt.engine, "CURRENCY")
+        if sustained:
+            bulk.run_full_resync(rt.engine, "CUSTOMER")
+        _settle(rt)
+        print(f"machine: {os.cpu_count()} cores, load average {_load()} at the start")
+        if sustained:
+            return _sustained(rt, ports, args)
+        return _burst(rt, ports, args.accounts)
+
+
+# ------------------------------------------------------------------------------------- burst
+def _burst(rt: Any, ports: Any, count: int) -> int:
+    sales = httpx.Client(
+        base_url=f"http://127.0.0.1:{ports.dv}/api/data/v9.2/",
+        headers={"Authorization": "Bearer sales-user"}, timeout=120,
+    )  # fmt: skip
+    _reset(rt)
+    rss_before = _peak_rss_mb()
+    tag = uuid.uuid4().hex[:6].upper()
+    started = time.monotonic()
+    for start in range(0, count, 1000):
+        targets = [
+            {"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"Burst {tag} {n:05d}",
+             "customertypecode": 3, "telephone1": f"555-{n:05d}"}
+            for n in range(start, min(count, start + 1000))
+        ]  # fmt: skip
+        sales.post(
+            "accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": targets}
+        ).raise_for_status()
+    created = time.monotonic() - started
+    deadline = time.monotonic() + max(600.0, count / 5)
+    coupled = 0
+    while time.monotonic() < deadline:
+        coupled = sum(1 for c in rt.couplings.each("CUSTOMER") if c.state == "coupled" and c.bc_id)
+        if coupled >= count:
+            break
+        time.sleep(2)
+    elapsed = time.monotonic() - started
+    _settle(rt)
+    in_bc = list(
+        rt.engine.bc.query_set("customers", select=["id"], filter=f"startswith(displayName,'Burst {tag}')")
+    )
+    print(f"burst: {count:,} accounts created in Sales with CreateMultiple in {created:.1f} s")
+    print(f"  all in BC and coupled: {coupled:,} of {count:,} after {elapsed:.1f} s "
+          f"(load average {_load()}); "
+          f"{len(in_bc):,} BC customers (duplicates: {max(0, len(in_bc) - count)})")  # fmt: skip
+    _print_requests(rt, count, "account")
+    print(f"  peak RSS of the service process: {_peak_rss_mb():.0f} MB (before: {rss_before:.0f} MB)")
+    return 0 if coupled >= count and len(in_bc) == count else 1
+
+
+# --------------------------------------------------------------------------------- sustained
+def _sustained(rt: Any, ports: Any, args: argparse.Namespace) -> int:
+    from devstack.bc import DEFAULT_COMPANY_ID
+    from devstack.stack import BC_ENVIRONMENT, BC_TENANT
+
+    pairs = [(c.bc_id, c.dv_id) for c in rt.couplings.each("CUSTOMER") if c.state == "coupled" and c.bc_id]
+    bc_company = f"http://127.0.0.1:{ports.bc}/v2.0/{BC_TENANT}/{BC_ENVIRONMENT}/api/v2.0/companies({DEFAULT_COMPANY_ID})"
+    bc_people = [httpx.Client(headers={"Authorization": f"Bearer {u}"}, timeout=30) for u in SENDERS]
+    sales = httpx.Client(
+        base_url=f"http://127.0.0.1:{ports.dv}/api/data/v9.2/",
+        headers={"Authorization": "Bearer sales-user"}, timeout=30,
+    )  # fmt: skip
+    sides = ["dv", "bc"] if args.side == "both" else [args.side]
+    _reset(rt)
+    total = int(args.rate * args.seconds)
+    changes: list[tuple[str, str, str, dt.datetime]] = []  # side, BC id, Dataverse id, when
+    last_value: dict[tuple[str, str], str] = {}  # (side, record id) -> the last value set there
+    per_tick = max(1, round(args.rate / 10))
+    began = time.perf_counter()
+    n = 0
+    tick = 0
+    while n < total:
+        time.sleep(max(0.0, began + tick * 0.1 - time.perf_counter()))
+        side = sides[tick % len(sides)]
+        batch = []
+        for _ in range(min(per_tick, total - n)):
+            bc_id, dv_id = pairs[n % len(pairs)]
+            batch.append((bc_id, dv_id, f"+1 555 {n:07d}"))
+            n += 1
+        when = dt.datetime.now(dt.UTC)
+        if side == "dv":
+            targets = [{"@odata.type": "Microsoft.Dynamics.CRM.account", "accountid": dv, "telephone1": v}
+                       for _, dv, v in batch]  # fmt: skip
+            sales.post(
+                "accounts/Microsoft.Dynamics.CRM.UpdateMultiple", json={"Targets": targets}
+            ).raise_for_status()
+        else:
+            for i, (bc, _, v) in enumerate(batch):
+                bc_people[(tick + i) % len(bc_people)].patch(
+                    f"{bc_company}/customers({bc})", json={"phoneNumber": v}, headers={"If-Match": "*"}
+                ).raise_for_status()
+        for bc, dv, v in batch:
+            changes.append((side, bc, dv, when))
+            last_value[(side, bc if side == "bc" else dv)] = v
+        tick += 1
+    lag = time.perf_counter() - began - args.seconds
+    _settle(rt, timeout=300)
+    latencies, lost = _latencies_and_lost(rt, changes, pairs, began)
+    print(f"sustained: {args.rate:g} changes/s for {args.seconds:g} s on {'+'.join(sides)} "
+          f"(sender lagged {lag:.1f} s; load average {_load()})")  # fmt: skip
+    ms = {p: percentile(latencies, p) * 1000 for p in (50, 95, 99)} if latencies else {}
+    print("  change -> written on the other side: "
+          + (", ".join(f"p{p} {v:.0f} ms" for p, v in ms.items()) if ms else "no samples")
+          + f" ({len(latencies)} of {total} changes seen written)")  # fmt: skip
+    _print_requests(rt, total, "change")
+    print(f"  lost: {lost} (records whose last value is not on the other side)")
+    return 0 if lost == 0 else 1
+
+
+def _latencies_and_lost(
+    rt: Any, changes: list[tuple[str, str, str, dt.datetime]], pairs: list[tuple[str, str]], began: float
+) -> tuple[list[float], int]:
+    """Per change, the first journal entry of a write from its side after it (a change overtaken by
+    a later one of the same record before it was read is written with it: that write counts for both).
+    Lost: pairs whose two phone numbers differ at the end."""
+    start = changes[0][3] - dt.timedelta(seconds=5) if changes else dt.datetime.now(dt.UTC)
+    written: dict[tuple[str, str], list[dt.datetime]] = {}
+    for e in rt.journal.between(start, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1), "CUSTOMER"):
+        if e.outcome in ("modified", "conflict") and e.source in ("bc", "dv"):
+            key = (e.source, e.bc_id if e.source == "bc" else e.dv_id)
+            written.setdefault(key, []).append(e.at)
+    for times in written.values():
+        times.sort()
+    out: list[float] = []
+    for side, bc, dv, when in changes:
+        times = written.get((side, bc if side == "bc" else dv), [])
+        after = next((t for t in times if t >= when), None)
+        if after is not None:
+            out.append((after - when).total_seconds())
+    lost = 0
+    by_bc = {bc: dv for bc, dv in pairs}
+    touched = {bc for _, bc, _, _ in changes}
+    select = ["id", "phoneNumber"]
+    bc_values = {
+        str(r["id"]): r.get("phoneNumber") for r in rt.engine.bc.query_set("customers", select=select)
+    }
+    customer = rt.mappings.entity("CUSTOMER")
+    dv_values = {
+        str(r["accountid"]): r.get("telephone1")
+        for page in rt.engine.dv.query_pages(customer, select=["accountid", "telephone1"], filter=None)
+        for r in page
+    }
+    for bc in touched:
+        if bc_values.get(bc) != dv_values.get(by_bc[bc]):
+            lost += 1
+    return out, lost
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _print_requests(rt: Any, changes: int, unit: str) -> None:
+    bc, dv = rt.bc.stats, rt.dataverse.stats
+    total = bc.total + dv.total
+    throttled = bc.throttled + dv.throttled
+    print(f"  API requests: BC {bc.total}, Dataverse {dv.total} ({total / max(1, changes):.3f} per {unit})")
+    print(f"    BC: {dict(bc.requests)}")
+    print(f"    Dataverse: {dict(dv.requests)}")
+    print(f"  429 answers: BC {bc.throttled}, Dataverse {dv.throttled} "
+          f"({100 * throttled / max(1, total):.2f}% of requests)")  # fmt: skip
+
+
+def _reset(rt: Any) -> None:
+    rt.bc.stats.reset()
+    rt.dataverse.stats.reset()
+
+
+def _settle(rt: Any, timeout: float = 60.0) -> None:
+    """Until the queue stays empty for 2 s (the initial sync's echoes, the burst's tail)."""
+    queue = rt.storage.queue()
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if int(queue.get_queue_properties().approximate_message_count or 0) == 0:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 2:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.5)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())
