@@ -187,6 +187,8 @@ class Store:
     def _put(self, data: TableData, record_id: str, row: dict[str, Any] | None) -> None:
         if row is not None:
             self._check_keys(data, record_id, row)
+            if data.table.logical_name == "productpricelevel":
+                self._check_price_list_item(data, record_id, row)
             validator = self.validators.get(data.table.logical_name)
             if validator is not None:
                 validator(row)
@@ -198,6 +200,41 @@ class Store:
         if data.table.change_tracking:
             data.log_versions.append(self._version)
             data.log_ids.append(record_id)
+
+    def _check_price_list_item(self, data: TableData, record_id: str, row: dict[str, Any]) -> None:
+        """A price list item (`productpricelevel`) needs its price list, product and unit; a product and
+        unit have one price per price list (Dataverse's DuplicateProductPriceLevel); its currency is its
+        price list's and its unit group the product's (both set by Dataverse, not by the caller)."""
+        for column, what in (("_pricelevelid_value", "price level"), ("_productid_value", "product"),
+                             ("_uomid_value", "unit")):  # fmt: skip
+            if not row.get(column):
+                raise errors.bad_request(f"The {what} id is missing.", "0x80040203")
+        same = (row["_pricelevelid_value"], row["_productid_value"], row["_uomid_value"])
+        for other_id, other in data.rows.items():
+            if (
+                other_id != record_id
+                and (
+                    other.get("_pricelevelid_value"),
+                    other.get("_productid_value"),
+                    other.get("_uomid_value"),
+                )
+                == same
+            ):
+                raise errors.DataverseError(
+                    400, "This product and unit combination has a price for this price list.", ""
+                )
+        price_list = self.tables["pricelevels"].rows.get(row["_pricelevelid_value"]) or {}
+        product = self.tables["products"].rows.get(row["_productid_value"]) or {}
+        for column, value, target in (
+            (
+                "_transactioncurrencyid_value",
+                price_list.get("_transactioncurrencyid_value"),
+                "transactioncurrency",
+            ),
+            ("_uomscheduleid_value", product.get("_defaultuomscheduleid_value"), "uomschedule"),
+        ):
+            row[column] = value
+            row[column + LOOKUP_TYPE] = target if value else None
 
     def _put_raw(self, data: TableData, record_id: str, row: dict[str, Any] | None) -> None:
         old = data.rows.get(record_id)

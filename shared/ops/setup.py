@@ -46,6 +46,7 @@ from shared.feeds.registration import (
 from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
+from shared.mapping.values import PRICE_LIST_ENTITY_SET
 from shared.odata import eq
 from shared.ops.companies import bring_in_companies
 from shared.runtime import Runtime, bc_client, dataverse_client
@@ -247,7 +248,9 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
                 "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
             )  # fmt: skip
         if ok:
-            _check_local_currency(dv, mappings, s, report)
+            local = _check_local_currency(dv, mappings, s, report)
+            if mappings.settings.price_list is not None:
+                ok &= ensure_price_list(dv, mappings, s, local, report)
         return ok
     finally:
         dv.close()
@@ -255,14 +258,14 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
 
 def _check_local_currency(
     dv: DataverseClient, mappings: MappingSet, s: Settings, report: SetupReport
-) -> None:
+) -> str | None:
     """BC's local currency is the blank currency code (General Ledger Setup's LCY Code); BC's own
     connector makes it correspond to the Dataverse currency with the LCY code's ISO code, adding that
     currency to Dataverse when the organization's base currency differs. Show the correspondence, or
     say exactly what to change when it cannot be made."""
     currency = next((m for m in mappings.entities() if m.bc_blank_means_local_currency), None)
     if currency is None:
-        return
+        return None
     name, code = "local currency", mappings.settings.bc_local_currency_code
     if not code:
         report.checks.append(
@@ -275,7 +278,7 @@ def _check_local_currency(
                 "General Ledger Setup (e.g. USD)",
             )
         )
-        return
+        return None
     iso = next((f.dv for f in currency.fields if f.bc == currency.bc.key and f.dv), "isocurrencycode")
     pk = currency.dataverse.primary_key
     try:
@@ -294,7 +297,7 @@ def _check_local_currency(
             exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read currencies"
         )
         report.checks.append(Check(name, False, detail, fix))
-        return
+        return None
     base_code = str(base[0].get(iso)) if base else "?"
     if not found:
         report.checks.append(
@@ -311,7 +314,7 @@ def _check_local_currency(
                 f"{s.mappings_file}",
             )
         )
-        return
+        return None
     row = found[0]
     is_base = str(row[pk]).lower() == base_id
     where = (
@@ -328,6 +331,52 @@ def _check_local_currency(
             f"{row.get('currencyname') or ''} ({row[pk]}), {where}",
         )
     )
+    return str(row[pk]).lower()
+
+
+def ensure_price_list(
+    dv: DataverseClient, mappings: MappingSet, s: Settings, currency_id: str | None, report: SetupReport
+) -> bool:
+    """The Sales price list BC's item prices go to (settings.price_list): created once, in the local
+    currency, with the id every sync binds to (derived from its name), as BC's connector creates its
+    default price list when it first needs it."""
+    price_list = mappings.settings.price_list
+    assert price_list is not None
+    name = f"price list {price_list.name!r}"
+    try:
+        found = dv.get(PRICE_LIST_ENTITY_SET, price_list.id, select=["pricelevelid", "name"])
+        if found is not None:
+            report.existing.append(f"{name} ({price_list.id})")
+            return True
+        if currency_id is None:
+            report.checks.append(
+                Check(
+                    name,
+                    False,
+                    "the price list of BC's item prices is created in BC's local currency, which Dataverse "
+                    "does not have yet (see the local currency check)",
+                    "fix the local currency, then run set-up again",
+                )
+            )
+            return False
+        dv.create(
+            PRICE_LIST_ENTITY_SET,
+            {
+                "name": price_list.name,
+                "description": "Item unit prices from Business Central (kept by bc-dataverse-sync).",
+                "transactioncurrencyid@odata.bind": f"/transactioncurrencies({currency_id})",
+            },
+            record_id=price_list.id,
+            select=["pricelevelid"],
+        )
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"create the {name}"
+        )
+        report.checks.append(Check(name, False, detail, fix))
+        return False
+    report.created.append(f"{name} ({price_list.id})")
+    return True
 
 
 def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "CONTACT",
         "ITEM-PRODUCT",
         "UNIT",
+        "ITEM PRICE",
         "SALES ORDER",
         "POSTED INVOICE",
         "SALES QUOTE",
@@ -109,3 +110,19 @@ def test_item_product_inventory_never_negative() -> None:
     assert (inv.dv, inv.direction, inv.minimum) == ("quantityonhand", "to_dataverse", 0)
     assert i.field("baseUnitOfMeasureCode").lookup == "UNIT OF MEASURE"
     assert MS.entity("UNIT OF MEASURE").dataverse.table == "uomschedule"
+
+
+def test_item_prices_go_one_way_to_the_price_list_in_the_items_base_unit() -> None:
+    m = MS.entity("ITEM PRICE")
+    assert (m.bc.entity_set, m.dataverse.entity_set, m.direction) == (
+        "items",
+        "productpricelevels",
+        "to_dataverse",
+    )
+    assert m.bc.filter == MS.entity("ITEM-PRODUCT").bc.filter  # the same items as their products
+    assert MS.settings.price_list is not None and MS.settings.price_list.name == "Business Central"
+    assert m.field("pricelist").price_list
+    assert (m.field("product").bc, m.field("product").lookup) == ("number", "ITEM-PRODUCT")
+    assert (m.field("unit").bc, m.field("unit").lookup) == ("baseUnitOfMeasureCode", "UNIT")
+    assert (m.field("unitPrice").dv, m.field("unitPrice").decimals) == ("amount", 2)
+    assert MS.dependencies("ITEM PRICE")[:2] == ["ITEM-PRODUCT", "UNIT"]
