@@ -176,6 +176,13 @@ class WebApi:
             # Absolute, as every @odata.context the service sends.
             body["@odata.context"] = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"
             return ApiResponse.json(200, body)
+        if action in ("WinOpportunity", "LoseOpportunity"):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            self.store.close_opportunity(
+                _json_body(request), won=action == "WinOpportunity", caller=request.caller
+            )
+            return ApiResponse(204, {"OData-Version": "4.0"})
         if path in ("BulkDelete", "Microsoft.Dynamics.CRM.BulkDelete"):
             if request.method != "POST":
                 raise _method_not_allowed(request.method, path)

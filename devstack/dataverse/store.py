@@ -24,6 +24,7 @@ from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.schema import (
     DOCUMENT_DETAILS,
     DOCUMENT_TABLES,
+    OPPORTUNITY_STATUS_STATE,
     TABLES_BY_LOGICAL_NAME,
     Column,
     Kind,
@@ -419,10 +420,61 @@ class Store:
             values.pop(table.primary_key, None)
             return self._apply_update(data, old, values, caller)
 
+    def close_opportunity(self, body: Mapping[str, Any], *, won: bool, caller: Caller) -> dict[str, Any]:
+        """`WinOpportunity` / `LoseOpportunity` (unbound actions: `Status` and an `OpportunityClose`
+        naming the opportunity): the only way to close an open opportunity; Won takes the estimated
+        value as the actual value. The close activity itself is not kept (no `opportunityclose` table)."""
+        action = "WinOpportunity" if won else "LoseOpportunity"
+        close = body.get("OpportunityClose")
+        status = body.get("Status")
+        reference = close.get("opportunityid@odata.bind") if isinstance(close, Mapping) else None
+        if not isinstance(reference, str) or not isinstance(status, int) or isinstance(status, bool):
+            raise errors.bad_request(
+                f'{action} needs "Status" (an integer) and "OpportunityClose" with '
+                '"opportunityid@odata.bind": "/opportunities(<id>)".'
+            )
+        table = self.table("opportunities").table
+        match = _REFERENCE_RE.match(reference.strip())
+        if not match or match.group(1) != "opportunities":
+            raise errors.bad_request(f"'{reference}' is not a valid reference to an opportunity.")
+        state = 1 if won else 2
+        allowed = {s for s, st in OPPORTUNITY_STATUS_STATE.items() if st == state}
+        if status not in allowed:
+            raise errors.bad_request(
+                f"{status} is not a valid status code for state code OpportunityState."
+                f"{'Won' if won else 'Lost'} on opportunity.",
+                "0x80040203",
+            )
+        with self.transaction():
+            record_id = self.resolve_key("opportunities", parse_key(match.group(2), table))
+            if record_id is None:
+                raise errors.not_found("opportunity", match.group(2))
+            old = self.tables["opportunities"].rows[record_id]
+            if old.get("statecode") != 0:
+                raise errors.bad_request("The opportunity is already closed.", "0x80040203")
+            values: dict[str, Any] = {"statecode": state, "statuscode": status,
+                                      "actualclosedate": utc_iso(self.clock())[:10]}  # fmt: skip
+            if won:
+                values["actualvalue"] = old.get("estimatedvalue")
+            return self._apply_update(self.tables["opportunities"], old, values, caller, closing=True)
+
     def _apply_update(
-        self, data: TableData, old: dict[str, Any], values: dict[str, Any], caller: Caller
+        self,
+        data: TableData,
+        old: dict[str, Any],
+        values: dict[str, Any],
+        caller: Caller,
+        *,
+        closing: bool = False,
     ) -> dict[str, Any]:
         table = data.table
+        if table.logical_name == "opportunity" and not closing and values.get("statecode") in (1, 2):
+            # Dataverse closes an opportunity only through its actions, never through Update.
+            raise errors.bad_request(
+                "An opportunity is closed with the WinOpportunity or LoseOpportunity action, not by "
+                "setting statecode.",
+                "0x80040203",
+            )
         row = dict(old)
         row.update(values)
         self._derive(table, row, values)
