@@ -73,6 +73,9 @@ class TableInfo:
     entity_set: str
     logical_name: str
     primary_key: str
+    # Whether the table offers CreateMultiple / UpdateMultiple / UpsertMultiple (its table reference's
+    # messages); without them bulk writes go as one `$batch` of single requests per chunk.
+    multiple: bool = True
 
     @property
     def type_name(self) -> str:
@@ -91,7 +94,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("uomschedules", "uomschedule", "uomscheduleid"),
         TableInfo("uoms", "uom", "uomid"),
         TableInfo("pricelevels", "pricelevel", "pricelevelid"),
-        TableInfo("productpricelevels", "productpricelevel", "productpricelevelid"),
+        TableInfo("productpricelevels", "productpricelevel", "productpricelevelid", multiple=False),
         TableInfo("salesorders", "salesorder", "salesorderid"),
         TableInfo("salesorderdetails", "salesorderdetail", "salesorderdetailid"),
         TableInfo("invoices", "invoice", "invoiceid"),
@@ -563,6 +566,9 @@ class DataverseClient:
             chunk = [
                 {"@odata.type": info.type_name, **r} for r in records[start : start + self.bulk_chunk_size]
             ]
+            if not info.multiple:
+                results.extend(self._one_by_one(action, info, chunk))
+                continue
             try:
                 ids = self._bulk_chunk(action, info, chunk)
             except AuthenticationError:

@@ -67,8 +67,14 @@ def test_a_price_change_in_bc_reaches_the_sales_price_list(e2e: E2EStack) -> Non
     # matches, so the price list item is read again and BC's value written).
     e2e.dv_update("productpricelevels", str(coupling.dv_id), {"amount": 99})
     e2e.settle()
+    before = e2e.service_requests()
     e2e.bc_update("items", item["id"], {"unitPrice": 14})
     wait_for(lambda: (_price_item(e2e, product_id) or {}).get("amount") == 14, "BC's price over the edit")
+    e2e.settle()
+    spent = diff(e2e.service_requests(), before)
+    print(f"item price change over a Sales edit: {spent}")
+    assert spent.get("DV PATCH productpricelevels") == 2, spent  # refused (412), then written
+    assert spent.get("DV GET productpricelevels") == 1, spent  # the read after the refusal
     assert not e2e.failures()
 
 
@@ -97,3 +103,34 @@ def test_a_duplicate_price_for_a_product_and_unit_is_refused_as_dataverse_refuse
     )
     missing = e2e.dv_http.post("productpricelevels", json={k: v for k, v in body.items() if "uomid" not in k})
     assert missing.status_code == 400 and "unit id is missing" in missing.json()["error"]["message"]
+
+
+def test_an_initial_sync_puts_every_item_price_in_the_price_list_in_batches(e2e: E2EStack) -> None:
+    """A full resync of ITEM PRICE: Dataverse has no UpsertMultiple for price list items, so they go
+    as one `$batch` per 1,000."""
+    from shared.sync import bulk
+
+    tag = uuid.uuid4().hex[:4].upper()
+    count = 30
+    e2e.bc.seed(
+        "items",
+        [
+            {"number": f"P{tag}{n:03d}", "displayName": f"Priced {n}", "baseUnitOfMeasureCode": "PCS",
+             "unitPrice": n + 1}
+            for n in range(count)
+        ],
+    )  # fmt: skip
+    bulk.run_full_resync(e2e.engine, "ITEM-PRODUCT")
+    e2e.settle()
+    before = e2e.service_requests()
+    run = bulk.run_full_resync(e2e.engine, PRICE)
+    e2e.settle()
+    spent = diff(e2e.service_requests(), before)
+    print(f"ITEM PRICE full resync of {count} new prices: {spent} {run.counts}")
+    assert spent.get("DV POST $batch", 0) >= 1, spent
+    assert not [k for k in spent if "Multiple" in k], spent
+    for n in (0, count - 1):
+        item = e2e.bc_find("items", f"number eq 'P{tag}{n:03d}'")[0]
+        coupling = e2e.coupling(PRICE, "bc", item["id"])
+        assert coupling is not None and coupling.dv_id, run.counts
+        assert (e2e.dv_get("productpricelevels", str(coupling.dv_id)) or {})["amount"] == n + 1

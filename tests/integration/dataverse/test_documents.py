@@ -105,3 +105,35 @@ def test_an_opportunity_is_won_or_lost_only_through_its_actions(
     assert lost.status_code == 204, lost.text
     read = client.get("opportunities", other["opportunityid"], ["statecode", "statuscode"])
     assert read is not None and (read["statecode"], read["statuscode"]) == (2, 5)  # Lost, Out-Sold
+
+
+def test_price_list_items_have_no_multiple_messages_so_the_client_batches_them(
+    client: DataverseClient, sandbox: DataverseSandbox, http: httpx.Client
+) -> None:
+    from devstack.dataverse import config
+
+    [product] = sandbox.seed("products", [{"name": "Desk", "productnumber": "D-1"}])
+    item = {
+        "productpricelevelid": "5b0c1a9e-0000-4000-8000-000000000001",
+        "pricelevelid@odata.bind": f"/pricelevels({config.DEFAULT_PRICE_LEVEL_ID})",
+        "productid@odata.bind": f"/products({product})",
+        "uomid@odata.bind": f"/uoms({config.PRIMARY_UNIT_ID})",
+        "amount": 120,
+    }
+    refused = http.post(
+        "productpricelevels/Microsoft.Dynamics.CRM.UpsertMultiple",
+        json={"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.productpricelevel", **item}]},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "The 'UpsertMultiple' method does not support entities of type 'productpricelevel'."
+    )
+    before = dict(client.stats.requests)
+    [result] = client.upsert_multiple("productpricelevels", [item])
+    assert result.ok, result.error
+    spent = {k: v - before.get(k, 0) for k, v in client.stats.requests.items() if v != before.get(k, 0)}
+    assert spent == {"POST $batch": 1}, spent
+    read = client.get(
+        "productpricelevels", item["productpricelevelid"], ["amount", "_transactioncurrencyid_value"]
+    )
+    assert read is not None and read["amount"] == 120
