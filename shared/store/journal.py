@@ -27,6 +27,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.odata import and_, eq, ge, le, lt, or_
+from shared.timestamps import now_iso
 
 _MAX_TICKS = 10**19
 # Bulk `Results` are ASCII (outcomes, GUIDs, field keys): 2 bytes a character in UTF-16, so this keeps
@@ -170,6 +171,10 @@ class RunSummary:
     api_requests: int = 0
     message: str = ""
     sample: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first records it would touch
+    attempts: int = 1  # deliveries of the request that started this run
+    # Why the last interrupted attempt stopped: kept when the queue's redelivery runs it again, so a
+    # run that finally succeeds still says it needed more than one attempt, and why.
+    interrupted_by: str = ""
 
     @property
     def in_progress(self) -> bool:
@@ -279,6 +284,18 @@ class Journal:
             hour -= dt.timedelta(hours=1)
 
     # ----------------------------------------------------------------------------------- runs
+    def start_run(self, mapping: str, kind: str, run_id: str | None, *, dry_run: bool = False) -> RunSummary:
+        """A run starting now, saved as running. The same `run_id` after an interrupted attempt (the
+        queue delivering the request again) is the next attempt of that run, not a new one."""
+        run = RunSummary(run_id or uuid.uuid4().hex, mapping, kind, started=now_iso(), dry_run=dry_run)
+        earlier = self.get_run(mapping, run.run_id) if run_id else None
+        if earlier is not None and earlier.status == "interrupted":
+            run.started = earlier.started
+            run.attempts = earlier.attempts + 1
+            run.interrupted_by = earlier.message
+        self.save_run(run)
+        return run
+
     def save_run(self, run: RunSummary) -> None:
         row = asdict(run)
         row["counts"] = json.dumps(run.counts)

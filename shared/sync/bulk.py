@@ -135,8 +135,7 @@ def run_full_resync(
     m = engine.ms.entity(mapping_name)
     if m.lines is not None:
         return run_document_resync(engine, m, dry_run=dry_run, run_id=run_id)
-    run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
-    engine.journal.save_run(run)
+    run = engine.journal.start_run(m.name, "full_resync", run_id, dry_run=dry_run)
     requests_before = engine.requests_in_this_thread()
     started = time.monotonic()
     counts: Counter[str] = Counter()
@@ -178,6 +177,8 @@ def run_full_resync(
         run.finished = now_iso()
         run.api_requests = engine.requests_in_this_thread() - requests_before
         run.message = run.message or f"{run.done} pairs in {time.monotonic() - started:.1f} s"
+        if run.attempts > 1 and run.status == "succeeded":
+            run.message += f" (attempt {run.attempts})"
         engine.journal.save_run(run)
     return run
 

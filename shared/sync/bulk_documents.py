@@ -54,8 +54,7 @@ def run_document_resync(
     engine: Engine, m: EntityMapping, *, dry_run: bool = False, run_id: str | None = None
 ) -> RunSummary:
     """Converge a document mapping (see the module docstring)."""
-    run = RunSummary(run_id or uuid.uuid4().hex, m.name, "full_resync", started=now_iso(), dry_run=dry_run)
-    engine.journal.save_run(run)
+    run = engine.journal.start_run(m.name, "full_resync", run_id, dry_run=dry_run)
     requests_before = engine.requests_in_this_thread()
     started = time.monotonic()
     counts: Counter[str] = Counter()
@@ -102,6 +101,8 @@ def run_document_resync(
         run.message = (
             run.message or f"{run.done} documents in {time.monotonic() - started:.1f} s{listed}{more}"
         )
+        if run.attempts > 1 and run.status == "succeeded":
+            run.message += f" (attempt {run.attempts})"
         engine.journal.save_run(run)
     return run
 

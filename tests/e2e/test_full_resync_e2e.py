@@ -68,19 +68,16 @@ def test_an_interrupted_resync_says_so_and_the_queue_finishes_it(e2e: E2EStack) 
         {"action": "status", "status": 401, "method": "POST", "path_contains": "UpsertMultiple", "times": 1}
     )
     run_id = bulk.request_full_resync(e2e.rt.storage, CUSTOMER)
-    seen: list[RunSummary] = []
 
     def finished() -> RunSummary | None:
         run = e2e.rt.journal.get_run(CUSTOMER, run_id)
-        if run is not None:
-            seen.append(run)
         return run if run is not None and not run.in_progress else None
 
-    run = wait_for(finished, "the interrupted resync to finish", timeout=180, interval=0.1)
+    run = wait_for(finished, "the interrupted resync to finish", timeout=300, interval=0.1)
     assert not e2e.dv.injector.rules(), "the fault was never hit: the test proves nothing"
-    interrupted = next((r for r in seen if r.status == "interrupted"), None)
-    assert interrupted is not None, [r.status for r in seen]
-    assert "AuthenticationError" in interrupted.message and "poison" in interrupted.message
+    # The interrupted state may last less than a poll of the journal; the finished run keeps it.
     assert run.status == "succeeded", run
+    assert run.attempts == 2 and run.message.endswith("(attempt 2)"), run
+    assert "AuthenticationError" in run.interrupted_by and "poison" in run.interrupted_by, run
     coupled = dict(e2e.rt.couplings.all_ids(CUSTOMER, "bc"))
     assert all(i in coupled for i in ids)

@@ -55,6 +55,24 @@ def test_run_summary_progress(journal: Journal) -> None:
     assert got is not None and got.done == 4 and got.counts == {"inserted": 4}
 
 
+def test_a_run_started_again_after_an_interruption_is_its_next_attempt(journal: Journal) -> None:
+    mapping = "CUSTOMER-" + uuid.uuid4().hex[:4]
+    first = journal.start_run(mapping, "full_resync", "r2")
+    first.status, first.message = "interrupted", "AuthenticationError: 401. The queue delivers this again"
+    journal.save_run(first)
+
+    again = journal.start_run(mapping, "full_resync", "r2")
+
+    assert (again.attempts, again.status, again.started) == (2, "running", first.started)
+    assert again.interrupted_by.startswith("AuthenticationError")
+    assert journal.get_run(mapping, "r2") == again
+    # A finished run asked for again under its id (a replayed request) starts over as attempt 1.
+    again.status = "succeeded"
+    journal.save_run(again)
+    assert journal.start_run(mapping, "full_resync", "r2").attempts == 1
+    assert journal.start_run(mapping, "full_resync", None).attempts == 1
+
+
 def test_watermarks_are_conditional(storage: Storage) -> None:
     storage.ensure()
     marks = WatermarkStore(storage.table(tables.WATERMARKS))
