@@ -138,6 +138,9 @@ def run_setup(
     if dv_ok:
         on_step("Dataverse solution")
         dv_ok = _ensure_solution(rt, admin or AdminCredentials(), report)
+    if dv_ok and mappings.settings.price_list is not None:
+        on_step("price list")  # after the solution step: the integration user's role may create it
+        _price_list(rt, mappings, report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
     if bc_ok:
@@ -248,9 +251,7 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
                 "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"read {label}",
             )  # fmt: skip
         if ok:
-            local = _check_local_currency(dv, mappings, s, report)
-            if mappings.settings.price_list is not None:
-                ok &= ensure_price_list(dv, mappings, s, local, report)
+            _check_local_currency(dv, mappings, s, report)
         return ok
     finally:
         dv.close()
@@ -258,14 +259,14 @@ def _check_dataverse(rt: Runtime, mappings: MappingSet, report: SetupReport) -> 
 
 def _check_local_currency(
     dv: DataverseClient, mappings: MappingSet, s: Settings, report: SetupReport
-) -> str | None:
+) -> None:
     """BC's local currency is the blank currency code (General Ledger Setup's LCY Code); BC's own
     connector makes it correspond to the Dataverse currency with the LCY code's ISO code, adding that
     currency to Dataverse when the organization's base currency differs. Show the correspondence, or
     say exactly what to change when it cannot be made."""
     currency = next((m for m in mappings.entities() if m.bc_blank_means_local_currency), None)
     if currency is None:
-        return None
+        return
     name, code = "local currency", mappings.settings.bc_local_currency_code
     if not code:
         report.checks.append(
@@ -278,7 +279,7 @@ def _check_local_currency(
                 "General Ledger Setup (e.g. USD)",
             )
         )
-        return None
+        return
     iso = next((f.dv for f in currency.fields if f.bc == currency.bc.key and f.dv), "isocurrencycode")
     pk = currency.dataverse.primary_key
     try:
@@ -297,7 +298,7 @@ def _check_local_currency(
             exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read currencies"
         )
         report.checks.append(Check(name, False, detail, fix))
-        return None
+        return
     base_code = str(base[0].get(iso)) if base else "?"
     if not found:
         report.checks.append(
@@ -314,7 +315,7 @@ def _check_local_currency(
                 f"{s.mappings_file}",
             )
         )
-        return None
+        return
     row = found[0]
     is_base = str(row[pk]).lower() == base_id
     where = (
@@ -331,7 +332,30 @@ def _check_local_currency(
             f"{row.get('currencyname') or ''} ({row[pk]}), {where}",
         )
     )
-    return str(row[pk]).lower()
+
+
+def _price_list(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
+    """Create the price list of BC's item prices as the integration user, in the Dataverse currency
+    of BC's local currency (the local currency check says what to do when there is none)."""
+    s = rt.settings
+    currency = next((m for m in mappings.entities() if m.bc_blank_means_local_currency), None)
+    code = mappings.settings.bc_local_currency_code
+    dv = dataverse_client(s, rt.integration_credential("dataverse"), policy=_check_client_policy())
+    try:
+        currency_id: str | None = None
+        if currency is not None and code:
+            iso = next((f.dv for f in currency.fields if f.bc == currency.bc.key and f.dv), "isocurrencycode")
+            pk = currency.dataverse.primary_key
+            rows = list(dv.query(currency.dataverse.entity_set, select=[pk], filter=eq(iso, code)))
+            currency_id = str(rows[0][pk]).lower() if rows else None
+        ensure_price_list(dv, mappings, s, currency_id, report)
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read currencies"
+        )
+        report.checks.append(Check("price list", False, detail, fix))
+    finally:
+        dv.close()
 
 
 def ensure_price_list(
