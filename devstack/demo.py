@@ -28,6 +28,8 @@ DEMO_CUSTOMERS = 40
 DEMO_OF_CUSTOMERS = ("Falls Outdoor Supplies", "Otis Bikes")
 # Person contacts of the first demo customers, each under its customer's company contact, as in BC.
 DEMO_PEOPLE = ("Ann Beck", "Luis Ortega", "Mia Chen", "Tom Wright", "Sara Nilsen")
+# Open opportunities of the first two demo contacts: the initial sync brings them to Sales linked to them.
+DEMO_OPPORTUNITIES = (("Ann Beck", "Showroom refit", 18500), ("Luis Ortega", "Conference chairs", 7200))
 DEMO_INVOICES = 3
 DEMO_INVOICE_CUSTOMERS = ("Adatum Corporation", "Trey Research")
 DEMO_STOCK = (
@@ -59,7 +61,18 @@ def start_demo(stack: Stack) -> Iterator[str]:
          "companyNumber": bc_sandbox.company_contact(customer)["number"]}
         for name, customer in zip(DEMO_PEOPLE, customers, strict=False)
     ]  # fmt: skip
-    bc_sandbox.seed("contacts", people)
+    person_ids = bc_sandbox.seed("contacts", people)
+    numbers = {
+        bc_sandbox.get("contacts", i)["displayName"]: bc_sandbox.get("contacts", i)["number"]
+        for i in person_ids
+    }
+    for contact, description, value in DEMO_OPPORTUNITIES:
+        [opportunity] = bc_sandbox.seed(
+            "opportunities", [{"contactNumber": numbers[contact], "description": description}]
+        )
+        bc_sandbox.store.system_update(  # the sales cycle's estimate, which the API cannot write
+            bc_sandbox.company_id, "opportunities", opportunity, {"estimatedValue": value}, "SEED"
+        )
     bc_sandbox.seed("customers", [{"displayName": n, "salespersonCode": "OF"} for n in DEMO_OF_CUSTOMERS])
     # Opening stock, posted as BC posts it (item ledger entries); `inventory` is their sum.
     bc_sandbox.post_item_entries(DEMO_STOCK, user="SEED")
@@ -69,7 +82,8 @@ def start_demo(stack: Stack) -> Iterator[str]:
     bc_sandbox.seed_posted_invoices(samples, ["I00010", "I00020"], DEMO_INVOICES, 2)
     yield (
         f"demo data: {len(DEMO_USERS)} Dataverse users, {DEMO_CUSTOMERS} extra BC customers, "
-        f"{len(DEMO_PEOPLE)} of their contacts, {len(DEMO_OF_CUSTOMERS)} customers of salesperson OF, "
+        f"{len(DEMO_PEOPLE)} of their contacts, {len(DEMO_OPPORTUNITIES)} open opportunities, "
+        f"{len(DEMO_OF_CUSTOMERS)} customers of salesperson OF, "
         f"stock of {len({e['itemNumber'] for e in DEMO_STOCK})} items "
         f"from {len(DEMO_STOCK)} item ledger entries"
     )

@@ -374,6 +374,31 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
             return control_bad_request(str(exc))
         return Response(status_code=204)
 
+    async def opportunity(request: Request) -> Response:
+        """A BC user's work on an opportunity card, which API v2.0 cannot do: `close` (the Close
+        action, `{"won": true|false}`) or `estimate` (the sales cycle's `estimatedValue` and
+        `estimatedClosingDate`)."""
+        try:
+            body = await read_json(request) if await request.body() else {}
+            record_id = request.path_params["opportunity_id"]
+            company = body.get("company_id") or sandbox.company_id
+            if request.path_params["action"] == "close":
+                record = sandbox.store.close_opportunity(
+                    company, record_id, won=bool(body["won"]), user="SANDBOX USER"
+                )
+            elif request.path_params["action"] == "estimate":
+                values = {k: body[k] for k in ("estimatedValue", "estimatedClosingDate") if k in body}
+                record = sandbox.store.system_update(
+                    company, "opportunities", record_id, values, "SANDBOX USER"
+                )
+            else:
+                raise ValueError("unknown action: use close or estimate")
+        except BcError as error:
+            return control_bad_request(error.message)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            return control_bad_request(f'send {{"won": true|false}} to close ({exc})')
+        return JSONResponse({k: v for k, v in record.items() if not k.startswith("_")})
+
     async def changes(request: Request) -> Response:
         since = int(request.query_params.get("since", "0"))
         return JSONResponse(
@@ -395,6 +420,7 @@ def _sandbox_routes(sandbox: BcSandbox) -> list[Route]:
         Route("/changes", changes, methods=["GET"]),
         Route("/itemLedgerEntries/post", post_entries, methods=["POST"]),
         Route("/salesOrders/{order_id}/ship", ship, methods=["POST"]),
+        Route("/opportunities/{opportunity_id}/{action}", opportunity, methods=["POST"]),
     ]
 
 

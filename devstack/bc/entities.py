@@ -221,6 +221,39 @@ CONTACTS = EntitySet(
     number_prefix="CT",
 )
 
+# Opportunities (page 30070 "APIV2 - Opportunities" on table 5092 Opportunity): only `number`,
+# `contactNumber`, `salespersonCode` and `description` are editable; status, closing, values and dates
+# come from the opportunity's sales cycle and its Close action in BC, which the API does not offer.
+# `status` is an Option, so OData writes its values with XML-escaped spaces ("In_x0020_Progress"), as
+# the resource page's examples show. No webhooks (not in webhookSupportedResources).
+OPPORTUNITY_STATUSES = ("Not_x0020_Started", "In_x0020_Progress", "Won", "Lost")
+OPPORTUNITIES = EntitySet(
+    "opportunities",
+    "Opportunity",
+    (
+        _id(),
+        _code("number"),
+        _code("contactNumber"),
+        _text("contactName", read_only=True),
+        _text("contactCompanyName", read_only=True),
+        _code("salespersonCode"),
+        _text("description"),
+        Field("status", STR, "Not_x0020_Started", options=OPPORTUNITY_STATUSES, read_only=True),
+        _bool("closed", read_only=True),
+        _date("creationDate", read_only=True),
+        _date("dateClosed", read_only=True),
+        _num("calculatedCurrentValue", read_only=True),
+        _num("chancesOfSuccessPrc", read_only=True),
+        _num("completedPrc", read_only=True),
+        _date("estimatedClosingDate", read_only=True),
+        _num("estimatedValue", read_only=True),
+        Field("systemCreatedAt", DATETIME, "0001-01-01T00:00:00Z", read_only=True),
+        _modified(),
+    ),
+    key="number",
+    number_prefix="OP",
+)
+
 ITEMS = EntitySet(
     "items",
     "Item",
@@ -509,6 +542,7 @@ ENTITY_SETS: dict[str, EntitySet] = {
         SALES_INVOICES,
         SALES_INVOICE_LINES,
         ITEM_LEDGER_ENTRIES,
+        OPPORTUNITIES,
     )
 }
 

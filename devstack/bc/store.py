@@ -594,12 +594,73 @@ class BcStore:
             self._apply_contact_rules(company, record, changed, previous)
         elif entity.name == "items":
             self._check_unit_of_measure(company, record, changed)
+        elif entity.name == "opportunities":
+            self._apply_opportunity_rules(company, entity, record, changed, creating, previous)
         elif entity.name in DOCUMENT_SETS:
             if previous is not None:
                 _check_editable(entity, previous)
             self._apply_document_rules(company, entity, record, changed, creating)
         elif entity.name in LINE_SETS:
             self._apply_line_rules(company, entity, record, changed, creating)
+
+    def _apply_opportunity_rules(
+        self,
+        company: Company,
+        entity: EntitySet,
+        record: dict[str, Any],
+        changed: set[str],
+        creating: bool,
+        previous: Mapping[str, Any] | None,
+    ) -> None:
+        """Page 30070 refuses a new contact or salesperson on a won or lost opportunity (its own
+        labels); table 5092 validates the contact, copies its name and company name, and stamps a new
+        opportunity's creation date (WorkDate)."""
+        if previous is not None and previous["status"] in ("Won", "Lost"):
+            if "contactNumber" in changed and record["contactNumber"] != previous["contactNumber"]:
+                raise bad_request(
+                    'The "contactNumber of a Won or Lost Opportunity cannot be changed',
+                    "Application_DialogException",
+                )
+            if "salespersonCode" in changed and record["salespersonCode"] != previous["salespersonCode"]:
+                raise bad_request(
+                    'The "salespersonCode" of a Won or Lost Opportunity cannot be changed',
+                    "Application_DialogException",
+                )
+        self._check_ref_code(company, record, changed, "contactNumber", "contacts", entity)
+        self._check_ref_code(company, record, changed, "salespersonCode", "salespeoplePurchasers", entity)
+        if "contactNumber" in changed:
+            contact = (
+                self.find_by_key(company.id, "contacts", record["contactNumber"])
+                if record["contactNumber"]
+                else None
+            )
+            record["contactName"] = (contact or {}).get("displayName", "")
+            record["contactCompanyName"] = (contact or {}).get("companyName", "")
+        if creating:
+            now = self.clock.now()
+            record["creationDate"] = now.date().isoformat()
+            record["systemCreatedAt"] = iso_ms(self.clock.now_ms())
+
+    def close_opportunity(self, company_id: str, record_id: str, *, won: bool, user: str) -> dict[str, Any]:
+        """A user's Close action on the opportunity card in BC (not in the API): status Won or Lost,
+        closed, the closing date; a won opportunity's current value is its estimated value."""
+        company = self.company(company_id)
+        current = company.tables["opportunities"].get(normalize_guid(record_id))
+        if current is None:
+            raise record_not_found("Opportunity", record_id)
+        if current["closed"]:
+            raise bad_request(
+                f"Opportunity {current['number']} is already closed.", "Application_DialogException"
+            )
+        values = {
+            "status": "Won" if won else "Lost",
+            "closed": True,
+            "dateClosed": self.clock.now().date().isoformat(),
+            "calculatedCurrentValue": current["estimatedValue"] if won else 0,
+            "completedPrc": 100,
+            "chancesOfSuccessPrc": 100 if won else 0,
+        }
+        return self.system_update(company_id, "opportunities", record_id, values, user)
 
     def _check_ref_id(
         self,

@@ -35,6 +35,8 @@ from devstack.sandbox_common.odata_query import (
 
 API_PREFIX = "/api/data/v9.2/"
 ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+# Tables whose reference lists no CreateMultiple / UpdateMultiple / UpsertMultiple message.
+NO_MULTIPLE = frozenset({"productpricelevel"})
 _PATH_RE = re.compile(r"^(?P<set>[A-Za-z_$][A-Za-z0-9_]*)(?:\((?P<key>.*)\))?(?:/(?P<rest>.+))?$")
 _COOKIE_RE = re.compile(r'(\w+)="([^"]*)"')
 TRACKED_FORBIDDEN = ("$filter", "$orderby", "$expand", "$top")
@@ -204,6 +206,13 @@ class WebApi:
             # Absolute, as every @odata.context the service sends.
             body["@odata.context"] = f"{request.base_url}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse"
             return ApiResponse.json(200, body)
+        if action in ("WinOpportunity", "LoseOpportunity"):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, path)
+            self.store.close_opportunity(
+                _json_body(request), won=action == "WinOpportunity", caller=request.caller
+            )
+            return ApiResponse(204, {"OData-Version": "4.0"})
         if path in ("BulkDelete", "Microsoft.Dynamics.CRM.BulkDelete"):
             if request.method != "POST":
                 raise _method_not_allowed(request.method, path)
@@ -648,6 +657,10 @@ class WebApi:
         return ApiResponse(204, {"OData-Version": "4.0"})
 
     def _bulk(self, request: ApiRequest, table: Table, action: str) -> ApiResponse:
+        if table.logical_name in NO_MULTIPLE:
+            raise errors.bad_request(
+                f"The '{action}' method does not support entities of type '{table.logical_name}'.", ""
+            )
         body = _json_body(request)
         targets = body.get("Targets")
         if not isinstance(targets, list) or not targets:

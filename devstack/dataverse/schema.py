@@ -248,6 +248,8 @@ def document_detail(parent: str) -> list[Column]:
 
 
 OPPORTUNITY_STATES = {0: "Open", 1: "Won", 2: "Lost"}
+# Opportunity status reason -> its state (In Progress, On Hold: Open; Won; Canceled, Out-Sold: Lost).
+OPPORTUNITY_STATUS_STATE = {1: 0, 2: 0, 3: 1, 4: 2, 5: 2}
 SERVICEENDPOINT_CONTRACTS = {
     1: "OneWay",
     2: "Queue",
@@ -679,6 +681,8 @@ def build_tables() -> dict[str, Table]:
                 text("name", 300),
                 money("estimatedvalue"),
                 date("estimatedclosedate"),
+                money("actualvalue"),
+                date("actualclosedate"),
                 memo("description"),
                 lookup("customerid", "account", "contact", per_target=True),
                 lookup("parentaccountid", "account"),

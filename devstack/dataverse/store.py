@@ -24,6 +24,7 @@ from devstack.dataverse.errors import DataverseError
 from devstack.dataverse.schema import (
     DOCUMENT_DETAILS,
     DOCUMENT_TABLES,
+    OPPORTUNITY_STATUS_STATE,
     TABLES_BY_LOGICAL_NAME,
     Column,
     Kind,
@@ -189,6 +190,8 @@ class Store:
     def _put(self, data: TableData, record_id: str, row: dict[str, Any] | None) -> None:
         if row is not None:
             self._check_keys(data, record_id, row)
+            if data.table.logical_name == "productpricelevel":
+                self._check_price_list_item(data, record_id, row)
             validator = self.validators.get(data.table.logical_name)
             if validator is not None:
                 validator(row)
@@ -200,6 +203,41 @@ class Store:
         if data.table.change_tracking:
             data.log_versions.append(self._version)
             data.log_ids.append(record_id)
+
+    def _check_price_list_item(self, data: TableData, record_id: str, row: dict[str, Any]) -> None:
+        """A price list item (`productpricelevel`) needs its price list, product and unit; a product and
+        unit have one price per price list (Dataverse's DuplicateProductPriceLevel); its currency is its
+        price list's and its unit group the product's (both set by Dataverse, not by the caller)."""
+        for column, what in (("_pricelevelid_value", "price level"), ("_productid_value", "product"),
+                             ("_uomid_value", "unit")):  # fmt: skip
+            if not row.get(column):
+                raise errors.bad_request(f"The {what} id is missing.", "0x80040203")
+        same = (row["_pricelevelid_value"], row["_productid_value"], row["_uomid_value"])
+        for other_id, other in data.rows.items():
+            if (
+                other_id != record_id
+                and (
+                    other.get("_pricelevelid_value"),
+                    other.get("_productid_value"),
+                    other.get("_uomid_value"),
+                )
+                == same
+            ):
+                raise errors.DataverseError(
+                    400, "This product and unit combination has a price for this price list.", ""
+                )
+        price_list = self.tables["pricelevels"].rows.get(row["_pricelevelid_value"]) or {}
+        product = self.tables["products"].rows.get(row["_productid_value"]) or {}
+        for column, value, target in (
+            (
+                "_transactioncurrencyid_value",
+                price_list.get("_transactioncurrencyid_value"),
+                "transactioncurrency",
+            ),
+            ("_uomscheduleid_value", product.get("_defaultuomscheduleid_value"), "uomschedule"),
+        ):
+            row[column] = value
+            row[column + LOOKUP_TYPE] = target if value else None
 
     def _put_raw(self, data: TableData, record_id: str, row: dict[str, Any] | None) -> None:
         old = data.rows.get(record_id)
@@ -397,10 +435,61 @@ class Store:
             values.pop(table.primary_key, None)
             return self._apply_update(data, old, values, caller)
 
+    def close_opportunity(self, body: Mapping[str, Any], *, won: bool, caller: Caller) -> dict[str, Any]:
+        """`WinOpportunity` / `LoseOpportunity` (unbound actions: `Status` and an `OpportunityClose`
+        naming the opportunity): the only way to close an open opportunity; Won takes the estimated
+        value as the actual value. The close activity itself is not kept (no `opportunityclose` table)."""
+        action = "WinOpportunity" if won else "LoseOpportunity"
+        close = body.get("OpportunityClose")
+        status = body.get("Status")
+        reference = close.get("opportunityid@odata.bind") if isinstance(close, Mapping) else None
+        if not isinstance(reference, str) or not isinstance(status, int) or isinstance(status, bool):
+            raise errors.bad_request(
+                f'{action} needs "Status" (an integer) and "OpportunityClose" with '
+                '"opportunityid@odata.bind": "/opportunities(<id>)".'
+            )
+        table = self.table("opportunities").table
+        match = _REFERENCE_RE.match(reference.strip())
+        if not match or match.group(1) != "opportunities":
+            raise errors.bad_request(f"'{reference}' is not a valid reference to an opportunity.")
+        state = 1 if won else 2
+        allowed = {s for s, st in OPPORTUNITY_STATUS_STATE.items() if st == state}
+        if status not in allowed:
+            raise errors.bad_request(
+                f"{status} is not a valid status code for state code OpportunityState."
+                f"{'Won' if won else 'Lost'} on opportunity.",
+                "0x80040203",
+            )
+        with self.transaction():
+            record_id = self.resolve_key("opportunities", parse_key(match.group(2), table))
+            if record_id is None:
+                raise errors.not_found("opportunity", match.group(2))
+            old = self.tables["opportunities"].rows[record_id]
+            if old.get("statecode") != 0:
+                raise errors.bad_request("The opportunity is already closed.", "0x80040203")
+            values: dict[str, Any] = {"statecode": state, "statuscode": status,
+                                      "actualclosedate": utc_iso(self.clock())[:10]}  # fmt: skip
+            if won:
+                values["actualvalue"] = old.get("estimatedvalue")
+            return self._apply_update(self.tables["opportunities"], old, values, caller, closing=True)
+
     def _apply_update(
-        self, data: TableData, old: dict[str, Any], values: dict[str, Any], caller: Caller
+        self,
+        data: TableData,
+        old: dict[str, Any],
+        values: dict[str, Any],
+        caller: Caller,
+        *,
+        closing: bool = False,
     ) -> dict[str, Any]:
         table = data.table
+        if table.logical_name == "opportunity" and not closing and values.get("statecode") in (1, 2):
+            # Dataverse closes an opportunity only through its actions, never through Update.
+            raise errors.bad_request(
+                "An opportunity is closed with the WinOpportunity or LoseOpportunity action, not by "
+                "setting statecode.",
+                "0x80040203",
+            )
         row = dict(old)
         row.update(values)
         self._derive(table, row, values)

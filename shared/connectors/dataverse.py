@@ -88,6 +88,9 @@ class TableInfo:
     entity_set: str
     logical_name: str
     primary_key: str
+    # Whether the table offers CreateMultiple / UpdateMultiple / UpsertMultiple (its table reference's
+    # messages); without them bulk writes go as one `$batch` of single requests per chunk.
+    multiple: bool = True
 
     @property
     def type_name(self) -> str:
@@ -106,7 +109,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("uomschedules", "uomschedule", "uomscheduleid"),
         TableInfo("uoms", "uom", "uomid"),
         TableInfo("pricelevels", "pricelevel", "pricelevelid"),
-        TableInfo("productpricelevels", "productpricelevel", "productpricelevelid"),
+        TableInfo("productpricelevels", "productpricelevel", "productpricelevelid", multiple=False),
         TableInfo("salesorders", "salesorder", "salesorderid"),
         TableInfo("salesorderdetails", "salesorderdetail", "salesorderdetailid"),
         TableInfo("invoices", "invoice", "invoiceid"),
@@ -675,7 +678,7 @@ class DataverseClient:
             chunk = [
                 {"@odata.type": info.type_name, **r} for r in records[start : start + self.bulk_chunk_size]
             ]
-            if self.bulk_messages is False:
+            if self.bulk_messages is False or not info.multiple:
                 results.extend(self._one_by_one(action, info, chunk))
                 continue
             try:

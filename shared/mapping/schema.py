@@ -114,6 +114,12 @@ class FieldMapping(_Strict):
     failed_lookup_message: str | None = Field(
         None, description="Error text when the lookup is not coupled; `{value}` is replaced by the value."
     )
+    price_list: bool = Field(
+        False,
+        description="A Dataverse lookup to the Sales price list of `settings.price_list` (bound as "
+        "`<dv>@odata.bind: /pricelevels(<its id>)`), written like a constant: give only `dv` and "
+        "`direction: to_dataverse`.",
+    )
     bc_card_page: int | None = Field(
         None,
         ge=1,
@@ -126,6 +132,16 @@ class FieldMapping(_Strict):
     def _check(self) -> FieldMapping:
         if self.bc is None and self.dv is None:
             raise ValueError("a field mapping needs `bc`, `dv` or both")
+        if self.price_list and (
+            self.bc is not None
+            or self.direction != "to_dataverse"
+            or "constant" in self.model_fields_set
+            or self.lookup is not None
+        ):
+            raise ValueError(
+                "`price_list` binds the Dataverse lookup `dv` to the price list of settings.price_list: "
+                "give only `dv` and `direction: to_dataverse` (no `bc`, `constant` or `lookup`)"
+            )
         if self.has_constant:
             target = self.target_of_constant
             source_field = self.dv if target == "bc" else self.bc
@@ -167,7 +183,8 @@ class FieldMapping(_Strict):
 
     @property
     def has_constant(self) -> bool:
-        return "constant" in self.model_fields_set
+        # A price list lookup is a constant too: the one price list's id, on every sync.
+        return "constant" in self.model_fields_set or self.price_list
 
     @property
     def target_of_constant(self) -> Side:
@@ -477,9 +494,31 @@ class Ownership(_Strict):
         return self
 
 
+class PriceListSettings(_Strict):
+    """The Sales price list (`pricelevel`) BC's item unit prices go to, as BC's connector keeps its
+    default price list when extended prices are off. Set-up creates it in the local currency."""
+
+    name: str = Field(
+        "Business Central", min_length=1, max_length=100, description="The price list's name in Sales."
+    )
+
+    @property
+    def id(self) -> str:
+        """Its Dataverse id, derived from the name: set-up and every sync agree on it without a read."""
+        return str(uuid.uuid5(PRICE_LIST_NAMESPACE, self.name.casefold()))
+
+
+PRICE_LIST_NAMESPACE = uuid.UUID("5b0c1a9e-7a43-4c56-9d2e-6f1e0c0a9b71")
+
+
 class MappingSettings(_Strict):
     bc_local_currency_code: str | None = Field(
         None, description="BC's local currency (a blank `currencyCode` means it), e.g. USD."
+    )
+    price_list: PriceListSettings | None = Field(
+        None,
+        description="The Sales price list item prices go to (fields with `price_list: true` bind to it); "
+        "set-up creates it in the local currency (settings.bc_local_currency_code).",
     )
     ownership: Ownership = Field(default_factory=lambda: Ownership.model_validate({}))
 
@@ -530,6 +569,17 @@ class MappingSet(_Strict):
                         f"mapping {m.name}, field {f.key!r}: lookup {f.lookup!r} is not active "
                         f"under ownership model {model}"
                     )
+        priced = [
+            f"{m.name}.{f.key}"
+            for m in self.entities()
+            for f in [*m.fields, *(m.lines.fields if m.lines else [])]
+            if f.price_list
+        ]
+        if priced and self.settings.price_list is None:
+            raise ValueError(
+                f"fields {priced} bind to the price list of settings.price_list, which is not set; add "
+                "`price_list: {name: ...}` under settings"
+            )
         salespeople = self.settings.ownership.salespeople_mapping
         owned = [m.name for m in self.entities() if m.owner is not None and m.owner.salesperson_field]
         if model == "person" and owned and salespeople not in active:

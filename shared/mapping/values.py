@@ -96,6 +96,8 @@ def lookup_target(ms: MappingSet, f: FieldMapping) -> EntityMapping | OptionSetM
 
 
 def side_type(ms: MappingSet, f: FieldMapping, side: Side) -> SideType:
+    if f.price_list:
+        return "guid"
     target = lookup_target(ms, f)
     if target is not None:
         if side == "bc":
@@ -113,7 +115,7 @@ def field_name(ms: MappingSet, f: FieldMapping, side: Side) -> str:
         return f.bc
     assert f.dv is not None
     target = lookup_target(ms, f)
-    return f"_{f.dv}_value" if isinstance(target, EntityMapping) else f.dv
+    return f"_{f.dv}_value" if isinstance(target, EntityMapping) or f.price_list else f.dv
 
 
 # -- reading and comparing -----------------------------------------------------------------------------
@@ -185,6 +187,9 @@ def _round(f: FieldMapping, number: Decimal) -> Decimal:
 
 
 def constant_value(ms: MappingSet, f: FieldMapping) -> Any:
+    if f.price_list:
+        assert ms.settings.price_list is not None  # MappingSet checks it
+        return ms.settings.price_list.id
     target = f.target_of_constant
     return canonical(side_type(ms, f, target), f.constant)
 
@@ -407,6 +412,9 @@ def dv_entries(ms: MappingSet, f: FieldMapping, value: Any) -> dict[str, Any]:
     learn.microsoft.com/power-apps/developer/data-platform/webapi/associate-disassociate-entities-using-web-api
     """
     assert f.dv is not None
+    if f.price_list:
+        nav = f.dv_navigation or f.dv
+        return {f"{nav}@odata.bind": None if value is None else f"/{PRICE_LIST_ENTITY_SET}({value})"}
     lookup = lookup_target(ms, f)
     if isinstance(lookup, EntityMapping):
         nav = f.dv_navigation or f.dv
@@ -415,6 +423,10 @@ def dv_entries(ms: MappingSet, f: FieldMapping, value: Any) -> dict[str, Any]:
         first, last = split_person_name(value)
         return {"firstname": first, "lastname": last}
     return {f.dv: value}
+
+
+# Dataverse's price list table (`pricelevel`), what `FieldMapping.price_list` fields bind to.
+PRICE_LIST_ENTITY_SET = "pricelevels"
 
 
 def split_person_name(full: str | None) -> tuple[str | None, str | None]:

@@ -47,6 +47,7 @@ from shared.mapping.loader import MappingFileError, load_mapping_set
 from shared.mapping.option_values import casts_needed, option_problems, option_values
 from shared.mapping.queries import select_fields
 from shared.mapping.schema import EntityMapping, MappingSet
+from shared.mapping.values import PRICE_LIST_ENTITY_SET
 from shared.odata import eq
 from shared.ops.companies import bring_in_companies
 from shared.runtime import Runtime, bc_client, dataverse_client
@@ -142,6 +143,9 @@ def run_setup(
         on_step("Dataverse table metadata")
         _check_change_tracking(rt, mappings, admin or AdminCredentials(), report)
         _check_option_values(rt, mappings, report)
+    if dv_ok and mappings.settings.price_list is not None:
+        on_step("price list")  # after the solution step: the integration user's role may create it
+        _price_list(rt, mappings, report)
     on_step("Business Central connection")
     bc_ok = _check_bc(rt, mappings, report)
     if bc_ok:
@@ -359,6 +363,75 @@ def _check_local_currency(
             f"{row.get('currencyname') or ''} ({row[pk]}), {where}",
         )
     )
+
+
+def _price_list(rt: Runtime, mappings: MappingSet, report: SetupReport) -> None:
+    """Create the price list of BC's item prices as the integration user, in the Dataverse currency
+    of BC's local currency (the local currency check says what to do when there is none)."""
+    s = rt.settings
+    currency = next((m for m in mappings.entities() if m.bc_blank_means_local_currency), None)
+    code = mappings.settings.bc_local_currency_code
+    dv = dataverse_client(s, rt.integration_credential("dataverse"), policy=_check_client_policy())
+    try:
+        currency_id: str | None = None
+        if currency is not None and code:
+            iso = next((f.dv for f in currency.fields if f.bc == currency.bc.key and f.dv), "isocurrencycode")
+            pk = currency.dataverse.primary_key
+            rows = list(dv.query(currency.dataverse.entity_set, select=[pk], filter=eq(iso, code)))
+            currency_id = str(rows[0][pk]).lower() if rows else None
+        ensure_price_list(dv, mappings, s, currency_id, report)
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what="read currencies"
+        )
+        report.checks.append(Check("price list", False, detail, fix))
+    finally:
+        dv.close()
+
+
+def ensure_price_list(
+    dv: DataverseClient, mappings: MappingSet, s: Settings, currency_id: str | None, report: SetupReport
+) -> bool:
+    """The Sales price list BC's item prices go to (settings.price_list): created once, in the local
+    currency, with the id every sync binds to (derived from its name), as BC's connector creates its
+    default price list when it first needs it."""
+    price_list = mappings.settings.price_list
+    assert price_list is not None
+    name = f"price list {price_list.name!r}"
+    try:
+        found = dv.get(PRICE_LIST_ENTITY_SET, price_list.id, select=["pricelevelid", "name"])
+        if found is not None:
+            report.existing.append(f"{name} ({price_list.id})")
+            return True
+        if currency_id is None:
+            report.checks.append(
+                Check(
+                    name,
+                    False,
+                    "the price list of BC's item prices is created in BC's local currency, which Dataverse "
+                    "does not have yet (see the local currency check)",
+                    "fix the local currency, then run set-up again",
+                )
+            )
+            return False
+        dv.create(
+            PRICE_LIST_ENTITY_SET,
+            {
+                "name": price_list.name,
+                "description": "Item unit prices from Business Central (kept by bc-dataverse-sync).",
+                "transactioncurrencyid@odata.bind": f"/transactioncurrencies({currency_id})",
+            },
+            record_id=price_list.id,
+            select=["pricelevelid"],
+        )
+    except (ApiError, AzureError) as exc:
+        detail, fix = explain_failure(
+            exc, "Dataverse", s.dataverse_url, "DATAVERSE_URL", what=f"create the {name}"
+        )
+        report.checks.append(Check(name, False, detail, fix))
+        return False
+    report.created.append(f"{name} ({price_list.id})")
+    return True
 
 
 def _dataverse_tables(mappings: MappingSet) -> list[tuple[str, str]]:

@@ -588,15 +588,17 @@ class Engine:
         """A mapping sharing this table (CUSTOMER and VENDOR both map accounts) that has coupled
         the record: then it is not this mapping's, and no API request is needed to say so. Only
         mappings that split the table by scope are alternatives: a BC unit is coupled both to its
-        unit group (UNIT OF MEASURE) and to that group's base unit (UNIT)."""
+        unit group (UNIT OF MEASURE) and to that group's base unit (UNIT), and a BC item in the same
+        scope both to its product (ITEM-PRODUCT) and to its price list item (ITEM PRICE)."""
         table = self.sides[side].table
-        if not scope_clauses(mapping, side):
+        scope = scope_clauses(mapping, side)
+        if not scope:
             return None
         for sibling in self.ms.entities():
             if (
                 sibling.name != mapping.name
                 and table(sibling) == table(mapping)
-                and scope_clauses(sibling, side)
+                and scope_clauses(sibling, side) not in ([], scope)
                 and self.couplings.get(sibling.name, side, record_id)
             ):
                 return sibling.name

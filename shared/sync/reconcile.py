@@ -301,6 +301,9 @@ class _Merge:
     resolved: list[FieldConflict] = field(default_factory=list)
     conflict_messages: list[str] = field(default_factory=list)
     missing: list[MissingLookup] = field(default_factory=list)
+    waits: list[str] = field(
+        default_factory=list
+    )  # the missing lookups' own messages (failed_lookup_message)
     errors: list[str] = field(default_factory=list)
 
     def set(self, f: FieldMapping, target: Side, old: Any, value: Any, reason: str, ms: MappingSet) -> None:
@@ -323,11 +326,14 @@ class _Merge:
             return Plan(Outcome.FAILED, self.errors[0], snapshot=previous, error="; ".join(self.errors))
         if self.missing:
             names = ", ".join(f"{m.mapping} {m.value}" for m in self.missing)
+            # The lookups' own messages say what the record waits for and what to do: the failure
+            # when the waits are used up (Engine._defer), the reason shown in a dry run.
             return Plan(
                 Outcome.DEFERRED,
                 f"waiting for {names} to be coupled",
                 snapshot=previous,
                 missing=tuple(self.missing),
+                error="; ".join(self.waits) or None,
             )
         return None
 
@@ -504,6 +510,7 @@ class _Ctx:
                 )
             elif exc.missing.resolvable:
                 m.missing.append(exc.missing)
+                m.waits.append(str(exc))
                 return
             else:
                 m.errors.append(str(exc))

@@ -238,6 +238,21 @@ def _distinct_ports(count: int) -> list[int]:
     return ports
 
 
+def _create_price_list(rt: Any) -> None:
+    """The Sales price list of BC's item prices (settings.price_list), as `bcsync setup` creates it."""
+    from shared.ops.setup import SetupReport, ensure_price_list
+
+    if rt.mappings.settings.price_list is None:
+        return
+    usd = rt.dataverse.query(
+        "transactioncurrencies", select=["transactioncurrencyid"], filter="isocurrencycode eq 'USD'"
+    )
+    report = SetupReport()
+    assert ensure_price_list(
+        rt.dataverse, rt.mappings, rt.settings, str(next(iter(usd))["transactioncurrencyid"]), report
+    ), report
+
+
 @contextlib.contextmanager
 def running_stack(
     environment: Mapping[str, str] | None = None, *, with_solution: bool = True
@@ -261,6 +276,7 @@ def running_stack(
         rt = get_runtime()
         if with_solution:  # as `bcsync setup` leaves it (without: as a fresh environment)
             sales_solution.install(stack.dataverse_app.state.sandbox)
+            _create_price_list(rt)
         dv_report = ensure_dataverse_webhooks(rt.dataverse, rt.settings, rt.mappings)
         bc_report = ensure_bc_subscriptions(rt.bc, rt.settings, rt.mappings, rt.subscriptions)
         assert not dv_report.failed and not bc_report.failed, (dv_report, bc_report)

@@ -60,3 +60,24 @@ def test_a_fresh_make_run_shows_the_sales_side_to_a_salesperson(fresh: E2EStack)
 
     coupled = wait_for(typed, "the account coupled by its typed number")
     assert coupled["bcs_bcurl"] and coupled["bcs_bccouplingstatus"] is None
+
+    # Prices and opportunities: the price list set-up created holds every item's price; the demo's open
+    # opportunities are in Sales, linked to their contacts.
+    price_list = fresh.dv_http.get(
+        "pricelevels?$filter=name eq 'Business Central'&$select=pricelevelid"
+    ).json()
+    [listed] = price_list["value"]
+    in_list = f"_pricelevelid_value eq {listed['pricelevelid']}"
+    items = fresh.dv_http.get(f"productpricelevels?$filter={in_list}&$select=amount,_productid_value").json()[
+        "value"
+    ]
+    assert len(items) == len(products) and all(i["amount"] is not None for i in items)
+    opportunities = fresh.dv_http.get(
+        "opportunities?$select=name,estimatedvalue,_parentcontactid_value"
+    ).json()
+    by_name = {o["name"]: o for o in opportunities["value"]}
+    assert {"Showroom refit", "Conference chairs"} <= set(by_name), lines
+    assert (
+        by_name["Showroom refit"]["estimatedvalue"] == 18500
+        and by_name["Showroom refit"]["_parentcontactid_value"]
+    )

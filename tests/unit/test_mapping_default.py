@@ -15,8 +15,10 @@ def test_all_default_mappings_exist_in_dependency_order() -> None:
         "CUSTOMER",
         "VENDOR",
         "CONTACT",
+        "OPPORTUNITY",
         "ITEM-PRODUCT",
         "UNIT",
+        "ITEM PRICE",
         "SALES ORDER",
         "POSTED INVOICE",
         "SALES QUOTE",
@@ -109,3 +111,37 @@ def test_item_product_inventory_never_negative() -> None:
     assert (inv.dv, inv.direction, inv.minimum) == ("quantityonhand", "to_dataverse", 0)
     assert i.field("baseUnitOfMeasureCode").lookup == "UNIT OF MEASURE"
     assert MS.entity("UNIT OF MEASURE").dataverse.table == "uomschedule"
+
+
+def test_item_prices_go_one_way_to_the_price_list_in_the_items_base_unit() -> None:
+    m = MS.entity("ITEM PRICE")
+    assert (m.bc.entity_set, m.dataverse.entity_set, m.direction) == (
+        "items",
+        "productpricelevels",
+        "to_dataverse",
+    )
+    assert m.bc.filter == MS.entity("ITEM-PRODUCT").bc.filter  # the same items as their products
+    assert MS.settings.price_list is not None and MS.settings.price_list.name == "Business Central"
+    assert m.field("pricelist").price_list
+    assert (m.field("product").bc, m.field("product").lookup) == ("number", "ITEM-PRODUCT")
+    assert (m.field("unit").bc, m.field("unit").lookup) == ("baseUnitOfMeasureCode", "UNIT")
+    assert (m.field("unitPrice").dv, m.field("unitPrice").decimals) == ("amount", 2)
+    assert MS.dependencies("ITEM PRICE")[:2] == ["ITEM-PRODUCT", "UNIT"]
+
+
+def test_opportunities_are_the_open_ones_both_ways_linked_to_the_coupled_contact() -> None:
+    m = MS.entity("OPPORTUNITY")
+    assert (m.bc.entity_set, m.dataverse.entity_set, m.direction) == (
+        "opportunities",
+        "opportunities",
+        "bidirectional",
+    )
+    assert scope_filter(m, "bc") == "closed eq false" and scope_filter(m, "dv") == "statecode eq 0"
+    assert (m.field("contactNumber").dv, m.field("contactNumber").lookup) == ("parentcontactid", "CONTACT")
+    assert "waits" in (m.field("contactNumber").failed_lookup_message or "")
+    assert (m.field("description").dv, m.field("description").direction) == ("name", "bidirectional")
+    # v2.0 makes them read-only: BC's value on create only, and an empty BC date never clears Sales'.
+    assert m.field("estimatedValue").create_only and m.field("estimatedValue").direction == "to_dataverse"
+    assert m.field("estimatedClosingDate").not_null
+    assert m.field("owner").lookup == "SALESPEOPLE"  # salespersonCode -> ownerid, person model
+    assert "status" not in {f.bc for f in m.fields}  # closing is never synchronized (read-only in v2.0)

@@ -132,6 +132,9 @@ def test_empty_and_missing_files() -> None:
         ("{bc: a, dv: b, value_map: {X: 1, Y: 1}}", "both map to 1"),
         ("{bc: a, dv: b, lookup: CURRENCY, value_map: {X: 1}}", "not both"),
         ("{bc: displayName, dv: other}", "field keys must be unique"),
+        ("{bc: a, dv: pricelevelid, price_list: true, direction: to_dataverse}", "give only `dv`"),
+        ("{dv: pricelevelid, price_list: true}", "give only `dv` and `direction: to_dataverse`"),
+        ("{dv: pricelevelid, price_list: true, direction: to_dataverse, constant: 1}", "no `bc`, `constant`"),
     ],
 )
 def test_field_rules(field: str, reason: str) -> None:
@@ -211,3 +214,28 @@ def test_json_schema_describes_the_file() -> None:
     assert DEFAULT_MAPPING_FILE.read_text(encoding="utf-8").startswith(
         "# yaml-language-server: $schema=./schema.json"
     )
+
+
+def test_a_price_list_field_needs_the_price_list_setting_and_binds_to_its_id() -> None:
+    field = "      - {key: pl, dv: pricelevelid, direction: to_dataverse, price_list: true}\n"
+    text = MINIMAL.replace(
+        "      - {bc: code, dv: isocurrencycode, direction: to_dataverse}\n",
+        "      - {bc: code, dv: isocurrencycode, direction: to_dataverse}\n" + field,
+    )
+    assert "settings.price_list, which is not set" in str(load_error(text))
+    ms = parse_mapping_set(
+        text.replace("settings:\n", "settings:\n  price_list: {name: Web prices}\n"), "t.yaml"
+    )
+    from shared.mapping.values import constant_value, dv_entries, field_name
+
+    assert ms.settings.price_list is not None
+    price_list_id = ms.settings.price_list.id
+    f = ms.entity("CURRENCY").field("pl")
+    assert f.has_constant and field_name(ms, f, "dv") == "_pricelevelid_value"
+    assert constant_value(ms, f) == price_list_id
+    assert dv_entries(ms, f, price_list_id) == {"pricelevelid@odata.bind": f"/pricelevels({price_list_id})"}
+    # The id is derived from the name alone: set-up and every sync agree on it without a read.
+    other = parse_mapping_set(
+        text.replace("settings:\n", "settings:\n  price_list: {name: WEB PRICES}\n"), "t.yaml"
+    )
+    assert other.settings.price_list is not None and other.settings.price_list.id == price_list_id

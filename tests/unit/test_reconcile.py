@@ -469,6 +469,9 @@ def test_missing_resolvable_lookup_defers_and_names_the_dependency() -> None:
         ("CURRENCY", "bc", "code", "GBP", "currencyCode")
     ]
     assert plan.snapshot == BASE
+    # What the record will fail with when its waits are used up: the lookup's own message.
+    assert plan.error is not None and "BC currencies code 'GBP' is not coupled" in plan.error
+    assert "sync CURRENCY first" in plan.error
 
 
 def test_missing_lookup_cleared_when_configured() -> None:

@@ -109,10 +109,15 @@ def test_the_roles_hold_exactly_what_each_needs() -> None:
     assert all(p.startswith("prvRead") for p in user | availability)  # readers only
     assert "prvReadbcs_CustomerStatistic" in user and "prvReadProduct" in availability
     assert "prvReadbcs_CustomerStatistic" not in availability  # availability is not statistics
-    # The service (Integration Administrator) may write what it writes, and delete nothing but statistics.
-    for table in ("Account", "Contact", "Product", "bcs_CustomerStatistic"):
+    # The service (Integration Administrator) may write what it writes, and delete nothing but statistics
+    # and the price list items of items that leave BC's scope (ITEM PRICE, deletion: propagate).
+    for table in ("Account", "Contact", "Product", "bcs_CustomerStatistic", "PriceLevel", "ProductPriceLevel",
+                  "Opportunity"):  # fmt: skip
         assert {f"prvRead{table}", f"prvWrite{table}", f"prvCreate{table}"} <= admin
-    assert {p for p in admin if p.startswith("prvDelete")} == {"prvDeletebcs_CustomerStatistic"}
+    assert {p for p in admin if p.startswith("prvDelete")} == {
+        "prvDeletebcs_CustomerStatistic",
+        "prvDeleteProductPriceLevel",
+    }
 
 
 @pytest.mark.parametrize(

@@ -128,10 +128,12 @@ def test_bc_documented_sample() -> None:
     answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode())
     assert answer.status == 202
     records = [m for m in answer.messages if isinstance(m, SyncMessage)]
-    # items -> ITEM-PRODUCT (updated), customers -> CUSTOMER (deleted); salesInvoices is not mapped
-    # and its company is not configured: rejected in the body, still 2xx so BC keeps the subscription.
+    # items -> ITEM-PRODUCT and ITEM PRICE (updated), customers -> CUSTOMER (deleted); salesInvoices is
+    # not mapped and its company is not configured: rejected in the body, still 2xx so BC keeps the
+    # subscription.
     assert sorted((m.mapping, m.change) for m in records) == [
         ("CUSTOMER", "deleted"),
+        ("ITEM PRICE", "updated"),
         ("ITEM-PRODUCT", "updated"),
     ]
     assert len(json.loads(answer.body)["rejected"]) == 1
@@ -166,7 +168,7 @@ def test_bc_intake_reads_no_storage_and_leaves_echoes_to_the_processor() -> None
     """BC stamps an entry before the record's own lastModifiedDateTime is set, so no stamp equals
     what our write read back: the entry is queued and the processor compares values."""
     answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode())
-    assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "ITEM-PRODUCT"]
+    assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "ITEM PRICE", "ITEM-PRODUCT"]
 
 
 def test_bc_collection_becomes_a_scan_from_the_notified_time() -> None:
@@ -259,7 +261,8 @@ def test_bc_redelivery_and_repeated_entries_are_not_queued_twice() -> None:
         return answer
 
     first = call_once()
-    assert len(first.messages) == 1 and json.loads(first.body)["duplicates"] == 49
+    # one message per mapping of items (ITEM-PRODUCT, ITEM PRICE); the 49 repeats are duplicates of each
+    assert len(first.messages) == 2 and json.loads(first.body)["duplicates"] == 98
     again = call_once()
     assert again.status == 202 and again.messages == []
     later = json.loads(samples.BC_NOTIFICATION_SAMPLE)["value"][0]
@@ -268,7 +271,7 @@ def test_bc_redelivery_and_repeated_entries_are_not_queued_twice() -> None:
         {}, json.dumps({"value": [later]}).encode(), config=BC_CONFIG, mappings=MAPPINGS,
         seen=recent.contains,
     )  # fmt: skip
-    assert len(fresh.messages) == 1
+    assert len(fresh.messages) == 2
 
 
 def test_dataverse_redelivery_of_the_same_operation_is_not_queued_twice() -> None:
@@ -358,6 +361,7 @@ def test_fuzz_mutated_bc_notifications_never_5xx_and_enqueue_only_when_authentic
         assert isinstance(message, SyncMessage | ScanMessage) and message.mapping in {
             "CUSTOMER",
             "ITEM-PRODUCT",
+            "ITEM PRICE",
         }
 
 

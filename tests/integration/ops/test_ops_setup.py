@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from bcsync.cli import app
 from devstack.bc import DEFAULT_COMPANY_ID
 from devstack.bc.seed_data import reference_id
+from devstack.dataverse.config import INTEGRATION_USER_ID, USD_CURRENCY_ID
 from shared import runtime
 from shared.connectors.credentials import StaticTokenCredential
 from shared.feeds.registration import ENDPOINT_NAME
@@ -39,10 +40,19 @@ def test_setup_registers_everything_and_a_second_run_changes_nothing(ops: OpsSta
     # The registration ran as the administrator, never as the integration user.
     assert all(e["_createdby_value"] == "ad300000-0000-4000-8000-000000000001" for e in endpoints)
 
+    # The price list of BC's item prices (settings.price_list), in the local currency, by the integration
+    # user.
+    price_list = ops.rt.mappings.settings.price_list
+    assert price_list is not None and f"price list 'Business Central' ({price_list.id})" in first.created
+    [row] = [r for r in ops.dv.rows("pricelevels") if r["pricelevelid"] == price_list.id]
+    assert row["name"] == "Business Central" and row["_transactioncurrencyid_value"] == USD_CURRENCY_ID
+    assert row["_createdby_value"] == INTEGRATION_USER_ID
+
     second = run_setup(ops.rt, ADMIN)
 
     assert second.ok
     assert not second.changed, (second.created, second.updated)
+    assert f"price list 'Business Central' ({price_list.id})" in second.existing
     assert f"Dataverse webhook endpoint {ENDPOINT_NAME}" in second.existing
     assert len(ops.dv.rows("sdkmessageprocessingsteps")) == len(steps)
     assert sorted(second.existing) == sorted(set(second.existing))
@@ -179,3 +189,6 @@ def test_setup_says_what_to_change_when_the_local_currency_is_missing_in_dataver
     assert "settings.bc_local_currency_code" in local.fix
     assert any(t.startswith("local currency: add the currency CAD") for t in report.todo)
     assert not report.ok
+    # The price list of item prices waits for that currency, saying so.
+    price_list = next(c for c in report.checks if c.name == "price list 'Business Central'")
+    assert not price_list.ok and "fix the local currency" in price_list.fix
