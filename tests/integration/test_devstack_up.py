@@ -3,6 +3,7 @@ every process it started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -118,8 +119,17 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
         started = _children(proc.pid)
         assert started, "up should have started Azurite as a child process"
     finally:
+        everything = _children(proc.pid)
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            # A failing run must not leave a stack behind: stop what this test started, by PID.
+            for pid in [*everything, proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            raise
         reader.join(timeout=10)
     output = "".join(lines)
     assert proc.returncode == 0, output[-2000:]
