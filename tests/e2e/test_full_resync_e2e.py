@@ -26,7 +26,7 @@ def _resync(e2e: E2EStack) -> tuple[RunSummary, float]:
         run = e2e.rt.journal.get_run(CUSTOMER, run_id)
         return run if run is not None and not run.in_progress else None
 
-    run = wait_for(finished, "the full resync to finish", timeout=120, interval=0.25)
+    run = wait_for(finished, "the full resync to finish", timeout=300, interval=0.25)
     return run, time.monotonic() - started
 
 

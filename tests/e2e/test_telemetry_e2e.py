@@ -5,7 +5,9 @@ values."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +46,14 @@ def _spans(lines: list[dict[str, Any]], trace_id: str | None = None) -> list[dic
 
 
 def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
-    e2e: E2EStack, telemetry_file: Path
+    e2e: E2EStack, telemetry_file: Path, request: pytest.FixtureRequest
 ) -> None:
     assert telemetry.enabled()
+    # `python -m devstack`'s main, run in-process by another test of this worker, quiets the intake's
+    # INFO lines on the console (`shared.feeds` at WARNING); the service's own level is what counts here.
+    feeds = logging.getLogger("shared.feeds")
+    request.addfinalizer(functools.partial(feeds.setLevel, feeds.level))
+    feeds.setLevel(logging.NOTSET)
     tag = uuid.uuid4().hex[:8]
     customer = e2e.bc_create("customers", {"displayName": f"Traced {tag}", "phoneNumber": "555-0100"})
     coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
