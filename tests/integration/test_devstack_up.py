@@ -52,6 +52,9 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack", "up", *args], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, env={**_without_service_settings(), "PYTHONUNBUFFERED": "1"},
+        # A suite started in the background (`make test &`) ignores SIGINT, and children inherit that:
+        # `up` must see Ctrl-C as a person's terminal sends it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
