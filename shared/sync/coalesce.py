@@ -82,6 +82,10 @@ GATHER_STEP = 0.1
 # the message waited this long since its notification (a backlog).
 BUSY_FOR_BURST = 2
 WAITED_FOR_BURST = 1.0
+# Waiting changes of the same company that make a burst worth a batch: a handful goes the one-record
+# way (a batch of 2-3 saves a request or two and reads counterparts the one-record path presumes), so
+# an item's two mappings or a person's few edits cost exactly what they cost alone.
+MIN_BURST = 8
 # `$filter` text per BC request of ids or match values: the whole URL stays far below the 2,048
 # characters proxies and IIS accept by default (the ids of 30 records).
 URL_FILTER_CHARS = 1500
@@ -700,9 +704,13 @@ class Coalescer:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         eager: bool = False,
+        min_burst: int = MIN_BURST,
     ) -> None:
-        """`eager`: look at the queue for every message (tools and tests), not only when a burst shows."""
+        """`eager`: look at the queue for every message (tools and tests), not only when a burst shows,
+        and take any change of the same work found there; `min_burst`: otherwise, the changes of the
+        same work that must be waiting for a batch."""
         self.gather_seconds, self.sleep, self.clock, self.eager = gather_seconds, sleep, clock, eager
+        self.min_burst = 1 if eager else min_burst
         self._lock = threading.Lock()
         self._busy: dict[Key, int] = {}
         self._open: dict[Key, _Gathering] = {}
@@ -728,7 +736,7 @@ class Coalescer:
             # peek is a storage round-trip, and a change alone must not wait for it).
             waited = (dt.datetime.now(dt.UTC) - message.observed).total_seconds()
             suspect = self.eager or busy >= BUSY_FOR_BURST or waited > WAITED_FOR_BURST
-            if not suspect or not _burst_visible(queue, message):
+            if not suspect or not _burst_visible(queue, message, self.min_burst):
                 return None
             return self._lead(engine, queue, message, key)
         finally:
@@ -771,11 +779,12 @@ class Coalescer:
         return _run_batch(engine, queue, message, followers, claimed)
 
 
-def _burst_visible(queue: ClaimQueue, message: SyncMessage) -> bool:
+def _burst_visible(queue: ClaimQueue, message: SyncMessage, min_burst: int) -> bool:
     try:
-        return any(
-            (m := _parsed(text)) is not None and same_work(message, m) for text in queue.peek(CLAIM_PAGE)
+        alike = sum(
+            1 for text in queue.peek(CLAIM_PAGE) if (m := _parsed(text)) is not None and same_work(message, m)
         )
+        return alike >= min_burst
     except Exception as exc:  # storage trouble: the one-record path still works
         log.warning("could not peek at the queue (%s); handling %s alone", exc, message.id)
         return False

@@ -330,7 +330,7 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
 def test_a_change_while_another_worker_is_busy_goes_alone_when_nothing_else_arrives() -> None:
     h = Harness()
     [first] = _dv_messages(_new_accounts(h, 1))
-    coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None)
+    coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None, min_burst=1)
     coalescer._busy[None] = 2  # two workers of this process are on this company's changes
     queue = FakeQueue([])
     assert coalescer.handle(h.engine, queue, first) is None  # one look, nothing there: no delay
@@ -360,12 +360,25 @@ def test_a_fresh_change_with_nobody_busy_does_not_even_look_at_the_queue() -> No
     h = Harness()
     [dv_id] = _new_accounts(h, 1)
     queue = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, 3))])
-    coalescer = Coalescer()
+    coalescer = Coalescer(min_burst=1)
     assert coalescer.handle(h.engine, queue, _dv_messages([dv_id])[0]) is None
     assert queue.peeks == 0 and queue.receives == 0
     # The same change after waiting on the queue (a backlog) leads a batch.
     waited = _dv_messages([dv_id])[0].model_copy(
         update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)}
     )
-    led = Coalescer(gather_seconds=0.0).handle(h.engine, queue, waited)
+    led = Coalescer(gather_seconds=0.0, min_burst=1).handle(h.engine, queue, waited)
     assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED and queue.peeks >= 1
+
+
+def test_a_few_waiting_changes_go_the_one_record_way() -> None:
+    h = Harness()
+    [dv_id] = _new_accounts(h, 1)
+    waited = _dv_messages([dv_id])[0].model_copy(
+        update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)}
+    )
+    few = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, coalesce.MIN_BURST - 1))])
+    assert Coalescer(gather_seconds=0.0).handle(h.engine, few, waited) is None
+    assert few.receives == 0  # looked, claimed nothing
+    enough = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, coalesce.MIN_BURST))])
+    assert isinstance(Coalescer(gather_seconds=0.0).handle(h.engine, enough, waited), Done)
