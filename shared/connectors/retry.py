@@ -56,8 +56,8 @@ class RetryPolicy:
 class RequestStats:
     """What a client sent: the number production pays for. Keys are `"METHOD kind"`.
 
-    `in_this_thread` counts only the calling thread's requests, so a worker can say what one record
-    cost while others share the client.
+    `in_this_thread` and `this_thread` count only the calling thread's requests, so a worker (or a
+    test) can say what one record cost while others share the client.
     """
 
     requests: Counter[str] = field(default_factory=Counter)
@@ -69,7 +69,7 @@ class RequestStats:
     def record(self, key: str) -> None:
         with self._lock:
             self.requests[key] += 1
-        self._local.count = getattr(self._local, "count", 0) + 1
+        self._thread_counter()[key] += 1
 
     @property
     def total(self) -> int:
@@ -77,7 +77,18 @@ class RequestStats:
 
     @property
     def in_this_thread(self) -> int:
-        return int(getattr(self._local, "count", 0))
+        return sum(self._thread_counter().values())
+
+    @property
+    def this_thread(self) -> Counter[str]:
+        """A copy of the calling thread's requests by key."""
+        return Counter(self._thread_counter())
+
+    def _thread_counter(self) -> Counter[str]:
+        counter: Counter[str] | None = getattr(self._local, "requests", None)
+        if counter is None:
+            counter = self._local.requests = Counter()
+        return counter
 
     def reset(self) -> None:
         self.requests.clear()

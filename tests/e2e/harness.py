@@ -220,6 +220,13 @@ class E2EStack:
         stats.update({f"DV {k}": v for k, v in self.rt.dataverse.stats.requests.items()})
         return stats
 
+    def requests_in_this_thread(self) -> dict[str, int]:
+        """What the service's clients sent from the calling thread (a test calling `shared` directly),
+        leaving out what the dev host's functions send meanwhile."""
+        stats = {f"BC {k}": v for k, v in self.rt.bc.stats.this_thread.items()}
+        stats.update({f"DV {k}": v for k, v in self.rt.dataverse.stats.this_thread.items()})
+        return stats
+
     def failures(self, since: int = 0) -> list[str]:
         """Function invocations that failed or were poisoned (from index `since`)."""
         return [

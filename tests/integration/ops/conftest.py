@@ -135,8 +135,11 @@ def _jwks_app() -> Starlette:
     return Starlette(routes=[Route("/discovery/v2.0/keys", keys)])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ops_stack() -> Iterator[OpsStack]:
+    """Per module, not per session: the stack sets process-wide app settings and the runtime is
+    process-wide, so it must be gone before another module's stack (an e2e one sharing the xdist
+    worker) starts."""
     saved = dict(os.environ)
     jwks = serve_in_thread(_jwks_app())
     os.environ.update(
