@@ -16,6 +16,8 @@ are refused, as the Functions host refuses them.
 
 from __future__ import annotations
 
+from shared.errors import ServiceError
+
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
 _DAYS = {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (  # name, lowest, highest, names
@@ -28,7 +30,7 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (  # name, lowest, h
 )
 
 
-class ScheduleError(ValueError):
+class ScheduleError(ValueError, ServiceError):
     pass
 
 

@@ -136,7 +136,7 @@ def mapping_problems(path: str | Path) -> list[str]:
 T = TypeVar("T")
 
 
-class DeadlineExceeded(TimeoutError):
+class DeadlineExceeded(TimeoutError, ServiceError):
     pass
 
 

@@ -13,6 +13,8 @@ import httpx
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
+from shared.errors import ServiceError
+
 # Refresh this long before expiry so a token never expires mid-request.
 REFRESH_MARGIN_SECONDS = 300
 
@@ -48,7 +50,7 @@ class BearerTokenAuth(httpx.Auth):
         yield request
 
 
-class SignInError(ClientAuthenticationError):
+class SignInError(ClientAuthenticationError, ServiceError):
     """The authority refused to sign the integration user in; `detail` and `fix` name the setting."""
 
     def __init__(self, detail: str, fix: str) -> None:
@@ -57,7 +59,7 @@ class SignInError(ClientAuthenticationError):
         super().__init__(message=detail)
 
 
-class AuthorityUnreachable(ServiceRequestError):
+class AuthorityUnreachable(ServiceRequestError, ServiceError):
     """The authority did not answer (network): may succeed later."""
 
     def __init__(self, detail: str, fix: str) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from shared.errors import ServiceError
+
 SOLUTION_DIR = Path(__file__).resolve().parents[2] / "solution"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 ET.register_namespace("xsi", XSI)
@@ -35,7 +37,7 @@ ROLE_USER = "Integration User"
 ROLE_AVAILABILITY = "Product Availability User"
 
 
-class SolutionSourceError(ValueError):
+class SolutionSourceError(ValueError, ServiceError):
     """The solution source or a zip is not what the packer or importer expects; says which file."""
 
 

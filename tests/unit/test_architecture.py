@@ -249,3 +249,27 @@ def _violations(layer: str, allowed: Iterable[str] | None, forbidden: Iterable[s
 def test_layers(layer: str, allowed: tuple[str, ...] | None, forbidden: tuple[str, ...]) -> None:
     bad = _violations(layer, allowed, forbidden)
     assert not bad, f"shared/{layer} imports what its layer may not:\n" + "\n".join(bad)
+
+
+def test_every_exception_of_shared_derives_from_the_one_root() -> None:
+    # One root (shared/errors.py) so that a caller answering over HTTP needs one `except`: a class
+    # outside it falls through to the generic 500 and cannot say what to do.
+    import importlib
+    import inspect
+
+    from shared.errors import ServiceError
+
+    outside = []
+    for name in sorted(MODULES):
+        if not _under(name, "shared"):
+            continue
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and not issubclass(value, ServiceError)
+            ):
+                outside.append(f"{name}.{attr} ({module_path(name)})")
+    assert not outside, "exceptions not derived from shared.errors.ServiceError:\n" + "\n".join(outside)
