@@ -10,11 +10,14 @@ e-mail) and the initial sync.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from devstack.stack import INTEGRATION_TOKEN, Stack
+
+if TYPE_CHECKING:
+    from shared.runtime import Runtime
 
 DATAVERSE_ADMIN_TOKEN = "admin-user"  # the sandbox's System Administrator (devstack/dataverse/config.py)
 
@@ -148,7 +151,7 @@ def start_demo(stack: Stack) -> Iterator[str]:
     yield from _try_it(stack)
 
 
-def _demo_orders(stack: Stack, rt: Any) -> Iterator[str]:
+def _demo_orders(stack: Stack, rt: Runtime) -> Iterator[str]:
     """Two Sales orders of the first sample customer, entered by a Sales user: one submitted (it becomes
     a BC sales order with its lines within seconds), one still a draft (not BC's business yet)."""
     import httpx

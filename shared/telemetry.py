@@ -121,6 +121,10 @@ class _Span:
             self._span.set_attribute(key, value)
 
 
+# What `span` gives: something to `set` attributes on while the `with` block runs.
+Span = _Span | _NoSpan
+
+
 @dataclass
 class _Telemetry:
     exporter: str  # "azure_monitor", "otlp" or "file"

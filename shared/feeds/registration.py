@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.connectors.business_central import BusinessCentralClient
+from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.settings import Settings
@@ -77,7 +79,10 @@ def filtering_attributes(mapping: EntityMapping) -> list[str]:
 
 
 def ensure_dataverse_webhooks(
-    dv: Any, settings: Settings, mappings: MappingSet, subscriptions: SubscriptionStore | None = None
+    dv: DataverseClient,
+    settings: Settings,
+    mappings: MappingSet,
+    subscriptions: SubscriptionStore | None = None,
 ) -> RegistrationReport:
     """The service endpoint and its steps; what is already in place is left alone.
 
@@ -154,7 +159,9 @@ def _endpoint_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def bc_subscription_targets(settings: Settings, mappings: MappingSet, bc: Any) -> list[tuple[str, str]]:
+def bc_subscription_targets(
+    settings: Settings, mappings: MappingSet, bc: BusinessCentralClient
+) -> list[tuple[str, str]]:
     """(company id, entity set) pairs that should have a BC subscription: the mapped sets BC lists as
     webhook-supported in that company (`webhookSupportedResources`, cached by the client; the
     documented list where BC has no such page). The others are fed by the delta poll only."""
@@ -171,7 +178,7 @@ def resource_path(company_id: str, entity_set: str) -> str:
 
 
 def ensure_bc_subscriptions(
-    bc: Any,
+    bc: BusinessCentralClient,
     settings: Settings,
     mappings: MappingSet,
     subscriptions: SubscriptionStore | None = None,
@@ -190,19 +197,20 @@ def ensure_bc_subscriptions(
     for company, entity_set in bc_subscription_targets(settings, mappings, bc):
         resource = resource_path(company, entity_set)
         label = f"BC subscription {entity_set} ({company})"
-        sub = existing.get(_normal_resource(resource))
+        found = existing.get(_normal_resource(resource))
         try:
-            if sub is None:
+            if found is None:
                 sub = bc.create_subscription(url, resource, settings.bc_webhook_client_state)
                 report.created.append(label)
-            elif _expires(sub) - now < RENEW_WITHIN:
+            elif _expires(found) - now < RENEW_WITHIN:
                 sub = bc.renew_subscription(
-                    sub["subscriptionId"],
-                    sub.get("@odata.etag", "*"),
+                    found["subscriptionId"],
+                    found.get("@odata.etag", "*"),
                     client_state=settings.bc_webhook_client_state,
                 )
                 report.updated.append(label + " renewed")
             else:
+                sub = found
                 report.unchanged.append(label)
         except ApiError as exc:
             report.failed.append(f"{label}: {exc}")
@@ -247,7 +255,9 @@ def _company_of(resource: str) -> str | None:
     return resource[start + len("companies(") : end].lower() if start >= 0 and end > start else None
 
 
-def missing_bc_subscriptions(bc: Any, settings: Settings, mappings: MappingSet) -> list[tuple[str, str]]:
+def missing_bc_subscriptions(
+    bc: BusinessCentralClient, settings: Settings, mappings: MappingSet
+) -> list[tuple[str, str]]:
     """(company, entity set) targets BC has no subscription for on our URL: deleted by BC after
     failed deliveries or a refusing answer, expired, or deleted by anyone. One request."""
     url = bc_webhook_url(settings)

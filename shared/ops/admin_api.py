@@ -35,6 +35,7 @@ from typing import Any
 from shared.auth import HttpJwksSource, Principal, Role, RoleNames, TokenValidator, authorize
 from shared.errors import ServiceError
 from shared.ops import operations as ops
+from shared.runtime import Runtime
 from shared.sales.availability import availability_service
 from shared.sales.statistics import push_statistics
 from shared.settings import Settings, get_settings
@@ -123,33 +124,33 @@ def _record(source: Callable[..., str | None]) -> tuple[Any, str]:
 
 
 # -------------------------------------------------------------------------------------- handlers
-Handler = Callable[[Any, dict[str, str], ApiRequest], tuple[int, Any]]
+Handler = Callable[[Runtime, dict[str, str], ApiRequest], tuple[int, Any]]
 
 
-def _status(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _status(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     return 200, ops.status(rt)
 
 
-def _errors(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _errors(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     mapping = _query_text(req.query, "mapping", required=False)
     return 200, {"errors": ops.list_errors(rt, mapping, skipped_only=_query_flag(req.query, "skipped"))}
 
 
-def _history(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _history(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     mapping = _query_text(req.query, "mapping") or ""
     side, record_id = _record(lambda n, required: _query_text(req.query, n, required=required))
     return 200, {"entries": ops.history(rt, mapping, side, record_id)}
 
 
-def _runs(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _runs(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     return 200, {"runs": ops.list_runs(rt, _query_text(req.query, "mapping") or "")}
 
 
-def _run(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _run(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     return 200, ops.get_run(rt, _query_text(req.query, "mapping") or "", params["run_id"])
 
 
-def _couple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _couple(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "bc_id", "dv_id", "sync_from", "dry_run"})
     result = ops.couple(
         rt, body.text("mapping") or "", body.text("bc_id") or "", body.text("dv_id") or "",
@@ -158,18 +159,18 @@ def _couple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]
     return 200, result
 
 
-def _uncouple(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _uncouple(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "bc_id", "dv_id"})
     side, record_id = _record(body.text)
     return 200, ops.uncouple(rt, body.text("mapping") or "", side, record_id)
 
 
-def _match(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _match(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "dry_run"})
     return 200, ops.match_couple(rt, body.text("mapping") or "", dry_run=body.flag("dry_run"))
 
 
-def _sync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _sync(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "bc_id", "dv_id", "prefer", "dry_run"})
     side, record_id = _record(body.text)
     return 200, ops.sync_now(
@@ -178,14 +179,14 @@ def _sync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     )  # fmt: skip
 
 
-def _full_resync(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _full_resync(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "dry_run"})
     run = ops.start_full_resync(rt, body.text("mapping") or "", dry_run=body.flag("dry_run"))
     progress = f"/api/manage/runs/{run.run_id}?mapping={run.mapping}"
     return 202, {"run": ops.to_json(run), "progress_url": progress}
 
 
-def _retry(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _retry(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"mapping", "bc_id", "dv_id", "all", "dry_run"})
     mapping, dry_run = body.text("mapping") or "", body.flag("dry_run")
     if body.flag("all"):
@@ -196,21 +197,21 @@ def _retry(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     return 200, ops.retry(rt, mapping, side, record_id, dry_run=dry_run)
 
 
-def _poison(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _poison(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     return 200, {"messages": ops.list_poison(rt)}
 
 
-def _replay(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _replay(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     body = Body(req.body, {"dry_run"})
     return 200, ops.replay_poison(rt, dry_run=body.flag("dry_run"))
 
 
-def _statistics(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _statistics(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     Body(req.body, set())
     return 200, push_statistics(rt)
 
 
-def _availability(rt: Any, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
+def _availability(rt: Runtime, params: dict[str, str], req: ApiRequest) -> tuple[int, Any]:
     service = availability_service(rt)
     if "product_id" in params:
         return 200, service.by_product_id(params["product_id"])
@@ -386,7 +387,7 @@ def handle(
     return ApiResponse(status, ops.to_json(payload))
 
 
-def _default_runtime() -> Any:
+def _default_runtime() -> Runtime:
     from shared.runtime import get_runtime
 
     return get_runtime()

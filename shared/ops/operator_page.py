@@ -33,6 +33,7 @@ from shared.auth import Principal, Role, authorize
 from shared.errors import ServiceError
 from shared.ops import operations as ops
 from shared.ops.admin_api import ApiRequest, Authenticator, authenticator_from_settings
+from shared.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.timestamps import parse_iso
 
@@ -129,7 +130,7 @@ def _holds(auth: Authenticator, principal: Principal, role: Role) -> bool:
     return True
 
 
-def _default_runtime() -> Any:
+def _default_runtime() -> Runtime:
     from shared.runtime import get_runtime
 
     return get_runtime()
@@ -223,7 +224,7 @@ def _sign_in(auth: Authenticator, request: ApiRequest) -> PageResponse:
 
 
 # ------------------------------------------------------------------------------------------ pages
-def _overview(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
+def _overview(rt: Runtime, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     status = ops.status(rt)
     rows = []
     for m in status.mappings:
@@ -260,7 +261,7 @@ def _overview(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     return _page(200, "Operations", body, nav=True, viewer=viewer)
 
 
-def _runs_section(rt: Any, status: ops.ServiceStatus) -> str:
+def _runs_section(rt: Runtime, status: ops.ServiceStatus) -> str:
     running = []
     for m in status.mappings:
         for run in ops.list_runs(rt, m.mapping, limit=5):
@@ -287,7 +288,7 @@ def _runs_section(rt: Any, status: ops.ServiceStatus) -> str:
     )
 
 
-def _subscriptions_section(rt: Any) -> str:
+def _subscriptions_section(rt: Runtime) -> str:
     now = dt.datetime.now(dt.UTC)
     rows = []
     for sub in sorted(rt.subscriptions.bc_subscriptions(), key=lambda s: s.expires or ""):
@@ -314,7 +315,7 @@ def _subscriptions_section(rt: Any) -> str:
     )
 
 
-def _errors(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
+def _errors(rt: Runtime, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     mapping = request.query.get("mapping") or None
     items = ops.list_errors(rt, mapping)
     notice = _notice(request.query)
@@ -355,7 +356,7 @@ def _error_card(item: ops.ErrorItem, viewer: _Viewer) -> str:
     )
 
 
-def _retry(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
+def _retry(rt: Runtime, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     form = _form(request)
     mapping = form.get("mapping", "")
     if not mapping:
@@ -383,7 +384,7 @@ def _notice(query: Mapping[str, str]) -> str:
     return f'<p class="{kind}" role="status">{_e(text)}</p>'
 
 
-def _history(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
+def _history(rt: Runtime, request: ApiRequest, viewer: _Viewer) -> PageResponse:
     mapping = request.query.get("mapping") or ""
     side, record_id = ops.record_ref(request.query.get("bc_id") or None, request.query.get("dv_id") or None)
     entries = ops.history(rt, mapping, side, record_id)
@@ -409,7 +410,7 @@ def _history(rt: Any, request: ApiRequest, viewer: _Viewer) -> PageResponse:
 
 
 _SIDE_NAMES = {"bc": "BC", "dv": "Dataverse"}
-_ROUTES: dict[tuple[str, str], tuple[Role, Callable[[Any, ApiRequest, _Viewer], PageResponse]]] = {
+_ROUTES: dict[tuple[str, str], tuple[Role, Callable[[Runtime, ApiRequest, _Viewer], PageResponse]]] = {
     ("GET", ""): (Role.INTEGRATION_USER, _overview),
     ("GET", "errors"): (Role.INTEGRATION_USER, _errors),
     ("GET", "history"): (Role.INTEGRATION_USER, _history),

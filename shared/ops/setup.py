@@ -36,6 +36,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError
 from shared.connectors.credentials import AuthorityUnreachable, SignInError
 from shared.connectors.dataverse import DataverseClient
 from shared.connectors.errors import ApiError, AuthenticationError, NotFoundError, TransientError
+from shared.connectors.retry import RetryPolicy
 from shared.feeds.registration import (
     ENDPOINT_NAME,
     RegistrationReport,
@@ -211,9 +212,7 @@ def _provision_storage(rt: Runtime, report: SetupReport) -> None:
 
 
 # ---------------------------------------------------------------------------------- connections
-def _check_client_policy() -> Any:
-    from shared.connectors.retry import RetryPolicy
-
+def _check_client_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=1, max_total_seconds=CHECK_TIMEOUT_SECONDS)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 from shared import telemetry
 from shared.companies import COMPANY_TABLES, COMPANY_VALUE, same_company
@@ -43,7 +42,7 @@ class NewerVersionPendingError(ServiceError):
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def permanent_problem(rt: Any, message: AnyMessage) -> str | None:
+def permanent_problem(rt: Runtime, message: AnyMessage) -> str | None:
     """Why no delivery of `message` can ever succeed (unknown mapping, an id that is not a GUID), or
     None. Such a message used to fail five deliveries before the host moved it to poison."""
     known = {m.name for m in rt.mappings.entities()}
@@ -64,7 +63,7 @@ def _ids(message: AnyMessage) -> list[str]:
     return message.ids if isinstance(message, ChunkMessage) else []
 
 
-def _to_poison(rt: Any, body: bytes, message_id: str, why: str) -> None:
+def _to_poison(rt: Runtime, body: bytes, message_id: str, why: str) -> None:
     log.error("message %s cannot succeed (%s); moved to %s", message_id, why, rt.storage.poison_queue_name)
     rt.storage.queue(rt.storage.poison_queue_name).send_message(body.decode("utf-8", errors="replace"))
 
@@ -106,7 +105,12 @@ def process_message(body: bytes, *, message_id: str = "", dequeue_count: int = 1
 
 
 def _process(
-    rt: Any, message: AnyMessage, body: bytes, message_id: str, span: Any, dequeue_count: int = 1
+    rt: Runtime,
+    message: AnyMessage,
+    body: bytes,
+    message_id: str,
+    span: telemetry.Span,
+    dequeue_count: int = 1,
 ) -> None:
     problem = permanent_problem(rt, message)
     if problem is not None:
@@ -148,7 +152,7 @@ def _process(
 _COALESCER = coalesce.Coalescer()
 
 
-def _coalesced(rt: Any, message: AnyMessage, dequeue_count: int) -> SyncResult | None:
+def _coalesced(rt: Runtime, message: AnyMessage, dequeue_count: int) -> SyncResult | None:
     """`message` handled with the same work waiting behind it in bulk (`shared.sync.coalesce`); None
     when it goes alone (nothing waits, another kind, a retry). A Dataverse change with several
     companies is routed one by one, so it goes alone."""

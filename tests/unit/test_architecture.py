@@ -273,3 +273,26 @@ def test_every_exception_of_shared_derives_from_the_one_root() -> None:
             ):
                 outside.append(f"{name}.{attr} ({module_path(name)})")
     assert not outside, "exceptions not derived from shared.errors.ServiceError:\n" + "\n".join(outside)
+
+
+# Parameters that hold a client, a gateway or the runtime: typed with the Protocol or class they are
+# (shared/sync/gateways.py, shared/runtime.py, the connectors), so mypy checks every call through them.
+TYPED_PARAMETERS = {"rt", "runtime", "bc", "dv", "engine", "storage", "client", "gateway", "span"}
+
+
+def test_no_client_gateway_or_runtime_parameter_is_typed_any() -> None:
+    untyped = []
+    for name in sorted(MODULES):
+        if not _under(name, "shared"):
+            continue
+        tree = ast.parse(MODULES[name].read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            for arg in args:
+                if arg.arg in TYPED_PARAMETERS and (
+                    arg.annotation is None or ast.unparse(arg.annotation) == "Any"
+                ):
+                    untyped.append(f"{module_path(name)}:{arg.lineno} {node.name}({arg.arg})")
+    assert not untyped, "parameters typed Any (or not at all):\n" + "\n".join(untyped)
