@@ -187,21 +187,12 @@ def check_bc_companies(settings: Settings, *, seconds: float = BC_CHECK_SECONDS)
         return cached
 
     def ask() -> set[str]:
-        from azure.core.credentials import TokenCredential
-
         from shared.connectors.retry import RetryPolicy
-        from shared.runtime import bc_client
+        from shared.runtime import bc_client, integration_credential
 
         # The settings given, not the process-wide runtime's: health passes the ones it just checked.
-        credential: TokenCredential
-        if settings.bc_static_token:
-            from shared.connectors.credentials import StaticTokenCredential
-
-            credential = StaticTokenCredential(settings.bc_static_token)
-        else:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+        # The integration user's credential of the configured sign-in mode, built as the runtime does.
+        credential = integration_credential(settings, "bc")
         policy = RetryPolicy(max_attempts=1, max_total_seconds=seconds)
         client = bc_client(settings, credential, policy=policy, timeout=seconds)
         try:

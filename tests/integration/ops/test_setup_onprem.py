@@ -28,6 +28,7 @@ from devstack.serve import ServerHandle, serve_in_thread
 from shared import runtime
 from shared.ops.setup import SetupReport, run_setup
 from shared.settings import SettingsError, load_settings
+from shared.startup import check_bc_companies, reset_company_check
 from tests.support.tls import write_loopback_certificate
 
 pytestmark = pytest.mark.integration
@@ -254,6 +255,26 @@ def test_bc_basic_authentication_with_a_web_service_access_key_over_https(
     assert not ok and "web service access key (401)" in detail
     assert "BC_USERNAME / BC_WEB_SERVICE_ACCESS_KEY" in fix
     _no_secret_in(report)
+
+
+def test_healths_company_check_signs_in_as_the_service_does(
+    onprem: OnPrem, settings_env: pytest.MonkeyPatch
+) -> None:
+    # GET /api/health asks BC for its companies with the integration user's credential of the
+    # configured sign-in mode, not with an Azure credential an on-premises BC does not take.
+    for name, value in {
+        "BC_AUTH_MODE": "basic",
+        "BC_USERNAME": "SYNC-SERVICE",
+        "BC_WEB_SERVICE_ACCESS_KEY": ACCESS_KEY,
+    }.items():
+        settings_env.setenv(name, value)
+    settings_env.delenv("BC_STATIC_TOKEN")
+    reset_company_check()
+    try:
+        check = check_bc_companies(load_settings(), seconds=10)
+    finally:
+        reset_company_check()
+    assert check.status == "ok", check.detail
 
 
 def test_basic_authentication_is_refused_over_plain_http(
