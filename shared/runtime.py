@@ -31,6 +31,7 @@ from shared.errors import ServiceError
 from shared.messages import AnyMessage
 from shared.settings import Settings, get_settings
 from shared.store import tables
+from shared.store.company_registry import CompanyRegistry
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal
 from shared.store.request_budget import SharedRequestBudget
@@ -55,10 +56,6 @@ CLIENT_TIMEOUT_SECONDS = 30.0
 Service = Literal["dataverse", "bc"]
 
 
-# Watermarks rows of the company registry (`shared.ops.setup`): PK `companies`, RowKey `home` (the
-# pinned home company, `Value`) and one row per company set-up has brought in (RowKey its id).
-COMPANIES_PARTITION = "companies"
-HOME_ROW = "home"
 # How long the list of Dataverse `bcbi_company` rows is trusted before it is asked again.
 COMPANY_ROWS_SECONDS = 600.0
 
@@ -110,13 +107,7 @@ class Runtime:
         return home_company(self.companies, self.pinned_home_company())
 
     def pinned_home_company(self) -> str | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            row = self.storage.table(tables.WATERMARKS).get_entity(COMPANIES_PARTITION, HOME_ROW)
-        except ResourceNotFoundError:
-            return None
-        return str(row.get("Value") or "") or None
+        return self.company_registry.pinned_home()
 
     @property
     def company_id(self) -> str:
@@ -165,6 +156,11 @@ class Runtime:
     @cached_property
     def statistics_hashes(self) -> StatisticsHashStore:
         return StatisticsHashStore(self.storage.table(tables.WATERMARKS), self.scope)
+
+    @cached_property
+    def company_registry(self) -> CompanyRegistry:
+        """The companies set-up brought in and the pinned home company: one registry for all of them."""
+        return CompanyRegistry(self.storage.table(tables.WATERMARKS))
 
     @cached_property
     def mappings(self) -> MappingSet:

@@ -15,11 +15,7 @@ last set-up (`shared.companies` has the model).
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
-
-from azure.data.tables import UpdateMode
 
 from shared.companies import (
     COMPANY_ENTITY_SET,
@@ -33,9 +29,9 @@ from shared.companies import (
 )
 from shared.connectors.errors import ApiError
 from shared.mapping.schema import MappingSet
-from shared.odata import eq
-from shared.runtime import COMPANIES_PARTITION, HOME_ROW, Runtime
+from shared.runtime import Runtime
 from shared.store import tables
+from shared.store.company_registry import CompanyRegistry
 from shared.store.couplings import CouplingStore
 from shared.sync import bulk
 
@@ -58,13 +54,9 @@ def bring_in_companies(
 ) -> CompanyReport:
     """`bc_names`: BC company id (lower case) -> name, as set-up's BC check listed them."""
     report = CompanyReport()
-    table = rt.storage.table(tables.WATERMARKS)
-    registry = {
-        str(r["RowKey"]).lower(): r
-        for r in table.query_entities(eq("PartitionKey", COMPANIES_PARTITION))
-        if r["RowKey"] != HOME_ROW
-    }
-    home = _pin_home(rt, table, report)
+    store = rt.company_registry
+    registry = store.companies()
+    home = _pin_home(rt, store, report)
     if rt.multi_company:
         if not dv_ok:
             return report  # the Dataverse check said why
@@ -74,34 +66,30 @@ def bring_in_companies(
     for company in rt.companies:
         if company.lower() in registry:
             continue
-        row: dict[str, Any] = {
-            "PartitionKey": COMPANIES_PARTITION, "RowKey": company.lower(),
-            "Name": bc_names.get(company.lower(), ""), "Added": dt.datetime.now(dt.UTC).isoformat(),
-        }  # fmt: skip
+        runs: list[str] = []
         # The home company of a deployment set up before is synced already (and a fresh one starts
         # with `bcsync resync` as before); any other company new here needs its initial sync.
         if not (first_time and same_company(company, home)):
             view = rt.for_company(company)
             runs = [bulk.request_full_resync(view.storage, name) for name in mappings.sync_order()]
-            row["InitialSync"] = ",".join(runs)
             report.added.append(
                 f"company {_label(company, bc_names)}: initial sync queued ({len(runs)} mappings; "
                 f"follow it with `bcsync status`)"
             )
-        table.upsert_entity(row, mode=UpdateMode.REPLACE)
-    for key, row in registry.items():
+        store.add(company, bc_names.get(company.lower(), ""), runs)
+    for key, registered in registry.items():
         if any(same_company(key, c) for c in rt.companies):
             continue
-        report.removed.append(_left_behind(rt, mappings, key, str(row.get("Name") or ""), home))
-        table.delete_entity(COMPANIES_PARTITION, row["RowKey"])
+        report.removed.append(_left_behind(rt, mappings, key, registered.name, home))
+        store.remove(registered)
     return report
 
 
-def _pin_home(rt: Runtime, table: Any, report: CompanyReport) -> str:
+def _pin_home(rt: Runtime, store: CompanyRegistry, report: CompanyReport) -> str:
     pinned = rt.pinned_home_company()
     if pinned is None:
         pinned = rt.companies[0]
-        table.upsert_entity({"PartitionKey": COMPANIES_PARTITION, "RowKey": HOME_ROW, "Value": pinned})
+        store.pin_home(pinned)
         report.created.append(f"home company {pinned} pinned (its stored rows keep the single-company keys)")
     else:
         report.existing.append(f"home company {pinned}")

@@ -9,6 +9,7 @@ import pytest
 
 from shared.companies import key_prefix
 from shared.store import tables
+from shared.store.company_registry import CompanyRegistry, RegisteredCompany
 from shared.store.journal import Journal, JournalEntry
 from shared.store.statistics_hashes import PushedHash, StatisticsHashStore
 from shared.store.storage import Storage
@@ -53,3 +54,26 @@ def test_journal_entries_and_time_rows_stay_with_their_company(storage: Storage)
     span = (at - dt.timedelta(minutes=1), at + dt.timedelta(minutes=1))
     assert [e.error for e in home.between(*span, mapping=mapping)] == ["home failed"]
     assert [e.error for e in other.between(*span, mapping=mapping)] == ["other failed"]
+
+
+def test_the_company_registry_pins_the_home_company_and_lists_the_companies(storage: Storage) -> None:
+    name = f"Registry{uuid.uuid4().hex[:12]}"  # its own table: the registry's partition is fixed
+    storage.tables.create_table(name)
+    table = storage.table(name)
+    registry = CompanyRegistry(table)
+    assert registry.pinned_home() is None and registry.companies() == {}
+    registry.pin_home(HOME)
+    at = dt.datetime(2031, 3, 1, 12, tzinfo=dt.UTC)
+    registry.add(HOME, "CRONUS", at=at)
+    registry.add(OTHER, "CRONUS Canada", ["run-1", "run-2"], at=at)
+    assert registry.pinned_home() == HOME
+    found = registry.companies()
+    assert set(found) == {HOME.lower(), OTHER.lower()}  # keyed in lower case, the home row not listed
+    other = RegisteredCompany(OTHER.lower(), "CRONUS Canada", at.isoformat(), ("run-1", "run-2"))
+    assert found[OTHER.lower()] == other
+    assert found[HOME.lower()].initial_sync == ()
+    # The rows as they have always been stored (partition `companies` of the Watermarks table).
+    assert table.get_entity("companies", "home")["Value"] == HOME
+    assert table.get_entity("companies", OTHER.lower())["InitialSync"] == "run-1,run-2"
+    registry.remove(found[OTHER.lower()])
+    assert set(registry.companies()) == {HOME.lower()}

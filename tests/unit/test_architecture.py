@@ -336,3 +336,31 @@ def test_no_client_gateway_or_runtime_parameter_is_typed_any() -> None:
                 ):
                     untyped.append(f"{module_path(name)}:{arg.lineno} {node.name}({arg.arg})")
     assert not untyped, "parameters typed Any (or not at all):\n" + "\n".join(untyped)
+
+
+TABLE_OPERATIONS = {
+    "get_entity",
+    "query_entities",
+    "list_entities",
+    "create_entity",
+    "upsert_entity",
+    "update_entity",
+    "delete_entity",
+    "submit_transaction",
+}
+
+
+def test_only_the_stores_touch_table_rows() -> None:
+    # One store per table (or kind of row) in shared/store/: keys, partitions and ETags live there.
+    raw = []
+    for name in sorted(MODULES):
+        if not _under(name, "shared") or _under(name, "shared.store"):
+            continue
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in TABLE_OPERATIONS
+            ):
+                raw.append(f"{module_path(name)}:{node.lineno} .{node.func.attr}()")
+    assert not raw, "table rows read or written outside shared/store/:\n" + "\n".join(raw)
