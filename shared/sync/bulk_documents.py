@@ -39,7 +39,7 @@ from shared.sync.documents import (
     lines_of,
     reconcile_document,
 )
-from shared.sync.engine import Engine, settle
+from shared.sync.engine import Engine, requeue_delay, settle
 from shared.sync.gateways import Record
 from shared.sync.reconcile import Outcome
 from shared.timestamps import now_iso
@@ -225,7 +225,7 @@ def _one(
         result = engine.preview(message) if dry_run else engine.sync_record(message)
     except Exception as exc:  # one document must not fail its neighbours
         log.warning("%s %s:%s failed in bulk: %s", m.name, side, record_id, exc)
-        engine.enqueue([message.model_copy(update={"reason": "retry after bulk failure"})], 5)
+        engine.enqueue([message.model_copy(update={"reason": "retry after bulk failure"})], requeue_delay(1))
         return "failed"
     return str(result.outcome)
 

@@ -183,3 +183,26 @@ def test_a_document_mapping_refuses_header_totals() -> None:
     )
     with pytest.raises(Exception, match="never written"):
         parse_mapping_set(text)
+
+
+def test_a_document_that_fails_in_bulk_is_requeued_after_the_one_requeue_policys_first_step() -> None:
+    # As bulk.py requeues a record that failed in bulk (`requeue_delay(1)`), not after a delay of its own.
+    from types import SimpleNamespace
+
+    from shared.sync import bulk_documents
+
+    queued: list[tuple[list[Any], int]] = []
+
+    def fail(message: Any) -> Any:
+        raise RuntimeError("the write failed")
+
+    def enqueue(messages: list[Any], delay: int) -> None:
+        queued.append((messages, delay))
+
+    engine = SimpleNamespace(sync_record=fail, enqueue=enqueue)
+    mapping = SimpleNamespace(name="SALESORDER")
+    outcome = bulk_documents._one(engine, mapping, "bc", "b1", dry_run=False)  # type: ignore[arg-type]
+    assert outcome == "failed"
+    [(messages, delay)] = queued
+    assert [m.id for m in messages] == ["b1"] and messages[0].reason == "retry after bulk failure"
+    assert 1 <= delay <= 2  # requeue_delay(1): 1.5 s with full jitter, rounded up
