@@ -20,7 +20,7 @@ def write_loopback_certificate(directory: Path, hosts: Sequence[str] = ()) -> tu
     with `REQUESTS_CA_BUNDLE=<certificate>` or `SSL_CERT_FILE=<certificate>`. `hosts` lets a loopback
     server present a real service's host name (e.g. `api.businesscentral.dynamics.com`) to a client
     whose base URL is fixed; the client reaches the loopback server through a proxy
-    (tests/conformance/proxy.py), never the real host.
+    (tests/conformance/third_party/proxy.py), never the real host.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bc-dataverse-sync test loopback")])
