@@ -40,7 +40,7 @@ from shared.sync.documents import (
     reconcile_document,
 )
 from shared.sync.engine import Engine, requeue_delay, settle
-from shared.sync.gateways import Record
+from shared.sync.gateways import Record, dataverse_parent_bind
 from shared.sync.reconcile import Outcome
 from shared.timestamps import now_iso
 
@@ -146,11 +146,12 @@ def create_in_dataverse(
             continue
         planned.append((document, plan))
         headers.append(dict(write.body))
-        parent = f"{m.lines.dataverse.parent}@odata.bind"
+        assert write.record_id is not None
+        parent = dataverse_parent_bind(m, write.record_id)
         for lp in plan.lines:
             if lp.plan.dv_write is not None and lp.plan.dv_write.kind == "create":
                 body = {lm.dataverse.primary_key: lp.plan.dv_write.record_id, **lp.plan.dv_write.body}
-                details.append({**body, parent: f"/{m.dataverse.entity_set}({write.record_id})"})
+                details.append({**body, **parent})
     if dry_run:
         counts["inserted"] += len(planned)
         return counts

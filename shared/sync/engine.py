@@ -1026,14 +1026,8 @@ class Engine:
                 body = dict(write.body)
                 line_id = lp.bc_id if side == "bc" else lp.dv_id
                 if write.kind == "create":
-                    if side == "bc":
-                        body[lines.bc.parent_field] = bc_id
-                    else:
-                        body.pop(lines.dataverse.primary_key, None)
-                        body[f"{lines.dataverse.parent}@odata.bind"] = (
-                            f"/{mapping.dataverse.entity_set}({dv_id})"
-                        )
-                    ops.append((LineWrite("create", None, body, write.record_id), index))
+                    parent = {"bc": bc_id, "dv": dv_id}[side]
+                    ops.append((LineWrite("create", None, body, write.record_id, parent), index))
                 else:
                     record = current[side].get(str(line_id))  # type: ignore[index]
                     if record is None:

@@ -114,6 +114,15 @@ class LineWrite:
     current: Record | None
     body: Mapping[str, Any]
     record_id: str | None = None  # Dataverse create: the deterministic id
+    # A create: the document's id on the gateway's side; the gateway attaches the line to it in its own
+    # wire format (BC: the lines' parent field; Dataverse: an `@odata.bind` to the header).
+    parent_id: str | None = None
+
+
+def dataverse_parent_bind(mapping: EntityMapping, parent_id: str) -> dict[str, str]:
+    """What attaches a new Dataverse line to its document: `<parent>@odata.bind` to the header."""
+    assert mapping.lines is not None
+    return {f"{mapping.lines.dataverse.parent}@odata.bind": f"/{mapping.dataverse.entity_set}({parent_id})"}
 
 
 class BcGateway(Gateway, Protocol):
@@ -361,12 +370,13 @@ class BusinessCentralGateway:
         """One atomic JSON `$batch` (`Isolation: snapshot`): a refused line changes nothing."""
         assert mapping.lines is not None
         entity_set = mapping.lines.bc.entity_set
+        parent_field = mapping.lines.bc.parent_field
         batch = [
             BatchOperation(
                 {"create": "POST", "update": "PATCH", "delete": "DELETE"}[op.kind],
                 entity_set,
                 None if op.current is None else str(op.current["id"]),
-                dict(op.body) if op.kind != "delete" else None,
+                None if op.kind == "delete" else _with_parent(op, parent_field),
                 None if op.current is None else op.current["@odata.etag"],
             )
             for op in operations
@@ -378,6 +388,13 @@ class BusinessCentralGateway:
             )
             results += [WriteResult(answer.body if answer.ok else None, answer.error) for answer in answers]
         return results
+
+
+def _with_parent(op: LineWrite, parent_field: str) -> dict[str, Any]:
+    body = dict(op.body)
+    if op.kind == "create" and op.parent_id is not None:
+        body[parent_field] = op.parent_id
+    return body
 
 
 @dataclass(frozen=True)
@@ -555,7 +572,11 @@ class DataverseGateway:
         requests = []
         for op in operations:
             if op.kind == "create":
-                body = {pk: op.record_id, **op.body} if op.record_id else dict(op.body)
+                body = {k: v for k, v in op.body.items() if k != pk}
+                if op.parent_id is not None:
+                    body.update(dataverse_parent_bind(mapping, op.parent_id))
+                if op.record_id:
+                    body = {pk: op.record_id, **body}
                 requests.append(BatchRequest("POST", entity_set, body))
             elif op.kind == "update":
                 assert op.current is not None
