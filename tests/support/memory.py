@@ -27,8 +27,11 @@ from azure.data.tables import TableTransactionError
 from shared.connectors.dataverse import ItemResult
 from shared.connectors.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.mapping.schema import EntityMapping, Side
-from shared.sync.gateways import Record, WriteResult
+from shared.sync.gateways import LineWrite, Record, WriteResult
 from shared.timestamps import iso_ms
+
+# The key under which a memory line row names its document (not part of what the API answers).
+PARENT = "@parent"
 
 _last_stamp = [dt.datetime.min.replace(tzinfo=dt.UTC)]
 
@@ -146,6 +149,101 @@ class _MemorySide:
     def requests_in_this_thread(self) -> int:
         return self.total()
 
+    # ------------------------------------------------------------------------------- documents
+    # A document's lines are rows of their own entity set that name their header (`_parent_of`);
+    # reading a document expands them into the header's navigation property, in one request.
+    def get_document(self, mapping: EntityMapping, record_id: str, *, select: Sequence[str]) -> Record | None:
+        self._count("GET", mapping)
+        row = self.rows(self.entity_set(mapping)).get(record_id)
+        return self._with_lines(mapping, self._view(row, select)) if row is not None else None
+
+    def create_document(
+        self,
+        mapping: EntityMapping,
+        body: Mapping[str, Any],
+        lines: Sequence[Mapping[str, Any]],
+        *,
+        select: Sequence[str],
+        record_id: str | None,
+    ) -> Record:
+        """Deep insert: the header and its lines in one request, all or nothing."""
+        self._count("POST", mapping)
+        header = self._store(mapping, self._new_header(mapping, body), record_id=record_id)
+        for line in lines:
+            self._store_line(mapping, dict(line), str(header[self._pk(mapping)]))
+        return self._with_lines(mapping, self._view(header, select))
+
+    def write_lines(self, mapping: EntityMapping, operations: Sequence[LineWrite]) -> list[WriteResult]:
+        """One atomic batch: a refused operation fails, the others are rolled back and say so."""
+        self._count("$batch", self._lines_set(mapping))
+        before = {k: dict(v) for k, v in self.rows(self._lines_set(mapping)).items()}
+        results: list[WriteResult] = []
+        for op in operations:
+            try:
+                results.append(WriteResult(self._write_line(mapping, op)))
+            except (ConcurrencyError, NotFoundError) as exc:
+                self.tables[self._lines_set(mapping)] = before
+                rolled = ConcurrencyError("rolled back", status=424, code="TransactionRolledBack")
+                return [WriteResult(None, exc if o is op else rolled) for o in operations]
+        return results
+
+    def _write_line(self, mapping: EntityMapping, op: LineWrite) -> Record | None:
+        assert mapping.lines is not None
+        lines = self.rows(self._lines_set(mapping))
+        if op.kind == "create":
+            assert op.parent_id is not None, "a new line names its document"
+            body = dict(op.body)
+            if op.record_id:
+                body[self._line_pk(mapping)] = op.record_id
+            return dict(self._store_line(mapping, body, op.parent_id))
+        assert op.current is not None
+        line_id = str(op.current[self._line_pk(mapping)])
+        row = lines.get(line_id)
+        url = f"{self._lines_set(mapping)}({line_id})"
+        if row is None:
+            raise NotFoundError(f"{line_id} does not exist", status=404, url=url)
+        if row["@odata.etag"] != op.current["@odata.etag"]:
+            raise ConcurrencyError("the line changed since it was read", status=412, url=url)
+        if op.kind == "delete":
+            del lines[line_id]
+            return None
+        row.update(op.body)
+        row["@odata.etag"] = f'W/"{next(self._etags)}"'
+        return dict(row)
+
+    def _store_line(self, mapping: EntityMapping, body: Record, parent_id: str) -> Record:
+        pk, lines = self._line_pk(mapping), self.rows(self._lines_set(mapping))
+        body[pk] = str(body.get(pk) or uuid.uuid4())
+        if body[pk] in lines:
+            raise ConcurrencyError(
+                f"{body[pk]} exists", status=412, url=f"{self._lines_set(mapping)}({body[pk]})"
+            )
+        body[PARENT] = parent_id
+        body["@odata.etag"] = f'W/"{next(self._etags)}"'
+        lines[body[pk]] = body
+        return body
+
+    def _with_lines(self, mapping: EntityMapping, header: Record) -> Record:
+        parent = str(header[self._pk(mapping)])
+        found = [
+            {k: v for k, v in line.items() if k != PARENT}
+            for line in self.rows(self._lines_set(mapping)).values()
+            if line[PARENT] == parent
+        ]
+        return {**header, self._navigation(mapping): found}
+
+    def _new_header(self, mapping: EntityMapping, body: Mapping[str, Any]) -> Record:
+        return dict(body)
+
+    def _lines_set(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    def _line_pk(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
+    def _navigation(self, mapping: EntityMapping) -> str:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------- helpers
     def _count(self, method: str, mapping: EntityMapping | str) -> None:
         name = mapping if isinstance(mapping, str) else self.entity_set(mapping)
@@ -194,6 +292,10 @@ class MemoryBc(_MemorySide):
     side: Side = "bc"
     refuse: frozenset[str] = frozenset()  # displayNames `create_many` refuses (a validation error)
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.actions: list[tuple[str, str, str]] = []  # (entity set, id, action) as `run_action` ran them
+
     def entity_set(self, mapping: EntityMapping) -> str:
         return mapping.bc.entity_set
 
@@ -216,6 +318,41 @@ class MemoryBc(_MemorySide):
         # BC also gives a new record the next number of its number series when none is sent.
         numbered = {"number": f"C{len(self.rows(mapping.bc.entity_set)) + 10001:05d}", **body}
         return super().create(mapping, numbered, select=select, record_id=None)
+
+    # Documents: BC assigns the header's and the lines' ids, numbers the document, and puts each line
+    # under its header (the parent field) and in order (the order field).
+    def _new_header(self, mapping: EntityMapping, body: Mapping[str, Any]) -> Record:
+        return {"number": f"D{len(self.rows(mapping.bc.entity_set)) + 1001:04d}", **body}
+
+    def _store_line(self, mapping: EntityMapping, body: Record, parent_id: str) -> Record:
+        assert mapping.lines is not None
+        body[mapping.lines.bc.parent_field] = parent_id
+        order = mapping.lines.bc.order_field
+        if order:
+            siblings = [r for r in self.rows(self._lines_set(mapping)).values() if r[PARENT] == parent_id]
+            body[order] = 10000 * (len(siblings) + 1)
+        return super()._store_line(mapping, body, parent_id)
+
+    def _lines_set(self, mapping: EntityMapping) -> str:
+        assert mapping.lines is not None
+        return mapping.lines.bc.entity_set
+
+    def _line_pk(self, mapping: EntityMapping) -> str:
+        return "id"
+
+    def _navigation(self, mapping: EntityMapping) -> str:
+        return self._lines_set(mapping)
+
+    def query_document_pages(
+        self, mapping: EntityMapping, *, select: Sequence[str], filter: str | None, page_size: int
+    ) -> Iterator[list[Record]]:
+        self._count("GET", mapping)
+        rows = [r for r in self.rows(mapping.bc.entity_set).values() if _matches(r, filter)]
+        yield [self._with_lines(mapping, self._view(r, select)) for r in rows[:page_size]]
+
+    def run_action(self, mapping: EntityMapping, record_id: str, name: str) -> None:
+        self._count("POST", f"{mapping.bc.entity_set}/{name}")
+        self.actions.append((mapping.bc.entity_set, record_id, name))
 
     def create_many(
         self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]], *, select: Sequence[str]
@@ -290,6 +427,32 @@ class MemoryDataverse(_MemorySide):
 
     def _always(self, row: Record) -> Record:
         return {}  # Dataverse answers only what `$select` names (the engine selects the key)
+
+    # Documents: the caller chooses the ids (deterministic, so a retried create finds them); a new line
+    # names its header with `<parent>@odata.bind`, which Dataverse answers as `_<parent>_value`.
+    def _store_line(self, mapping: EntityMapping, body: Record, parent_id: str) -> Record:
+        assert mapping.lines is not None
+        parent = mapping.lines.dataverse.parent
+        bind = body.pop(f"{parent}@odata.bind", None)
+        assert bind in (None, f"/{mapping.dataverse.entity_set}({parent_id})"), bind
+        body[f"_{parent}_value"] = parent_id
+        return super()._store_line(mapping, body, parent_id)
+
+    def _lines_set(self, mapping: EntityMapping) -> str:
+        assert mapping.lines is not None
+        return mapping.lines.dataverse.entity_set
+
+    def _line_pk(self, mapping: EntityMapping) -> str:
+        assert mapping.lines is not None
+        return mapping.lines.dataverse.primary_key
+
+    def _navigation(self, mapping: EntityMapping) -> str:
+        assert mapping.lines is not None
+        return mapping.lines.dataverse.navigation
+
+    def run_action(self, name: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        self._count("POST", name)
+        return None
 
     def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
         self._count("$batch", mapping)
