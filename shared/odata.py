@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 
 Scalar = str | int | float | bool | Decimal | uuid.UUID | dt.datetime | dt.date | None
@@ -98,6 +98,25 @@ def dataverse_in(field: str, values: Iterable[Scalar]) -> str:
     _check_field(field)
     rendered = ",".join(literal(v if isinstance(v, str) else str(v)) for v in values)
     return f"Microsoft.Dynamics.CRM.In(PropertyName={literal(field)},PropertyValues=[{rendered}])"
+
+
+# `$filter` text per request of ids or match values joined by `or`: the whole URL stays far below the
+# 2,048 characters proxies and IIS accept by default (the ids of 30 records).
+URL_FILTER_CHARS = 1500
+
+
+def or_chunks(clauses: Sequence[str], budget: int = URL_FILTER_CHARS) -> Iterator[list[str]]:
+    """`clauses` in groups whose `or_` stays within `budget` characters: one request per group."""
+    part: list[str] = []
+    size = 0
+    for clause in clauses:
+        if part and size + len(clause) + 6 > budget:
+            yield part
+            part, size = [], 0
+        part.append(clause)
+        size += len(clause) + 6  # " or " and the parentheses `or_` adds
+    if part:
+        yield part
 
 
 def _join(op: str, clauses: Iterable[str]) -> str:

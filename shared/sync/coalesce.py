@@ -10,7 +10,7 @@ the batch; deletions, retries, other companies and other kinds are put back visi
 
 1. couplings: one point read each (Table Storage, no API request);
 2. the changed records in one request per chunk (Dataverse: `$batch` of `In` queries; BC:
-   `$filter=id eq ... or id eq ...` within `URL_FILTER_CHARS`);
+   `$filter=id eq ... or id eq ...` within `odata.URL_FILTER_CHARS`);
 3. an echo (values equal the coupling's snapshot) stops there, as on the one-record path;
 4. the coupled counterparts in one request per chunk, the same way (read, not presumed: one request
    per 100 records buys exact ETags and no 412 round-trips);
@@ -36,8 +36,7 @@ import datetime as dt
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -86,9 +85,6 @@ WAITED_FOR_BURST = 1.0
 # way (a batch of 2-3 saves a request or two and reads counterparts the one-record path presumes), so
 # an item's two mappings or a person's few edits cost exactly what they cost alone.
 MIN_BURST = 8
-# `$filter` text per BC request of ids or match values: the whole URL stays far below the 2,048
-# characters proxies and IIS accept by default (the ids of 30 records).
-URL_FILTER_CHARS = 1500
 
 
 # ------------------------------------------------------------------------------ dispositions
@@ -430,35 +426,13 @@ def _is_plain_bc_create(plan: Plan) -> bool:
 
 # ---------------------------------------------------------------------------------- reading
 def read_by_ids(engine: Engine, m: EntityMapping, side: Side, ids: Sequence[str]) -> dict[str, Record]:
-    """Records by id, keyed by lower-case id: Dataverse with `read_many` (one `$batch` of `In`
-    queries), BC with `id eq ... or ...` filters of at most `URL_FILTER_CHARS`."""
+    """Records by id, keyed by lower-case id, with the side's `read_many` (Dataverse: one `$batch` of
+    `In` queries; BC: `id eq ... or ...` filters within `odata.URL_FILTER_CHARS`)."""
     if not ids:
         return {}
-    select = select_fields(engine.ms, m, side)
+    rows = engine.sides[side].read_many(m, list(ids), select=select_fields(engine.ms, m, side))
     pk = primary_key(m, side)
-    if side == "dv":
-        rows = engine.dv.read_many(m, list(ids), select=select)
-    else:
-        rows = [
-            row
-            for part in _filter_chunks([odata.eq("id", uuid.UUID(i)) for i in ids])
-            for page in engine.bc.query_pages(m, select=select, filter=odata.or_(*part))
-            for row in page
-        ]
     return {str(row[pk]).lower(): row for row in rows}
-
-
-def _filter_chunks(clauses: Sequence[str], budget: int = URL_FILTER_CHARS) -> Iterator[list[str]]:
-    part: list[str] = []
-    size = 0
-    for clause in clauses:
-        if part and size + len(clause) + 6 > budget:
-            yield part
-            part, size = [], 0
-        part.append(clause)
-        size += len(clause) + 6  # " or " and the parentheses `or_` adds
-    if part:
-        yield part
 
 
 def _with_candidates(
@@ -490,7 +464,7 @@ def _with_candidates(
         for name, values in by_field.items():
             distinct = list(dict.fromkeys(values.values()))
             rows: list[Record] = []
-            for part in _filter_chunks([odata.eq(name, v) for v in distinct]):
+            for part in odata.or_chunks([odata.eq(name, v) for v in distinct]):
                 clause = odata.or_(*part)
                 query = odata.and_(f"({clause})" if len(part) > 1 else clause, *([scope] if scope else []))
                 for page in engine.sides[target].query_pages(m, select=select, filter=query):

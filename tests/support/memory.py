@@ -27,7 +27,7 @@ from azure.data.tables import TableTransactionError
 from shared.connectors.dataverse import ItemResult
 from shared.connectors.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.mapping.schema import EntityMapping, Side
-from shared.sync.gateways import LineWrite, Record, WriteResult
+from shared.sync.gateways import LineWrite, Record, WriteResult, read_many_by_filter
 from shared.timestamps import iso_ms
 
 # The key under which a memory line row names its document (not part of what the API answers).
@@ -369,6 +369,10 @@ class MemoryBc(_MemorySide):
             numbered = {"number": f"C{len(self.rows(mapping.bc.entity_set)) + 10001:05d}", **body}
             results.append(WriteResult(self._view(self._store(mapping, numbered, record_id=None), select)))
         return results
+
+    def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
+        """As the real gateway: `id eq ... or ...` queries in URL-sized chunks, one request each."""
+        return read_many_by_filter(self, mapping, ids, select=select)  # type: ignore[arg-type]
 
     def modified_since(
         self, mapping: EntityMapping, since: dt.datetime, *, select: Sequence[str]

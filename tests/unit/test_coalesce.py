@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+from shared import odata
 from shared.connectors.errors import AmbiguousWriteError
 from shared.messages import ScanMessage, SyncMessage, to_json
 from shared.sync import coalesce
@@ -290,9 +291,9 @@ def test_only_first_attempts_of_plain_changes_coalesce() -> None:
 
 def test_id_filters_are_cut_to_the_url_budget() -> None:
     clauses = [f"id eq {uuid.uuid4()}" for _ in range(100)]
-    parts = list(coalesce._filter_chunks(clauses))
+    parts = list(odata.or_chunks(clauses))
     assert sum(len(p) for p in parts) == 100 and len(parts) > 1
-    assert all(len(" or ".join(f"({c})" for c in p)) <= coalesce.URL_FILTER_CHARS for p in parts)
+    assert all(len(" or ".join(f"({c})" for c in p)) <= odata.URL_FILTER_CHARS for p in parts)
 
 
 def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets_its_outcome() -> None:

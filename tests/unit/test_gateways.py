@@ -1,13 +1,17 @@
-"""The adapters own their wire format for document lines: a new line is attached to its document by
-the gateway of its side (BC: the lines' parent field; Dataverse: `@odata.bind` to the header, with the
-line's deterministic id), so the engine hands over the document's id and no side-specific body."""
+"""The adapters own their wire format: a new document line is attached to its document by the gateway
+of its side (BC: the lines' parent field; Dataverse: `@odata.bind` to the header, with the line's
+deterministic id), and records are read by many ids in the side's own way (BC: `id eq ... or ...`
+filters cut to the URL budget), so the engine hands over ids and no side-specific body or URL."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared import odata
 from shared.connectors.business_central import BatchOperation, BatchResult
 from shared.connectors.dataverse import BatchRequest, BatchResponse
 from shared.mapping import load_mapping_set
@@ -24,6 +28,7 @@ class _BcClient:
 
     def __init__(self) -> None:
         self.sent: list[BatchOperation] = []
+        self.queries: list[tuple[str, dict[str, Any]]] = []
 
     def batch(
         self, company_id: str, operations: Sequence[BatchOperation], *, atomic: bool = False
@@ -31,6 +36,10 @@ class _BcClient:
         assert company_id == COMPANY and atomic
         self.sent += operations
         return [BatchResult(201, {"id": "new"}, None) for _ in operations]
+
+    def query_pages(self, company_id: str, entity_set: str, **options: Any) -> Iterator[list[dict[str, Any]]]:
+        self.queries.append((entity_set, options))
+        yield [{"id": i} for i in re.findall(r"id eq ([0-9a-f-]{36})", options["filter"])]
 
 
 class _DvClient:
@@ -83,3 +92,18 @@ def test_a_new_dataverse_line_is_bound_to_its_header_under_its_deterministic_id(
         "quantity": 2,
         f"{lines.parent}@odata.bind": f"/{ORDERS.dataverse.entity_set}(doc-1)",
     }
+
+
+def test_bc_records_are_read_by_id_in_filters_cut_to_the_url_budget() -> None:
+    client = _BcClient()
+    gateway = BusinessCentralGateway(client, COMPANY)  # type: ignore[arg-type]
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+    customers = MAPPINGS.entity("CUSTOMER")
+
+    found = gateway.read_many(customers, ids, select=["id", "number"])
+
+    assert [r["id"] for r in found] == ids
+    assert 3 <= len(client.queries) <= 5  # about 30 ids per request
+    for entity_set, options in client.queries:
+        assert entity_set == "customers" and options["select"] == ["id", "number"]
+        assert len(options["filter"]) <= odata.URL_FILTER_CHARS
