@@ -49,7 +49,7 @@ from shared.mapping.queries import (
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import MissingLookup, by_side, other
 from shared.messages import AnyMessage, ChunkMessage, ScanMessage, SyncMessage
-from shared.odata import any_eq, eq
+from shared.odata import eq
 from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
 from shared.store.journal import Journal, JournalEntry
 from shared.sync.documents import (
@@ -1204,13 +1204,7 @@ class Engine:
             if coupling is not None and coupling.bc_id:
                 item_of_product[product] = coupling.bc_id
         try:
-            inventory: dict[str, float] = {}
-            ids = sorted(set(item_of_product.values()))
-            for start in range(0, len(ids), 40):
-                for item in self.bc.query_set(
-                    "items", select=["id", "inventory"], filter=any_eq("id", ids[start : start + 40])
-                ):
-                    inventory[str(item["id"])] = float(item.get("inventory") or 0)
+            inventory = self.resolver.item_inventory(list(item_of_product.values()))
             updates = availability_updates(
                 lines, line_key=lm.dataverse.primary_key, product_column=product_column, column=shown.column,
                 item_of_product=item_of_product, inventory=inventory,

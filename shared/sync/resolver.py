@@ -18,11 +18,12 @@ from shared.mapping.lookups import StaticLookups
 from shared.mapping.queries import LookupKey, lookup_keys, lookup_needs
 from shared.mapping.schema import EntityMapping, MappingSet, OptionSetMapping, Side
 from shared.mapping.values import COMPANY_CONTACT_KEY, MissingLookup
-from shared.odata import and_, eq
+from shared.odata import and_, any_eq, eq
 from shared.store.couplings import CouplingStore
 from shared.sync.gateways import BcGateway, DvGateway, Record
 
 REFERENCE_TTL_SECONDS = 600
+ITEMS_PER_INVENTORY_READ = 40
 
 
 class LookupResolver:
@@ -223,6 +224,18 @@ class LookupResolver:
 
         found: str | None = self._fresh(f"local currency:{mapping.name}:{code}", load)
         return found
+
+    # ------------------------------------------------------------------------- stock on hand
+    def item_inventory(self, item_ids: Sequence[str]) -> dict[str, float]:
+        """BC item id -> quantity on hand (`inventory`, a FlowField), asked now: 40 items per request
+        (their `or` filter stays within the URL budget). Not cached: it is shown as it is."""
+        ids = sorted(set(item_ids))
+        inventory: dict[str, float] = {}
+        for start in range(0, len(ids), ITEMS_PER_INVENTORY_READ):
+            chunk = ids[start : start + ITEMS_PER_INVENTORY_READ]
+            for item in self.bc.query_set("items", select=["id", "inventory"], filter=any_eq("id", chunk)):
+                inventory[str(item["id"])] = float(item.get("inventory") or 0)
+        return inventory
 
     def _code_table(self, mapping_name: str, entity_set: str) -> list[Record]:
         option = self.ms.get(mapping_name)

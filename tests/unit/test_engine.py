@@ -530,3 +530,18 @@ def test_a_requeued_sync_keeps_when_it_first_saw_each_change() -> None:
     assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Chicago"
     settled = h.couplings.get("CUSTOMER", "bc", bc_id)
     assert settled is not None and settled.seen is None and first_seen[0] > 0
+
+
+def test_stock_on_hand_is_asked_for_40_items_per_request() -> None:
+    # What a quote line's availability column shows (Engine._show_availability): BC's `inventory` now.
+    h = Harness()
+    items = h.bc.rows("items")
+    for n in range(90):
+        item_id = f"00000000-0000-4000-8000-{n:012d}"
+        items[item_id] = {"id": item_id, "inventory": n, "@odata.etag": 'W/"1"'}
+    ids = list(items)[:85]
+
+    inventory = h.engine.resolver.item_inventory([*ids, ids[0]])  # a repeated item is asked once
+
+    assert inventory == {item_id: float(items[item_id]["inventory"]) for item_id in ids}
+    assert h.bc.requests == {"GET items": 3}
