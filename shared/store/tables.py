@@ -8,7 +8,9 @@ from __future__ import annotations
 
 COUPLINGS = "Couplings"
 JOURNAL = "SyncJournal"
-WATERMARKS = "Watermarks"  # poll watermarks, and the statistics hashes in partition `statistics`
+# Poll watermarks, and a few rows that say how far a job got: the statistics hashes (partition
+# `statistics`), the company registry (partition `companies`), the stock ledger cursor (`bc-ledger`).
+WATERMARKS = "Watermarks"
 SUBSCRIPTIONS = "Subscriptions"
 REQUEST_BUDGET = "RequestBudget"  # the integration user's requests, shared by every instance
 
