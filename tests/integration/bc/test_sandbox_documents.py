@@ -210,3 +210,25 @@ def test_make_invoice_then_post_and_actions_the_sandbox_does_not_implement(bc: B
     assert (read["status"], read["remainingAmount"]) == ("Open", 15)
     refused = bc.http.post(f"{bc.entity_url('salesInvoices', invoice['id'])}/Microsoft.NAV.cancel")
     assert "does not implement Microsoft.NAV.cancel" in assert_error(refused, 400, "BadRequest_NotSupported")
+
+
+def test_deep_patch_and_lambda_filters_are_refused_loudly(bc: Bc) -> None:
+    """BC's OData known limitations: no deep patching; lambda operators are ignored by BC. The sandbox
+    refuses both with a 400 (docs/bc-sandbox.md: stricter than BC on purpose for the lambda)."""
+    order = _order(bc, (1,))
+    item = _first(bc, "items")
+    deep = bc.http.patch(
+        bc.entity_url("salesOrders", order["id"]),
+        json={"salesOrderLines": [{"lineObjectNumber": item["number"], "quantity": 2}]},
+        headers={"If-Match": "*"},
+    )
+    message = assert_error(deep, 400, "BadRequest")
+    assert message.startswith(
+        "The property 'salesOrderLines' does not exist on type 'Microsoft.NAV.salesOrder'."
+    )
+    read = bc.http.get(
+        bc.entity_url("salesOrders", order["id"]), params={"$expand": "salesOrderLines"}
+    ).json()
+    assert [line["quantity"] for line in read["salesOrderLines"]] == [1]
+    lambda_filter = {"$filter": "contactsInformation/any(c: c/contactType eq 'Company')"}
+    assert_error(bc.http.get(bc.entity_url("customers"), params=lambda_filter), 400, "BadRequest")
