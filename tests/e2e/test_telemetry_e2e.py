@@ -18,6 +18,7 @@ import pytest
 
 from devstack.traces import render
 from shared import telemetry
+from shared.ops import operations as ops
 from tests.e2e.harness import E2EStack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +92,15 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
 
     names = [s["name"] for s in trace]
     assert "process message" in names
-    assert by_id[processed[-1]["parent_id"]]["name"] in ("bc webhook", "process message")
+    # The queue message: the processing is the child of the send that queued it, the webhook's child
+    # (or, had the change been requeued, the child of the earlier processing's send).
+    queue = e2e.stack.env.get("SYNC_QUEUE_NAME", "sync-requests")
+    send = by_id[processed[-1]["parent_id"]]
+    assert send["name"] == f"send {queue}" and send["kind"] == "SpanKind.PRODUCER", send["name"]
+    assert send["attributes"]["messaging.destination.name"] == queue
+    assert by_id[send["parent_id"]]["name"] in ("bc webhook", "process message")
+    first_send = next(s for s in trace if s["name"] == f"send {queue}")
+    assert by_id[first_send["parent_id"]]["name"] == "bc webhook"
     read = next(s for s in trace if s["name"] == "BC GET customers")
     assert read["attributes"] == {
         "http.request.method": "GET", "bcsync.entity_set": "customers", "bcsync.side": "bc",
@@ -110,6 +119,7 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
     # `python -m devstack traces` (what `make run` points to) shows it as a tree, webhook first.
     tree = render([line for line in lines if line["signal"] != "span" or line in trace], last=1)
     assert tree[1].strip().startswith("bc webhook")
+    assert tree[2].strip().startswith(f"send {queue}") and tree[3].strip().startswith("process message")
     assert any(row.strip().startswith("Dataverse PATCH accounts") for row in tree), tree
 
     # Logs carry the trace id: the processor's line about this change is in this trace.
@@ -132,12 +142,62 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
     text = telemetry_file.read_text()
     secrets = [
         *SANDBOX_TOKENS,
+        e2e.stack.env["BC_STATIC_TOKEN"],
+        e2e.stack.env["DATAVERSE_STATIC_TOKEN"],
         e2e.stack.env["DATAVERSE_WEBHOOK_SECRET"],
         e2e.stack.env["BC_WEBHOOK_CLIENT_STATE"],
     ]
     values = [phone, f"Traced {tag}", "555-0100"]
     for secret in secrets + values:
         assert secret not in text, f"{secret!r} is in the exported telemetry"
+
+
+def test_a_throttled_read_is_retried_in_its_span_and_the_timers_record_queue_and_coupling_metrics(
+    e2e: E2EStack, telemetry_file: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    customer = e2e.bc_create("customers", {"displayName": f"Throttled {tag}"})
+    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
+    e2e.settle()
+    # BC answers the processor's read of this customer 429 once, as BC does above its rate limits.
+    e2e.bc.faults.add(
+        {
+            "action": "status",
+            "status": 429,
+            "retry_after": 1,
+            "method": "GET",
+            "path_contains": customer["id"],
+        }
+    )
+    e2e.bc_update("customers", customer["id"], {"displayName": f"Throttled {tag} 2"})
+    wait_for(lambda: e2e.dv.get("accounts", coupling.dv_id)["name"] == f"Throttled {tag} 2", "the change")
+    e2e.settle()
+    assert not e2e.bc.faults.rules(), "the 429 was never answered: the test proves nothing"
+
+    # The delta poll's timer records the queues and, once per interval, the coupled records.
+    from shared.ops import jobs
+
+    jobs.run_delta_poll()
+    lines = _exported(telemetry_file)
+    reads = [
+        s for s in _spans(lines)
+        if s["name"] == "BC GET customers" and s["attributes"].get("bcsync.retry_count", 0) >= 1
+    ]  # fmt: skip
+    assert reads, "no BC read with its retry counted"
+    assert reads[-1]["attributes"]["http.response.status_code"] == 200
+    assert reads[-1]["attributes"]["bcsync.retry_count"] == 1
+    metrics = _metric_points(lines)
+    assert metrics["bcsync.api.throttled"].get(("bc",), 0) >= 1
+    assert ("dv",) not in metrics["bcsync.api.throttled"]
+    coupled = {m.name: ops.coupled_count(e2e.rt, m.name) for m in e2e.rt.mappings.entities()}
+    assert coupled["CUSTOMER"] >= 1
+    assert {k[0]: v for k, v in metrics["bcsync.couplings"].items()} == coupled
+    # The poll's deletion sweeps queue work of their own, so the depth is whatever it was then; its
+    # exact values are tests/integration/test_telemetry_queue.py's. Here: the timer records them.
+    assert metrics["bcsync.queue.depth"][()] >= 0
+    assert 0 <= metrics["bcsync.queue.oldest_age"][()] < 60
+    poison = e2e.rt.storage.queue(e2e.rt.storage.poison_queue_name).get_queue_properties()
+    assert metrics["bcsync.poison.count"][()] == poison.approximate_message_count
 
 
 def _metric_points(lines: list[dict[str, Any]]) -> dict[str, dict[tuple[str, ...], float]]:
