@@ -320,7 +320,25 @@ def _azure_monitor(settings: Settings, propagator: Any) -> _Telemetry:
 
         options["credential"] = ManagedIdentityCredential()
     configure_azure_monitor(**options)
-    return _Telemetry("azure_monitor", trace.get_tracer("bcsync"), metrics.get_meter("bcsync"), propagator)
+    state = _Telemetry("azure_monitor", trace.get_tracer("bcsync"), metrics.get_meter("bcsync"), propagator)
+    # The distro exports one logger's records (`shared`'s); the functions' own go the same way.
+    functions = logging.getLogger("sync_functions")
+    for handler in logging.getLogger("shared").handlers:
+        if type(handler).__name__ == "LoggingHandler":
+            functions.addHandler(handler)
+            state.shutdowns.append(functools.partial(functions.removeHandler, handler))
+    _service_log_levels(state)
+    return state
+
+
+def _service_log_levels(state: _Telemetry) -> None:
+    """The service's INFO lines (what each change did) are what its log export is for: let them through
+    where the process's logging would stop them at WARNING (Python's default)."""
+    for name in ("shared", "sync_functions"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+            state.shutdowns.append(functools.partial(logger.setLevel, logging.NOTSET))
 
 
 def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry:
@@ -369,12 +387,7 @@ def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry
     )
     state.log_handler = handler
     logging.getLogger().addHandler(handler)
-    for name in ("shared", "sync_functions"):
-        # The service's INFO lines (what each change did) are what its log export is for.
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-            state.shutdowns.append(functools.partial(logger.setLevel, logging.NOTSET))
+    _service_log_levels(state)
     state.flushes += [tracer_provider.force_flush, logger_provider.force_flush, meter_provider.force_flush]
     state.shutdowns += [tracer_provider.shutdown, logger_provider.shutdown, meter_provider.shutdown]
     return state

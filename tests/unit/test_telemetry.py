@@ -176,6 +176,12 @@ assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
 assert not RequestsInstrumentor().is_instrumented_by_opentelemetry
 with telemetry.span("bc webhook"):
     assert telemetry.traceparent() is not None
+# The service's INFO lines, of `shared` and of the functions, reach the distro's log handler.
+import logging
+for name in ("shared", "sync_functions"):
+    logger = logging.getLogger(name)
+    assert logger.getEffectiveLevel() <= logging.INFO, name
+    assert any(type(h).__name__ == "LoggingHandler" for h in logger.handlers), name
 print("ok")
 """
     # A loopback ingestion endpoint that refuses connections: nothing leaves the machine.
