@@ -152,6 +152,39 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
         assert secret not in text, f"{secret!r} is in the exported telemetry"
 
 
+def test_a_change_in_sales_is_one_trace_from_the_dataverse_webhook_to_the_bc_write(
+    e2e: E2EStack, telemetry_file: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    customer = e2e.bc_create("customers", {"displayName": f"From Sales {tag}"})
+    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
+    e2e.settle()
+    phone = f"555-{uuid.uuid4().int % 10_000:04d}"
+    e2e.dv_update("accounts", str(coupling.dv_id), {"telephone1": phone})
+    wait_for(lambda: (e2e.bc_get("customers", customer["id"]) or {}).get("phoneNumber") == phone, "BC")
+    e2e.settle()
+
+    lines = _exported(telemetry_file)
+    processed = [
+        s for s in _spans(lines)
+        if s["name"] == "process message" and s["attributes"].get("bcsync.record_id") == coupling.dv_id
+        and s["attributes"].get("bcsync.outcome") == "modified"
+    ]  # fmt: skip
+    assert processed, "no `process message` span for the Sales change"
+    trace = _spans(lines, processed[-1]["context"]["trace_id"])
+    by_id = {s["context"]["span_id"]: s for s in trace}
+    roots = [s for s in trace if s["parent_id"] is None]
+    assert [r["name"] for r in roots] == ["dataverse webhook"], [r["name"] for r in roots]
+    send = by_id[processed[-1]["parent_id"]]
+    assert send["name"].startswith("send ") and by_id[send["parent_id"]]["name"] == "dataverse webhook"
+    write = next(s for s in trace if s["name"] == "BC PATCH customers")
+    assert write["parent_id"] == processed[-1]["context"]["span_id"]
+    assert write["attributes"]["bcsync.side"] == "bc"
+    assert write["attributes"]["http.response.status_code"] == 200
+    assert any(s["name"] == "coupling write" for s in trace)
+    assert phone not in telemetry_file.read_text()
+
+
 def test_a_throttled_read_is_retried_in_its_span_and_the_timers_record_queue_and_coupling_metrics(
     e2e: E2EStack, telemetry_file: Path
 ) -> None:
