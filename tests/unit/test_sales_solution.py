@@ -13,6 +13,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from devstack.dataverse.schema import build_tables
 from shared.mapping.loader import load_mapping_set
 from shared.mapping.lookups import StaticLookups, web_client_link
 from shared.sales import statistics, stock
@@ -38,7 +39,9 @@ def test_the_same_source_packs_to_the_same_bytes_wherever_it_is(tmp_path: Path) 
     shutil.copytree(SOLUTION_DIR, copy)
     assert pack() == pack() == pack(copy)
     (copy / "Other" / "Solution.xml").write_text(
-        (copy / "Other" / "Solution.xml").read_text().replace("<Version>1.1.0.0<", "<Version>1.1.0.1<")
+        (copy / "Other" / "Solution.xml")
+        .read_text()
+        .replace(f"<Version>{read_info().version}<", "<Version>99.0.0.1<")
     )
     assert pack(copy) != pack()
 
@@ -63,14 +66,19 @@ def test_a_broken_source_file_is_named(tmp_path: Path) -> None:
         pack(copy)
 
 
-def _written_columns() -> set[tuple[str, str]]:
-    """(table, column) the service writes to Dataverse that only the solution can add (`bcs_`)."""
+def _all_written_columns() -> set[tuple[str, str]]:
+    """(table, column) the service writes to Dataverse: the mappings' fields (headers and document lines),
+    their status and availability columns, the statistics rows and the stock refresh's as-of time."""
     ms = load_mapping_set(str(MAPPINGS))
     written: set[tuple[str, str]] = set()
     for m in ms.entities():
-        for f in m.fields:
-            if f.dv and f.writes_to("dv"):
-                written.add((m.dataverse.table, f.dv))
+        parts = [(m.dataverse.table, m.fields)]
+        if m.lines is not None:
+            parts.append((m.lines.dataverse.table, m.lines.fields))
+            if m.lines.availability is not None:
+                written.add((m.lines.dataverse.table, m.lines.availability.column))
+        for table, fields in parts:
+            written |= {(table, f.dv) for f in fields if f.dv and f.writes_to("dv")}
         if m.dataverse.status_column:
             written.add((m.dataverse.table, m.dataverse.status_column))
     figures = statistics.CustomerFigures("id", "10000", "Adatum", *([0.0] * len(statistics.FIGURES)))
@@ -82,19 +90,42 @@ def _written_columns() -> set[tuple[str, str]]:
         if not key.startswith("@"):
             written.add(("bcs_customerstatistic", key.removesuffix("@odata.bind")))
     written.add((stock.AS_OF_TABLE, stock.AS_OF_COLUMN))
-    return {(t, c) for t, c in written if c.startswith("bcs_") or t.startswith("bcs_")}
+    return written
+
+
+def _written_columns() -> set[tuple[str, str]]:
+    """(table, column) the service writes to Dataverse that only the solution can add (`bcs_`)."""
+    return {(t, c) for t, c in _all_written_columns() if c.startswith("bcs_") or t.startswith("bcs_")}
 
 
 def test_every_column_the_service_writes_is_declared_in_the_solution() -> None:
     written = _written_columns()
     # The derivation finds what it must: a sanity check that it reads the mappings and the code.
     expected = {("account", "bcs_bcnumber"), ("account", "bcs_bcurl"), ("product", "bcs_quantityasof"),
-                ("bcs_customerstatistic", "bcs_accountid"), ("contact", "bcs_bccouplingstatus")}  # fmt: skip
+                ("bcs_customerstatistic", "bcs_accountid"), ("contact", "bcs_bccouplingstatus"),
+                ("quotedetail", "bcs_availablequantity"), ("salesorderdetail", "bcs_bclinenumber"),
+                *((doc, column) for doc in ("quote", "salesorder", "invoice")
+                  for column in ("bcs_bcnumber", "bcs_bcurl"))}  # fmt: skip
     assert expected <= written
     solution = declared(pack())
     assert missing_columns(solution.columns, written) == []
     assert solution.keys["bcs_customerstatistic"] == [("bcs_customerno",)]
     assert solution.forms["bcs_customerstatistic"] == ["quick"] and solution.forms["account"] == ["main"]
+
+
+def test_every_other_column_the_service_writes_is_a_standard_one() -> None:
+    """What the solution does not declare must be a column of the standard tables (as the Dataverse
+    sandbox models them before any import): a column only some other solution adds (BC's own
+    integration solution has `bcbi_businesscentralordernumber` on orders) would make every write fail."""
+    standard = {t.logical_name: set(t.columns) for t in build_tables().values()}
+    declared_columns = declared(pack()).columns
+    unknown = sorted(
+        f"{table}.{column}"
+        for table, column in _all_written_columns()
+        if column not in declared_columns.get(table, set())
+        and not ({column, f"_{column}_value"} & standard.get(table, set()))
+    )
+    assert unknown == []
 
 
 def test_missing_columns_names_what_is_not_declared() -> None:
@@ -103,21 +134,60 @@ def test_missing_columns_names_what_is_not_declared() -> None:
     ) == ["account.bcs_x"]
 
 
+# Dataverse names a table's privileges after its original schema name; a sales order's are `Order`, and a
+# document's lines (quote, order and invoice products) are checked against their document's privileges
+# (updating a quote product needs prvWriteQuote; https://learn.microsoft.com/previous-versions/dynamicscrm-2016/
+# developers-guide/gg328477(v=crm.8) lists the SalesOrder (order) entity privileges).
+PRIVILEGE_TABLES = {
+    "account": "Account", "contact": "Contact", "product": "Product", "opportunity": "Opportunity",
+    "transactioncurrency": "TransactionCurrency", "uomschedule": "UoMSchedule", "uom": "UoM",
+    "productpricelevel": "ProductPriceLevel", "bcs_customerstatistic": "bcs_CustomerStatistic",
+    "quote": "Quote", "quotedetail": "Quote", "salesorder": "Order", "salesorderdetail": "Order",
+    "invoice": "Invoice", "invoicedetail": "Invoice",
+}  # fmt: skip
+
+
+def _needed_by_the_service() -> tuple[set[str], set[str]]:
+    """(privileges the service needs, the tables it deletes from), derived from the mappings."""
+    ms = load_mapping_set(str(MAPPINGS))
+    needed = {f"prvRead{t}" for t in ("User", "BusinessUnit", "Organization")}  # owners, set-up's checks
+    needed |= {f"prv{v}PriceLevel" for v in ("Read", "Write", "Create")}  # set-up creates the price list
+    needed |= {f"prv{v}bcs_CustomerStatistic" for v in ("Read", "Write", "Create", "Delete")}  # statistics
+    deletes = {"bcs_CustomerStatistic"}
+    for m in ms.entities():
+        if not m.writes_to("dv"):
+            continue
+        tables = [m.dataverse.table, *([m.lines.dataverse.table] if m.lines else [])]
+        for table in tables:
+            name = PRIVILEGE_TABLES[table]
+            needed |= {f"prvRead{name}", f"prvWrite{name}", f"prvAppend{name}"}
+            if m.creates_on("dv") or table != m.dataverse.table:  # lines come and go with their document
+                needed.add(f"prvCreate{name}")
+            if m.owner is not None:
+                needed.add(f"prvAssign{name}")
+        if m.deletion == "propagate":
+            deletes.add(PRIVILEGE_TABLES[m.dataverse.table])
+        if m.lines is not None and m.line_mapping().writes_to("dv"):
+            deletes.add(PRIVILEGE_TABLES[m.lines.dataverse.table])  # a line removed in BC
+    return needed | {f"prvDelete{t}" for t in deletes}, deletes
+
+
 def test_the_roles_hold_exactly_what_each_needs() -> None:
     roles = declared(pack()).roles
     user, availability, admin = roles[ROLE_USER], roles[ROLE_AVAILABILITY], roles[ROLE_ADMINISTRATOR]
     assert all(p.startswith("prvRead") for p in user | availability)  # readers only
     assert "prvReadbcs_CustomerStatistic" in user and "prvReadProduct" in availability
     assert "prvReadbcs_CustomerStatistic" not in availability  # availability is not statistics
-    # The service (Integration Administrator) may write what it writes, and delete nothing but statistics
-    # and the price list items of items that leave BC's scope (ITEM PRICE, deletion: propagate).
-    for table in ("Account", "Contact", "Product", "bcs_CustomerStatistic", "PriceLevel", "ProductPriceLevel",
-                  "Opportunity"):  # fmt: skip
-        assert {f"prvRead{table}", f"prvWrite{table}", f"prvCreate{table}"} <= admin
-    assert {p for p in admin if p.startswith("prvDelete")} == {
-        "prvDeletebcs_CustomerStatistic",
-        "prvDeleteProductPriceLevel",
-    }
+    # Integration User reads everything the service synchronizes.
+    ms = load_mapping_set(str(MAPPINGS))
+    synced = {PRIVILEGE_TABLES[m.dataverse.table] for m in ms.entities() if m.writes_to("dv")}
+    assert {f"prvRead{t}" for t in synced} <= user
+    # The service (Integration Administrator) holds what it writes, and deletes only where it deletes:
+    # statistics, price list items of items that leave BC's scope, the lines of documents.
+    needed, deletes = _needed_by_the_service()
+    assert needed - admin == set()
+    assert {p for p in admin if p.startswith("prvDelete")} == {f"prvDelete{t}" for t in deletes}
+    assert deletes == {"bcs_CustomerStatistic", "ProductPriceLevel", "Quote", "Order", "Invoice"}
 
 
 @pytest.mark.parametrize(

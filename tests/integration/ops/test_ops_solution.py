@@ -66,6 +66,7 @@ def test_without_the_solution_and_an_administrator_setup_says_what_to_do(bare: O
     check = next(c for c in report.checks if c.name.startswith("Dataverse solution"))
     assert not check.ok and "is not installed" in check.detail
     assert "--admin-device-code" in check.fix and "docs/sales-solution.md" in check.fix
+    assert "`bcsync pack-solution`" in check.fix  # the command that exists (bcsync/cli.py)
     assert not report.ok and _imports(bare) == []
 
 
