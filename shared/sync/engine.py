@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.connectors.dataverse import missing_customization
 from shared.connectors.errors import (
     AlreadyExistsError,
     ApiError,
@@ -1628,7 +1629,15 @@ def refusal(exc: ApiError, verb: str = "refused") -> str:
     target = exc.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1].split("(")[0] if exc.url else ""
     what = " ".join(x for x in (exc.method, target) if x)
     status = " ".join(x for x in (str(exc.status) if exc.status else "", exc.code) if x)
-    return f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
+    said = f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
+    missing = missing_customization(exc)
+    if missing is None:
+        return said
+    return (
+        f"{said} The Sales solution BusinessCentralSync, which adds {missing}, is not installed or is older "
+        "than this service needs: run `bcsync setup` with a Dataverse administrator (--admin-device-code), "
+        "or import the solution by hand (docs/sales-solution.md), then `bcsync retry <mapping> --all`."
+    )
 
 
 def _fields(plan: Plan) -> list[str]:

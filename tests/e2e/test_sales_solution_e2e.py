@@ -12,10 +12,15 @@ import httpx
 import pytest
 
 from devstack.dataverse.config import SALES_USER_ID
+from devstack.demo import DATAVERSE_ADMIN_TOKEN
+from devstack.stack import INTEGRATION_TOKEN
+from shared.connectors.credentials import StaticTokenCredential
+from shared.ops import operations
+from shared.ops.setup import AdminCredentials, run_setup
 from shared.sales.solution import ROLE_AVAILABILITY, ROLE_USER
 from shared.sales.statistics import push_statistics
 from shared.sales.stock import refresh_stock
-from tests.e2e.harness import E2EStack, wait_for
+from tests.e2e.harness import E2EStack, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +171,28 @@ def test_typing_a_bc_number_couples_a_product_and_a_contact_too(e2e: E2EStack) -
     assert shown is not None and shown["emailaddress1"] == f"robin{tag}@e2e.example"  # BC's values won
     assert "&page=5050&" in shown["bcs_bcurl"] and shown["bcs_bccouplingstatus"] is None
     assert not e2e.failures(invocations)
+
+
+def test_a_service_never_set_up_says_to_run_setup_and_works_after_it() -> None:
+    with running_stack(with_solution=False) as fresh:
+        customer = fresh.bc_create("customers", {"displayName": f"Early {uuid.uuid4().hex[:6]}"})
+
+        def failure() -> str | None:
+            entries = fresh.rt.journal.history(CUSTOMER, "bc", customer["id"])
+            failed = [e for e in entries if e.outcome == "failed"]
+            return failed[0].reason if failed else None
+
+        reason = wait_for(failure, "the customer's failure")
+        assert "is not installed" in reason and "`bcsync setup`" in reason, reason
+        shown = [e for e in operations.list_errors(fresh.rt, CUSTOMER) if e.bc_id == customer["id"]]
+        assert shown and "`bcsync setup`" in shown[0].message, shown  # what `bcsync errors` lists
+
+        dv_admin = StaticTokenCredential(DATAVERSE_ADMIN_TOKEN)
+        admin = AdminCredentials(dataverse=dv_admin, bc=StaticTokenCredential(INTEGRATION_TOKEN))
+        report = run_setup(fresh.rt, admin, couple_salespeople=False)
+        assert any("(imported)" in c for c in report.created), report.created
+        assert operations.retry_all(fresh.rt, CUSTOMER).queued >= 1
+        coupling = fresh.wait_coupled(CUSTOMER, "bc", customer["id"])
+        fresh.settle()
+        account = fresh.dv_get("accounts", str(coupling.dv_id))
+        assert account is not None and account["bcs_bcnumber"] == customer["number"] and account["bcs_bcurl"]

@@ -14,6 +14,8 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from devstack.dataverse.schema import build_tables
+from shared.connectors.dataverse import missing_customization
+from shared.connectors.errors import ValidationError
 from shared.mapping.loader import load_mapping_set
 from shared.mapping.lookups import StaticLookups, web_client_link
 from shared.sales import statistics, stock
@@ -28,6 +30,7 @@ from shared.sales.solution import (
     pack,
     read_info,
 )
+from shared.sync.engine import refusal
 from shared.sync.gateways import web_client_base
 from shared.sync.reconcile import reconcile
 
@@ -227,3 +230,30 @@ def test_reconcile_writes_the_number_and_the_link_to_dataverse() -> None:
     assert body["bcs_bcurl"] == f"{lookups.web_client}&page=30&filter='No.'%20IS%20'1896-S'"
     without = reconcile(ms, item, snapshot=None, bc=bc, dv=None, lookups=StaticLookups())
     assert without.dv_write is not None and without.dv_write.body.get("bcs_bcurl") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "missing"),
+    [
+        (400, "Could not find a property named 'bcs_bcnumber' on type 'Microsoft.Dynamics.CRM.account'.",
+         "bcs_bcnumber"),
+        (404, "Resource not found for the segment 'bcs_customerstatistics'.", "bcs_customerstatistics"),
+        (400, "The property 'bcs_bcurl' does not exist on type 'Microsoft.Dynamics.CRM.product'.",
+         "bcs_bcurl"),
+        (400, "Could not find a property named 'websiteurl2' on type 'Microsoft.Dynamics.CRM.account'.",
+         None),
+        (403, "Principal user is missing prvReadbcs_CustomerStatistic privilege 'bcs_x'", None),
+    ],
+)  # fmt: skip
+def test_a_service_never_set_up_says_to_run_setup(status: int, message: str, missing: str | None) -> None:
+    exc = ValidationError(
+        message, status=status, code="0x80060888", service="dataverse", method="GET", url="https://x/accounts"
+    )
+    assert missing_customization(exc) == missing
+    said = refusal(exc)
+    assert said.startswith(f"Dataverse refused GET accounts ({status} 0x80060888): {message}")
+    if missing:
+        assert f"adds {missing}, is not installed" in said and "`bcsync setup`" in said
+        assert "docs/sales-solution.md" in said
+    else:
+        assert "bcsync setup" not in said
