@@ -27,6 +27,7 @@ from shared.sales.solution import (
     SolutionSourceError,
     declared,
     missing_columns,
+    open_zip,
     pack,
     read_info,
 )
@@ -114,6 +115,29 @@ def test_every_column_the_service_writes_is_declared_in_the_solution() -> None:
     assert missing_columns(solution.columns, written) == []
     assert solution.keys["bcs_customerstatistic"] == [("bcs_customerno",)]
     assert solution.forms["bcs_customerstatistic"] == ["quick"] and solution.forms["account"] == ["main"]
+
+
+def test_a_salesperson_sees_every_bcs_column_on_a_form_of_its_table() -> None:
+    """The number, link, coupling status and as-of time are on a main form of their table, the statistics
+    on the quick view the account's form shows: the service writes nothing a salesperson cannot see."""
+    _, root = open_zip(pack())
+    on_forms: dict[str, set[str]] = {}
+    for entity in root.iterfind("Entities/Entity"):
+        table = str(entity.findtext("Name") or "").lower()
+        for forms in entity.iterfind("FormXml/forms"):
+            fields = {str(c.get("datafieldname")) for c in forms.iter("control") if c.get("datafieldname")}
+            on_forms.setdefault(table, set()).update(fields)
+    # Document lines show theirs in the document's product grid, not on a form of their own; the statistics
+    # row's id, name and account are what the quick view is found by, not figures to show.
+    not_on_forms = {"quotedetail", "salesorderdetail"}
+    keys = {("bcs_customerstatistic", c) for c in ("bcs_customerstatisticid", "bcs_name", "bcs_accountid")}
+    hidden = sorted(
+        f"{t}.{c}"
+        for t, c in _written_columns() - keys
+        if t not in not_on_forms and c not in on_forms.get(t, set())
+    )
+    assert hidden == []
+    assert {"bcs_bcnumber", "bcs_bcurl", "bcs_bccouplingstatus"} <= on_forms["contact"]
 
 
 def test_every_other_column_the_service_writes_is_a_standard_one() -> None:

@@ -118,6 +118,11 @@ def test_import_solution_async_creates_what_the_zip_declares(
     main = next(f for f in forms if f["objecttypecode"] == "account")
     assert quick["type"] == 6 and main["type"] == 2
     assert "bcs_customerstatistic" in main["formxml"] and quick["systemformid"] in main["formxml"]
+    # Contacts, products and the documents get a main form showing their number, link (and status).
+    mains = {f["objecttypecode"]: f["formxml"] for f in forms if f["type"] == 2}
+    for table in ("contact", "product", "quote", "salesorder", "invoice"):
+        assert 'datafieldname="bcs_bcurl"' in mains[table], table
+    assert 'datafieldname="bcs_quantityasof"' in mains["product"]
     roles = {r["name"] for r in admin.get("roles?$select=name").json()["value"]}
     assert {"Integration Administrator", "Integration User", "Product Availability User"} <= roles
     # The new table works: upsert by its alternate key, bound to an account.
