@@ -18,12 +18,17 @@ node_modules/.installed: package.json package-lock.json
 
 ## Debian's headless Chromium and its WebDriver, for the operator page's browser test
 ## (tests/e2e/test_operator_page_e2e.py); installed with apt when missing (as root, or with sudo).
+## Where tests/support/webdriver.py looks for them (tests/unit/test_setup.py checks both).
+CHROMIUM_BINARY ?= /usr/bin/chromium
+CHROMEDRIVER_BINARY ?= /usr/bin/chromedriver
 browser:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
-	  command -v apt-get >/dev/null || { echo "install Chromium and chromedriver at /usr/bin (Debian: chromium chromium-driver)"; exit 1; }; \
+	@if [ ! -x $(CHROMIUM_BINARY) ] || [ ! -x $(CHROMEDRIVER_BINARY) ]; then \
+	  command -v apt-get >/dev/null || { echo "install Chromium and chromedriver as $(CHROMIUM_BINARY) and $(CHROMEDRIVER_BINARY) (Debian: chromium chromium-driver)"; exit 1; }; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver && \
+	  { [ -x $(CHROMIUM_BINARY) ] && [ -x $(CHROMEDRIVER_BINARY) ] || \
+	    { echo "apt installed chromium and chromium-driver, but $(CHROMIUM_BINARY) or $(CHROMEDRIVER_BINARY) is still missing: the browser test needs both there"; exit 1; }; }; \
 	fi
 
 ## Azurite + Dataverse and BC sandboxes + the dev host, with demo data, syncing live. Ctrl-C stops all.

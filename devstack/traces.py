@@ -1,8 +1,8 @@
 """`python -m devstack traces [FILE]`: the traces of the last changes in a `TELEMETRY_FILE`, as trees.
 
 The local stack (`make run`) exports OpenTelemetry to that file (shared/telemetry.py); this prints
-each trace from its root (the webhook or poll that saw the change) down to the API requests and the
-coupling write, with durations and the attributes an operator reads first.
+each trace from its root (the webhook or poll that saw the change) through the queue message down to the
+API requests and the coupling write, with durations and the attributes an operator reads first.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 # Attributes shown after a span's name, in this order (the rest are in the file).
 SHOWN = (
     "bcsync.mapping", "bcsync.side", "bcsync.record_id", "bcsync.outcome", "bcsync.messages",
+    "messaging.batch.message_count", "bcsync.delay_seconds",
     "http.response.status_code", "bcsync.retry_count", "bcsync.operation", "error.type",
 )  # fmt: skip
 

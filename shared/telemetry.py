@@ -10,9 +10,10 @@
   the local stack uses (`make run` prints where it is).
 
 One trace per change: the webhook or poll that saw it (`bc webhook`, `dataverse webhook`, `delta poll`)
-is the root; the queue message carries its W3C `traceparent` (`SyncMessage.trace`), so the processor's
-`process message` span joins the same trace; inside it each API request (`BC GET customers`: method,
-entity set, status, retry count) and the coupling write (`coupling write`).
+is the root; sending the queue message is its child (`send sync-requests`, a producer span), whose W3C
+`traceparent` the message carries (`SyncMessage.trace`), so the processor's `process message` span is
+the send's child in the same trace; inside it each API request (`BC GET customers`: method, entity set,
+status, retry count) and the coupling write (`coupling write`).
 
 What goes into telemetry is chosen here, never a whole URL, body or exception message: attributes are
 names, ids, counts and statuses. A record's values, the webhook secrets and bearer tokens never appear
@@ -26,6 +27,7 @@ import functools
 import json
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AttributeValue = str | int | float | bool
-SpanKind = Literal["internal", "server", "consumer", "client"]
+SpanKind = Literal["internal", "server", "producer", "consumer", "client"]
 
 # Every metric the service records: name -> (instrument, unit, description).
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -52,6 +54,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "bcsync.poison.count": ("gauge", "{message}", "messages in the poison queue"),
     "bcsync.couplings": ("gauge", "{record}", "coupled records, by mapping"),
 }
+
+# Buckets of the latency histogram, in seconds: a change takes well under a second when all is well
+# and minutes when the request budget paces a burst or a record waits for another. (The SDK's default
+# buckets, 0-10,000, are for milliseconds: every change would land in its first two.)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 # The distro's automatic instrumentations, all off (see the module docstring).
 _DISTRO_INSTRUMENTATIONS = (
@@ -134,6 +141,7 @@ class _Telemetry:
     observed: dict[str, list[Callable[[], Iterable[tuple[float, dict[str, str]]]]]] = field(
         default_factory=dict
     )
+    measured: dict[str, float] = field(default_factory=dict)  # costly measurements: when last taken
 
 
 _state: _Telemetry | None = None
@@ -264,6 +272,21 @@ def observe(name: str, callback: Callable[[], Iterable[tuple[float, dict[str, st
         state.observed.setdefault(name, []).append(callback)
 
 
+def due(key: str, every: float) -> bool:
+    """Whether a costly measurement `key` is due: True at most once per `every` seconds while telemetry
+    is on in this process (then it counts as taken now); False when off."""
+    state = _state
+    if state is None:
+        return False
+    now = time.monotonic()
+    with _lock:
+        last = state.measured.get(key)
+        if last is not None and now - last < every:
+            return False
+        state.measured[key] = now
+    return True
+
+
 def seconds_since(when: dt.datetime) -> float:
     return max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds())
 
@@ -297,7 +320,25 @@ def _azure_monitor(settings: Settings, propagator: Any) -> _Telemetry:
 
         options["credential"] = ManagedIdentityCredential()
     configure_azure_monitor(**options)
-    return _Telemetry("azure_monitor", trace.get_tracer("bcsync"), metrics.get_meter("bcsync"), propagator)
+    state = _Telemetry("azure_monitor", trace.get_tracer("bcsync"), metrics.get_meter("bcsync"), propagator)
+    # The distro exports one logger's records (`shared`'s); the functions' own go the same way.
+    functions = logging.getLogger("sync_functions")
+    for handler in logging.getLogger("shared").handlers:
+        if type(handler).__name__ == "LoggingHandler":
+            functions.addHandler(handler)
+            state.shutdowns.append(functools.partial(functions.removeHandler, handler))
+    _service_log_levels(state)
+    return state
+
+
+def _service_log_levels(state: _Telemetry) -> None:
+    """The service's INFO lines (what each change did) are what its log export is for: let them through
+    where the process's logging would stop them at WARNING (Python's default)."""
+    for name in ("shared", "sync_functions"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+            state.shutdowns.append(functools.partial(logger.setLevel, logging.NOTSET))
 
 
 def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry:
@@ -346,12 +387,7 @@ def _own_providers(kind: str, settings: Settings, propagator: Any) -> _Telemetry
     )
     state.log_handler = handler
     logging.getLogger().addHandler(handler)
-    for name in ("shared", "sync_functions"):
-        # The service's INFO lines (what each change did) are what its log export is for.
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET and logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-            state.shutdowns.append(functools.partial(logger.setLevel, logging.NOTSET))
+    _service_log_levels(state)
     state.flushes += [tracer_provider.force_flush, logger_provider.force_flush, meter_provider.force_flush]
     state.shutdowns += [tracer_provider.shutdown, logger_provider.shutdown, meter_provider.shutdown]
     return state
@@ -362,7 +398,9 @@ def _instruments(state: _Telemetry) -> None:
         if instrument == "counter":
             state.instruments[name] = state.meter.create_counter(name, unit=unit, description=description)
         elif instrument == "histogram":
-            state.instruments[name] = state.meter.create_histogram(name, unit=unit, description=description)
+            state.instruments[name] = state.meter.create_histogram(
+                name, unit=unit, description=description, explicit_bucket_boundaries_advisory=LATENCY_BUCKETS
+            )
         elif name == "bcsync.api.budget_left":
             state.meter.create_observable_gauge(
                 name, callbacks=[_observer(state, name)], unit=unit, description=description

@@ -108,6 +108,9 @@ class DataverseChange:
     # Lookups the step's images carry (`PostImage`, or `PreImage` for Delete): column -> referenced id.
     # A document line's notification names its document through one.
     image_references: Mapping[str, str] = field(default_factory=dict)
+    # A Create's Target columns with plain values (an option set as its number); lookups, money and
+    # dates are left out. Enough to tell that a created row is outside a mapping's scope.
+    created_values: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_data_change(self) -> bool:
@@ -149,7 +152,20 @@ def parse_dataverse_webhook(body: bytes, headers: Mapping[str, str]) -> Datavers
         organization=lower_headers.get(ORGANIZATION_HEADER) or _optional_str(context, "OrganizationName"),
         operation_id=_lenient_guid(context, "OperationId"),
         image_references=_image_references(context),
+        created_values=_plain_values(target) if message == "Create" and target is not None else {},
     )
+
+
+def _plain_values(target: dict[str, Any]) -> dict[str, Any]:
+    attributes = target.get("Attributes")
+    values: dict[str, Any] = {}
+    for entry in _key_value_list(attributes, "Target.Attributes") if attributes is not None else []:
+        value = entry.get("value")
+        if isinstance(value, dict) and str(value.get("__type", "")).startswith("OptionSetValue:"):
+            value = value.get("Value")
+        if value is None or isinstance(value, (str, int, float, bool)):
+            values[entry["key"]] = value
+    return values
 
 
 def _image_references(context: dict[str, Any]) -> dict[str, str]:

@@ -18,12 +18,14 @@ import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.auth import DataverseAuthType, WebhookAuthError, check_dataverse_webhook_auth
 from shared.feeds.bc_webhook import BcNotification, parse_bc_notifications
 from shared.feeds.dataverse_webhook import WebhookPayloadError, parse_dataverse_webhook
-from shared.mapping.schema import MappingSet
+from shared.mapping.queries import clause_holds, scope_clauses
+from shared.mapping.schema import EntityMapping, MappingSet
 from shared.messages import Change, ScanMessage, SyncMessage
 from shared.timestamps import iso_ms
 
@@ -134,6 +136,12 @@ def handle_dataverse_webhook(
         )
     if config.integration_user_id and change.initiating_user_id == config.integration_user_id.lower():
         return WebhookAnswer.json(202, {"ignored": "echo: the change was made by the integration user"})
+    outside = [name for name in targets if _created_outside(mappings.entity(name), change.created_values)]
+    if outside and len(outside) == len(targets) and not documents:
+        return WebhookAnswer.json(
+            202, {"ignored": f"the created {change.entity} is outside the scope of {', '.join(outside)}"}
+        )
+    targets = [name for name in targets if name not in outside]
     record_id = change.record_id
     if documents:
         parent = documents[0].lines.dataverse.parent  # type: ignore[union-attr]
@@ -173,9 +181,19 @@ def handle_dataverse_webhook(
             )
         )
     payload: dict[str, object] = {"accepted": len(messages), "mappings": targets}
+    if outside:
+        payload["out_of_scope"] = outside
     if len(messages) < len(targets):
         payload["duplicates"] = len(targets) - len(messages)
     return WebhookAnswer.json(202, payload, messages, keys)
+
+
+def _created_outside(m: EntityMapping, created: Mapping[str, Any]) -> bool:
+    """Whether a created row is outside the mapping's Dataverse scope by the values its Create gave
+    (a customer account is also announced to VENDOR): nothing to queue. A new row cannot be coupled
+    yet, so nothing can need uncoupling. The scope's clauses all hold for a row in it: one given value
+    that fails one is enough; a clause on a column not given (or a lookup) is not decided here."""
+    return any(c.field in created and not clause_holds(c, created) for c in scope_clauses(m, "dv"))
 
 
 def organization_host(dataverse_url: str) -> str | None:

@@ -7,11 +7,16 @@ import logging
 from shared import telemetry
 from shared.feeds.poll import PollReport, delta_poll
 from shared.feeds.registration import RegistrationReport, ensure_bc_subscriptions, ensure_dataverse_webhooks
+from shared.ops import operations as ops
 from shared.runtime import Runtime, get_runtime
 from shared.sales.stock import refresh_stock
 from shared.sync.bulk import request_full_resync
 
 log = logging.getLogger(__name__)
+
+# How often the delta poll counts the coupled records of each mapping for `bcsync.couplings`: a scan of
+# the coupling table's ids (about one storage request per 1,000 pairs), too costly for every poll.
+COUPLINGS_METRIC_SECONDS = 900.0
 
 
 def run_delta_poll(past_due: bool = False) -> PollReport:
@@ -30,7 +35,21 @@ def _delta_poll(rt: Runtime, past_due: bool) -> PollReport:
         log.info("stock from item ledger entries (company %s): %s", company, stock)
     if telemetry.enabled():
         record_queue_metrics(rt)
+        if telemetry.due("bcsync.couplings", COUPLINGS_METRIC_SECONDS):
+            record_couplings_metrics(rt)
     return report
+
+
+def record_couplings_metrics(rt: Runtime) -> None:
+    """Coupled records per mapping (and company) as metrics; they read every pair's ids, so at most
+    every COUPLINGS_METRIC_SECONDS (`status` records them too whenever it is computed)."""
+    for company in rt.companies:
+        view = rt.for_company(company)
+        for m in view.mappings.entities():
+            try:
+                ops.record_couplings_metric(view, m.name, ops.coupled_count(view, m.name))
+            except Exception:
+                log.warning("coupled records of %s could not be counted", m.name, exc_info=True)
 
 
 def record_queue_metrics(rt: Runtime) -> None:

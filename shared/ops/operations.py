@@ -190,6 +190,20 @@ class ServiceStatus:
     poison_queue_depth: int
 
 
+def coupled_count(rt: Runtime, mapping: str) -> int:
+    """The records of `mapping` coupled (or being coupled) in `rt`'s company: reads every pair's ids."""
+    coupled = sum(1 for _ in rt.couplings.all_ids(mapping, "bc"))
+    return coupled + sum(1 for _, other in rt.couplings.all_ids(mapping, "dv") if other is None)  # pending
+
+
+def record_couplings_metric(rt: Runtime, mapping: str, coupled: int) -> None:
+    """`bcsync.couplings` of `mapping`, per company when several are synchronized."""
+    if rt.multi_company:
+        telemetry.gauge("bcsync.couplings", coupled, mapping=mapping, company=rt.company_id)
+    else:
+        telemetry.gauge("bcsync.couplings", coupled, mapping=mapping)
+
+
 def status(rt: Runtime) -> ServiceStatus:
     """Per mapping: couplings, records not in sync by state, the last run, the age of the oldest
     change not synced yet; queue depths."""
@@ -199,8 +213,7 @@ def status(rt: Runtime) -> ServiceStatus:
     expiries = _subscription_expiries(rt)
     result = []
     for m in rt.mappings.entities():
-        coupled = sum(1 for _ in rt.couplings.all_ids(m.name, "bc"))
-        coupled += sum(1 for _, other in rt.couplings.all_ids(m.name, "dv") if other is None)  # pending
+        coupled = coupled_count(rt, m.name)
         unsynced = list_errors(rt, m.name)
         states = Counter(e.state for e in unsynced)
         since = [e.since for e in unsynced if e.since]
@@ -210,7 +223,7 @@ def status(rt: Runtime) -> ServiceStatus:
         marks: dict[str, str] = {
             side: mark.value for side in SIDES if (mark := rt.watermarks.get(m.name, side)) is not None
         }
-        telemetry.gauge("bcsync.couplings", coupled, mapping=m.name)
+        record_couplings_metric(rt, m.name, coupled)
         result.append(
             MappingStatus(
                 mapping=m.name,

@@ -478,9 +478,13 @@ h1 { font-size: 1.5rem; margin: .5rem 0 1rem; }
 h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; }
 a { color: #0a4fa3; }
 a:visited { color: #5a2d91; }
-:focus-visible { outline: 3px solid #e8a317; outline-offset: 2px; }
+/* Focus rings of 3:1 or more against what surrounds them (WCAG 1.4.11): blue on the white page,
+   white in the dark header, dark inside the white skip link (which shows over the header). */
+:focus-visible { outline: 3px solid #0a4fa3; outline-offset: 2px; }
+header :focus-visible { outline-color: #fff; }
 .skip { position: absolute; left: -999px; }
 .skip:focus { left: 1rem; top: 1rem; background: #fff; color: #0a4fa3; padding: .5rem; z-index: 1; }
+.skip:focus-visible { outline: 3px solid #1b1b1b; outline-offset: -5px; }
 .scroll { overflow-x: auto; margin: .5rem 0; }
 table { border-collapse: collapse; min-width: 100%; }
 caption { text-align: left; font-weight: 600; padding: .25rem 0; }

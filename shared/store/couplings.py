@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, cast
@@ -51,6 +51,8 @@ _PREFIX: dict[Side, str] = {"bc": "bc:", "dv": "dv:"}
 MAX_TRANSACTION_ROWS = 100  # Azure's limit; Azurite breaks (rather than refuses) above it
 BUCKETS = 16
 PARALLEL_TRANSACTIONS = 4
+# Table Storage allows 15 discrete comparisons in a filter: the partition's and 14 row keys.
+KEYS_PER_QUERY = 14
 # `LastResult` values of a pair whose sides are not in sync.
 UNSYNCED_RESULTS = ("failed", "conflict", "retrying")
 
@@ -252,6 +254,46 @@ class CouplingStore:
             pointer = self._row(mapping, _PREFIX["bc"] + record_id)
             row = self._row(mapping, _PREFIX["dv"] + pointer["DvId"]) if pointer is not None else None
         return _from_row(row) if row is not None and row.get("BcId") == record_id else None
+
+    def get_many(self, mapping: str, side: Side, record_ids: Sequence[str]) -> dict[str, Coupling]:
+        """The couplings of many records of one side, by record id as given: one query per partition
+        and `KEYS_PER_QUERY` ids instead of a point read each (100 ids in a mapping's 16 partitions
+        cost about 16 queries). A BC id is looked for as `get` does: under its derived Dataverse id,
+        then through its pointer row."""
+        if side == "dv":
+            rows = self._rows_by_key(mapping, [_PREFIX["dv"] + i for i in record_ids])
+            return {i: _from_row(row) for i in record_ids if (row := rows.get(_PREFIX["dv"] + i)) is not None}
+        derived = {_PREFIX["dv"] + dataverse_id_for(mapping, i, self.scope): i for i in record_ids}
+        rows = self._rows_by_key(mapping, list(derived))
+        found = {
+            i: _from_row(row) for key, i in derived.items() if (row := rows.get(key)) and row.get("BcId") == i
+        }
+        missing = [i for i in record_ids if i not in found]
+        pointers = self._rows_by_key(mapping, [_PREFIX["bc"] + i for i in missing]) if missing else {}
+        targets = {
+            _PREFIX["dv"] + str(p["DvId"]): i for i in missing if (p := pointers.get(_PREFIX["bc"] + i))
+        }
+        rows = self._rows_by_key(mapping, list(targets)) if targets else {}
+        found.update(
+            {
+                i: _from_row(row)
+                for key, i in targets.items()
+                if (row := rows.get(key)) and row.get("BcId") == i
+            }
+        )
+        return found
+
+    def _rows_by_key(self, mapping: str, row_keys: Sequence[str]) -> dict[str, Any]:
+        by_partition: dict[str, list[str]] = {}
+        for key in dict.fromkeys(row_keys):
+            by_partition.setdefault(partition(self.scope + mapping, key), []).append(key)
+        found: dict[str, Any] = {}
+        for pk, keys in by_partition.items():
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                part = keys[start : start + KEYS_PER_QUERY]
+                query = and_(eq("PartitionKey", pk), or_(*(eq("RowKey", k) for k in part)))
+                found.update((row["RowKey"], row) for row in self.table.query_entities(query))
+        return found
 
     def _row(self, mapping: str, row_key: str) -> Any | None:
         try:

@@ -186,7 +186,20 @@ class Storage:
         client = self.queue(queue)
         if self.company is not None:
             messages = [m if m.company else m.model_copy(update={"company": self.company}) for m in messages]
-        # Each message carries the current trace, so its processing joins it (shared/telemetry.py).
+        # The queue message in the change's trace: a producer span whose W3C context each message
+        # carries, so its processing (`process message`) is this span's child (shared/telemetry.py).
+        attributes = {
+            "messaging.system": "azure_storage_queue",
+            "messaging.destination.name": client.queue_name,
+            "messaging.batch.message_count": len(messages),
+            "bcsync.delay_seconds": delay_seconds,
+        }
+        with telemetry.span(f"send {client.queue_name}", attributes, kind="producer"):
+            return self._send(client, messages, delay_seconds, within)
+
+    def _send(
+        self, client: QueueClient, messages: Sequence[AnyMessage], delay_seconds: int, within: float | None
+    ) -> int:
         trace = telemetry.traceparent()
         if trace is not None:
             messages = [m.model_copy(update={"trace": trace}) for m in messages]

@@ -8,7 +8,7 @@ waited on the queue) and more record changes of the company wait there, a `Coale
 the batch; deletions, retries, other companies and other kinds are put back visible at once) and
 `converge` handles each mapping-and-side group together:
 
-1. couplings: one point read each (Table Storage, no API request);
+1. couplings: one Table Storage query per partition they fall in (no API request);
 2. the changed records in one request per chunk (Dataverse: `$batch` of `In` queries; BC:
    `$filter=id eq ... or id eq ...` within `URL_FILTER_CHARS`);
 3. an echo (values equal the coupling's snapshot) stops there, as on the one-record path;
@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,7 @@ from shared.connectors.errors import AmbiguousWriteError, AuthenticationError, R
 from shared.mapping.queries import in_scope, match_values, primary_key, scope_filter, select_fields
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import by_side, other
-from shared.messages import AnyMessage, MessageDecodeError, SyncMessage, parse_json
+from shared.messages import AnyMessage, BatchMessage, MessageDecodeError, SyncMessage, parse_json
 from shared.store.couplings import Coupling, CouplingConflictError
 from shared.store.journal import JournalEntry
 from shared.sync.bulk import Pair, _chunk_lookups
@@ -73,11 +74,12 @@ CLAIM_CALLS = 4  # receive calls per batch at most (a queue mixes kinds; a few m
 # The claimed messages stay invisible this long; each is deleted or put back when its record is done.
 # A worker that dies leaves them to come back after it, as the host's own lease does (10 minutes).
 CLAIM_LEASE_SECONDS = 300
-# How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops at the
-# first look that finds nothing new: a change alone, or a few per second, is not held), and how
-# often it looks meanwhile.
-GATHER_SECONDS = 0.5
+# How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops when
+# `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
+# and how often it looks meanwhile.
+GATHER_SECONDS = 1.0
 GATHER_STEP = 0.1
+QUIET_LOOKS = 2
 # When the queue is looked at: this many other workers of the process on the company's changes, or
 # the message waited this long since its notification (a backlog).
 BUSY_FOR_BURST = 2
@@ -252,9 +254,15 @@ class _Item:
     after: dict[str, Record | None] = field(default_factory=dict)
 
 
-def converge(engine: Engine, messages: Sequence[SyncMessage]) -> list[Disposition]:
+Alone = Callable[[Engine, SyncMessage], Disposition]
+
+
+def converge(
+    engine: Engine, messages: Sequence[SyncMessage], alone: Alone | None = None
+) -> list[Disposition]:
     """Converge the records of `messages` (one mapping, one side, distinct ids) with bulk requests;
-    one disposition per message, in order. Never raises for one record's sake."""
+    one disposition per message, in order. Never raises for one record's sake. A record that needs
+    the one-record path goes `alone` (default: `one_by_one`, here and now)."""
     m = engine.ms.entity(messages[0].mapping)
     side: Side = messages[0].side
     before = engine.requests_in_this_thread()
@@ -267,13 +275,16 @@ def converge(engine: Engine, messages: Sequence[SyncMessage]) -> list[Dispositio
         out[item.index] = Done(result)
         bulk_done.append(item.index)
 
-    # 1. couplings (Table Storage point reads)
+    # 1. couplings (Table Storage: a query per partition, not a point read per record)
+    ids = [message.id for message in messages]
+    known = engine.couplings.get_many(m.name, side, ids)
+    elsewhere = engine.coupled_elsewhere(m, side, [i for i in ids if i not in known])
     items: list[_Item] = []
     for index, message in enumerate(messages):
-        coupling = engine.couplings.get(m.name, side, message.id)
+        coupling = known.get(message.id)
         if coupling is not None and (coupling.skipped or coupling.state != "coupled"):
             single.append(index)  # skipped, or a BC create pending: the one-record path's rules
-        elif coupling is None and engine._coupled_elsewhere(m, side, message.id) is not None:
+        elif coupling is None and message.id in elsewhere:
             single.append(index)
         else:
             items.append(_Item(index, message, coupling))
@@ -393,7 +404,7 @@ def converge(engine: Engine, messages: Sequence[SyncMessage]) -> list[Dispositio
 
     for index in sorted(set(single)):
         if out[index] is None:
-            out[index] = one_by_one(engine, messages[index])
+            out[index] = (alone or one_by_one)(engine, messages[index])
     return [d if d is not None else Failed(RuntimeError("not decided")) for d in out]
 
 
@@ -750,7 +761,7 @@ class Coalescer:
         claimed: list[tuple[Claimed, SyncMessage]] = []
         try:
             deadline = self.clock() + self.gather_seconds
-            gathered = -1
+            gathered, quiet = -1, 0
             while True:
                 with self._lock:
                     room = BATCH_LIMIT - 1 - len(gathering.followers) - len(claimed)
@@ -762,10 +773,12 @@ class Coalescer:
                         break
                 with self._lock:
                     now_gathered = len(gathering.followers) + len(claimed)
-                # Full, out of time, or nothing new since the last look: the burst has stopped arriving
-                # (or never was: nothing at the first look, and the change goes alone at once). A
-                # burst that keeps arriving is gathered; changes at a steady few per second are not held.
-                if room <= 0 or self.clock() >= deadline or now_gathered == max(gathered, 0):
+                # Full, out of time, or nothing new for `QUIET_LOOKS` looks: the burst has stopped
+                # arriving (or never was: nothing at the first look, and the change goes alone at
+                # once). A burst that keeps arriving is gathered, even when its webhooks come in
+                # unevenly; changes at a steady few per second are not held.
+                quiet = quiet + 1 if now_gathered == max(gathered, 0) else 0
+                if room <= 0 or self.clock() >= deadline or now_gathered == 0 or quiet >= QUIET_LOOKS:
                     break
                 gathered = now_gathered
                 self.sleep(GATHER_STEP)
@@ -827,7 +840,9 @@ def _record(message: SyncMessage) -> tuple[str, str, str]:
     return message.mapping, message.side, message.id.lower()
 
 
-def _converge_groups(engine: Engine, messages: Sequence[SyncMessage]) -> list[Disposition]:
+def _converge_groups(
+    engine: Engine, messages: Sequence[SyncMessage], alone: Alone | None = None
+) -> list[Disposition]:
     """`converge` per mapping and side; a document mapping's records (and an unknown mapping's) one by
     one. A group whose bulk step fails (storage, a request the group shared) fails alone."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -837,10 +852,10 @@ def _converge_groups(engine: Engine, messages: Sequence[SyncMessage]) -> list[Di
     for (mapping, side), indexes in groups.items():
         group = [messages[i] for i in indexes]
         if not coalescable(engine.ms, group[0]):
-            answers = [one_by_one(engine, m) for m in group]
+            answers = [(alone or one_by_one)(engine, m) for m in group]
         else:
             try:
-                answers = converge(engine, group)
+                answers = converge(engine, group, alone)
             except Exception as exc:
                 log.warning("coalesced batch of %d %s %s failed: %s", len(group), mapping, side, exc)
                 answers = [Failed(exc) for _ in group]
@@ -868,6 +883,53 @@ def _per_message(
         used.add(index)
         out.append(d)
     return out
+
+
+def converge_batch(engine: Engine, batch: BatchMessage) -> Counter[str]:
+    """A webhook call's many changes (a `BatchMessage` on its first delivery) converged in bulk where
+    they are, instead of fanned out into one queue message per record: for a burst of echoes (BC
+    announcing the records the service just created) that saves an enqueue, a receive and a delete
+    per record. What needs the one-record path (a deletion, a create on the other side, a conflict,
+    a document) is queued alone, as the fan-out queued everything; a record the batch could not
+    finish is queued alone with the delay it asked for (or the first retry's), so it is retried and
+    finally poisoned on its own. Outcomes by count, for the log."""
+    records: dict[tuple[str, str, str], SyncMessage] = {}
+    for record in batch.records():  # one look per record; a deletion wins, as when packing
+        if record.change == "deleted" or _record(record) not in records:
+            records[_record(record)] = record
+    queued: list[tuple[SyncMessage, int]] = []
+    together: list[SyncMessage] = []
+    for record in records.values():
+        if coalescable(engine.ms, record):
+            together.append(record)
+        else:
+            queued.append((record, 0))
+    counts: Counter[str] = Counter()
+    for start in range(0, len(together), BATCH_LIMIT):
+        chunk = together[start : start + BATCH_LIMIT]
+        for record, d in zip(chunk, _converge_groups(engine, chunk, _queued_alone), strict=True):
+            if isinstance(d, Done):
+                counts[str(d.result.outcome)] += 1
+                telemetry.count("bcsync.changes", mapping=record.mapping, outcome=str(d.result.outcome))
+                if d.result.changes:
+                    latency = telemetry.seconds_since(record.observed)
+                    telemetry.record("bcsync.sync.latency", latency, mapping=record.mapping)
+            elif isinstance(d, Requeue):
+                queued.append((d.message, d.delay))
+            else:
+                queued.append((record.model_copy(update={"attempt": record.attempt + 1}), requeue_delay(1)))
+    by_delay: dict[int, list[SyncMessage]] = {}
+    for record, delay in queued:
+        by_delay.setdefault(delay, []).append(record)
+    for delay, messages in sorted(by_delay.items()):
+        engine.enqueue(messages, delay)  # raises: the batch comes back and is fanned out
+    counts["queued alone"] = len(queued)
+    return counts
+
+
+def _queued_alone(engine: Engine, message: SyncMessage) -> Disposition:
+    """For `converge_batch`: the one-record path through the queue, where the host runs many at once."""
+    return Requeue(message, 0)
 
 
 def run(engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:

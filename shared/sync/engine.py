@@ -587,23 +587,37 @@ class Engine:
 
     def _coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_id: str) -> str | None:
         """A mapping sharing this table (CUSTOMER and VENDOR both map accounts) that has coupled
-        the record: then it is not this mapping's, and no API request is needed to say so. Only
-        mappings that split the table by scope are alternatives: a BC unit is coupled both to its
-        unit group (UNIT OF MEASURE) and to that group's base unit (UNIT), and a BC item in the same
-        scope both to its product (ITEM-PRODUCT) and to its price list item (ITEM PRICE)."""
+        the record: then it is not this mapping's, and no API request is needed to say so."""
+        siblings = self._scope_siblings(mapping, side)
+        return next((s.name for s in siblings if self.couplings.get(s.name, side, record_id)), None)
+
+    def coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_ids: Sequence[str]) -> set[str]:
+        """Which of `record_ids` a mapping sharing this table has coupled (`_coupled_elsewhere` for
+        many records, with `get_many`)."""
+        found: set[str] = set()
+        rest = list(record_ids)
+        for sibling in self._scope_siblings(mapping, side):
+            if rest:
+                found |= set(self.couplings.get_many(sibling.name, side, rest))
+                rest = [i for i in rest if i not in found]
+        return found
+
+    def _scope_siblings(self, mapping: EntityMapping, side: Side) -> list[EntityMapping]:
+        """Mappings of the same table that split it by scope. Only those are alternatives: a BC unit
+        is coupled both to its unit group (UNIT OF MEASURE) and to that group's base unit (UNIT), and
+        a BC item in the same scope both to its product (ITEM-PRODUCT) and to its price list item
+        (ITEM PRICE)."""
         table = self.sides[side].table
         scope = scope_clauses(mapping, side)
         if not scope:
-            return None
-        for sibling in self.ms.entities():
-            if (
-                sibling.name != mapping.name
-                and table(sibling) == table(mapping)
-                and scope_clauses(sibling, side) not in ([], scope)
-                and self.couplings.get(sibling.name, side, record_id)
-            ):
-                return sibling.name
-        return None
+            return []
+        return [
+            sibling
+            for sibling in self.ms.entities()
+            if sibling.name != mapping.name
+            and table(sibling) == table(mapping)
+            and scope_clauses(sibling, side) not in ([], scope)
+        ]
 
     # ---------------------------------------------------------------------------------- apply
     def _apply(

@@ -1,9 +1,10 @@
 """The queue processor: decode one message, dispatch it by kind, put it back when asked to.
 
 A `SyncMessage` is one record pair for the engine; a `BatchMessage` (a webhook call's many
-changes) is fanned out into `SyncMessage`s; a `ChunkMessage` (records that failed in bulk) and a
-`ScanMessage` (full resync, BC `collection`) are bulk work. Dispatch lives here, not in the
-engine, so the engine knows nothing of the bulk path that builds on it.
+changes) is converged in bulk on its first delivery and fanned out into `SyncMessage`s after
+that; a `ChunkMessage` (records that failed in bulk) and a `ScanMessage` (full resync, BC
+`collection`) are bulk work. Dispatch lives here, not in the engine, so the engine knows nothing
+of the bulk path that builds on it.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def _process(
     if routed is None:
         return
     rt, message = routed
+    if _converged_in_place(rt, message, dequeue_count):
+        return
     try:
         result = _coalesced(rt, message, dequeue_count)
         if result is None:
@@ -163,6 +166,21 @@ def _coalesced(rt: Any, message: AnyMessage, dequeue_count: int) -> SyncResult |
     if isinstance(disposition, coalesce.Requeue):
         raise RequeueError(disposition.message, disposition.delay, "requeued from a coalesced batch")
     raise disposition.error
+
+
+def _converged_in_place(rt: Any, message: AnyMessage, dequeue_count: int) -> bool:
+    """A webhook call's batch converged in bulk on its first delivery (`coalesce.converge_batch`).
+    Delivered again (the first try failed part way), or Dataverse changes of several companies
+    (each routed on its own): fanned out, one message per record."""
+    if not isinstance(message, BatchMessage) or dequeue_count > 1:
+        return False
+    if rt.multi_company and message.side == "dv":
+        return False
+    counts = coalesce.converge_batch(rt.engine, message)
+    log.info(
+        "batch of %d %s %s changes: %s", len(message.changes), message.mapping, message.side, dict(counts)
+    )
+    return True
 
 
 def route(rt: Runtime, message: AnyMessage) -> tuple[Runtime, AnyMessage] | None:

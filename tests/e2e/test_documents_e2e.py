@@ -143,6 +143,32 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
     assert e2e.failures() == []
 
 
+def test_a_submitted_order_of_50_lines_is_created_in_bc_with_one_request(e2e: E2EStack) -> None:
+    """Issue 16: the service uses BC's deep insert, so the number of BC writes does not grow with the
+    lines: the header and its 50 lines are one `POST salesOrders`."""
+    _, account = _customer(e2e)
+    _, product = _item(e2e)
+    uom = _unit(e2e)
+    e2e.settle()
+    quantities = [float(1 + k % 4) for k in range(50)]
+    order = _sales_order(e2e, account, product, uom, quantities)
+    e2e.settle()
+
+    before = e2e.service_requests()
+    e2e.dv_update("salesorders", order["salesorderid"], {"statecode": 1, "statuscode": 3})  # submit
+    coupling = e2e.wait_coupled(ORDER, "dv", order["salesorderid"])
+    e2e.settle()
+    cost = diff(e2e.service_requests(), before)
+    bc_writes = {
+        k: v for k, v in cost.items() if k.split()[:2] in (["BC", "POST"], ["BC", "PATCH"], ["BC", "DELETE"])
+    }
+    assert bc_writes == {"BC POST salesOrders": 1}, cost
+    bc_order = _bc_order(e2e, str(coupling.bc_id))
+    assert sorted(line["quantity"] for line in bc_order["salesOrderLines"]) == sorted(quantities)
+    assert [line["sequence"] for line in bc_order["salesOrderLines"]] == [10000 * (k + 1) for k in range(50)]
+    assert e2e.failures() == []
+
+
 def _dv_invoice(e2e: E2EStack, bc_id: str) -> dict[str, Any] | None:
     coupling = e2e.coupling("POSTED INVOICE", "bc", bc_id)
     if coupling is None or not coupling.dv_id:

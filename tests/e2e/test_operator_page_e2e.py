@@ -26,6 +26,58 @@ pytestmark = pytest.mark.e2e
 
 KEY = key_pair("operator-page-key")
 
+# WCAG 2.1 contrast (https://www.w3.org/TR/WCAG21/#dfn-contrast-ratio), computed in the page from the
+# colours the browser applies: `COLOURS` defines the helpers, `TEXT_CONTRAST` lists every visible text
+# below 4.5:1 (3:1 when large) against its background, `FOCUS_RING` measures the focused element's
+# outline against what surrounds it (non-text contrast, 3:1).
+COLOURS = """
+function rgba(text) {
+  const v = text.match(/[\\d.]+/g).map(Number);
+  return {r: v[0], g: v[1], b: v[2], a: v.length > 3 ? v[3] : 1};
+}
+function lum(c) {
+  const f = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+}
+function ratio(a, b) {
+  const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+  return (x + 0.05) / (y + 0.05);
+}
+function background(el) {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c.a > 0) return c;
+  }
+  return {r: 255, g: 255, b: 255, a: 1};
+}
+"""
+TEXT_CONTRAST = (
+    COLOURS
+    + """
+const problems = [];
+for (const el of document.querySelectorAll('body *')) {
+  const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+  const box = el.getBoundingClientRect();
+  if (!own || box.width === 0 || box.height === 0 || box.right < 0) continue;
+  const style = getComputedStyle(el);
+  const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight) >= 700;
+  const needed = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+  const got = ratio(rgba(style.color), background(el));
+  if (got < needed) problems.push(`${el.tagName} "${el.textContent.trim().slice(0, 30)}": ${got.toFixed(2)}`);
+}
+return problems;
+"""
+)
+FOCUS_RING = (
+    COLOURS
+    + """
+const el = document.activeElement, style = getComputedStyle(el);
+const around = background(el.parentElement || el);
+return [el.tagName + ' ' + (el.textContent || '').trim().slice(0, 30), style.outlineStyle,
+        parseFloat(style.outlineWidth), ratio(rgba(style.outlineColor), around)];
+"""
+)
+
 
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[ServerHandle]:
@@ -179,3 +231,37 @@ def test_a_read_only_user_sees_no_retry_and_no_token_gets_the_sign_in(
     wait_for(lambda: "Sign in" in browser.title, "the sign-in page after signing out")
     browser.get(_page(e2e, "/errors"))
     assert "Sign in" in browser.title  # the cookie is gone: nothing is shown without a token
+
+
+def test_text_and_the_focus_ring_contrast_with_their_background_on_every_page(
+    e2e: E2EStack, browser: Browser
+) -> None:
+    customer, _, _ = _failing_customer(e2e)
+    _sign_in(browser, e2e, _token("Integration.Administrator"))
+    pages = [
+        "",
+        "/errors?mapping=CUSTOMER",
+        "/errors?mapping=CUSTOMER&record=r&outcome=failed&error=refused",  # the problem notice
+        "/errors?mapping=CUSTOMER&record=r&outcome=modified",  # the done notice
+        f"/history?mapping=CUSTOMER&bc_id={customer['id']}",
+        "/sign-in",
+    ]
+    for path in pages:
+        browser.get(_page(e2e, path))
+        assert browser.find_all("main *"), path
+        problems = browser.script(TEXT_CONTRAST)
+        assert not problems, f"text below WCAG AA contrast on {path or '/'}: {problems}"
+
+    # Every control Tab reaches shows a focus ring of 3:1 or more against what surrounds it (WCAG
+    # 1.4.11), in the header's dark band as on the white page.
+    browser.get(_page(e2e, "/errors?mapping=CUSTOMER"))
+    seen: list[list[Any]] = []
+    for _ in range(40):
+        browser.press("tab")
+        ring = browser.script(FOCUS_RING)
+        if ring[0].startswith("BODY") or (seen and ring[0] == seen[0][0]):
+            break  # round the page once
+        seen.append(ring)
+    assert len(seen) >= 4, seen  # skip link, navigation, sign-out, a Retry button at least
+    weak = [ring for ring in seen if ring[1] == "none" or ring[2] < 2 or ring[3] < 3]
+    assert not weak, f"focus rings too faint (element, style, width px, contrast): {weak}"

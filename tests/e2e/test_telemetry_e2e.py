@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from devstack.traces import render
 from shared import telemetry
+from shared.ops import operations as ops
 from tests.e2e.harness import E2EStack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +93,15 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
 
     names = [s["name"] for s in trace]
     assert "process message" in names
-    assert by_id[processed[-1]["parent_id"]]["name"] in ("bc webhook", "process message")
+    # The queue message: the processing is the child of the send that queued it, the webhook's child
+    # (or, had the change been requeued, the child of the earlier processing's send).
+    queue = e2e.stack.env.get("SYNC_QUEUE_NAME", "sync-requests")
+    send = by_id[processed[-1]["parent_id"]]
+    assert send["name"] == f"send {queue}" and send["kind"] == "SpanKind.PRODUCER", send["name"]
+    assert send["attributes"]["messaging.destination.name"] == queue
+    assert by_id[send["parent_id"]]["name"] in ("bc webhook", "process message")
+    first_send = next(s for s in trace if s["name"] == f"send {queue}")
+    assert by_id[first_send["parent_id"]]["name"] == "bc webhook"
     read = next(s for s in trace if s["name"] == "BC GET customers")
     assert read["attributes"] == {
         "http.request.method": "GET", "bcsync.entity_set": "customers", "bcsync.side": "bc",
@@ -110,6 +120,7 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
     # `python -m devstack traces` (what `make run` points to) shows it as a tree, webhook first.
     tree = render([line for line in lines if line["signal"] != "span" or line in trace], last=1)
     assert tree[1].strip().startswith("bc webhook")
+    assert tree[2].strip().startswith(f"send {queue}") and tree[3].strip().startswith("process message")
     assert any(row.strip().startswith("Dataverse PATCH accounts") for row in tree), tree
 
     # Logs carry the trace id: the processor's line about this change is in this trace.
@@ -130,14 +141,104 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
 
     # Nothing exported holds a token, a webhook secret or the record's values.
     text = telemetry_file.read_text()
-    secrets = [
-        *SANDBOX_TOKENS,
-        e2e.stack.env["DATAVERSE_WEBHOOK_SECRET"],
-        e2e.stack.env["BC_WEBHOOK_CLIENT_STATE"],
-    ]
+    secrets = [*SANDBOX_TOKENS, *_secret_settings(e2e.stack.env)]
+    for name in ("DATAVERSE_WEBHOOK_SECRET", "BC_WEBHOOK_CLIENT_STATE", "BC_STATIC_TOKEN"):
+        assert e2e.stack.env[name] in secrets, name
     values = [phone, f"Traced {tag}", "555-0100"]
     for secret in secrets + values:
         assert secret not in text, f"{secret!r} is in the exported telemetry"
+
+
+def test_a_change_in_sales_is_one_trace_from_the_dataverse_webhook_to_the_bc_write(
+    e2e: E2EStack, telemetry_file: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    customer = e2e.bc_create("customers", {"displayName": f"From Sales {tag}"})
+    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
+    e2e.settle()
+    phone = f"555-{uuid.uuid4().int % 10_000:04d}"
+    e2e.dv_update("accounts", str(coupling.dv_id), {"telephone1": phone})
+    wait_for(lambda: (e2e.bc_get("customers", customer["id"]) or {}).get("phoneNumber") == phone, "BC")
+    e2e.settle()
+
+    lines = _exported(telemetry_file)
+    processed = [
+        s for s in _spans(lines)
+        if s["name"] == "process message" and s["attributes"].get("bcsync.record_id") == coupling.dv_id
+        and s["attributes"].get("bcsync.outcome") == "modified"
+    ]  # fmt: skip
+    assert processed, "no `process message` span for the Sales change"
+    trace = _spans(lines, processed[-1]["context"]["trace_id"])
+    by_id = {s["context"]["span_id"]: s for s in trace}
+    roots = [s for s in trace if s["parent_id"] is None]
+    assert [r["name"] for r in roots] == ["dataverse webhook"], [r["name"] for r in roots]
+    send = by_id[processed[-1]["parent_id"]]
+    assert send["name"].startswith("send ") and by_id[send["parent_id"]]["name"] == "dataverse webhook"
+    write = next(s for s in trace if s["name"] == "BC PATCH customers")
+    assert write["parent_id"] == processed[-1]["context"]["span_id"]
+    assert write["attributes"]["bcsync.side"] == "bc"
+    assert write["attributes"]["http.response.status_code"] == 200
+    assert any(s["name"] == "coupling write" for s in trace)
+    assert phone not in telemetry_file.read_text()
+
+
+def test_a_throttled_read_is_retried_in_its_span_and_the_timers_record_queue_and_coupling_metrics(
+    e2e: E2EStack, telemetry_file: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    customer = e2e.bc_create("customers", {"displayName": f"Throttled {tag}"})
+    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
+    e2e.settle()
+    # BC answers the processor's read of this customer 429 once, as BC does above its rate limits.
+    e2e.bc.faults.add(
+        {
+            "action": "status",
+            "status": 429,
+            "retry_after": 1,
+            "method": "GET",
+            "path_contains": customer["id"],
+        }
+    )
+    e2e.bc_update("customers", customer["id"], {"displayName": f"Throttled {tag} 2"})
+    wait_for(lambda: e2e.dv.get("accounts", coupling.dv_id)["name"] == f"Throttled {tag} 2", "the change")
+    e2e.settle()
+    assert not e2e.bc.faults.rules(), "the 429 was never answered: the test proves nothing"
+
+    # The delta poll's timer records the queues and, once per interval, the coupled records.
+    from shared.ops import jobs
+
+    jobs.run_delta_poll()
+    lines = _exported(telemetry_file)
+    reads = [
+        s for s in _spans(lines)
+        if s["name"] == "BC GET customers" and s["attributes"].get("bcsync.retry_count", 0) >= 1
+    ]  # fmt: skip
+    assert reads, "no BC read with its retry counted"
+    assert reads[-1]["attributes"]["http.response.status_code"] == 200
+    assert reads[-1]["attributes"]["bcsync.retry_count"] == 1
+    metrics = _metric_points(lines)
+    assert metrics["bcsync.api.throttled"].get(("bc",), 0) >= 1
+    assert ("dv",) not in metrics["bcsync.api.throttled"]
+    coupled = {m.name: ops.coupled_count(e2e.rt, m.name) for m in e2e.rt.mappings.entities()}
+    assert coupled["CUSTOMER"] >= 1
+    assert {k[0]: v for k, v in metrics["bcsync.couplings"].items()} == coupled
+    # The poll's deletion sweeps queue work of their own, so the depth is whatever it was then; its
+    # exact values are tests/integration/test_telemetry_queue.py's. Here: the timer records them.
+    assert metrics["bcsync.queue.depth"][()] >= 0
+    assert 0 <= metrics["bcsync.queue.oldest_age"][()] < 60
+    poison = e2e.rt.storage.queue(e2e.rt.storage.poison_queue_name).get_queue_properties()
+    assert metrics["bcsync.poison.count"][()] == poison.approximate_message_count
+
+
+def _secret_settings(env: dict[str, str]) -> list[str]:
+    """Every secret the stack's app settings hold: tokens, webhook secrets, client secrets, keys, and the
+    account key inside the storage connection string."""
+    found = [
+        value for name, value in env.items()
+        if value and re.search(r"TOKEN|SECRET|CLIENT_STATE|PASSWORD|ACCESS_KEY", name)
+    ]  # fmt: skip
+    found += re.findall(r"AccountKey=([^;]+)", env.get("AzureWebJobsStorage", ""))
+    return found
 
 
 def _metric_points(lines: list[dict[str, Any]]) -> dict[str, dict[tuple[str, ...], float]]:

@@ -107,3 +107,33 @@ def test_pair_created_by_the_service_is_one_row_found_from_both_sides(
     assert [r["RowKey"] for r in rows] == [f"dv:{dv_id}"]
     assert store.get(mapping, "bc", "bc-42").dv_id == dv_id  # type: ignore[union-attr]
     assert store.get(mapping, "bc", "bc-43") is None
+
+
+def test_many_couplings_are_read_with_a_query_per_partition_as_get_finds_them_one_by_one(
+    store: CouplingStore, mapping: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.mapping.values import dataverse_id_for
+
+    derived = [str(uuid.uuid4()) for _ in range(60)]  # created by the service: no pointer rows
+    matched = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in range(20)]  # coupled by matching
+    store.create_many([Coupling(mapping, bc, dataverse_id_for(mapping, bc)) for bc in derived])
+    store.create_many([Coupling(mapping, bc, dv) for bc, dv in matched])
+    unknown = [str(uuid.uuid4()) for _ in range(5)]
+    bc_ids = [*derived, *(bc for bc, _ in matched), *unknown]
+    dv_ids = [*(dataverse_id_for(mapping, bc) for bc in derived), *(dv for _, dv in matched), *unknown]
+
+    queries: list[str] = []
+    real = store.table.query_entities
+    monkeypatch.setattr(store.table, "query_entities", lambda q, **kw: queries.append(q) or real(q, **kw))
+    by_bc = store.get_many(mapping, "bc", bc_ids)
+    bc_queries = len(queries)
+    by_dv = store.get_many(mapping, "dv", dv_ids)
+
+    assert set(by_bc) == set(bc_ids) - set(unknown) and set(by_dv) == set(dv_ids) - set(unknown)
+    for bc_id in bc_ids[:-5]:
+        one = store.get(mapping, "bc", bc_id)
+        assert one is not None and (by_bc[bc_id].dv_id, by_bc[bc_id].etag) == (one.dv_id, one.etag)
+    # 85 ids in 16 partitions, at most 14 row keys to a query (Table Storage's 15 comparisons):
+    # the derived rows, then the pointers of the 25 not found there, then the rows they point to.
+    assert bc_queries <= 3 * 16 + 2 and len(queries) - bc_queries <= 16 + 2
+    assert all(q.count(" eq ") <= 15 for q in queries)

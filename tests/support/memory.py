@@ -342,6 +342,10 @@ class MemoryTable:
             raise ResourceNotFoundError("not found")
         return _Entity(*found)
 
+    def query_entities(self, query_filter: str, **_: Any) -> list[_Entity]:
+        """`eq` clauses joined by `and`, each possibly an `or` of one field's values (`_matches`)."""
+        return [_Entity(row, etag) for row, etag in self.rows.values() if _matches(row, query_filter)]
+
     def create_entity(self, entity: Mapping[str, Any], **_: Any) -> dict[str, str]:
         key = (entity["PartitionKey"], entity["RowKey"])
         if key in self.rows:

@@ -9,8 +9,10 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 from shared.connectors.errors import AmbiguousWriteError
-from shared.messages import ScanMessage, SyncMessage, to_json
+from shared.messages import BatchMessage, RecordChange, ScanMessage, SyncMessage, to_json
 from shared.sync import coalesce
 from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
@@ -382,3 +384,68 @@ def test_a_few_waiting_changes_go_the_one_record_way() -> None:
     assert few.receives == 0  # looked, claimed nothing
     enough = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, coalesce.MIN_BURST))])
     assert isinstance(Coalescer(gather_seconds=0.0).handle(h.engine, enough, waited), Done)
+
+
+# --------------------------------------------------------------------- a webhook call's batch
+def _batch(side: str, changes: list[tuple[str, str]]) -> BatchMessage:
+    return BatchMessage(
+        mapping="CUSTOMER", side=side, reason="bc webhook",
+        changes=[RecordChange(id=i, change=c, modified="2026-01-01T10:00:00Z") for i, c in changes],  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_a_batch_of_echoes_and_edits_converges_in_place_and_queues_only_the_one_record_path_work() -> None:
+    h = Harness()
+    pairs = _coupled_pairs(h, 20)
+    edited = pairs[0][0]
+    h.bc.edit(CUSTOMER, edited, city="Oslo")
+    new = h.bc.seed(CUSTOMER, {"number": "NEW1", "displayName": "New in BC"})["id"]
+    changes = [(bc, "deleted" if n == 1 else "updated") for n, (bc, _) in enumerate(pairs)]
+    changes += [(new, "created"), (pairs[2][0], "updated"), (pairs[1][0], "updated")]  # second notices
+
+    counts = coalesce.converge_batch(h.engine, _batch("bc", changes))
+
+    # The 18 echoes and the edit decided in bulk: one BC read, one Dataverse read, one write.
+    assert counts == {"unchanged": 18, "modified": 1, "queued alone": 2}
+    assert h.bc.requests == {"GET customers": 1} and h.dv.requests == {"$batch accounts": 2}
+    assert h.dv.rows("accounts")[pairs[0][1]]["address1_city"] == "Oslo"
+    # The deletion (a policy decides it) and the create in Sales go through the queue, one each.
+    assert sorted((m.id, m.change, m.attempt, delay) for m, delay in h.queued) == sorted(
+        [(pairs[1][0], "deleted", 0, 0), (new, "created", 0, 0)]
+    )
+
+
+def test_a_batch_whose_bulk_step_fails_queues_each_record_for_a_retry_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness()
+    pairs = _coupled_pairs(h, 3)
+
+    def storage_down(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("storage fell over")
+
+    monkeypatch.setattr(coalesce, "converge", storage_down)
+    counts = coalesce.converge_batch(h.engine, _batch("bc", [(bc, "updated") for bc, _ in pairs]))
+
+    assert counts == {"queued alone": 3}
+    assert sorted((m.id, m.attempt) for m, _ in h.queued) == sorted((bc, 1) for bc, _ in pairs)
+    assert all(1 <= delay <= 2 for _, delay in h.queued)  # the first retry's delay
+    assert not coalesce.coalescable(h.engine.ms, h.queued[0][0])  # retried alone, poisoned alone
+
+
+def test_the_processor_converges_a_batch_on_its_first_delivery_and_fans_it_out_when_delivered_again() -> None:
+    from types import SimpleNamespace
+
+    from shared.sync.processor import _converged_in_place
+
+    h = Harness()
+    pairs = _coupled_pairs(h, 5)
+    batch = _batch("bc", [(bc, "updated") for bc, _ in pairs])
+    rt = SimpleNamespace(engine=h.engine, multi_company=False)
+
+    assert _converged_in_place(rt, batch, dequeue_count=1)
+    assert h.queued == [] and h.bc.requests == {"GET customers": 1}
+    assert not _converged_in_place(rt, batch, dequeue_count=2)  # `dispatch` fans it out
+    assert not _converged_in_place(
+        SimpleNamespace(engine=h.engine, multi_company=True), _batch("dv", [(pairs[0][1], "updated")]), 1
+    )

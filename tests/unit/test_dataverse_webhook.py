@@ -102,6 +102,10 @@ def test_a_create_reports_no_changed_attributes() -> None:
     assert (change.message, change.entity) == ("Create", "account")
     assert change.record_id == "0b1f4ac1-5c6e-4a0e-9a8b-3f2d1c0e9a77"
     assert change.changed_attributes == frozenset()
+    # Plain values only (the option set as its number; money left out), for the intake's scope check.
+    assert change.created_values == {
+        "name": "Fourth Coffee", "accountid": change.record_id, "customertypecode": 3,
+    }  # fmt: skip
 
 
 def test_other_messages_are_kept_for_the_caller_to_ignore() -> None:

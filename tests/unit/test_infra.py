@@ -94,6 +94,19 @@ def test_the_template_sets_every_setting_the_code_reads() -> None:
     assert not set(NOT_IN_AZURE) & template
 
 
+def test_every_binding_expression_of_the_functions_is_a_declared_setting() -> None:
+    """The `%NAME%` expressions and `connection=` names of the triggers are app settings the host
+    resolves: each must be in BINDING_SETTINGS (so the template test above covers it) or, for the
+    storage connection, set identity-based by the template."""
+    sources = [ROOT / "function_app.py", *sorted((ROOT / "sync_functions").glob("*.py"))]
+    text = "\n".join(path.read_text() for path in sources)
+    expressions = set(re.findall(r"%(\w+)%", text))
+    assert {"SYNC_QUEUE_NAME", "DELTA_POLL_SCHEDULE"} <= expressions  # the scan finds them
+    assert not expressions - set(BINDING_SETTINGS), "add these to shared.startup.BINDING_SETTINGS"
+    for connection in set(re.findall(r"connection=\"(\w+)\"", text)):
+        assert f"{connection}__accountName" in template_settings(), connection
+
+
 def test_the_timer_schedules_are_the_codes_defaults() -> None:
     settings = template_settings()
     for name, default in BINDING_SETTINGS.items():

@@ -147,8 +147,20 @@ def test_metrics_are_exported_with_their_attributes(file_telemetry: Path) -> Non
     }  # fmt: skip
     assert names["bcsync.changes"][0]["attributes"] == {"mapping": "CUSTOMER", "outcome": "modified"}
     assert names["bcsync.sync.latency"][0]["count"] == 1
+    # Seconds, in buckets that tell a quick sync (0.25 s) from a slow one, not the SDK's millisecond ones.
+    assert names["bcsync.sync.latency"][0]["explicit_bounds"][:4] == [0.1, 0.25, 0.5, 1.0]
+    assert names["bcsync.sync.latency"][0]["bucket_counts"][:3] == [0, 1, 0]
     assert names["bcsync.queue.depth"][0]["value"] == 7
     assert names["bcsync.api.budget_left"][0]["value"] == 5_799
+
+
+def test_a_costly_measurement_is_due_once_per_interval_and_never_when_off(file_telemetry: Path) -> None:
+    assert telemetry.due("bcsync.couplings", 3600)
+    assert not telemetry.due("bcsync.couplings", 3600)
+    assert telemetry.due("something else", 3600)
+    assert telemetry.due("bcsync.couplings", 0)
+    telemetry.shutdown()
+    assert not telemetry.due("bcsync.couplings", 0)  # off: nothing is measured
 
 
 def test_azure_monitor_distro_is_configured_without_its_url_carrying_instrumentations() -> None:
@@ -164,6 +176,12 @@ assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry
 assert not RequestsInstrumentor().is_instrumented_by_opentelemetry
 with telemetry.span("bc webhook"):
     assert telemetry.traceparent() is not None
+# The service's INFO lines, of `shared` and of the functions, reach the distro's log handler.
+import logging
+for name in ("shared", "sync_functions"):
+    logger = logging.getLogger(name)
+    assert logger.getEffectiveLevel() <= logging.INFO, name
+    assert any(type(h).__name__ == "LoggingHandler" for h in logger.handlers), name
 print("ok")
 """
     # A loopback ingestion endpoint that refuses connections: nothing leaves the machine.

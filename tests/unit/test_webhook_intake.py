@@ -55,10 +55,36 @@ def test_documented_dataverse_update_becomes_one_message_for_the_contact_mapping
     assert message.correlation_id == "b374239d-4233-41a9-8b17-a86cb4f737b5"
 
 
+def _account_create(customertypecode: int | None) -> bytes:
+    context = samples.dataverse_create()
+    attributes = context["InputParameters"][0]["value"]["Attributes"]
+    for entry in attributes:
+        if entry["key"] == "customertypecode":
+            if customertypecode is None:
+                attributes.remove(entry)
+            else:
+                entry["value"]["Value"] = customertypecode
+    return json.dumps(context).encode()
+
+
 def test_account_change_goes_to_every_mapping_of_the_table() -> None:
-    answer = dv_call(json.dumps(samples.dataverse_create()).encode(), headers={})
+    answer = dv_call(_account_create(None), headers={})
     assert answer.status == 202
     assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "VENDOR"]
+
+
+def test_a_created_customer_account_is_not_queued_for_vendor_whose_scope_it_is_outside() -> None:
+    answer = dv_call(_account_create(3), headers={})
+    assert [m.mapping for m in answer.messages] == ["CUSTOMER"]
+    assert json.loads(answer.body)["out_of_scope"] == ["VENDOR"]
+    answer = dv_call(_account_create(11), headers={})
+    assert [m.mapping for m in answer.messages] == ["VENDOR"]
+
+
+def test_a_created_account_outside_every_mapping_is_accepted_and_queues_nothing() -> None:
+    answer = dv_call(_account_create(1), headers={})  # a competitor
+    assert (answer.status, answer.messages) == (202, [])
+    assert "outside the scope of CUSTOMER, VENDOR" in json.loads(answer.body)["ignored"]
 
 
 @pytest.mark.parametrize("query", [{}, {"code": "wrong"}, {"code": SECRET[:-1]}])

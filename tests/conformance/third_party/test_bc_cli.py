@@ -4,8 +4,10 @@ Its base URL is fixed to `https://api.businesscentral.dynamics.com/v2.0/<environ
 reaches the sandbox through the loopback proxy and certificate of `conftest.tls_bc`, set only through
 httpx's documented environment variables. Authentication uses the SDK's documented `auth=` parameter
 with its `StaticTokenAuth` (a token the caller already holds), so no identity provider is involved.
-The calls are the ones its README shows: listing, queries with filter/select/expand/orderby/top,
-paging over nextLink, create/update/delete, and its dlt source's incremental extraction.
+The calls are the ones its README shows: listing, queries with filter/select/expand/orderby/top/count,
+paging over nextLink, create/update/delete, documents with their lines (deep insert, `$expand`, lines by
+document), bound actions (`salesOrders(<id>)/Microsoft.NAV.shipAndInvoice`), and its dlt source's
+incremental extraction.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import duckdb
 import pytest
 from bcli import AsyncBCClient
 from bcli.auth._static import StaticTokenAuth
+from bcli.errors import BCLIError
 from bcli.etl import EntityDef, business_central
 from bcli.etl import StaticTokenAuth as EtlTokenAuth
 
@@ -112,6 +115,60 @@ def test_create_update_delete(bc: TlsBc) -> None:
     assert created["number"].startswith("C") and created["city"] == "Lyon"
     assert updated["city"] == "Paris" and updated["@odata.etag"] != created["@odata.etag"]
     assert left == []
+
+
+def test_documents_with_lines_counts_and_a_bound_action(bc: TlsBc) -> None:
+    """A sales order POSTed with its 50 lines (deep insert) in one request, read back with `$expand` and
+    by `documentId`; the line set without a document refused with BC's message; `$count=true`;
+    `shipAndInvoice` answered 204 and the posted invoice found by its order number."""
+
+    async def go() -> dict[str, Any]:
+        async with client() as c:
+            body = {
+                "customerNumber": "C00010",
+                "externalDocumentNumber": "BCLI-50",
+                "shipToName": "Warehouse 7",
+                "shipToAddressLine1": "1 Quay Street",
+                "salesOrderLines": [
+                    {"lineType": "Item", "lineObjectNumber": "I00010", "quantity": 1 + k % 3, "unitPrice": 10}
+                    for k in range(50)
+                ],
+            }
+            before = bc.sandbox.counters.snapshot()["requests"].get("POST salesOrders", 0)
+            created = await c.post("salesOrders", body=body)
+            posts = bc.sandbox.counters.snapshot()["requests"].get("POST salesOrders", 0) - before
+            one = f"id eq {created['id']}"
+            expanded = await c.query("salesOrders").filter(one).expand("salesOrderLines").get()
+            by_document = await c.query("salesOrderLines").filter(f"documentId eq {created['id']}").get()
+            try:
+                await c.query("salesOrderLines").get()
+                refused = ""
+            except BCLIError as exc:
+                refused = f"{exc.status_code} {exc.bc_message}"
+            ours = "externalDocumentNumber eq 'BCLI-50'"
+            counted = await c.query("salesOrders").filter(ours).count().execute()
+            shipped = await c.post(f"salesOrders({created['id']})/Microsoft.NAV.shipAndInvoice", body={})
+            invoices = await c.query("salesInvoices").filter(f"orderNumber eq '{created['number']}'").get()
+            left = await c.query("salesOrders").filter(one).get()
+            return {
+                "created": created, "posts": posts, "expanded": expanded, "by_document": by_document,
+                "refused": refused, "count": counted.count, "shipped": shipped, "invoices": invoices,
+                "left": left,
+            }  # fmt: skip
+
+    result = run(go())
+    created = result["created"]
+    assert result["posts"] == 1
+    assert created["number"].startswith("S-ORD") and created["shipToName"] == "Warehouse 7"
+    assert created["totalAmountIncludingTax"] == sum(10 * (1 + k % 3) for k in range(50))
+    [order] = result["expanded"]
+    assert [line["sequence"] for line in order["salesOrderLines"]] == [10000 * (k + 1) for k in range(50)]
+    assert {line["id"] for line in result["by_document"]} == {line["id"] for line in order["salesOrderLines"]}
+    assert result["refused"].startswith("400 You must specify an Id or a Document Id to get the lines.")
+    assert result["count"] == 1
+    assert result["shipped"] == {}  # 204, no content
+    assert [i["totalAmountIncludingTax"] for i in result["invoices"]] == [created["totalAmountIncludingTax"]]
+    assert result["left"] == []  # the fully posted order is deleted, as Sales-Post does
 
 
 def test_incremental_extraction_by_last_modified(bc: TlsBc, tmp_path: Path) -> None:
