@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.connectors.dataverse import missing_customization
+from shared.connectors.dataverse import missing_customization, setup_hint
 from shared.connectors.errors import (
     AlreadyExistsError,
     ApiError,
@@ -1647,11 +1647,7 @@ def refusal(exc: ApiError, verb: str = "refused") -> str:
     missing = missing_customization(exc)
     if missing is None:
         return said
-    return (
-        f"{said} The Sales solution BusinessCentralSync, which adds {missing}, is not installed or is older "
-        "than this service needs: run `bcsync setup` with a Dataverse administrator (--admin-device-code), "
-        "or import the solution by hand (docs/sales-solution.md), then `bcsync retry <mapping> --all`."
-    )
+    return f"{said} {setup_hint(missing)}, then `bcsync retry <mapping> --all`."
 
 
 def _fields(plan: Plan) -> list[str]:
