@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-# Card pages the service links to -> the API entity set holding their records.
-CARD_PAGES = {21: "customers", 26: "vendors", 5050: "contacts", 30: "items"}
+# Pages the service links to -> the API entity set holding their records: the cards, and the document
+# pages Sales Quote (41), Sales Order (42) and Posted Sales Invoice (132).
+CARD_PAGES = {21: "customers", 26: "vendors", 5050: "contacts", 30: "items", 41: "salesQuotes",
+              42: "salesOrders", 132: "salesInvoices"}  # fmt: skip
 _FILTER = re.compile(r"^\s*'No\.'\s+IS\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
 
 

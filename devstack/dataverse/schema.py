@@ -555,7 +555,6 @@ def build_tables() -> dict[str, Table]:
             [
                 text("name", 300),
                 text("ordernumber", 100),
-                text("businesscentralordernumber", 100),
                 *document_totals(),
                 money("discountamount"),
                 decimal("discountpercentage"),
@@ -588,7 +587,6 @@ def build_tables() -> dict[str, Table]:
                 decimal("quantityshipped"),
                 decimal("quantitybackordered"),
                 decimal("quantitycancelled"),
-                integer("businesscentrallinenumber"),
             ],
             owned=False,
         ),

@@ -280,6 +280,45 @@ def _error_for(
     return ValidationError(message, **kw)
 
 
+# A column or table of the service's Sales solution (prefix `bcs_`) that Dataverse does not know: "Could not
+# find a property named 'bcs_bcnumber' on type ..." (400), "Resource not found for the segment
+# 'bcs_customerstatistics'" (404), "An undeclared property 'bcs_...'" or "The property 'bcs_...' does not
+# exist on type ..." (400).
+_UNKNOWN_CUSTOMIZATION = re.compile(
+    r"(?:property named|segment|undeclared property|property) '(bcs_\w+)", re.IGNORECASE
+)
+
+
+def missing_customization(exc: ApiError) -> str | None:
+    """The `bcs_` column or table an answer says does not exist (the Sales solution is not installed,
+    or older than this service needs); None for any other error."""
+    if exc.service != SERVICE or exc.status not in (400, 404):
+        return None
+    found = _UNKNOWN_CUSTOMIZATION.search(str(exc.message))
+    return found.group(1) if found else None
+
+
+def setup_hint(missing: str) -> str:
+    """What to do when Dataverse does not know `missing`, a column or table of the Sales solution."""
+    return (
+        f"The Sales solution BusinessCentralSync, which adds {missing}, is not installed or is older than "
+        "this service needs: run `bcsync setup` with a Dataverse administrator (--admin-device-code), or "
+        "import the solution by hand (docs/sales-solution.md)"
+    )
+
+
+def with_setup_hint(exc: ApiError) -> ApiError:
+    """`exc` itself, or (when it names a `bcs_` column or table Dataverse does not know) the same error
+    saying to run set-up."""
+    missing = missing_customization(exc)
+    if missing is None:
+        return exc
+    return FatalApiError(
+        f"{exc.message} {setup_hint(missing)}.",
+        status=exc.status, code=exc.code, service=exc.service, method=exc.method, url=exc.url,
+    )  # fmt: skip
+
+
 def missing_message(exc: ApiError, action: str) -> bool:
     """Whether a 404 says this server has no operation `action` (a bulk message on-premises), not
     that a record or a table does not exist (a missing table's set is a segment not found too, so the

@@ -693,7 +693,7 @@ def _ensure_solution(rt: Runtime, admin: AdminCredentials, report: SetupReport) 
                 f"{info.unique_name} {state}: the customer statistics, Business Central numbers and links, "
                 "coupling status and security roles it adds are missing, so syncing fails",
                 "run `bcsync setup` with a Dataverse administrator (`--admin-device-code`), or import "
-                f"`bcsync solution pack`'s {info.zip_name()} by hand (docs/sales-solution.md)",
+                f"the {info.zip_name()} that `bcsync pack-solution` writes by hand (docs/sales-solution.md)",
             )
         )
         return False

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.connectors.business_central import BusinessCentralClient
-from shared.connectors.dataverse import DataverseClient
+from shared.connectors.dataverse import DataverseClient, with_setup_hint
 from shared.mapping.schema import EntityMapping, MappingSet
 from shared.odata import eq
 from shared.store.couplings import CouplingStore
@@ -251,7 +251,9 @@ class StatisticsPusher:
             if result.ok:
                 done.append(figures)
             else:
-                report.failed.append(f"{figures.number}: {result.error}")
+                # A service never set up: the table does not exist, and the failure says to run set-up.
+                error = with_setup_hint(result.error) if result.error is not None else "not written"
+                report.failed.append(f"{figures.number}: {error}")
         report.written = len(done)
         self.hashes.remember(PushedHash(f.customer_id, f.fingerprint(), f.number) for f in done)
 

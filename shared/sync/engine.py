@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shared.connectors.dataverse import missing_customization, setup_hint
 from shared.connectors.errors import (
     AlreadyExistsError,
     ApiError,
@@ -1630,7 +1631,11 @@ def refusal(exc: ApiError, verb: str = "refused") -> str:
     target = exc.url.split("?")[0].rstrip("/").rsplit("/", 1)[-1].split("(")[0] if exc.url else ""
     what = " ".join(x for x in (exc.method, target) if x)
     status = " ".join(x for x in (str(exc.status) if exc.status else "", exc.code) if x)
-    return f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
+    said = f"{system} {verb} {what or 'the request'}{f' ({status})' if status else ''}: {exc.message}"
+    missing = missing_customization(exc)
+    if missing is None:
+        return said
+    return f"{said} {setup_hint(missing)}, then `bcsync retry <mapping> --all`."
 
 
 def _fields(plan: Plan) -> list[str]:

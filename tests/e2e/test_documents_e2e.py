@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import E2EStack, diff, wait_for
@@ -58,7 +59,7 @@ def _dv_order(e2e: E2EStack, order_id: str) -> dict[str, Any]:
 
 
 def _details(order: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(order["order_details"], key=lambda d: d["businesscentrallinenumber"] or 0)
+    return sorted(order["order_details"], key=lambda d: d["bcs_bclinenumber"] or 0)
 
 
 def _sales_order(
@@ -112,8 +113,12 @@ def test_a_submitted_order_becomes_a_bc_order_and_bc_changes_and_shipments_come_
 
     # BC's number and line numbers come back to Sales.
     sales = _dv_order(e2e, order["salesorderid"])
-    assert sales["businesscentralordernumber"] == bc_order["number"]
-    assert [d["businesscentrallinenumber"] for d in _details(sales)] == [10000, 20000, 30000]
+    assert sales["bcs_bcnumber"] == bc_order["number"]
+    assert [d["bcs_bclinenumber"] for d in _details(sales)] == [10000, 20000, 30000]
+    # ...with a working link to the order in the BC web client (page 42, Sales Order).
+    assert "&page=42&" in sales["bcs_bcurl"]
+    card = httpx.get(sales["bcs_bcurl"], timeout=10)
+    assert card.status_code == 200 and bc_order["number"] in card.text
 
     # A line changed in BC comes back; Dataverse recomputes its own total.
     second = next(line for line in bc_order["salesOrderLines"] if line["quantity"] == 3)
@@ -198,6 +203,10 @@ def test_posting_an_invoice_in_bc_creates_the_sales_invoice_with_its_lines(e2e: 
     shown = [(d["_productid_value"], d["_uomid_value"], d["quantity"], d["priceperunit"]) for d in details]
     assert shown == [(product, uom, 1, 40), (product, uom, 2, 40)]
     assert invoice["totalamount"] == 120  # Dataverse's own total from the details
+    # BC's number and a working link to the posted invoice (page 132, Posted Sales Invoice).
+    assert invoice["bcs_bcnumber"] == draft["number"] and "&page=132&" in invoice["bcs_bcurl"]
+    card = httpx.get(invoice["bcs_bcurl"], timeout=10)
+    assert card.status_code == 200 and draft["number"] in card.text
     assert e2e.failures() == []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.harness import E2EStack, diff, wait_for
@@ -78,6 +79,13 @@ def test_a_quote_won_in_sales_becomes_the_bc_order_made_from_its_bc_quote(e2e: E
     quote_id, bc_quote_id = _active_quote(e2e, account, product, uom, [1, 2, 3])
     bc_quote_lines = e2e.bc_http.get(f"salesQuotes({bc_quote_id})/salesQuoteLines").json()["value"]
     assert sorted(li["quantity"] for li in bc_quote_lines) == [1, 2, 3]
+    # BC's quote number and a working link to it (page 41, Sales Quote) on the Sales quote.
+    bc_quote = e2e.bc_get("salesQuotes", bc_quote_id)
+    sales_quote = e2e.dv_get("quotes", quote_id)
+    assert bc_quote is not None and sales_quote is not None
+    assert sales_quote["bcs_bcnumber"] == bc_quote["number"] and "&page=41&" in sales_quote["bcs_bcurl"]
+    card = httpx.get(sales_quote["bcs_bcurl"], timeout=10)
+    assert card.status_code == 200 and bc_quote["number"] in card.text
 
     before = e2e.service_requests()
     order = _convert(e2e, quote_id)
@@ -108,10 +116,10 @@ def test_a_quote_won_in_sales_becomes_the_bc_order_made_from_its_bc_quote(e2e: E
 
     # Each Sales order line is coupled to the BC line made from its quote line; BC's numbers come back.
     sales = _dv_order(e2e, order["salesorderid"])
-    assert sales["businesscentralordernumber"] == bc_order["number"]
+    assert sales["bcs_bcnumber"] == bc_order["number"] and "&page=42&" in sales["bcs_bcurl"]
     details = sorted(sales["order_details"], key=lambda d: d["quantity"])
     by_quantity = {li["quantity"]: li["sequence"] for li in bc_order["salesOrderLines"]}
-    assert [d["businesscentrallinenumber"] for d in details] == [by_quantity[q] for q in (1, 2, 3)]
+    assert [d["bcs_bclinenumber"] for d in details] == [by_quantity[q] for q in (1, 2, 3)]
     stored = e2e.coupling(ORDER, "dv", order["salesorderid"])
     assert stored is not None and len((stored.snapshot or {}).get("lines") or {}) == 3
     # The submit's own sync: read the Sales order (1), makeOrder (1), find the made order with its lines
@@ -326,7 +334,7 @@ def test_line_only_changes_in_sales_reach_bc_and_lines_keep_their_order(e2e: E2E
     bc_lines = _bc_lines(e2e, str(coupling.bc_id))
     assert [li["quantity"] for li in bc_lines] == [5, 1, 3]
     details = _dv_order(e2e, order["salesorderid"])["order_details"]
-    numbered = sorted(details, key=lambda d: d["businesscentrallinenumber"])
+    numbered = sorted(details, key=lambda d: d["bcs_bclinenumber"])
     assert [d["quantity"] for d in numbered] == [5, 1, 3]
     first = numbered[0]
 

@@ -12,10 +12,15 @@ import httpx
 import pytest
 
 from devstack.dataverse.config import SALES_USER_ID
+from devstack.demo import DATAVERSE_ADMIN_TOKEN
+from devstack.stack import INTEGRATION_TOKEN
+from shared.connectors.credentials import StaticTokenCredential
+from shared.ops import operations
+from shared.ops.setup import AdminCredentials, run_setup
 from shared.sales.solution import ROLE_AVAILABILITY, ROLE_USER
 from shared.sales.statistics import push_statistics
 from shared.sales.stock import refresh_stock
-from tests.e2e.harness import E2EStack, wait_for
+from tests.e2e.harness import E2EStack, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -119,3 +124,75 @@ def test_typing_a_bc_number_couples_and_clearing_it_uncouples(e2e: E2EStack) -> 
     cleared = _account(e2e, account_id)
     assert cleared["bcs_bcurl"] is None and e2e.bc_get("customers", bc_id) is not None
     assert not e2e.failures(invocations)  # refusals are outcomes, never a function that raised
+
+
+def test_typing_a_bc_number_couples_a_product_and_a_contact_too(e2e: E2EStack) -> None:
+    tag = uuid.uuid4().hex[:6].upper()
+    invocations = len(e2e.stack.host.invocations)
+    # A product: the BC item's values win, its link opens the Item Card; clearing the number uncouples.
+    [item_id] = e2e.bc.seed(
+        "items",
+        [{"number": f"TI{tag}", "displayName": f"Typed item {tag}", "baseUnitOfMeasureCode": "PCS",
+          "unitPrice": 7}],
+    )  # fmt: skip
+    product = e2e.dv_create(
+        "products",
+        {"name": f"Lead product {tag}", "productnumber": f"LP-{tag}", "producttypecode": 1,
+         "bcs_bcnumber": f"TI{tag}"},
+    )  # fmt: skip
+    coupling = e2e.wait_coupled(ITEM, "bc", item_id)
+    assert coupling.dv_id == product["productid"]
+    e2e.settle()
+    synced = e2e.dv_get("products", product["productid"])
+    assert synced is not None and synced["name"] == f"Typed item {tag}"
+    assert "&page=30&" in synced["bcs_bcurl"] and synced["bcs_bccouplingstatus"] is None
+    assert httpx.get(synced["bcs_bcurl"], timeout=10).status_code == 200
+    e2e.dv_update("products", product["productid"], {"bcs_bcnumber": None})
+    wait_for(lambda: e2e.coupling(ITEM, "bc", item_id) is None or None, "the product's uncoupling")
+
+    # A contact of a coupled account, typed with the number of the BC person of that customer.
+    customer = e2e.bc_create("customers", {"displayName": f"Firm {tag}"})
+    account_id = str(e2e.wait_coupled(CUSTOMER, "bc", customer["id"]).dv_id)
+    [person_id] = e2e.bc.seed(
+        "contacts",
+        [{"type": "Person", "displayName": f"Robin {tag}", "email": f"robin{tag}@e2e.example",
+          "companyNumber": e2e.bc.company_contact(customer["id"])["number"]}],
+    )  # fmt: skip
+    number = e2e.bc.get("contacts", person_id)["number"]
+    contact = e2e.dv_create(
+        "contacts",
+        {"lastname": f"Lead {tag}", "bcs_bcnumber": number,
+         "parentcustomerid_account@odata.bind": f"/accounts({account_id})"},
+    )  # fmt: skip
+    coupled = e2e.wait_coupled("CONTACT", "bc", person_id, timeout=20)
+    assert coupled.dv_id == contact["contactid"]
+    e2e.settle()
+    shown = e2e.dv_get("contacts", contact["contactid"])
+    assert shown is not None and shown["emailaddress1"] == f"robin{tag}@e2e.example"  # BC's values won
+    assert "&page=5050&" in shown["bcs_bcurl"] and shown["bcs_bccouplingstatus"] is None
+    assert not e2e.failures(invocations)
+
+
+def test_a_service_never_set_up_says_to_run_setup_and_works_after_it() -> None:
+    with running_stack(with_solution=False) as fresh:
+        customer = fresh.bc_create("customers", {"displayName": f"Early {uuid.uuid4().hex[:6]}"})
+
+        def failure() -> str | None:
+            entries = fresh.rt.journal.history(CUSTOMER, "bc", customer["id"])
+            failed = [e for e in entries if e.outcome == "failed"]
+            return failed[0].reason if failed else None
+
+        reason = wait_for(failure, "the customer's failure")
+        assert "is not installed" in reason and "`bcsync setup`" in reason, reason
+        shown = [e for e in operations.list_errors(fresh.rt, CUSTOMER) if e.bc_id == customer["id"]]
+        assert shown and "`bcsync setup`" in shown[0].message, shown  # what `bcsync errors` lists
+
+        dv_admin = StaticTokenCredential(DATAVERSE_ADMIN_TOKEN)
+        admin = AdminCredentials(dataverse=dv_admin, bc=StaticTokenCredential(INTEGRATION_TOKEN))
+        report = run_setup(fresh.rt, admin, couple_salespeople=False)
+        assert any("(imported)" in c for c in report.created), report.created
+        assert operations.retry_all(fresh.rt, CUSTOMER).queued >= 1
+        coupling = fresh.wait_coupled(CUSTOMER, "bc", customer["id"])
+        fresh.settle()
+        account = fresh.dv_get("accounts", str(coupling.dv_id))
+        assert account is not None and account["bcs_bcnumber"] == customer["number"] and account["bcs_bcurl"]

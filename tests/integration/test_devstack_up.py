@@ -83,6 +83,29 @@ def test_up_serves_health_and_ctrl_c_leaves_nothing_behind() -> None:
         ).json()["value"]
         stock = {p["productnumber"]: p["quantityonhand"] for p in products}
         assert (stock.get("I00010"), stock.get("I00020")) == (24, 118), stock
+        # The Sales side as a salesperson sees it through the Web API (issue 14): a customer's statistics
+        # row, its account's BC number and a link that opens the card, and the account coupled by the BC
+        # number the demo typed into it.
+        dv_api, seller = f"http://127.0.0.1:{ports[1]}/api/data/v9.2/", {"Authorization": "Bearer sales-user"}
+        rows = httpx.get(
+            dv_api + "bcs_customerstatistics?$select=bcs_customerno,_bcs_accountid_value,bcs_asofdate",
+            headers=seller, timeout=10,
+        ).json()["value"]  # fmt: skip
+        assert rows and rows[0]["bcs_asofdate"], rows
+        account = httpx.get(
+            dv_api + f"accounts({rows[0]['_bcs_accountid_value']})?$select=bcs_bcnumber,bcs_bcurl",
+            headers=seller, timeout=10,
+        ).json()  # fmt: skip
+        assert account["bcs_bcnumber"] == rows[0]["bcs_customerno"], account
+        assert httpx.get(account["bcs_bcurl"], timeout=10).status_code == 200, account
+        typed: list[dict[str, object]] = []
+        while not typed:
+            assert time.monotonic() < deadline, "the account typed with a BC number was not coupled"
+            coupled = "name eq 'Fabrikam Typed Inc' and bcs_bcurl ne null"
+            typed = httpx.get(
+                dv_api + f"accounts?$filter={coupled}&$select=bcs_bcnumber", headers=seller, timeout=10
+            ).json()["value"]
+            time.sleep(0.2)
         # The stock timer reports the cursor it keeps once its first run finishes, which can come after
         # health answers on a busy machine: wait for it rather than stop the stack first.
         while not any("quantityonhand follows ITEM-PRODUCT" in line for line in lines):

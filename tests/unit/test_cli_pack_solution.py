@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -30,3 +32,17 @@ def test_a_broken_source_fails_naming_the_file(tmp_path: Path) -> None:
         app, ["pack-solution", "--source", str(source), "--out", str(tmp_path)], env={}
     )
     assert result.exit_code == 1 and "no element found" in result.output
+
+
+def test_the_written_zip_opens_with_a_standard_zip_tool(tmp_path: Path) -> None:
+    """Info-ZIP's `unzip` (what admins and the Power Platform's own tooling expect: plain deflate, no
+    zip64, no data descriptors) tests every entry's CRC and lists the three files."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["pack-solution", "--out", str(tmp_path)], env={}).exit_code == 0
+    target = tmp_path / read_info().zip_name()
+    unzip = shutil.which("unzip")
+    assert unzip, "install Info-ZIP unzip (apt-get install unzip) to run this test"
+    tested = subprocess.run([unzip, "-t", str(target)], capture_output=True, text=True, timeout=30)
+    assert tested.returncode == 0 and "No errors detected" in tested.stdout, tested.stdout + tested.stderr
+    listed = subprocess.run([unzip, "-Z1", str(target)], capture_output=True, text=True, timeout=30)
+    assert sorted(listed.stdout.split()) == ["[Content_Types].xml", "customizations.xml", "solution.xml"]

@@ -43,7 +43,7 @@ def _dv_line(n: int, quantity: float, product: str = PRODUCT) -> dict[str, Any]:
     return _blank(LINES, "dv") | {
         "salesorderdetailid": f"dddddddd-0000-0000-0000-00000000000{n}", "_productid_value": product,
         "_uomid_value": UOM, "quantity": quantity, "priceperunit": 10.0, "manualdiscountamount": 0,
-        "quantityshipped": None, "businesscentrallinenumber": None, "ispriceoverridden": True,
+        "quantityshipped": None, "bcs_bclinenumber": None, "ispriceoverridden": True,
     }  # fmt: skip
 
 
@@ -83,8 +83,8 @@ def _settled_pair() -> tuple[dict[str, Any], dict[str, Any]]:
     bc = _bc_order(_bc_line(1, 2), _bc_line(2, 3))
     dv = _dv_order(_dv_line(1, 2), _dv_line(2, 3))
     for d, b in zip(dv["order_details"], bc["salesOrderLines"], strict=True):
-        d["businesscentrallinenumber"], d["quantityshipped"] = b["sequence"], 0
-    dv["businesscentralordernumber"] = bc["number"]
+        d["bcs_bclinenumber"], d["quantityshipped"] = b["sequence"], 0
+    dv["bcs_bcnumber"] = bc["number"]
     return bc, dv
 
 

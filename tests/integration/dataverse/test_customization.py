@@ -56,6 +56,9 @@ def _finish(sandbox: DataverseSandbox, client: httpx.Client, async_id: str) -> d
 def test_a_fresh_sandbox_has_no_bcs_customization(http: httpx.Client, sandbox: DataverseSandbox) -> None:
     missing = http.get("bcs_customerstatistics")
     assert missing.status_code == 404 and "bcs_customerstatistics" in missing.json()["error"]["message"]
+    # As a real environment without the solution: no number column on orders either (BC's own solution
+    # names its column bcbi_businesscentralordernumber; this service writes its own, bcs_bcnumber).
+    assert http.get("salesorders?$select=businesscentralordernumber").status_code == 400
     unknown = http.get("accounts?$select=bcs_bcnumber")
     assert unknown.status_code == 400 and "bcs_bcnumber" in unknown.json()["error"]["message"]
     assert http.get("solutions?$filter=uniquename eq 'BusinessCentralSync'").json()["value"] == []
@@ -93,6 +96,17 @@ def test_import_solution_async_creates_what_the_zip_declares(
             ).json()["value"]
         }
         assert {"bcs_bcnumber", "bcs_bcurl", "bcs_bccouplingstatus"} <= names
+    documents = {"quote": {"bcs_bcnumber", "bcs_bcurl"}, "salesorder": {"bcs_bcnumber", "bcs_bcurl"},
+                 "invoice": {"bcs_bcnumber", "bcs_bcurl"},
+                 "salesorderdetail": {"bcs_bclinenumber"}}  # fmt: skip
+    for entity, columns in documents.items():
+        names = {
+            a["LogicalName"]
+            for a in admin.get(
+                f"EntityDefinitions(LogicalName='{entity}')/Attributes?$select=LogicalName"
+            ).json()["value"]
+        }
+        assert columns <= names, entity
     lookup = admin.get(
         "EntityDefinitions(LogicalName='bcs_customerstatistic')/Attributes(LogicalName='bcs_accountid')"
     ).json()
@@ -104,6 +118,11 @@ def test_import_solution_async_creates_what_the_zip_declares(
     main = next(f for f in forms if f["objecttypecode"] == "account")
     assert quick["type"] == 6 and main["type"] == 2
     assert "bcs_customerstatistic" in main["formxml"] and quick["systemformid"] in main["formxml"]
+    # Contacts, products and the documents get a main form showing their number, link (and status).
+    mains = {f["objecttypecode"]: f["formxml"] for f in forms if f["type"] == 2}
+    for table in ("contact", "product", "quote", "salesorder", "invoice"):
+        assert 'datafieldname="bcs_bcurl"' in mains[table], table
+    assert 'datafieldname="bcs_quantityasof"' in mains["product"]
     roles = {r["name"] for r in admin.get("roles?$select=name").json()["value"]}
     assert {"Integration Administrator", "Integration User", "Product Availability User"} <= roles
     # The new table works: upsert by its alternate key, bound to an account.
@@ -131,7 +150,9 @@ def test_a_broken_or_older_solution_fails_the_job_with_the_reason(
         for name in source.namelist():
             content = source.read(name)
             if name == "solution.xml":
-                content = content.replace(b"<Version>1.1.0.0</Version>", b"<Version>0.9.0.0</Version>")
+                current = f"<Version>{read_info().version}</Version>".encode()
+                assert current in content
+                content = content.replace(current, b"<Version>0.9.0.0</Version>")
             target.writestr(name, content)
     answer = _import(admin, older.getvalue())
     refused = _finish(sandbox, admin, answer["AsyncOperationId"])

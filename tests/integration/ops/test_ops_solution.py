@@ -13,7 +13,9 @@ from devstack.dataverse.config import INTEGRATION_USER_ID, SALES_USER_ID
 from shared.connectors.credentials import StaticTokenCredential
 from shared.ops.setup import AdminCredentials, run_setup
 from shared.sales.solution import ROLE_ADMINISTRATOR, ROLE_AVAILABILITY, ROLE_USER, read_info
-from tests.integration.ops.conftest import ADMIN_TOKEN, OpsStack
+from shared.sales.statistics import push_statistics
+from shared.store.couplings import Coupling
+from tests.integration.ops.conftest import ADMIN_TOKEN, OpsStack, bc_customer, seed_account
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +68,7 @@ def test_without_the_solution_and_an_administrator_setup_says_what_to_do(bare: O
     check = next(c for c in report.checks if c.name.startswith("Dataverse solution"))
     assert not check.ok and "is not installed" in check.detail
     assert "--admin-device-code" in check.fix and "docs/sales-solution.md" in check.fix
+    assert "`bcsync pack-solution`" in check.fix  # the command that exists (bcsync/cli.py)
     assert not report.ok and _imports(bare) == []
 
 
@@ -109,3 +112,16 @@ def test_cli_setup_twice_imports_once_and_says_nothing_changed(bare: OpsStack) -
     assert second.exit_code == 0, second.output
     assert "nothing changed" in second.output and "imported" not in second.output
     assert len(_imports(bare)) == 1
+
+
+def test_statistics_without_the_solution_say_to_run_setup(bare: OpsStack) -> None:
+    # A customer coupled before the solution was there (or it was removed): the statistics table is missing.
+    bc_id = bc_customer(bare, "Adatum Corporation")["id"]
+    bare.rt.couplings.create(Coupling("CUSTOMER", bc_id, seed_account(bare, "Adatum (CRM)")))
+    report = push_statistics(bare.rt)
+    [failed] = report.failed
+    assert "Resource not found for the segment 'bcs_customerstatistics'" in failed
+    assert "`bcsync setup`" in failed and "docs/sales-solution.md" in failed
+
+    run_setup(bare.rt, ADMIN, couple_salespeople=False)
+    assert push_statistics(bare.rt).written == 1
