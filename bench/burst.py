@@ -5,7 +5,8 @@ a child process (`bench.service.sandboxes`, the real service-protection limits),
 
 - Burst (default): N accounts created in Sales by one user with `CreateMultiple` (1,000 per request),
   so Dataverse sends N webhooks to the dev host. Prints the time until all N are in BC and coupled,
-  the service's API requests per side, 429 answers, and the service process's peak RSS.
+  the service's API requests per side, 429 answers, its storage requests (Azurite's work and much
+  of the service process's), and the service process's peak RSS.
 - Sustained (`--rate R --seconds S`): N customers coupled first (a full resync), then changes at R
   per second for S seconds, made by people on each side in turn (`--side dv|bc|both`): in Sales as
   `UpdateMultiple` of R/10 accounts every 100 ms, in BC as single PATCHes spread over several BC
@@ -33,7 +34,7 @@ from typing import Any
 import httpx
 
 from bench.latency import percentile
-from bench.service import sandboxes, service_settings
+from bench.service import StorageRequests, sandboxes, service_settings
 from devstack.azurite import start_azurite
 from devstack.serve import free_port
 from devstack.stack import start_dev_host
@@ -58,6 +59,7 @@ def main() -> int:
     with contextlib.ExitStack() as running:
         azurite = start_azurite()
         running.callback(azurite.stop)
+        storage = running.enter_context(StorageRequests())
         flags = ["--coalesce", "0.05", "--bc-users", ",".join(SENDERS)]
         if sustained:
             flags += ["--customers", str(args.customers)]
@@ -87,17 +89,17 @@ def main() -> int:
         _settle(rt)
         print(f"machine: {os.cpu_count()} cores, load average {_load()} at the start")
         if sustained:
-            return _sustained(rt, ports, args)
-        return _burst(rt, ports, args.accounts)
+            return _sustained(rt, ports, args, storage)
+        return _burst(rt, ports, args.accounts, storage)
 
 
 # ------------------------------------------------------------------------------------- burst
-def _burst(rt: Any, ports: Any, count: int) -> int:
+def _burst(rt: Any, ports: Any, count: int, storage: StorageRequests) -> int:
     sales = httpx.Client(
         base_url=f"http://127.0.0.1:{ports.dv}/api/data/v9.2/",
         headers={"Authorization": "Bearer sales-user"}, timeout=120,
     )  # fmt: skip
-    _reset(rt)
+    _reset(rt, storage)
     rss_before = _peak_rss_mb()
     tag = uuid.uuid4().hex[:6].upper()
     started = time.monotonic()
@@ -127,13 +129,13 @@ def _burst(rt: Any, ports: Any, count: int) -> int:
     print(f"  all in BC and coupled: {coupled:,} of {count:,} after {elapsed:.1f} s "
           f"(load average {_load()}); "
           f"{len(in_bc):,} BC customers (duplicates: {max(0, len(in_bc) - count)})")  # fmt: skip
-    _print_requests(rt, count, "account")
+    _print_requests(rt, count, "account", storage)
     print(f"  peak RSS of the service process: {_peak_rss_mb():.0f} MB (before: {rss_before:.0f} MB)")
     return 0 if coupled >= count and len(in_bc) == count else 1
 
 
 # --------------------------------------------------------------------------------- sustained
-def _sustained(rt: Any, ports: Any, args: argparse.Namespace) -> int:
+def _sustained(rt: Any, ports: Any, args: argparse.Namespace, storage: StorageRequests) -> int:
     from devstack.bc import DEFAULT_COMPANY_ID
     from devstack.stack import BC_ENVIRONMENT, BC_TENANT
 
@@ -145,7 +147,7 @@ def _sustained(rt: Any, ports: Any, args: argparse.Namespace) -> int:
         headers={"Authorization": "Bearer sales-user"}, timeout=30,
     )  # fmt: skip
     sides = ["dv", "bc"] if args.side == "both" else [args.side]
-    _reset(rt)
+    _reset(rt, storage)
     total = int(args.rate * args.seconds)
     changes: list[tuple[str, str, str, dt.datetime]] = []  # side, BC id, Dataverse id, when
     last_value: dict[tuple[str, str], str] = {}  # (side, record id) -> the last value set there
@@ -186,7 +188,7 @@ def _sustained(rt: Any, ports: Any, args: argparse.Namespace) -> int:
     print("  change -> written on the other side: "
           + (", ".join(f"p{p} {v:.0f} ms" for p, v in ms.items()) if ms else "no samples")
           + f" ({len(latencies)} of {total} changes seen written)")  # fmt: skip
-    _print_requests(rt, total, "change")
+    _print_requests(rt, total, "change", storage)
     print(f"  lost: {lost} (records whose last value is not on the other side)")
     return 0 if lost == 0 else 1
 
@@ -231,7 +233,7 @@ def _latencies_and_lost(
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _print_requests(rt: Any, changes: int, unit: str) -> None:
+def _print_requests(rt: Any, changes: int, unit: str, storage: StorageRequests) -> None:
     bc, dv = rt.bc.stats, rt.dataverse.stats
     total = bc.total + dv.total
     throttled = bc.throttled + dv.throttled
@@ -240,11 +242,15 @@ def _print_requests(rt: Any, changes: int, unit: str) -> None:
     print(f"    Dataverse: {dict(dv.requests)}")
     print(f"  429 answers: BC {bc.throttled}, Dataverse {dv.throttled} "
           f"({100 * throttled / max(1, total):.2f}% of requests)")  # fmt: skip
+    top = ", ".join(f"{k} {v}" for k, v in storage.counts.most_common(6))
+    per = storage.total / max(1, changes)
+    print(f"  storage requests of the service: {storage.total} ({per:.1f} per {unit}; {top})")
 
 
-def _reset(rt: Any) -> None:
+def _reset(rt: Any, storage: StorageRequests) -> None:
     rt.bc.stats.reset()
     rt.dataverse.stats.reset()
+    storage.reset()
 
 
 def _settle(rt: Any, timeout: float = 60.0) -> None:

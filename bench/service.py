@@ -1,13 +1,18 @@
 """What the single-process benchmarks share: the sandboxes in a child process (so the service's
-memory and CPU are measured alone) and the service's settings that point at them."""
+memory and CPU are measured alone), the service's settings that point at them, and a count of the
+service's storage requests."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from devstack.serve import free_port
 from devstack.stack import BC_ENVIRONMENT, BC_TENANT, INTEGRATION_TOKEN, REPO
@@ -53,3 +58,41 @@ def service_settings(storage: str, ports: SandboxPorts, **overrides: str) -> dic
         "MAPPINGS_FILE": str(REPO / "mappings" / "default.yaml"),
         **overrides,
     }  # fmt: skip
+
+
+class StorageRequests:
+    """Azure Storage requests this process sends, by `"METHOD kind"` (a table, `queue messages`,
+    `$batch`): what the service's process and Azurite spend per change. Counted at the SDK's HTTP
+    transport, the one place every storage client's requests pass."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> StorageRequests:
+        from azure.core.pipeline.transport import RequestsTransport
+
+        real = RequestsTransport.send
+        counts, lock = self.counts, self._lock
+
+        def send(transport: Any, request: Any, **kwargs: Any) -> Any:
+            path = urlsplit(request.url).path.strip("/").split("/")
+            kind = "queue messages" if "messages" in path else (path[1] if len(path) > 1 else path[0])
+            with lock:
+                counts[f"{request.method} {kind.split('(')[0]}"] += 1
+            return real(transport, request, **kwargs)
+
+        self._restore = lambda: setattr(RequestsTransport, "send", real)
+        RequestsTransport.send = send  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
