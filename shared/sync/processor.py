@@ -173,11 +173,14 @@ def _coalesced(rt: Runtime, message: AnyMessage, dequeue_count: int) -> SyncResu
 
 
 def _converged_in_place(rt: Runtime, message: AnyMessage, dequeue_count: int) -> bool:
-    """A webhook call's batch converged in bulk on its first delivery (`coalesce.converge_batch`).
-    Delivered again (the first try failed part way), or Dataverse changes of several companies
-    (each routed on its own): fanned out, one message per record."""
+    """A webhook call's batch of at least `MIN_BURST` changes converged in bulk on its first delivery
+    (`coalesce.converge_batch`). Fewer (BC's notifications at a few changes per second), delivered
+    again (the first try failed part way), or Dataverse changes of several companies (each routed
+    on its own): fanned out, one message per record."""
     if not isinstance(message, BatchMessage) or dequeue_count > 1:
         return False
+    if len(message.changes) < coalesce.MIN_BURST:
+        return False  # a few: fanned out, so the coalescer can gather them with what else waits
     if rt.multi_company and message.side == "dv":
         return False
     counts = coalesce.converge_batch(rt.engine, message)

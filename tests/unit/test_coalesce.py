@@ -434,19 +434,20 @@ def test_a_batch_whose_bulk_step_fails_queues_each_record_for_a_retry_of_its_own
     assert not coalesce.coalescable(h.engine.ms, h.queued[0][0])  # retried alone, poisoned alone
 
 
-def test_the_processor_converges_a_batch_on_its_first_delivery_and_fans_it_out_when_delivered_again() -> None:
+def test_the_processor_converges_a_burst_on_its_first_delivery_and_fans_out_a_few_or_a_redelivery() -> None:
     from types import SimpleNamespace
 
     from shared.sync.processor import _converged_in_place
 
     h = Harness()
-    pairs = _coupled_pairs(h, 5)
+    pairs = _coupled_pairs(h, coalesce.MIN_BURST)
     batch = _batch("bc", [(bc, "updated") for bc, _ in pairs])
     rt = SimpleNamespace(engine=h.engine, multi_company=False)
 
     assert _converged_in_place(rt, batch, dequeue_count=1)
     assert h.queued == [] and h.bc.requests == {"GET customers": 1}
     assert not _converged_in_place(rt, batch, dequeue_count=2)  # `dispatch` fans it out
-    assert not _converged_in_place(
-        SimpleNamespace(engine=h.engine, multi_company=True), _batch("dv", [(pairs[0][1], "updated")]), 1
-    )
+    # A few changes are fanned out, for the coalescer to gather with what else waits.
+    assert not _converged_in_place(rt, _batch("bc", [(bc, "updated") for bc, _ in pairs[1:]]), 1)
+    several = _batch("dv", [(dv, "updated") for _, dv in pairs])
+    assert not _converged_in_place(SimpleNamespace(engine=h.engine, multi_company=True), several, 1)
