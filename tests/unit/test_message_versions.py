@@ -9,13 +9,11 @@ import base64
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from shared import messages
-from shared.mapping.loader import load_mapping_set
 from shared.messages import (
     MESSAGE_VERSION,
     BatchMessage,
@@ -27,6 +25,7 @@ from shared.messages import (
     to_json,
 )
 from shared.sync import processor
+from tests.support.processor_runtime import processor_runtime
 
 GUID = "6d81597f-0f9f-e711-8122-000d3aa2331c"
 
@@ -108,30 +107,9 @@ def test_messages_queued_by_older_versions_are_read_with_the_defaults_of_what_th
 # --- the processor during a rolling deployment ---------------------------------------------------------
 
 
-class _Queue:
-    def __init__(self, sent: list[tuple[str, str]], name: str) -> None:
-        self.sent, self.name = sent, name
-
-    def send_message(self, body: str, **_: Any) -> None:
-        self.sent.append((self.name, body))
-
-
 @pytest.fixture
 def rt(monkeypatch: pytest.MonkeyPatch) -> Any:
-    sent: list[tuple[str, str]] = []
-    synced: list[Any] = []
-    runtime = SimpleNamespace(
-        mappings=load_mapping_set("mappings/default.yaml"),
-        multi_company=False,
-        storage=SimpleNamespace(
-            poison_queue_name="sync-requests-poison", queue=lambda name=None: _Queue(sent, name or "")
-        ),
-        engine=SimpleNamespace(sync_record=lambda message: synced.append(message)),
-        sent=sent,
-        synced=synced,
-    )
-    monkeypatch.setattr(processor, "get_runtime", lambda: runtime)
-    return runtime
+    return processor_runtime(monkeypatch)
 
 
 def test_a_newer_format_waits_for_a_newer_instance_then_goes_to_poison_with_the_reason(

@@ -3,42 +3,20 @@ of failing five deliveries first."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from shared.mapping.loader import load_mapping_set
 from shared.messages import SyncMessage, to_json
 from shared.sync import processor
+from tests.support.processor_runtime import processor_runtime
 
 GUID = "6d81597f-0f9f-e711-8122-000d3aa2331c"
 
 
-class FakeQueue:
-    def __init__(self, sent: list[tuple[str, str]], name: str) -> None:
-        self.sent, self.name = sent, name
-
-    def send_message(self, body: str, **_: Any) -> None:
-        self.sent.append((self.name, body))
-
-
 @pytest.fixture
 def rt(monkeypatch: pytest.MonkeyPatch) -> Any:
-    sent: list[tuple[str, str]] = []
-    synced: list[Any] = []
-    runtime = SimpleNamespace(
-        mappings=load_mapping_set("mappings/default.yaml"),
-        multi_company=False,
-        storage=SimpleNamespace(
-            poison_queue_name="sync-requests-poison", queue=lambda name=None: FakeQueue(sent, name or "")
-        ),
-        engine=SimpleNamespace(sync_record=lambda message: synced.append(message)),
-        sent=sent,
-        synced=synced,
-    )
-    monkeypatch.setattr(processor, "get_runtime", lambda: runtime)
-    return runtime
+    return processor_runtime(monkeypatch)
 
 
 @pytest.mark.parametrize(
