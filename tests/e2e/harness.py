@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -303,3 +303,13 @@ def running_stack(
         from shared import runtime
 
         runtime.reset()
+
+
+def sales_lines(product: str, uom: str, quantities: Iterable[float]) -> list[dict[str, Any]]:
+    """Sales document lines for a deep insert through the Web API: the product at 20.00 (its price
+    overridden, so no price list is needed) in `uom`, one line per quantity."""
+    return [
+        {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
+         "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
+        for q in quantities
+    ]  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import E2EStack, diff, wait_for
+from tests.e2e.harness import E2EStack, diff, sales_lines, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -281,11 +281,7 @@ def test_a_quote_activated_in_sales_with_three_lines_appears_in_bc_with_the_same
         {
             "name": f"Quote {_tag()}",
             "customerid_account@odata.bind": f"/accounts({account})",
-            "quote_details": [
-                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
-                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
-                for q in (1, 2, 3)
-            ],
+            "quote_details": sales_lines(product, uom, (1, 2, 3)),
         },
     )  # fmt: skip
     e2e.settle()

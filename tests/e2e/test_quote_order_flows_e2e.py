@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import E2EStack, diff, wait_for
+from tests.e2e.harness import E2EStack, diff, sales_lines, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +45,7 @@ def _active_quote(
         {
             "name": f"Quote {_tag()}",
             "customerid_account@odata.bind": f"/accounts({account})",
-            "quote_details": [
-                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
-                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
-                for q in quantities
-            ],
+            "quote_details": sales_lines(product, uom, quantities),
         },
     )  # fmt: skip
     e2e.settle()
@@ -185,11 +181,7 @@ def test_shipping_an_order_in_bc_closes_the_sales_order_as_fulfilled(e2e: E2ESta
         {
             "name": f"Order {_tag()}",
             "customerid_account@odata.bind": f"/accounts({account})",
-            "order_details": [
-                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
-                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
-                for q in (1, 2)
-            ],
+            "order_details": sales_lines(product, uom, (1, 2)),
         },
     )  # fmt: skip
     e2e.settle()
@@ -319,11 +311,7 @@ def test_line_only_changes_in_sales_reach_bc_and_lines_keep_their_order(e2e: E2E
         {
             "name": f"Order {_tag()}",
             "customerid_account@odata.bind": f"/accounts({account})",
-            "order_details": [
-                {"productid@odata.bind": f"/products({product})", "uomid@odata.bind": f"/uoms({uom})",
-                 "quantity": q, "priceperunit": 20.0, "ispriceoverridden": True}
-                for q in (5, 1, 3)
-            ],
+            "order_details": sales_lines(product, uom, (5, 1, 3)),
         },
     )  # fmt: skip
     e2e.settle()

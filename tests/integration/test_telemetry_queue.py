@@ -5,7 +5,6 @@ processor's `process message` span is its child in the same trace."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,20 +15,11 @@ from shared import telemetry
 from shared.messages import SyncMessage, parse_json
 from shared.ops.jobs import record_queue_metrics
 from shared.store.storage import Storage
-from tests.unit.test_telemetry import settings
+from tests.unit import test_telemetry
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def file_telemetry(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "telemetry.jsonl"
-    telemetry.configure(settings(TELEMETRY_FILE=str(path)))
-    assert telemetry.enabled()
-    try:
-        yield path
-    finally:
-        telemetry.shutdown()
+file_telemetry = test_telemetry.file_telemetry  # the same telemetry-to-a-file fixture
 
 
 def _spans(path: Path) -> dict[str, dict[str, Any]]:
