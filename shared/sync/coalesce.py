@@ -802,12 +802,17 @@ def _run_batch(
         outcome = str(d.result.outcome) if isinstance(d, Done) else type(d).__name__.lower()
         counts[outcome] = counts.get(outcome, 0) + 1
         if m is not message and id(m) not in handed:  # the processor counts its own deliveries
-            telemetry.count("bcsync.changes", mapping=m.mapping, outcome=outcome)
-            if isinstance(d, Done) and d.result.changes:
-                latency = telemetry.seconds_since(m.observed)
-                telemetry.record("bcsync.sync.latency", latency, mapping=m.mapping)
+            _count(m, d, outcome)
     log.info("coalesced %d changes: %s", len(messages), counts)
     return dispositions[0]
+
+
+def _count(message: SyncMessage, disposition: Disposition, outcome: str) -> None:
+    """The metrics the processor records for a message it handles, for one handled in a batch."""
+    telemetry.count("bcsync.changes", mapping=message.mapping, outcome=outcome)
+    if isinstance(disposition, Done) and disposition.result.changes:
+        latency = telemetry.seconds_since(message.observed)
+        telemetry.record("bcsync.sync.latency", latency, mapping=message.mapping)
 
 
 def _record(message: SyncMessage) -> tuple[str, str, str]:
@@ -884,10 +889,7 @@ def converge_batch(engine: Engine, batch: BatchMessage) -> Counter[str]:
         for record, d in zip(chunk, _converge_groups(engine, chunk, _queued_alone), strict=True):
             if isinstance(d, Done):
                 counts[str(d.result.outcome)] += 1
-                telemetry.count("bcsync.changes", mapping=record.mapping, outcome=str(d.result.outcome))
-                if d.result.changes:
-                    latency = telemetry.seconds_since(record.observed)
-                    telemetry.record("bcsync.sync.latency", latency, mapping=record.mapping)
+                _count(record, d, str(d.result.outcome))
             elif isinstance(d, Requeue):
                 queued.append((d.message, d.delay))
             else:
