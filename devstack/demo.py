@@ -121,7 +121,8 @@ def start_demo(stack: Stack) -> Iterator[str]:
     yield from _demo_orders(stack, rt)
     # Stock posted from now on reaches Sales at each delta poll: start its cursor at the newest entry.
     stock = refresh_stock(rt)
-    yield f"stock: quantityonhand follows {', '.join(stock.baselines) or 'new item ledger entries'}"
+    started = ", ".join(stock.baselines) or "new item ledger entries (the delta poll started the cursor)"
+    yield f"stock: quantityonhand follows {started}"
     statistics = push_statistics(rt)
     yield f"customer statistics: {statistics.written} rows in bcs_customerstatistics (then every 30 minutes)"
     # Coupling from Sales: a BC customer the service has not seen yet, and a salesperson who types its
