@@ -140,6 +140,12 @@ class RecordChange(BaseModel):
     id: str = Field(min_length=1, max_length=100)
     change: Change = "unknown"
     modified: str | None = Field(default=None, max_length=40)
+    # Set when the change came from another webhook call than the batch's first (several calls' changes
+    # queued together, `shared.feeds.group_commit`): its own notification time, correlation and trace.
+    # Absent: the batch's.
+    observed: dt.datetime | None = None
+    correlation_id: str | None = Field(default=None, max_length=100)
+    trace: str | None = Field(default=None, max_length=55)
 
     @model_validator(mode="before")
     @classmethod
@@ -150,8 +156,9 @@ class RecordChange(BaseModel):
 
 class BatchMessage(_Message):
     """Many notified changes of one mapping and side, queued as one message so that a webhook call
-    of 1,000 entries costs a handful of queue requests and answers in well under BC's 10 s. The
-    processor fans it out into one `SyncMessage` per record, each then retried on its own."""
+    of 1,000 entries (or a burst of concurrent calls) costs a handful of queue requests and answers
+    in well under BC's 10 s. The processor converges it in bulk or fans it out into one `SyncMessage`
+    per record, each then retried on its own."""
 
     kind: Literal["batch"] = "batch"
     side: Side
@@ -166,9 +173,10 @@ class BatchMessage(_Message):
                 change=c.change,
                 modified=c.modified,
                 reason=self.reason,
-                observed=self.observed,
-                correlation_id=self.correlation_id,
+                observed=c.observed or self.observed,
+                correlation_id=c.correlation_id or self.correlation_id,
                 company=self.company,
+                trace=c.trace or self.trace,
             )
             for c in self.changes
         ]
@@ -181,13 +189,15 @@ _adapter: TypeAdapter[AnyMessage] = TypeAdapter(QueueMessage)
 
 def pack(messages: Sequence[AnyMessage]) -> list[tuple[AnyMessage, list[int]]]:
     """The messages as they go on the queue, each with the positions of the input messages it
-    carries: `SyncMessage`s of one company, mapping and side (in order) become `BatchMessage`s that fit the
-    size limit; a group of one stays as it is, and other kinds pass through."""
-    groups: dict[tuple[str | None, str, str], list[int]] = {}
+    carries: `SyncMessage`s of one company, mapping, side and reason (in order) become `BatchMessage`s
+    that fit the size limit; a group of one stays as it is, and other kinds pass through. A change
+    whose notification time, correlation or trace differs from its batch's first keeps its own."""
+    groups: dict[tuple[str | None, str, str, str], list[int]] = {}
     out: list[tuple[AnyMessage, list[int]]] = []
     for index, message in enumerate(messages):
         if isinstance(message, SyncMessage):
-            groups.setdefault((message.company, message.mapping, message.side), []).append(index)
+            key = (message.company, message.mapping, message.side, message.reason)
+            groups.setdefault(key, []).append(index)
         else:
             out.append((message, [index]))
     for positions in groups.values():
@@ -197,10 +207,11 @@ def pack(messages: Sequence[AnyMessage]) -> list[tuple[AnyMessage, list[int]]]:
                 continue
             first = messages[part[0]]
             assert isinstance(first, SyncMessage)
-            changes = [_change_of(messages[i]) for i in part]
+            changes = [_change_of(messages[i], first) for i in part]
             batch = BatchMessage(
                 mapping=first.mapping, side=first.side, changes=changes, reason=first.reason,
                 observed=first.observed, correlation_id=first.correlation_id, company=first.company,
+                trace=first.trace,
             )  # fmt: skip
             out.append((batch, part))
     return out
@@ -214,7 +225,9 @@ def _fitting_parts(messages: Sequence[AnyMessage], positions: list[int]) -> list
     parts: list[list[int]] = [[]]
     size = _BATCH_OVERHEAD
     for index in positions:
-        entry = len(_change_of(messages[index]).model_dump_json()) + 1
+        entry = (
+            len(_change_of(messages[index], messages[positions[0]]).model_dump_json(exclude_none=True)) + 1
+        )
         if parts[-1] and (size + entry > MAX_JSON_BYTES or len(parts[-1]) == 1000):
             parts.append([])
             size = _BATCH_OVERHEAD
@@ -223,9 +236,14 @@ def _fitting_parts(messages: Sequence[AnyMessage], positions: list[int]) -> list
     return parts
 
 
-def _change_of(message: AnyMessage) -> RecordChange:
+def _change_of(message: AnyMessage, first: AnyMessage) -> RecordChange:
     assert isinstance(message, SyncMessage)
-    return RecordChange(id=message.id, change=message.change, modified=message.modified)
+    own = {
+        name: getattr(message, name)
+        for name in ("observed", "correlation_id", "trace")
+        if getattr(message, name) != getattr(first, name)
+    }
+    return RecordChange(id=message.id, change=message.change, modified=message.modified, **own)
 
 
 class MessageDecodeError(ServiceError, ValueError):
@@ -246,7 +264,8 @@ class NewerMessageError(MessageDecodeError):
 
 
 def to_json(message: AnyMessage) -> str:
-    text = message.model_dump_json()
+    # Fields left at None are left out: every one of them defaults to None when read back.
+    text = message.model_dump_json(exclude_none=True)
     if len(text.encode()) > MAX_JSON_BYTES:
         raise ValueError(f"message is {len(text)} bytes of JSON; split it (limit {MAX_JSON_BYTES})")
     return text

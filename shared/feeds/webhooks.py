@@ -17,10 +17,9 @@ from shared.feeds.intake import (
     handle_dataverse_webhook,
     organization_host,
 )
-from shared.messages import pack
 from shared.runtime import get_runtime
 from shared.settings import SettingsError
-from shared.store.storage import EnqueueError
+from shared.store.errors import EnqueueError
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +106,18 @@ def _receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
 
 
 def _enqueue(answer: WebhookAnswer) -> None:
-    """Queue the answer's messages (packed: see `shared.messages.pack`) within `ANSWER_WITHIN`
-    seconds, or raise, so the caller answers 503 and the sender retries. What was stored, in time
-    or later, is remembered, so the retry queues only the rest."""
+    """Queue the answer's messages within `ANSWER_WITHIN` seconds, together with those of webhook
+    calls arriving meanwhile (`Storage.enqueue_together`), or raise, so the caller answers 503 and
+    the sender retries. What was stored, in time or later, is remembered, so the retry queues only
+    the rest."""
     if not answer.messages:
         return
-    packed = pack(answer.messages)
     try:
-        get_runtime().storage.enqueue([message for message, _ in packed], within=ANSWER_WITHIN)
+        get_runtime().storage.enqueue_together(answer.messages, within=ANSWER_WITHIN)
     except EnqueueError as exc:
-        for index in exc.sent:
-            _remember(answer, packed[index][1])
+        _remember(answer, exc.sent)
         for index, future in exc.late.items():
-            future.add_done_callback(_remember_when_stored(answer, packed[index][1]))
+            future.add_done_callback(_remember_when_stored(answer, [index]))
         raise
     _remember(answer, range(len(answer.messages)))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -24,8 +24,9 @@ from azure.storage.queue import (
 )
 
 from shared import telemetry
-from shared.errors import ServiceError
 from shared.messages import AnyMessage, to_json
+from shared.store.errors import EnqueueError
+from shared.store.group_commit import GroupCommit
 from shared.store.tables import TABLES
 
 SYNC_QUEUE = "sync-requests"
@@ -52,24 +53,6 @@ def io_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(ENQUEUE_CONCURRENCY, thread_name_prefix="storage-io")
         return _pool
-
-
-class EnqueueError(ServiceError):
-    """Some messages could not be sent (or not in time); `sent` holds the positions of those that were."""
-
-    retriable = True
-
-    def __init__(
-        self,
-        sent: Sequence[int],
-        total: int,
-        first: BaseException,
-        late: Mapping[int, Future[None]] | None = None,
-    ) -> None:
-        super().__init__(f"{total - len(sent)} of {total} messages could not be queued: {first}")
-        self.sent = list(sent)
-        # Sends still under way when the caller stopped waiting: each may yet be stored.
-        self.late = dict(late or {})
 
 
 class ResendAfterDisconnect(TablesRetryPolicy):
@@ -128,6 +111,8 @@ class Storage:
     # Set on a company's view of storage (`Runtime.for_company`): messages it sends without a
     # company are that company's.
     company: str | None = None
+    # Webhook calls' messages sent together (`enqueue_together`); shared by the company views.
+    group: GroupCommit = field(default_factory=GroupCommit, repr=False, compare=False)
 
     def queue(self, name: str | None = None) -> QueueClient:
         """A queue client that base64-encodes on send and decodes on receive, like the host."""
@@ -188,19 +173,38 @@ class Storage:
             messages = [m if m.company else m.model_copy(update={"company": self.company}) for m in messages]
         # The queue message in the change's trace: a producer span whose W3C context each message
         # carries, so its processing (`process message`) is this span's child (shared/telemetry.py).
-        attributes = {
-            "messaging.system": "azure_storage_queue",
-            "messaging.destination.name": client.queue_name,
-            "messaging.batch.message_count": len(messages),
-            "bcsync.delay_seconds": delay_seconds,
-        }
+        attributes = _sending(client, messages, delay_seconds)
         with telemetry.span(f"send {client.queue_name}", attributes, kind="producer"):
             return self._send(client, messages, delay_seconds, within)
 
+    def enqueue_together(self, messages: Sequence[AnyMessage], *, within: float) -> int:
+        """`enqueue` on the sync queue for a webhook call, together with other calls' messages that
+        wait meanwhile (`shared.store.group_commit`); how many calls shared the send. Raises
+        `EnqueueError` with positions in `messages`, as `enqueue` does."""
+        client = self.queue()
+        with telemetry.span(
+            f"send {client.queue_name}", _sending(client, messages, 0), kind="producer"
+        ) as span:
+            # Each change keeps its own call's trace, whichever call's thread sends the group.
+            trace = telemetry.traceparent()
+            if trace is not None:
+                messages = [m.model_copy(update={"trace": trace}) for m in messages]
+            calls = self.group.submit(
+                messages, within, lambda group, left: self._send(client, group, 0, left, stamp=False)
+            )
+            span.set("bcsync.calls_sent_together", calls)
+            return len(messages)
+
     def _send(
-        self, client: QueueClient, messages: Sequence[AnyMessage], delay_seconds: int, within: float | None
+        self,
+        client: QueueClient,
+        messages: Sequence[AnyMessage],
+        delay_seconds: int,
+        within: float | None,
+        stamp: bool = True,
     ) -> int:
-        trace = telemetry.traceparent()
+        """`stamp`: the messages join the current span's trace (else each keeps the trace it carries)."""
+        trace = telemetry.traceparent() if stamp else None
         if trace is not None:
             messages = [m.model_copy(update={"trace": trace}) for m in messages]
         bodies = [to_json(m) for m in messages]  # a message too large fails before anything is sent
@@ -226,6 +230,16 @@ class Storage:
             first = errors[0] if errors else TimeoutError(f"storage did not answer within {within} s")
             raise EnqueueError(sent, len(bodies), first, late) from first
         return len(bodies)
+
+
+def _sending(client: QueueClient, messages: Sequence[AnyMessage], delay_seconds: int) -> dict[str, Any]:
+    """The attributes of a producer span."""
+    return {
+        "messaging.system": "azure_storage_queue",
+        "messaging.destination.name": client.queue_name,
+        "messaging.batch.message_count": len(messages),
+        "bcsync.delay_seconds": delay_seconds,
+    }
 
 
 def storage_from_connection_string(connection_string: str, sync_queue: str = SYNC_QUEUE) -> Storage:

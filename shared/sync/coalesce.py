@@ -164,15 +164,25 @@ def coalescable(ms: MappingSet, message: AnyMessage, dequeue_count: int = 1) -> 
 
 
 def same_work(first: SyncMessage, other_message: AnyMessage) -> bool:
-    """Whether `other_message` may join `first`'s batch: a first attempt at a record change of the same
+    """Whether `other_message` may join `first`'s batch: a first attempt at record changes of the same
     company, of any mapping and side (an account is announced to CUSTOMER and VENDOR, and our writes
-    come back as the other side's echoes: a batch takes them all, grouped by mapping and side)."""
-    return (
-        isinstance(other_message, SyncMessage)
-        and other_message.company == first.company
-        and other_message.attempt == 0
-        and other_message.change != "deleted"
-    )
+    come back as the other side's echoes: a batch takes them all, grouped by mapping and side). A
+    `BatchMessage` (concurrent webhook calls queued together) joins with all its changes, unless one
+    is a deletion."""
+    if not isinstance(other_message, (SyncMessage, BatchMessage)):
+        return False
+    if other_message.company != first.company or other_message.attempt != 0:
+        return False
+    if isinstance(other_message, BatchMessage):
+        return all(c.change != "deleted" for c in other_message.changes)
+    return other_message.change != "deleted"
+
+
+def records_of(message: AnyMessage) -> list[SyncMessage]:
+    """The record changes a queue message carries (none for bulk work)."""
+    if isinstance(message, BatchMessage):
+        return message.records()
+    return [message] if isinstance(message, SyncMessage) else []
 
 
 def _parsed(content: Any) -> AnyMessage | None:
@@ -182,18 +192,27 @@ def _parsed(content: Any) -> AnyMessage | None:
         return None
 
 
-def claim(
-    queue: ClaimQueue, first: SyncMessage, limit: int = BATCH_LIMIT - 1
-) -> list[tuple[Claimed, SyncMessage]]:
-    """Up to `limit` waiting messages of the same work as `first`, held for `CLAIM_LEASE_SECONDS`.
+@dataclass
+class Taken:
+    """A message claimed from the queue, with the record changes it carries."""
+
+    raw: Claimed
+    records: list[SyncMessage]
+    batch: bool  # a `BatchMessage`: settled by queueing what is not done alone, then deleted
+
+
+def claim(queue: ClaimQueue, first: SyncMessage, limit: int = BATCH_LIMIT - 1) -> list[Taken]:
+    """Waiting messages of the same work as `first`, up to `limit` record changes (a batch message
+    may pass it by its size), held for `CLAIM_LEASE_SECONDS`.
 
     A peek (which changes nothing) decides whether to claim at all. What was received but is other
     work, or was delivered before (it is retried alone), is put back visible at once."""
     if not any((m := _parsed(text)) is not None and same_work(first, m) for text in queue.peek(CLAIM_PAGE)):
         return []
-    taken: list[tuple[Claimed, SyncMessage]] = []
+    taken: list[Taken] = []
+    count = 0
     for _ in range(CLAIM_CALLS):
-        want = min(CLAIM_PAGE, limit - len(taken))
+        want = min(CLAIM_PAGE, limit - count)
         if want <= 0:
             break
         received = queue.receive(want, CLAIM_LEASE_SECONDS)
@@ -201,8 +220,9 @@ def claim(
         for raw in received:
             message = _parsed(raw.content)
             if message is not None and same_work(first, message) and (raw.dequeue_count or 1) <= 1:
-                assert isinstance(message, SyncMessage)
-                taken.append((raw, message))  # a second notice of one record is settled with it
+                # A second notice of one record is settled with it.
+                taken.append(Taken(raw, records_of(message), isinstance(message, BatchMessage)))
+                count += len(taken[-1].records)
             else:
                 misses += 1
                 _release(queue, raw, 0)
@@ -219,22 +239,56 @@ def _release(queue: ClaimQueue, raw: Claimed, delay: int) -> None:
 
 
 def settle_claimed(
-    engine: Engine, queue: ClaimQueue, claimed: Sequence[tuple[Claimed, SyncMessage]],
-    dispositions: Sequence[Disposition],
-) -> None:  # fmt: skip
-    """Delete what is done, requeue what asked for it, leave failures to be delivered again alone."""
-    for (raw, _message), disposition in zip(claimed, dispositions, strict=True):
-        if isinstance(disposition, Requeue):
-            engine.enqueue([disposition.message], disposition.delay)
-        if isinstance(disposition, Failed):
-            # Back after the host's visibility timeout, delivered on its own (dequeue count 2 or more
-            # never joins a batch), and poisoned alone after maxDequeueCount deliveries.
-            _release(queue, raw, requeue_delay(1))
-            continue
+    engine: Engine, queue: ClaimQueue, claimed: Sequence[Taken], dispositions: Sequence[list[Disposition]]
+) -> None:
+    """Per claimed message: delete what is done, requeue what asked for it. A failed record change
+    that came alone is left to be delivered again alone; one of a batch message is queued alone
+    (`queue_alone`) and the batch deleted."""
+    for taken, answers in zip(claimed, dispositions, strict=True):
+        if taken.batch:
+            try:
+                queue_alone(engine, taken.records, answers)
+            except Exception as exc:  # delivered again and fanned out: done records look like echoes
+                log.warning("could not queue a claimed batch's unfinished changes (%s); it comes back", exc)
+                _release(queue, taken.raw, requeue_delay(1))
+                continue
+        else:
+            [disposition] = answers
+            if isinstance(disposition, Requeue):
+                engine.enqueue([disposition.message], disposition.delay)
+            if isinstance(disposition, Failed):
+                # Back after the host's visibility timeout, delivered on its own (dequeue count 2 or
+                # more never joins a batch), and poisoned alone after maxDequeueCount deliveries.
+                _release(queue, taken.raw, requeue_delay(1))
+                continue
         try:
-            queue.delete(raw)
+            queue.delete(taken.raw)
         except Exception as exc:  # handled again on redelivery: harmless, the second look is an echo
             log.warning("could not delete a handled message (%s); it is handled again", exc)
+
+
+def queue_alone(
+    engine: Engine, records: Sequence[SyncMessage], dispositions: Sequence[Disposition]
+) -> Counter[str]:
+    """Settle record changes that arrived together in one queue message: count what is done, and
+    queue the rest one message per record: a requeue with the delay it asked for, a failure as a
+    next attempt after the first retry's delay (so it is retried, and finally poisoned, on its own).
+    Raises if the queue refuses: the message is then delivered again."""
+    counts: Counter[str] = Counter()
+    later: dict[int, list[SyncMessage]] = {}
+    for record, d in zip(records, dispositions, strict=True):
+        if isinstance(d, Done):
+            counts[str(d.result.outcome)] += 1
+            _count(record, d, str(d.result.outcome))
+        elif isinstance(d, Requeue):
+            later.setdefault(d.delay, []).append(d.message)
+        else:
+            retry = record.model_copy(update={"attempt": record.attempt + 1})
+            later.setdefault(requeue_delay(1), []).append(retry)
+    for delay, messages in sorted(later.items()):
+        engine.enqueue(messages, delay)
+    counts["queued alone"] = sum(len(m) for m in later.values())
+    return counts
 
 
 # --------------------------------------------------------------------------------- converging
@@ -666,22 +720,25 @@ Key = str | None  # the company: one batch gathers per company and process
 
 @dataclass
 class _Gathering:
-    """A batch being gathered by its leader: the messages other workers of this process handed over
-    (each waiting on its future) besides the leader's own."""
+    """A batch being gathered by its leader: the record changes other workers of this process handed
+    over (each waiting on its future) besides the leader's own."""
 
-    followers: list[tuple[SyncMessage, Future[Disposition]]] = field(default_factory=list)
+    followers: list[tuple[list[SyncMessage], Future[list[Disposition]]]] = field(default_factory=list)
+
+    def size(self) -> int:
+        return sum(len(records) for records, _ in self.followers)
 
 
 class Coalescer:
-    """Per process: at most one batch of each mapping and side gathers at a time.
+    """Per process: at most one batch of each company gathers at a time.
 
     The host runs several messages at once (16 + 8 per instance), so a burst reaches many workers
     together and, each claiming alone, they would split it into batches of a few. Instead the first
     worker that sees a burst (more of the same work visible on the queue, or another worker of this
     process busy with it) leads: it claims from the queue for up to `gather_seconds` (or until the
-    batch is full), and workers arriving meanwhile hand their own message to it and wait for its
-    outcome. A change that arrives alone (nothing visible, nobody busy) is not delayed: the caller
-    takes the one-record path after one peek."""
+    batch is full), and workers arriving meanwhile hand their own record changes to it and wait for
+    their outcome. A change that arrives alone (nothing visible, nobody busy) is not delayed: the
+    caller takes the one-record path after one peek."""
 
     def __init__(
         self,
@@ -700,15 +757,18 @@ class Coalescer:
         self._busy: dict[Key, int] = {}
         self._open: dict[Key, _Gathering] = {}
 
-    def handle(self, engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
-        """`message`'s disposition after a coalesced batch; None: take the one-record path. The
-        caller has checked `coalescable`."""
-        key: Key = message.company
+    def handle(
+        self, engine: Engine, queue: ClaimQueue, lead: Sequence[SyncMessage]
+    ) -> list[Disposition] | None:
+        """The dispositions of `lead` (the record changes of one delivery, of one company) after a
+        coalesced batch; None: take the one-record path. The caller has checked `coalescable`."""
+        first = lead[0]
+        key: Key = first.company
         with self._lock:
             gathering = self._open.get(key)
-            if gathering is not None and len(gathering.followers) < BATCH_LIMIT - 1:
-                handed: Future[Disposition] | None = Future()
-                gathering.followers.append((message, handed))  # type: ignore[arg-type]
+            if gathering is not None and gathering.size() + len(lead) < BATCH_LIMIT:
+                handed: Future[list[Disposition]] | None = Future()
+                gathering.followers.append((list(lead), handed))  # type: ignore[arg-type]
             else:
                 handed = None
                 self._busy[key] = self._busy.get(key, 0) + 1
@@ -716,37 +776,41 @@ class Coalescer:
         if handed is not None:
             return handed.result()
         try:
-            # A burst shows as other workers of this process busy with the same company's changes, or
-            # as this message having waited on the queue; otherwise not even the queue is asked (a
-            # peek is a storage round-trip, and a change alone must not wait for it).
-            waited = (dt.datetime.now(dt.UTC) - message.observed).total_seconds()
-            suspect = self.eager or busy >= BUSY_FOR_BURST or waited > WAITED_FOR_BURST
-            if not suspect or not _burst_visible(queue, message, self.min_burst):
+            # A burst shows as other workers of this process busy with the same company's changes, as
+            # webhook calls queued together, or as this message having waited on the queue; otherwise
+            # not even the queue is asked (a peek is a storage round-trip, and a change alone must
+            # not wait for it).
+            waited = (dt.datetime.now(dt.UTC) - first.observed).total_seconds()
+            suspect = self.eager or busy >= BUSY_FOR_BURST or len(lead) > 1 or waited > WAITED_FOR_BURST
+            if not suspect or not _burst_visible(queue, first, self.min_burst - len(lead) + 1):
                 return None
-            return self._lead(engine, queue, message, key)
+            return self._lead(engine, queue, list(lead), key)
         finally:
             with self._lock:
                 self._busy[key] -= 1
 
-    def _lead(self, engine: Engine, queue: ClaimQueue, message: SyncMessage, key: Key) -> Disposition | None:
+    def _lead(
+        self, engine: Engine, queue: ClaimQueue, lead: list[SyncMessage], key: Key
+    ) -> list[Disposition] | None:
         gathering = _Gathering()
         with self._lock:
             self._open[key] = gathering
-        claimed: list[tuple[Claimed, SyncMessage]] = []
+        claimed: list[Taken] = []
         try:
             deadline = self.clock() + self.gather_seconds
             gathered, quiet = -1, 0
             while True:
                 with self._lock:
-                    room = BATCH_LIMIT - 1 - len(gathering.followers) - len(claimed)
+                    now_gathered = gathering.size() + sum(len(t.records) for t in claimed)
+                room = BATCH_LIMIT - len(lead) - now_gathered
                 if room > 0:
                     try:
-                        claimed += claim(queue, message, room)
+                        claimed += claim(queue, lead[0], room)
                     except Exception as exc:  # storage trouble: go with what is gathered
                         log.warning("could not claim waiting messages (%s)", exc)
                         break
                 with self._lock:
-                    now_gathered = len(gathering.followers) + len(claimed)
+                    now_gathered = gathering.size() + sum(len(t.records) for t in claimed)
                 # Full, out of time, or nothing new for `QUIET_LOOKS` looks: the burst has stopped
                 # arriving (or never was: nothing at the first look, and the change goes alone at
                 # once). A burst that keeps arriving is gathered, even when its webhooks come in
@@ -763,48 +827,75 @@ class Coalescer:
                 followers = list(gathering.followers)
         if not claimed and not followers:
             return None  # the burst went to other workers meanwhile: this one goes alone
-        return _run_batch(engine, queue, message, followers, claimed)
+        return _run_batch(engine, queue, lead, followers, claimed)
 
 
-def _burst_visible(queue: ClaimQueue, message: SyncMessage, min_burst: int) -> bool:
+def _burst_visible(queue: ClaimQueue, first: SyncMessage, min_burst: int) -> bool:
+    """Whether at least `min_burst` record changes of the same work wait on the queue."""
+    if min_burst <= 0:
+        return True
     try:
         alike = sum(
-            1 for text in queue.peek(CLAIM_PAGE) if (m := _parsed(text)) is not None and same_work(message, m)
+            len(records_of(m))
+            for text in queue.peek(CLAIM_PAGE)
+            if (m := _parsed(text)) is not None and same_work(first, m)
         )
         return alike >= min_burst
     except Exception as exc:  # storage trouble: the one-record path still works
-        log.warning("could not peek at the queue (%s); handling %s alone", exc, message.id)
+        log.warning("could not peek at the queue (%s); handling %s alone", exc, first.id)
         return False
 
 
 def _run_batch(
     engine: Engine,
     queue: ClaimQueue,
-    message: SyncMessage,
-    followers: Sequence[tuple[SyncMessage, Future[Disposition]]],
-    claimed: Sequence[tuple[Claimed, SyncMessage]],
-) -> Disposition:
+    lead: list[SyncMessage],
+    followers: Sequence[tuple[list[SyncMessage], Future[list[Disposition]]]],
+    claimed: Sequence[Taken],
+) -> list[Disposition]:
     # One entry per record: a record notified twice is read once, and its messages share its outcome.
-    position: dict[tuple[str, str, str], int] = {_record(message): 0}
-    messages = [message]
-    for m in [*(f for f, _ in followers), *(c for _, c in claimed)]:
+    position: dict[tuple[str, str, str], int] = {}
+    records: list[SyncMessage] = []
+    for m in [*lead, *(r for f, _ in followers for r in f), *(r for t in claimed for r in t.records)]:
         if _record(m) not in position:
-            position[_record(m)] = len(messages)
-            messages.append(m)
-    dispositions = _converge_groups(engine, messages)
-    for follower, future in followers:
-        future.set_result(dispositions[position[_record(follower)]])
-    answered = {0, *(position[_record(f)] for f, _ in followers)}
-    settle_claimed(engine, queue, claimed, _per_message(claimed, position, dispositions, answered))
-    counts: dict[str, int] = {}
-    handed = {id(f) for f, _ in followers}
-    for m, d in zip(messages, dispositions, strict=True):
+            position[_record(m)] = len(records)
+            records.append(m)
+    dispositions = _converge_groups(engine, records)
+    answered: set[int] = set()
+    mine = _answers(lead, position, dispositions, answered)
+    for own, future in followers:
+        future.set_result(_answers(own, position, dispositions, answered))
+    settle_claimed(
+        engine, queue, claimed, [_answers(t.records, position, dispositions, answered) for t in claimed]
+    )
+    counts: Counter[str] = Counter()
+    handed = {id(r) for r in lead} | {id(r) for f, _ in followers for r in f}
+    for m, d in zip(records, dispositions, strict=True):
         outcome = str(d.result.outcome) if isinstance(d, Done) else type(d).__name__.lower()
-        counts[outcome] = counts.get(outcome, 0) + 1
-        if m is not message and id(m) not in handed:  # the processor counts its own deliveries
+        counts[outcome] += 1
+        if id(m) not in handed:  # the processor counts the deliveries it was given
             _count(m, d, outcome)
-    log.info("coalesced %d changes: %s", len(messages), counts)
-    return dispositions[0]
+    log.info("coalesced %d changes: %s", len(records), dict(counts))
+    return mine
+
+
+def _answers(
+    own: Sequence[SyncMessage],
+    position: dict[tuple[str, str, str], int],
+    dispositions: list[Disposition],
+    answered: set[int],
+) -> list[Disposition]:
+    """The dispositions of one delivery's record changes: each record's, except that a second notice
+    of a record already answered is only done (its record's requeue is queued once, by the first)."""
+    out: list[Disposition] = []
+    for m in own:
+        index = position[_record(m)]
+        d = dispositions[index]
+        if index in answered and not isinstance(d, Failed):
+            d = Done(SyncResult("duplicate", "a second notice of the record"))
+        answered.add(index)
+        out.append(d)
+    return out
 
 
 def _count(message: SyncMessage, disposition: Disposition, outcome: str) -> None:
@@ -822,46 +913,28 @@ def _record(message: SyncMessage) -> tuple[str, str, str]:
 def _converge_groups(
     engine: Engine, messages: Sequence[SyncMessage], alone: Alone | None = None
 ) -> list[Disposition]:
-    """`converge` per mapping and side; a document mapping's records (and an unknown mapping's) one by
-    one. A group whose bulk step fails (storage, a request the group shared) fails alone."""
+    """`converge` per mapping and side, in chunks of `BATCH_LIMIT`; a document mapping's records (and
+    an unknown mapping's) one by one. A chunk whose bulk step fails (storage, a request the chunk
+    shared) fails alone."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, m in enumerate(messages):
         groups.setdefault((m.mapping, m.side), []).append(index)
     out: list[Disposition | None] = [None] * len(messages)
     for (mapping, side), indexes in groups.items():
-        group = [messages[i] for i in indexes]
-        if not coalescable(engine.ms, group[0]):
-            answers = [(alone or one_by_one)(engine, m) for m in group]
-        else:
-            try:
-                answers = converge(engine, group, alone)
-            except Exception as exc:
-                log.warning("coalesced batch of %d %s %s failed: %s", len(group), mapping, side, exc)
-                answers = [Failed(exc) for _ in group]
-        for i, answer in zip(indexes, answers, strict=True):
-            out[i] = answer
+        for start in range(0, len(indexes), BATCH_LIMIT):
+            chunk = indexes[start : start + BATCH_LIMIT]
+            group = [messages[i] for i in chunk]
+            if not coalescable(engine.ms, group[0]):
+                answers = [(alone or one_by_one)(engine, m) for m in group]
+            else:
+                try:
+                    answers = converge(engine, group, alone)
+                except Exception as exc:
+                    log.warning("coalesced batch of %d %s %s failed: %s", len(group), mapping, side, exc)
+                    answers = [Failed(exc) for _ in group]
+            for i, answer in zip(chunk, answers, strict=True):
+                out[i] = answer
     return [d if d is not None else Failed(RuntimeError("not decided")) for d in out]
-
-
-def _per_message(
-    claimed: Sequence[tuple[Claimed, SyncMessage]],
-    position: dict[tuple[str, str, str], int],
-    dispositions: list[Disposition],
-    answered: set[int],
-) -> list[Disposition]:
-    """Each claimed message's disposition: its record's, except that a second message of the same
-    record is only deleted (its record's requeue is queued once, by the first). `answered`: records
-    whose first message is a delivery of the host's (the leader's, the followers'), settled by it."""
-    out: list[Disposition] = []
-    used = set(answered)
-    for _, m in claimed:
-        index = position[_record(m)]
-        d = dispositions[index]
-        if index in used:
-            d = d if isinstance(d, Failed) else Done(SyncResult("duplicate", "a second notice of the record"))
-        used.add(index)
-        out.append(d)
-    return out
 
 
 def converge_batch(engine: Engine, batch: BatchMessage) -> Counter[str]:
@@ -870,37 +943,15 @@ def converge_batch(engine: Engine, batch: BatchMessage) -> Counter[str]:
     announcing the records the service just created) that saves an enqueue, a receive and a delete
     per record. What needs the one-record path (a deletion, a create on the other side, a conflict,
     a document) is queued alone, as the fan-out queued everything; a record the batch could not
-    finish is queued alone with the delay it asked for (or the first retry's), so it is retried and
-    finally poisoned on its own. Outcomes by count, for the log."""
+    finish is queued alone too (`queue_alone`). Outcomes by count, for the log."""
     records: dict[tuple[str, str, str], SyncMessage] = {}
     for record in batch.records():  # one look per record; a deletion wins, as when packing
         if record.change == "deleted" or _record(record) not in records:
             records[_record(record)] = record
-    queued: list[tuple[SyncMessage, int]] = []
-    together: list[SyncMessage] = []
-    for record in records.values():
-        if coalescable(engine.ms, record):
-            together.append(record)
-        else:
-            queued.append((record, 0))
-    counts: Counter[str] = Counter()
-    for start in range(0, len(together), BATCH_LIMIT):
-        chunk = together[start : start + BATCH_LIMIT]
-        for record, d in zip(chunk, _converge_groups(engine, chunk, _queued_alone), strict=True):
-            if isinstance(d, Done):
-                counts[str(d.result.outcome)] += 1
-                _count(record, d, str(d.result.outcome))
-            elif isinstance(d, Requeue):
-                queued.append((d.message, d.delay))
-            else:
-                queued.append((record.model_copy(update={"attempt": record.attempt + 1}), requeue_delay(1)))
-    by_delay: dict[int, list[SyncMessage]] = {}
-    for record, delay in queued:
-        by_delay.setdefault(delay, []).append(record)
-    for delay, messages in sorted(by_delay.items()):
-        engine.enqueue(messages, delay)  # raises: the batch comes back and is fanned out
-    counts["queued alone"] = len(queued)
-    return counts
+    together = [r for r in records.values() if coalescable(engine.ms, r)]
+    apart = [r for r in records.values() if not coalescable(engine.ms, r)]
+    dispositions = [*_converge_groups(engine, together, _queued_alone), *(Requeue(r, 0) for r in apart)]
+    return queue_alone(engine, [*together, *apart], dispositions)
 
 
 def _queued_alone(engine: Engine, message: SyncMessage) -> Disposition:
@@ -911,4 +962,5 @@ def _queued_alone(engine: Engine, message: SyncMessage) -> Disposition:
 def run(engine: Engine, queue: ClaimQueue, message: SyncMessage) -> Disposition | None:
     """`message` with whatever of the same work is visible on the queue now, without gathering or
     handing over (tests, tools); None when nothing waits."""
-    return Coalescer(gather_seconds=0.0, eager=True).handle(engine, queue, message)
+    answers = Coalescer(gather_seconds=0.0, eager=True).handle(engine, queue, [message])
+    return answers[0] if answers is not None else None

@@ -164,26 +164,42 @@ def _coalesced(rt: Runtime, message: AnyMessage, dequeue_count: int) -> SyncResu
     assert isinstance(message, SyncMessage)
     if rt.multi_company and message.side == "dv":
         return None
-    disposition = _COALESCER.handle(rt.engine, coalesce.StorageQueue(lambda: rt.storage.queue()), message)
-    if disposition is None or isinstance(disposition, coalesce.Done):
-        return disposition.result if disposition is not None else None
+    answers = _COALESCER.handle(rt.engine, _sync_queue(rt), [message])
+    if answers is None:
+        return None
+    [disposition] = answers
+    if isinstance(disposition, coalesce.Done):
+        return disposition.result
     if isinstance(disposition, coalesce.Requeue):
         raise RequeueError(disposition.message, disposition.delay, "requeued from a coalesced batch")
     raise disposition.error
 
 
+def _sync_queue(rt: Runtime) -> coalesce.StorageQueue:
+    return coalesce.StorageQueue(lambda: rt.storage.queue())
+
+
 def _converged_in_place(rt: Runtime, message: AnyMessage, dequeue_count: int) -> bool:
-    """A webhook call's batch of at least `MIN_BURST` changes converged in bulk on its first delivery
-    (`coalesce.converge_batch`). Fewer (BC's notifications at a few changes per second), delivered
-    again (the first try failed part way), or Dataverse changes of several companies (each routed
-    on its own): fanned out, one message per record."""
+    """A batch message converged in bulk on its first delivery: at least `MIN_BURST` changes (a
+    webhook call's many) where they are (`coalesce.converge_batch`); fewer (concurrent calls queued
+    together) with what else of the burst waits on the queue (`Coalescer`), unless nothing does.
+    Fanned out, one message per record: a few changes that are not part of a burst, a batch
+    delivered again (the first try failed part way), or Dataverse changes of several companies (each
+    routed on its own)."""
     if not isinstance(message, BatchMessage) or dequeue_count > 1:
         return False
-    if len(message.changes) < coalesce.MIN_BURST:
-        return False  # a few: fanned out, so the coalescer can gather them with what else waits
     if rt.multi_company and message.side == "dv":
         return False
-    counts = coalesce.converge_batch(rt.engine, message)
+    if len(message.changes) >= coalesce.MIN_BURST:
+        counts = coalesce.converge_batch(rt.engine, message)
+    else:
+        records = message.records()
+        if not all(coalesce.coalescable(rt.mappings, r) for r in records):
+            return False
+        answers = _COALESCER.handle(rt.engine, _sync_queue(rt), records)
+        if answers is None:
+            return False
+        counts = coalesce.queue_alone(rt.engine, records, answers)
     log.info(
         "batch of %d %s %s changes: %s", len(message.changes), message.mapping, message.side, dict(counts)
     )

@@ -13,9 +13,9 @@ import pytest
 
 from shared import odata
 from shared.connectors.errors import AmbiguousWriteError
-from shared.messages import BatchMessage, RecordChange, ScanMessage, SyncMessage, to_json
+from shared.messages import BatchMessage, RecordChange, ScanMessage, SyncMessage, pack, to_json
 from shared.sync import coalesce
-from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, claim, converge, run, settle_claimed
+from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, Taken, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
 from shared.sync.reconcile import Outcome
 from tests.unit.test_engine import CUSTOMER, Harness
@@ -273,12 +273,40 @@ def test_settling_deletes_done_requeues_with_delay_and_leaves_failures_for_redel
     queue = FakeQueue([])
     done = Done(coalesce.SyncResult(Outcome.UNCHANGED))
     requeue = Requeue(messages[1].model_copy(update={"attempt": 1}), 7)
-    settle_claimed(
-        h.engine, queue, list(zip(raws, messages, strict=True)), [done, requeue, Failed(ValueError())]
-    )
+    taken = [Taken(raw, [m], batch=False) for raw, m in zip(raws, messages, strict=True)]
+    settle_claimed(h.engine, queue, taken, [[done], [requeue], [Failed(ValueError())]])
     assert queue.deleted == [raws[0], raws[1]]
     assert [(r, d > 0) for r, d in queue.released] == [(raws[2], True)]
     assert h.queued == [(requeue.message, 7)]
+
+
+def test_webhook_calls_queued_together_are_claimed_whole_unless_they_hold_a_deletion() -> None:
+    h = Harness()
+    ids = _new_accounts(h, 7)
+    first, *rest = _dv_messages(ids)
+    together = Raw(pack(rest[:3])[0][0])  # three calls' creates in one batch message
+    with_deletion = Raw(pack([*rest[3:5], rest[5].model_copy(update={"change": "deleted"})])[0][0])
+    queue = FakeQueue([together, with_deletion])
+    disposition = run(h.engine, queue, first)
+    assert isinstance(disposition, Done) and disposition.result.outcome == Outcome.INSERTED
+    assert queue.deleted == [together] and [r for r, _ in queue.released] == [with_deletion]
+    assert len(h.bc.rows("customers")) == 4 and h.bc.requests["$batch customers"] == 1
+
+
+def test_a_claimed_batch_message_is_deleted_once_its_unfinished_changes_are_queued_alone() -> None:
+    h = Harness()
+    messages = _dv_messages([str(uuid.uuid4()) for _ in range(3)])
+    raw = Raw(pack(messages)[0][0])
+    queue = FakeQueue([])
+    done = Done(coalesce.SyncResult(Outcome.UNCHANGED))
+    requeue = Requeue(messages[1].model_copy(update={"attempt": 1}), 7)
+    settle_claimed(
+        h.engine, queue, [Taken(raw, messages, batch=True)], [[done, requeue, Failed(ValueError())]]
+    )
+    assert queue.deleted == [raw] and queue.released == []
+    retried = messages[2].model_copy(update={"attempt": 1})
+    [(first_retry, delay), later] = h.queued  # by delay: the first retry's (jittered, a few seconds)
+    assert first_retry == retried and 0 < delay < 7 and later == (requeue.message, 7)
 
 
 def test_only_first_attempts_of_plain_changes_coalesce() -> None:
@@ -313,7 +341,7 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
         if workers:
             return
         worker = threading.Thread(
-            target=lambda: outcomes.update(handed=coalescer.handle(h.engine, queue, handed))
+            target=lambda: outcomes.update(handed=coalescer.handle(h.engine, queue, [handed])[0])  # type: ignore[index]
         )
         workers.append(worker)
         worker.start()
@@ -322,7 +350,7 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
             time.sleep(0.01)
 
     coalescer = Coalescer(gather_seconds=0.5, sleep=sleep, clock=lambda: now[0], eager=True)
-    led = coalescer.handle(h.engine, queue, first)
+    [led] = coalescer.handle(h.engine, queue, [first]) or [None]
     workers[0].join(timeout=10)
     assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED
     assert isinstance(outcomes["handed"], Done) and outcomes["handed"].result.outcome == Outcome.INSERTED
@@ -336,7 +364,7 @@ def test_a_change_while_another_worker_is_busy_goes_alone_when_nothing_else_arri
     coalescer = Coalescer(gather_seconds=30, sleep=lambda _: None, min_burst=1)
     coalescer._busy[None] = 2  # two workers of this process are on this company's changes
     queue = FakeQueue([])
-    assert coalescer.handle(h.engine, queue, first) is None  # one look, nothing there: no delay
+    assert coalescer.handle(h.engine, queue, [first]) is None  # one look, nothing there: no delay
     assert h.bc.total() + h.dv.total() == 0
 
 
@@ -364,13 +392,13 @@ def test_a_fresh_change_with_nobody_busy_does_not_even_look_at_the_queue() -> No
     [dv_id] = _new_accounts(h, 1)
     queue = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, 3))])
     coalescer = Coalescer(min_burst=1)
-    assert coalescer.handle(h.engine, queue, _dv_messages([dv_id])[0]) is None
+    assert coalescer.handle(h.engine, queue, _dv_messages([dv_id])) is None
     assert queue.peeks == 0 and queue.receives == 0
     # The same change after waiting on the queue (a backlog) leads a batch.
     waited = _dv_messages([dv_id])[0].model_copy(
         update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)}
     )
-    led = Coalescer(gather_seconds=0.0, min_burst=1).handle(h.engine, queue, waited)
+    [led] = Coalescer(gather_seconds=0.0, min_burst=1).handle(h.engine, queue, [waited]) or [None]
     assert isinstance(led, Done) and led.result.outcome == Outcome.INSERTED and queue.peeks >= 1
 
 
@@ -381,10 +409,10 @@ def test_a_few_waiting_changes_go_the_one_record_way() -> None:
         update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)}
     )
     few = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, coalesce.MIN_BURST - 1))])
-    assert Coalescer(gather_seconds=0.0).handle(h.engine, few, waited) is None
+    assert Coalescer(gather_seconds=0.0).handle(h.engine, few, [waited]) is None
     assert few.receives == 0  # looked, claimed nothing
     enough = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, coalesce.MIN_BURST))])
-    assert isinstance(Coalescer(gather_seconds=0.0).handle(h.engine, enough, waited), Done)
+    assert isinstance((Coalescer(gather_seconds=0.0).handle(h.engine, enough, [waited]) or [None])[0], Done)
 
 
 # --------------------------------------------------------------------- a webhook call's batch
@@ -434,20 +462,36 @@ def test_a_batch_whose_bulk_step_fails_queues_each_record_for_a_retry_of_its_own
     assert not coalesce.coalescable(h.engine.ms, h.queued[0][0])  # retried alone, poisoned alone
 
 
-def test_the_processor_converges_a_burst_on_its_first_delivery_and_fans_out_a_few_or_a_redelivery() -> None:
+def test_the_processor_converges_a_burst_on_its_first_delivery_and_fans_out_a_few_or_a_redelivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from types import SimpleNamespace
 
+    from shared.sync import processor
     from shared.sync.processor import _converged_in_place
 
     h = Harness()
-    pairs = _coupled_pairs(h, coalesce.MIN_BURST)
-    batch = _batch("bc", [(bc, "updated") for bc, _ in pairs])
-    rt = SimpleNamespace(engine=h.engine, multi_company=False)
+    pairs = _coupled_pairs(h, 3 * coalesce.MIN_BURST)
+    batch = _batch("bc", [(bc, "updated") for bc, _ in pairs[: coalesce.MIN_BURST]])
+    rt = SimpleNamespace(engine=h.engine, multi_company=False, mappings=h.engine.ms)
 
     assert _converged_in_place(rt, batch, dequeue_count=1)
     assert h.queued == [] and h.bc.requests == {"GET customers": 1}
     assert not _converged_in_place(rt, batch, dequeue_count=2)  # `dispatch` fans it out
-    # A few changes are fanned out, for the coalescer to gather with what else waits.
-    assert not _converged_in_place(rt, _batch("bc", [(bc, "updated") for bc, _ in pairs[1:]]), 1)
     several = _batch("dv", [(dv, "updated") for _, dv in pairs])
     assert not _converged_in_place(SimpleNamespace(engine=h.engine, multi_company=True), several, 1)
+
+    # A few changes (concurrent webhook calls queued together) with nothing else waiting: one look at
+    # the queue, then fanned out, one message per record.
+    few = _batch("bc", [(bc, "updated") for bc, _ in pairs[-3:]])
+    queue = FakeQueue([])
+    monkeypatch.setattr(processor, "_sync_queue", lambda _rt: queue)
+    assert not _converged_in_place(rt, few, 1) and queue.peeks == 1
+    # The same few while the rest of the burst waits on the queue: converged with it in one read,
+    # the claimed messages deleted.
+    rest = [SyncMessage(mapping="CUSTOMER", side="bc", id=bc) for bc, _ in pairs[coalesce.MIN_BURST : -3]]
+    queue = FakeQueue([Raw(m) for m in rest])
+    h.bc.requests.clear()
+    assert _converged_in_place(rt, few, 1)
+    assert len(queue.deleted) == len(rest) and queue.released == [] and h.queued == []
+    assert h.bc.requests == {"GET customers": 1}
