@@ -228,11 +228,14 @@ def _traced(operation: str) -> Callable[[_Write], _Write]:
     return decorate
 
 
-def _transaction_groups(couplings: list[Coupling], scope: str) -> list[list[Coupling]]:
-    """Couplings grouped by the partition of their row, at most 100 per group (one transaction)."""
+def _transaction_groups(
+    couplings: list[Coupling], scope: str, row: Callable[[Coupling, str], dict[str, Any]] = _full_row
+) -> list[list[Coupling]]:
+    """Couplings grouped by the partition of their row (or of another of their rows: `row`), at most
+    100 per group (one transaction)."""
     by_partition: dict[str, list[Coupling]] = {}
     for c in couplings:
-        by_partition.setdefault(_full_row(c, scope)["PartitionKey"], []).append(c)
+        by_partition.setdefault(row(c, scope)["PartitionKey"], []).append(c)
     return [
         group[i : i + MAX_TRANSACTION_ROWS]
         for group in by_partition.values()
@@ -525,13 +528,47 @@ class CouplingStore:
             c.etag = answer["etag"]
         return list(stamped)
 
+    def couple_many(self, couplings: list[Coupling]) -> list[Coupling | Exception]:
+        """Bulk conditional update of stored couplings that learn their first BC id (records just
+        created in BC for Sales records): the `bc:` pointers created one transaction per partition,
+        then the rows updated likewise, instead of two requests per pair. Pair by pair (`save`)
+        wherever a transaction meets a conflict; results in the order given."""
+        if not all(c.etag and not c.stored_bc_id and c.needs_pointer(self.scope) for c in couplings):
+            return self._one_by_one(self.save, couplings)
+        claimed = self._grouped(self._claim_pointer_group, couplings, _pointer_row)
+        ready = [replace(c, stored_bc_id=c.bc_id) for c in claimed if isinstance(c, Coupling)]
+        updated = iter(self.update_many(ready))
+        out: list[Coupling | Exception] = []
+        for c in claimed:
+            result = next(updated) if isinstance(c, Coupling) else c
+            if isinstance(result, CouplingConflictError) and isinstance(c, Coupling):
+                self._release_pointer(c, c.bc_id)  # as `save` does when the row changed meanwhile
+            out.append(result)
+        return out
+
+    def _claim_pointer_group(self, group: list[Coupling]) -> list[Coupling | Exception]:
+        try:
+            self.table.submit_transaction([("create", _pointer_row(c, self.scope)) for c in group])
+            return list(group)
+        except TableTransactionError:  # one exists (a stale one, or another pair's): one by one
+            out: list[Coupling | Exception] = []
+            for c in group:
+                try:
+                    self._claim_pointer(c)
+                    out.append(c)
+                except AlreadyCoupledError as exc:
+                    out.append(exc)
+            return out
+
     @staticmethod
     def _grouped(
-        work: Callable[[list[Coupling]], list[Coupling | Exception]], couplings: list[Coupling]
+        work: Callable[[list[Coupling]], list[Coupling | Exception]],
+        couplings: list[Coupling],
+        row: Callable[[Coupling, str], dict[str, Any]] = _full_row,
     ) -> list[Coupling | Exception]:
         # Transactions of different partitions are independent; a few in flight keep Table
         # Storage busy while this process prepares the next ones.
-        groups = _transaction_groups(couplings, "")  # one store, one scope: partitions differ alike
+        groups = _transaction_groups(couplings, "", row)  # one store, one scope: partitions differ alike
         with ThreadPoolExecutor(max_workers=PARALLEL_TRANSACTIONS) as pool:
             answers = list(pool.map(work, groups))
         by_identity = {id(c): r for group, results in zip(groups, answers, strict=True)

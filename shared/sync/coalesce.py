@@ -48,7 +48,7 @@ from shared.mapping.queries import in_scope, match_values, primary_key, scope_fi
 from shared.mapping.schema import EntityMapping, MappingSet, Side
 from shared.mapping.values import by_side, other
 from shared.messages import AnyMessage, BatchMessage, MessageDecodeError, SyncMessage, parse_json
-from shared.store.couplings import Coupling, CouplingConflictError
+from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry
 from shared.sync.bulk import Pair, _chunk_lookups
 from shared.sync.engine import (
@@ -427,18 +427,15 @@ def converge(
     except AuthenticationError as exc:
         # Our credentials, not a record's: every record would fail; each message goes back.
         return [d if d is not None and i in bulk_done else Failed(exc) for i, d in enumerate(out)]
-    for item in updates:
-        if item.index in single:
-            continue
-        result = _store_update(engine, m, item)
+    written = [item for item in updates if item.index not in single]
+    for item, result in zip(written, _store_updates(engine, m, written), strict=True):
         if result is None:
             single.append(item.index)  # the coupling changed meanwhile: decide again alone
         else:
             finish(item, result)
-    for item in creates:
-        if out[item.index] is not None or item.index in single:
-            continue
-        finish(item, _store_create(engine, m, item))
+    created = [item for item in creates if out[item.index] is None and item.index not in single]
+    for item, result in zip(created, _store_creates(engine, m, created), strict=True):
+        finish(item, result)
 
     # 8. journal, one row per record; the batch's requests shared out among them
     cost = engine.requests_in_this_thread() - before
@@ -577,27 +574,34 @@ def _on(item: _Item, source_side: Side, side: Side) -> Record | None:
     return item.source if side == source_side else item.counterpart
 
 
-def _store_update(engine: Engine, m: EntityMapping, item: _Item) -> SyncResult | None:
-    """Save the coupling as the engine does after a write (conditional on its ETag); None if it
-    changed meanwhile."""
-    c, plan = item.coupling, item.plan
-    assert c is not None and plan is not None
-    bc, dv = by_side(item.message.side, item.source, item.counterpart)
-    bc_after, dv_after = item.after.get("bc", bc), item.after.get("dv", dv)
-    c.seen = engine._observed(m, c, bc_after, dv_after)
-    snapshot = take_snapshot(engine.ms, m, bc_after, dv_after)
-    had_error = bool(c.last_error)
-    try:
-        engine.couplings.save(
-            settle(m, c, str(c.bc_id), str(c.dv_id), bc_after, dv_after, snapshot, plan.outcome)
-        )
-    except CouplingConflictError:
-        return None
-    result = planned_result(plan, c.bc_id, c.dv_id, bc, dv)
-    if had_error:
-        engine._local.had_error = True
-        engine._show_status(m, item.message, result)
-    return result
+def _store_updates(engine: Engine, m: EntityMapping, items: Sequence[_Item]) -> list[SyncResult | None]:
+    """Save the couplings as the engine does after a write, conditional on their ETags, in one
+    transaction per partition (`update_many`); None for one that changed meanwhile."""
+    couplings: list[Coupling] = []
+    had_error = [bool(item.coupling and item.coupling.last_error) for item in items]  # before settling
+    for item in items:
+        c, plan = item.coupling, item.plan
+        assert c is not None and plan is not None
+        bc, dv = by_side(item.message.side, item.source, item.counterpart)
+        bc_after, dv_after = item.after.get("bc", bc), item.after.get("dv", dv)
+        c.seen = engine._observed(m, c, bc_after, dv_after)
+        snapshot = take_snapshot(engine.ms, m, bc_after, dv_after)
+        couplings.append(settle(m, c, str(c.bc_id), str(c.dv_id), bc_after, dv_after, snapshot, plan.outcome))
+    results: list[SyncResult | None] = []
+    saved_all = engine.couplings.update_many(couplings)
+    for item, saved, erred in zip(items, saved_all, had_error, strict=True):
+        c, plan = item.coupling, item.plan
+        assert c is not None and plan is not None
+        if isinstance(saved, Exception):
+            results.append(None)
+            continue
+        bc, dv = by_side(item.message.side, item.source, item.counterpart)
+        result = planned_result(plan, c.bc_id, c.dv_id, bc, dv)
+        if erred:
+            engine._local.had_error = True
+            engine._show_status(m, item.message, result)
+        results.append(result)
+    return results
 
 
 def _write_creates(
@@ -655,12 +659,13 @@ def _write_creates(
                 single.append(item.index)
     # BC's own values (its number, the card link) back to Dataverse in one `$batch` per 100.
     follow: list[_Item] = []
-    for item, _ in guarded:
-        created = item.after.get("bc")
-        if created is None or item.coupling is None:
-            continue
+    made = [item for item, _ in guarded if item.after.get("bc") is not None and item.coupling is not None]
+    # What the created records refer to, each distinct key resolved once (not once per record).
+    lookups = _chunk_lookups(engine, m, [Pair(i.coupling, i.after["bc"], i.source) for i in made])
+    for item in made:
+        created = item.after["bc"]
+        assert item.coupling is not None and created is not None
         planned = item.coupling.snapshot or take_snapshot(engine.ms, m, created, item.source)
-        lookups = engine.resolver.lookups_for(m, created, item.source)
         item.follow = reconcile(engine.ms, m, snapshot=planned, bc=created, dv=item.source, lookups=lookups)
         if item.follow.dv_write is not None and item.follow.dv_write.kind == "update":
             follow.append(item)
@@ -688,30 +693,35 @@ def _drop_pending(engine: Engine, rows: Sequence[Coupling]) -> None:
             log.warning("could not delete a pending coupling: %s", exc)
 
 
-def _store_create(engine: Engine, m: EntityMapping, item: _Item) -> SyncResult:
-    """Couple the Sales record with the BC record created for it (as `Engine._settle_bc_create`):
-    settled when BC's own values are back in Dataverse, else `SETTLING` for the next sync to finish."""
-    pending, created, dv = item.coupling, item.after.get("bc"), item.source
-    assert pending is not None and created is not None and dv is not None and pending.dv_id is not None
-    planned = pending.snapshot or take_snapshot(engine.ms, m, created, dv)
-    written = item.after.get("dv")
-    back = item.follow.dv_write if item.follow is not None else None
-    dv_after = written if written is not None else dv
-    if back is not None and written is None:
-        snapshot, stored_as = planned, SETTLING  # the write-back failed: the next sync finishes it
-    else:
-        snapshot, stored_as = take_snapshot(engine.ms, m, created, dv_after), Outcome.INSERTED
-    bc_id = str(created["id"])
-    c = settle(m, pending, bc_id, pending.dv_id, created, dv_after, snapshot, stored_as)
-    try:
-        engine.couplings.save(c)
-    except CouplingConflictError:
-        log.info("%s %s: coupling changed meanwhile; the next sync settles it", m.name, pending.dv_id)
-    assert item.plan is not None
-    result = planned_result(item.plan, bc_id, pending.dv_id, None, dv)
-    changes = [*result.changes, *(item.follow.changes if item.follow is not None and written else ())]
-    fields = sorted({*planned.get("bc", {}), *(back.fields if back is not None and written else ())})
-    return replace(result, fields=fields, changes=changes)
+def _store_creates(engine: Engine, m: EntityMapping, items: Sequence[_Item]) -> list[SyncResult]:
+    """Couple the Sales records with the BC records created for them (as `Engine._settle_bc_create`),
+    the couplings stored in bulk (`couple_many`): settled when BC's own values are back in Dataverse,
+    else `SETTLING` for the next sync to finish."""
+    couplings: list[Coupling] = []
+    results: list[SyncResult] = []
+    for item in items:
+        pending, created, dv = item.coupling, item.after.get("bc"), item.source
+        assert pending is not None and created is not None and dv is not None and pending.dv_id is not None
+        planned = pending.snapshot or take_snapshot(engine.ms, m, created, dv)
+        written = item.after.get("dv")
+        back = item.follow.dv_write if item.follow is not None else None
+        dv_after = written if written is not None else dv
+        if back is not None and written is None:
+            snapshot, stored_as = planned, SETTLING  # the write-back failed: the next sync finishes it
+        else:
+            snapshot, stored_as = take_snapshot(engine.ms, m, created, dv_after), Outcome.INSERTED
+        bc_id = str(created["id"])
+        couplings.append(settle(m, pending, bc_id, pending.dv_id, created, dv_after, snapshot, stored_as))
+        assert item.plan is not None
+        result = planned_result(item.plan, bc_id, pending.dv_id, None, dv)
+        changes = [*result.changes, *(item.follow.changes if item.follow is not None and written else ())]
+        fields = sorted({*planned.get("bc", {}), *(back.fields if back is not None and written else ())})
+        results.append(replace(result, fields=fields, changes=changes))
+    for c, saved in zip(couplings, engine.couplings.couple_many(couplings), strict=True):
+        if isinstance(saved, Exception):
+            # The BC record exists either way: the next sync of the pair settles the coupling.
+            log.info("%s %s: coupling not stored (%s); the next sync settles it", m.name, c.dv_id, saved)
+    return results
 
 
 # ------------------------------------------------------------------------------------ shell

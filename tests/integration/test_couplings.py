@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from shared.store import tables
-from shared.store.couplings import AlreadyCoupledError, Coupling, CouplingConflictError, CouplingStore
+from shared.store.couplings import (
+    _PREFIX,
+    AlreadyCoupledError,
+    Coupling,
+    CouplingConflictError,
+    CouplingStore,
+)
 from shared.store.storage import Storage
 
 pytestmark = pytest.mark.integration
@@ -63,6 +70,36 @@ def test_pending_bc_side_is_completed_atomically(store: CouplingStore, mapping: 
     store.save(pending)
     found = store.get(mapping, "bc", "bc-9")
     assert found is not None and found.state == "coupled" and found.dv_id == "dv-9"
+
+
+def test_pending_couplings_learn_their_bc_ids_in_bulk_and_a_conflict_fails_only_its_pair(
+    store: CouplingStore, mapping: str
+) -> None:
+    """`couple_many` (BC records created for Sales records in a burst): pointers and rows written in
+    transactions; a BC id coupled elsewhere, or a row changed meanwhile, fails that pair alone."""
+    pending = store.create_many(
+        [Coupling(mapping, None, f"dv-{n}", state="pending_bc", pending_since="2026-12-02T00:00:00Z")
+         for n in range(30)]
+    )  # fmt: skip
+    store.create(Coupling(mapping, "bc-taken", "dv-other"))
+    learned: list[Coupling] = []
+    for n, c in enumerate(pending):
+        assert isinstance(c, Coupling)
+        learned.append(replace(c, bc_id="bc-taken" if n == 0 else f"bc-{n}", state="coupled"))
+    moved = store.get(mapping, "dv", "dv-1")
+    assert moved is not None
+    moved.last_result = "failed"
+    store.save(moved)  # another worker changed this row after it was read
+    results = store.couple_many(learned)
+    assert isinstance(results[0], AlreadyCoupledError) and isinstance(results[1], CouplingConflictError)
+    assert all(isinstance(r, Coupling) and r.stored_bc_id == r.bc_id for r in results[2:])
+    found = store.get_many(mapping, "bc", [f"bc-{n}" for n in range(1, 30)])
+    assert set(found) == {f"bc-{n}" for n in range(2, 30)}
+    assert store._row(mapping, _PREFIX["bc"] + "bc-1") is None  # its pointer was released
+    assert all(
+        found[f"bc-{n}"].dv_id == f"dv-{n}" and found[f"bc-{n}"].state == "coupled" for n in range(2, 30)
+    )
+    assert store.get(mapping, "bc", "bc-taken").dv_id == "dv-other"  # type: ignore[union-attr]
 
 
 def test_uncouple_removes_both_rows(store: CouplingStore, mapping: str) -> None:
