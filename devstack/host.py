@@ -435,14 +435,30 @@ class DevHost:
             max_workers=opts.batch_size + opts.new_batch_threshold, thread_name_prefix=name
         )
         self._pools.append(pool)
-        in_flight = threading.Semaphore(opts.batch_size + opts.new_batch_threshold)
+        # As the host: a new batch is fetched once no more than `newBatchThreshold` messages are
+        # being processed, so at most batchSize + newBatchThreshold run (and are held) at once.
+        running = [0]
+        fewer = threading.Condition()
+
+        def done(_future: Any) -> None:
+            with fewer:
+                running[0] -= 1
+                fewer.notify_all()
+
         wake = self._wake[queue_name]
         idle_delay = 0.1
         while not self._stop.is_set():
+            with fewer:
+                if not fewer.wait_for(lambda: running[0] <= opts.new_batch_threshold, timeout=0.5):
+                    continue  # (looks at `_stop` again)
             try:
                 batch = list(
+                    # One GetMessages request for the whole batch, as the host does (without
+                    # `messages_per_page` the SDK asks for one message per request).
                     client.receive_messages(
-                        max_messages=opts.batch_size, visibility_timeout=processing_lease_seconds()
+                        messages_per_page=opts.batch_size,
+                        max_messages=opts.batch_size,
+                        visibility_timeout=processing_lease_seconds(),
                     )
                     .by_page()
                     .next()
@@ -459,9 +475,9 @@ class DevHost:
                 continue
             idle_delay = 0.1
             for message in batch:
-                in_flight.acquire()
-                future = pool.submit(self._process_message, name, fn, client, poison, message)
-                future.add_done_callback(lambda _f: in_flight.release())
+                with fewer:
+                    running[0] += 1
+                pool.submit(self._process_message, name, fn, client, poison, message).add_done_callback(done)
 
     def _process_message(
         self, name: str, fn: Any, client: QueueClient, poison: QueueClient, message: Any

@@ -803,7 +803,11 @@ def replay_poison(rt: Runtime, *, dry_run: bool, limit: int = 1000) -> ReplayRes
     seen: set[str] = set()
     while len(replayed) + len(kept) < limit:
         # Invalid messages are received too (hidden for a minute) so the loop moves past them.
-        batch = list(poison.receive_messages(max_messages=QUEUE_PAGE, visibility_timeout=60))
+        batch = list(
+            poison.receive_messages(
+                messages_per_page=QUEUE_PAGE, max_messages=QUEUE_PAGE, visibility_timeout=60
+            )
+        )
         fresh = [raw for raw in batch if raw.id not in seen]
         if not fresh:
             break

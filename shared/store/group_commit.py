@@ -1,12 +1,13 @@
 """Group commit: the messages of concurrent webhook calls queued together.
 
 A Sales import of 10,000 accounts reaches the service as 10,000 webhook calls, several at a time
-(Dataverse's async service sends them in parallel). Queued one message per call, the queue would hold
-10,000 messages, and each costs a send, a receive and a delete; a queue's requests also grow slower
-with its length (measured on Azurite, docs/architecture.md#bursts). So while one call's messages are
-being sent, calls arriving meanwhile wait, and the first of them then sends all of theirs at once,
-packed (`shared.messages.pack`: one `BatchMessage` per company, mapping, side and reason). A call that
-arrives when nothing is being sent is sent at once: a change alone waits for nobody.
+(Dataverse's async service sends them in parallel). Queued one message per call, the queue would
+hold 10,000 messages, and each costs a send, a receive and a delete; a queue's requests also grow
+slower with its length (measured on Azurite: docs/architecture.md, Decisions). So while one call's
+messages are being sent, calls arriving meanwhile wait, and the first of them then sends all of
+theirs at once, packed (`shared.messages.pack`: one `BatchMessage` per company, mapping, side and
+reason). A call that arrives when nothing is being sent is sent at once: a change alone waits for
+nobody.
 
 Each call returns only when its own messages are stored, or raises `EnqueueError` naming which of
 its messages were stored (in time, or still under way), exactly as `Storage.enqueue` does for one

@@ -1,12 +1,14 @@
 """Coalesce a burst of one-record changes into bulk requests: one read and one write per 100 records.
 
-A Sales import of 10,000 accounts sends 10,000 webhooks, each one `SyncMessage`; on the one-record
-path each costs a read, a match query, a create and a write-back. When the processor handles such a
-message in a burst (other workers of the process busy with the company's changes, or the message
-waited on the queue) and more record changes of the company wait there, a `Coalescer` claims up to
-`BATCH_LIMIT` of them (`claim`: a peek first, then `receive_messages` with a lease long enough for
-the batch; deletions, retries, other companies and other kinds are put back visible at once) and
-`converge` handles each mapping-and-side group together:
+A Sales import of 10,000 accounts sends 10,000 webhooks, queued as a `SyncMessage` each or, for
+calls that arrived together, a `BatchMessage` of a few (`shared.store.group_commit`); on the
+one-record path each change costs a read, a match query, a create and a write-back. When the
+processor handles such a message in a burst (other workers of the process busy with the company's
+changes, several changes in one message, or the message waited on the queue) and more record
+changes of the company wait there, a `Coalescer` claims up to `GATHER_LIMIT` of them (`claim`: a
+peek first, then `receive_messages` with a lease long enough for the batch; deletions, retries,
+other companies and other kinds are put back visible at once) and `converge` handles each
+mapping-and-side group together:
 
 1. couplings: one Table Storage query per partition they fall in (no API request);
 2. the changed records in one request per chunk (Dataverse: `$batch` of `In` queries; BC:
@@ -21,13 +23,15 @@ the batch; deletions, retries, other companies and other kinds are put back visi
    operation, each succeeding or failing alone); creates in BC as `create_many` after a `pending_bc`
    coupling per record (the one-record path's guard against duplicates: a create whose answer was
    lost is adopted on redelivery, never blindly sent again), BC's number back with one `$batch`;
-8. couplings saved per record (conditional on their ETag), journal rows per record.
+8. couplings saved conditionally on their ETags, one transaction per partition (a conflict retried
+   row by row, so it fails alone), journal rows per record.
 
 Whatever does not fit (a lost race, a refusal, a deletion, a conflict, a match, a deferral, a
 skipped or pending record) goes through `Engine.sync_record` for that record alone, so the rules
 live in one place. Each message gets its own disposition: done (deleted from the queue), requeued
 (a copy with a delay, as the processor does for `RequeueError`), or failed (left on the queue, so
-it is delivered again on its own and finally poisoned alone).
+it is delivered again on its own and finally poisoned alone); a claimed `BatchMessage` is deleted
+once what it holds is done or queued alone.
 """
 
 from __future__ import annotations
@@ -67,9 +71,12 @@ from shared.timestamps import iso_ms
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMIT = 100  # BC's `$batch` holds 100 operations: one write request per batch
+BATCH_LIMIT = 100  # BC's `$batch` holds 100 operations: one write request per 100 records
+# Record changes one batch gathers: several write requests' worth, because what a batch costs in
+# Table Storage (a query or transaction per partition of the couplings) is shared by all it holds.
+GATHER_LIMIT = 300
 CLAIM_PAGE = 32  # the most `receive_messages` hands out per call
-CLAIM_CALLS = 4  # receive calls per batch at most (a queue mixes kinds; a few misses are fine)
+CLAIM_CALLS = 10  # receive calls per look at most (a queue mixes kinds; a few misses are fine)
 # The claimed messages stay invisible this long; each is deleted or put back when its record is done.
 # A worker that dies leaves them to come back after it, as the host's own lease does (10 minutes).
 CLAIM_LEASE_SECONDS = 300
@@ -143,8 +150,11 @@ class StorageQueue:
         return [str(m.content) for m in self.client.peek_messages(max_messages=count)]
 
     def receive(self, count: int, lease_seconds: int) -> list[Claimed]:
-        pages = self.client.receive_messages(max_messages=count, visibility_timeout=lease_seconds).by_page()
-        return list(next(pages, []))
+        # `messages_per_page` is what one request asks for; without it the SDK asks for one message.
+        received = self.client.receive_messages(
+            messages_per_page=count, max_messages=count, visibility_timeout=lease_seconds
+        )
+        return list(next(received.by_page(), []))
 
     def delete(self, message: Claimed) -> None:
         self.client.delete_message(message)
@@ -201,7 +211,7 @@ class Taken:
     batch: bool  # a `BatchMessage`: settled by queueing what is not done alone, then deleted
 
 
-def claim(queue: ClaimQueue, first: SyncMessage, limit: int = BATCH_LIMIT - 1) -> list[Taken]:
+def claim(queue: ClaimQueue, first: SyncMessage, limit: int = GATHER_LIMIT - 1) -> list[Taken]:
     """Waiting messages of the same work as `first`, up to `limit` record changes (a batch message
     may pass it by its size), held for `CLAIM_LEASE_SECONDS`.
 
@@ -776,7 +786,7 @@ class Coalescer:
         key: Key = first.company
         with self._lock:
             gathering = self._open.get(key)
-            if gathering is not None and gathering.size() + len(lead) < BATCH_LIMIT:
+            if gathering is not None and gathering.size() + len(lead) < GATHER_LIMIT:
                 handed: Future[list[Disposition]] | None = Future()
                 gathering.followers.append((list(lead), handed))  # type: ignore[arg-type]
             else:
@@ -812,7 +822,7 @@ class Coalescer:
             while True:
                 with self._lock:
                     now_gathered = gathering.size() + sum(len(t.records) for t in claimed)
-                room = BATCH_LIMIT - len(lead) - now_gathered
+                room = GATHER_LIMIT - len(lead) - now_gathered
                 if room > 0:
                     try:
                         claimed += claim(queue, lead[0], room)
@@ -923,7 +933,7 @@ def _record(message: SyncMessage) -> tuple[str, str, str]:
 def _converge_groups(
     engine: Engine, messages: Sequence[SyncMessage], alone: Alone | None = None
 ) -> list[Disposition]:
-    """`converge` per mapping and side, in chunks of `BATCH_LIMIT`; a document mapping's records (and
+    """`converge` per mapping and side, in chunks of `GATHER_LIMIT`; a document mapping's records (and
     an unknown mapping's) one by one. A chunk whose bulk step fails (storage, a request the chunk
     shared) fails alone."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -931,8 +941,8 @@ def _converge_groups(
         groups.setdefault((m.mapping, m.side), []).append(index)
     out: list[Disposition | None] = [None] * len(messages)
     for (mapping, side), indexes in groups.items():
-        for start in range(0, len(indexes), BATCH_LIMIT):
-            chunk = indexes[start : start + BATCH_LIMIT]
+        for start in range(0, len(indexes), GATHER_LIMIT):
+            chunk = indexes[start : start + GATHER_LIMIT]
             group = [messages[i] for i in chunk]
             if not coalescable(engine.ms, group[0]):
                 answers = [(alone or one_by_one)(engine, m) for m in group]
