@@ -1,7 +1,7 @@
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.messages import SyncMessage, decode_message
+from shared.messages import SyncMessage, decode_message, parse_json
 from shared.store.storage import Storage
 from shared.store.tables import TABLES
 
@@ -32,3 +32,19 @@ def test_table_client_reaches_azurite(storage_connection_string: str) -> None:
     client = tables.create_table_if_not_exists("Probe")
     client.upsert_entity({"PartitionKey": "p", "RowKey": "r", "v": 1})
     assert client.get_entity("p", "r")["v"] == 1
+
+
+def test_a_claim_receives_many_waiting_messages_in_one_request(storage: Storage) -> None:
+    """`StorageQueue.receive` (the coalescer's claims) asks for the whole count at once: without
+    `messages_per_page` the SDK asks for one message per request, and a claim took one message."""
+    from bench.service import StorageRequests
+    from shared.sync.coalesce import StorageQueue
+
+    storage.ensure()
+    storage.queue().clear_messages()
+    storage.enqueue([SyncMessage(mapping="CUSTOMER", side="dv", id=f"id-{n}") for n in range(12)])
+    with StorageRequests() as requests:
+        received = StorageQueue(storage.queue).receive(10, 30)
+    assert len(received) == 10
+    assert requests.counts["GET queue messages"] == 1
+    assert {parse_json(m.content).id for m in received} <= {f"id-{n}" for n in range(12)}  # type: ignore[union-attr]
