@@ -179,6 +179,13 @@ class E2EStack:
 
         return wait_for(coupled, f"{mapping} {side}:{record_id} to be coupled", timeout)
 
+    def coupled_bc_customer(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], Coupling]:
+        """A customer created in BC, once the service coupled it and everything settled."""
+        customer = self.bc_create("customers", body)
+        coupling = self.wait_coupled("CUSTOMER", "bc", customer["id"])
+        self.settle()
+        return customer, coupling
+
     def sync(self, mapping: str, side: str, record_id: str, *, force: bool = False) -> Any:
         message = SyncMessage(mapping=mapping, side=side, id=record_id, reason="e2e test")  # type: ignore[arg-type]
         return self.engine.sync_record(message, force=force)

@@ -57,9 +57,7 @@ def test_one_bc_change_is_one_trace_from_the_webhook_to_the_dataverse_write(
     request.addfinalizer(functools.partial(feeds.setLevel, feeds.level))
     feeds.setLevel(logging.NOTSET)
     tag = uuid.uuid4().hex[:8]
-    customer = e2e.bc_create("customers", {"displayName": f"Traced {tag}", "phoneNumber": "555-0100"})
-    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
-    e2e.settle()
+    customer, coupling = e2e.coupled_bc_customer({"displayName": f"Traced {tag}", "phoneNumber": "555-0100"})
 
     phone = f"+1 555 {uuid.uuid4().int % 10_000:04d} {tag[:3]}"
     e2e.bc_update("customers", customer["id"], {"phoneNumber": phone})
@@ -153,9 +151,7 @@ def test_a_change_in_sales_is_one_trace_from_the_dataverse_webhook_to_the_bc_wri
     e2e: E2EStack, telemetry_file: Path
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    customer = e2e.bc_create("customers", {"displayName": f"From Sales {tag}"})
-    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
-    e2e.settle()
+    customer, coupling = e2e.coupled_bc_customer({"displayName": f"From Sales {tag}"})
     phone = f"555-{uuid.uuid4().int % 10_000:04d}"
     e2e.dv_update("accounts", str(coupling.dv_id), {"telephone1": phone})
     wait_for(lambda: (e2e.bc_get("customers", customer["id"]) or {}).get("phoneNumber") == phone, "BC")
@@ -186,9 +182,7 @@ def test_a_throttled_read_is_retried_in_its_span_and_the_timers_record_queue_and
     e2e: E2EStack, telemetry_file: Path
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    customer = e2e.bc_create("customers", {"displayName": f"Throttled {tag}"})
-    coupling = e2e.wait_coupled("CUSTOMER", "bc", customer["id"])
-    e2e.settle()
+    customer, coupling = e2e.coupled_bc_customer({"displayName": f"Throttled {tag}"})
     # BC answers the processor's read of this customer 429 once, as BC does above its rate limits.
     e2e.bc.faults.add(
         {

@@ -131,12 +131,26 @@ def settings_env(
     runtime.reset()
 
 
-def _setup(env: pytest.MonkeyPatch, **values: str) -> SetupReport:
+def _environment(env: pytest.MonkeyPatch, **values: str | None) -> None:
+    """Set the settings given (None: removed)."""
     for name, value in values.items():
         if value is None:
             env.delenv(name, raising=False)
         else:
             env.setenv(name, value)
+
+
+# BC on-premises with basic authentication and a web service access key (a test adds the URL).
+BASIC = {
+    "BC_STATIC_TOKEN": None,
+    "BC_AUTH_MODE": "basic",
+    "BC_USERNAME": "SYNC-SERVICE",
+    "BC_WEB_SERVICE_ACCESS_KEY": ACCESS_KEY,
+}
+
+
+def _setup(env: pytest.MonkeyPatch, **values: str | None) -> SetupReport:
+    _environment(env, **values)
     runtime.reset()
     return run_setup(runtime.get_runtime(), None, couple_salespeople=False)
 
@@ -238,19 +252,13 @@ def test_a_token_for_another_resource_is_refused_by_bc_and_set_up_points_at_the_
 def test_bc_basic_authentication_with_a_web_service_access_key_over_https(
     onprem: OnPrem, settings_env: pytest.MonkeyPatch
 ) -> None:
-    basic = {
-        "BC_STATIC_TOKEN": None,
-        "BC_AUTH_MODE": "basic",
-        "BC_USERNAME": "SYNC-SERVICE",
-        "BC_WEB_SERVICE_ACCESS_KEY": ACCESS_KEY,
-    }
     assert onprem.bc_api_url.startswith("https://")
-    report = _setup(settings_env, **basic)
+    report = _setup(settings_env, **BASIC)
     ok, detail, _ = _check(report, "Business Central connection")
     assert ok, detail
     assert _check(report, f"BC company {DEFAULT_COMPANY_ID}")[0]
 
-    report = _setup(settings_env, **{**basic, "BC_WEB_SERVICE_ACCESS_KEY": "wrong-secret-key"})
+    report = _setup(settings_env, **{**BASIC, "BC_WEB_SERVICE_ACCESS_KEY": "wrong-secret-key"})
     ok, detail, fix = _check(report, "Business Central connection")
     assert not ok and "web service access key (401)" in detail
     assert "BC_USERNAME / BC_WEB_SERVICE_ACCESS_KEY" in fix
@@ -262,13 +270,7 @@ def test_healths_company_check_signs_in_as_the_service_does(
 ) -> None:
     # GET /api/health asks BC for its companies with the integration user's credential of the
     # configured sign-in mode, not with an Azure credential an on-premises BC does not take.
-    for name, value in {
-        "BC_AUTH_MODE": "basic",
-        "BC_USERNAME": "SYNC-SERVICE",
-        "BC_WEB_SERVICE_ACCESS_KEY": ACCESS_KEY,
-    }.items():
-        settings_env.setenv(name, value)
-    settings_env.delenv("BC_STATIC_TOKEN")
+    _environment(settings_env, **BASIC)
     reset_company_check()
     try:
         check = check_bc_companies(load_settings(), seconds=10)
@@ -280,14 +282,7 @@ def test_healths_company_check_signs_in_as_the_service_does(
 def test_basic_authentication_is_refused_over_plain_http(
     onprem: OnPrem, settings_env: pytest.MonkeyPatch
 ) -> None:
-    for name, value in {
-        "BC_AUTH_MODE": "basic",
-        "BC_USERNAME": "SYNC-SERVICE",
-        "BC_WEB_SERVICE_ACCESS_KEY": ACCESS_KEY,
-        "BC_API_URL": "http://127.0.0.1:7048/BC/api/v2.0",
-    }.items():
-        settings_env.setenv(name, value)
-    settings_env.delenv("BC_STATIC_TOKEN")
+    _environment(settings_env, **BASIC, BC_API_URL="http://127.0.0.1:7048/BC/api/v2.0")
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "refused over plain http" in info.value.problems["BC_API_URL"]
