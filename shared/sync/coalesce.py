@@ -802,7 +802,9 @@ class Coalescer:
             # not wait for it).
             waited = (dt.datetime.now(dt.UTC) - first.observed).total_seconds()
             suspect = self.eager or busy >= BUSY_FOR_BURST or len(lead) > 1 or waited > WAITED_FOR_BURST
-            if not suspect or not _burst_visible(queue, first, self.min_burst - len(lead) + 1):
+            # Webhook calls that arrived together are a burst already: anything of it waiting will do.
+            wanted = self.min_burst if len(lead) == 1 else 1
+            if not suspect or not _burst_visible(queue, first, wanted):
                 return None
             return self._lead(engine, queue, list(lead), key)
         finally:

@@ -415,6 +415,18 @@ def test_a_few_waiting_changes_go_the_one_record_way() -> None:
     assert isinstance((Coalescer(gather_seconds=0.0).handle(h.engine, enough, [waited]) or [None])[0], Done)
 
 
+def test_webhook_calls_that_arrived_together_lead_a_batch_with_whatever_of_the_burst_waits() -> None:
+    """Several changes in one message are a burst already: two more waiting are enough to take (a
+    single change needs `MIN_BURST` waiting)."""
+    h = Harness()
+    lead = _dv_messages(_new_accounts(h, 3))
+    queue = FakeQueue([Raw(m) for m in _dv_messages(_new_accounts(h, 2))])
+    answers = Coalescer(gather_seconds=0.0).handle(h.engine, queue, lead)
+    assert answers is not None and all(isinstance(a, Done) for a in answers)
+    assert len(queue.deleted) == 2 and h.bc.requests["$batch customers"] == 1
+    assert len(h.bc.rows("customers")) == 5
+
+
 # --------------------------------------------------------------------- a webhook call's batch
 def _batch(side: str, changes: list[tuple[str, str]]) -> BatchMessage:
     return BatchMessage(
