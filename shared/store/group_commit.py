@@ -71,6 +71,10 @@ class GroupCommit:
         if group:
             try:
                 self._send(group, send)
+            except Exception as exc:  # packing failed: nothing of the group was sent, every call says so
+                for taken in group:
+                    if not taken.done:
+                        taken.error, taken.done = EnqueueError([], len(taken.messages), exc), True
             finally:
                 with self._cond:
                     self._sending = False

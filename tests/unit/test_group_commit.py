@@ -133,3 +133,24 @@ def test_a_call_never_taken_into_a_send_gives_up_at_its_deadline_having_stored_n
     queue.hold.set()
     leader.join(5)
     assert queue.sends == [[change(0)]]  # it was never sent
+
+
+def test_a_group_that_breaks_before_it_is_sent_fails_every_call_it_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing is lost silently: a group whose packing raised answers each of its calls with an error
+    (so each webhook answers 503 and is sent again); a refused send is answered the same way."""
+    from shared.store import group_commit
+
+    queue, group = Queue(), GroupCommit()
+    real_pack = group_commit.pack
+
+    def pack(messages: Sequence[AnyMessage]) -> list[tuple[AnyMessage, list[int]]]:
+        if queue.sends:  # the waiting calls' group breaks
+            raise RuntimeError("broken")
+        return real_pack(messages)
+
+    monkeypatch.setattr(group_commit, "pack", pack)
+    results = _during_a_send(group, queue, [[change(0)], [change(1)], [change(2)]])
+    assert results[0] == 1 and len(queue.sends) == 1
+    assert all(isinstance(r, EnqueueError) and r.sent == [] and "broken" in str(r) for r in results[1:])
