@@ -249,8 +249,9 @@ def transport_options() -> dict[str, Any]:
 
     The SDK's default transport (requests, `trust_env`) scans `os.environ` for proxy settings and
     looks for a `.netrc` file on every request: measured in a burst of 1,000 Sales accounts, that
-    was about 15% of the service process's CPU (28,000 scans of the environment). Proxies set in the
-    environment (`HTTPS_PROXY`, `NO_PROXY`) still apply, through the SDK's proxy policy."""
+    was about 15% of the service process's CPU (28,000 scans of the environment). `HTTP_PROXY` and
+    `HTTPS_PROXY` still apply, through the SDK's proxy policy; `NO_PROXY` no longer exempts the
+    storage account (the service talks to this one host, so set no proxy to reach it directly)."""
     return {"transport": RequestsTransport(use_env_settings=False), "proxies": getproxies() or None}
 
 

@@ -588,26 +588,24 @@ def _store_updates(engine: Engine, m: EntityMapping, items: Sequence[_Item]) -> 
     """Save the couplings as the engine does after a write, conditional on their ETags, in one
     transaction per partition (`update_many`); None for one that changed meanwhile."""
     couplings: list[Coupling] = []
-    had_error = [bool(item.coupling and item.coupling.last_error) for item in items]  # before settling
+    planned: list[tuple[SyncResult, bool]] = []  # each record's result, and whether it had failed before
     for item in items:
         c, plan = item.coupling, item.plan
         assert c is not None and plan is not None
         bc, dv = by_side(item.message.side, item.source, item.counterpart)
+        planned.append((planned_result(plan, c.bc_id, c.dv_id, bc, dv), bool(c.last_error)))
         bc_after, dv_after = item.after.get("bc", bc), item.after.get("dv", dv)
         c.seen = engine._observed(m, c, bc_after, dv_after)
         snapshot = take_snapshot(engine.ms, m, bc_after, dv_after)
         couplings.append(settle(m, c, str(c.bc_id), str(c.dv_id), bc_after, dv_after, snapshot, plan.outcome))
     results: list[SyncResult | None] = []
-    saved_all = engine.couplings.update_many(couplings)
-    for item, saved, erred in zip(items, saved_all, had_error, strict=True):
-        c, plan = item.coupling, item.plan
-        assert c is not None and plan is not None
+    for item, saved, (result, had_error) in zip(
+        items, engine.couplings.update_many(couplings), planned, strict=True
+    ):
         if isinstance(saved, Exception):
             results.append(None)
             continue
-        bc, dv = by_side(item.message.side, item.source, item.counterpart)
-        result = planned_result(plan, c.bc_id, c.dv_id, bc, dv)
-        if erred:
+        if had_error:
             engine._local.had_error = True
             engine._show_status(m, item.message, result)
         results.append(result)
