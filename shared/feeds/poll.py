@@ -98,7 +98,7 @@ def _poll_bc(rt: Runtime, m: EntityMapping, now: dt.datetime, report: PollReport
         modified = str(record["lastModifiedDateTime"])
         newest = max(newest, parse_iso(modified))
         coupling = rt.couplings.get(m.name, "bc", str(record["id"]))
-        if coupling is not None and coupling.bc_modified == modified:
+        if coupling is not None and coupling.unchanged_since_sync("bc", record, "lastModifiedDateTime"):
             report.echoes += 1
             continue
         if coupling is None and not in_scope(m, "bc", record):
@@ -238,8 +238,8 @@ def _poll_dataverse_by_time(
             report.echoes += 1
             continue
         coupling = rt.couplings.get(m.name, "dv", str(record[pk]))
-        if coupling is not None and coupling.dv_modified == record[field]:
-            report.echoes += 1  # read again within the overlap, already synchronized
+        if coupling is not None and coupling.unchanged_since_sync("dv", record, field):
+            report.echoes += 1  # read again within the overlap
             continue
         messages.append(
             SyncMessage(mapping=m.name, side="dv", id=str(record[pk]), reason="delta poll (modifiedon)")

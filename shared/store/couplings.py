@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, cast
@@ -115,6 +115,15 @@ class Coupling:
 
     def modified_on(self, side: Side) -> str | None:
         return self.bc_modified if side == "bc" else self.dv_modified
+
+    def unchanged_since_sync(self, side: Side, record: Mapping[str, Any], modified_field: str) -> bool:
+        """`record` (a row as `side` lists it) is as the last sync left it. By its ETag (the row
+        version) where both have one: Dataverse's `modifiedon` counts whole seconds, so a person's
+        change within the second of the service's own write carries the same time."""
+        etag, synced = record.get("@odata.etag"), self.etag_on(side)
+        if etag and synced:
+            return bool(etag == synced)
+        return self.modified_on(side) == record.get(modified_field)
 
     def needs_pointer(self, scope: str = "") -> bool:
         return bool(self.bc_id and self.dv_id != dataverse_id_for(self.mapping, self.bc_id, scope))

@@ -203,12 +203,12 @@ def _dataverse_side(engine: Engine, m: EntityMapping, dry_run: bool) -> Counter[
     coupled ones changed since their last sync, each on the one-record path (one deep insert)."""
     counts: Counter[str] = Counter()
     pk, modified = m.dataverse.primary_key, m.dataverse.modified_field
-    recorded = {c.dv_id: c.dv_modified for c in engine.couplings.each(m.name)}
+    recorded = {c.dv_id: c for c in engine.couplings.each(m.name)}
     select = list(dict.fromkeys([pk, modified, *(c.field for c in m.dataverse.filter)]))
     for page in engine.dv.query_pages(m, select=select, filter=scope_filter(m, "dv")):
         for row in page:
             dv_id = str(row[pk])
-            if dv_id in recorded and recorded[dv_id] == row.get(modified):
+            if dv_id in recorded and recorded[dv_id].unchanged_since_sync("dv", row, modified):
                 counts["unchanged"] += 1
                 continue
             counts[_one(engine, m, "dv", dv_id, dry_run)] += 1

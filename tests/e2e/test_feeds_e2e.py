@@ -16,6 +16,7 @@ from shared.feeds.poll import delta_poll
 from shared.feeds.registration import ensure_bc_subscriptions
 from shared.ops import operations
 from shared.sync import bulk
+from shared.timestamps import parse_iso
 from tests.e2e.harness import E2EStack, diff, wait_for, writes
 
 pytestmark = pytest.mark.e2e
@@ -179,12 +180,21 @@ def test_a_dataverse_table_without_change_tracking_is_polled_by_modified_time(e2
         mark = e2e.rt.watermarks.get("CUSTOMER", "dv")
         assert mark is not None and mark.value.startswith("modifiedon:")
 
-        # A person's change in Sales whose webhook is lost.
+        # A person's change in Sales whose webhook is lost, within the second of the service's own
+        # write: `modifiedon` counts whole seconds, so both carry the same time (only the row
+        # version tells them apart). The sandbox's clock is set back to that second for the write.
+        synced = e2e.rt.couplings.get(CUSTOMER, "dv", dv_id)
+        assert synced is not None and synced.dv_modified
+        back = (parse_iso(synced.dv_modified) - sandbox.now()).total_seconds()
         on_commit, sandbox.store.on_commit = sandbox.store.on_commit, None
+        sandbox.advance_clock(back)
         try:
             e2e.dv_update("accounts", dv_id, {"telephone1": "555-0630"})
         finally:
+            sandbox.advance_clock(-back)
             sandbox.store.on_commit = on_commit
+        person = e2e.dv_get("accounts", dv_id)
+        assert person is not None and person["modifiedon"] == synced.dv_modified, "not the same second"
         e2e.settle()
         assert e2e.bc_get("customers", bc_id)["phoneNumber"] != "555-0630", "the change was not lost"
 
