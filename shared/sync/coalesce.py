@@ -56,6 +56,7 @@ from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry
 from shared.sync.bulk import Pair, _chunk_lookups
 from shared.sync.engine import (
+    ECHO_BY_STAMP,
     SETTLING,
     Engine,
     RequeueError,
@@ -63,6 +64,7 @@ from shared.sync.engine import (
     planned_result,
     requeue_delay,
     settle,
+    stamped_before_sync,
     typed_number,
 )
 from shared.sync.gateways import Record
@@ -342,7 +344,11 @@ def converge(
     items: list[_Item] = []
     for index, message in enumerate(messages):
         coupling = known.get(message.id)
-        if coupling is not None and (coupling.skipped or coupling.state != "coupled"):
+        if stamped_before_sync(message, coupling):
+            assert coupling is not None
+            finish(_Item(index, message, coupling), SyncResult(Outcome.UNCHANGED, ECHO_BY_STAMP,
+                                                               coupling.bc_id, coupling.dv_id))  # fmt: skip
+        elif coupling is not None and (coupling.skipped or coupling.state != "coupled"):
             single.append(index)  # skipped, or a BC create pending: the one-record path's rules
         elif coupling is None and message.id in elsewhere:
             single.append(index)

@@ -127,6 +127,27 @@ WRITING_LINES = "writing lines"
 _SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
 
 
+def stamped_before_sync(message: SyncMessage, coupling: Coupling | None) -> bool:
+    """A BC notification that reports the service's own last write, known without reading the record.
+
+    BC stamps a notification with the time its change began (`CurrentDateTime` in `OnDatabaseModify`),
+    before the platform sets the record's `lastModifiedDateTime`; the coupling keeps that
+    `lastModifiedDateTime` as the last sync read it back. A change stamped before it is one that
+    sync already saw (our write's own notification); a person's change after it is stamped after
+    it. Only for settled couplings; a change this misses still differs in `lastModifiedDateTime`,
+    so the delta poll finds it."""
+    if message.side != "bc" or message.change not in ("created", "updated") or not message.modified:
+        return False
+    if coupling is None or coupling.state != "coupled" or coupling.skipped:
+        return False
+    if not coupling.bc_modified or coupling.last_result not in _SETTLED or coupling.snapshot is None:
+        return False
+    return parse_iso(message.modified) < parse_iso(coupling.bc_modified)
+
+
+ECHO_BY_STAMP = "BC stamped this change before the last sync read the record back (echo of that sync)"
+
+
 class RequeueError(ServiceError):
     """The message must be tried again later; the caller re-enqueues it with `delay` seconds."""
 
@@ -384,6 +405,9 @@ class Engine:
             sibling = self._coupled_elsewhere(mapping, side, message.id)
             if sibling is not None:
                 return SyncResult(Outcome.SKIPPED, f"coupled under {sibling}")
+        if not force and stamped_before_sync(message, coupling):
+            assert coupling is not None
+            return SyncResult(Outcome.UNCHANGED, ECHO_BY_STAMP, coupling.bc_id, coupling.dv_id)
         source = self.read(mapping, side, message.id)
         if coupling is None:
             return self._sync_uncoupled(mapping, side, message, source)

@@ -18,6 +18,7 @@ from shared.sync import coalesce
 from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, Taken, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
 from shared.sync.reconcile import Outcome
+from shared.timestamps import iso_ms, parse_iso
 from tests.unit.test_engine import CUSTOMER, Harness
 
 
@@ -159,6 +160,24 @@ def test_echoes_cost_the_read_only() -> None:
     results = converge(h.engine, _dv_messages([dv for _, dv in pairs]))
     assert all(isinstance(r, Done) and r.result.outcome == Outcome.UNCHANGED for r in results)
     assert h.dv.requests == {"$batch accounts": 1} and h.bc.total() == 0
+
+
+def test_bc_notifications_of_our_own_writes_are_echoes_without_a_read() -> None:
+    h = Harness()
+    pairs = _coupled_pairs(h, 10)
+    h.bc.edit(CUSTOMER, pairs[0][0], city="Oslo")  # a person's change, after our last sync
+    messages = []
+    for bc_id, _ in pairs:
+        written = parse_iso(h.bc.rows("customers")[bc_id]["lastModifiedDateTime"])
+        modified = written - dt.timedelta(milliseconds=2)
+        messages.append(SyncMessage(mapping="CUSTOMER", side="bc", id=bc_id, change="updated",
+                                    modified=iso_ms(modified)))  # fmt: skip
+    results = converge(h.engine, messages)
+    outcomes = [r.result.outcome for r in results if isinstance(r, Done)]
+    assert outcomes == [Outcome.MODIFIED] + [Outcome.UNCHANGED] * 9
+    # Only the person's change was read (and its account, then written).
+    assert h.bc.requests == {"GET customers": 1}
+    assert h.dv.rows("accounts")[pairs[0][1]]["address1_city"] == "Oslo"
 
 
 def test_bc_changes_of_coupled_records_are_read_and_written_in_bulk() -> None:
@@ -429,9 +448,11 @@ def test_webhook_calls_that_arrived_together_lead_a_batch_with_whatever_of_the_b
 
 # --------------------------------------------------------------------- a webhook call's batch
 def _batch(side: str, changes: list[tuple[str, str]]) -> BatchMessage:
+    """Notifications stamped after the records' last sync (so each is read: an echo by its values)."""
+    stamp = iso_ms(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
     return BatchMessage(
         mapping="CUSTOMER", side=side, reason="bc webhook",
-        changes=[RecordChange(id=i, change=c, modified="2026-01-01T10:00:00Z") for i, c in changes],  # type: ignore[arg-type]
+        changes=[RecordChange(id=i, change=c, modified=stamp) for i, c in changes],  # type: ignore[arg-type]
     )  # fmt: skip
 
 

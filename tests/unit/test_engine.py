@@ -6,8 +6,10 @@ request counts and outcomes of each path so a change that costs one more request
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,9 +20,10 @@ from shared.mapping.values import dataverse_id_for
 from shared.messages import BatchMessage, ChunkMessage, RecordChange, ScanMessage, SyncMessage
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal, JournalEntry
-from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError, stamped_before_sync
 from shared.sync.processor import dispatch
 from shared.sync.reconcile import Outcome
+from shared.timestamps import iso_ms, parse_iso
 from tests.support.memory import MemoryBc, MemoryDataverse, MemoryTable
 
 MAPPING_TEXT = """
@@ -118,6 +121,58 @@ def test_an_echo_costs_one_read_and_writes_nothing() -> None:
 
     assert result.outcome == Outcome.UNCHANGED and "echo" in result.reason
     assert h.requests() == {"GET customers": 1}
+
+
+def _stamp_before(record_time: str, ms: int = 3) -> str:
+    """A BC notification's stamp for the change that gave a record `record_time`: BC takes it in
+    `OnDatabaseModify`, a little before it sets the record's `lastModifiedDateTime`."""
+    return iso_ms(parse_iso(record_time) - dt.timedelta(milliseconds=ms))
+
+
+def test_the_notification_of_our_own_write_is_an_echo_without_a_read() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.dv.edit(CUSTOMER, dv_id, telephone1="2")
+    assert h.sync("dv", dv_id).outcome == Outcome.MODIFIED  # our PATCH of the customer
+    written = h.bc.rows("customers")[bc_id]["lastModifiedDateTime"]
+
+    result = h.sync("bc", bc_id, change="updated", modified=_stamp_before(written))
+
+    assert result.outcome == Outcome.UNCHANGED and "stamped" in result.reason
+    assert h.requests() == {}
+
+
+def test_a_change_stamped_after_our_write_is_read_and_synced() -> None:
+    h = Harness()
+    bc_id, dv_id = h.coupled_customer()
+    h.bc.edit(CUSTOMER, bc_id, city="Boston")  # a person, after our last sync
+    stamp = _stamp_before(h.bc.rows("customers")[bc_id]["lastModifiedDateTime"], ms=1)
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.bc_modified is not None and stamp > coupling.bc_modified
+
+    result = h.sync("bc", bc_id, change="updated", modified=stamp)
+
+    assert result.outcome == Outcome.MODIFIED
+    assert h.dv.rows("accounts")[dv_id]["address1_city"] == "Boston"
+
+
+def test_the_stamp_decides_only_for_a_settled_coupling_and_never_a_deletion() -> None:
+    h = Harness()
+    bc_id, _ = h.coupled_customer()
+    coupling = h.couplings.get("CUSTOMER", "bc", bc_id)
+    assert coupling is not None and coupling.bc_modified is not None
+    early = _stamp_before(coupling.bc_modified)
+    note = SyncMessage(mapping="CUSTOMER", side="bc", id=bc_id, change="updated", modified=early)
+    assert stamped_before_sync(note, coupling)
+    assert not stamped_before_sync(note.model_copy(update={"change": "deleted"}), coupling)
+    assert not stamped_before_sync(note.model_copy(update={"modified": None}), coupling)  # a poll's message
+    assert not stamped_before_sync(note.model_copy(update={"side": "dv"}), coupling)
+    for unsettled in ({"last_result": "conflict"}, {"skipped": True}, {"state": "pending_bc"}):
+        assert not stamped_before_sync(note, replace(coupling, **unsettled)), unsettled
+    # `force` (a retry asked by an operator) always reads.
+    h.bc.requests.clear()
+    forced = h.engine.sync_record(note, force=True)
+    assert forced.outcome == Outcome.UNCHANGED and h.bc.requests == {"GET customers": 1}
 
 
 def test_a_counterpart_changed_unseen_is_read_after_the_refused_write_and_both_changes_kept() -> None:
