@@ -43,6 +43,7 @@ from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
 from shared.odata import and_, eq, ge, lt, or_
 from shared.store.storage import stored_if_same
+from shared.store.transactions import submit_transaction
 from shared.timestamps import now_iso
 
 Side = Literal["bc", "dv"]
@@ -505,13 +506,12 @@ class CouplingStore:
         return self._grouped(self._create_group, couplings)
 
     def _create_group(self, group: list[Coupling]) -> list[Coupling | Exception]:
-        # One row: a plain write is the same one request without the transaction's multipart body,
-        # which costs the SDK far more CPU (the email package builds and parses it).
+        # One row: a plain write is the same one request without a multipart body.
         if len(group) == 1 or any(c.needs_pointer(self.scope) for c in group):
             return self._one_by_one(self.create, group)
         stamped = [replace(c, updated=now_iso()) for c in group]
         try:
-            answers = self.table.submit_transaction([("create", _full_row(c, self.scope)) for c in stamped])
+            answers = submit_transaction(self.table, [("create", _full_row(c, self.scope)) for c in stamped])
         except TableTransactionError:
             return self._one_by_one(self.create, group)
         for c, answer in zip(stamped, answers, strict=True):
@@ -532,7 +532,7 @@ class CouplingStore:
             for c in stamped
         ]  # fmt: skip
         try:
-            answers = self.table.submit_transaction(ops)
+            answers = submit_transaction(self.table, ops)
         except TableTransactionError:
             return self._one_by_one(self.save, group)
         for c, answer in zip(stamped, answers, strict=True):
@@ -562,7 +562,7 @@ class CouplingStore:
         one, or another pair's) or where there is only one."""
         try:
             if len(group) > 1:
-                self.table.submit_transaction([("create", _pointer_row(c, self.scope)) for c in group])
+                submit_transaction(self.table, [("create", _pointer_row(c, self.scope)) for c in group])
                 return list(group)
         except TableTransactionError:
             pass

@@ -27,6 +27,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.odata import and_, eq, ge, le, lt, or_
+from shared.store.transactions import submit_transaction
 from shared.timestamps import now_iso
 
 _MAX_TICKS = 10**19
@@ -205,7 +206,7 @@ class Journal:
                 if len(chunk) == 1:
                     self.table.upsert_entity(chunk[0])
                 else:
-                    self.table.submit_transaction([("upsert", r) for r in chunk])
+                    submit_transaction(self.table, [("upsert", r) for r in chunk])
 
     def record_compact(self, mapping: str, entries: list[JournalEntry], run_id: str = "") -> None:
         """Routine bulk outcomes, compactly: one row per ~100-300 records, in transactions."""
@@ -232,7 +233,7 @@ class Journal:
             for group in groups
         ]  # fmt: skip
         for start in range(0, len(rows), 100):
-            self.table.submit_transaction([("upsert", r) for r in rows[start : start + 100]])
+            submit_transaction(self.table, [("upsert", r) for r in rows[start : start + 100]])
 
     def history(self, mapping: str, side: str, record_id: str, limit: int = 50) -> list[JournalEntry]:
         """The entries stored under one id, newest first (an entry of a pair is stored under both of

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.odata import eq
+from shared.store.transactions import submit_transaction
 
 HASH_PARTITION = "statistics"
 # Table Storage takes at most 100 operations per transaction.
@@ -43,4 +44,4 @@ class StatisticsHashStore:
         ]
         for start in range(0, len(entities), TABLE_TRANSACTION_ROWS):
             chunk = entities[start : start + TABLE_TRANSACTION_ROWS]
-            self.table.submit_transaction([("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
+            submit_transaction(self.table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in chunk])
