@@ -1,15 +1,21 @@
 """The sync journal: what happened to each record, and to each run, queryable by record and time.
 
 Rows in `SyncJournal`:
-- per record: PartitionKey `rec|<mapping>`, RowKey `<bc|dv>|<id>|...` (one row under each id the
-  pair has), so a record's history is one range query and bulk runs write in transactions;
+- per record: PartitionKey `rec|<mapping>|<bucket>` (16 buckets by id), RowKey `<bc|dv>|<id>|...`
+  (one row under each id the pair has), so a record's history is one range query. Spread over
+  buckets because one partition per mapping is the "append anti-pattern" of Microsoft's table design
+  guide (every write of a burst to one partition server), and Azurite's transactions slow down with
+  the size of their partition. Rows written before the buckets (`rec|<mapping>`) are still read;
 - by time: PartitionKey `t|<yyyymmddhh>` (UTC hour), so "what happened between A and B" reads only
   the hours it needs;
 - per run: PartitionKey `run|<mapping>`, RowKey the run id, updated while the run goes (progress);
-- bulk results: routine outcomes of a bulk run (inserted, modified, coupled) are written compactly,
-  one row per few hundred records (`Results`: JSON list of [outcome, bc id, dv id, fields]) in the
-  `t|` partition, so a 100,000-record run costs hundreds of rows, not hundreds of thousands.
-  Failures, conflicts and skips always get their own per-record rows.
+- compact results: routine outcomes (`ROUTINE`: inserted, modified, coupled, unchanged) of a bulk
+  run or of a batch of changes are written in the `t|` partition one row per few hundred records
+  (outcome `bulk`, `Results`: JSON list of [outcome, bc id, dv id, fields, source]), so a
+  100,000-record run costs hundreds of rows, not hundreds of thousands; `between` reads them as one
+  entry per record. A batch's inserted and modified records keep their own per-record rows (with the
+  values written); a batch's unchanged records (echoes of the service's own writes) are only in the
+  compact rows. Failures, conflicts and skips always get their own rows of both kinds.
 Below the record prefix and in `t|` partitions, RowKeys carry an inverted timestamp, so the newest
 entries come first.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +41,10 @@ _MAX_TICKS = 10**19
 # Bulk `Results` are ASCII (outcomes, GUIDs, field keys): 2 bytes a character in UTF-16, so this keeps
 # them within MAX_STRING_BYTES (32 KB) with room for the JSON punctuation.
 _MAX_PROPERTY_CHARS = 15_000
+RECORD_BUCKETS = 16
+# Outcomes that say the pair is in sync: written compactly where many come together.
+ROUTINE = frozenset({"inserted", "modified", "coupled", "unchanged"})
+COMPACT = "bulk"  # the outcome of a compact row
 
 
 def _utcnow() -> dt.datetime:
@@ -195,45 +206,63 @@ class Journal:
         self.record_many([entry])
 
     def record_many(self, entries: Iterable[JournalEntry]) -> None:
-        """Rows grouped by partition and written in transactions of up to 100."""
-        by_partition: dict[str, list[dict[str, Any]]] = {}
+        """Rows grouped by partition and written in transactions of up to 100. Several entries
+        together (a batch of changes) keep their time rows compact where routine (module doc)."""
+        entries = list(entries)
+        together = len(entries) > 1
+        rows: list[dict[str, Any]] = []
+        compact: dict[str, list[JournalEntry]] = {}
         for entry in entries:
-            for row in _rows(entry, self.scope, self._company):
-                by_partition.setdefault(row["PartitionKey"], []).append(row)
-        for rows in by_partition.values():
-            for start in range(0, len(rows), 100):
-                chunk = rows[start : start + 100]
-                if len(chunk) == 1:
-                    self.table.upsert_entity(chunk[0])
-                else:
-                    submit_transaction(self.table, [("upsert", r) for r in chunk])
+            routine = together and entry.outcome in ROUTINE
+            if routine:
+                compact.setdefault(entry.mapping, []).append(entry)
+            if not (routine and entry.outcome == "unchanged"):
+                rows.extend(_rows(entry, self.scope, self._company, with_time_row=not routine))
+        for mapping, group in compact.items():
+            rows.extend(self._compact_rows(mapping, group))
+        self._write(rows)
 
     def record_compact(self, mapping: str, entries: list[JournalEntry], run_id: str = "") -> None:
         """Routine bulk outcomes, compactly: one row per ~100-300 records, in transactions."""
+        self._write(self._compact_rows(mapping, entries, run_id))
+
+    def _compact_rows(
+        self, mapping: str, entries: list[JournalEntry], run_id: str = ""
+    ) -> list[dict[str, Any]]:
         if not entries:
-            return
+            return []
         at = entries[0].at
         groups: list[list[list[str]]] = [[]]
         size = 0
         for e in entries:
-            item = [e.outcome, e.bc_id or "", e.dv_id or "", ",".join(e.fields)]
-            length = sum(len(x) for x in item) + 12
+            item = [e.outcome, e.bc_id or "", e.dv_id or "", ",".join(e.fields), e.source]
+            length = sum(len(x) for x in item) + 15
             if size + length > _MAX_PROPERTY_CHARS:
                 groups.append([])
                 size = 0
             groups[-1].append(item)
             size += length
-        rows = [
+        return [
             {
                 "PartitionKey": f"t|{at:%Y%m%d%H}", "RowKey": f"{_inverted(at)}-{uuid.uuid4().hex[:8]}",
-                "mapping": mapping, "outcome": "bulk", "reason": f"{len(group)} records", "run_id": run_id,
+                "mapping": mapping, "outcome": COMPACT, "reason": f"{len(group)} records", "run_id": run_id,
                 "at": at.isoformat(), "Results": json.dumps(group, separators=(",", ":")),
                 **self._company,
             }
             for group in groups
         ]  # fmt: skip
-        for start in range(0, len(rows), 100):
-            submit_transaction(self.table, [("upsert", r) for r in rows[start : start + 100]])
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        by_partition: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_partition.setdefault(row["PartitionKey"], []).append(row)
+        for group in by_partition.values():
+            for start in range(0, len(group), 100):
+                chunk = group[start : start + 100]
+                if len(chunk) == 1:
+                    self.table.upsert_entity(chunk[0])
+                else:
+                    submit_transaction(self.table, [("upsert", r) for r in chunk])
 
     def history(self, mapping: str, side: str, record_id: str, limit: int = 50) -> list[JournalEntry]:
         """The entries stored under one id, newest first (an entry of a pair is stored under both of
@@ -245,16 +274,20 @@ class Journal:
         what happened to a record on both systems, also before the two were coupled."""
         rows: dict[str, Any] = {}
         for side, record_id in ids:
-            prefix = f"{'bc' if side == 'bc' else 'dv'}|{record_id}|"
-            query = and_(
-                eq("PartitionKey", f"rec|{self.scope}{mapping}"),
-                ge("RowKey", prefix),
-                lt("RowKey", prefix + "~"),
-            )
-            for count, row in enumerate(self.table.query_entities(query, results_per_page=limit), start=1):
-                rows.setdefault(str(row["RowKey"]).rsplit("|", 1)[-1], row)  # one entry, one stamp
-                if count >= limit:
-                    break
+            key = "bc" if side == "bc" else "dv"
+            prefix = f"{key}|{record_id}|"
+            # Its bucket, and the one partition of the mapping rows had before the buckets.
+            for partition in (
+                _record_partition(self.scope, mapping, key, record_id),
+                f"rec|{self.scope}{mapping}",
+            ):
+                query = and_(eq("PartitionKey", partition), ge("RowKey", prefix), lt("RowKey", prefix + "~"))
+                for count, row in enumerate(
+                    self.table.query_entities(query, results_per_page=limit), start=1
+                ):
+                    rows.setdefault(str(row["RowKey"]).rsplit("|", 1)[-1], row)  # one entry, one stamp
+                    if count >= limit:
+                        break
         return [JournalEntry.from_row(rows[stamp]) for stamp in sorted(rows)[:limit]]
 
     def between(
@@ -264,10 +297,12 @@ class Journal:
         mapping: str | None = None,
         outcomes: Iterable[str] = (),
     ) -> Iterator[JournalEntry]:
-        """Entries with start <= at <= end, newest first (reads only the hours in the range);
-        `outcomes`: only these (filtered by the table service, so routine rows are not sent)."""
+        """Entries with start <= at <= end, newest first (reads only the hours in the range), one per
+        record also where compact rows hold them; `outcomes`: only these (filtered by the table
+        service, so routine rows are not sent when no routine outcome is asked)."""
         hour = end.replace(minute=0, second=0, microsecond=0)
-        wanted = [eq("outcome", o) for o in outcomes]
+        asked = set(outcomes)
+        wanted = [eq("outcome", o) for o in sorted(asked | ({COMPACT} if asked & ROUTINE else set()))]
         while hour >= start.replace(minute=0, second=0, microsecond=0):
             query = and_(
                 eq("PartitionKey", f"t|{hour:%Y%m%d%H}"),
@@ -280,8 +315,11 @@ class Journal:
             for row in self.table.query_entities(query):
                 if row.get("company", "") != self._company.get("company", ""):
                     continue  # another company's
-                if mapping is None or row.get("mapping") == mapping:
-                    yield JournalEntry.from_row(row)
+                if mapping is not None and row.get("mapping") != mapping:
+                    continue
+                for entry in _entries(row):
+                    if not asked or entry.outcome in asked:
+                        yield entry
             hour -= dt.timedelta(hours=1)
 
     # ----------------------------------------------------------------------------------- runs
@@ -324,16 +362,40 @@ class Journal:
         return runs[:limit]
 
 
-def _rows(entry: JournalEntry, scope: str, company: dict[str, str]) -> list[dict[str, Any]]:
+def _rows(
+    entry: JournalEntry, scope: str, company: dict[str, str], *, with_time_row: bool = True
+) -> list[dict[str, Any]]:
     row = {**entry.to_row(), **company}
     stamp = f"{_inverted(entry.at)}-{uuid.uuid4().hex[:8]}"
     rows = [
-        {**row, "PartitionKey": f"rec|{scope}{entry.mapping}", "RowKey": f"{side}|{record_id}|{stamp}"}
+        {**row, "PartitionKey": _record_partition(scope, entry.mapping, side, record_id),
+         "RowKey": f"{side}|{record_id}|{stamp}"}
         for side, record_id in (("bc", entry.bc_id), ("dv", entry.dv_id))
         if record_id
-    ]
-    rows.append({**row, "PartitionKey": f"t|{entry.at:%Y%m%d%H}", "RowKey": stamp})
+    ]  # fmt: skip
+    if with_time_row:
+        rows.append({**row, "PartitionKey": f"t|{entry.at:%Y%m%d%H}", "RowKey": stamp})
     return rows
+
+
+def _record_partition(scope: str, mapping: str, side: str, record_id: str) -> str:
+    return f"rec|{scope}{mapping}|{zlib.crc32(f'{side}|{record_id}'.encode()) % RECORD_BUCKETS:02d}"
+
+
+def _entries(row: Any) -> list[JournalEntry]:
+    """A time row's entries: itself, or one per record of a compact row (its time, mapping, run)."""
+    if row.get("outcome") != COMPACT or not row.get("Results"):
+        return [JournalEntry.from_row(row)]
+    at = dt.datetime.fromisoformat(row["at"])
+    out = []
+    for item in json.loads(row["Results"]):
+        outcome, bc_id, dv_id, fields = item[:4]
+        out.append(JournalEntry(
+            mapping=row.get("mapping", ""), outcome=outcome, bc_id=bc_id or None, dv_id=dv_id or None,
+            fields=[f for f in fields.split(",") if f], at=at, source=item[4] if len(item) > 4 else "",
+            reason=f"run {row['run_id']}" if row.get("run_id") else "",
+        ))  # fmt: skip
+    return out
 
 
 def _sample_text(sample: list[dict[str, Any]]) -> str:

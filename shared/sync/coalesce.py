@@ -85,7 +85,7 @@ CLAIM_LEASE_SECONDS = 300
 # How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops when
 # `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
 # and how often it looks meanwhile.
-GATHER_SECONDS = 0.5
+GATHER_SECONDS = 2.0
 GATHER_STEP = 0.1
 QUIET_LOOKS = 2
 # When the queue is looked at: this many other workers of the process on the company's changes, or

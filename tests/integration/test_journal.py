@@ -44,6 +44,44 @@ def test_entries_by_time_range(journal: Journal) -> None:
     assert [e.bc_id for e in got] == ["b3", "b2", "b1"]
 
 
+def test_a_batch_keeps_routine_time_rows_compact_and_echoes_out_of_record_histories(journal: Journal) -> None:
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    at = dt.datetime(2030, 2, 1, 10, 30, tzinfo=dt.UTC)
+    batch = [JournalEntry(mapping, "inserted", bc_id=f"b{i}", dv_id=f"d{i}", at=at, source="dv",
+                          changes=[{"field": "name", "new": f"N{i}"}]) for i in range(150)]  # fmt: skip
+    batch += [
+        JournalEntry(mapping, "unchanged", bc_id=f"e{i}", dv_id=f"f{i}", at=at, source="bc")
+        for i in range(150)
+    ]
+    batch.append(JournalEntry(mapping, "failed", bc_id="x", dv_id="y", at=at, error="refused", source="dv"))
+    journal.record_many(batch)
+
+    hour = journal.table.query_entities(f"PartitionKey eq 't|2030020110' and mapping eq '{mapping}'")
+    rows = {r["outcome"]: r for r in hour}
+    assert set(rows) == {"bulk", "failed"}  # the 300 routine entries in compact rows, the failure alone
+    # Read by time, one entry per record, with its side; filtered by outcome.
+    window = (at - dt.timedelta(seconds=1), at + dt.timedelta(seconds=1))
+    entries = list(journal.between(*window, mapping=mapping))
+    assert len(entries) == 301 and {e.source for e in entries if e.outcome == "unchanged"} == {"bc"}
+    assert [e.bc_id for e in journal.between(*window, mapping=mapping, outcomes=["failed"])] == ["x"]
+    assert len(list(journal.between(*window, mapping=mapping, outcomes=["inserted"]))) == 150
+    # A record's history: what was written, with its values; an echo is not in it.
+    [inserted] = journal.history(mapping, "dv", "d7")
+    assert inserted.outcome == "inserted" and inserted.changes == [{"field": "name", "new": "N7"}]
+    assert journal.history(mapping, "bc", "e7") == []
+    assert [e.outcome for e in journal.history(mapping, "dv", "y")] == ["failed"]
+
+
+def test_history_written_before_the_buckets_is_still_read(journal: Journal) -> None:
+    mapping = f"M{uuid.uuid4().hex[:6]}"
+    old = JournalEntry(mapping, "inserted", bc_id="b1", dv_id="d1", at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    stamp = f"{10**19 - int(old.at.timestamp() * 1_000_000):020d}-abcdef12"  # newest first
+    row = {**old.to_row(), "PartitionKey": f"rec|{mapping}", "RowKey": f"dv|d1|{stamp}"}
+    journal.table.upsert_entity(row)  # as versions before the buckets wrote it
+    journal.record(JournalEntry(mapping, "modified", bc_id="b1", dv_id="d1"))
+    assert [e.outcome for e in journal.history(mapping, "dv", "d1")] == ["modified", "inserted"]
+
+
 def test_run_summary_progress(journal: Journal) -> None:
     run = RunSummary(
         "r1", "CUSTOMER-" + uuid.uuid4().hex[:4], "full_resync", started="2026-11-27T00:00:00Z", total=10

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import operator
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -482,10 +483,17 @@ def _matches(row: Record, filter_: str | None) -> bool:
     )
 
 
+_ORDER = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operator.lt}
+
+
 def _clause_matches(row: Record, clause: str) -> bool:
+    """`eq` (case-insensitive, as Dataverse compares); `ge`/`gt`/`le`/`lt` on text (a table's key
+    ranges, compared ordinally as Table Storage does)."""
     field, op, value = clause.strip("() ").split(" ", 2)
-    assert op == "eq", f"the memory gateway only evaluates eq filters, not {clause!r}"
+    assert op == "eq" or op in _ORDER, f"the memory gateway does not evaluate {clause!r}"
     expected: Any = value.strip("'").replace("''", "'") if value.startswith("'") else value
+    if op in _ORDER:
+        return field in row and bool(_ORDER[op](str(row[field]), str(expected)))
     return str(row.get(field)).casefold() == str(expected).casefold()
 
 

@@ -14,6 +14,7 @@ import pytest
 from shared import odata
 from shared.connectors.errors import AmbiguousWriteError
 from shared.messages import BatchMessage, RecordChange, ScanMessage, SyncMessage, pack, to_json
+from shared.store.journal import Journal
 from shared.sync import coalesce
 from shared.sync.coalesce import Coalescer, Done, Failed, Requeue, Taken, claim, converge, run, settle_claimed
 from shared.sync.engine import PENDING_CREATE_GRACE
@@ -43,12 +44,18 @@ def _coupled_pairs(h: Harness, count: int) -> list[tuple[str, str]]:
 
 
 def _journal(h: Harness, outcome: str) -> list[dict[str, Any]]:
-    """One entry per record: its row in the hour's partition (the record's own rows are per id)."""
-    return [
+    """One row per record: its own row under its Dataverse id (each record of these tests has one),
+    with what was written; and it is among the hour's entries (a routine one in a compact row)."""
+    rows = [
         row
-        for (pk, _), (row, _) in h.journal_table.rows.items()
-        if pk.startswith("t|") and row["outcome"] == outcome
+        for (pk, rk), (row, _) in h.journal_table.rows.items()
+        if pk.startswith("rec|") and rk.startswith("dv|") and row["outcome"] == outcome
     ]
+    hour = Journal(h.journal_table).between(  # type: ignore[arg-type]
+        dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), dt.datetime.now(dt.UTC), outcomes=[outcome]
+    )
+    assert sorted(e.dv_id or "" for e in hour) == sorted(r["dv_id"] for r in rows)
+    return rows
 
 
 def test_a_burst_of_new_sales_accounts_is_created_in_bc_with_a_request_per_batch_not_per_record() -> None:
