@@ -222,6 +222,9 @@ class _Parser:
             raise OrAcrossFieldsError(
                 "The 'OR' operator is not supported on distinct fields on an OData filter."
             )
+        texts = [p for p in parts if isinstance(p, _TextEquals)]
+        if len(texts) == len(parts) and len({p.name for p in texts}) == 1:
+            return _any_text(texts, self.case_insensitive)
         return lambda row: any(p(row) for p in parts)
 
     def and_expr(self) -> Predicate:
@@ -266,7 +269,10 @@ class _Parser:
             )
         self.take()
         right = self.operand()
-        return _compare(op, left, right, self.case_insensitive)
+        test = _compare(op, left, right, self.case_insensitive)
+        if op == "eq" and left.is_property and not right.is_property and isinstance(right.constant, str):
+            return _TextEquals(left.name, right.constant, test)
+        return test
 
     def string_function(self) -> Predicate:
         name = self.take().text.lower()
@@ -403,14 +409,44 @@ class _Operand:
     get: Operand
     is_property: bool
     constant: Any = None
+    name: str = ""
 
     @staticmethod
     def prop(name: str) -> _Operand:
-        return _Operand(lambda row: row.get(name), True)
+        return _Operand(lambda row: row.get(name), True, name=name)
 
     @staticmethod
     def const(value: Any) -> _Operand:
         return _Operand(lambda row: value, False, value)
+
+
+@dataclass(frozen=True)
+class _TextEquals:
+    """`name eq 'text'` (a GUID literal is text too), kept recognisable so that an `or` of many (a
+    client reading records by id) tests a set instead of every comparison on every row."""
+
+    name: str
+    text: str
+    test: Predicate
+
+    def __call__(self, row: Row) -> bool:
+        return self.test(row)
+
+
+def _any_text(parts: Sequence[_TextEquals], case_insensitive: bool) -> Predicate:
+    """The `or` of `parts`, exactly as `_compare` decides each: a text value equals a text literal
+    when both are the same after folding; any other value is compared part by part."""
+    fold = _fold if case_insensitive else _identity
+    texts = {fold(p.text) for p in parts}
+    name = parts[0].name
+
+    def test(row: Row) -> bool:
+        value = row.get(name)
+        if isinstance(value, str):
+            return fold(value) in texts
+        return any(p(row) for p in parts)
+
+    return test
 
 
 def _fold(text: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devstack.sandbox_common.odata_query import (
     FunctionCall,
@@ -210,3 +212,29 @@ def test_or_single_field_refuses_or_across_properties_only(text: str, refused: b
     else:
         compile_filter(text, or_single_field=True)
     compile_filter(text)  # without the option (Dataverse) every `or` is fine
+
+
+# An `or` of many `eq` on one property (a client reading records by id) is tested against a set:
+# it must decide every row exactly as the comparisons one by one do.
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(["a", "A", "Straße", "STRASSE", "5", "é", ""]),
+)
+
+
+@given(
+    values=st.lists(_VALUES, min_size=1, max_size=8),
+    literals=st.lists(st.sampled_from(["a", "strasse", "5", "É", "x'y", ""]), min_size=2, max_size=5),
+    case_insensitive=st.booleans(),
+)
+def test_an_or_of_text_equalities_decides_as_its_comparisons_one_by_one(
+    values: list[object], literals: list[str], case_insensitive: bool
+) -> None:
+    clauses = [odata.eq("v", text) for text in literals]
+    together = compile_filter(" or ".join(clauses), case_insensitive=case_insensitive)
+    alone = [compile_filter(c, case_insensitive=case_insensitive) for c in clauses]
+    for value in values:
+        row = {"v": value}
+        assert together(row) == any(p(row) for p in alone), (value, literals)
