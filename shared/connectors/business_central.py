@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import httpx
 from azure.core.credentials import TokenCredential
@@ -106,6 +106,7 @@ class BatchOperation:
     record_id: str | None = None
     body: Mapping[str, Any] | None = None
     etag: str | None = None
+    query: Mapping[str, str] | None = None  # a GET's query options (`$filter`, `$select`)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,34 @@ class BusinessCentralClient:
         ):
             yield from page
 
+    def query_many(
+        self,
+        company_id: str,
+        entity_set: str,
+        filters: Sequence[str],
+        *,
+        select: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The records matching any of `filters`, each filter one GET of a `$batch` (100 per
+        request, which BC counts as one): reading 1,000 records by id costs 1-2 requests, not 30.
+        A filter whose answer has more pages follows them one request each; a refused GET raises its
+        error, as `query` would."""
+        operations = [
+            BatchOperation("GET", entity_set, query=_query_params(select=select, filter=f)) for f in filters
+        ]
+        rows: list[dict[str, Any]] = []
+        for result in self.batch(company_id, operations):
+            if result.error is not None:
+                raise result.error
+            body = result.body or {}
+            rows.extend(body.get("value", []))
+            url = self._checked_next_link(body.get("@odata.nextLink"))
+            while url is not None:
+                data = self._send("GET", url, kind=entity_set).json()
+                rows.extend(data.get("value", []))
+                url = self._checked_next_link(data.get("@odata.nextLink"))
+        return rows
+
     def modified_since(
         self,
         company_id: str,
@@ -365,10 +394,13 @@ class BusinessCentralClient:
             headers = {"Content-Type": "application/json"}
             if op.etag:
                 headers["If-Match"] = op.etag
+            url = self._url(company_id, op.entity_set, op.record_id).removeprefix(self.base_url + "/")
+            if op.query:
+                url += "?" + urlencode(op.query, quote_via=quote, safe="$',()")
             entry: dict[str, Any] = {
                 "id": str(index),
                 "method": op.method.upper(),
-                "url": self._url(company_id, op.entity_set, op.record_id).removeprefix(self.base_url + "/"),
+                "url": url,
                 "headers": headers,
             }
             if op.body is not None:

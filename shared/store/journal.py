@@ -4,7 +4,8 @@ Rows in `SyncJournal`:
 - per record: PartitionKey `rec|<mapping>|<bucket>` (16 buckets by id), RowKey `<bc|dv>|<id>|...`
   (one row under each id the pair has), so a record's history is one range query. Spread over
   buckets because one partition per mapping is a hot partition (every write of a burst to one
-  partition server), and Azurite's transactions slow down with the size of their partition. Rows written before the buckets (`rec|<mapping>`) are still read;
+  partition server), and Azurite's transactions slow down with the size of their partition. Rows
+  written before the buckets (`rec|<mapping>`) are still read;
 - by time: PartitionKey `t|<yyyymmddhh>` (UTC hour), so "what happened between A and B" reads only
   the hours it needs;
 - per run: PartitionKey `run|<mapping>`, RowKey the run id, updated while the run goes (progress);

@@ -84,8 +84,13 @@ CLAIM_CALLS = 10  # receive calls per look at most (a queue mixes kinds; a few m
 CLAIM_LEASE_SECONDS = 300
 # How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops when
 # `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
-# and how often it looks meanwhile.
-GATHER_SECONDS = 2.0
+# and how often it looks meanwhile. When its first claim already found a backlog (a full page of
+# changes waiting: the service is behind), it gathers up to `BACKLOG_GATHER_SECONDS`: what a batch
+# costs in Table Storage is per partition, so a batch of 100 costs little more than a batch of 20,
+# and a service that is behind catches up faster with fewer, larger batches (10,000 accounts: 2.8
+# storage requests each with 2 s, against 3.7 with 0.5 s).
+GATHER_SECONDS = 0.5
+BACKLOG_GATHER_SECONDS = 2.0
 GATHER_STEP = 0.1
 QUIET_LOOKS = 2
 # When the queue is looked at: this many other workers of the process on the company's changes, or
@@ -516,7 +521,8 @@ def read_by_ids(engine: Engine, m: EntityMapping, side: Side, ids: Sequence[str]
 def _with_candidates(
     engine: Engine, m: EntityMapping, side: Side, items: Sequence[_Item], lookups: Any
 ) -> set[int]:
-    """The items some counterpart may match, asked with one query per match priority and chunk.
+    """The items some counterpart may match, asked with one query per match priority and chunk (the
+    chunks of a priority sent together: `query_many`).
 
     The one-record path asks each record's priorities in order and stops at the first that finds
     rows; here each priority is asked for the records no earlier priority matched, with the values
@@ -541,12 +547,11 @@ def _with_candidates(
             by_field.setdefault(name, {})[index] = value
         for name, values in by_field.items():
             distinct = list(dict.fromkeys(values.values()))
-            rows: list[Record] = []
-            for part in odata.or_chunks([odata.eq(name, v) for v in distinct]):
-                clause = odata.or_(*part)
-                query = odata.and_(f"({clause})" if len(part) > 1 else clause, *([scope] if scope else []))
-                for page in engine.sides[target].query_pages(m, select=select, filter=query):
-                    rows.extend(page)
+            filters = [
+                odata.and_(f"({odata.or_(*part)})" if len(part) > 1 else part[0], *([scope] if scope else []))
+                for part in odata.or_chunks([odata.eq(name, v) for v in distinct])
+            ]
+            rows = engine.sides[target].query_many(m, filters, select=select)
             present = {_match_key(row.get(name)) for row in rows}
             matched.update(index for index, value in values.items() if _match_key(value) in present)
     return matched
@@ -767,6 +772,7 @@ class Coalescer:
     def __init__(
         self,
         gather_seconds: float = GATHER_SECONDS,
+        backlog_gather_seconds: float = BACKLOG_GATHER_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         eager: bool = False,
@@ -776,6 +782,7 @@ class Coalescer:
         and take any change of the same work found there; `min_burst`: otherwise, the changes of the
         same work that must be waiting for a batch."""
         self.gather_seconds, self.sleep, self.clock, self.eager = gather_seconds, sleep, clock, eager
+        self.backlog_gather_seconds = max(gather_seconds, backlog_gather_seconds)
         self.min_burst = 1 if eager else min_burst
         self._lock = threading.Lock()
         self._busy: dict[Key, int] = {}
@@ -831,10 +838,13 @@ class Coalescer:
                 room = GATHER_LIMIT - len(lead) - now_gathered
                 if room > 0:
                     try:
-                        claimed += claim(queue, lead[0], room)
+                        got = claim(queue, lead[0], room)
                     except Exception as exc:  # storage trouble: go with what is gathered
                         log.warning("could not claim waiting messages (%s)", exc)
                         break
+                    if gathered < 0 and sum(len(t.records) for t in got) >= CLAIM_PAGE:
+                        deadline += self.backlog_gather_seconds - self.gather_seconds  # behind: gather longer
+                    claimed += got
                 with self._lock:
                     now_gathered = gathering.size() + sum(len(t.records) for t in claimed)
                 # Full, out of time, or nothing new for `QUIET_LOOKS` looks: the burst has stopped

@@ -64,6 +64,13 @@ class Gateway(Protocol):
         page_size: int | None = None,
     ) -> Iterator[list[Record]]: ...
 
+    def query_many(
+        self, mapping: EntityMapping, filters: Sequence[str], *, select: Sequence[str]
+    ) -> list[Record]:
+        """The records matching any of `filters` (each within the URL budget), the filters sent
+        together in one `$batch` per 100 (BC) or 1,000 (Dataverse) instead of a request each."""
+        ...
+
     def create(
         self, mapping: EntityMapping, body: Mapping[str, Any], *, select: Sequence[str], record_id: str | None
     ) -> Record: ...
@@ -205,13 +212,9 @@ def web_client_base(api_url: str) -> str | None:
 def read_many_by_filter(
     gateway: Gateway, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]
 ) -> list[Record]:
-    """Records by BC id through `query_pages`, with the ids joined by `or` in URL-sized chunks."""
-    return [
-        row
-        for part in odata.or_chunks([odata.eq("id", uuid.UUID(i)) for i in ids])
-        for page in gateway.query_pages(mapping, select=select, filter=odata.or_(*part))
-        for row in page
-    ]
+    """Records by BC id through `query_many`, with the ids joined by `or` in URL-sized chunks."""
+    filters = [odata.or_(*part) for part in odata.or_chunks([odata.eq("id", uuid.UUID(i)) for i in ids])]
+    return gateway.query_many(mapping, filters, select=select) if filters else []
 
 
 # ------------------------------------------------------------------------------------- adapters
@@ -242,8 +245,14 @@ class BusinessCentralGateway:
         return dict(found) if found is not None else None
 
     def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
-        """`id eq ... or ...` filters within `odata.URL_FILTER_CHARS`: one request per 30 or so ids."""
+        """`id eq ... or ...` filters within `odata.URL_FILTER_CHARS` (30 or so ids each), 100 of
+        them in one `$batch`."""
         return read_many_by_filter(self, mapping, ids, select=select)
+
+    def query_many(
+        self, mapping: EntityMapping, filters: Sequence[str], *, select: Sequence[str]
+    ) -> list[Record]:
+        return self.client.query_many(self.company_id, mapping.bc.entity_set, filters, select=select)
 
     def query_pages(
         self,
@@ -526,27 +535,40 @@ class DataverseGateway:
 
     def read_many(self, mapping: EntityMapping, ids: Sequence[str], *, select: Sequence[str]) -> list[Record]:
         """Records by id with one `$batch` of `In` queries (the URL would be too long outside it)."""
-        if not ids:
+        pk = mapping.dataverse.primary_key
+        filters = [dataverse_in(pk, list(ids[i : i + READBACK])) for i in range(0, len(ids), READBACK)]
+        return self._batched_queries(mapping, filters, select)
+
+    def query_many(
+        self, mapping: EntityMapping, filters: Sequence[str], *, select: Sequence[str]
+    ) -> list[Record]:
+        return self._batched_queries(mapping, [self._scoped_filter(mapping, f) or f for f in filters], select)
+
+    def _batched_queries(
+        self, mapping: EntityMapping, filters: Sequence[str], select: Sequence[str]
+    ) -> list[Record]:
+        if not filters:
             return []
-        pk, entity_set, columns = (
-            mapping.dataverse.primary_key,
-            mapping.dataverse.entity_set,
-            ",".join(select),
-        )
+        entity_set, columns = mapping.dataverse.entity_set, ",".join(select)
         requests = [
             BatchRequest(
                 "GET",
-                f"{entity_set}?$select={columns}&$filter={dataverse_in(pk, list(ids[i : i + READBACK]))}",
+                f"{entity_set}?$select={columns}&$filter={f}",
                 headers={"Prefer": "odata.maxpagesize=5000"},
             )
-            for i in range(0, len(ids), READBACK)
+            for f in filters
         ]
         records: list[Record] = []
-        for response in self.client.batch(requests, continue_on_error=True):
+        for f, response in zip(filters, self.client.batch(requests, continue_on_error=True), strict=True):
             error = response.error()
             if error is not None:
                 raise error
-            records.extend(response.body.get("value", []))
+            if response.body.get("@odata.nextLink"):  # more than a page: read that query's pages
+                records.extend(
+                    r for page in self.client.query_pages(entity_set, select=select, filter=f) for r in page
+                )
+            else:
+                records.extend(response.body.get("value", []))
         return records
 
     def upsert_many(self, mapping: EntityMapping, bodies: Sequence[Mapping[str, Any]]) -> list[ItemResult]:

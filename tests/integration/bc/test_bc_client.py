@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 
 import pytest
 
+from shared import odata
 from shared.connectors.business_central import WEBHOOK_SUPPORTED_ENTITY_SETS, BatchOperation, parse_resource
 from shared.connectors.errors import (
     AlreadyExistsError,
@@ -141,6 +143,30 @@ def test_batch_results_per_operation_and_atomic_rollback(bc: Bc) -> None:
         many = [BatchOperation("GET", "customers", first["id"]) for _ in range(250)]
         assert len(client.batch(bc.company, many)) == 250
         assert client.stats.requests["POST $batch"] == 2 + 3
+
+
+def test_many_queries_go_in_one_batch_and_a_long_answer_is_read_to_its_end(bc: Bc) -> None:
+    ids = bc.sandbox.seed_customers(150)
+    quoted = [odata.eq("id", uuid.UUID(i)) for i in ids]
+    with bc.client() as client:
+        before = client.stats.total
+        filters = [odata.or_(*part) for part in odata.or_chunks(quoted[:120])]
+        filters += [odata.eq("id", uuid.UUID(ids[149])), "displayName eq 'O''Neil & Co?'"]  # quote, &, ?
+        rows = client.query_many(bc.company, "customers", filters, select=["id", "number"])
+        assert sorted(r["id"] for r in rows) == sorted([*ids[:120], ids[149]])
+        assert set(rows[0]) == {"@odata.etag", "id", "number"}
+        assert client.stats.total - before == 1 and len(filters) > 3  # one `$batch` for all of them
+
+        # A query whose answer has more than a page follows its next links.
+        bc.sandbox.config.max_page_size = 40
+        try:
+            everything = client.query_many(bc.company, "customers", ["number ne ''"], select=["id"])
+        finally:
+            bc.sandbox.config.max_page_size = 20_000
+        assert set(ids) <= {r["id"] for r in everything}
+        # A refused query raises as `query` would.
+        with pytest.raises(ValidationError):
+            client.query_many(bc.company, "customers", ["nosuchfield eq 1"], select=["id"])
 
 
 def test_subscription_lifecycle_and_resource_parsing(bc: Bc, receiver: Receiver) -> None:
