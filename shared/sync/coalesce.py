@@ -84,8 +84,9 @@ CLAIM_CALLS = 10  # receive calls per look at most (a queue mixes kinds; a few m
 CLAIM_LEASE_SECONDS = 300
 # How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops when
 # `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
-# and how often it looks meanwhile. When its first claim already found a backlog (a full page of
-# changes waiting: the service is behind), it gathers up to `BACKLOG_GATHER_SECONDS`: what a batch
+# and how often it looks meanwhile. When the service is behind (the leading change waited more than
+# `WAITED_FOR_BURST` on the queue, or the first claim found a full page of changes waiting), it
+# gathers up to `BACKLOG_GATHER_SECONDS`: what a batch
 # costs in Table Storage is per partition, so a batch of 100 costs little more than a batch of 20,
 # and a service that is behind catches up faster with fewer, larger batches (10,000 accounts: 2.8
 # storage requests each with 2 s, against 3.7 with 0.5 s).
@@ -817,20 +818,21 @@ class Coalescer:
             wanted = self.min_burst if len(lead) == 1 else 1
             if not suspect or not _burst_visible(queue, first, wanted):
                 return None
-            return self._lead(engine, queue, list(lead), key)
+            return self._lead(engine, queue, list(lead), key, behind=waited > WAITED_FOR_BURST)
         finally:
             with self._lock:
                 self._busy[key] -= 1
 
     def _lead(
-        self, engine: Engine, queue: ClaimQueue, lead: list[SyncMessage], key: Key
+        self, engine: Engine, queue: ClaimQueue, lead: list[SyncMessage], key: Key, *, behind: bool = False
     ) -> list[Disposition] | None:
+        """`behind`: the leading change waited on the queue (the service is behind): gather longer."""
         gathering = _Gathering()
         with self._lock:
             self._open[key] = gathering
         claimed: list[Taken] = []
         try:
-            deadline = self.clock() + self.gather_seconds
+            deadline = self.clock() + (self.backlog_gather_seconds if behind else self.gather_seconds)
             gathered, quiet = -1, 0
             while True:
                 with self._lock:
@@ -842,7 +844,7 @@ class Coalescer:
                     except Exception as exc:  # storage trouble: go with what is gathered
                         log.warning("could not claim waiting messages (%s)", exc)
                         break
-                    if gathered < 0 and sum(len(t.records) for t in got) >= CLAIM_PAGE:
+                    if not behind and gathered < 0 and sum(len(t.records) for t in got) >= CLAIM_PAGE:
                         deadline += self.backlog_gather_seconds - self.gather_seconds  # behind: gather longer
                     claimed += got
                 with self._lock:

@@ -384,15 +384,18 @@ def test_a_worker_arriving_while_a_batch_gathers_hands_its_message_over_and_gets
     assert [r.content for r in queue.deleted] == [to_json(queued)]  # the handed one is its worker's to settle
 
 
-@pytest.mark.parametrize("backlog", [False, True])
-def test_a_leader_that_finds_a_backlog_gathers_longer(backlog: bool) -> None:
-    """Changes keep arriving (2 per look): a leader whose first claim found less than a page gathers
-    for `gather_seconds`; one that found a full page waiting (the service is behind) for
-    `backlog_gather_seconds`, so its batch is larger."""
+@pytest.mark.parametrize("behind", ["no", "a page waits", "the change waited"])
+def test_a_leader_gathers_longer_when_the_service_is_behind(behind: str) -> None:
+    """Changes keep arriving (2 per look): a leader gathers for `gather_seconds`; when its first claim
+    found a full page waiting, or its own change waited on the queue, for `backlog_gather_seconds`,
+    so its batch is larger."""
     h = Harness()
-    waiting = coalesce.CLAIM_PAGE if backlog else 4
+    backlog = behind != "no"
+    waiting = coalesce.CLAIM_PAGE if behind == "a page waits" else 4
     ids = _new_accounts(h, 1 + waiting + 100)
     first, *rest = _dv_messages(ids)
+    if behind == "the change waited":
+        first = first.model_copy(update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)})
     queue = FakeQueue([Raw(m) for m in rest[:waiting]])
     arriving = iter(rest[waiting:])
     now = [0.0]
