@@ -815,8 +815,11 @@ class Coalescer:
             waited = (dt.datetime.now(dt.UTC) - first.observed).total_seconds()
             suspect = self.eager or busy >= BUSY_FOR_BURST or len(lead) > 1 or waited > WAITED_FOR_BURST
             # Webhook calls that arrived together are a burst already: anything of it waiting will do.
+            # With other workers of this process busy with batches, the burst's changes are in this
+            # process's hands more than on the queue (the host fetched them): lead, and the workers
+            # that bring them next hand them over instead of each taking the one-record path.
             wanted = self.min_burst if len(lead) == 1 else 1
-            if not suspect or not _burst_visible(queue, first, wanted):
+            if not suspect or (busy < BUSY_FOR_BURST and not _burst_visible(queue, first, wanted)):
                 return None
             return self._lead(engine, queue, list(lead), key, behind=waited > WAITED_FOR_BURST)
         finally:
