@@ -7,7 +7,9 @@ Per mapping and side, from the watermark in `Watermarks`:
 - Dataverse: change tracking from the stored delta link; changes by the integration user are
   echoes. An expired token falls back to a full resync of the mapping. A table without change
   tracking (checked once per table every few hours, `DataverseClient.change_tracking_enabled`) is
-  polled by `modifiedon` instead, which shows no deletions; set-up reports it with the fix.
+  polled by `modifiedon` instead, which shows no deletions; set-up reports it with the fix. A row the
+  last sync left is told by its ETag there (`Coupling.unchanged_since_sync`): `modifiedon` counts
+  whole seconds, so a person's change in the second of our own write carries the same time.
 The first poll of a mapping only sets the baseline: bringing everything across is the full
 resync's job. Watermarks are written conditionally, so two instances polling at once cannot move
 one backwards; the one that loses skips that mapping this round.
