@@ -217,6 +217,11 @@ def read_many_by_filter(
     return gateway.query_many(mapping, filters, select=select) if filters else []
 
 
+# A `$batch` part's URL is its request line: the filter percent-encoded (spaces, `&`, `#`, `%`, `+`),
+# keeping the characters OData literals are written with.
+_QUERY_SAFE = "'(),=[]$:."
+
+
 # ------------------------------------------------------------------------------------- adapters
 class BusinessCentralGateway:
     side: Side = "bc"
@@ -553,7 +558,7 @@ class DataverseGateway:
         requests = [
             BatchRequest(
                 "GET",
-                f"{entity_set}?$select={columns}&$filter={f}",
+                f"{entity_set}?$select={columns}&$filter={quote(f, safe=_QUERY_SAFE)}",
                 headers={"Prefer": "odata.maxpagesize=5000"},
             )
             for f in filters

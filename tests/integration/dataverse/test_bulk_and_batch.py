@@ -189,3 +189,21 @@ def test_batch_wire_format_and_limits(http: httpx.Client, sandbox: DataverseSand
         "$batch", content=undeclared, headers={"Content-Type": "multipart/mixed; boundary=batch_Z"}
     )
     assert "Content-ID Reference: '$7' does not exist in the batch context." in answer.text
+
+
+def test_the_gateway_sends_many_queries_in_one_batch_whatever_their_text(
+    client: DataverseClient, sandbox: DataverseSandbox
+) -> None:
+    from shared import odata
+    from shared.mapping.loader import load_mapping_set
+    from shared.sync.gateways import DataverseGateway
+
+    names = ["O'Brien & Sons", "50% off #1", "plain", "a+b=c?"]
+    client.create_multiple("accounts", [{"name": n} for n in [*names, "not asked"]])
+    customer = load_mapping_set().entity("CUSTOMER")
+    before = client.stats.total
+    rows = DataverseGateway(client).query_many(
+        customer, [odata.eq("name", n) for n in names], select=["name"]
+    )
+    assert sorted(r["name"] for r in rows) == sorted(names)
+    assert client.stats.total - before == 1  # one `$batch`
