@@ -191,7 +191,7 @@ def _sustained(rt: Any, ports: Any, args: argparse.Namespace, storage: StorageRe
         tick += 1
     lag = time.perf_counter() - began - args.seconds
     _settle(rt, timeout=300)
-    latencies, lost = _latencies_and_lost(rt, changes, pairs, began)
+    latencies, lost, conflicts = _latencies_and_lost(rt, changes, pairs, began)
     print(f"sustained: {args.rate:g} changes/s for {args.seconds:g} s on {'+'.join(sides)} "
           f"(sender lagged {lag:.1f} s; load average {_load()})")  # fmt: skip
     ms = {p: percentile(latencies, p) * 1000 for p in (50, 95, 99)} if latencies else {}
@@ -199,16 +199,18 @@ def _sustained(rt: Any, ports: Any, args: argparse.Namespace, storage: StorageRe
           + (", ".join(f"p{p} {v:.0f} ms" for p, v in ms.items()) if ms else "no samples")
           + f" ({len(latencies)} of {total} changes seen written)")  # fmt: skip
     _print_requests(rt, total, "change", storage)
-    print(f"  lost: {lost} (records whose last value is not on the other side)")
+    print(f"  lost: {lost} (records whose last value is not on the other side, not in conflict)")
+    print(f"  conflicts: {conflicts} (changed on both sides before either was synchronized; the policy "
+          "leaves them to an operator)")  # fmt: skip
     return 0 if lost == 0 else 1
 
 
 def _latencies_and_lost(
     rt: Any, changes: list[tuple[str, str, str, dt.datetime]], pairs: list[tuple[str, str]], began: float
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, int]:
     """Per change, the first journal entry of a write from its side after it (a change overtaken by
     a later one of the same record before it was read is written with it: that write counts for both).
-    Lost: pairs whose two phone numbers differ at the end."""
+    Lost: pairs whose two phone numbers differ at the end, unless the pair is in conflict (counted apart)."""
     start = changes[0][3] - dt.timedelta(seconds=5) if changes else dt.datetime.now(dt.UTC)
     written: dict[tuple[str, str], list[dt.datetime]] = {}
     for e in rt.journal.between(start, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1), "CUSTOMER"):
@@ -236,10 +238,17 @@ def _latencies_and_lost(
         for page in rt.engine.dv.query_pages(customer, select=["accountid", "telephone1"], filter=None)
         for r in page
     }
+    conflicts = 0
     for bc in touched:
         if bc_values.get(bc) != dv_values.get(by_bc[bc]):
-            lost += 1
-    return out, lost
+            coupling = rt.couplings.get("CUSTOMER", "bc", bc)
+            # Changed on both sides before either was synchronized: a conflict the mapping's policy
+            # leaves to an operator (journaled with both values), not a lost change.
+            if coupling is not None and coupling.last_result == "conflict":
+                conflicts += 1
+            else:
+                lost += 1
+    return out, lost, conflicts
 
 
 # ----------------------------------------------------------------------------------- helpers
