@@ -89,12 +89,14 @@ def _part(table: TableClient, index: int, operation: Operation) -> str:
         raise _Unsupported(options)
     mode = options.get("mode", UpdateMode.MERGE)
     collection = f"{_account(table)}/{table.table_name}"
-    address = f"{collection}(PartitionKey='{_key(entity['PartitionKey'])}',RowKey='{_key(entity['RowKey'])}')"
     headers = ""
     if kind == "create":
         method, address, accept = "POST", collection, "application/json;odata=minimalmetadata"
     elif kind in ("upsert", "update"):
         method, accept = ("PUT" if mode == UpdateMode.REPLACE else "PATCH"), "application/json"
+        address = (
+            f"{collection}(PartitionKey='{_key(entity['PartitionKey'])}',RowKey='{_key(entity['RowKey'])}')"
+        )
         if kind == "update":
             condition = options.get("match_condition", MatchConditions.Unconditionally)
             if condition == MatchConditions.IfNotModified:
@@ -105,14 +107,15 @@ def _part(table: TableClient, index: int, operation: Operation) -> str:
                 raise _Unsupported(condition)
     else:
         raise _Unsupported(kind)
-    payload = json.dumps(_entity(entity), separators=(",", ":"), ensure_ascii=False).encode()
+    payload = json.dumps(_entity(entity), separators=(",", ":"), ensure_ascii=False)
     return (
         "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
         f"Content-ID: {index}\r\n\r\n"
         f"{method} {address} HTTP/1.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\nx-ms-version: {table.api_version}\r\nDataServiceVersion: 3.0\r\n"
+        f"Content-Length: {len(payload.encode())}\r\nx-ms-version: {table.api_version}\r\n"
+        "DataServiceVersion: 3.0\r\n"
         f"Accept: {accept}\r\n{headers}\r\n"
-        f"{payload.decode()}\r\n"
+        f"{payload}\r\n"
     )
 
 
