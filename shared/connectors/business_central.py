@@ -223,13 +223,22 @@ class BusinessCentralClient:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE} (BC's maximum page size)")
         headers = {"Prefer": f"odata.maxpagesize={page_size}"}
-        url: str | None = self._url(company_id, entity_set)
-        params: dict[str, str] | None = _query_params(
-            select=select, filter=filter, orderby=orderby, expand=expand
+        params = _query_params(select=select, filter=filter, orderby=orderby, expand=expand)
+        yield from self._pages(
+            self._url(company_id, entity_set), kind=entity_set, params=params, headers=headers
         )
+
+    def _pages(
+        self,
+        url: str | None,
+        *,
+        kind: str,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The pages from `url` on, following `@odata.nextLink` (which carries the query itself)."""
         while url is not None:
-            response = self._send("GET", url, kind=entity_set, params=params, headers=headers)
-            data = response.json()
+            data = self._send("GET", url, kind=kind, params=params, headers=headers).json()
             yield list(data.get("value", []))
             url, params = self._checked_next_link(data.get("@odata.nextLink")), None
 
@@ -276,11 +285,8 @@ class BusinessCentralClient:
                 raise result.error
             body = result.body or {}
             rows.extend(body.get("value", []))
-            url = self._checked_next_link(body.get("@odata.nextLink"))
-            while url is not None:
-                data = self._send("GET", url, kind=entity_set).json()
-                rows.extend(data.get("value", []))
-                url = self._checked_next_link(data.get("@odata.nextLink"))
+            more = self._checked_next_link(body.get("@odata.nextLink"))
+            rows.extend(row for page in self._pages(more, kind=entity_set) for row in page)
         return rows
 
     def modified_since(

@@ -166,12 +166,11 @@ def _datetime(value: dt.datetime) -> str:
 
 def _results(body: bytes, count: int) -> list[dict[str, str]]:
     """The ETags of a committed transaction, or its failure (one part: the refused operation)."""
-    parts = [p for p in _CHANGESET_PART.split(body) if _STATUS.search(p)]
-    statuses = [int(_STATUS.search(p).group(1)) for p in parts]  # type: ignore[union-attr]
-    if len(parts) == count and all(200 <= s < 300 for s in statuses):
-        tags = [_ETAG.search(p) for p in parts]
+    parts = [(p, int(status.group(1))) for p in _CHANGESET_PART.split(body) if (status := _STATUS.search(p))]
+    if len(parts) == count and all(200 <= status < 300 for _, status in parts):
+        tags = [_ETAG.search(p) for p, _ in parts]
         return [{"etag": tag.group(1).decode() if tag else ""} for tag in tags]
-    failed = next((p for p in parts if not 200 <= int(_STATUS.search(p).group(1)) < 300), b"")  # type: ignore[union-attr]
+    failed = next((p for p, status in parts if not 200 <= status < 300), b"")
     error: Any = {}
     start = failed.find(b"{")
     if start >= 0:

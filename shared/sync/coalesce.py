@@ -86,10 +86,9 @@ CLAIM_LEASE_SECONDS = 300
 # `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
 # and how often it looks meanwhile. When the service is behind (the leading change waited more than
 # `WAITED_FOR_BURST` on the queue, or the first claim found a full page of changes waiting), it
-# gathers up to `BACKLOG_GATHER_SECONDS`: what a batch
-# costs in Table Storage is per partition, so a batch of 100 costs little more than a batch of 20,
-# and a service that is behind catches up faster with fewer, larger batches (10,000 accounts: 2.8
-# storage requests each with 2 s, against 3.7 with 0.5 s).
+# gathers up to `BACKLOG_GATHER_SECONDS`: what a batch costs in Table Storage is per partition, so a
+# batch of 100 costs little more than a batch of 20, and a service that is behind catches up faster
+# with fewer, larger batches (10,000 accounts: 2.8 storage requests each with 2 s, against 3.7).
 GATHER_SECONDS = 0.5
 BACKLOG_GATHER_SECONDS = 2.0
 GATHER_STEP = 0.1
@@ -829,13 +828,14 @@ class Coalescer:
     def _lead(
         self, engine: Engine, queue: ClaimQueue, lead: list[SyncMessage], key: Key, *, behind: bool = False
     ) -> list[Disposition] | None:
-        """`behind`: the leading change waited on the queue (the service is behind): gather longer."""
+        """`behind`: the leading change waited on the queue (the service is behind), or the first claim
+        finds a full page waiting: gather up to `backlog_gather_seconds`."""
         gathering = _Gathering()
         with self._lock:
             self._open[key] = gathering
         claimed: list[Taken] = []
         try:
-            deadline = self.clock() + (self.backlog_gather_seconds if behind else self.gather_seconds)
+            started = self.clock()
             gathered, quiet = -1, 0
             while True:
                 with self._lock:
@@ -847,8 +847,8 @@ class Coalescer:
                     except Exception as exc:  # storage trouble: go with what is gathered
                         log.warning("could not claim waiting messages (%s)", exc)
                         break
-                    if not behind and gathered < 0 and sum(len(t.records) for t in got) >= CLAIM_PAGE:
-                        deadline += self.backlog_gather_seconds - self.gather_seconds  # behind: gather longer
+                    if gathered < 0 and sum(len(t.records) for t in got) >= CLAIM_PAGE:
+                        behind = True  # a full page was waiting
                     claimed += got
                 with self._lock:
                     now_gathered = gathering.size() + sum(len(t.records) for t in claimed)
@@ -857,6 +857,7 @@ class Coalescer:
                 # once). A burst that keeps arriving is gathered, even when its webhooks come in
                 # unevenly; changes at a steady few per second are not held.
                 quiet = quiet + 1 if now_gathered == max(gathered, 0) else 0
+                deadline = started + (self.backlog_gather_seconds if behind else self.gather_seconds)
                 if room <= 0 or self.clock() >= deadline or now_gathered == 0 or quiet >= QUIET_LOOKS:
                     break
                 gathered = now_gathered
