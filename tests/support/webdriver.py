@@ -114,7 +114,12 @@ class Browser:
         try:
             return self.text(self.find("body"))
         except WebDriverError as exc:
-            if "stale element" in str(exc) or "no element matches" in str(exc):
+            # Chrome reports the old body as stale, or (found just before the navigation replaced
+            # it) as a node that "does not belong to the document".
+            if any(
+                m in str(exc)
+                for m in ("stale element", "no element matches", "does not belong to the document")
+            ):
                 return ""
             raise
 
