@@ -356,7 +356,12 @@ def converge(
         elif coupling is not None and (coupling.skipped or coupling.state != "coupled"):
             single.append(index)  # skipped, or a BC create pending: the one-record path's rules
         elif coupling is None and message.id in elsewhere:
-            single.append(index)
+            # Not this mapping's record (an account is announced to CUSTOMER and VENDOR alike): what
+            # the one-record path says, without its reads.
+            finish(
+                _Item(index, message, None),
+                SyncResult(Outcome.SKIPPED, f"coupled under {elsewhere[message.id]}"),
+            )
         else:
             items.append(_Item(index, message, coupling))
 

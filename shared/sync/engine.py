@@ -615,14 +615,16 @@ class Engine:
         siblings = self._scope_siblings(mapping, side)
         return next((s.name for s in siblings if self.couplings.get(s.name, side, record_id)), None)
 
-    def coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_ids: Sequence[str]) -> set[str]:
-        """Which of `record_ids` a mapping sharing this table has coupled (`_coupled_elsewhere` for
-        many records, with `get_many`)."""
-        found: set[str] = set()
+    def coupled_elsewhere(
+        self, mapping: EntityMapping, side: Side, record_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """Which of `record_ids` a mapping sharing this table has coupled, and which mapping
+        (`_coupled_elsewhere` for many records, with `get_many`)."""
+        found: dict[str, str] = {}
         rest = list(record_ids)
         for sibling in self._scope_siblings(mapping, side):
             if rest:
-                found |= set(self.couplings.get_many(sibling.name, side, rest))
+                found.update(dict.fromkeys(self.couplings.get_many(sibling.name, side, rest), sibling.name))
                 rest = [i for i in rest if i not in found]
         return found
 

@@ -563,3 +563,30 @@ def test_the_processor_converges_a_burst_on_its_first_delivery_and_fans_out_a_fe
     assert _converged_in_place(rt, few, 1)
     assert len(queue.deleted) == len(rest) and queue.released == [] and h.queued == []
     assert h.bc.requests == {"$batch GET customers": 1}
+
+
+def test_a_change_announced_to_a_sibling_mapping_is_skipped_in_bulk_without_a_request() -> None:
+    """An account is announced to CUSTOMER and VENDOR (both map accounts, split by scope); VENDOR's
+    message for an account coupled under CUSTOMER says so, as the one-record path does, without
+    taking that path (its point reads and journal row per record)."""
+    from shared.mapping import load_mapping_set
+    from shared.store.couplings import Coupling
+
+    h = Harness(load_mapping_set())
+    dv_ids = [str(uuid.uuid4()) for _ in range(10)]
+    for dv_id in dv_ids:
+        coupling = Coupling("CUSTOMER", str(uuid.uuid4()), dv_id)
+        coupling.state = "coupled"
+        h.couplings.create(coupling)
+    h.engine.resolver.code_tables(h.engine.ms.entity("VENDOR"))  # cached once per process
+    h.bc.requests.clear()
+
+    def alone(engine: Any, message: SyncMessage) -> coalesce.Disposition:
+        raise AssertionError(f"{message.id} took the one-record path")
+
+    messages = [SyncMessage(mapping="VENDOR", side="dv", id=i) for i in dv_ids]
+    results = converge(h.engine, messages, alone)
+    assert [(r.result.outcome, r.result.reason) for r in results if isinstance(r, Done)] == [
+        (Outcome.SKIPPED, "coupled under CUSTOMER")
+    ] * 10
+    assert h.requests() == {}
