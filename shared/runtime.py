@@ -39,6 +39,7 @@ from shared.store.statistics_hashes import StatisticsHashStore
 from shared.store.storage import Storage, get_storage
 from shared.store.subscriptions import SubscriptionStore
 from shared.store.watermarks import WatermarkStore
+from shared.sync.echoes import ECHOES
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -139,7 +140,8 @@ class Runtime:
 
     @cached_property
     def couplings(self) -> CouplingStore:
-        return CouplingStore(self.storage.table(tables.COUPLINGS), self.scope)
+        # Its writes tell the BC webhook which notifications are echoes (shared/sync/echoes.py).
+        return CouplingStore(self.storage.table(tables.COUPLINGS), self.scope, ECHOES)
 
     @cached_property
     def journal(self) -> Journal:

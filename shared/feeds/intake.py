@@ -44,6 +44,14 @@ def _never_seen(key: str) -> bool:
     return False
 
 
+# Whether a BC notification is the echo of a write of this process (shared/sync/echoes.py).
+Echo = Callable[[SyncMessage], bool]
+
+
+def _no_echo(message: SyncMessage) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class WebhookAnswer:
     status: int
@@ -231,14 +239,15 @@ def handle_bc_webhook(
     config: BcIntakeConfig,
     mappings: MappingSet,
     seen: Seen = _never_seen,
+    echo: Echo = _no_echo,
 ) -> WebhookAnswer:
     """Entries whose key `seen` knows (or that repeat an earlier entry of the same call) are
     skipped, so a redelivered call queues nothing. Several entries for one record become one
     message in the order of the first; "deleted" wins, since a BC id is never used again.
 
-    No echo is dropped here, and no storage is read: BC stamps a notification before the record's
-    own `lastModifiedDateTime` is set, so the stamp never equals what our write read back; the
-    processor recognises an echo by its values (one read, no write)."""
+    A record's message that `echo` knows for the notification of a write of this process (stamped
+    before the `lastModifiedDateTime` that write read back, shared/sync/echoes.py) is not queued;
+    no storage is read here, so any other echo is recognised by the processor."""
     token = query.get("validationToken")
     if token is not None:
         if not _TOKEN.match(token):
@@ -318,7 +327,12 @@ def handle_bc_webhook(
                 )
             )
             keys.append((key,))
+    kept = [i for i, m in enumerate(messages) if not (isinstance(m, SyncMessage) and echo(m))]
+    echoes = len(messages) - len(kept)
+    messages, keys = [messages[i] for i in kept], [keys[i] for i in kept]
     payload: dict[str, object] = {"accepted": len(messages)}
+    if echoes:
+        payload["echoes"] = echoes
     if duplicates:
         payload["duplicates"] = duplicates
     if merged:

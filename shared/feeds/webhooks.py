@@ -17,9 +17,11 @@ from shared.feeds.intake import (
     handle_dataverse_webhook,
     organization_host,
 )
-from shared.runtime import get_runtime
+from shared.messages import SyncMessage
+from shared.runtime import Runtime, get_runtime
 from shared.settings import SettingsError
 from shared.store.errors import EnqueueError
+from shared.sync.echoes import ECHOES
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ def _receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
     try:
         rt = get_runtime()
         config = BcIntakeConfig(rt.settings.bc_webhook_client_state, rt.settings.bc_company_ids)
-        answer = handle_bc_webhook(query, body, config=config, mappings=rt.mappings, seen=RECENT.contains)
+        answer = handle_bc_webhook(
+            query, body, config=config, mappings=rt.mappings, seen=RECENT.contains, echo=_echo_of(rt)
+        )
         _enqueue(answer)
     except Exception:
         # Never a 4xx for our own trouble: BC would delete the subscription. 503 makes it retry.
@@ -103,6 +107,17 @@ def _receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
     said = answer.body[:200] if answer.content_type == "application/json" else "(validation handshake)"
     log.info("bc webhook: %s %s", answer.status, said)
     return answer
+
+
+def _echo_of(rt: Runtime) -> Callable[[SyncMessage], bool]:
+    """Whether a BC notification reports a write whose coupling this process stored (the company's
+    view: its couplings are kept under its scope)."""
+
+    def echo(message: SyncMessage) -> bool:
+        view = rt.for_company(message.company) if message.company else rt
+        return ECHOES.echo(view.scope, message)
+
+    return echo
 
 
 def _enqueue(answer: WebhookAnswer) -> None:

@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -253,12 +253,35 @@ def _transaction_groups(
     ]
 
 
+class CouplingObserver(Protocol):
+    """Told of each coupling this process stored or deleted, and of each BC write whose coupling is
+    about to be stored (`shared.sync.echoes.EchoHorizons`)."""
+
+    def stored(self, scope: str, coupling: Coupling) -> None: ...
+
+    def deleted(self, scope: str, coupling: Coupling) -> None: ...
+
+    def wrote(self, scope: str, mapping: str, bc_id: str, bc_modified: str) -> None: ...
+
+
 class CouplingStore:
-    def __init__(self, table: TableClient, scope: str = "") -> None:
+    def __init__(self, table: TableClient, scope: str = "", observer: CouplingObserver | None = None) -> None:
         self.table = table
         # What this company's partition keys (and the names its Dataverse ids derive from) start
         # with: "" for the home company, `<company id>:` for the others (`shared.companies`).
         self.scope = scope
+        self.observer = observer
+
+    def bc_written(self, mapping: str, bc_id: str, bc_modified: str | None) -> None:
+        """A BC record of the mapping was just written by this process (its coupling is stored next):
+        the observer learns it before the store's round trip."""
+        if self.observer is not None and bc_modified:
+            self.observer.wrote(self.scope, mapping, bc_id, bc_modified)
+
+    def _stored(self, couplings: Sequence[Coupling]) -> None:
+        if self.observer is not None:
+            for c in couplings:
+                self.observer.stored(self.scope, c)
 
     # ------------------------------------------------------------------------------------ read
     def get(self, mapping: str, side: Side, record_id: str) -> Coupling | None:
@@ -413,6 +436,7 @@ class CouplingStore:
             landed = stored_if_same(self.table, row)
             if landed is not None:  # a resent create met its own first attempt
                 stamped.etag, stamped.stored_bc_id = landed["etag"], stamped.bc_id
+                self._stored([stamped])
                 return stamped
             if stamped.needs_pointer(self.scope):
                 self._release_pointer(stamped, stamped.bc_id)
@@ -420,6 +444,7 @@ class CouplingStore:
                 f"{coupling.mapping}: Dataverse {coupling.dv_id} is already coupled; uncouple it first"
             ) from None
         stamped.etag, stamped.stored_bc_id = meta["etag"], stamped.bc_id
+        self._stored([stamped])
         return stamped
 
     @_traced("update")
@@ -449,6 +474,7 @@ class CouplingStore:
         if bc_id_changed and coupling.stored_bc_id:
             self._release_pointer(coupling, coupling.stored_bc_id)
         stamped.etag, stamped.stored_bc_id = meta["etag"], stamped.bc_id
+        self._stored([stamped])
         return stamped
 
     @_traced("delete")
@@ -468,6 +494,8 @@ class CouplingStore:
             ) from None
         if coupling.stored_bc_id:
             self._release_pointer(coupling, coupling.stored_bc_id)
+        if self.observer is not None:
+            self.observer.deleted(self.scope, coupling)
 
     def _claim_pointer(self, c: Coupling) -> None:
         """Write `bc:<id>` -> this coupling, unless it points at another live coupling."""
@@ -516,6 +544,7 @@ class CouplingStore:
             return self._one_by_one(self.create, group)
         for c, answer in zip(stamped, answers, strict=True):
             c.etag, c.stored_bc_id = answer["etag"], c.bc_id
+        self._stored(stamped)
         return list(stamped)
 
     def update_many(self, couplings: list[Coupling]) -> list[Coupling | Exception]:
@@ -537,6 +566,7 @@ class CouplingStore:
             return self._one_by_one(self.save, group)
         for c, answer in zip(stamped, answers, strict=True):
             c.etag = answer["etag"]
+        self._stored(stamped)
         return list(stamped)
 
     def couple_many(self, couplings: list[Coupling]) -> list[Coupling | Exception]:

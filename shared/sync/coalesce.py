@@ -55,8 +55,8 @@ from shared.messages import AnyMessage, BatchMessage, MessageDecodeError, SyncMe
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry
 from shared.sync.bulk import Pair, _chunk_lookups
+from shared.sync.echoes import ECHO_BY_STAMP, stamped_before_sync
 from shared.sync.engine import (
-    ECHO_BY_STAMP,
     SETTLING,
     Engine,
     RequeueError,
@@ -64,7 +64,6 @@ from shared.sync.engine import (
     planned_result,
     requeue_delay,
     settle,
-    stamped_before_sync,
     typed_number,
 )
 from shared.sync.gateways import Record
@@ -589,11 +588,19 @@ def _write_updates(engine: Engine, m: EntityMapping, source_side: Side, items: S
             for (item, _, _), answer in zip(part, answers, strict=True):
                 if answer.ok:
                     item.after[side] = answer.record
+                    if side == "bc" and answer.record is not None:
+                        _bc_written(engine, m, answer.record)
                 else:
                     if isinstance(answer.error, AuthenticationError):
                         raise answer.error
                     refused.append(item.index)
     return refused
+
+
+def _bc_written(engine: Engine, m: EntityMapping, record: Record) -> None:
+    """Its notification is our echo from now on (shared/sync/echoes.py), not only once the batch's
+    couplings are stored: BC may notify sooner."""
+    engine.couplings.bc_written(m.name, str(record[primary_key(m, "bc")]), record.get("lastModifiedDateTime"))
 
 
 def _on(item: _Item, source_side: Side, side: Side) -> Record | None:
@@ -674,6 +681,7 @@ def _write_creates(
         for (item, row), answer in zip(part, answers, strict=True):
             if answer.ok and answer.record is not None:
                 item.after["bc"] = answer.record
+                _bc_written(engine, m, answer.record)
                 item.coupling = row
             else:
                 if isinstance(answer.error, AuthenticationError):

@@ -64,6 +64,7 @@ from shared.sync.documents import (
     side_state,
     stored_state,
 )
+from shared.sync.echoes import ECHO_BY_STAMP, SETTLED, stamped_before_sync
 from shared.sync.gateways import BcGateway, DvGateway, Gateway, LineWrite, Record
 from shared.sync.quote_orders import (
     availability_updates,
@@ -119,33 +120,10 @@ def requeue_delay(attempt: int, error: RetriableApiError | None = None) -> int:
     return max(1, math.ceil(delay))
 
 
-# Results after which the snapshot is trustworthy enough to call an unchanged source an echo.
 # A BC create whose BC-assigned values are not back in Dataverse yet (see `_settle_bc_create`).
 SETTLING = "settling"
 # A document whose lines a worker is writing (`Engine._claim_lines`): others wait for it.
 WRITING_LINES = "writing lines"
-_SETTLED = {Outcome.UNCHANGED, Outcome.MODIFIED, Outcome.INSERTED, Outcome.COUPLED, Outcome.RESTORED}
-
-
-def stamped_before_sync(message: SyncMessage, coupling: Coupling | None) -> bool:
-    """A BC notification that reports the service's own last write, known without reading the record.
-
-    BC stamps a notification with the time its change began (`CurrentDateTime` in `OnDatabaseModify`),
-    before the platform sets the record's `lastModifiedDateTime`; the coupling keeps that
-    `lastModifiedDateTime` as the last sync read it back. A change stamped before it is one that
-    sync already saw (our write's own notification); a person's change after it is stamped after
-    it. Only for settled couplings; a change this misses still differs in `lastModifiedDateTime`,
-    so the delta poll finds it."""
-    if message.side != "bc" or message.change not in ("created", "updated") or not message.modified:
-        return False
-    if coupling is None or coupling.state != "coupled" or coupling.skipped:
-        return False
-    if not coupling.bc_modified or coupling.last_result not in _SETTLED or coupling.snapshot is None:
-        return False
-    return parse_iso(message.modified) < parse_iso(coupling.bc_modified)
-
-
-ECHO_BY_STAMP = "BC stamped this change before the last sync read the record back (echo of that sync)"
 
 
 class RequeueError(ServiceError):
@@ -486,7 +464,7 @@ class Engine:
         None when the coupling cannot stand in for a read (see `presumed_record`)."""
         etag = coupling.etag_on(side)
         record_id_ = coupling.id_on(side)
-        if coupling.snapshot is None or coupling.last_result not in _SETTLED or not etag or not record_id_:
+        if coupling.snapshot is None or coupling.last_result not in SETTLED or not etag or not record_id_:
             return None
         return presumed_record(
             self.ms, mapping, side, coupling.snapshot, record_id=record_id_, etag=etag,
@@ -494,7 +472,7 @@ class Engine:
         )  # fmt: skip
 
     def _is_echo(self, mapping: EntityMapping, coupling: Coupling, side: Side, record: Record) -> bool:
-        if coupling.snapshot is None or coupling.last_result not in _SETTLED:
+        if coupling.snapshot is None or coupling.last_result not in SETTLED:
             return False
         current = take_snapshot(self.ms, mapping, *by_side(side, record, None))
         return current[side] == coupling.snapshot.get(side)
@@ -928,7 +906,7 @@ class Engine:
             if (
                 source is not None
                 and not force
-                and coupling.last_result in _SETTLED
+                and coupling.last_result in SETTLED
                 and side_state(self.ms, mapping, side, source) == stored_state(coupling.snapshot, side)
             ):
                 why = f"{side} header and lines equal the last synced snapshot (echo)"

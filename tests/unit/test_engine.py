@@ -20,7 +20,8 @@ from shared.mapping.values import dataverse_id_for
 from shared.messages import BatchMessage, ChunkMessage, RecordChange, ScanMessage, SyncMessage
 from shared.store.couplings import CouplingStore
 from shared.store.journal import Journal, JournalEntry
-from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError, stamped_before_sync
+from shared.sync.echoes import stamped_before_sync
+from shared.sync.engine import MAX_TRANSIENT_REQUEUES, Engine, RequeueError
 from shared.sync.processor import dispatch
 from shared.sync.reconcile import Outcome
 from shared.timestamps import iso_ms, parse_iso

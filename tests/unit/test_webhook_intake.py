@@ -190,11 +190,26 @@ def test_bc_entries_for_one_record_become_one_message_and_a_delete_is_never_lost
     assert sorted(len(k) for k in answer.keys) == [1, 2, 2]
 
 
-def test_bc_intake_reads_no_storage_and_leaves_echoes_to_the_processor() -> None:
-    """BC stamps an entry before the record's own lastModifiedDateTime is set, so no stamp equals
-    what our write read back: the entry is queued and the processor compares values."""
-    answer = bc_call(samples.BC_NOTIFICATION_SAMPLE.encode())
-    assert sorted(m.mapping for m in answer.messages) == ["CUSTOMER", "ITEM PRICE", "ITEM-PRODUCT"]
+def test_bc_echoes_of_this_process_are_not_queued_and_the_rest_is() -> None:
+    """What `echo` knows for a notification of our own write is answered and counted, not queued;
+    the intake reads no storage to know it (shared/sync/echoes.py)."""
+    ours, person, gone = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
+    body = _entries(
+        (ours, "updated", "2026-01-01T10:00:00.100Z"),
+        (person, "updated", "2026-01-01T10:00:00.200Z"),
+        (gone, "deleted", "2026-01-01T10:00:00.300Z"),
+    )
+    asked: list[str] = []
+
+    def echo(message: SyncMessage) -> bool:
+        asked.append(message.id)
+        return message.id == ours or message.change == "deleted"  # a deletion is the echo's to refuse
+
+    answer = handle_bc_webhook({}, body, config=BC_CONFIG, mappings=MAPPINGS, echo=echo)
+    queued = [(m.id, m.change) for m in answer.messages if isinstance(m, SyncMessage)]
+    assert queued == [(person, "updated")]
+    assert json.loads(answer.body) == {"accepted": 1, "echoes": 2}
+    assert len(answer.keys) == 1 and sorted(asked) == sorted([ours, person, gone])
 
 
 def test_bc_collection_becomes_a_scan_from_the_notified_time() -> None:
