@@ -588,19 +588,13 @@ def _write_updates(engine: Engine, m: EntityMapping, source_side: Side, items: S
             for (item, _, _), answer in zip(part, answers, strict=True):
                 if answer.ok:
                     item.after[side] = answer.record
-                    if side == "bc" and answer.record is not None:
-                        _bc_written(engine, m, answer.record)
+                    if side == "bc":
+                        engine.bc_written(m, answer.record)
                 else:
                     if isinstance(answer.error, AuthenticationError):
                         raise answer.error
                     refused.append(item.index)
     return refused
-
-
-def _bc_written(engine: Engine, m: EntityMapping, record: Record) -> None:
-    """Its notification is our echo from now on (shared/sync/echoes.py), not only once the batch's
-    couplings are stored: BC may notify sooner."""
-    engine.couplings.bc_written(m.name, str(record[primary_key(m, "bc")]), record.get("lastModifiedDateTime"))
 
 
 def _on(item: _Item, source_side: Side, side: Side) -> Record | None:
@@ -681,7 +675,7 @@ def _write_creates(
         for (item, row), answer in zip(part, answers, strict=True):
             if answer.ok and answer.record is not None:
                 item.after["bc"] = answer.record
-                _bc_written(engine, m, answer.record)
+                engine.bc_written(m, answer.record)
                 item.coupling = row
             else:
                 if isinstance(answer.error, AuthenticationError):

@@ -1370,9 +1370,19 @@ class Engine:
             return gateway.create(mapping, write.body, select=select, record_id=write.record_id)
         assert current is not None
         if write.kind == "update":
-            return gateway.update(mapping, current, write.body, select=select)
+            written = gateway.update(mapping, current, write.body, select=select)
+            if side == "bc":
+                self.bc_written(mapping, written)
+            return written
         gateway.delete(mapping, current)
         return None
+
+    def bc_written(self, mapping: EntityMapping, record: Record | None) -> None:
+        """BC answered a write of this process: its notification is our echo from now on
+        (shared/sync/echoes.py), not only once the coupling is stored, since BC may notify sooner."""
+        if record is not None:
+            bc_id = str(record[primary_key(mapping, "bc")])
+            self.couplings.bc_written(mapping.name, bc_id, record.get("lastModifiedDateTime"))
 
     # ---------------------------------------------------------------------------------- reads
     def read(self, mapping: EntityMapping, side: Side, record_id: str | None) -> Record | None:

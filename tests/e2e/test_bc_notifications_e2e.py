@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from shared.sync import bulk
+from shared.sync.echoes import ECHOES
 from tests.e2e.harness import E2EStack, diff, mapping_file, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -171,13 +172,32 @@ def test_an_echo_under_real_stamps_costs_no_request(e2e: E2EStack) -> None:
     e2e.settle()
     echo = [e for p in _entries_since(e2e, first) for e in p if bc_id in e["resource"]]
     # BC stamps the notification before it sets the record's time: earlier than what our write read
-    # back, so the service knows it for its own write's without reading the customer.
+    # back, so the webhook knows it for its own write's echo and queues nothing.
     record_time = e2e.bc.get("customers", bc_id)["lastModifiedDateTime"]
     assert echo and echo[0]["lastModifiedDateTime"] < record_time, (echo, record_time)
     spent = diff(e2e.service_requests(), before)
     assert spent == {}, spent
-    [handled] = [e for e in e2e.rt.journal.history(CUSTOMER, "bc", bc_id) if e.source == "bc"][:1]
-    assert handled.outcome == "unchanged" and "stamped" in handled.reason
+    [last, *_] = e2e.rt.journal.history(CUSTOMER, "bc", bc_id)
+    assert last.source == "dv" and last.outcome == "modified", "the echo was queued and handled"
+
+
+def test_an_echo_the_webhook_does_not_know_is_known_by_the_processor_from_the_coupling(e2e: E2EStack) -> None:
+    """Another instance wrote, or this one restarted: the webhook queues the notification, and the
+    processor knows it for an echo by the stamp and the coupling it reads, still without a request."""
+    bc_id, dv_id = _coupled_customer(e2e)
+    ECHOES.clear()
+    with _Window(e2e, coalesce_seconds=1.0):
+        e2e.dv_update("accounts", dv_id, {"telephone1": "555-1313"})
+        wait_for(
+            lambda: e2e.rt.journal.history(CUSTOMER, "bc", bc_id)[0].outcome == "modified",
+            "our sync journaled",
+        )
+        ECHOES.clear()  # before BC notifies (1 s window): as if another instance had written
+        before = e2e.service_requests()
+        e2e.settle()
+    assert diff(e2e.service_requests(), before) == {}
+    [handled, *_] = e2e.rt.journal.history(CUSTOMER, "bc", bc_id)
+    assert handled.source == "bc" and handled.outcome == "unchanged" and "stamped" in handled.reason
 
 
 # -------------------------------------------------------- deletions no notification reports
