@@ -154,3 +154,25 @@ def test_a_group_that_breaks_before_it_is_sent_fails_every_call_it_took(
     results = _during_a_send(group, queue, [[change(0)], [change(1)], [change(2)]])
     assert results[0] == 1 and len(queue.sends) == 1
     assert all(isinstance(r, EnqueueError) and r.sent == [] and "broken" in str(r) for r in results[1:])
+
+
+def test_under_sustained_load_the_next_send_lingers_for_company_and_a_call_after_a_pause_does_not() -> None:
+    queue, group = Queue(), GroupCommit(linger=0.3)
+    group.submit([change(1)], 5.0, queue.send)  # a send just ended: the service is busy
+    sizes: list[int] = []
+
+    def call(n: int) -> None:
+        sizes.append(group.submit([change(n)], 5.0, queue.send))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(2, 6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # arriving one by one, each while the leader lingers
+    for t in threads:
+        t.join()
+    assert len(queue.sends) == 2 and sizes == [4] * 4
+    assert [m.id for m in records(queue.sends[1])] == [change(n).id for n in range(2, 6)]
+    time.sleep(0.15)  # quiet for longer than BUSY_WITHIN
+    began = time.monotonic()
+    group.submit([change(9)], 5.0, queue.send)
+    assert time.monotonic() - began < 0.2 and len(queue.sends) == 3  # sent at once, not lingering
