@@ -84,12 +84,16 @@ CLAIM_LEASE_SECONDS = 300
 # How long the worker leading a batch keeps claiming while a burst keeps arriving (it stops when
 # `QUIET_LOOKS` looks in a row find nothing new: a change alone, or a few per second, is not held),
 # and how often it looks meanwhile. When the service is behind (the leading change waited more than
-# `WAITED_FOR_BURST` on the queue, or the first claim found a full page of changes waiting), it
+# `BEHIND_AFTER` on the queue, or the first claim found a full page of changes waiting), it
 # gathers up to `BACKLOG_GATHER_SECONDS`: what a batch costs in Table Storage is per partition, so a
 # batch of 100 costs little more than a batch of 20, and a service that is behind catches up faster
 # with fewer, larger batches (10,000 accounts: 2.8 storage requests each with 2 s, against 3.7).
 GATHER_SECONDS = 0.5
 BACKLOG_GATHER_SECONDS = 2.0
+# Well above what gathering itself makes a change wait: a threshold near it (1 s was) turns steady
+# load into a loop, each long gathering making the next change wait long enough to gather long
+# (20 changes/s on each side: p50 2.2 s).
+BEHIND_AFTER = 5.0
 GATHER_STEP = 0.1
 QUIET_LOOKS = 2
 # When the queue is looked at: this many other workers of the process on the company's changes, or
@@ -827,7 +831,7 @@ class Coalescer:
             wanted = self.min_burst if len(lead) == 1 else 1
             if not suspect or (busy < BUSY_FOR_BURST and not _burst_visible(queue, first, wanted)):
                 return None
-            return self._lead(engine, queue, list(lead), key, behind=waited > WAITED_FOR_BURST)
+            return self._lead(engine, queue, list(lead), key, behind=waited > BEHIND_AFTER)
         finally:
             with self._lock:
                 self._busy[key] -= 1

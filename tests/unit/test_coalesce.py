@@ -395,7 +395,8 @@ def test_a_leader_gathers_longer_when_the_service_is_behind(behind: str) -> None
     ids = _new_accounts(h, 1 + waiting + 100)
     first, *rest = _dv_messages(ids)
     if behind == "the change waited":
-        first = first.model_copy(update={"observed": dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)})
+        waited = dt.timedelta(seconds=coalesce.BEHIND_AFTER + 1)
+        first = first.model_copy(update={"observed": dt.datetime.now(dt.UTC) - waited})
     queue = FakeQueue([Raw(m) for m in rest[:waiting]])
     arriving = iter(rest[waiting:])
     now = [0.0]
