@@ -8,10 +8,11 @@ messages are being sent, calls arriving meanwhile wait, and the first of them th
 theirs at once, packed (`shared.messages.pack`: one `BatchMessage` per company, mapping, side and
 reason). A call that arrives when nothing is being sent is sent at once: a change alone waits for
 nobody. Under sustained load (the last send ended less than `BUSY_WITHIN` ago) the call that leads
-the next send lingers up to `LINGER_SECONDS` for company, or until `FULL_GROUP` calls wait: each
-message costs a send, a receive and a delete whatever it holds, so at 100 webhook calls a second a
-20 ms linger puts several calls in one message instead of about one (and adds at most that to the
-answer, whose sender waits 10 s or more).
+the next send lingers for company while calls keep coming: up to `LINGER_SECONDS`, but only while
+each `LINGER_STEP` brings another call, and not past `FULL_GROUP` calls. Each message costs a send,
+a receive and a delete whatever it holds, so at 100 webhook calls a second this puts several calls
+in one message instead of about one; a sender with a few calls in flight (Dataverse's delivery
+workers, which wait for each answer) is not held once all of them are in.
 
 Each call returns only when its own messages are stored, or raises `EnqueueError` naming which of
 its messages were stored (in time, or still under way), exactly as `Storage.enqueue` does for one
@@ -30,6 +31,7 @@ from shared.messages import AnyMessage, pack
 from shared.store.errors import EnqueueError
 
 LINGER_SECONDS = 0.02
+LINGER_STEP = 0.005
 BUSY_WITHIN = 0.1
 FULL_GROUP = 32
 
@@ -54,10 +56,16 @@ class GroupCommit:
 
     clock: Callable[[], float] = time.monotonic
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    # Signals a new call to a lingering leader only (the same lock as `_cond`).
+    _arrival: threading.Condition = field(init=False, repr=False)
     _waiting: list[_Call] = field(default_factory=list, repr=False)
     _sending: bool = False
     linger: float = LINGER_SECONDS
+    linger_step: float = LINGER_STEP
     _last_sent: float = float("-inf")  # when the last send ended (`clock`)
+
+    def __post_init__(self) -> None:
+        self._arrival = threading.Condition(self._cond._lock)  # type: ignore[attr-defined]
 
     def submit(self, messages: Sequence[AnyMessage], within: float, send: Send) -> int:
         """Store `messages` (with whatever other calls wait) within `within` seconds; how many calls
@@ -65,8 +73,7 @@ class GroupCommit:
         call = _Call(list(messages), self.clock() + within)
         with self._cond:
             self._waiting.append(call)
-            if len(self._waiting) >= FULL_GROUP:
-                self._cond.notify_all()  # a lingering leader need not wait longer
+            self._arrival.notify()  # a lingering leader counts the calls that came
             while self._sending and not call.done:
                 left = call.deadline - self.clock()
                 if call in self._waiting and left <= 0:
@@ -101,7 +108,12 @@ class GroupCommit:
         """Wait (holding the sending turn, the lock released) for more calls, in real time."""
         until = time.monotonic() + self.linger
         while len(self._waiting) < FULL_GROUP and (left := until - time.monotonic()) > 0:
-            self._cond.wait(left)
+            before = len(self._waiting)
+            step_end = time.monotonic() + min(left, self.linger_step)
+            while len(self._waiting) < FULL_GROUP and (rest := step_end - time.monotonic()) > 0:
+                self._arrival.wait(rest)
+            if len(self._waiting) == before:
+                return  # nothing more came: the calls in flight are all in
 
     def _send(self, group: list[_Call], send: Send) -> None:
         flat = [(call, index) for call in group for index in range(len(call.messages))]

@@ -156,8 +156,8 @@ def test_a_group_that_breaks_before_it_is_sent_fails_every_call_it_took(
     assert all(isinstance(r, EnqueueError) and r.sent == [] and "broken" in str(r) for r in results[1:])
 
 
-def test_under_sustained_load_the_next_send_lingers_for_company_and_a_call_after_a_pause_does_not() -> None:
-    queue, group = Queue(), GroupCommit(linger=0.3)
+def test_under_sustained_load_the_next_send_lingers_while_calls_keep_coming() -> None:
+    queue, group = Queue(), GroupCommit(linger=0.5, linger_step=0.1)
     group.submit([change(1)], 5.0, queue.send)  # a send just ended: the service is busy
     sizes: list[int] = []
 
@@ -167,12 +167,20 @@ def test_under_sustained_load_the_next_send_lingers_for_company_and_a_call_after
     threads = [threading.Thread(target=call, args=(n,)) for n in range(2, 6)]
     for t in threads:
         t.start()
-        time.sleep(0.02)  # arriving one by one, each while the leader lingers
+        time.sleep(0.02)  # arriving one by one, each within a step of the one before
     for t in threads:
         t.join()
     assert len(queue.sends) == 2 and sizes == [4] * 4
     assert [m.id for m in records(queue.sends[1])] == [change(n).id for n in range(2, 6)]
+
+
+def test_a_leader_stops_lingering_when_no_call_comes_and_after_a_pause_does_not_linger_at_all() -> None:
+    queue, group = Queue(), GroupCommit(linger=10.0, linger_step=1.0)
+    group.submit([change(1)], 5.0, queue.send)
+    began = time.monotonic()
+    group.submit([change(2)], 5.0, queue.send)  # busy, but nobody else is sending: one step, not 10 s
+    assert 1.0 <= time.monotonic() - began < 5.0 and len(queue.sends) == 2
     time.sleep(0.15)  # quiet for longer than BUSY_WITHIN
     began = time.monotonic()
-    group.submit([change(9)], 5.0, queue.send)
-    assert time.monotonic() - began < 0.2 and len(queue.sends) == 3  # sent at once, not lingering
+    group.submit([change(3)], 5.0, queue.send)
+    assert time.monotonic() - began < 0.5 and len(queue.sends) == 3  # sent at once
