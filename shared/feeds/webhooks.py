@@ -12,6 +12,7 @@ from shared.feeds.dedup import RecentKeys
 from shared.feeds.intake import (
     BcIntakeConfig,
     DataverseIntakeConfig,
+    Echo,
     WebhookAnswer,
     handle_bc_webhook,
     handle_dataverse_webhook,
@@ -109,7 +110,7 @@ def _receive_bc_webhook(query: Mapping[str, str], body: bytes) -> WebhookAnswer:
     return answer
 
 
-def _echo_of(rt: Runtime) -> Callable[[SyncMessage], bool]:
+def _echo_of(rt: Runtime) -> Echo:
     """Whether a BC notification reports a write whose coupling this process stored (the company's
     view: its couplings are kept under its scope)."""
 

@@ -55,8 +55,9 @@ class GroupCommit:
     together."""
 
     clock: Callable[[], float] = time.monotonic
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
-    # Signals a new call to a lingering leader only (the same lock as `_cond`).
+    # One lock: `_cond` tells waiting calls that a send ended, `_arrival` tells a lingering leader
+    # that a call came (only it wakes for each arrival).
+    _cond: threading.Condition = field(init=False, repr=False)
     _arrival: threading.Condition = field(init=False, repr=False)
     _waiting: list[_Call] = field(default_factory=list, repr=False)
     _sending: bool = False
@@ -65,7 +66,8 @@ class GroupCommit:
     _last_sent: float = float("-inf")  # when the last send ended (`clock`)
 
     def __post_init__(self) -> None:
-        self._arrival = threading.Condition(self._cond._lock)  # type: ignore[attr-defined]
+        lock = threading.Lock()
+        self._cond, self._arrival = threading.Condition(lock), threading.Condition(lock)
 
     def submit(self, messages: Sequence[AnyMessage], within: float, send: Send) -> int:
         """Store `messages` (with whatever other calls wait) within `within` seconds; how many calls

@@ -69,38 +69,33 @@ class EchoHorizons:
         self._lock = threading.Lock()
 
     def stored(self, scope: str, coupling: Coupling) -> None:
-        if not coupling.bc_id:
-            return
-        key = (scope, coupling.mapping, coupling.bc_id.lower())
-        known = horizon(coupling)
-        with self._lock:
-            self._known.pop(key, None)
-            if known is not None:
-                self._known[key] = known
-                while len(self._known) > self._max:
-                    self._known.popitem(last=False)
+        if coupling.bc_id:
+            self._put((scope, coupling.mapping, coupling.bc_id.lower()), horizon(coupling))
 
     def wrote(self, scope: str, mapping: str, bc_id: str, bc_modified: str) -> None:
         """A write of this process answered with `bc_modified`, its coupling not stored yet: its
         notification is an echo already (if the coupling then cannot be stored, the record is decided
         again from both sides as they are, which covers the write)."""
-        with self._lock:
-            key = (scope, mapping, bc_id.lower())
-            self._known.pop(key, None)
-            self._known[key] = parse_iso(bc_modified)
-            while len(self._known) > self._max:
-                self._known.popitem(last=False)
+        self._put((scope, mapping, bc_id.lower()), parse_iso(bc_modified))
 
     def deleted(self, scope: str, coupling: Coupling) -> None:
         if coupling.bc_id:
-            with self._lock:
-                self._known.pop((scope, coupling.mapping, coupling.bc_id.lower()), None)
+            self._put((scope, coupling.mapping, coupling.bc_id.lower()), None)
 
     def echo(self, scope: str, message: SyncMessage) -> bool:
         """Whether `message` is the notification of a write whose coupling this process stored."""
         with self._lock:
             known = self._known.get((scope, message.mapping, message.id.lower()))
         return stamped_before(message, known)
+
+    def _put(self, key: tuple[str, str, str], known: dt.datetime | None) -> None:
+        """The newest horizon of a record (None forgets it), the oldest records going first."""
+        with self._lock:
+            self._known.pop(key, None)
+            if known is not None:
+                self._known[key] = known
+                while len(self._known) > self._max:
+                    self._known.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
