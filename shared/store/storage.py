@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.request import getproxies
 
+import requests
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient, TableServiceClient
@@ -24,6 +25,8 @@ from azure.storage.queue import (
     TextBase64DecodePolicy,
     TextBase64EncodePolicy,
 )
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from shared import telemetry
 from shared.messages import AnyMessage, to_json
@@ -41,9 +44,12 @@ QUEUE_API_VERSION = "2025-11-05"
 
 # Messages are sent this many at a time: a queue accepts one message per request, and one at a time
 # a 1,000-entry BC notification took 7.8 s to answer (BC waits 10 s). Bounded so a burst cannot open
-# unbounded connections; equal to the HTTP transport's connection pool per host (requests' default
-# of 10), beyond which extra connections would be opened and thrown away.
+# unbounded connections.
 ENQUEUE_CONCURRENCY = 10
+# Connections kept per host by each storage client. The host runs 24 messages at once, and a batch
+# sends transactions in parallel besides: with requests' default of 10, connections beyond it were
+# opened for one request and thrown away under load ("Connection pool is full" in the log).
+POOL_SIZE = 32
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -251,8 +257,21 @@ def transport_options() -> dict[str, Any]:
     looks for a `.netrc` file on every request: measured in a burst of 1,000 Sales accounts, that
     was about 15% of the service process's CPU (28,000 scans of the environment). `HTTP_PROXY` and
     `HTTPS_PROXY` still apply, through the SDK's proxy policy; `NO_PROXY` no longer exempts the
-    storage account (the service talks to this one host, so set no proxy to reach it directly)."""
-    return {"transport": RequestsTransport(use_env_settings=False), "proxies": getproxies() or None}
+    storage account (the service talks to this one host, so set no proxy to reach it directly).
+
+    The session is the transport's own as it would build it (no environment, no urllib3 retries:
+    the SDK's retry policy retries), with a pool of `POOL_SIZE` connections per host."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = HTTPAdapter(
+        pool_maxsize=POOL_SIZE, max_retries=Retry(total=False, redirect=False, raise_on_status=False)
+    )
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, adapter)
+    return {
+        "transport": RequestsTransport(session=session, use_env_settings=False),
+        "proxies": getproxies() or None,
+    }
 
 
 def storage_from_connection_string(connection_string: str, sync_queue: str = SYNC_QUEUE) -> Storage:

@@ -48,3 +48,28 @@ def test_a_claim_receives_many_waiting_messages_in_one_request(storage: Storage)
     assert len(received) == 10
     assert requests.counts["GET queue messages"] == 1
     assert {parse_json(m.content).id for m in received} <= {f"id-{n}" for n in range(12)}  # type: ignore[union-attr]
+
+
+def test_parallel_requests_reuse_the_pools_connections_instead_of_opening_new_ones(storage: Storage) -> None:
+    """24 workers at once against Azurite: each storage client keeps up to POOL_SIZE connections per
+    host, so none is opened for one request and thrown away (requests' default pool keeps 10)."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    storage.ensure()
+    table = storage.table(TABLES[0])
+    discarded: list[str] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Connection pool is full" in record.getMessage():
+                discarded.append(record.getMessage())
+
+    watch = Watch()
+    logging.getLogger("urllib3.connectionpool").addHandler(watch)
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            list(pool.map(lambda n: list(table.query_entities("PartitionKey eq 'none'")), range(240)))
+    finally:
+        logging.getLogger("urllib3.connectionpool").removeHandler(watch)
+    assert discarded == [], f"{len(discarded)} connections thrown away"
