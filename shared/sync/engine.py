@@ -732,6 +732,7 @@ class Engine:
             # BC answered and refused: nothing was created, so nothing may be waited for or adopted.
             self.couplings.delete(pending)
             raise
+        self.bc_written(mapping, created)  # its "created" notification is our echo from now on
         result = self._settle_bc_create(mapping, pending, created, dv, message, plan.reason)
         result.changes = [*plan.changes, *result.changes]
         result.users = result.users or _users(None, dv)
@@ -1378,8 +1379,8 @@ class Engine:
         return None
 
     def bc_written(self, mapping: EntityMapping, record: Record | None) -> None:
-        """BC answered a write of this process: its notification is our echo from now on
-        (shared/sync/echoes.py), not only once the coupling is stored, since BC may notify sooner."""
+        """BC answered an update or a create of this process: its notification is our echo from now
+        on (shared/sync/echoes.py), not only once the coupling is stored, since BC may notify sooner."""
         if record is not None:
             bc_id = str(record[primary_key(mapping, "bc")])
             self.couplings.bc_written(mapping.name, bc_id, record.get("lastModifiedDateTime"))

@@ -161,6 +161,9 @@ def ops_stack() -> Iterator[OpsStack]:
             "AUTH_AUDIENCE": TEST_AUDIENCE,
             "AUTH_JWKS_URL": f"{jwks.url}/discovery/v2.0/keys",
             "STATISTICS_SCHEDULE": "0 0 0 1 1 *",  # the tests push on demand
+            # Never mid-test: a poll would sync what a test leaves unsynced on purpose (a dry run's
+            # change), and no test here depends on the timer.
+            "DELTA_POLL_SCHEDULE": "0 0 0 1 1 *",
             "DATAVERSE_WEBHOOK_SECRET": "ops-tests-webhook-secret-" + uuid.uuid4().hex[:8],
             "BC_WEBHOOK_CLIENT_STATE": "ops-tests-client-state-" + uuid.uuid4().hex[:8],
         }
