@@ -10,12 +10,12 @@ stamped after it. Only for settled couplings; a change this misses still differs
 The processor applies this to the coupling it reads (`stamped_before_sync`). The BC webhook applies
 it before anything is queued, to the horizons of the couplings this process stored lately
 (`EchoHorizons`, fed by the coupling store): an echo of our own write then costs no queue message,
-no storage read and no processing, as a Dataverse echo (made by the integration user) does. The
-coalescer reports a BC write as soon as BC answers it, before its coupling is stored with the rest of
-the batch, so the notification does not overtake it. A
-horizon this process does not know (another instance wrote, a restart, an old write) just queues the
-notification as before; a stale one is earlier than the stored one, so it only recognises fewer
-echoes, never more.
+no storage read and no processing, as a Dataverse echo (made by the integration user) does. Each BC
+update or create is also reported as soon as BC answers it (`Engine.bc_written`, on the one-record
+path and in coalesced batches), before its coupling is stored, so the notification does not
+overtake it. A horizon this process does not know (another instance wrote, a restart, an old
+write) just queues the notification as before; a stale one is earlier than the stored one, so it
+only recognises fewer echoes, never more.
 """
 
 from __future__ import annotations

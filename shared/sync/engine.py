@@ -590,14 +590,13 @@ class Engine:
     def _coupled_elsewhere(self, mapping: EntityMapping, side: Side, record_id: str) -> str | None:
         """A mapping sharing this table (CUSTOMER and VENDOR both map accounts) that has coupled
         the record: then it is not this mapping's, and no API request is needed to say so."""
-        siblings = self._scope_siblings(mapping, side)
-        return next((s.name for s in siblings if self.couplings.get(s.name, side, record_id)), None)
+        return self.coupled_elsewhere(mapping, side, [record_id]).get(record_id)
 
     def coupled_elsewhere(
         self, mapping: EntityMapping, side: Side, record_ids: Sequence[str]
     ) -> dict[str, str]:
-        """Which of `record_ids` a mapping sharing this table has coupled, and which mapping
-        (`_coupled_elsewhere` for many records, with `get_many`)."""
+        """Which of `record_ids` a mapping sharing this table has coupled, and which mapping (a
+        `get_many` per sibling: a point read for one record, a query per partition for many)."""
         found: dict[str, str] = {}
         rest = list(record_ids)
         for sibling in self._scope_siblings(mapping, side):
