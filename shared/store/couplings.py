@@ -30,6 +30,7 @@ import functools
 import json
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
 
@@ -41,7 +42,7 @@ from shared import telemetry
 from shared.errors import ServiceError
 from shared.mapping.values import dataverse_id_for
 from shared.odata import and_, eq, ge, lt, or_
-from shared.store.storage import in_parallel, stored_if_same
+from shared.store.storage import stored_if_same
 from shared.store.transactions import submit_transaction
 from shared.timestamps import now_iso
 
@@ -327,25 +328,16 @@ class CouplingStore:
         by_partition: dict[str, list[str]] = {}
         for key in dict.fromkeys(row_keys):
             by_partition.setdefault(partition(self.scope + mapping, key), []).append(key)
-        # One request per key where a partition holds few of them, else one query per
-        # `KEYS_PER_QUERY`; the requests are independent and sent together.
-        asks: list[tuple[str, list[str]]] = []
-        for pk, keys in by_partition.items():
-            step = 1 if len(keys) < KEYS_FOR_A_QUERY else KEYS_PER_QUERY
-            asks += [(pk, keys[start : start + step]) for start in range(0, len(keys), step)]
         found: dict[str, Any] = {}
-        for rows in in_parallel(self._ask, asks):
-            found.update((row["RowKey"], row) for row in rows)
+        for pk, keys in by_partition.items():
+            if len(keys) < KEYS_FOR_A_QUERY:
+                found.update((key, row) for key in keys if (row := self._point_read(pk, key)) is not None)
+                continue
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                part = keys[start : start + KEYS_PER_QUERY]
+                query = and_(eq("PartitionKey", pk), or_(*(eq("RowKey", k) for k in part)))
+                found.update((row["RowKey"], row) for row in self.table.query_entities(query))
         return found
-
-    def _ask(self, partition_and_keys: tuple[str, list[str]]) -> list[Any]:
-        """The rows of some keys of one partition: a point read for one key, else a query."""
-        pk, keys = partition_and_keys
-        if len(keys) == 1:
-            row = self._point_read(pk, keys[0])
-            return [] if row is None else [row]
-        query = and_(eq("PartitionKey", pk), or_(*(eq("RowKey", k) for k in keys)))
-        return list(self.table.query_entities(query))
 
     def _row(self, mapping: str, row_key: str) -> Any | None:
         return self._point_read(partition(self.scope + mapping, row_key), row_key)
@@ -622,7 +614,8 @@ class CouplingStore:
         # Transactions of different partitions are independent; a few in flight keep Table
         # Storage busy while this process prepares the next ones.
         groups = _transaction_groups(couplings, "", row)  # one store, one scope: partitions differ alike
-        answers = in_parallel(work, groups, PARALLEL_TRANSACTIONS)
+        with ThreadPoolExecutor(max_workers=PARALLEL_TRANSACTIONS) as pool:
+            answers = list(pool.map(work, groups))
         by_identity = {id(c): r for group, results in zip(groups, answers, strict=True)
                        for c, r in zip(group, results, strict=True)}  # fmt: skip
         return [by_identity[id(c)] for c in couplings]

@@ -34,7 +34,6 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from shared.odata import and_, eq, ge, le, lt, or_
-from shared.store.storage import in_parallel
 from shared.store.transactions import submit_transaction
 from shared.timestamps import now_iso
 
@@ -257,16 +256,13 @@ class Journal:
         by_partition: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             by_partition.setdefault(row["PartitionKey"], []).append(row)
-        # Partitions are independent: their requests go together (a batch's rows fall in many).
-        chunks = [g[start : start + 100] for g in by_partition.values() for start in range(0, len(g), 100)]
-        in_parallel(self._upsert, chunks)
-
-    def _upsert(self, rows: list[dict[str, Any]]) -> None:
-        """Rows of one partition: one upsert, or one transaction of up to 100."""
-        if len(rows) == 1:
-            self.table.upsert_entity(rows[0])
-        else:
-            submit_transaction(self.table, [("upsert", r) for r in rows])
+        for group in by_partition.values():
+            for start in range(0, len(group), 100):
+                chunk = group[start : start + 100]
+                if len(chunk) == 1:
+                    self.table.upsert_entity(chunk[0])
+                else:
+                    submit_transaction(self.table, [("upsert", r) for r in chunk])
 
     def history(self, mapping: str, side: str, record_id: str, limit: int = 50) -> list[JournalEntry]:
         """The entries stored under one id, newest first (an entry of a pair is stored under both of

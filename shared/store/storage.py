@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.request import getproxies
 
 import requests
@@ -50,15 +50,8 @@ ENQUEUE_CONCURRENCY = 10
 # sends transactions in parallel besides: with requests' default of 10, connections beyond it were
 # opened for one request and thrown away under load ("Connection pool is full" in the log).
 POOL_SIZE = 32
-# Independent storage requests of one step (a batch's partitions, its claimed messages) sent at once:
-# one after another, a batch of 300 changes waited for some 80 round trips in turn, each slower as
-# Azurite or the account got busier (a 10,000-account burst ran about one batch at a time).
-PARALLEL_REQUESTS = 8
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def io_pool() -> ThreadPoolExecutor:
@@ -68,18 +61,6 @@ def io_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(ENQUEUE_CONCURRENCY, thread_name_prefix="storage-io")
         return _pool
-
-
-def in_parallel(work: Callable[[T], R], items: Sequence[T], limit: int = PARALLEL_REQUESTS) -> list[R]:
-    """`work(item)` for every item, up to `limit` at once, the results in order; the first item's
-    exception is raised once all have finished (so none is left running behind the caller).
-
-    Its own short-lived threads, not `io_pool`: work that is itself sent from that pool must never wait
-    for a place in it."""
-    if len(items) <= 1:
-        return [work(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix="storage-step") as pool:
-        return list(pool.map(work, items))
 
 
 class ResendAfterDisconnect(TablesRetryPolicy):

@@ -54,7 +54,6 @@ from shared.mapping.values import by_side, other
 from shared.messages import AnyMessage, BatchMessage, MessageDecodeError, SyncMessage, parse_json
 from shared.store.couplings import Coupling
 from shared.store.journal import JournalEntry
-from shared.store.storage import in_parallel
 from shared.sync.bulk import Pair, _chunk_lookups
 from shared.sync.echoes import ECHO_BY_STAMP, stamped_before_sync
 from shared.sync.engine import (
@@ -262,33 +261,30 @@ def _release(queue: ClaimQueue, raw: Claimed, delay: int) -> None:
 def settle_claimed(
     engine: Engine, queue: ClaimQueue, claimed: Sequence[Taken], dispositions: Sequence[list[Disposition]]
 ) -> None:
-    """Per claimed message (the messages at once: each is its own requests): delete what is done,
-    requeue what asked for it. A failed record change that came alone is left to be delivered again
-    alone; one of a batch message is queued alone (`queue_alone`) and the batch deleted."""
-    in_parallel(lambda pair: _settle(engine, queue, *pair), list(zip(claimed, dispositions, strict=True)))
-
-
-def _settle(engine: Engine, queue: ClaimQueue, taken: Taken, answers: list[Disposition]) -> None:
-    if taken.batch:
+    """Per claimed message: delete what is done, requeue what asked for it. A failed record change
+    that came alone is left to be delivered again alone; one of a batch message is queued alone
+    (`queue_alone`) and the batch deleted."""
+    for taken, answers in zip(claimed, dispositions, strict=True):
+        if taken.batch:
+            try:
+                queue_alone(engine, taken.records, answers)
+            except Exception as exc:  # delivered again and fanned out: done records look like echoes
+                log.warning("could not queue a claimed batch's unfinished changes (%s); it comes back", exc)
+                _release(queue, taken.raw, requeue_delay(1))
+                continue
+        else:
+            [disposition] = answers
+            if isinstance(disposition, Requeue):
+                engine.enqueue([disposition.message], disposition.delay)
+            if isinstance(disposition, Failed):
+                # Back after the host's visibility timeout, delivered on its own (dequeue count 2 or
+                # more never joins a batch), and poisoned alone after maxDequeueCount deliveries.
+                _release(queue, taken.raw, requeue_delay(1))
+                continue
         try:
-            queue_alone(engine, taken.records, answers)
-        except Exception as exc:  # delivered again and fanned out: done records look like echoes
-            log.warning("could not queue a claimed batch's unfinished changes (%s); it comes back", exc)
-            _release(queue, taken.raw, requeue_delay(1))
-            return
-    else:
-        [disposition] = answers
-        if isinstance(disposition, Requeue):
-            engine.enqueue([disposition.message], disposition.delay)
-        if isinstance(disposition, Failed):
-            # Back after the host's visibility timeout, delivered on its own (dequeue count 2 or
-            # more never joins a batch), and poisoned alone after maxDequeueCount deliveries.
-            _release(queue, taken.raw, requeue_delay(1))
-            return
-    try:
-        queue.delete(taken.raw)
-    except Exception as exc:  # handled again on redelivery: harmless, the second look is an echo
-        log.warning("could not delete a handled message (%s); it is handled again", exc)
+            queue.delete(taken.raw)
+        except Exception as exc:  # handled again on redelivery: harmless, the second look is an echo
+            log.warning("could not delete a handled message (%s); it is handled again", exc)
 
 
 def queue_alone(
