@@ -497,18 +497,6 @@ class Engine:
         lookups = self.resolver.lookups_for(mapping, bc, dv)
         found = self._candidates(mapping, side, source, lookups)
         for record, coupling in found:
-            if (
-                side == "bc"
-                and coupling is not None
-                and (coupling.bc_id or "").lower() == message.id.lower()
-                and self.couplings.get(mapping.name, side, message.id) is not None
-            ):
-                # Coupled with this very record since it was looked up: a worker storing a BC create
-                # claims the `bc:` pointer before it updates the pending row, and a lookup between
-                # the two finds neither. Creating a counterpart now would make a duplicate; on the
-                # next delivery the coupling is whole (asked again here, so a pair the lookup by BC
-                # id never finds goes on as before).
-                raise RequeueError(message, requeue_delay(1), "its coupling was being stored")
             if side == "bc" and coupling is not None and self._is_planned_record(mapping, coupling, source):
                 # The BC record our own create made, announced before the create's answer was
                 # processed (or after it was lost): complete that coupling, never create again.

@@ -73,32 +73,3 @@ def test_parallel_requests_reuse_the_pools_connections_instead_of_opening_new_on
     finally:
         logging.getLogger("urllib3.connectionpool").removeHandler(watch)
     assert discarded == [], f"{len(discarded)} connections thrown away"
-
-
-def test_storage_requests_go_straight_to_the_adapter(
-    storage: Storage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Queue and table requests (a send, a receive, a delete, a point read, an upsert, a transaction,
-    a query, a 404) work through `DirectSession` without `requests.Session.request`'s merging of
-    cookies, hooks and redirects (its cost per request is what `DirectSession` saves)."""
-    import requests
-    from azure.core.exceptions import ResourceNotFoundError
-
-    storage.ensure()
-    queue, table = storage.queue(), storage.table(TABLES[0])
-    queue.clear_messages()
-
-    def full_path(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a storage request took requests.Session.request")
-
-    monkeypatch.setattr(requests.Session, "request", full_path)
-    storage.enqueue([SyncMessage(mapping="CUSTOMER", side="bc", id="direct")])
-    [received] = queue.receive_messages(max_messages=1)
-    assert parse_json(received.content).id == "direct"  # type: ignore[union-attr]
-    queue.delete_message(received)
-    table.upsert_entity({"PartitionKey": "direct", "RowKey": "a", "v": 1})
-    table.submit_transaction([("upsert", {"PartitionKey": "direct", "RowKey": f"b{n}"}) for n in range(3)])
-    assert table.get_entity("direct", "a")["v"] == 1
-    assert len(list(table.query_entities("PartitionKey eq 'direct'"))) == 4
-    with pytest.raises(ResourceNotFoundError):
-        table.get_entity("direct", "missing")

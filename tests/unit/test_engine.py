@@ -428,36 +428,6 @@ def test_a_create_whose_answer_was_lost_is_adopted_not_made_twice() -> None:
     assert h.dv.rows("accounts")[dv_id]["accountnumber"] == h.bc.rows("customers")[result.bc_id]["number"]
 
 
-def test_a_bc_create_announced_while_its_coupling_is_being_stored_is_retried_not_copied(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """BC's notification of a customer the service created for a Sales account, handled while
-    another worker stores that coupling: the lookup by BC id ran between the pointer and the row (it
-    finds nothing), the match query then finds the account already coupled with this very customer.
-    The message waits for the coupling; no second account is created."""
-    h = Harness()
-    dv_id = h.dv.seed(CUSTOMER, {"name": "Raced", "telephone1": "5", "address1_city": "Lima"})["accountid"]
-    bc_id = h.sync("dv", dv_id).bc_id
-    stored = h.couplings.get
-    bc_lookups: list[str] = []
-
-    def between_pointer_and_row(mapping: str, side: str, record_id: str) -> Any:
-        if side == "bc":
-            bc_lookups.append(record_id)
-            if len(bc_lookups) == 1:
-                return None  # the first lookup ran before the row was updated
-        return stored(mapping, side, record_id)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(h.couplings, "get", between_pointer_and_row)
-    with pytest.raises(RequeueError, match="coupling was being stored"):
-        h.sync("bc", bc_id)
-    assert list(h.dv.rows("accounts")) == [dv_id]
-
-    monkeypatch.setattr(h.couplings, "get", stored)  # the next delivery: the coupling is whole
-    assert h.sync("bc", bc_id).outcome == Outcome.UNCHANGED
-    assert list(h.dv.rows("accounts")) == [dv_id]
-
-
 def test_a_create_that_may_still_be_in_flight_is_waited_for_not_repeated() -> None:
     import datetime as dt
 
